@@ -1,0 +1,56 @@
+"""The one place that knows how to talk to Lightning's loggers and trainer internals.
+
+Everything here uses public Lightning API; if a Lightning upgrade breaks one of these
+helpers, ``tests/test_lightning_adapter.py`` fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
+
+
+def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) -> None:
+    """Send scalars to every logger at an explicit optimizer step.
+
+    Lightning's ``self.log`` only flushes every ``log_every_n_steps``; records taken on our own
+    cadence go straight to the loggers (whose ``log_metrics`` are rank-zero-only), so every
+    rank calls this with the same keys and no collective is involved.
+    """
+    if not metrics:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)
+
+
+def tensorboard_writers(trainer: "pl.Trainer") -> list[Any]:
+    """The ``SummaryWriter`` of every TensorBoard logger, on rank zero only (else empty)."""
+    if not trainer.is_global_zero:
+        return []
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def run_dir(trainer: "pl.Trainer") -> str:
+    """Where per-run files go: the first logger's directory, else ``default_root_dir``."""
+    for logger in trainer.loggers:
+        directory = getattr(logger, "log_dir", None) or logger.save_dir
+        if directory:
+            return str(directory)
+    return str(trainer.default_root_dir)
+
+
+def steps_per_epoch(trainer: "pl.Trainer") -> Optional[int]:
+    """Optimizer steps per epoch when the train loader has a finite length, else ``None``."""
+    batches = trainer.num_training_batches
+    if batches is None or batches == float("inf"):
+        return None
+    return max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+
+
+def makedirs_for(path: str) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)

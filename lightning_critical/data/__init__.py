@@ -1,0 +1,3 @@
+"""Bundled datamodules (generated tasks; no download)."""
+
+from lightning_critical.data.hierarchical import HierarchicalDataModule, hierarchical_features, task_svd

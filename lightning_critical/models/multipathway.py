@@ -1,0 +1,211 @@
+"""MultiPathwayLinearNet: parallel deep (linear) pathways whose outputs are summed."""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Optional, Sequence, Union
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_critical.protocols import TaskBasis, find_task_basis
+
+INITS: tuple[str, ...] = ("aligned", "gaussian")
+NONLINEARITIES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _pathway_names(pathways: Union[int, Sequence[str]]) -> list[str]:
+    if isinstance(pathways, int) and not isinstance(pathways, bool):
+        if not 1 <= pathways <= 26:
+            raise ValueError(f"pathways={pathways} must be between 1 and 26 (or a list of names).")
+        return list(string.ascii_lowercase[:pathways])
+    names = list(pathways)
+    if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):
+        raise ValueError(f"pathways={pathways!r} must be a count or distinct identifier names like ['a', 'b'].")
+    return names
+
+
+class MultiPathwayLinearNet(pl.LightningModule):
+    """``P`` parallel pathways of ``depth`` bias-free layers; the output is their sum.
+
+    Implements the documented protocols: ``pathways`` (an ``nn.ModuleDict`` name -> pathway),
+    ``end_to_end_maps()`` (each pathway's ``out x in`` map) and ``task_basis()``.
+    Trained with full-batch plain SGD on ``0.5 * sum of squared errors`` (the paper's loss).
+
+    ``init="aligned"`` (default) is the paper's balanced, task-aligned initialisation: with the
+    task basis ``Y = U S V^T`` (from ``task_basis=`` or the datamodule's ``task_basis()`` at
+    ``setup``), mode ``a`` of every pathway starts with strength
+    ``K(0) = init_scale * (1 + init_noise * z_a)``, ``z_a ~ N(0, 1)`` drawn once per mode and
+    shared by all pathways (as in the paper's code; ``independent_noise=True`` draws one per
+    pathway), sorted in decreasing order, split evenly across layers (``K^(1/D)`` per layer)
+    through random orthonormal hidden bases. Gradient descent then follows
+    :func:`lightning_critical.theory.pathway_dynamics` exactly (linear case).
+    ``init="gaussian"``: i.i.d. ``N(0, init_scale^(2/D) / fan_in)`` entries.
+
+    Args:
+        in_features, out_features: task input / output sizes (default 8 items, 15 features).
+        depth: layers per pathway. width: hidden width.
+        pathways: number of pathways or their names (default ``("a", "b")``).
+        lr: SGD learning rate. momentum: SGD momentum (0 = the paper's plain SGD).
+        init, init_scale, init_noise, independent_noise: see above.
+        nonlinearity: ``None``, ``"tanh"`` or ``"relu"`` between layers (not after the last).
+        task_basis: ``(U, S, V)`` for the aligned init (else taken from the datamodule).
+        seed: seed of the initialisation.
+
+    Example::
+
+        >>> import lightning_critical as lc
+        >>> dm = lc.data.HierarchicalDataModule()
+        >>> net = lc.models.MultiPathwayLinearNet(depth=2, width=16, task_basis=dm.task_basis())
+        >>> {k: tuple(v.shape) for k, v in net.end_to_end_maps().items()}
+        {'a': (15, 8), 'b': (15, 8)}
+    """
+
+    def __init__(
+        self,
+        in_features: int = 8,
+        out_features: int = 15,
+        depth: int = 4,
+        width: int = 100,
+        pathways: Union[int, Sequence[str]] = ("a", "b"),
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        init: str = "aligned",
+        init_scale: float = 0.01,
+        init_noise: float = 0.1,
+        independent_noise: bool = False,
+        nonlinearity: Optional[str] = None,
+        task_basis: Optional[TaskBasis] = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("depth", depth), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+        if nonlinearity is not None and nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity={nonlinearity!r} is not valid; choose None or one of {tuple(NONLINEARITIES)}.")
+        if not lr > 0:
+            raise ValueError(f"lr={lr!r} must be > 0.")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale={init_scale!r} must be > 0.")
+        self.save_hyperparameters(ignore=["task_basis"])
+        names = _pathway_names(pathways)
+        self.pathways = nn.ModuleDict({n: self._make_pathway() for n in names})
+        self._basis: Optional[TaskBasis] = None
+        self.register_buffer("initialized", torch.tensor(False), persistent=True)
+        if init == "gaussian":
+            self._gaussian_init()
+        elif task_basis is not None:
+            self.initialize_aligned(task_basis)
+
+    def _make_pathway(self) -> nn.Sequential:
+        hp = self.hparams
+        sizes = [hp.in_features] + [hp.width] * (hp.depth - 1) + [hp.out_features]
+        layers: list[nn.Module] = []
+        for i in range(hp.depth):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=False))
+            if hp.nonlinearity is not None and i < hp.depth - 1:
+                layers.append(NONLINEARITIES[hp.nonlinearity]())
+        return nn.Sequential(*layers)
+
+    def _linears(self, name: str) -> list[nn.Linear]:
+        return [m for m in self.pathways[name] if isinstance(m, nn.Linear)]
+
+    def _gaussian_init(self) -> None:
+        gen = torch.Generator().manual_seed(self.hparams.seed)
+        per_layer = self.hparams.init_scale ** (1.0 / self.hparams.depth)
+        with torch.no_grad():
+            for name in self.pathways:
+                for layer in self._linears(name):
+                    std = per_layer / layer.in_features**0.5
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * std)
+        self.initialized.fill_(True)
+
+    def initialize_aligned(self, task_basis: TaskBasis) -> None:
+        """Balanced, task-aligned initialisation from ``(U, S, V)`` (see the class docstring)."""
+        u, s, v = (t.detach().double().cpu() for t in task_basis)
+        hp = self.hparams
+        if u.shape[0] != hp.out_features or v.shape[0] != hp.in_features:
+            raise ValueError(
+                f"task basis with U {tuple(u.shape)} and V {tuple(v.shape)} does not fit the network "
+                f"(out_features={hp.out_features}, in_features={hp.in_features})."
+            )
+        rank = u.shape[1]
+        if hp.depth > 1 and hp.width < rank:
+            raise ValueError(f"width={hp.width} is smaller than the task's {rank} modes; aligned init needs width >= {rank}.")
+        gen = torch.Generator().manual_seed(hp.seed)
+        n_paths = len(self.pathways)
+        z = torch.randn((n_paths if hp.independent_noise else 1, rank), generator=gen, dtype=torch.float64)
+        k0 = hp.init_scale * (1.0 + hp.init_noise * z)
+        k0 = torch.sort(k0, dim=1, descending=True).values.expand(n_paths, rank)
+        if torch.any(k0 <= 0):
+            raise ValueError(f"init_noise={hp.init_noise} gave a non-positive initial strength; use a smaller init_noise.")
+        with torch.no_grad():
+            for p, name in enumerate(self.pathways):
+                q = torch.diag(k0[p] ** (1.0 / hp.depth))
+                left = v  # input-side basis of the current layer
+                layers = self._linears(name)
+                for i, layer in enumerate(layers):
+                    if i == len(layers) - 1:
+                        right = u
+                    else:
+                        right, _ = torch.linalg.qr(torch.randn((hp.width, rank), generator=gen, dtype=torch.float64))
+                    layer.weight.copy_((right @ q @ left.T).to(layer.weight.dtype))
+                    left = right
+        self._basis = (u.float(), s.float(), v.float())
+        self.initialized.fill_(True)
+
+    def setup(self, stage: str) -> None:
+        if self.initialized.item():
+            return
+        basis = find_task_basis(getattr(self.trainer, "datamodule", None))
+        if basis is None:
+            raise ValueError(
+                "init='aligned' needs the task basis: pass task_basis=(U, S, V) or use a datamodule with task_basis()."
+            )
+        self.initialize_aligned(basis)
+
+    # -- protocols ------------------------------------------------------------------------
+    def task_basis(self) -> Optional[TaskBasis]:
+        """The basis used for the aligned init (``None`` until known)."""
+        return self._basis
+
+    @torch.no_grad()
+    def end_to_end_maps(self) -> dict[str, Tensor]:
+        """Each pathway's ``out x in`` map in float32 (float64 for float64 weights).
+
+        Linear pathways: ``W_D ... W_1``. Nonlinear ones: the pathway applied to the standard
+        basis inputs, ``f(I)^T``. Layers are applied one by one, so hooks that deficits put
+        on the pathway module itself do not alter the recorded map.
+        """
+        maps = {}
+        for name, seq in self.pathways.items():
+            weight = self._linears(name)[0].weight
+            dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+            if self.hparams.nonlinearity is None:
+                out = weight.detach().to(dtype)
+                for layer in self._linears(name)[1:]:
+                    out = layer.weight.detach().to(dtype) @ out
+            else:
+                h = torch.eye(self.hparams.in_features, device=weight.device, dtype=weight.dtype)
+                for layer in seq:
+                    h = layer(h)
+                out = h.detach().to(dtype).T
+            maps[name] = out
+        return maps
+
+    # -- training -------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return sum(pathway(x) for pathway in self.pathways.values())
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = 0.5 * ((self(x) - y) ** 2).sum()
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)

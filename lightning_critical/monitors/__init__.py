@@ -1,0 +1,6 @@
+"""Monitor callbacks: what the network has learned, recorded over training."""
+
+from lightning_critical.monitors.history import read_history
+from lightning_critical.monitors.spectral_monitor import SpectralMonitor
+
+__all__ = ["SpectralMonitor", "read_history"]

@@ -1,0 +1,3 @@
+"""Figures: each function takes a results table and returns a matplotlib Figure."""
+
+from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits

@@ -1,0 +1,125 @@
+"""Training-time windows: when a deficit (or any scheduled intervention) is active.
+
+A window is half-open, ``[start, end)``, counted in epochs or in optimizer steps.
+``step`` always means the number of optimizer steps completed so far (Lightning's
+``trainer.global_step``), so the update that turns step ``t`` into ``t + 1`` happens
+*inside* the window exactly when ``start <= t < end``.
+
+This module knows nothing about Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence, Union
+
+Unit = Literal["epoch", "step"]
+UNITS: tuple[str, ...] = ("epoch", "step")
+
+
+def _check_unit(unit: str) -> str:
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r} is not valid; choose one of {UNITS}.")
+    return unit
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open training window ``[start, end)`` in epochs or optimizer steps.
+
+    Args:
+        start: first epoch (or step) inside the window, ``>= 0``.
+        end: first epoch (or step) after the window; ``None`` means "until training ends".
+        unit: ``"epoch"`` or ``"step"`` (optimizer steps completed, ``trainer.global_step``).
+
+    Raises:
+        ValueError: for a negative start, an empty window (``end <= start``), a non-integer
+            bound or an unknown unit.
+
+    Example::
+
+        >>> w = Window(0, 150)
+        >>> w.contains(epoch=149, step=0), w.contains(epoch=150, step=0)
+        (True, False)
+        >>> Window.coerce((400, 550), unit="step")
+        Window(start=400, end=550, unit='step')
+    """
+
+    start: int
+    end: Optional[int] = None
+    unit: Unit = "epoch"
+
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is None and name == "end":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    object.__setattr__(self, name, int(value))
+                    continue
+                raise ValueError(f"Window {name}={value!r} must be an integer number of {self.unit}s.")
+        if self.start < 0:
+            raise ValueError(f"Window start={self.start} must be >= 0.")
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(
+                f"Window [{self.start}, {self.end}) is empty: end must be greater than start."
+            )
+
+    @classmethod
+    def coerce(cls, value: "WindowLike", unit: str = "epoch") -> "Window":
+        """Build a window from a ``Window``, ``(start, end)`` or ``(start, end, unit)``.
+
+        ``unit`` is the default when the value does not name one itself.
+        """
+        if isinstance(value, Window):
+            return value
+        if isinstance(value, dict):
+            return cls(**{"unit": unit, **value})
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ValueError(
+                f"window={value!r} is not valid; give lc.Window(start, end, unit) "
+                "or a (start, end) tuple."
+            )
+        if len(value) == 2:
+            return cls(value[0], value[1], _check_unit(unit))  # type: ignore[arg-type]
+        if len(value) == 3:
+            return cls(value[0], value[1], _check_unit(value[2]))  # type: ignore[arg-type]
+        raise ValueError(f"window={value!r} must have 2 or 3 entries: (start, end[, unit]).")
+
+    @property
+    def stop(self) -> float:
+        """``end`` as a number (``inf`` for an open window)."""
+        return math.inf if self.end is None else self.end
+
+    def contains(self, epoch: int, step: int) -> bool:
+        """Whether the update taken at ``(epoch, step)`` lies inside the window."""
+        t = epoch if self.unit == "epoch" else step
+        return self.start <= t < self.stop
+
+    def in_steps(self, steps_per_epoch: Optional[int]) -> Optional[tuple[float, float]]:
+        """The window as ``(start, stop)`` in optimizer steps, if that can be known."""
+        if self.unit == "step":
+            return float(self.start), self.stop
+        if steps_per_epoch is None:
+            return None
+        return float(self.start * steps_per_epoch), self.stop * steps_per_epoch
+
+    def overlaps(self, other: "Window", steps_per_epoch: Optional[int] = None) -> bool:
+        """Whether two windows share at least one update (unknown mixed units: assume they do)."""
+        if self.unit == other.unit:
+            return self.start < other.stop and other.start < self.stop
+        a, b = self.in_steps(steps_per_epoch), other.in_steps(steps_per_epoch)
+        if a is None or b is None:
+            return True
+        return a[0] < b[1] and b[0] < a[1]
+
+    def __str__(self) -> str:
+        end = "end" if self.end is None else str(self.end)
+        return f"[{self.start}, {end}) {self.unit}s"
+
+
+WindowLike = Union[Window, Sequence[Any]]
+"""A :class:`Window`, ``(start, end)`` or ``(start, end, unit)``; ``end`` may be ``None``."""

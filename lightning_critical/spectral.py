@@ -1,0 +1,316 @@
+"""Spectra of weight matrices: which matrices a model has, their singular values, metrics.
+
+Plain torch, no Lightning. Every function works on the device and dtype it is given,
+except that spectra are always computed in ``float32`` or better (``compute_dtype``).
+
+Matrix views (what "the matrix" of a parameter is):
+
+* ``nn.Linear`` / any 2-D weight: used as is, ``(out, in)``.
+* ``nn.Conv{1,2,3}d`` weight ``(out, in/groups, *kernel)`` -> ``(out, in/groups * prod(kernel))``.
+* ``nn.ConvTranspose{1,2,3}d`` weight ``(in, out/groups, *kernel)`` is first transposed to
+  ``(out/groups, in, *kernel)`` and then flattened the same way, so rows are output channels.
+* ``nn.Embedding`` weight ``(num_embeddings, dim)``: used as is.
+* ``nn.MultiheadAttention.in_proj_weight`` ``(3 * E, E)`` is split into three ``(E, E)``
+  targets named ``<name>.q``, ``<name>.k`` and ``<name>.v``.
+* RNN/LSTM/GRU ``weight_ih_l*`` / ``weight_hh_l*``: the stacked gate matrix as is.
+* any other parameter with 2 or more dimensions: ``(shape[0], prod(shape[1:]))``.
+
+Metric formulas, with ``s_1 >= s_2 >= ... >= 0`` the singular values of the matrix:
+
+=====================  ====================================================================
+``singular_values``    all of them (or the ``top_k`` largest), one record per index
+``spectral_norm``      ``s_1``
+``frobenius_norm``     ``sqrt(sum s_i^2)``
+``nuclear_norm``       ``sum s_i``
+``stable_rank``        ``sum s_i^2 / s_1^2``
+``effective_rank``     ``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s_j`` (Roy & Vetterli 2007)
+``participation_ratio`` ``(sum s_i^2)^2 / sum s_i^4``
+``condition_number``   ``s_1 / s_r`` with ``s_r`` the smallest singular value above
+                       ``max(m, n) * eps(dtype) * s_1`` (finite: numerically-zero values are
+                       ignored; ``1`` for a zero matrix)
+``subspace_drift``     ``1 - ||U_prev^T U_now||_F^2 / k`` for the top-``k`` left singular
+                       vectors: 0 if the subspace did not move, 1 if it became orthogonal
+``mode_strength``      ``K_a = u_a^T W v_a`` for a task basis ``(U, S, V)``
+=====================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import defaultdict
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+SCALAR_METRICS: tuple[str, ...] = (
+    "spectral_norm",
+    "frobenius_norm",
+    "nuclear_norm",
+    "stable_rank",
+    "effective_rank",
+    "participation_ratio",
+    "condition_number",
+)
+VECTOR_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "subspace_drift")
+METRICS: tuple[str, ...] = ("singular_values", "mode_strength") + SCALAR_METRICS + ("subspace_drift",)
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+Patterns = Union[str, Sequence[str]]
+
+
+def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
+    """Validate metric names, keeping their order; raise naming the bad one and the choices."""
+    out = tuple(metrics) if not isinstance(metrics, str) else (metrics,)
+    for m in out:
+        if m not in METRICS:
+            raise ValueError(f"metric {m!r} is not known; choose from {METRICS}.")
+    return out
+
+
+def matrix_views(name: str, param: Tensor, owner: Optional[nn.Module] = None) -> dict[str, Tensor]:
+    """The matrix (or matrices) a parameter stands for; empty for 0-D and 1-D parameters.
+
+    ``owner`` is the module holding the parameter; it decides the conv / attention views.
+    The returned tensors are views of ``param`` (no copy).
+    """
+    if param.dim() < 2:
+        return {}
+    leaf = name.rsplit(".", 1)[-1]
+    if isinstance(owner, nn.MultiheadAttention) and leaf == "in_proj_weight":
+        q, k, v = param.chunk(3, dim=0)
+        return {f"{name}.q": q, f"{name}.k": k, f"{name}.v": v}
+    if isinstance(owner, _CONV_T) and leaf == "weight":
+        return {name: param.transpose(0, 1).reshape(param.shape[1], -1)}
+    if param.dim() == 2:
+        return {name: param}
+    return {name: param.reshape(param.shape[0], -1)}
+
+
+def _as_patterns(value: Optional[Patterns]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def name_matches(name: str, patterns: Optional[Patterns]) -> bool:
+    """Whether ``name`` equals or glob-matches one of ``patterns`` (a string or a sequence)."""
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in _as_patterns(patterns))
+
+
+def find_weight_matrices(
+    module: nn.Module, include: Optional[Patterns] = None, exclude: Optional[Patterns] = None
+) -> dict[str, Tensor]:
+    """Every weight matrix of ``module``, keyed by qualified parameter name (plus split suffix).
+
+    Args:
+        module: any ``nn.Module``.
+        include: names or globs of targets to keep (``None`` keeps all). A pattern matches
+            either the target name (``attn.in_proj_weight.q``) or its parameter name.
+        exclude: names or globs to drop, matched the same way.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> sorted(find_weight_matrices(net))
+        ['0.weight', '2.weight']
+    """
+    inc, exc = _as_patterns(include), _as_patterns(exclude)
+    owners = {}
+    for mod_name, mod in module.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            owners[f"{mod_name}.{p_name}" if mod_name else p_name] = mod
+    out: dict[str, Tensor] = {}
+    for name, param in module.named_parameters():
+        for target, mat in matrix_views(name, param, owners.get(name)).items():
+            keys = (target, name)
+            if inc and not any(name_matches(k, inc) for k in keys):
+                continue
+            if exc and any(name_matches(k, exc) for k in keys):
+                continue
+            out[target] = mat
+    return out
+
+
+def compute_dtype(t: Tensor, dtype: Optional[torch.dtype] = None) -> torch.dtype:
+    """``dtype`` if given, else float64 for float64 input and float32 for everything else."""
+    if dtype is not None:
+        return dtype
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def singular_values(
+    matrices: Mapping[str, Tensor],
+    dtype: Optional[torch.dtype] = None,
+    top_k: Optional[int] = None,
+    with_vectors: bool = False,
+    randomized_min_dim: int = 2048,
+) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
+    """Singular values (descending) of many matrices, batching those of equal shape.
+
+    Runs under ``torch.no_grad()`` on each matrix's device, in ``float32`` or better whatever
+    the storage dtype (bf16/fp16 weights are upcast). With ``top_k`` and both dimensions at
+    least ``randomized_min_dim``, a randomized truncated SVD (:func:`randomized_singular_values`:
+    6 power iterations, ``top_k + 10`` columns, private seeded generator) replaces the full SVD.
+
+    Returns:
+        ``{name: (s, U)}`` with ``U`` the left singular vectors (top ``top_k`` columns, or all)
+        when ``with_vectors`` and ``None`` otherwise.
+
+    Example::
+
+        >>> s, _ = singular_values({"w": torch.diag(torch.tensor([3.0, 1.0]))})["w"]
+        >>> s.tolist()
+        [3.0, 1.0]
+    """
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for name, mat in matrices.items():
+        groups[(tuple(mat.shape), mat.device, compute_dtype(mat, dtype))].append(name)
+    out: dict[str, tuple[Tensor, Optional[Tensor]]] = {}
+    with torch.no_grad():
+        for (shape, _device, cdtype), names in groups.items():
+            batch = torch.stack([matrices[n].detach().to(cdtype) for n in names])
+            if top_k is not None and min(shape) >= randomized_min_dim:
+                s, u = randomized_singular_values(batch, top_k)
+                for i, n in enumerate(names):
+                    out[n] = (s[i], u[i] if with_vectors else None)
+                continue
+            if with_vectors:
+                u, s, _ = torch.linalg.svd(batch, full_matrices=False)
+            else:
+                s, u = torch.linalg.svdvals(batch), None
+            for i, n in enumerate(names):
+                si = s[i] if top_k is None else s[i, :top_k]
+                ui = None if u is None else (u[i] if top_k is None else u[i, :, :top_k])
+                out[n] = (si, ui)
+    return out
+
+
+def randomized_singular_values(
+    batch: Tensor, k: int, oversample: int = 10, power_iterations: int = 6, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` singular values and left vectors of a batch of matrices ``(b, m, n)``.
+
+    Randomized range finder (Halko, Martinsson & Tropp 2011, alg. 4.4): ``Q`` spans
+    ``(A A^T)^q A G`` for a Gaussian ``G`` with ``k + oversample`` columns, re-orthonormalised
+    after every product; then the SVD of the small ``Q^T A``. The error of ``s_i`` shrinks
+    like ``(s_{l+1} / s_i)^(2q+1)``. ``G`` comes from a private generator seeded by ``seed``:
+    the global RNG (and therefore training) is never touched.
+
+    Example::
+
+        >>> w = torch.diag(torch.arange(50, 0, -1).float())
+        >>> s, u = randomized_singular_values(w[None], k=3)
+        >>> [round(v) for v in s[0].tolist()]
+        [50, 49, 48]
+    """
+    b, m, n = batch.shape
+    cols = min(k + oversample, m, n)
+    gen = torch.Generator(device=batch.device).manual_seed(seed)
+    g = torch.randn((b, n, cols), generator=gen, device=batch.device, dtype=batch.dtype)
+    q = torch.linalg.qr(batch @ g).Q
+    at = batch.transpose(1, 2)
+    for _ in range(power_iterations):
+        q = torch.linalg.qr(at @ q).Q
+        q = torch.linalg.qr(batch @ q).Q
+    u_small, s, _ = torch.linalg.svd(q.transpose(1, 2) @ batch, full_matrices=False)
+    return s[:, :k], (q @ u_small)[:, :, :k]
+
+
+def scalar_metrics(s: Tensor, names: Iterable[str], shape: Sequence[int]) -> dict[str, float]:
+    """The scalar spectral metrics of one matrix from its singular values ``s`` (descending).
+
+    ``shape`` is the matrix shape (used for the numerical-rank tolerance of
+    ``condition_number``). See the module docstring for the formulas.
+
+    Example::
+
+        >>> m = scalar_metrics(torch.tensor([2.0, 2.0]), ["stable_rank", "effective_rank"], (2, 2))
+        >>> round(m["stable_rank"], 6), round(m["effective_rank"], 6)
+        (2.0, 2.0)
+    """
+    s = s.detach()
+    out: dict[str, float] = {}
+    s_max = float(s[0]) if s.numel() else 0.0
+    sq = s * s
+    sum_sq = float(sq.sum())
+    for name in names:
+        if name == "spectral_norm":
+            out[name] = s_max
+        elif name == "frobenius_norm":
+            out[name] = math.sqrt(sum_sq)
+        elif name == "nuclear_norm":
+            out[name] = float(s.sum())
+        elif name == "stable_rank":
+            out[name] = sum_sq / s_max**2 if s_max > 0 else 0.0
+        elif name == "effective_rank":
+            total = s.sum()
+            if total <= 0:
+                out[name] = 0.0
+                continue
+            p = s / total
+            p = p[p > 0]
+            out[name] = float(torch.exp(-(p * p.log()).sum()))
+        elif name == "participation_ratio":
+            quad = float((sq * sq).sum())
+            out[name] = sum_sq**2 / quad if quad > 0 else 0.0
+        elif name == "condition_number":
+            if s_max <= 0:
+                out[name] = 1.0
+                continue
+            tol = max(shape) * torch.finfo(s.dtype).eps * s_max
+            kept = s[s > tol]
+            out[name] = s_max / float(kept[-1])
+        else:
+            raise ValueError(f"{name!r} is not a scalar spectral metric; choose from {SCALAR_METRICS}.")
+    return out
+
+
+def subspace_drift(u_prev: Tensor, u_now: Tensor) -> float:
+    """``1 - ||U_prev^T U_now||_F^2 / k`` between two orthonormal ``(m, k)`` bases.
+
+    Example::
+
+        >>> e = torch.eye(3)
+        >>> subspace_drift(e[:, :1], e[:, :1]), subspace_drift(e[:, :1], e[:, 1:2])
+        (0.0, 1.0)
+    """
+    k = min(u_prev.shape[1], u_now.shape[1])
+    if k == 0:
+        return 0.0
+    overlap = u_prev[:, :k].T.to(u_now.dtype) @ u_now[:, :k]
+    return float(1.0 - (overlap * overlap).sum() / k)
+
+
+def mode_strengths(matrix: Tensor, u: Tensor, v: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``K_a = u_a^T W v_a`` for each column pair of the task basis ``U`` (out x r), ``V`` (in x r).
+
+    Raises:
+        ValueError: when the basis does not fit the matrix.
+
+    Example::
+
+        >>> mode_strengths(torch.diag(torch.tensor([3.0, 1.0])), torch.eye(2), torch.eye(2)).tolist()
+        [3.0, 1.0]
+    """
+    check_basis_fits(tuple(matrix.shape), u, v)
+    cdtype = compute_dtype(matrix, dtype)
+    with torch.no_grad():
+        w = matrix.detach().to(cdtype)
+        uu = u.detach().to(device=w.device, dtype=cdtype)
+        vv = v.detach().to(device=w.device, dtype=cdtype)
+        return ((uu.T @ w) * vv.T).sum(dim=1)
+
+
+def check_basis_fits(shape: tuple[int, ...], u: Tensor, v: Tensor, what: str = "map") -> None:
+    """Raise a ``ValueError`` if a task basis ``U`` (out x r), ``V`` (in x r) does not fit ``shape``."""
+    if u.dim() != 2 or v.dim() != 2 or u.shape[0] != shape[0] or v.shape[0] != shape[1] or u.shape[1] != v.shape[1]:
+        raise ValueError(
+            f"task basis with U of shape {tuple(u.shape)} and V of shape {tuple(v.shape)} does not fit "
+            f"the {what} of shape {tuple(shape)}: need U (out={shape[0]} x r) and V (in={shape[1]} x r)."
+        )

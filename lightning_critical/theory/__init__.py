@@ -1,0 +1,9 @@
+"""Theory for the bundled settings: exact dynamics and closed forms (numpy/scipy, no Lightning)."""
+
+from lightning_critical.theory.pathways import (
+    deprived_share,
+    depth2_mode_strength,
+    pathway_dynamics,
+    pathway_flow,
+    pathway_ode,
+)

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny models, quiet trainers and a TensorBoard event reader."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import warnings
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+# The models under test are tiny: one intra-op thread is faster and immune to oversubscription.
+torch.set_num_threads(1)
+logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+class TwoBranchNet(pl.LightningModule):
+    """A user-style model with no protocol at all: two branches summed, then a head."""
+
+    def __init__(self, optimizer: str = "sgd", fail_at_step: int = -1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.left = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+        self.right = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+        self.head = nn.Linear(4, 3)
+        self.optimizer = optimizer
+        self.fail_at_step = fail_at_step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.left(x) + self.right(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.global_step == self.fail_at_step:
+            raise RuntimeError("boom")
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.parameters()
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=0.01, weight_decay=0.01)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=0.01, weight_decay=0.1)
+        raise ValueError(self.optimizer)
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(32, 6, generator=gen)
+        y = torch.randn(32, 3, generator=gen)
+        return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def make_trainer(tmp_path: Any = None, **kwargs: Any) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, num_sanity_val_steps=0, deterministic=True,
+    )
+    if tmp_path is not None:
+        defaults["default_root_dir"] = str(tmp_path)
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def all_hooks(module: nn.Module) -> int:
+    """How many forward / pre-forward / backward hooks are attached anywhere in ``module``."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in module.modules()
+    )
+
+
+def read_tensorboard(log_dir: str) -> Any:
+    """An EventAccumulator over the event file(s) in ``log_dir`` with every event kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file in {log_dir}"
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    pl.seed_everything(0, verbose=False)

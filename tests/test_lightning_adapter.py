@@ -1,0 +1,25 @@
+"""The only Lightning internals we rely on: if an upgrade breaks one, this fails loudly."""
+
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from conftest import TwoBranchNet, make_trainer
+from lightning_critical import _lightning
+
+
+def test_adapter_against_a_real_trainer(tmp_path):
+    seen = {}
+
+    class Probe(__import__("pytorch_lightning").Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["steps_per_epoch"] = _lightning.steps_per_epoch(trainer)
+            seen["writers"] = _lightning.tensorboard_writers(trainer)
+            seen["run_dir"] = _lightning.run_dir(trainer)
+            _lightning.log_scalars(trainer, {"probe/x": 1.5}, step=7)
+
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    csv = CSVLogger(str(tmp_path), name="csv", version="")
+    make_trainer(max_epochs=1, accumulate_grad_batches=2, logger=[tb, csv], callbacks=[Probe()]).fit(TwoBranchNet())
+    assert seen["steps_per_epoch"] == 2  # 4 batches, accumulating 2
+    assert len(seen["writers"]) == 1 and seen["writers"][0] is tb.experiment
+    assert seen["run_dir"] == tb.log_dir
+    assert "probe/x" in open(f"{csv.log_dir}/metrics.csv").read()

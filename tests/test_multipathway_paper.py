@@ -1,0 +1,86 @@
+"""The paper's multi-pathway results, from real Trainer runs of the bundled net, against the theory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lightning_critical as lc
+from lightning_critical.experiments import pathway_deficit_run
+from lightning_critical.theory import deprived_share, pathway_dynamics
+
+
+def shares(run):
+    final = run.frame[run.frame.step == run.frame.step.max()]
+    k = final.pivot_table(index="pathway", columns="mode", values="sgd")
+    return (k.loc["b"] / k.sum(axis=0)).to_numpy()
+
+
+def assert_matches_theory(run):
+    s_max = run.singular_values.max()
+    err = (run.frame.sgd - run.frame.theory).abs().max()
+    assert err < 1e-3 * s_max, err
+    assert run.frame.step.nunique() == 101  # every 10 of 1000 steps, plus step 0
+
+
+def test_early_deficit_is_winner_take_all():
+    run = pathway_deficit_run((0, 150), depth=4, max_epochs=1000, every_n_steps=10)
+    assert_matches_theory(run)
+    share = shares(run)
+    assert share[0] < 0.02 and share[1] < 0.02, share
+    assert (share < 0.1).all()
+
+
+def test_late_deficit_changes_nothing():
+    run = pathway_deficit_run((750, 900), depth=4, max_epochs=1000, every_n_steps=10)
+    assert_matches_theory(run)
+    assert np.abs(shares(run) - 0.5).max() < 0.01
+
+
+def test_silence_matches_its_theory():
+    run = pathway_deficit_run((0, 100), depth=3, width=24, max_epochs=400, every_n_steps=10, mode="silence")
+    assert (run.frame.sgd - run.frame.theory).abs().max() < 1e-3 * run.singular_values.max()
+    # freeze and silence differ: a silenced pathway does not count towards the output.
+    frozen = pathway_dynamics(run.singular_values, 3, run.theory[0], 0.01, 400, deficits={1: [(0, 100)]})
+    assert np.abs(frozen[-1] - run.theory[-1]).max() > 1e-3
+
+
+def test_deprivation_effect_grows_with_depth():
+    weakest = {}
+    for depth in (1, 2, 3, 4, 6):
+        run = pathway_deficit_run((0, 50), depth=depth, width=16, max_epochs=1000, every_n_steps=1000)
+        weakest[depth] = shares(run)[-4:].mean()
+        if depth == 1:
+            # Depth 1 has no rich-get-richer: the gap opened during the deficit is all that remains.
+            k = run.frame.pivot_table(index=["step", "pathway"], columns="mode", values="sgd")
+            gap_at_end_of_deficit = pathway_dynamics(run.singular_values, 1, run.theory[0], 0.01, 50,
+                                                     deficits={1: [(0, 50)]})[-1]
+            final = k.loc[1000].to_numpy()
+            assert np.allclose(final[0] - final[1], gap_at_end_of_deficit[0] - gap_at_end_of_deficit[1], atol=1e-4)
+    values = [weakest[d] for d in (1, 2, 3, 4, 6)]
+    assert all(a > b for a, b in zip(values, values[1:])), weakest
+
+
+def test_mode_lesion_published_run():
+    """Depth 3: mode 1 of pathway a lesioned for the whole run, pathway b frozen for [0, 200)."""
+    dm = lc.data.HierarchicalDataModule()
+    u, s, v = dm.task_basis()
+    net = lc.models.MultiPathwayLinearNet(depth=3, width=24, lr=0.05, task_basis=dm.task_basis())
+    k0 = lc.experiments.pathways.initial_mode_strengths(net, dm)
+    monitor = lc.SpectralMonitor(targets="maps", every_n_steps=50, metrics=("mode_strength",))
+    from conftest import make_trainer
+
+    make_trainer(max_epochs=600, callbacks=[
+        lc.ModeDeficit("a", modes=1, window=(0, None)),
+        lc.PathwayDeficit("b", (0, 200)),
+        monitor,
+    ]).fit(net, dm)
+    theory = pathway_dynamics(s.numpy(), 3, k0, 0.05, 600, deficits={(0, 1): [(0, None, "silence")], 1: [(0, 200)]})
+    frame = monitor.to_frame()
+    sgd = frame.pivot_table(index="step", columns=["target", "index"], values="value")
+    steps = sgd.index.to_numpy()
+    assert np.abs(sgd.to_numpy().reshape(len(steps), 2, 8) - theory[steps]).max() < 1e-3 * float(s[0])
+    final = theory[-1]
+    assert final[1, 1] > 0.99 * float(s[1])  # b learns mode 1 although it started late
+    assert deprived_share(final, 1)[0] < 0.05  # ... but a took mode 0 during b's deficit
