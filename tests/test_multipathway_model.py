@@ -1,0 +1,89 @@
+"""The bundled network and task: shapes, inits, protocols, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lightning_critical as lc
+from conftest import make_trainer
+from lightning_critical.data import hierarchical_features
+from lightning_critical.experiments.pathways import initial_mode_strengths
+from lightning_critical.theory import pathway_dynamics
+
+
+def test_default_tree_and_other_trees():
+    y = hierarchical_features()
+    assert y.shape == (15, 8)
+    assert y[0].tolist() == [1.0] * 8 and y.sum().item() == 8 * 4  # every item has 4 features
+    s = torch.linalg.svdvals(y)
+    assert np.allclose(s.numpy(), [15**0.5, 7**0.5, 3**0.5, 3**0.5, 1, 1, 1, 1], atol=1e-5)
+    assert hierarchical_features(branching=3, levels=2).shape == (13, 9)
+    with pytest.raises(ValueError, match="branching=1"):
+        hierarchical_features(branching=1)
+    dm = lc.data.HierarchicalDataModule(branching=3, levels=2, feature_noise=0.1)
+    u, s, v = dm.task_basis()
+    assert torch.allclose(u @ torch.diag(s) @ v.T, dm.features, atol=1e-5)
+
+
+def test_aligned_init_is_balanced_and_in_the_task_basis():
+    dm = lc.data.HierarchicalDataModule()
+    u, s, v = dm.task_basis()
+    net = lc.models.MultiPathwayLinearNet(depth=3, width=20, task_basis=dm.task_basis(), seed=3)
+    k0 = initial_mode_strengths(net, dm)
+    assert np.allclose(k0[0], k0[1])  # noise shared by the pathways, as in the paper's code
+    assert np.all(np.diff(k0[0]) <= 0) and np.allclose(k0.mean(), 0.01, rtol=0.2)
+    omega = net.end_to_end_maps()["a"]
+    assert torch.allclose(omega, u @ torch.diag(torch.tensor(k0[0], dtype=torch.float32)) @ v.T, atol=1e-6)
+    w1, w2 = net.pathways["a"][0].weight, net.pathways["a"][1].weight
+    assert torch.allclose(w1 @ w1.T, w2.T @ w2, atol=1e-6)  # balanced layers
+    independent = lc.models.MultiPathwayLinearNet(depth=3, width=20, task_basis=dm.task_basis(), independent_noise=True)
+    k0 = initial_mode_strengths(independent, dm)
+    assert not np.allclose(k0[0], k0[1])
+
+
+def test_three_pathways_follow_the_theory():
+    dm = lc.data.HierarchicalDataModule()
+    net = lc.models.MultiPathwayLinearNet(depth=2, width=12, pathways=3, lr=0.02, task_basis=dm.task_basis(),
+                                          independent_noise=True)
+    assert list(net.pathways) == ["a", "b", "c"]
+    k0 = initial_mode_strengths(net, dm)
+    monitor = lc.SpectralMonitor(targets="maps", every_n_steps=50, metrics=("mode_strength",))
+    make_trainer(max_epochs=300, callbacks=[lc.PathwayDeficit(["b", "c"], (0, 100)), monitor]).fit(net, dm)
+    theory = pathway_dynamics(dm.task_basis()[1].numpy(), 2, k0, 0.02, 300, deficits={1: [(0, 100)], 2: [(0, 100)]})
+    frame = monitor.to_frame().pivot_table(index="step", columns=["target", "index"], values="value")
+    sgd = frame.to_numpy().reshape(len(frame), 3, 8)
+    assert np.abs(sgd - theory[frame.index.to_numpy()]).max() < 1e-4
+
+
+def test_gaussian_init_and_setup_from_the_datamodule():
+    net = lc.models.MultiPathwayLinearNet(depth=2, width=50, init="gaussian", init_scale=1e-2)
+    w = net.pathways["b"][0].weight
+    assert abs(w.std().item() - 0.1 / 8**0.5) < 0.01
+    aligned = lc.models.MultiPathwayLinearNet(depth=2, width=10)
+    assert aligned.task_basis() is None
+    make_trainer(max_epochs=1).fit(aligned, lc.data.HierarchicalDataModule())
+    assert aligned.task_basis() is not None and bool(aligned.initialized)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(init="orthogonal"), "init='orthogonal'.*aligned"),
+    (dict(nonlinearity="gelu"), "nonlinearity='gelu'.*tanh"),
+    (dict(depth=0), "depth=0"),
+    (dict(pathways=["a", "a"]), "distinct"),
+    (dict(lr=0.0), "lr=0.0"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lc.models.MultiPathwayLinearNet(**kwargs)
+
+
+def test_aligned_init_without_a_basis_fails_before_training():
+    from conftest import TwoBranchNet
+
+    net = lc.models.MultiPathwayLinearNet(depth=2, width=10)
+    with pytest.raises(ValueError, match="needs the task basis"):
+        make_trainer(max_epochs=1).fit(net, train_dataloaders=TwoBranchNet().train_dataloader())
+    with pytest.raises(ValueError, match="width=4 is smaller than the task's 8 modes"):
+        lc.models.MultiPathwayLinearNet(depth=2, width=4, task_basis=lc.data.HierarchicalDataModule().task_basis())
