@@ -6,3 +6,4 @@ from lightning_critical.monitors import SpectralMonitor
 from lightning_critical.schedule import Window
 
 __version__ = "0.1.0"
+from lightning_critical.tasks import TaskSwitch, TaskSwitchable

@@ -2,6 +2,8 @@
 
 * ``lightning-critical demo [--out DIR]``: the flagship multi-pathway demo (TensorBoard logs,
   CSV tables, PNG figures).
+* ``lightning-critical matrix-completion [--out DIR] [--depths 1 2 3] ...``: the paper's
+  deep-matrix-completion figure (final test loss against task-switch epoch), PNG + CSV.
 * ``lightning-critical fit --config CONFIG.yaml`` (and ``validate``/``test``/``predict``):
   LightningCLI with any LightningModule / LightningDataModule given by ``class_path``, e.g.
   the configs in ``examples/configs/``.
@@ -45,7 +47,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", module="pytorch_lightning")
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"demo": _demo}
+def _matrix_completion(argv: Sequence[str]) -> int:
+    import torch
+
+    from lightning_critical.experiments.matrix_completion import figure_main
+
+    _quiet_lightning()
+    torch.set_num_threads(1)
+    return figure_main(list(argv))
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"demo": _demo, "matrix-completion": _matrix_completion}
 
 
 def _lightning_cli(argv: Sequence[str]) -> int:

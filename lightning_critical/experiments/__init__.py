@@ -6,3 +6,4 @@ from lightning_critical.experiments.pathways import (
     pathway_deficit_run,
     phase_trajectories,
 )
+from lightning_critical.experiments.matrix_completion import matrix_completion_figure, matrix_completion_parameter_sweep, matrix_completion_sweep, matrix_completion_trajectories

@@ -1,3 +1,5 @@
 """Bundled LightningModules. They use only the documented protocols (see ``protocols``)."""
 
 from lightning_critical.models.multipathway import MultiPathwayLinearNet
+from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble

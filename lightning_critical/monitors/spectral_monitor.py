@@ -60,7 +60,8 @@ class SpectralMonitor(Callback):
 
     * :meth:`to_frame`: tidy ``DataFrame`` (step, epoch, target, metric, index, value), with
       ``index`` the singular-value / mode index or -1 for scalars.
-    * the same rows appended to ``<log dir>/<history_file>`` as they are recorded (rank zero).
+    * the same rows appended to ``<log dir>/<history_file>`` as they are recorded (rank zero;
+      only with a logger, whose directory it is).
     * logger scalars ``<metric>/<target>``, ``mode_strength/<map>/<a>``,
       ``singular_values/<target>/<i>`` (``i < log_top_k``) and, with ``theory``,
       ``theory/<metric>/<target>/<i>``; on rank zero with TensorBoard, singular-value
@@ -201,7 +202,9 @@ class SpectralMonitor(Callback):
             else:
                 for name in sorted(map_names):
                     check_basis_fits(tuple(mats[name].shape), basis[0], basis[2], what=f"end-to-end map {name!r}")
-        if trainer.is_global_zero and self.history_file:
+        if self.history_file and not trainer.loggers:
+            self._report_once("no-logger", "no logger: the history is kept in memory only (to_frame()).")
+        elif trainer.is_global_zero and self.history_file:
             self.history.open(os.path.join(run_dir(trainer), self.history_file))
         self._add_layout(trainer, sorted(map_names), basis)
 

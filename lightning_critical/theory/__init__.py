@@ -7,3 +7,4 @@ from lightning_critical.theory.pathways import (
     pathway_flow,
     pathway_ode,
 )
+from lightning_critical.theory.factorization import integrate_factorization

@@ -1,0 +1,229 @@
+"""Matrix-completion tasks (Arora et al. 2019) that ``TaskSwitch`` can switch between."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+TaskSpec = Union[int, Mapping[str, Any]]
+DEFAULT_TASKS: dict[str, TaskSpec] = {"pretrain": {"rank": 10}, "target": {"rank": 5}}
+
+
+def low_rank_ground_truth(size: int, rank: int, rng: np.random.Generator) -> np.ndarray:
+    """``U V^T / sqrt(rank)`` with Gaussian ``U, V`` (size x rank), rescaled to ``||W||_F = size``.
+
+    The rescaling gives entries of RMS 1, so test losses of different ranks compare.
+    """
+    u = rng.standard_normal((size, rank))
+    v = rng.standard_normal((size, rank))
+    w = u @ v.T / np.sqrt(rank)
+    return w * (size / np.linalg.norm(w))
+
+
+class _EntryIndices(Dataset):
+    """Indices of observed entries. Task content is attached in the main process, never here."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class MatrixCompletionDataModule(pl.LightningDataModule):
+    """Named matrix-completion tasks observed at shared positions; implements ``TaskSwitchable``.
+
+    Each task is either a ground truth of a given rank (``W* = U V^T / sqrt(r)``, Gaussian
+    ``U, V``, rescaled so ``||W*||_F = size``), observed at the *same* ``n_observed``
+    positions as every other rank task, or a subset (the first ``n_observed`` positions) of
+    another task's observations: the "fewer examples" deficit. Positions are drawn without
+    replacement after all ground truths, from ``numpy.random.default_rng(seed)``.
+
+    Batches: workers yield indices of observed entries; ``on_after_batch_transfer`` (main
+    process) turns them into ``{"rows", "cols", "values", "ground_truth"}`` of the *active*
+    task, keeping only the entries that task observes. So a ``set_task`` call affects the very
+    next step with any ``num_workers`` (see :mod:`lightning_critical.tasks`). The default
+    ``batch_size=None`` is one full batch per epoch (an epoch is one SGD step, as in the paper).
+
+    Args:
+        size: the matrices are ``size x size``.
+        n_observed: number of observed positions shared by the rank tasks.
+        tasks: ``{name: spec}`` in order; the first is active initially. ``spec`` is a rank
+            (``int``), ``{"rank": r}`` or ``{"subset_of": other_name, "n_observed": k}``.
+            Default: ``{"pretrain": {"rank": 10}, "target": {"rank": 5}}``.
+        seed: seed of the ground truths and positions.
+        batch_size: entries per batch; ``None`` for the full batch.
+        num_workers: dataloader workers.
+
+    Raises:
+        ValueError: for a bad size, count, rank, subset or unknown task name.
+
+    Example::
+
+        >>> dm = MatrixCompletionDataModule(size=20, n_observed=100,
+        ...     tasks={"pretrain": 4, "target": 2, "few": {"subset_of": "target", "n_observed": 30}})
+        >>> dm.tasks, dm.task
+        (('pretrain', 'target', 'few'), 'pretrain')
+        >>> dm.set_task("few"); len(dm.observations()[2])
+        30
+        >>> U, S, V = dm.task_basis(); tuple(U.shape), tuple(S.shape)
+        ((20, 2), (2,))
+    """
+
+    def __init__(
+        self,
+        size: int = 100,
+        n_observed: int = 2000,
+        tasks: Optional[Mapping[str, TaskSpec]] = None,
+        seed: int = 0,
+        batch_size: Optional[int] = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"size={size!r} must be a positive integer.")
+        if not isinstance(n_observed, int) or not 1 <= n_observed <= size * size:
+            raise ValueError(f"n_observed={n_observed!r} must be an integer in [1, size**2={size * size}].")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer or None (full batch).")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers={num_workers!r} must be a non-negative integer.")
+        specs = dict(DEFAULT_TASKS if tasks is None else tasks)
+        if not specs:
+            raise ValueError("tasks={} is empty; give at least one {name: rank}.")
+        self.size, self.n_observed, self.seed = size, n_observed, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.task_specs = {name: self._parse_spec(name, spec, specs) for name, spec in specs.items()}
+
+        rng = np.random.default_rng(seed)
+        truths: dict[str, np.ndarray] = {}
+        for name, spec in self.task_specs.items():
+            if "rank" in spec:
+                truths[name] = low_rank_ground_truth(size, spec["rank"], rng)
+        flat = rng.choice(size * size, size=n_observed, replace=False)
+        self._rows = torch.as_tensor(flat // size, dtype=torch.long)
+        self._cols = torch.as_tensor(flat % size, dtype=torch.long)
+
+        self._truth: dict[str, Tensor] = {}
+        self._observed: dict[str, Tensor] = {}  # boolean mask over the shared positions
+        for name, spec in self.task_specs.items():
+            root, count = name, n_observed
+            while "subset_of" in self.task_specs[root]:
+                count = min(count, self.task_specs[root]["n_observed"])
+                root = self.task_specs[root]["subset_of"]
+            self._truth[name] = torch.as_tensor(truths[root], dtype=torch.float32)
+            mask = torch.zeros(n_observed, dtype=torch.bool)
+            mask[:count] = True
+            self._observed[name] = mask
+        self._task = next(iter(self.task_specs))
+        self._device_cache: dict[tuple[str, str], tuple[Tensor, ...]] = {}
+
+    def _parse_spec(self, name: str, spec: TaskSpec, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"task name {name!r} must be a non-empty string.")
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            spec = {"rank": spec}
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"task {name!r}: spec {spec!r} must be a rank or a mapping with 'rank' or 'subset_of'.")
+        spec = dict(spec)
+        if "rank" in spec:
+            rank = spec["rank"]
+            if set(spec) != {"rank"} or not isinstance(rank, int) or not 1 <= rank <= self.size:
+                raise ValueError(f"task {name!r}: rank={rank!r} must be an integer in [1, size={self.size}].")
+        elif "subset_of" in spec:
+            parent, count = spec.get("subset_of"), spec.get("n_observed")
+            if parent not in specs or parent == name:
+                raise ValueError(f"task {name!r}: subset_of={parent!r} is not another task; tasks: {list(specs)}.")
+            if not isinstance(count, int) or not 1 <= count <= self.n_observed:
+                raise ValueError(
+                    f"task {name!r}: n_observed={count!r} must be an integer in [1, {self.n_observed}]."
+                )
+        else:
+            raise ValueError(f"task {name!r}: spec {spec!r} needs 'rank' or 'subset_of' + 'n_observed'.")
+        return spec
+
+    # -- TaskSwitchable protocol --------------------------------------------------------------
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Task names, in the order given."""
+        return tuple(self.task_specs)
+
+    @property
+    def task(self) -> str:
+        """The active task."""
+        return self._task
+
+    def set_task(self, name: str) -> None:
+        """Make ``name`` the task of the next batch (takes effect in ``on_after_batch_transfer``)."""
+        if name not in self.task_specs:
+            raise ValueError(f"unknown task {name!r}; valid tasks: {list(self.tasks)}.")
+        self._task = name
+
+    # -- task data (public: the ensemble and users read tasks through these) --------------
+    def _name(self, name: Optional[str]) -> str:
+        name = self._task if name is None else name
+        if name not in self.task_specs:
+            raise ValueError(f"unknown task {name!r}; valid tasks: {list(self.tasks)}.")
+        return name
+
+    def ground_truth(self, name: Optional[str] = None) -> Tensor:
+        """The ``size x size`` ground truth of ``name`` (default: the active task)."""
+        return self._truth[self._name(name)]
+
+    def observations(self, name: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, cols, values)`` of the entries task ``name`` observes (default: active)."""
+        name = self._name(name)
+        keep = self._observed[name]
+        rows, cols = self._rows[keep], self._cols[keep]
+        return rows, cols, self._truth[name][rows, cols]
+
+    def rank(self, name: Optional[str] = None) -> int:
+        """Rank of the ground truth of ``name`` (a subset task has its parent's)."""
+        name = self._name(name)
+        while "subset_of" in self.task_specs[name]:
+            name = self.task_specs[name]["subset_of"]
+        return int(self.task_specs[name]["rank"])
+
+    def task_basis(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(U, S, V)`` of the active ground truth, truncated to its rank (``U``: size x r)."""
+        u, s, vh = torch.linalg.svd(self.ground_truth().double())
+        r = self.rank()
+        return u[:, :r].float(), s[:r].float(), vh[:r].T.float()
+
+    # -- Lightning ------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        n = self.n_observed
+        return DataLoader(
+            _EntryIndices(n),
+            batch_size=self.batch_size or n,
+            shuffle=self.batch_size is not None,
+            num_workers=self.num_workers,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
+        """Turn entry indices into the active task's ``rows, cols, values, ground_truth``."""
+        index = batch
+        key = (self._task, str(index.device))
+        if key not in self._device_cache:
+            t = self._task
+            self._device_cache[key] = tuple(
+                x.to(index.device) for x in (self._rows, self._cols, self._truth[t], self._observed[t])
+            )
+        rows, cols, truth, observed = self._device_cache[key]
+        index = index[observed[index]]
+        r, c = rows[index], cols[index]
+        return {"rows": r, "cols": c, "values": truth[r, c], "ground_truth": truth}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"task": self._task}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._task = state_dict.get("task", self._task)

@@ -1,0 +1,392 @@
+"""Deep matrix completion with a task switch: the transfer critical period (paper, Fig. 6).
+
+Pre-train a depth-``N`` factorization on a rank-``pretrain_rank`` completion task, switch to a
+rank-``target_rank`` task observed at the same positions at ``switch_epoch``, train
+``continue_epochs`` more, and report the final test loss on the target. Depth 1 does not care
+when the switch comes; deeper nets pre-trained too long never recover.
+
+Every sweep trains *one* :class:`~lightning_critical.models.factorization_ensemble.FactorizationEnsemble`
+whose members are the switch epochs of the grid: they share the pre-training trunk, fork at
+their switch (driven by one public :class:`~lightning_critical.TaskSwitch` per member) and run
+batched, many SGD steps per Lightning step. The result equals one run per switch epoch
+(``tests/test_matrix_completion_sweep.py`` checks it against sequential Trainer runs).
+
+An "epoch" here is one full-batch SGD step, as in the paper. A switch at epoch ``T`` means
+``T`` steps on the pre-training task, then ``continue_epochs`` steps on the target (the paper's
+script takes one more pre-training step, ``T + 1``; the difference is invisible in the figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+import warnings
+from typing import Any, Iterable, Optional, Sequence
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
+from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
+from lightning_critical.tasks import TaskSwitch
+
+PAPER_SWITCH_EPOCHS: tuple[int, ...] = (0, 1000, 5000, 10000, 20000, 40000, 60000, 80000, 100000)
+PAPER_DEPTHS: tuple[int, ...] = (1, 2, 3)
+SWEEP_PARAMETERS: tuple[str, ...] = (
+    "depth", "pretrain_rank", "target_rank", "n_observed", "pretrain_observed", "init_scale", "lr", "seed", "size",
+)
+
+
+def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}={value!r} must be an integer {bound}.")
+    return value
+
+
+def build_switch_ensemble(
+    depth: int,
+    switch_epochs: Sequence[int],
+    continue_epochs: int = 30000,
+    size: int = 100,
+    n_observed: int = 2000,
+    pretrain_rank: int = 10,
+    target_rank: int = 5,
+    init_scale: float = 1e-3,
+    lr: float = 0.2,
+    seed: int = 0,
+    init: str = "gaussian",
+    pretrain_observed: Optional[int] = None,
+    steps_per_epoch: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[FactorizationEnsemble, MatrixCompletionDataModule, list[TaskSwitch]]:
+    """The ensemble, datamodule and per-member ``TaskSwitch`` callbacks of one sweep.
+
+    Arguments as in :func:`matrix_completion_sweep`. Fit with
+    ``pl.Trainer(max_epochs=ensemble.max_epochs, callbacks=switches)``.
+    """
+    _check_int("depth", depth, 1)
+    _check_int("size", size, 1)
+    _check_int("n_observed", n_observed, 1, size * size)
+    _check_int("continue_epochs", continue_epochs, 1)
+    _check_int("target_rank", target_rank, 1, size)
+    switch = list(switch_epochs)
+    if not switch:
+        raise ValueError("switch_epochs is empty; give at least one epoch.")
+    for t in switch:
+        _check_int("switch epoch", t, 0)
+    if len(set(switch)) != len(switch):
+        raise ValueError(f"switch_epochs={switch} has duplicates.")
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+    if pretrain_observed is None:
+        _check_int("pretrain_rank", pretrain_rank, 1, size)
+        tasks: dict[str, Any] = {"pretrain": {"rank": pretrain_rank}, "target": {"rank": target_rank}}
+    else:
+        _check_int("pretrain_observed", pretrain_observed, 1, n_observed)
+        # The "fewer examples" deficit: pre-train on a subset of the target's own observations.
+        tasks = {"target": {"rank": target_rank}, "pretrain": {"subset_of": "target", "n_observed": pretrain_observed}}
+    k = steps_per_epoch or chunk_size(switch + [continue_epochs])
+    if any(t % k for t in switch + [continue_epochs]):
+        raise ValueError(
+            f"steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
+        )
+    dm = MatrixCompletionDataModule(size=size, n_observed=n_observed, tasks=tasks, seed=seed)
+    model = DeepMatrixFactorization(size=size, depth=depth, init=init, init_scale=init_scale, lr=lr, seed=seed)
+    ensemble = FactorizationEnsemble(
+        model, dm, [t + continue_epochs for t in switch], steps_per_epoch=k, initial_task="pretrain", dtype=dtype
+    )
+    switches = [TaskSwitch({t // k: "target"}, unit="epoch", target=m) for t, m in zip(switch, ensemble.members)]
+    return ensemble, dm, switches
+
+
+def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
+         logger: Any = False, num_threads: Optional[int] = 1) -> None:
+    quiet = logging.getLogger("pytorch_lightning")
+    level, threads = quiet.level, torch.get_num_threads()
+    if not progress:
+        quiet.setLevel(logging.ERROR)
+    if num_threads:
+        # The matrices are tiny: intra-op threads gain little and, on a busy machine, every
+        # parallel region waits for a core (measured 100x slower on 2 shared cores).
+        torch.set_num_threads(num_threads)
+    try:
+        trainer = pl.Trainer(
+            max_epochs=ensemble.max_epochs, callbacks=switches, logger=logger, accelerator="cpu", devices=1,
+            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`")
+            trainer.fit(ensemble, datamodule=dm)
+    finally:
+        quiet.setLevel(level)
+        torch.set_num_threads(threads)
+
+
+def matrix_completion_sweep(
+    depth: int = 3,
+    switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
+    continue_epochs: int = 30000,
+    size: int = 100,
+    n_observed: int = 2000,
+    pretrain_rank: int = 10,
+    target_rank: int = 5,
+    init_scale: float = 1e-3,
+    lr: float = 0.2,
+    seed: int = 0,
+    *,
+    init: str = "gaussian",
+    pretrain_observed: Optional[int] = None,
+    steps_per_epoch: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    logger: Any = False,
+    num_threads: Optional[int] = 1,
+    return_history: bool = False,
+) -> Any:
+    """Final target test loss against switch epoch, all switch epochs trained as one ensemble.
+
+    Args:
+        depth: number of factors (1, 2, 3 in the paper).
+        switch_epochs: epochs (full-batch SGD steps) of pre-training before the switch.
+        continue_epochs: epochs on the target task after the switch.
+        size, n_observed: ``size x size`` matrices, ``n_observed`` observed positions.
+        pretrain_rank, target_rank: ranks of the pre-training and target ground truths.
+        init_scale, lr, seed, init: as in :class:`~lightning_critical.models.DeepMatrixFactorization`.
+        pretrain_observed: if given, the "fewer examples" deficit replaces the pre-training
+            task: pre-train on the first ``pretrain_observed`` observations of the target
+            (``pretrain_rank`` is then unused).
+        steps_per_epoch: SGD steps per Lightning step (default: the largest divisor of all
+            times up to 1000).
+        dtype: float32 (default) or float64.
+        progress: show Lightning's progress bar.
+        logger: a Lightning logger for per-member test losses (default none).
+        num_threads: torch intra-op threads while training (restored afterwards); ``None``
+            keeps the current setting. One thread is the robust choice for these small
+            matrices; run several sweeps in parallel processes to use more cores.
+        return_history: also return the per-record history (test/train loss, singular values).
+
+    Returns:
+        ``DataFrame`` with one row per switch epoch: ``depth, switch_epoch, test_loss,
+        train_loss, sgd_steps`` and the sweep's settings (plus ``sv_0..sv_9``, the final
+        singular values); with ``return_history`` a pair ``(results, history)`` where the history
+        has ``depth, switch_epoch, sgd_step, task, test_loss, train_loss, sv_*``.
+
+    Raises:
+        ValueError: for any invalid argument, before training.
+
+    Example::
+
+        >>> df = matrix_completion_sweep(depth=1, switch_epochs=[0, 200], continue_epochs=200,
+        ...                              size=10, n_observed=40, pretrain_rank=3, target_rank=1, lr=5.0)
+        >>> list(df.columns[:3]), len(df)
+        (['depth', 'switch_epoch', 'test_loss'], 2)
+    """
+    switch = list(switch_epochs)
+    ensemble, dm, switches = build_switch_ensemble(
+        depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init_scale, lr, seed,
+        init, pretrain_observed, steps_per_epoch, dtype,
+    )
+    _fit(ensemble, dm, switches, progress, logger, num_threads)
+    settings = {
+        "pretrain_rank": pretrain_rank if pretrain_observed is None else target_rank,
+        "target_rank": target_rank, "n_observed": n_observed, "pretrain_observed": pretrain_observed,
+        "init_scale": init_scale, "lr": lr, "seed": seed, "size": size, "init": init,
+        "continue_epochs": continue_epochs,
+    }
+    res = ensemble.results()
+    res.insert(0, "switch_epoch", [switch[m] for m in res["member"]])
+    res.insert(0, "depth", depth)
+    res = res.drop(columns=["member", "task"])
+    cols = ["depth", "switch_epoch", "test_loss", "train_loss", "sgd_steps"]
+    res = res[cols + [c for c in res.columns if c not in cols]]
+    for key, value in settings.items():
+        res[key] = value
+    if not return_history:
+        return res
+    hist = ensemble.history()
+    hist.insert(0, "switch_epoch", [switch[m] for m in hist["member"]])
+    hist.insert(0, "depth", depth)
+    return res, hist.drop(columns=["member"])
+
+
+def matrix_completion_parameter_sweep(
+    parameter: str, values: Iterable[Any], **kwargs: Any
+) -> pd.DataFrame:
+    """Run :func:`matrix_completion_sweep` for each value of one parameter and stack the tables.
+
+    ``parameter`` is one of :data:`SWEEP_PARAMETERS`: ``"pretrain_rank"`` (the rank sweep),
+    ``"pretrain_observed"`` (the number-of-observations sweep), ``"init_scale"``, ``"depth"``...
+    The result has the same columns as one sweep (the parameter's own column tells the runs
+    apart).
+
+    Example::
+
+        >>> df = matrix_completion_parameter_sweep("pretrain_rank", [1, 3], depth=1,
+        ...     switch_epochs=[0], continue_epochs=100, size=10, n_observed=40, target_rank=1, lr=5.0)
+        >>> sorted(df["pretrain_rank"])
+        [1, 3]
+    """
+    if parameter not in SWEEP_PARAMETERS:
+        raise ValueError(f"parameter={parameter!r} is not valid; choose one of {SWEEP_PARAMETERS}.")
+    if parameter in kwargs:
+        raise ValueError(f"{parameter!r} is swept; do not also pass it as a keyword.")
+    values = list(values)
+    if not values:
+        raise ValueError(f"values for {parameter!r} are empty.")
+    frames = [matrix_completion_sweep(**{**kwargs, parameter: v}) for v in values]
+    return pd.concat(frames, ignore_index=True)
+
+
+def matrix_completion_figure(
+    depths: Sequence[int] = PAPER_DEPTHS,
+    switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
+    continue_epochs: int = 30000,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """The paper's matrix-completion figure as a table: one sweep per depth, stacked."""
+    return matrix_completion_parameter_sweep(
+        "depth", depths, switch_epochs=switch_epochs, continue_epochs=continue_epochs, **kwargs
+    )
+
+
+def matrix_completion_trajectories(
+    depth: int = 3,
+    switch_epochs: Sequence[int] = (5000, 40000),
+    continue_epochs: int = 30000,
+    record_every: int = 500,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Test loss and top singular values of ``W`` every ``record_every`` epochs around each switch.
+
+    Returns the history table of :func:`matrix_completion_sweep` (``depth, switch_epoch,
+    sgd_step, task, test_loss, train_loss, sv_0..sv_9``).
+    """
+    _, hist = matrix_completion_sweep(
+        depth, switch_epochs, continue_epochs, steps_per_epoch=record_every, return_history=True, **kwargs
+    )
+    return hist
+
+
+def reproduce_figure(
+    out_dir: str = "outputs/matrix_completion",
+    depths: Sequence[int] = PAPER_DEPTHS,
+    switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
+    continue_epochs: int = 30000,
+    trajectories: Optional[Sequence[int]] = None,
+    verbose: bool = True,
+    **kwargs: Any,
+) -> dict[str, str]:
+    """Train the figure's sweeps and write ``matrix_completion.csv`` / ``.png`` into ``out_dir``.
+
+    ``trajectories``: switch epochs whose test-loss and singular-value trajectories (deepest
+    depth, recorded every few hundred epochs) are written as ``singular_values.csv`` / ``.png``.
+    ``kwargs`` go to :func:`matrix_completion_sweep`. Returns ``{kind: path}``.
+    """
+    from lightning_critical.plots.matrix_completion import (
+        plot_critical_period,
+        plot_singular_value_trajectories,
+    )
+
+    say = print if verbose else (lambda *a, **k: None)
+    paths: dict[str, str] = {}
+    frames = []
+    start = time.perf_counter()
+    for depth in depths:
+        t0 = time.perf_counter()
+        frames.append(matrix_completion_sweep(depth, switch_epochs, continue_epochs, **kwargs))
+        seconds = time.perf_counter() - t0
+        say(f"depth {depth}: trained {len(switch_epochs)} switch epochs in {seconds:.1f} s", flush=True)
+    results = pd.concat(frames, ignore_index=True)
+    say(f"figure trained in {time.perf_counter() - start:.1f} s", flush=True)
+    os.makedirs(out_dir, exist_ok=True)  # only once the arguments proved valid
+    paths["csv"] = os.path.join(out_dir, "matrix_completion.csv")
+    results.to_csv(paths["csv"], index=False)
+    fig = plot_critical_period(results)
+    paths["png"] = os.path.join(out_dir, "matrix_completion.png")
+    fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
+    say(results.pivot(index="switch_epoch", columns="depth", values="test_loss").round(4).to_string())
+    if trajectories:
+        every = chunk_size(list(trajectories) + [continue_epochs], cap=500)
+        hist = matrix_completion_trajectories(max(depths), trajectories, continue_epochs, record_every=every, **kwargs)
+        paths["trajectories_csv"] = os.path.join(out_dir, "singular_values.csv")
+        hist.to_csv(paths["trajectories_csv"], index=False)
+        fig = plot_singular_value_trajectories(hist)
+        paths["trajectories_png"] = os.path.join(out_dir, "singular_values.png")
+        fig.savefig(paths["trajectories_png"], dpi=150, bbox_inches="tight")
+    for key, path in paths.items():
+        say(f"wrote {key}: {path}")
+    return paths
+
+
+def figure_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``lightning-critical matrix-completion [--out DIR] [...]`` (see ``--help``).
+
+    Reproduces the paper's figure (depths 1, 2, 3; the published switch epochs; 30k epochs
+    after the switch) with :func:`reproduce_figure`; returns the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lightning-critical matrix-completion",
+        description="Final test loss against task-switch epoch for deep matrix factorizations "
+        "(Kleinman, Achille & Soatto 2024, matrix-completion figure).",
+    )
+    parser.add_argument("--depths", type=int, nargs="+", default=list(PAPER_DEPTHS))
+    parser.add_argument("--switch-epochs", type=int, nargs="+", default=list(PAPER_SWITCH_EPOCHS))
+    parser.add_argument("--continue-epochs", type=int, default=30000)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--n-observed", type=int, default=2000)
+    parser.add_argument("--pretrain-rank", type=int, default=10)
+    parser.add_argument("--target-rank", type=int, default=5)
+    parser.add_argument("--pretrain-observed", type=int, default=None,
+                        help="'fewer examples' deficit: pre-train on this many of the target's observations")
+    parser.add_argument("--init-scale", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trajectories", type=int, nargs="*", default=None,
+                        help="switch epochs whose singular-value trajectories (deepest depth) are also plotted")
+    parser.add_argument("--out", "--out-dir", dest="out_dir", default="outputs/matrix_completion",
+                        help="output directory (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        reproduce_figure(
+            args.out_dir, args.depths, args.switch_epochs, args.continue_epochs, args.trajectories,
+            size=args.size, n_observed=args.n_observed, pretrain_rank=args.pretrain_rank,
+            target_rank=args.target_rank, pretrain_observed=args.pretrain_observed,
+            init_scale=args.init_scale, lr=args.lr, seed=args.seed,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    return 0
+
+
+def switch_theory(
+    model: DeepMatrixFactorization,
+    datamodule: MatrixCompletionDataModule,
+    schedule: Sequence[tuple[str, int]],
+    stride: int = 10,
+    top_k: int = 10,
+) -> Any:
+    """Gradient-flow prediction for ``model`` trained on ``datamodule``'s tasks in sequence.
+
+    ``schedule``: ``[(task_name, n_steps), ...]``, e.g. ``[("pretrain", T), ("target", 3000)]``.
+    Returns a :class:`~lightning_critical.theory.factorization.FactorizationFlow`; its
+    ``per_step()`` is the ``theory`` array ``SpectralMonitor`` overlays on the measured
+    singular values of ``end_to_end``. Exact for balanced (``init="orthogonal"``) factors.
+    """
+    from lightning_critical.theory.factorization import completion_loss_terms, integrate_factorization
+
+    segments, truths = [], []
+    for name, n_steps in schedule:
+        rows, cols, values = datamodule.observations(name)
+        weight, target = completion_loss_terms(datamodule.size, rows.numpy(), cols.numpy(), values.double().numpy())
+        segments.append((int(n_steps), weight, target))
+        truths.append(datamodule.ground_truth(name).double().numpy())
+    w0 = model.end_to_end().detach().double().cpu().numpy()
+    return integrate_factorization(
+        w0, segments, model.depth, model.lr, stride=stride, top_k=top_k, ground_truths=truths
+    )

@@ -1,0 +1,90 @@
+"""Figures of the matrix-completion experiments. Every function takes a results table; none trains."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} needs columns {list(columns)}; the table lacks {missing} (has {list(df.columns)}).")
+
+
+def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Optional[plt.Axes] = None) -> Figure:
+    """Final test loss against switch epoch, one line per value of ``hue`` (default: depth).
+
+    ``results``: the table of :func:`~lightning_critical.experiments.matrix_completion.matrix_completion_sweep`
+    (columns ``switch_epoch``, ``test_loss`` and ``hue``).
+
+    Example::
+
+        >>> df = pd.DataFrame({"depth": [1, 1, 3, 3], "switch_epoch": [0, 10, 0, 10],
+        ...                    "test_loss": [0.6, 0.6, 0.0, 1.1]})
+        >>> fig = plot_critical_period(df)
+        >>> len(fig.axes[0].lines)
+        2
+    """
+    _require(results, ["switch_epoch", "test_loss", hue], "plot_critical_period")
+    fig, ax = (plt.subplots(figsize=(4.2, 3.2)) if ax is None else (ax.figure, ax))
+    values = sorted(results[hue].unique())
+    colors = plt.cm.viridis(np.linspace(0.1, 0.85, max(len(values), 1)))
+    for color, value in zip(colors, values):
+        part = results[results[hue] == value].sort_values("switch_epoch")
+        ax.plot(part["switch_epoch"], part["test_loss"], marker="o", markersize=3.5, color=color,
+                label=f"{hue} {value}")
+    ax.set_xlabel("switch epoch (pre-training length)")
+    ax.set_ylabel("final test loss on target task")
+    ax.set_ylim(0, max(1e-3, float(results["test_loss"].max())) * 1.1)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title("Matrix completion: transfer critical period", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_singular_value_trajectories(
+    history: pd.DataFrame, theory: Optional[pd.DataFrame] = None, max_values: int = 10
+) -> Figure:
+    """Top singular values of ``W`` (and test loss) over training, one panel per switch epoch.
+
+    ``history``: the table of :func:`~lightning_critical.experiments.matrix_completion.matrix_completion_trajectories`
+    (``switch_epoch, sgd_step, test_loss, sv_0...``). ``theory``: optional table with the same
+    ``switch_epoch, sgd_step, sv_*`` columns (e.g. from :mod:`lightning_critical.theory.factorization`),
+    drawn dashed on top.
+    """
+    _require(history, ["switch_epoch", "sgd_step", "test_loss", "sv_0"], "plot_singular_value_trajectories")
+    svs = [c for c in history.columns if c.startswith("sv_")][:max_values]
+    switches = sorted(history["switch_epoch"].unique())
+    fig, axes = plt.subplots(2, len(switches), figsize=(3.4 * len(switches), 4.8), squeeze=False, sharex="col")
+    colors = plt.cm.summer(np.linspace(0, 0.9, len(svs)))
+    for col, switch in enumerate(switches):
+        part = history[history["switch_epoch"] == switch].sort_values("sgd_step")
+        top, bottom = axes[0, col], axes[1, col]
+        for color, sv in zip(colors, svs):
+            top.plot(part["sgd_step"], part[sv], color=color, lw=1.2)
+        if theory is not None:
+            th = theory[theory["switch_epoch"] == switch].sort_values("sgd_step")
+            for color, sv in zip(colors, svs):
+                if sv in th:
+                    top.plot(th["sgd_step"], th[sv], color="k", ls="--", lw=0.8)
+        bottom.plot(part["sgd_step"], part["test_loss"], color="tab:red")
+        for a in (top, bottom):
+            a.axvline(switch, ls="--", color="gray", lw=0.8)
+        top.set_title(f"switch at epoch {switch}", fontsize=9)
+        top.set_ylabel("singular values of W" if col == 0 else "")
+        bottom.set_ylabel("test loss (active task)" if col == 0 else "")
+        bottom.set_xlabel("epoch")
+        bottom.set_yscale("log")
+    if theory is not None:
+        axes[0, 0].plot([], [], "k--", lw=0.8, label="gradient-flow theory")
+        axes[0, 0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig

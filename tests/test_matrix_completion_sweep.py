@@ -1,0 +1,169 @@
+"""The matrix-completion critical period: ensemble == sequential runs, and the paper's effects."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import lightning_critical as lc
+from lightning_critical.data import MatrixCompletionDataModule
+from lightning_critical.experiments.matrix_completion import (
+    build_switch_ensemble,
+    matrix_completion_parameter_sweep,
+    matrix_completion_sweep,
+)
+from lightning_critical.models import DeepMatrixFactorization
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
+
+logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+@pytest.fixture(scope="module")
+def _one_thread_module():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matrices: intra-op threads only add waiting on a shared machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# A reduced version of the paper's setting (n=100, m=2000, rank 10 -> 5, lr 0.2, 130k epochs)
+# that keeps its effects: 20% of the entries observed, pre-training rank above the target's.
+REDUCED = dict(size=50, n_observed=500, pretrain_rank=5, target_rank=3, lr=0.5, seed=0)
+SWITCHES = [0, 1000, 4000, 8000, 16000]
+
+
+@pytest.fixture(scope="module")
+def figure(_one_thread_module) -> pd.DataFrame:
+    return matrix_completion_parameter_sweep(
+        "depth", [1, 2, 3], switch_epochs=SWITCHES, continue_epochs=12000, **REDUCED
+    )
+
+
+def test_depth_one_has_no_critical_period(figure):
+    d1 = figure[figure.depth == 1]
+    assert d1.test_loss.max() - d1.test_loss.min() < 0.005
+    assert (d1.train_loss < 1e-4).all()  # it did fit the target's observations
+
+
+def test_depth_three_is_permanently_hurt_by_a_late_switch(figure):
+    d3 = figure[figure.depth == 3].set_index("switch_epoch").test_loss
+    assert d3[0] < 0.01 and d3[1000] < 0.01
+    assert d3[8000] > 0.5 and d3[16000] > 0.5
+    assert (figure[figure.depth == 3].train_loss < 1e-3).all()  # fits the observations, generalizes badly
+
+
+def test_depth_two_is_in_between(figure):
+    loss = figure.set_index(["depth", "switch_epoch"]).test_loss
+    harm = {d: loss[d, 16000] - loss[d, 0] for d in (1, 2, 3)}
+    assert harm[1] < 0.005 < harm[2] < harm[3]
+    assert loss[2, 0] < loss[1, 0] and loss[2, 16000] < loss[3, 16000]
+    assert list(figure.columns[:3]) == ["depth", "switch_epoch", "test_loss"]
+    assert len(figure) == 15 and set(figure.switch_epoch) == set(SWITCHES)
+
+
+def test_ensemble_equals_sequential_trainer_runs():
+    """Each member == one Trainer run of DeepMatrixFactorization with its own TaskSwitch."""
+    size, depth, cont, switches = 12, 3, 40, [0, 20, 40]
+    kw = dict(size=size, n_observed=60, pretrain_rank=4, target_rank=2, init_scale=0.1, lr=5.0, seed=0)
+    ens, dm, callbacks = build_switch_ensemble(depth, switches, cont, steps_per_epoch=20, dtype=torch.float64, **kw)
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=callbacks, **QUIET).fit(ens, datamodule=dm)
+    maps = ens.end_to_end_maps()
+    for k, switch in enumerate(switches):
+        dm_k = MatrixCompletionDataModule(size=size, n_observed=60, tasks={"pretrain": 4, "target": 2}, seed=0)
+        model = DeepMatrixFactorization(size=size, depth=depth, init_scale=0.1, lr=5.0, seed=0).double()
+        dm_k._truth = {name: dm_k.ground_truth(name).double() for name in dm_k.tasks}  # float64 targets
+        pl.Trainer(max_epochs=switch + cont, callbacks=[lc.TaskSwitch({switch: "target"})], **QUIET).fit(
+            model, datamodule=dm_k
+        )
+        sequential = model.end_to_end().detach()
+        assert sequential.abs().max() > 1.0  # it learned something
+        torch.testing.assert_close(maps[f"member{k}"], sequential, rtol=1e-9, atol=1e-9)
+    # the members share the trunk: 3 members, only the two early switchers needed a fork
+    assert len(ens._slot_weights) == 3
+
+
+def test_task_switch_drives_each_member():
+    ens, dm, callbacks = build_switch_ensemble(2, [0, 30, 60], 30, size=10, n_observed=40, pretrain_rank=3,
+                                               target_rank=1, steps_per_epoch=10)
+    assert chunk_size([0, 30, 60, 30]) == 30 and ens.steps_per_epoch == 10
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=callbacks, **QUIET).fit(ens, datamodule=dm)
+    hist = ens.history()
+    for member, switch in enumerate([0, 30, 60]):
+        rows = hist[(hist.member == member) & (hist.sgd_step > 0)]
+        # the record at step s describes the chunk that ended there: steps [s - 10, s)
+        expected = ["target" if s - 10 >= switch else "pretrain" for s in rows.sgd_step]
+        assert rows.task.tolist() == expected
+        assert rows.sgd_step.max() == switch + 30
+    assert [m.task for m in ens.members] == ["target"] * 3
+
+
+def test_fewer_examples_deficit_and_parameter_sweeps():
+    small = dict(size=20, n_observed=120, target_rank=2, lr=0.5, continue_epochs=2000)
+    df = matrix_completion_parameter_sweep("pretrain_observed", [40, 120], depth=2, switch_epochs=[0, 2000], **small)
+    assert sorted(df.pretrain_observed.unique()) == [40, 120] and len(df) == 4
+    loss = df.set_index(["pretrain_observed", "switch_epoch"]).test_loss
+    # pre-training on a third of the observations hurts the deep net more the longer it lasts
+    assert loss[40, 2000] > loss[40, 0] + 0.05
+    df = matrix_completion_parameter_sweep("init_scale", [1e-3, 1e-2], depth=1, switch_epochs=[0], **small)
+    assert sorted(df.init_scale) == [1e-3, 1e-2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth=0), r"depth=0 must be an integer >= 1"),
+        (dict(switch_epochs=[]), r"switch_epochs is empty"),
+        (dict(switch_epochs=[5, 5]), r"duplicates"),
+        (dict(switch_epochs=[-1]), r"switch epoch=-1"),
+        (dict(pretrain_rank=11), r"pretrain_rank=11 must be an integer \[1, 10\]"),
+        (dict(init="he"), r"init='he' is not valid"),
+        (dict(steps_per_epoch=7), r"steps_per_epoch=7 must divide"),
+    ],
+)
+def test_sweep_validation(kwargs, message):
+    base = dict(depth=1, switch_epochs=[0, 10], continue_epochs=10, size=10, n_observed=30)
+    with pytest.raises(ValueError, match=message):
+        matrix_completion_sweep(**{**base, **kwargs})
+
+
+def test_parameter_sweep_validation():
+    with pytest.raises(ValueError, match=r"parameter='rank' is not valid; choose one of"):
+        matrix_completion_parameter_sweep("rank", [1])
+    with pytest.raises(ValueError, match="member_steps"):
+        dm = MatrixCompletionDataModule(size=5, n_observed=10, tasks={"a": 1, "b": 1})
+        FactorizationEnsemble(DeepMatrixFactorization(size=5, depth=1), dm, [15], steps_per_epoch=10)
+
+
+def test_reproduce_figure_writes_csv_and_pngs(tmp_path):
+    from lightning_critical.experiments.matrix_completion import reproduce_figure
+
+    paths = reproduce_figure(str(tmp_path), depths=[1, 2], switch_epochs=[0, 200], continue_epochs=200,
+                             trajectories=[200], verbose=False, size=10, n_observed=40, pretrain_rank=3,
+                             target_rank=1, lr=2.0)
+    table = pd.read_csv(paths["csv"])
+    assert len(table) == 4 and {"depth", "switch_epoch", "test_loss"} <= set(table.columns)
+    traj = pd.read_csv(paths["trajectories_csv"])
+    assert traj.sgd_step.max() == 400 and (traj.depth == 2).all()
+    for key in ("png", "trajectories_png"):
+        assert open(paths[key], "rb").read(4) == b"\x89PNG"
+
+
+def test_figure_command_rejects_bad_arguments(capsys):
+    from lightning_critical.experiments.matrix_completion import figure_main
+
+    with pytest.raises(SystemExit) as err:
+        figure_main(["--depths", "0", "--out-dir", "unused"])
+    assert err.value.code == 2 and "depth=0" in capsys.readouterr().err
