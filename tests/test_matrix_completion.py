@@ -17,15 +17,6 @@ logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: intra-op threads only add waiting on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ground_truth_recipe_and_shared_positions():
     dm = MatrixCompletionDataModule(
         size=30, n_observed=200, seed=3,

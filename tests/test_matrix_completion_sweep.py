@@ -23,22 +23,6 @@ logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
-@pytest.fixture(scope="module")
-def _one_thread_module():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: intra-op threads only add waiting on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # A reduced version of the paper's setting (n=100, m=2000, rank 10 -> 5, lr 0.2, 130k epochs)
 # that keeps its effects: 20% of the entries observed, pre-training rank above the target's.
 REDUCED = dict(size=50, n_observed=500, pretrain_rank=5, target_rank=3, lr=0.5, seed=0)
@@ -46,7 +30,7 @@ SWITCHES = [0, 1000, 4000, 8000, 16000]
 
 
 @pytest.fixture(scope="module")
-def figure(_one_thread_module) -> pd.DataFrame:
+def figure() -> pd.DataFrame:
     return matrix_completion_parameter_sweep(
         "depth", [1, 2, 3], switch_epochs=SWITCHES, continue_epochs=12000, **REDUCED
     )
@@ -167,3 +151,13 @@ def test_figure_command_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as err:
         figure_main(["--depths", "0", "--out-dir", "unused"])
     assert err.value.code == 2 and "depth=0" in capsys.readouterr().err
+
+
+def test_worker_processes_give_the_same_table():
+    kwargs = dict(switch_epochs=[0, 200], continue_epochs=200, size=12, n_observed=60, pretrain_rank=3,
+                  target_rank=1, lr=0.5)
+    serial = matrix_completion_parameter_sweep("depth", [1, 2], **kwargs)
+    parallel = matrix_completion_parameter_sweep("depth", [1, 2], processes=2, **kwargs)
+    pd.testing.assert_frame_equal(serial.drop(columns="seconds"), parallel.drop(columns="seconds"))
+    with pytest.raises(ValueError, match="processes"):
+        matrix_completion_parameter_sweep("depth", [1], processes=0, **kwargs)

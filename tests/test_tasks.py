@@ -17,15 +17,6 @@ logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: intra-op threads only add waiting on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TaskRecorder(pl.Callback):
     """Which task's ground truth each optimizer step actually trained on."""
 

@@ -23,15 +23,6 @@ from lightning_critical.theory.factorization import (
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: intra-op threads only add waiting on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_singular_value_and_vector_equations_match_the_end_to_end_flow(depth):
     rng = np.random.default_rng(depth)

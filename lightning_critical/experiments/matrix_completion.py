@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
@@ -215,15 +217,23 @@ def matrix_completion_sweep(
     return res, hist.drop(columns=["member"])
 
 
+def _timed_sweep(kwargs: dict[str, Any]) -> tuple[pd.DataFrame, float]:
+    start = time.perf_counter()
+    frame = matrix_completion_sweep(**kwargs)
+    return frame, time.perf_counter() - start
+
+
 def matrix_completion_parameter_sweep(
-    parameter: str, values: Iterable[Any], **kwargs: Any
+    parameter: str, values: Iterable[Any], processes: int = 1, **kwargs: Any
 ) -> pd.DataFrame:
     """Run :func:`matrix_completion_sweep` for each value of one parameter and stack the tables.
 
     ``parameter`` is one of :data:`SWEEP_PARAMETERS`: ``"pretrain_rank"`` (the rank sweep),
     ``"pretrain_observed"`` (the number-of-observations sweep), ``"init_scale"``, ``"depth"``...
     The result has the same columns as one sweep (the parameter's own column tells the runs
-    apart).
+    apart) plus ``seconds``, the wall time of each value's sweep. ``processes > 1`` trains
+    that many values at once in worker processes (each single-threaded, one per core is
+    best); the results are identical to ``processes=1``.
 
     Example::
 
@@ -239,19 +249,41 @@ def matrix_completion_parameter_sweep(
     values = list(values)
     if not values:
         raise ValueError(f"values for {parameter!r} are empty.")
-    frames = [matrix_completion_sweep(**{**kwargs, parameter: v}) for v in values]
-    return pd.concat(frames, ignore_index=True)
+    _check_int("processes", processes, 1)
+    jobs = [{**kwargs, parameter: v} for v in values]
+    if processes == 1 or len(jobs) == 1:
+        done = [_timed_sweep(job) for job in jobs]
+    else:
+        # Spawned workers: a forked Lightning/torch state is not safe to reuse.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context) as pool:
+            # The costliest sweeps (deepest, longest) first, so the pool stays balanced.
+            order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
+            futures = {i: pool.submit(_timed_sweep, jobs[i]) for i in order}
+            done = [futures[i].result() for i in range(len(jobs))]
+    return pd.concat([frame.assign(seconds=seconds) for frame, seconds in done], ignore_index=True)
+
+
+def _cost(job: dict[str, Any]) -> float:
+    switches = job.get("switch_epochs", PAPER_SWITCH_EPOCHS)
+    return job.get("depth", 3) * (max(switches) + job.get("continue_epochs", 30000))
 
 
 def matrix_completion_figure(
     depths: Sequence[int] = PAPER_DEPTHS,
     switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
     continue_epochs: int = 30000,
+    processes: Optional[int] = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """The paper's matrix-completion figure as a table: one sweep per depth, stacked."""
+    """The paper's matrix-completion figure as a table: one sweep per depth, stacked.
+
+    ``processes``: how many depths train at once (default: one per CPU core, at most one per depth).
+    """
+    if processes is None:
+        processes = max(1, min(len(depths), os.cpu_count() or 1))
     return matrix_completion_parameter_sweep(
-        "depth", depths, switch_epochs=switch_epochs, continue_epochs=continue_epochs, **kwargs
+        "depth", depths, processes=processes, switch_epochs=switch_epochs, continue_epochs=continue_epochs, **kwargs
     )
 
 
@@ -280,13 +312,15 @@ def reproduce_figure(
     continue_epochs: int = 30000,
     trajectories: Optional[Sequence[int]] = None,
     verbose: bool = True,
+    processes: Optional[int] = None,
     **kwargs: Any,
 ) -> dict[str, str]:
     """Train the figure's sweeps and write ``matrix_completion.csv`` / ``.png`` into ``out_dir``.
 
     ``trajectories``: switch epochs whose test-loss and singular-value trajectories (deepest
     depth, recorded every few hundred epochs) are written as ``singular_values.csv`` / ``.png``.
-    ``kwargs`` go to :func:`matrix_completion_sweep`. Returns ``{kind: path}``.
+    ``processes``: see :func:`matrix_completion_figure`. ``kwargs`` go to
+    :func:`matrix_completion_sweep`. Returns ``{kind: path}``.
     """
     from lightning_critical.plots.matrix_completion import (
         plot_critical_period,
@@ -295,14 +329,10 @@ def reproduce_figure(
 
     say = print if verbose else (lambda *a, **k: None)
     paths: dict[str, str] = {}
-    frames = []
     start = time.perf_counter()
-    for depth in depths:
-        t0 = time.perf_counter()
-        frames.append(matrix_completion_sweep(depth, switch_epochs, continue_epochs, **kwargs))
-        seconds = time.perf_counter() - t0
+    results = matrix_completion_figure(depths, switch_epochs, continue_epochs, processes=processes, **kwargs)
+    for depth, seconds in results.groupby("depth")["seconds"].first().items():
         say(f"depth {depth}: trained {len(switch_epochs)} switch epochs in {seconds:.1f} s", flush=True)
-    results = pd.concat(frames, ignore_index=True)
     say(f"figure trained in {time.perf_counter() - start:.1f} s", flush=True)
     os.makedirs(out_dir, exist_ok=True)  # only once the arguments proved valid
     paths["csv"] = os.path.join(out_dir, "matrix_completion.csv")
@@ -349,6 +379,8 @@ def figure_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trajectories", type=int, nargs="*", default=None,
                         help="switch epochs whose singular-value trajectories (deepest depth) are also plotted")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="depths trained at once in worker processes (default: one per CPU core)")
     parser.add_argument("--out", "--out-dir", dest="out_dir", default="outputs/matrix_completion",
                         help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -357,7 +389,7 @@ def figure_main(argv: Optional[Sequence[str]] = None) -> int:
             args.out_dir, args.depths, args.switch_epochs, args.continue_epochs, args.trajectories,
             size=args.size, n_observed=args.n_observed, pretrain_rank=args.pretrain_rank,
             target_rank=args.target_rank, pretrain_observed=args.pretrain_observed,
-            init_scale=args.init_scale, lr=args.lr, seed=args.seed,
+            init_scale=args.init_scale, lr=args.lr, seed=args.seed, processes=args.processes,
         )
     except ValueError as err:
         parser.error(str(err))
