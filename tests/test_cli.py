@@ -39,3 +39,15 @@ def test_lightningcli_config_runs(tmp_path):
     assert sorted(history.step.unique()) == [0, 10, 20]
     acc = read_tensorboard(str(run))
     assert [e.value for e in acc.Scalars("deficit/freeze/b")][0] == 1.0
+
+
+def test_matrix_completion_command_writes_the_figure(tmp_path, capsys):
+    out = tmp_path / "mc"
+    args = ["matrix-completion", "--depths", "1", "2", "--switch-epochs", "0", "300", "--continue-epochs", "300",
+            "--size", "12", "--n-observed", "60", "--pretrain-rank", "3", "--target-rank", "1", "--lr", "0.5",
+            "--processes", "1", "--out", str(out)]
+    assert main(args) == 0
+    table = pd.read_csv(out / "matrix_completion.csv")
+    assert sorted(zip(table.depth, table.switch_epoch)) == [(1, 0), (1, 300), (2, 0), (2, 300)]
+    assert (out / "matrix_completion.png").stat().st_size > 10_000
+    assert "figure trained in" in capsys.readouterr().out
