@@ -29,6 +29,22 @@ class WindowedDeficit(Callback):
     Subclasses implement :meth:`_resolve` (validate against the model, before training),
     :meth:`_attach` (return the hook handles to install) and optionally
     :meth:`on_before_optimizer_step`; they report what they act on via :attr:`targets`.
+
+    Example (a user-defined deficit that scales one submodule's output by 0.5)::
+
+        >>> import torch
+        >>> from lightning_critical.protocols import resolve_modules
+        >>> class HalfGain(WindowedDeficit):
+        ...     def __init__(self, pathway, window):
+        ...         super().__init__(window)
+        ...         self.pathway = pathway
+        ...     def _resolve(self, trainer, pl_module):
+        ...         self.targets = resolve_modules(pl_module, self.pathway)
+        ...     def _attach(self, trainer, pl_module):
+        ...         return [m.register_forward_hook(lambda mod, args, out: out * 0.5)
+        ...                 for m in self.targets.values()]
+        >>> HalfGain("encoder", (0, 10)).name
+        'HalfGain'
     """
 
     def __init__(self, window: WindowLike, unit: str = "epoch", name: Optional[str] = None) -> None:

@@ -17,6 +17,13 @@ class History:
 
     ``path`` (set with :meth:`open`) receives every record as soon as it is added, so a
     crashed or running job can be analysed from disk; only one process should write it.
+
+    Example::
+
+        >>> h = History()
+        >>> h.extend([(0, 0, "w", "stable_rank", -1, 1.5)], write=False)
+        >>> h.to_frame().value.tolist()
+        [1.5]
     """
 
     def __init__(self) -> None:
