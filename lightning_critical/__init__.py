@@ -1,9 +1,25 @@
 """lightning-critical: probe critical learning periods with PyTorch Lightning callbacks."""
 
-from lightning_critical import data, models, theory
-from lightning_critical.deficits import ModeDeficit, PathwayDeficit
-from lightning_critical.monitors import SpectralMonitor
+from lightning_critical import data, experiments, models, plots, theory
+from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit
+from lightning_critical.monitors import FisherMonitor, SpectralMonitor
 from lightning_critical.schedule import Window
+from lightning_critical.tasks import TaskSwitch, TaskSwitchable
 
 __version__ = "0.1.0"
-from lightning_critical.tasks import TaskSwitch, TaskSwitchable
+
+__all__ = [
+    "FisherMonitor",
+    "InputDeficit",
+    "ModeDeficit",
+    "PathwayDeficit",
+    "SpectralMonitor",
+    "TaskSwitch",
+    "TaskSwitchable",
+    "Window",
+    "data",
+    "experiments",
+    "models",
+    "plots",
+    "theory",
+]

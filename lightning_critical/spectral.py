@@ -2,6 +2,10 @@
 
 Plain torch, no Lightning. Every function works on the device and dtype it is given,
 except that spectra are always computed in ``float32`` or better (``compute_dtype``).
+Matrices of equal shape are stacked and solved as one batch. All singular values of a
+matrix whose smaller side is at least 128 come from the float64 Gram matrix (error bound
+in :func:`singular_values`: float32-SVD accuracy); smaller ones from ``torch.linalg.svdvals``
+itself; with ``top_k`` on very large matrices, a seeded randomized range finder.
 
 Matrix views (what "the matrix" of a parameter is):
 
@@ -41,6 +45,7 @@ import math
 from collections import defaultdict
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -55,6 +60,8 @@ SCALAR_METRICS: tuple[str, ...] = (
 )
 VECTOR_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "subspace_drift")
 METRICS: tuple[str, ...] = ("singular_values", "mode_strength") + SCALAR_METRICS + ("subspace_drift",)
+
+SVD_METHODS: tuple[str, ...] = ("auto", "svd", "gram")
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -150,6 +157,8 @@ def singular_values(
     top_k: Optional[int] = None,
     with_vectors: bool = False,
     randomized_min_dim: int = 2048,
+    method: str = "auto",
+    gram_min_dim: int = 128,
 ) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
     """Singular values (descending) of many matrices, batching those of equal shape.
 
@@ -157,6 +166,15 @@ def singular_values(
     the storage dtype (bf16/fp16 weights are upcast). With ``top_k`` and both dimensions at
     least ``randomized_min_dim``, a randomized truncated SVD (:func:`randomized_singular_values`:
     6 power iterations, ``top_k + 10`` columns, private seeded generator) replaces the full SVD.
+
+    ``method`` chooses how all singular values are computed: ``"svd"`` (``torch.linalg.svdvals``
+    / ``svd`` in the compute dtype), ``"gram"`` (square roots of the eigenvalues of the smaller
+    Gram matrix, ``W^T W`` or ``W W^T``, formed and diagonalised in float64) or ``"auto"``:
+    ``"gram"`` when no vectors are needed and the smaller side is at least ``gram_min_dim``,
+    else ``"svd"``. Accuracy of the Gram route: the float64 eigenvalues have absolute error
+    ``~ n * eps64 * s_1^2``, so every singular value is within ``~ sqrt(n * eps64) * s_1``
+    (``< 1e-6 * s_1`` for ``n <= 4096``) and within relative ``~ n * eps64 * (s_1 / s_i)^2``:
+    float32-SVD accuracy (``~ eps32 * s_1``) for the whole spectrum, at a fraction of the cost.
 
     Returns:
         ``{name: (s, U)}`` with ``U`` the left singular vectors (top ``top_k`` columns, or all)
@@ -168,6 +186,8 @@ def singular_values(
         >>> s.tolist()
         [3.0, 1.0]
     """
+    if method not in SVD_METHODS:
+        raise ValueError(f"method={method!r} is not valid; choose one of {SVD_METHODS}.")
     groups: dict[tuple, list[str]] = defaultdict(list)
     for name, mat in matrices.items():
         groups[(tuple(mat.shape), mat.device, compute_dtype(mat, dtype))].append(name)
@@ -180,7 +200,10 @@ def singular_values(
                 for i, n in enumerate(names):
                     out[n] = (s[i], u[i] if with_vectors else None)
                 continue
-            if with_vectors:
+            use_gram = method == "gram" or (method == "auto" and min(shape) >= gram_min_dim)
+            if use_gram and not with_vectors:
+                s, u = gram_singular_values(batch).to(cdtype), None
+            elif with_vectors:
                 u, s, _ = torch.linalg.svd(batch, full_matrices=False)
             else:
                 s, u = torch.linalg.svdvals(batch), None
@@ -189,6 +212,22 @@ def singular_values(
                 ui = None if u is None else (u[i] if top_k is None else u[i, :, :top_k])
                 out[n] = (si, ui)
     return out
+
+
+def gram_singular_values(batch: Tensor) -> Tensor:
+    """All singular values (descending) of ``(b, m, n)`` matrices via the float64 Gram matrix.
+
+    ``s = sqrt(eig(W^T W))`` (or ``W W^T``, whichever is smaller), clipped at 0; see
+    :func:`singular_values` for its accuracy.
+
+    Example::
+
+        >>> gram_singular_values(torch.tensor([[[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]]])).tolist()
+        [[4.0, 3.0]]
+    """
+    w = batch.to(torch.float64)
+    gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT
+    return torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt()
 
 
 def randomized_singular_values(
@@ -234,10 +273,12 @@ def scalar_metrics(s: Tensor, names: Iterable[str], shape: Sequence[int]) -> dic
         >>> round(m["stable_rank"], 6), round(m["effective_rank"], 6)
         (2.0, 2.0)
     """
-    s = s.detach()
+    eps = torch.finfo(s.dtype).eps
+    # One transfer, then float64 numpy: far less per-call overhead than torch ops on short vectors.
+    v = s.detach().to("cpu", torch.float64).numpy()
     out: dict[str, float] = {}
-    s_max = float(s[0]) if s.numel() else 0.0
-    sq = s * s
+    s_max = float(v[0]) if v.size else 0.0
+    sq = v * v
     sum_sq = float(sq.sum())
     for name in names:
         if name == "spectral_norm":
@@ -245,17 +286,16 @@ def scalar_metrics(s: Tensor, names: Iterable[str], shape: Sequence[int]) -> dic
         elif name == "frobenius_norm":
             out[name] = math.sqrt(sum_sq)
         elif name == "nuclear_norm":
-            out[name] = float(s.sum())
+            out[name] = float(v.sum())
         elif name == "stable_rank":
             out[name] = sum_sq / s_max**2 if s_max > 0 else 0.0
         elif name == "effective_rank":
-            total = s.sum()
+            total = float(v.sum())
             if total <= 0:
                 out[name] = 0.0
                 continue
-            p = s / total
-            p = p[p > 0]
-            out[name] = float(torch.exp(-(p * p.log()).sum()))
+            p = v[v > 0] / total
+            out[name] = math.exp(-float((p * np.log(p)).sum()))
         elif name == "participation_ratio":
             quad = float((sq * sq).sum())
             out[name] = sum_sq**2 / quad if quad > 0 else 0.0
@@ -263,8 +303,7 @@ def scalar_metrics(s: Tensor, names: Iterable[str], shape: Sequence[int]) -> dic
             if s_max <= 0:
                 out[name] = 1.0
                 continue
-            tol = max(shape) * torch.finfo(s.dtype).eps * s_max
-            kept = s[s > tol]
+            kept = v[v > max(shape) * eps * s_max]
             out[name] = s_max / float(kept[-1])
         else:
             raise ValueError(f"{name!r} is not a scalar spectral metric; choose from {SCALAR_METRICS}.")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from lightning_critical.plots._figure import subplots
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -19,7 +19,7 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} needs columns {list(columns)}; the table lacks {missing} (has {list(df.columns)}).")
 
 
-def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Optional[plt.Axes] = None) -> Figure:
+def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Optional[Axes] = None) -> Figure:
     """Final test loss against switch epoch, one line per value of ``hue`` (default: depth).
 
     ``results``: the table of :func:`~lightning_critical.experiments.matrix_completion.matrix_completion_sweep`
@@ -34,9 +34,9 @@ def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Optional
         2
     """
     _require(results, ["switch_epoch", "test_loss", hue], "plot_critical_period")
-    fig, ax = (plt.subplots(figsize=(4.2, 3.2)) if ax is None else (ax.figure, ax))
+    fig, ax = (subplots(figsize=(4.2, 3.2)) if ax is None else (ax.figure, ax))
     values = sorted(results[hue].unique())
-    colors = plt.cm.viridis(np.linspace(0.1, 0.85, max(len(values), 1)))
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.1, 0.85, max(len(values), 1)))
     for color, value in zip(colors, values):
         part = results[results[hue] == value].sort_values("switch_epoch")
         ax.plot(part["switch_epoch"], part["test_loss"], marker="o", markersize=3.5, color=color,
@@ -63,8 +63,8 @@ def plot_singular_value_trajectories(
     _require(history, ["switch_epoch", "sgd_step", "test_loss", "sv_0"], "plot_singular_value_trajectories")
     svs = [c for c in history.columns if c.startswith("sv_")][:max_values]
     switches = sorted(history["switch_epoch"].unique())
-    fig, axes = plt.subplots(2, len(switches), figsize=(3.4 * len(switches), 4.8), squeeze=False, sharex="col")
-    colors = plt.cm.summer(np.linspace(0, 0.9, len(svs)))
+    fig, axes = subplots(2, len(switches), figsize=(3.4 * len(switches), 4.8), squeeze=False, sharex="col")
+    colors = matplotlib.colormaps["summer"](np.linspace(0, 0.9, len(svs)))
     for col, switch in enumerate(switches):
         part = history[history["switch_epoch"] == switch].sort_values("sgd_step")
         top, bottom = axes[0, col], axes[1, col]

@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Optional
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from lightning_critical.theory import pathway_flow  # noqa: E402
+from lightning_critical.plots._figure import subplots
+from lightning_critical.theory import pathway_flow
 
 
 def _mode_colors(n: int) -> list:
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
 
 
@@ -30,7 +28,7 @@ def plot_deficit_trajectories(frame: pd.DataFrame, deprived: str = "b", marker_e
     labels = list(dict.fromkeys(frame["label"]))
     modes = sorted(frame["mode"].unique())
     colors = _mode_colors(len(modes))
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), sharey=True, squeeze=False)
+    fig, axes = subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), sharey=True, squeeze=False)
     markers = {p: m for p, m in zip(sorted(frame["pathway"].unique()), ["x", "+", "1", "2"])}
     for ax, label in zip(axes[0], labels):
         run = frame[frame["label"] == label]
@@ -66,9 +64,9 @@ def plot_deprived_share(frame: pd.DataFrame) -> Figure:
     table = frame.assign(s=frame["singular_value"].round(6))
     groups = sorted(table["s"].unique(), reverse=True)
     depths = sorted(table["depth"].unique())
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     colors = {d: cmap(i / max(1, len(depths) - 1)) for i, d in enumerate(depths)}
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.3), sharey=True, squeeze=False)
+    fig, axes = subplots(1, len(groups), figsize=(3.3 * len(groups), 3.3), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], groups):
         sub = table[table["s"] == s].groupby(["source", "depth", "onset"], as_index=False)["share"].mean()
         for depth in depths:
@@ -101,7 +99,7 @@ def plot_phase_portraits(frame: pd.DataFrame, sgd: Optional[pd.DataFrame] = None
     depths = sorted(frame["depth"].unique())
     labels = list(dict.fromkeys(frame["label"]))
     s = float(frame["singular_value"].iloc[0])
-    fig, axes = plt.subplots(len(labels), len(depths), figsize=(3.2 * len(depths), 3.1 * len(labels)), squeeze=False)
+    fig, axes = subplots(len(labels), len(depths), figsize=(3.2 * len(depths), 3.1 * len(labels)), squeeze=False)
     ka, kb = np.meshgrid(np.linspace(0, 1.05 * s, grid), np.linspace(0, 1.05 * s, grid))
     for i, label in enumerate(labels):
         for j, depth in enumerate(depths):

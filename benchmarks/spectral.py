@@ -1,0 +1,260 @@
+"""Benchmark: cost of spectral monitoring, against weightwatcher, and its training overhead.
+
+(i) Full spectral analysis of two large models built here with random weights: a
+GPT-2-small-sized transformer (12 blocks, width 768, MLP 3072, vocabulary 50257, context
+1024; ``nn.Linear``/``nn.Embedding``) and a ResNet-50-sized CNN (bottleneck stages 3/4/6/3,
+widths 256..2048, ``nn.Conv2d``). Timed in the same run:
+
+* ``ours``: what ``SpectralMonitor`` computes per record: every weight matrix (documented
+  views), all singular values, and every scalar metric;
+* ``weightwatcher analyze()``: its default analysis (ESD + power-law fits) of the same model;
+* ``same matrices``: the singular values of exactly the matrices weightwatcher analysed
+  (its ``Wmats``: 1 per dense layer, ``k*k`` slices per conv layer), by weightwatcher's own
+  ESD routine (``apply_esd``) and by ours (:func:`lightning_critical.spectral.singular_values`),
+  and the largest difference between the two spectra relative to the layer's top singular
+  value (float32 accuracy is ~1e-6).
+
+(ii) Training overhead of ``SpectralMonitor()`` at its defaults on the digits ``SmallCNN``:
+fits with and without the monitor, alternated, median of ``--repeats``.
+
+weightwatcher is not a dependency of the project; install it into a separate folder used
+only here (it pulls no torch of its own with ``--no-deps``)::
+
+    .venv/bin/python -m pip install --target outputs/bench-ww --no-deps \\
+        weightwatcher powerlaw mpmath safetensors matplotlib-inline
+    .venv/bin/python benchmarks/spectral.py --ww-path outputs/bench-ww --threads 1
+
+Without weightwatcher (``--ww-path`` missing) part (i) times ours only. ``--threads`` sets
+torch's intra-op threads and numpy/scipy's BLAS threads alike (default: the libraries' choice).
+Prints ratios (baseline time / ours); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+import lightning_critical as lc
+from lightning_critical.spectral import SCALAR_METRICS, find_weight_matrices, scalar_metrics, singular_values
+
+
+# ---- reference architectures, built locally (no torchvision) ------------------------------
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+
+def gpt2_small(vocab: int = 50257, context: int = 1024, d: int = 768, layers: int = 12) -> nn.Module:
+    """GPT-2-small-sized parameter layout (124M parameters), random init."""
+    model = nn.Module()
+    model.wte, model.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
+    model.h = nn.ModuleList(Block(d) for _ in range(layers))
+    model.ln_f = nn.LayerNorm(d)
+    model.lm_head = nn.Linear(d, vocab, bias=False)
+    model.lm_head.weight = model.wte.weight  # tied, as in GPT-2
+    return model
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = 4 * width
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else None
+        )
+
+
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """ResNet-50-sized parameter layout (25.6M parameters), random init."""
+    model = nn.Module()
+    model.conv1, model.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+    cin = 64
+    for i, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        stage = []
+        for j in range(blocks):
+            stage.append(Bottleneck(cin, width, 2 if (j == 0 and i > 0) else 1))
+            cin = 4 * width
+        setattr(model, f"layer{i + 1}", nn.Sequential(*stage))
+    model.fc = nn.Linear(cin, num_classes)
+    return model
+
+
+# ---- part (i) ------------------------------------------------------------------------------
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def ours_full(model: nn.Module) -> dict[str, dict[str, float]]:
+    """What one SpectralMonitor record computes: every matrix, all singular values, all scalar metrics."""
+    mats = find_weight_matrices(model)
+    spectra = singular_values(mats)
+    return {n: scalar_metrics(s, SCALAR_METRICS, tuple(mats[n].shape)) for n, (s, _) in spectra.items()}
+
+
+def ww_layers(ww, watcher) -> list:
+    """weightwatcher's own layer iterator: the layers (and matrices) its analysis uses."""
+    from weightwatcher.constants import DEFAULT_PARAMS
+    from weightwatcher.weightwatcher import WWLayerIterator
+
+    params = DEFAULT_PARAMS.copy()
+    return [layer for layer in WWLayerIterator(model=watcher.model, framework=watcher.framework, params=params)
+            if not layer.skipped and layer.has_weights], params
+
+
+def compare_same_matrices(ww, watcher, model: nn.Module) -> dict[str, float]:
+    layers, params = ww_layers(ww, watcher)
+    t_ww, _ = timed(lambda: [watcher.apply_esd(layer, params) for layer in layers])
+    mats = {f"{layer.layer_id}/{i}": torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+            for layer in layers for i, w in enumerate(layer.Wmats)}
+    t_ours, spectra = timed(lambda: singular_values(mats))
+    worst, scale_note = 0.0, set()
+    for layer in layers:
+        ours = np.sort(np.concatenate([spectra[f"{layer.layer_id}/{i}"][0].double().numpy() ** 2 for i in range(len(layer.Wmats))]))
+        theirs = np.sort(np.asarray(layer.evals, dtype=np.float64))
+        ours = ours[-len(theirs):]
+        # weightwatcher rescales conv slices (conv2d_norm); undo its constant factor before comparing
+        factor = theirs[-1] / ours[-1]
+        if abs(factor - 1) > 1e-5:
+            scale_note.add(round(float(factor), 4))
+        rel = np.max(np.abs(np.sqrt(np.clip(ours * factor, 0, None)) - np.sqrt(np.clip(theirs, 0, None)))) / np.sqrt(theirs[-1])
+        worst = max(worst, float(rel))
+    skipped = sorted(set(find_weight_matrices(model)) - {f"{layer.longname}.weight" for layer in layers})
+    print(f"  same matrices: {len(layers)} layers / {len(mats)} matrices analysed by weightwatcher; "
+          f"weightwatcher ESD {t_ww:.2f} s, ours {t_ours:.2f} s -> {t_ww / t_ours:.1f}x; "
+          f"max |s_ours - s_ww| / s_max = {worst:.2e}"
+          + (f" (after weightwatcher's conv scale factors {sorted(scale_note)})" if scale_note else ""))
+    if skipped:
+        print(f"  weightwatcher did not analyse {len(skipped)} of our targets, e.g. {skipped[:3]}")
+    return {"t_ww_esd": t_ww, "t_ours_same": t_ours, "max_rel_diff": worst}
+
+
+def part_one(ww_path: Optional[str]) -> None:
+    ww = None
+    if ww_path:
+        sys.path.insert(0, os.path.abspath(ww_path))
+        import weightwatcher as ww  # noqa: F811
+
+        logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    for name, build in (("GPT-2-small-sized transformer", gpt2_small), ("ResNet-50-sized CNN", resnet50)):
+        torch.manual_seed(0)
+        model = build().eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        n_mats = len(find_weight_matrices(model))
+        t_ours, _ = timed(lambda: ours_full(model))
+        print(f"{name}: {n_params / 1e6:.1f}M parameters, {n_mats} weight matrices")
+        print(f"  ours (all singular values + {len(SCALAR_METRICS)} metrics, every matrix): {t_ours:.2f} s")
+        if ww is None:
+            continue
+        watcher = ww.WeightWatcher(model=model)
+        t_ww, details = timed(lambda: watcher.analyze())
+        print(f"  weightwatcher analyze() defaults: {t_ww:.2f} s on {len(details)} layers -> ratio {t_ww / t_ours:.1f}x")
+        compare_same_matrices(ww, watcher, model)
+
+
+# ---- part (ii) -----------------------------------------------------------------------------
+class TimedSpectralMonitor(lc.SpectralMonitor):
+    """SpectralMonitor that adds up the wall time spent inside its own hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+
+    def _timed(self, hook: Callable, *args: object) -> None:
+        start = time.perf_counter()
+        hook(*args)
+        self.seconds += time.perf_counter() - start
+
+    def on_train_start(self, *args: object) -> None:
+        self._timed(super().on_train_start, *args)
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self._timed(super().on_train_batch_start, *args)
+
+    def on_train_end(self, *args: object) -> None:
+        self._timed(super().on_train_end, *args)
+
+
+def fit_digits(with_monitor: Optional[bool], epochs: int, root: str, timed_monitor: Optional[TimedSpectralMonitor] = None) -> float:
+    """One timed fit; ``with_monitor=None`` attaches an empty ``Callback`` (Lightning's own per-callback cost)."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, verbose=False)
+    dm = lc.data.DigitsDataModule(batch_size=32)
+    model = lc.models.SmallCNN(seed=0)
+    callbacks = [lc.SpectralMonitor()] if with_monitor else ([pl.Callback()] if with_monitor is None else [])
+    if timed_monitor is not None:
+        callbacks = [timed_monitor]
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks, default_root_dir=root, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    start = time.perf_counter()
+    trainer.fit(model, dm)
+    return time.perf_counter() - start
+
+
+def part_two(epochs: int, repeats: int) -> None:
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as root:
+        fit_digits(False, 1, root)  # warm-up (imports, allocator)
+        plain, empty, monitored = [], [], []
+        for _ in range(repeats):
+            plain.append(fit_digits(False, epochs, root))
+            empty.append(fit_digits(None, epochs, root))
+            monitored.append(fit_digits(True, epochs, root))
+    for what, stat in (("median", statistics.median), ("min", min)):
+        p, e, m = stat(plain), stat(empty), stat(monitored)
+        print(f"digits SmallCNN, {epochs} epochs ({what} of {repeats} alternated fits): without monitor {p:.3f} s, "
+              f"with SpectralMonitor() {m:.3f} s -> overhead {100 * (m - p) / p:+.1f}% "
+              f"(an empty Callback alone: {100 * (e - p) / p:+.1f}%)")
+    # Run-to-run noise on a shared machine is a few percent; the time spent inside the
+    # monitor's own hooks is a noise-free measure of what it adds.
+    with tempfile.TemporaryDirectory() as root:
+        timed_monitor = TimedSpectralMonitor()
+        total = fit_digits(True, epochs, root, timed_monitor)
+    records = timed_monitor.to_frame().step.nunique()
+    print(f"time inside SpectralMonitor() hooks: {timed_monitor.seconds:.3f} s of a {total:.3f} s fit "
+          f"({records} records) -> {100 * timed_monitor.seconds / (total - timed_monitor.seconds):.1f}% overhead")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ww-path", default=None, help="folder where weightwatcher was pip-installed (--target)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=10, help="digits training epochs for part (ii)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip", choices=["i", "ii"], default=None)
+    args = parser.parse_args(argv)
+    limits = None
+    if args.threads:
+        from threadpoolctl import threadpool_limits  # ships with scikit-learn
+
+        torch.set_num_threads(args.threads)
+        limits = threadpool_limits(args.threads)  # numpy/scipy BLAS too: weightwatcher gets the same threads
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.skip != "i":
+        part_one(args.ww_path)
+    del limits
+    if args.skip != "ii":
+        part_two(args.epochs, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Image classification datamodules over in-memory tensors; scikit-learn's bundled digits."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class ImageClassificationDataModule(pl.LightningDataModule):
+    """Train / validation / test loaders over image tensors ``(N, C, H, W)`` and labels ``(N,)``.
+
+    A ``val_fraction`` of the training images (a seeded random subset) becomes the
+    validation set. Training batches are shuffled (by the global RNG, so
+    ``seed_everything`` makes runs repeatable); validation and test batches are not.
+
+    Args:
+        train: ``(images, labels)`` to train (and validate) on.
+        test: ``(images, labels)`` held out for testing.
+        batch_size: examples per batch.
+        val_fraction: share of ``train`` kept for validation, in ``[0, 1)``.
+        seed: seed of the validation split.
+        num_workers: dataloader workers.
+
+    Example::
+
+        >>> dm = ImageClassificationDataModule((torch.rand(10, 1, 4, 4), torch.arange(10) % 2),
+        ...                                    (torch.rand(4, 1, 4, 4), torch.arange(4) % 2), val_fraction=0.2)
+        >>> dm.setup("fit"); len(dm.train_set), len(dm.val_set), dm.num_classes
+        (8, 2, 2)
+    """
+
+    def __init__(
+        self,
+        train: tuple[Tensor, Tensor],
+        test: tuple[Tensor, Tensor],
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction!r} must be in [0, 1).")
+        for what, (x, y) in (("train", train), ("test", test)):
+            if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"{what} must be images (N, C, H, W) and labels (N,); got {tuple(x.shape)} and {tuple(y.shape)}."
+                )
+        x, y = train
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+        n_val = int(round(val_fraction * x.shape[0]))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        self.train_set = TensorDataset(x[train_idx], y[train_idx])
+        self.val_set = TensorDataset(x[val_idx], y[val_idx])
+        self.test_set = TensorDataset(*test)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.num_classes = int(max(int(y.max()), int(test[1].max())) + 1)
+        self.image_shape = tuple(x.shape[1:])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=512, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=512, num_workers=self.num_workers)
+
+
+def load_digits_tensors() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 digits: images ``(1797, 1, 8, 8)`` in ``[0, 1]``, labels ``(1797,)``."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - scikit-learn is a dev/example dependency
+        raise ImportError("DigitsDataModule needs scikit-learn: pip install 'lightning-critical[digits]'") from err
+    images, labels = load_digits(return_X_y=True)
+    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    return x, torch.as_tensor(labels, dtype=torch.long)
+
+
+class DigitsDataModule(ImageClassificationDataModule):
+    """scikit-learn's bundled handwritten digits (offline): 8x8 grey images, 10 classes.
+
+    A seeded ``test_fraction`` of the 1797 images is held out for testing; ``val_fraction``
+    of the rest validates. ``subset`` keeps only the first ``subset`` training images (fast
+    tests).
+
+    Example::
+
+        >>> dm = DigitsDataModule(test_fraction=0.25, val_fraction=0.1)
+        >>> len(dm.train_set) + len(dm.val_set) + len(dm.test_set), dm.image_shape, dm.num_classes
+        (1797, (1, 8, 8), 10)
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        test_fraction: float = 0.25,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        subset: Optional[int] = None,
+        num_workers: int = 0,
+    ) -> None:
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction={test_fraction!r} must be in (0, 1).")
+        x, y = load_digits_tensors()
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+        n_test = int(round(test_fraction * x.shape[0]))
+        test_idx, train_idx = perm[:n_test], perm[n_test:]
+        if subset is not None:
+            if isinstance(subset, bool) or not isinstance(subset, int) or subset < 2:
+                raise ValueError(f"subset={subset!r} must be None or an integer >= 2.")
+            train_idx = train_idx[:subset]
+        super().__init__((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), batch_size, val_fraction, seed, num_workers)

@@ -1,0 +1,102 @@
+"""SmallCNN: a compact image classifier (LightningModule) for critical-period experiments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SmallCNN(pl.LightningModule):
+    """Two 3x3 conv layers (ReLU, 2x2 max-pool after the first), adaptive 2x2 average pooling, a linear head.
+
+    The adaptive pooling makes it accept any input size (so a ``"downsample"`` deficit
+    works) while keeping coarse spatial layout. Trained with SGD + momentum and weight decay on cross-entropy; logs
+    ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (per epoch) and ``test_acc``.
+
+    Args:
+        in_channels: image channels (1 for digits, 3 for CIFAR-10).
+        num_classes: output classes.
+        channels: widths of the two conv layers.
+        lr, momentum, weight_decay: SGD settings.
+        lr_decay: the learning rate is multiplied by this after every epoch (1 = constant;
+            the classic critical-period protocol anneals it exponentially, e.g. 0.97).
+        seed: seed of the initialisation (``None``: the global RNG).
+
+    Example::
+
+        >>> net = SmallCNN(in_channels=1, num_classes=10, seed=0)
+        >>> net(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels: tuple[int, int] = (16, 32),
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_decay: float = 1.0,
+        seed: Any = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if len(channels) != 2 or any(c < 1 for c in channels):
+            raise ValueError(f"channels={channels!r} must be two positive widths.")
+        if not lr > 0:
+            raise ValueError(f"lr={lr!r} must be > 0.")
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay={lr_decay!r} must be in (0, 1].")
+        self.save_hyperparameters()
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build()
+        else:
+            self._build()
+
+    def _build(self) -> None:
+        hp = self.hparams
+        self.conv1 = nn.Conv2d(hp.in_channels, hp.channels[0], 3, padding=1)
+        self.conv2 = nn.Conv2d(hp.channels[0], hp.channels[1], 3, padding=1)
+        self.fc = nn.Linear(hp.channels[1] * 4, hp.num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv1(x))
+        if min(h.shape[-2:]) >= 2:
+            h = F.max_pool2d(h, 2)
+        h = F.relu(self.conv2(h))
+        return self.fc(F.adaptive_avg_pool2d(h, 2).flatten(1))
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(dim=1) == y).float().mean()
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=not on_step)
+        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.lr_decay == 1.0:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.lr_decay)}
