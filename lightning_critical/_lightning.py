@@ -6,6 +6,7 @@ helpers, ``tests/test_lightning_adapter.py`` fails loudly.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping, Optional
 
@@ -47,7 +48,8 @@ def steps_per_epoch(trainer: "pl.Trainer") -> Optional[int]:
     batches = trainer.num_training_batches
     if batches is None or batches == float("inf"):
         return None
-    return max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+    # Lightning also steps on the last, incomplete accumulation group of an epoch.
+    return max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
 
 
 def makedirs_for(path: str) -> None:

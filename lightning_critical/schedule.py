@@ -11,6 +11,7 @@ This module knows nothing about Lightning.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -56,11 +57,11 @@ class Window:
             value = getattr(self, name)
             if value is None and name == "end":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                if isinstance(value, float) and value.is_integer():
-                    object.__setattr__(self, name, int(value))
-                    continue
+            # numpy integers (np.arange sweeps) and integral floats are accepted as ints.
+            integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+            if isinstance(value, bool) or not integral:
                 raise ValueError(f"Window {name}={value!r} must be an integer number of {self.unit}s.")
+            object.__setattr__(self, name, int(value))
         if self.start < 0:
             raise ValueError(f"Window start={self.start} must be >= 0.")
         if self.end is not None and self.end <= self.start:
@@ -75,6 +76,8 @@ class Window:
         ``unit`` is the default when the value does not name one itself.
         """
         if isinstance(value, Window):
+            if unit != "epoch" and unit != value.unit:
+                raise ValueError(f"unit={unit!r} contradicts the window {value}; give the unit in one place.")
             return value
         if isinstance(value, dict):
             return cls(**{"unit": unit, **value})

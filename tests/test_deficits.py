@@ -219,3 +219,43 @@ def test_mode_deficit_basis_must_fit():
     trainer = make_trainer(max_epochs=1, callbacks=[lc.ModeDeficit("right", 0, (0, 1))])
     with pytest.raises(ValueError, match="needs a task basis"):
         trainer.fit(TwoBranchNet())
+
+
+def test_noise_differs_between_pathways_and_spares_evaluation_passes():
+    import numpy as np
+
+    model = TwoBranchNet()
+    inputs = {}
+
+    def capture_as(name):
+        def capture(module, args, output):
+            inputs.setdefault(name, args[0].clone())
+        return capture
+
+    for name in ("left", "right"):
+        getattr(model, name)[0].register_forward_hook(capture_as(name))
+    trainer = make_trainer(max_steps=1, callbacks=[lc.PathwayDeficit(["left", "right"], (0, 1), mode="noise", unit="step")])
+    trainer.fit(model)
+    assert not torch.equal(inputs["left"], inputs["right"])
+    with pytest.raises(ValueError, match="pathways=5"):
+        lc.PathwayDeficit(5, (0, 1))
+    assert lc.ModeDeficit("a", modes=np.int64(1), window=(0, 1)).modes == [1]
+
+    # An evaluation-mode pass inside the window (as FisherMonitor makes) sees the intact
+    # network and does not shift the noise the training steps draw.
+    def weights(extra):
+        net = TwoBranchNet()
+        make_trainer(max_steps=4, callbacks=[lc.PathwayDeficit("right", (0, 4), mode="noise", unit="step"), *extra]).fit(net)
+        return net.state_dict()
+
+    class EvalProbe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            pl_module.eval()
+            with torch.no_grad():
+                self.out = pl_module.right(batch[0])
+            pl_module.train()
+            assert torch.equal(self.out, pl_module.right[2](pl_module.right[1](pl_module.right[0](batch[0]))))
+
+    plain, probed = weights([]), weights([EvalProbe()])
+    for k in plain:
+        assert torch.equal(plain[k], probed[k]), k

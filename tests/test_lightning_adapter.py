@@ -23,3 +23,15 @@ def test_adapter_against_a_real_trainer(tmp_path):
     assert len(seen["writers"]) == 1 and seen["writers"][0] is tb.experiment
     assert seen["run_dir"] == tb.log_dir
     assert "probe/x" in open(f"{csv.log_dir}/metrics.csv").read()
+
+
+def test_steps_per_epoch_counts_the_last_incomplete_accumulation_group():
+    seen = {}
+
+    class Probe(__import__("pytorch_lightning").Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["steps_per_epoch"] = _lightning.steps_per_epoch(trainer)
+
+    trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2, limit_train_batches=3, callbacks=[Probe()])
+    trainer.fit(TwoBranchNet())
+    assert seen["steps_per_epoch"] == trainer.global_step == 2

@@ -44,6 +44,25 @@ def test_task_basis_is_the_active_task():
     torch.testing.assert_close(u @ torch.diag(s) @ v.T, dm.ground_truth("b"), atol=1e-4, rtol=1e-4)
 
 
+def test_task_basis_is_cached_per_task(monkeypatch):
+    dm = MatrixCompletionDataModule(size=12, n_observed=40, tasks={"a": 3, "b": 2})
+    calls = []
+    svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    first = dm.task_basis()
+    first[0].zero_()  # callers get copies: modifying one does not poison the cache
+    again = dm.task_basis()
+    assert len(calls) == 1 and again[0].abs().sum() > 0
+    dm.set_task("b")
+    u, s, v = dm.task_basis()
+    dm.task_basis()
+    assert len(calls) == 2 and u.shape == (12, 2)
+    torch.testing.assert_close(u @ torch.diag(s) @ v.T, dm.ground_truth("b"), atol=1e-4, rtol=1e-4)
+    dm.set_task("a")
+    torch.testing.assert_close(dm.task_basis()[1], again[1])
+    assert len(calls) == 2
+
+
 def test_same_seed_same_tasks_other_seed_differs():
     a, b, c = (MatrixCompletionDataModule(size=10, n_observed=30, seed=s) for s in (0, 0, 1))
     assert torch.equal(a.ground_truth("target"), b.ground_truth("target"))
@@ -59,6 +78,15 @@ def test_same_seed_same_tasks_other_seed_differs():
         (dict(tasks={"a": 2, "b": {"subset_of": "c", "n_observed": 3}}), r"subset_of='c' is not another task"),
         (dict(tasks={"a": 2, "b": {"subset_of": "a", "n_observed": 99}}), r"n_observed=99"),
         (dict(tasks={"a": "x"}), r"task 'a': spec 'x'"),
+        (
+            dict(tasks={"a": {"subset_of": "b", "n_observed": 5}, "b": {"subset_of": "a", "n_observed": 5}}),
+            r"task 'a': circular subset_of chain a -> b -> a; a subset_of chain must end at a task with a rank",
+        ),
+        (
+            dict(tasks={"r": 2, "a": {"subset_of": "b", "n_observed": 5}, "b": {"subset_of": "c", "n_observed": 5},
+                        "c": {"subset_of": "a", "n_observed": 5}}),
+            r"circular subset_of chain a -> b -> c -> a",
+        ),
     ],
 )
 def test_datamodule_validation(kwargs, message):

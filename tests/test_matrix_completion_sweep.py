@@ -115,6 +115,9 @@ def test_fewer_examples_deficit_and_parameter_sweeps():
         (dict(pretrain_rank=11), r"pretrain_rank=11 must be an integer \[1, 10\]"),
         (dict(init="he"), r"init='he' is not valid"),
         (dict(steps_per_epoch=7), r"steps_per_epoch=7 must divide"),
+        (dict(steps_per_epoch=0), r"steps_per_epoch=0 must be an integer >= 1"),
+        (dict(steps_per_epoch=-10), r"steps_per_epoch=-10 must be an integer >= 1"),
+        (dict(steps_per_epoch=2.5), r"steps_per_epoch=2.5 must be an integer >= 1"),
     ],
 )
 def test_sweep_validation(kwargs, message):
@@ -161,3 +164,43 @@ def test_worker_processes_give_the_same_table():
     pd.testing.assert_frame_equal(serial.drop(columns="seconds"), parallel.drop(columns="seconds"))
     with pytest.raises(ValueError, match="processes"):
         matrix_completion_parameter_sweep("depth", [1], processes=0, **kwargs)
+
+
+def _resume_setup():
+    return build_switch_ensemble(2, [0, 20, 40], 40, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
+                                 init_scale=0.1, lr=2.0, steps_per_epoch=10, dtype=torch.float64)
+
+
+def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path):
+    full, dm, switches = _resume_setup()
+    pl.Trainer(max_epochs=full.max_epochs, callbacks=switches, **QUIET).fit(full, datamodule=dm)
+
+    # Interrupt at epoch 5 of 8: member 0 has finished (its final weights), members 1 and 2 have forked.
+    first, dm, switches = _resume_setup()
+    trainer = pl.Trainer(max_epochs=5, callbacks=switches, **QUIET)
+    trainer.fit(first, datamodule=dm)
+    path = str(tmp_path / "mid.ckpt")
+    trainer.save_checkpoint(path)
+
+    resumed, dm, switches = _resume_setup()  # fresh objects, as in a new process
+    pl.Trainer(max_epochs=resumed.max_epochs, callbacks=switches, **QUIET).fit(resumed, datamodule=dm, ckpt_path=path)
+    pd.testing.assert_frame_equal(resumed.history(), full.history())
+    pd.testing.assert_frame_equal(resumed.results(), full.results())
+    for k in range(3):
+        for a, b in zip(resumed.member_factors(k), full.member_factors(k)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [m.task for m in resumed.members] == ["target"] * 3
+
+
+def test_checkpoint_of_another_ensemble_is_refused(tmp_path):
+    ens, dm, switches = _resume_setup()
+    trainer = pl.Trainer(max_epochs=2, callbacks=switches, **QUIET)
+    trainer.fit(ens, datamodule=dm)
+    checkpoint = {}
+    ens.on_save_checkpoint(checkpoint)
+    other, _, _ = build_switch_ensemble(2, [0, 30], 30, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
+                                        steps_per_epoch=10)
+    with pytest.raises(ValueError, match="checkpoint of a different ensemble"):
+        other.on_load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="cannot be resumed, rerun the sweep"):
+        other.on_load_checkpoint({})

@@ -87,3 +87,15 @@ def test_aligned_init_without_a_basis_fails_before_training():
         make_trainer(max_epochs=1).fit(net, train_dataloaders=TwoBranchNet().train_dataloader())
     with pytest.raises(ValueError, match="width=4 is smaller than the task's 8 modes"):
         lc.models.MultiPathwayLinearNet(depth=2, width=4, task_basis=lc.data.HierarchicalDataModule().task_basis())
+
+
+def test_checkpoint_keeps_the_task_basis(tmp_path):
+    dm = lc.data.HierarchicalDataModule()
+    net = lc.models.MultiPathwayLinearNet(depth=2, width=10, task_basis=dm.task_basis())
+    trainer = make_trainer(max_epochs=1)
+    trainer.fit(net, dm)
+    trainer.save_checkpoint(tmp_path / "net.ckpt")
+    loaded = lc.models.MultiPathwayLinearNet.load_from_checkpoint(tmp_path / "net.ckpt")
+    for a, b in zip(loaded.task_basis(), dm.task_basis()):
+        assert torch.equal(a, b)
+    assert torch.equal(loaded.end_to_end_maps()["a"], net.end_to_end_maps()["a"])

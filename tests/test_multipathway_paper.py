@@ -84,3 +84,13 @@ def test_mode_lesion_published_run():
     final = theory[-1]
     assert final[1, 1] > 0.99 * float(s[1])  # b learns mode 1 although it started late
     assert deprived_share(final, 1)[0] < 0.05  # ... but a took mode 0 during b's deficit
+
+
+def test_onset_sweep_theory_and_sgd_agree_for_any_deprived_pathway_and_mode():
+    from lightning_critical.experiments import deficit_onset_sweep
+
+    table = deficit_onset_sweep(depths=(2,), onsets=(0, 100), sgd_onsets=(0, 100), length=60, max_epochs=300,
+                                deprived="a", mode="silence", width=12, lr=0.02)
+    pivot = table.pivot_table(index=["onset", "mode"], columns="source", values="share")
+    assert np.abs(pivot["sgd"] - pivot["theory"]).max() < 1e-3
+    assert pivot.loc[0, "theory"].iloc[0] < 0.05  # pathway a, silenced from the start, loses mode 0

@@ -31,3 +31,11 @@ def test_coerce_and_overlap():
     # Mixed units need the number of steps per epoch.
     assert not lc.Window(0, 2).overlaps(lc.Window(20, 30, "step"), steps_per_epoch=10)
     assert lc.Window(0, 3).overlaps(lc.Window(20, 30, "step"), steps_per_epoch=10)
+
+
+def test_numpy_integers_and_unit_conflicts():
+    np = pytest.importorskip("numpy")
+    w = lc.Window(np.int64(2), np.int64(5))
+    assert (w.start, w.end) == (2, 5) and type(w.start) is int
+    with pytest.raises(ValueError, match="unit='step' contradicts"):
+        lc.Window.coerce(lc.Window(0, 5), unit="step")

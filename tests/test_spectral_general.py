@@ -241,7 +241,9 @@ def _train_weights(tmp_path, callbacks):
 def test_bitwise_identical_training_and_nothing_attached(tmp_path):
     reference = _train_weights(tmp_path / "a", [])
     model_dict_keys = set(reference.__dict__)
-    monitor = lc.SpectralMonitor(every_n_steps=1, metrics=ALL_METRICS, top_k=3, randomized_min_dim=4)
+    # top_k with a small randomized_min_dim exercises the randomized path too.
+    truncated = ("singular_values", "spectral_norm", "frobenius_norm", "stable_rank", "subspace_drift")
+    monitor = lc.SpectralMonitor(every_n_steps=1, metrics=truncated, top_k=3, randomized_min_dim=4)
     logger = pl.loggers.TensorBoardLogger(tmp_path / "tb")
     pl.seed_everything(3)
     model = Zoo()
@@ -311,3 +313,10 @@ def test_gram_route_float32_accurate_on_large_and_rank_deficient_matrices():
     assert torch.equal(singular_values({"w": w})["w"][0], torch.linalg.svdvals(w))
     with pytest.raises(ValueError, match="method='qr'.*choose one of"):
         singular_values(mats, method="qr")
+
+
+def test_top_k_refuses_metrics_that_need_the_whole_spectrum():
+    with pytest.raises(ValueError, match=r"metrics \['condition_number', 'nuclear_norm'\] need all"):
+        lc.SpectralMonitor(top_k=2, metrics=("singular_values", "nuclear_norm", "condition_number"))
+    default = lc.SpectralMonitor(top_k=2)
+    assert "effective_rank" not in default.metrics and "stable_rank" in default.metrics

@@ -56,3 +56,15 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         pathway_dynamics(**args)
+
+
+def test_a_single_mode_lesion_defaults_to_silence():
+    lesion = pathway_dynamics([3.0, 1.0], 2, 0.01, 0.05, 3000, deficits={(1, 0): [(0, None)]})
+    explicit = pathway_dynamics([3.0, 1.0], 2, 0.01, 0.05, 3000, deficits={(1, 0): [(0, None, "silence")]})
+    assert np.array_equal(lesion, explicit)
+    assert lesion[-1, 0, 0] == pytest.approx(3.0, rel=1e-6)  # the lesioned K does not count in the sum
+
+
+def test_depth2_closed_form_stays_finite_after_convergence():
+    values = depth2_mode_strength(np.array([10.0, 100.0, 1e4]), s=3.0, u0=0.01)
+    assert np.allclose(values, 3.0)

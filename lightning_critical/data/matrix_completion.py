@@ -102,6 +102,17 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
         self.size, self.n_observed, self.seed = size, n_observed, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.task_specs = {name: self._parse_spec(name, spec, specs) for name, spec in specs.items()}
+        for name in self.task_specs:  # every subset_of chain must end at a rank task
+            chain, seen = [name], {name}
+            while "subset_of" in self.task_specs[chain[-1]]:
+                parent = self.task_specs[chain[-1]]["subset_of"]
+                if parent in seen:
+                    raise ValueError(
+                        f"task {name!r}: circular subset_of chain {' -> '.join(chain + [parent])}; "
+                        "a subset_of chain must end at a task with a rank."
+                    )
+                chain.append(parent)
+                seen.add(parent)
 
         rng = np.random.default_rng(seed)
         truths: dict[str, np.ndarray] = {}
@@ -125,6 +136,7 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
             self._observed[name] = mask
         self._task = next(iter(self.task_specs))
         self._device_cache: dict[tuple[str, str], tuple[Tensor, ...]] = {}
+        self._basis_cache: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
 
     def _parse_spec(self, name: str, spec: TaskSpec, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
@@ -193,10 +205,17 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
         return int(self.task_specs[name]["rank"])
 
     def task_basis(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(U, S, V)`` of the active ground truth, truncated to its rank (``U``: size x r)."""
-        u, s, vh = torch.linalg.svd(self.ground_truth().double())
-        r = self.rank()
-        return u[:, :r].float(), s[:r].float(), vh[:r].T.float()
+        """``(U, S, V)`` of the active ground truth, truncated to its rank (``U``: size x r).
+
+        Computed once per task (the ground truths are fixed at construction) and cached;
+        each call returns fresh copies, so callers may modify them.
+        """
+        name = self._task
+        if name not in self._basis_cache:
+            u, s, vh = torch.linalg.svd(self.ground_truth(name).double())
+            r = self.rank(name)
+            self._basis_cache[name] = (u[:, :r].float(), s[:r].float(), vh[:r].T.float())
+        return tuple(t.clone() for t in self._basis_cache[name])  # type: ignore[return-value]
 
     # -- Lightning ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional, Sequence, Union
 
 import pytorch_lightning as pl
@@ -54,9 +55,13 @@ class ModeDeficit(WindowedDeficit):
     ) -> None:
         super().__init__(window, unit=unit, name=name)
         self.pathway = pathway
-        self.modes = [modes] if isinstance(modes, int) else list(modes)
-        if not self.modes or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in self.modes):
+        listed = [modes] if isinstance(modes, numbers.Integral) else modes
+        if (
+            isinstance(listed, (str, bytes)) or not isinstance(listed, Sequence) or not listed
+            or any(isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0 for m in listed)
+        ):
             raise ValueError(f"modes={modes!r} must be one or more non-negative integer mode indices.")
+        self.modes = [int(m) for m in listed]
         self._basis = task_basis
         self._u: Optional[Tensor] = None
         self._v: Optional[Tensor] = None
@@ -100,11 +105,12 @@ class ModeDeficit(WindowedDeficit):
             b = basis.to(device=x.device, dtype=x.dtype)
             return x - (x @ b) @ b.T
 
-        def pre_hook(mod: nn.Module, args: tuple) -> tuple:
-            return (project(args[0], v, "input"),) + tuple(args[1:])
+        # Training-mode passes only: evaluation passes during the window see the whole map.
+        def pre_hook(mod: nn.Module, args: tuple) -> Optional[tuple]:
+            return (project(args[0], v, "input"),) + tuple(args[1:]) if mod.training else None
 
-        def post_hook(mod: nn.Module, args: Any, output: Tensor) -> Tensor:
-            return project(output, u, "output")
+        def post_hook(mod: nn.Module, args: Any, output: Tensor) -> Optional[Tensor]:
+            return project(output, u, "output") if mod.training else None
 
         return [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
 

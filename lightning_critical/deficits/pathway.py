@@ -40,10 +40,14 @@ class PathwayDeficit(WindowedDeficit):
             bitwise unchanged by the optimizer (their gradients are dropped right before every
             optimizer step in the window, so SGD momentum, Adam moments and weight decay skip
             them too; buffers such as BatchNorm statistics still update).
-            ``"silence"``: the pathway's output is multiplied by zero.
+            ``"silence"``: the pathway's output is multiplied by zero. Its gradients are then
+            zero, so with plain SGD its parameters are held (the theory's "silence"); momentum
+            and weight decay still move them.
             ``"noise"``: the pathway's floating-point inputs are replaced by Gaussian noise of
-            standard deviation ``noise_std`` (seeded from ``seed`` and the step, so a resumed
-            run draws the same noise).
+            standard deviation ``noise_std`` (seeded from ``seed``, the epoch, the batch, the rank
+            and the pathway, so a resumed run draws the same noise).
+            ``"silence"`` and ``"noise"`` act on forward passes in training mode only
+            (``module.training``): evaluation-mode passes during the window see the intact network.
         noise_std: standard deviation of the ``"noise"`` mode.
         unit: unit of a tuple ``window``: ``"epoch"`` or ``"step"``.
         seed: seed of the ``"noise"`` mode.
@@ -77,9 +81,13 @@ class PathwayDeficit(WindowedDeficit):
             raise ValueError(f"mode={mode!r} is not valid; choose one of {MODES}.")
         if not noise_std >= 0:
             raise ValueError(f"noise_std={noise_std!r} must be >= 0.")
-        self.pathways = [pathways] if isinstance(pathways, str) else list(pathways)
-        if not self.pathways:
-            raise ValueError("pathways is empty: name at least one pathway or submodule.")
+        names = [pathways] if isinstance(pathways, str) else pathways
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(
+                f"pathways={pathways!r} must be a name, submodule path or glob (a non-empty string) or a list of them."
+            )
+        self.pathways = list(names)
+        self._batch_idx = 0
         self.mode = mode
         self.noise_std = float(noise_std)
         self.seed = int(seed)
@@ -108,21 +116,26 @@ class PathwayDeficit(WindowedDeficit):
         if self.mode == "freeze":
             return []
         handles = []
-        for module in self.targets.values():
+        for index, module in enumerate(self.targets.values()):
             if self.mode == "silence":
                 handles.append(module.register_forward_hook(_silence_hook))
             else:
-                handles.append(module.register_forward_pre_hook(self._noise_hook(trainer), with_kwargs=True))
+                handles.append(module.register_forward_pre_hook(self._noise_hook(trainer, index), with_kwargs=True))
         return handles
 
-    def _noise_hook(self, trainer: "pl.Trainer") -> Callable:
+    def _noise_hook(self, trainer: "pl.Trainer", index: int) -> Callable:
         std = self.noise_std
         calls = [0]
+        # Seeded by what identifies this forward pass (run seed, epoch, batch, rank, pathway,
+        # call), all derived from the trainer, so a resumed run draws the same noise and no
+        # two pathways, micro-batches or ranks share it.
+        key = (self.seed, trainer.current_epoch, self._batch_idx, trainer.global_rank, index)
 
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-            # Seeded by (seed, step, call) so that a resumed run draws the same noise.
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
+            if not module.training:  # evaluation-mode passes (e.g. FisherMonitor) see the intact input
+                return None
             calls[0] += 1
-            gen_seed = (self.seed * 1_000_003 + trainer.global_step * 9_973 + calls[0]) % (2**63 - 1)
+            gen_seed = hash(key + (calls[0],)) % (2**63 - 1)
 
             def noise(t: Tensor) -> Tensor:
                 gen = torch.Generator(device=t.device).manual_seed(gen_seed)
@@ -133,11 +146,14 @@ class PathwayDeficit(WindowedDeficit):
         return hook
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        # Noise hooks carry a per-step call counter: re-create them every step while active.
+        # Noise hooks are keyed by the batch: re-create them for every batch while active.
+        self._batch_idx = batch_idx
         if self.mode == "noise" and self.attached:
             self._detach()
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
 
 def _silence_hook(module: nn.Module, args: Any, output: Any) -> Any:
+    if not module.training:  # evaluation-mode passes (e.g. FisherMonitor) see the intact pathway
+        return None
     return map_tensors(output, lambda t: t * 0)

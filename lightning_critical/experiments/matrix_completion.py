@@ -92,7 +92,10 @@ def build_switch_ensemble(
         _check_int("pretrain_observed", pretrain_observed, 1, n_observed)
         # The "fewer examples" deficit: pre-train on a subset of the target's own observations.
         tasks = {"target": {"rank": target_rank}, "pretrain": {"subset_of": "target", "n_observed": pretrain_observed}}
-    k = steps_per_epoch or chunk_size(switch + [continue_epochs])
+    if steps_per_epoch is None:
+        k = chunk_size(switch + [continue_epochs])
+    else:
+        k = _check_int("steps_per_epoch", steps_per_epoch, 1)
     if any(t % k for t in switch + [continue_epochs]):
         raise ValueError(
             f"steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."

@@ -130,11 +130,15 @@ def pathway_deficit_run(
 def early_middle_late(
     onsets: dict[str, int] = PUBLISHED_ONSETS, length: int = 150, save_dir: Optional[str] = None, **kwargs
 ) -> pd.DataFrame:
-    """The published early / middle / late deficit runs; one tidy table with ``label``, ``onset``, ``length``."""
+    """The published early / middle / late deficit runs; one tidy table.
+
+    Columns: those of :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode).
+    """
     frames = []
     for label, onset in onsets.items():
         run = pathway_deficit_run((onset, onset + length), save_dir=save_dir, name=label, **kwargs)
-        frames.append(run.frame.assign(label=label, onset=onset, length=length, depth=kwargs.get("depth", 4)))
+        frames.append(run.frame.assign(label=label, onset=onset, length=length, depth=kwargs.get("depth", 4),
+                                       deficit=kwargs.get("mode", "freeze")))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -145,26 +149,33 @@ def deficit_onset_sweep(
     sgd_onsets: Sequence[int] = (0, 300, 600, 900),
     max_epochs: int = 1000,
     deprived: str = "b",
-    **kwargs,
+    mode: str = "freeze",
+    **model_kwargs,
 ) -> pd.DataFrame:
     """Final share of every mode held by the deprived pathway, against deficit onset and depth.
 
-    Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``. Columns:
+    Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``.
+    ``model_kwargs`` (width, lr, init_scale, init_noise, seed) go to the bundled net. Columns:
     depth, onset, mode, singular_value, share, source (``"theory"`` or ``"sgd"``).
     """
     rows = []
+    lr = model_kwargs.get("lr", 0.01)
     for depth in depths:
-        dm, model = build_pathway_model(depth=depth, **{k: v for k, v in kwargs.items() if k != "every_n_steps"})
+        dm, model = build_pathway_model(depth=depth, **model_kwargs)
+        names = list(model.pathways)
+        if deprived not in names:
+            raise ValueError(f"deprived={deprived!r} is not a pathway; choose one of {names}.")
+        index = names.index(deprived)
         k0 = initial_mode_strengths(model, dm)
         s = dm.task_basis()[1].numpy()
         for onset in onsets:
-            traj = pathway_dynamics(s, depth, k0, kwargs.get("lr", 0.01), max_epochs, deficits={1: [(onset, onset + length)]})
-            share = deprived_share(traj[-1], 1)
+            traj = pathway_dynamics(s, depth, k0, lr, max_epochs, deficits={index: [(onset, onset + length)]}, mode=mode)
+            share = deprived_share(traj[-1], index)
             rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="theory")
                         for a in range(len(s)))
         for onset in sgd_onsets:
-            run = pathway_deficit_run((onset, onset + length), depth=depth, max_epochs=max_epochs,
-                                      every_n_steps=max_epochs, deprived=deprived, **kwargs)
+            run = pathway_deficit_run((onset, onset + length), depth=depth, max_epochs=max_epochs, mode=mode,
+                                      every_n_steps=max_epochs, deprived=deprived, **model_kwargs)
             final = run.frame[run.frame.step == run.frame.step.max()]
             k = final.pivot_table(index="pathway", columns="mode", values="sgd")
             share = (k.loc[deprived] / k.sum(axis=0)).to_numpy()
@@ -183,8 +194,8 @@ def phase_trajectories(
 ) -> pd.DataFrame:
     """Theory trajectories of ``(K_a, K_b)`` on one mode, for phase portraits.
 
-    Columns: depth, label, step, k_a, k_b, singular_value, deprived (whether the update at
-    that step is inside the window).
+    Columns: depth, label, step, k_a, k_b, mode, singular_value, deprived (whether the update
+    at that step is inside the window).
     """
     s = HierarchicalDataModule().task_basis()[1].numpy()
     rows = []
@@ -193,7 +204,7 @@ def phase_trajectories(
             traj = pathway_dynamics(s, depth, init_scale, lr, max_epochs, deficits={1: [(start, end)]})
             steps = np.arange(max_epochs + 1)
             rows.append(pd.DataFrame(dict(depth=depth, label=label, step=steps, k_a=traj[:, 0, mode], k_b=traj[:, 1, mode],
-                                          singular_value=s[mode], deprived=(steps >= start) & (steps < end))))
+                                          mode=mode, singular_value=s[mode], deprived=(steps >= start) & (steps < end))))
     return pd.concat(rows, ignore_index=True)
 
 

@@ -83,6 +83,10 @@ class FactorizationEnsemble(pl.LightningModule):
         top_k: number of singular values of each member's ``W`` recorded per epoch.
         dtype: ``torch.float32`` (default) or ``torch.float64``.
 
+    Checkpoints: ``on_save_checkpoint`` stores the branches' weights, the member-to-branch map,
+    the finished members and the history, so ``trainer.fit(..., ckpt_path=...)`` on an ensemble
+    built with the same arguments resumes exactly where the checkpoint was taken.
+
     Raises:
         ValueError: for bad sizes, a member length that is not a multiple of
             ``steps_per_epoch`` or an unknown task.
@@ -194,6 +198,7 @@ class FactorizationEnsemble(pl.LightningModule):
             for name in d:
                 d[name] = d[name].to(device)
         self._slot_weights = [[w.to(device) for w in ws] for ws in self._slot_weights]
+        self._final = {k: {"factors": [w.to(device) for w in v["factors"]]} for k, v in self._final.items()}
 
     def on_train_start(self) -> None:
         if self.sgd_step == 0 and not self._history:
@@ -243,6 +248,48 @@ class FactorizationEnsemble(pl.LightningModule):
                  "train_loss": float(train[j]), "singular_values": svals[j].tolist()}
             )
         return test
+
+    # -- checkpointing ---------------------------------------------------------------------
+    # The weights live in plain attributes (not parameters), so Lightning's state_dict holds
+    # none of them; these hooks carry everything an exact resume needs.
+    _CHECKPOINT_KEY = "factorization_ensemble"
+
+    def _signature(self) -> dict[str, Any]:
+        return {"task_names": list(self.task_names), "member_steps": list(self.member_steps),
+                "steps_per_epoch": self.steps_per_epoch, "depth": self.depth, "size": self.size}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self._CHECKPOINT_KEY] = {
+            "signature": self._signature(),
+            "sgd_step": self.sgd_step,
+            "slot_weights": [[w.detach().cpu().clone() for w in ws] for ws in self._slot_weights],
+            "slot_task": list(self._slot_task),
+            "member_slot": list(self._member_slot),
+            "final": {k: [w.detach().cpu().clone() for w in v["factors"]] for k, v in self._final.items()},
+            "history": [dict(rec, singular_values=list(rec["singular_values"])) for rec in self._history],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(self._CHECKPOINT_KEY)
+        if state is None:
+            raise ValueError(
+                "this checkpoint holds no FactorizationEnsemble state (saved by another version or model); "
+                "it cannot be resumed, rerun the sweep."
+            )
+        if state["signature"] != self._signature():
+            raise ValueError(
+                f"checkpoint of a different ensemble: {state['signature']} != {self._signature()}; "
+                "build the ensemble with the checkpoint's settings or rerun the sweep."
+            )
+        device, dtype = self._anchor.device, self.dtype_
+        self.sgd_step = int(state["sgd_step"])
+        self._slot_weights = [[w.to(device=device, dtype=dtype) for w in ws] for ws in state["slot_weights"]]
+        self._slot_task = list(state["slot_task"])
+        self._member_slot = list(state["member_slot"])
+        self._final = {
+            int(k): {"factors": [w.to(device=device, dtype=dtype) for w in ws]} for k, ws in state["final"].items()
+        }
+        self._history = [dict(rec) for rec in state["history"]]
 
     def configure_optimizers(self) -> None:
         return None  # updates are written by hand in ``sgd_steps``

@@ -168,6 +168,14 @@ class MultiPathwayLinearNet(pl.LightningModule):
             )
         self.initialize_aligned(basis)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._basis is not None:
+            checkpoint["task_basis"] = tuple(t.cpu() for t in self._basis)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "task_basis" in checkpoint:
+            self._basis = tuple(checkpoint["task_basis"])
+
     # -- protocols ------------------------------------------------------------------------
     def task_basis(self) -> Optional[TaskBasis]:
         """The basis used for the aligned init (``None`` until known)."""

@@ -37,6 +37,10 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "frobenius_norm",
 )
 TARGET_GROUPS: tuple[str, ...] = ("auto", "maps", "weights")
+# Metrics that need every singular value, and those still exact from the leading ones.
+FULL_SPECTRUM_METRICS: tuple[str, ...] = ("nuclear_norm", "effective_rank", "participation_ratio", "condition_number")
+TOP_K_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "spectral_norm", "frobenius_norm", "stable_rank",
+                                  "subspace_drift")
 
 Theory = Mapping[str, Mapping[str, Any]]
 
@@ -71,7 +75,9 @@ class SpectralMonitor(Callback):
     Args:
         targets: ``"auto"``, ``"maps"``, ``"weights"`` or names/globs.
         every_n_steps: record cadence in optimizer steps.
-        metrics: names from :data:`lightning_critical.spectral.METRICS`.
+        metrics: names from :data:`lightning_critical.spectral.METRICS` (default
+            :data:`DEFAULT_METRICS`; with ``top_k``, those that need the whole spectrum are left
+            out, and asking for them is an error).
         exclude: names/globs of targets to leave out.
         top_k: keep only the ``top_k`` largest singular values (enables the randomized path
             for matrices whose both sides are at least ``randomized_min_dim``).
@@ -97,7 +103,7 @@ class SpectralMonitor(Callback):
         self,
         targets: Union[str, Sequence[str]] = "auto",
         every_n_steps: int = 25,
-        metrics: Sequence[str] = DEFAULT_METRICS,
+        metrics: Optional[Sequence[str]] = None,
         exclude: Optional[Union[str, Sequence[str]]] = None,
         top_k: Optional[int] = None,
         subspace_k: int = 5,
@@ -114,6 +120,16 @@ class SpectralMonitor(Callback):
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1.")
+        if isinstance(randomized_min_dim, bool) or not isinstance(randomized_min_dim, int) or randomized_min_dim < 1:
+            raise ValueError(f"randomized_min_dim={randomized_min_dim!r} must be an integer >= 1.")
+        if metrics is None:  # the defaults, less those that a truncated spectrum cannot give
+            metrics = tuple(m for m in DEFAULT_METRICS if top_k is None or m not in FULL_SPECTRUM_METRICS)
+        needs_all = sorted(set(metrics) & set(FULL_SPECTRUM_METRICS)) if top_k is not None else []
+        if needs_all:
+            raise ValueError(
+                f"top_k={top_k} keeps only the leading singular values, but metrics {needs_all} need all of "
+                f"them; drop those metrics or top_k (with top_k: {TOP_K_METRICS})."
+            )
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype={dtype!r} must be torch.float32 or torch.float64.")
         if isinstance(targets, str) and targets in TARGET_GROUPS:
@@ -198,7 +214,9 @@ class SpectralMonitor(Callback):
             if basis is None:
                 self._report_once("no-basis", "mode_strength skipped: no task basis (task_basis() on the module or datamodule).")
             elif not map_names:
-                self._report_once("no-maps", "mode_strength skipped: the module has no end_to_end_maps().")
+                why = ("the module has no end_to_end_maps()" if not end_to_end_maps(pl_module)
+                       else f"targets={self.patterns or self.group!r} selects no end-to-end map")
+                self._report_once("no-maps", f"mode_strength skipped: {why}.")
             else:
                 for name in sorted(map_names):
                     check_basis_fits(tuple(mats[name].shape), basis[0], basis[2], what=f"end-to-end map {name!r}")
@@ -228,9 +246,9 @@ class SpectralMonitor(Callback):
         self._last_step = step
         mats, map_names = self.collect(pl_module)
         finite, broken = {}, []
-        for name, mat in mats.items():
-            if bool(torch.isfinite(mat).all()):
-                finite[name] = mat
+        for name, ok in zip(mats, _all_finite(list(mats.values()))):
+            if ok:
+                finite[name] = mats[name]
             else:
                 broken.append(name)
         rows: list[Record] = []
@@ -324,3 +342,17 @@ class SpectralMonitor(Callback):
         layout["deficits"] = {"active (1) / inactive (0)": ["Multiline", [r"deficit/.*"]]}
         for writer in writers:
             writer.add_custom_scalars(layout)
+
+
+def _all_finite(mats: list[Tensor]) -> list[bool]:
+    """``isfinite(m).all()`` for every matrix, with one host sync per device instead of one per matrix."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, m in enumerate(mats):
+        by_device.setdefault(m.device, []).append(i)
+    flags = [True] * len(mats)
+    with torch.no_grad():
+        for indices in by_device.values():
+            values = torch.stack([torch.isfinite(mats[i]).all() for i in indices]).tolist()
+            for i, ok in zip(indices, values):
+                flags[i] = bool(ok)
+    return flags

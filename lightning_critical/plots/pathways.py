@@ -13,6 +13,8 @@ from matplotlib.lines import Line2D
 from lightning_critical.plots._figure import subplots
 from lightning_critical.theory import pathway_flow
 
+DEFICIT_VERBS = {"freeze": "frozen", "silence": "silenced", "noise": "fed noise"}
+
 
 def _mode_colors(n: int) -> list:
     cmap = matplotlib.colormaps["tab10"]
@@ -41,7 +43,8 @@ def plot_deficit_trajectories(frame: pd.DataFrame, deprived: str = "b", marker_e
                 pick = rows[rows["step"] % marker_every == 0]
                 ax.scatter(pick["step"], pick["sgd"], color=color, marker=marker, s=22 if marker == "+" else 14,
                            lw=1, zorder=2)
-        ax.set_title(f"{label.capitalize()} deficit: pathway {deprived} frozen [{onset}, {onset + length})", fontsize=9)
+        verb = DEFICIT_VERBS.get(run["deficit"].iloc[0], "deprived") if "deficit" in run else "deprived"
+        ax.set_title(f"{label.capitalize()} deficit: pathway {deprived} {verb} [{onset}, {onset + length})", fontsize=9)
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel(r"mode strength $K_{p,\alpha} = u_\alpha^T \Omega_p v_\alpha$")
     handles = [Line2D([], [], color="k", ls="--", lw=0.8, label="theory (ODE)")]
@@ -99,6 +102,7 @@ def plot_phase_portraits(frame: pd.DataFrame, sgd: Optional[pd.DataFrame] = None
     depths = sorted(frame["depth"].unique())
     labels = list(dict.fromkeys(frame["label"]))
     s = float(frame["singular_value"].iloc[0])
+    mode = int(frame["mode"].iloc[0]) if "mode" in frame else 0
     fig, axes = subplots(len(labels), len(depths), figsize=(3.2 * len(depths), 3.1 * len(labels)), squeeze=False)
     ka, kb = np.meshgrid(np.linspace(0, 1.05 * s, grid), np.linspace(0, 1.05 * s, grid))
     for i, label in enumerate(labels):
@@ -115,7 +119,7 @@ def plot_phase_portraits(frame: pd.DataFrame, sgd: Optional[pd.DataFrame] = None
             ax.plot(dep["k_a"], dep["k_b"], color="tab:red", lw=3, alpha=0.7, label="b deprived")
             ax.scatter(tr["k_a"].iloc[-1], tr["k_b"].iloc[-1], color="tab:blue", s=25, zorder=4)
             if sgd is not None and depth in set(sgd["depth"]):
-                run = sgd[(sgd["label"] == label) & (sgd["mode"] == 0) & (sgd["depth"] == depth)]
+                run = sgd[(sgd["label"] == label) & (sgd["mode"] == mode) & (sgd["depth"] == depth)]
                 piv = run.pivot_table(index="step", columns="pathway", values="sgd")
                 if not piv.empty:
                     ax.scatter(piv["a"][::5], piv["b"][::5], marker="x", color="k", s=10, lw=0.7, label="SGD", zorder=5)
@@ -125,7 +129,7 @@ def plot_phase_portraits(frame: pd.DataFrame, sgd: Optional[pd.DataFrame] = None
             ax.set_xlabel("$K_a$")
             ax.set_ylabel("$K_b$")
     axes[0][-1].legend(fontsize=7, loc="upper right", frameon=True)
-    fig.suptitle(f"Phase portraits of mode 0 ($s$ = {s:.2f}): early deprivation pushes the state to $K_b \\approx 0$",
+    fig.suptitle(f"Phase portraits of mode {mode} ($s$ = {s:.2f}): early deprivation pushes the state to $K_b \\approx 0$",
                  fontsize=10)
     fig.tight_layout()
     return fig

@@ -56,8 +56,10 @@ def _deficit_masks(
             raise ValueError(f"deficit pathway index {p} is out of range: there are {n_pathways} pathways.")
         if any(not 0 <= a < n_modes for a in modes):
             raise ValueError(f"deficit mode index {modes} is out of range: there are {n_modes} modes.")
+        # A single-mode lesion removes the mode from the map: it behaves like "silence".
+        default = "silence" if isinstance(key, tuple) else mode
         for window in windows:
-            start, end, how = (*window, mode) if len(window) == 2 else window
+            start, end, how = (*window, default) if len(window) == 2 else window
             end = np.inf if end is None else end
             if how not in DEFICIT_MODES:
                 raise ValueError(f"deficit mode {how!r} is not valid; choose one of {DEFICIT_MODES}.")
@@ -161,7 +163,7 @@ def pathway_ode(
     for key, spans in (deficits or {}).items():
         p, a = (key if isinstance(key, tuple) else (key, None))
         for span in spans:
-            start, end, how = (*span, mode) if len(span) == 2 else span
+            start, end, how = (*span, "silence" if a is not None else mode) if len(span) == 2 else span
             windows.append((p, a, start, np.inf if end is None else end, how))
     power = 2.0 - 2.0 / depth
 
@@ -195,8 +197,9 @@ def depth2_mode_strength(t: Union[float, np.ndarray], s: float, u0: float, lr: f
         >>> round(float(depth2_mode_strength(0.0, s=3.0, u0=0.01)), 6)
         0.01
     """
-    growth = np.exp(2.0 * s * np.asarray(t, dtype=float) * lr)
-    return s * growth / (growth - 1.0 + s / u0)
+    # Written with exp(-...) so that it stays finite after convergence.
+    decay = np.exp(-2.0 * s * np.asarray(t, dtype=float) * lr)
+    return s / (1.0 + (s / u0 - 1.0) * decay)
 
 
 def deprived_share(strengths: np.ndarray, pathway: int) -> np.ndarray:
