@@ -43,7 +43,7 @@ def main(argv=None):
     parser.add_argument("--switch", type=int, default=4000)
     parser.add_argument("--continue-epochs", type=int, default=4000)
     parser.add_argument("--every", type=int, default=50, help="monitor cadence (steps)")
-    parser.add_argument("--out-dir", default="outputs/matrix_completion_switch")
+    parser.add_argument("--out", "--out-dir", dest="out_dir", default="outputs/matrix_completion_switch")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small matrices: one thread is fastest on a shared machine
 

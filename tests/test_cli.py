@@ -51,3 +51,13 @@ def test_matrix_completion_command_writes_the_figure(tmp_path, capsys):
     assert sorted(zip(table.depth, table.switch_epoch)) == [(1, 0), (1, 300), (2, 0), (2, 300)]
     assert (out / "matrix_completion.png").stat().st_size > 10_000
     assert "figure trained in" in capsys.readouterr().out
+
+
+def test_matrix_completion_switch_example_runs(tmp_path):
+    import runpy
+
+    module = runpy.run_path(os.path.join(ROOT, "examples", "matrix_completion_switch.py"))
+    module["main"](["--size", "12", "--n-observed", "60", "--pretrain-rank", "3", "--target-rank", "1",
+                    "--switch", "100", "--continue-epochs", "100", "--every", "20", "--out", str(tmp_path)])
+    pngs = list(tmp_path.rglob("*.png"))
+    assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
