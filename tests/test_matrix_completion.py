@@ -126,7 +126,7 @@ def test_orthogonal_init_is_balanced_and_identity_init():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(depth=0), r"depth=0 must be a positive integer"),
+        (dict(depth=0), r"depth=0 must be an integer >= 1"),
         (dict(init="xavier"), r"init='xavier' is not valid; choose one of \('gaussian', 'orthogonal', 'identity'\)"),
         (dict(init_scale=0.0), r"init_scale=0.0 must be > 0"),
         (dict(lr=-1.0), r"lr=-1.0 must be > 0"),

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_critical._checks import check_int
+
 
 class ImageClassificationDataModule(pl.LightningDataModule):
     """Train / validation / test loaders over image tensors ``(N, C, H, W)`` and labels ``(N,)``.
@@ -43,8 +45,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
+        check_int("batch_size", batch_size)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction!r} must be in [0, 1).")
         for what, (x, y) in (("train", train), ("test", test)):

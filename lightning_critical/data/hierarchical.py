@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_critical._checks import check_int
 from lightning_critical.protocols import TaskBasis
 
 
@@ -25,8 +26,7 @@ def hierarchical_features(branching: int = 2, levels: int = 3) -> Tensor:
         torch.Size([15, 8])
     """
     for name, value, low in (("branching", branching, 2), ("levels", levels, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
+        check_int(name, value, low)
     n_items = branching**levels
     rows = []
     for level in range(levels + 1):

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_critical._checks import check_int
+
 TaskSpec = Union[int, Mapping[str, Any]]
 DEFAULT_TASKS: dict[str, TaskSpec] = {"pretrain": {"rank": 10}, "target": {"rank": 5}}
 
@@ -88,14 +90,11 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"size={size!r} must be a positive integer.")
-        if not isinstance(n_observed, int) or not 1 <= n_observed <= size * size:
+        check_int("size", size)
+        if isinstance(n_observed, bool) or not isinstance(n_observed, int) or not 1 <= n_observed <= size * size:
             raise ValueError(f"n_observed={n_observed!r} must be an integer in [1, size**2={size * size}].")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer or None (full batch).")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers={num_workers!r} must be a non-negative integer.")
+        check_int("batch_size", batch_size, allow_none=True)  # None: full batch
+        check_int("num_workers", num_workers, 0)
         specs = dict(DEFAULT_TASKS if tasks is None else tasks)
         if not specs:
             raise ValueError("tasks={} is empty; give at least one {name: rank}.")

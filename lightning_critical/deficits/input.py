@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_critical._checks import check_int
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import WindowLike
 
@@ -140,8 +141,7 @@ class InputDeficit(WindowedDeficit):
                 raise ValueError(f"transform={transform!r} is not valid; choose one of {TRANSFORMS} or a callable.")
         elif not callable(transform):
             raise ValueError(f"transform={transform!r} is not valid; choose one of {TRANSFORMS} or a callable.")
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-            raise ValueError(f"factor={factor!r} must be an integer >= 2.")
+        check_int("factor", factor, 2)
         if not noise_std >= 0:
             raise ValueError(f"noise_std={noise_std!r} must be >= 0.")
         for what, key in (("input_key", input_key), ("target_key", target_key)):

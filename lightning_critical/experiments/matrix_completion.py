@@ -31,6 +31,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
+from lightning_critical._checks import check_int
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
 from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
@@ -41,13 +42,6 @@ PAPER_DEPTHS: tuple[int, ...] = (1, 2, 3)
 SWEEP_PARAMETERS: tuple[str, ...] = (
     "depth", "pretrain_rank", "target_rank", "n_observed", "pretrain_observed", "init_scale", "lr", "seed", "size",
 )
-
-
-def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name}={value!r} must be an integer {bound}.")
-    return value
 
 
 def build_switch_ensemble(
@@ -71,31 +65,31 @@ def build_switch_ensemble(
     Arguments as in :func:`matrix_completion_sweep`. Fit with
     ``pl.Trainer(max_epochs=ensemble.max_epochs, callbacks=switches)``.
     """
-    _check_int("depth", depth, 1)
-    _check_int("size", size, 1)
-    _check_int("n_observed", n_observed, 1, size * size)
-    _check_int("continue_epochs", continue_epochs, 1)
-    _check_int("target_rank", target_rank, 1, size)
+    check_int("depth", depth, 1)
+    check_int("size", size, 1)
+    check_int("n_observed", n_observed, 1, size * size)
+    check_int("continue_epochs", continue_epochs, 1)
+    check_int("target_rank", target_rank, 1, size)
     switch = list(switch_epochs)
     if not switch:
         raise ValueError("switch_epochs is empty; give at least one epoch.")
     for t in switch:
-        _check_int("switch epoch", t, 0)
+        check_int("switch epoch", t, 0)
     if len(set(switch)) != len(switch):
         raise ValueError(f"switch_epochs={switch} has duplicates.")
     if init not in INITS:
         raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
     if pretrain_observed is None:
-        _check_int("pretrain_rank", pretrain_rank, 1, size)
+        check_int("pretrain_rank", pretrain_rank, 1, size)
         tasks: dict[str, Any] = {"pretrain": {"rank": pretrain_rank}, "target": {"rank": target_rank}}
     else:
-        _check_int("pretrain_observed", pretrain_observed, 1, n_observed)
+        check_int("pretrain_observed", pretrain_observed, 1, n_observed)
         # The "fewer examples" deficit: pre-train on a subset of the target's own observations.
         tasks = {"target": {"rank": target_rank}, "pretrain": {"subset_of": "target", "n_observed": pretrain_observed}}
     if steps_per_epoch is None:
         k = chunk_size(switch + [continue_epochs])
     else:
-        k = _check_int("steps_per_epoch", steps_per_epoch, 1)
+        k = check_int("steps_per_epoch", steps_per_epoch, 1)
     if any(t % k for t in switch + [continue_epochs]):
         raise ValueError(
             f"steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
@@ -252,7 +246,7 @@ def matrix_completion_parameter_sweep(
     values = list(values)
     if not values:
         raise ValueError(f"values for {parameter!r} are empty.")
-    _check_int("processes", processes, 1)
+    check_int("processes", processes, 1)
     jobs = [{**kwargs, parameter: v} for v in values]
     if processes == 1 or len(jobs) == 1:
         done = [_timed_sweep(job) for job in jobs]

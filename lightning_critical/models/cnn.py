@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_critical._checks import check_int
+
 
 class SmallCNN(pl.LightningModule):
     """Two 3x3 conv layers (ReLU, 2x2 max-pool after the first), adaptive 2x2 average pooling, a linear head.
@@ -46,8 +48,7 @@ class SmallCNN(pl.LightningModule):
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
+            check_int(name, value)
         if len(channels) != 2 or any(c < 1 for c in channels):
             raise ValueError(f"channels={channels!r} must be two positive widths.")
         if not lr > 0:

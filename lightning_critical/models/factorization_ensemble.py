@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
+from lightning_critical._checks import check_int
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
 
 
@@ -119,8 +120,7 @@ class FactorizationEnsemble(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be a positive integer.")
+        check_int("steps_per_epoch", steps_per_epoch)
         steps = [int(s) for s in member_steps]
         if not steps or any(s < 1 or s % steps_per_epoch for s in steps):
             raise ValueError(

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
+from lightning_critical._checks import check_int
+
 INITS: tuple[str, ...] = ("gaussian", "orthogonal", "identity")
 
 
@@ -88,8 +90,7 @@ class DeepMatrixFactorization(pl.LightningModule):
         super().__init__()
         width = size if width is None else width
         for name, value in (("size", size), ("depth", depth), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
+            check_int(name, value)
         if init not in INITS:
             raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
         if not init_scale > 0:

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_critical._checks import check_int
 from lightning_critical.protocols import TaskBasis, find_task_basis
 
 INITS: tuple[str, ...] = ("aligned", "gaussian")
@@ -81,8 +82,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features), ("depth", depth), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
+            check_int(name, value)
         if init not in INITS:
             raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
         if nonlinearity is not None and nonlinearity not in NONLINEARITIES:

@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning import Callback
 from torch import Tensor
 
+from lightning_critical._checks import check_int
 from lightning_critical._lightning import log_scalars, run_dir
 from lightning_critical.deficits.input import INPUT_KEYS
 from lightning_critical.fisher import fisher_layers, fisher_trace
@@ -72,8 +73,7 @@ class FisherMonitor(Callback):
         history_file: Optional[str] = "fisher_history.csv",
     ) -> None:
         for name, value in (("every_n_epochs", every_n_epochs), ("num_batches", num_batches), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+            check_int(name, value)
         self.every_n_epochs = every_n_epochs
         self.num_batches = num_batches
         self.targets = [targets] if isinstance(targets, str) else (list(targets) if targets is not None else None)

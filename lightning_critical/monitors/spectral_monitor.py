@@ -13,6 +13,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from lightning_critical._checks import check_int
 from lightning_critical._lightning import log_scalars, run_dir, tensorboard_writers
 from lightning_critical.monitors.history import History, Record
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
@@ -116,12 +117,9 @@ class SpectralMonitor(Callback):
         randomized_min_dim: int = 2048,
     ) -> None:
         for name, value, low in (("every_n_steps", every_n_steps, 1), ("subspace_k", subspace_k, 1), ("log_top_k", log_top_k, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1.")
-        if isinstance(randomized_min_dim, bool) or not isinstance(randomized_min_dim, int) or randomized_min_dim < 1:
-            raise ValueError(f"randomized_min_dim={randomized_min_dim!r} must be an integer >= 1.")
+            check_int(name, value, low)
+        check_int("top_k", top_k, allow_none=True)
+        check_int("randomized_min_dim", randomized_min_dim)
         if metrics is None:  # the defaults, less those that a truncated spectrum cannot give
             metrics = tuple(m for m in DEFAULT_METRICS if top_k is None or m not in FULL_SPECTRUM_METRICS)
         needs_all = sorted(set(metrics) & set(FULL_SPECTRUM_METRICS)) if top_k is not None else []

@@ -34,6 +34,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from lightning_critical._checks import check_int
+
 
 def completion_loss_terms(
     size: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
@@ -156,12 +158,10 @@ def integrate_factorization(
         >>> bool(abs(flow.singular_values[-1, 0] - np.linalg.norm(truth, 2)) < 1e-2)
         True
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth={depth!r} must be a positive integer.")
+    check_int("depth", depth)
     if not lr > 0:
         raise ValueError(f"lr={lr!r} must be > 0.")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride={stride!r} must be a positive integer.")
+    check_int("stride", stride)
     w = np.array(w0, dtype=np.float64)
     for i, (n, weight, target) in enumerate(segments):
         if not isinstance(n, (int, np.integer)) or n < 0 or np.shape(weight) != w.shape or np.shape(target) != w.shape:

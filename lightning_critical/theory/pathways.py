@@ -22,6 +22,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from lightning_critical._checks import check_int
+
 DEFICIT_MODES: tuple[str, ...] = ("freeze", "silence")
 
 DeficitKey = Union[int, tuple[int, int]]
@@ -109,8 +111,7 @@ def pathway_dynamics(
     """
     if mode not in DEFICIT_MODES:
         raise ValueError(f"mode={mode!r} is not valid; choose one of {DEFICIT_MODES}.")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth={depth!r} must be an integer >= 1.")
+    check_int("depth", depth)
     s = np.asarray(singular_values, dtype=float)
     k = np.asarray(k0, dtype=float)
     n_pathways = k.shape[0] if k.ndim == 2 else n_pathways
