@@ -79,7 +79,7 @@ def per_example_squared_norms(
             with torch.enable_grad():
                 gs = torch.autograd.grad(log_prob(leaves, xi, yi), list(leaves.values()), allow_unused=True)
             for n, g in zip(leaves, gs):
-                rows[n].append(torch.zeros((), dtype=cdtype) if g is None else g.pow(2).sum())
+                rows[n].append(torch.zeros((), dtype=cdtype, device=x.device) if g is None else g.pow(2).sum())
         return {n: torch.stack(v) for n, v in rows.items()}
 
 

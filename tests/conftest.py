@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 # The models under test are tiny: one intra-op thread is faster and immune to oversubscription.
 torch.set_num_threads(1)
+# Expected values here are built on the CPU, so every Trainer (and every example run in a
+# subprocess) defaults to it on GPU machines too; tests/test_gpu.py asks for the GPU by name.
+os.environ.setdefault("PL_TRAINER_ACCELERATOR", "cpu")
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 import lightning_critical as lc
-from lightning_critical.spectral import find_weight_matrices, scalar_metrics, singular_values, subspace_drift
+import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+from lightning_critical.spectral import (
+    find_weight_matrices,
+    gram_singular_values,
+    scalar_metrics,
+    singular_values,
+    subspace_drift,
+)
 
 
 ALL_METRICS = (
@@ -302,13 +309,30 @@ def test_gram_route_float32_accurate_on_large_and_rank_deficient_matrices():
     low = (torch.randn(300, 5) @ torch.randn(5, 200)) / 10  # singular values 6..200 are exactly 0
     mats = {"full": full, "wide": full.T.contiguous(), "low": low}
     gram = singular_values(mats, method="gram")
-    auto = singular_values(mats)  # min side >= 128: the Gram route
     for name, mat in mats.items():
         ref = torch.linalg.svdvals(mat.double())
         s = gram[name][0]
         assert s.dtype == torch.float32 and s.shape == ref.shape
         assert float((s.double() - ref).abs().max() / ref[0]) < 1e-6, name  # documented bound
-        assert torch.equal(auto[name][0], s)
+    # gram32 (and auto on CPU, min side >= 128): float32 spectra where s_min >= 0.2 s_1 ("full",
+    # "wide": s_min ~ 0.23 s_1), the float64 route for the rest ("low", rank 5), so that every
+    # spectrum stays float32-accurate.
+    fast = singular_values(mats, method="gram32")
+    auto = singular_values(mats)
+    for name, mat in mats.items():
+        assert torch.equal(auto[name][0], fast[name][0]), name
+        ref = torch.linalg.svdvals(mat.double())
+        err = float((fast[name][0].double() - ref).abs().max() / ref[0])
+        svd32 = float((torch.linalg.svdvals(mat).double() - ref).abs().max() / ref[0])
+        assert err < 10 * max(svd32, 1e-7), (name, err, svd32)  # as close as a float32 SVD gets
+    assert not torch.equal(fast["full"][0], gram["full"][0])  # float32 work really was used
+    assert torch.equal(fast["low"][0], gram["low"][0])  # redone in float64
+    # the float32 pass alone is not accurate for the rank-deficient one: why it is redone
+    direct = gram_singular_values(low[None], torch.float32)[0].double()
+    assert float((direct - torch.linalg.svdvals(low.double())).abs().max()) > 1e-5 * float(direct[0])
+    nan = full.clone()
+    nan[3, 4] = float("nan")
+    assert singular_values({"nan": nan}, method="gram")["nan"][0].isnan().all()
     w = torch.randn(20, 30)  # below gram_min_dim: plain svdvals, bit for bit
     assert torch.equal(singular_values({"w": w})["w"][0], torch.linalg.svdvals(w))
     with pytest.raises(ValueError, match="method='qr'.*choose one of"):
@@ -320,3 +344,69 @@ def test_top_k_refuses_metrics_that_need_the_whole_spectrum():
         lc.SpectralMonitor(top_k=2, metrics=("singular_values", "nuclear_norm", "condition_number"))
     default = lc.SpectralMonitor(top_k=2)
     assert "effective_rank" not in default.metrics and "stable_rank" in default.metrics
+
+
+class Wide(pl.LightningModule):
+    """One 160 x 300 map: large enough for the Gram routes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(300, 160, bias=False)
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        return self.lin(x).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 300)), batch_size=2)
+
+
+@pytest.mark.parametrize("method", ["auto", "gram", "gram32", "svd"])
+def test_monitor_method_reaches_the_spectra(tmp_path, method):
+    model = Wide()
+    monitor = lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values",), history_file=None, method=method)
+    fit(model, [monitor], tmp_path, max_epochs=1)
+    df = monitor.to_frame()
+    got = df[df.step == df.step.max()].sort_values("index").value.to_numpy()
+    w = model.lin.weight.detach()
+    exact = torch.linalg.svdvals(w.double()).numpy()
+    if method == "svd":  # torch's own float32 SVD, bit for bit
+        np.testing.assert_array_equal(got, torch.linalg.svdvals(w).numpy())
+    elif method == "gram32":
+        assert np.abs(got - exact).max() < 1e-5 * exact[0]
+    else:  # the float64 Gram route, rounded once to float32
+        np.testing.assert_array_equal(got, exact.astype(np.float32))
+
+
+def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, monkeypatch):
+    calls = []
+    real = spectral_monitor_module.singular_values
+
+    def spy(matrices, method="auto", **kw):
+        calls.append((method, tuple(sorted(matrices))))
+        return real(matrices, method=method, **kw)
+
+    monkeypatch.setattr(spectral_monitor_module, "singular_values", spy)
+
+    class TwoMaps(Wide):
+        def __init__(self) -> None:
+            super().__init__()
+            self.low = nn.Linear(300, 150, bias=False)  # made rank 3 below: s_min / s_1 = 0
+            with torch.no_grad():
+                self.low.weight.copy_(torch.randn(150, 3) @ torch.randn(3, 300))
+            nn.init.orthogonal_(self.lin.weight)  # s_min = s_1: the float32 route stays
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) + 0 * self.low.weight.sum()
+
+    monitor = lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values",), history_file=None)
+    fit(TwoMaps(), [monitor], tmp_path, max_epochs=1)
+    # first record: both through the float32-first route; later ones: "low.weight" in float64 directly
+    assert calls[0] == ("auto", ("lin.weight", "low.weight"))
+    later = [c for c in calls[1:] if c[1]]
+    assert len(later) == 4  # the records at steps 1 and 2 (the end of training), two calls each
+    assert set(later) == {("auto", ("lin.weight",)), ("gram", ("low.weight",))}

@@ -18,7 +18,10 @@ from lightning_critical._lightning import log_scalars, run_dir, tensorboard_writ
 from lightning_critical.monitors.history import History, Record
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
 from lightning_critical.spectral import (
+    GRAM32_MIN_RATIO,
+    GRAM_MIN_DIM,
     SCALAR_METRICS,
+    SVD_METHODS,
     check_basis_fits,
     check_metrics,
     find_weight_matrices,
@@ -91,6 +94,11 @@ class SpectralMonitor(Callback):
         dtype: computation dtype (default float32, float64 for float64 weights).
         history_file: CSV file name under the run's log directory (``None``: no file).
         randomized_min_dim: see ``top_k``.
+        method: how full spectra are computed: ``"auto"``, ``"gram"``, ``"gram32"`` or
+            ``"svd"``, all float32-SVD accurate except ``"svd"`` on GPUs; see
+            :func:`lightning_critical.spectral.singular_values`. With ``"auto"``/``"gram32"`` a
+            CPU target found too ill-conditioned for the float32 Gram route at one record goes
+            straight to the float64 one at the next.
 
     Example::
 
@@ -115,6 +123,7 @@ class SpectralMonitor(Callback):
         dtype: Optional[torch.dtype] = None,
         history_file: Optional[str] = "spectral_history.csv",
         randomized_min_dim: int = 2048,
+        method: str = "auto",
     ) -> None:
         for name, value, low in (("every_n_steps", every_n_steps, 1), ("subspace_k", subspace_k, 1), ("log_top_k", log_top_k, 0)):
             check_int(name, value, low)
@@ -128,6 +137,8 @@ class SpectralMonitor(Callback):
                 f"top_k={top_k} keeps only the leading singular values, but metrics {needs_all} need all of "
                 f"them; drop those metrics or top_k (with top_k: {TOP_K_METRICS})."
             )
+        if method not in SVD_METHODS:
+            raise ValueError(f"method={method!r} is not valid; choose one of {SVD_METHODS}.")
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype={dtype!r} must be torch.float32 or torch.float64.")
         if isinstance(targets, str) and targets in TARGET_GROUPS:
@@ -150,10 +161,12 @@ class SpectralMonitor(Callback):
         self.dtype = dtype
         self.history_file = history_file
         self.randomized_min_dim = randomized_min_dim
+        self.method = method
         self.history = History()
         self._last_step: Optional[int] = None
         self._prev_vectors: dict[str, Tensor] = {}
         self._reported: set[str] = set()
+        self._float64_hint: set[str] = set()
 
     # -- public ---------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
@@ -170,6 +183,25 @@ class SpectralMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict.get("last_recorded_step")
+
+    # -- spectra ---------------------------------------------------------------------------
+    def _spectra(self, mats: dict[str, Tensor], want_vectors: bool) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
+        """``singular_values`` of every target. A CPU matrix whose last spectrum was too
+        ill-conditioned for the float32 Gram route goes straight to the float64 one: the
+        conditioning of a layer changes slowly, so this saves the wasted float32 pass."""
+        kw = dict(dtype=self.dtype, top_k=self.top_k, with_vectors=want_vectors, randomized_min_dim=self.randomized_min_dim)
+        if self.method not in ("auto", "gram32") or want_vectors or self.top_k is not None:
+            return singular_values(mats, method=self.method, **kw)
+        hinted = {n: m for n, m in mats.items() if n in self._float64_hint}
+        rest = {n: m for n, m in mats.items() if n not in self._float64_hint}
+        spectra = {**singular_values(rest, method=self.method, **kw), **singular_values(hinted, method="gram", **kw)}
+        for name, (s, _) in spectra.items():
+            m = mats[name]
+            if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and bool(s[-1] < GRAM32_MIN_RATIO * s[0]):
+                self._float64_hint.add(name)
+            else:
+                self._float64_hint.discard(name)
+        return {n: spectra[n] for n in mats}
 
     # -- target discovery -----------------------------------------------------------------
     def collect(self, pl_module: torch.nn.Module) -> tuple[dict[str, Tensor], set[str]]:
@@ -259,9 +291,7 @@ class SpectralMonitor(Callback):
             rows.extend((step, epoch, name, m, -1, float("nan")) for m in self.metrics if m in SCALAR_METRICS)
             self._prev_vectors.pop(name, None)
         want_vectors = "subspace_drift" in self.metrics
-        spectra = singular_values(
-            finite, dtype=self.dtype, top_k=self.top_k, with_vectors=want_vectors, randomized_min_dim=self.randomized_min_dim
-        )
+        spectra = self._spectra(finite, want_vectors)
         scalars_wanted = [m for m in self.metrics if m in SCALAR_METRICS]
         basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
         logged: dict[str, float] = {}
