@@ -14,15 +14,26 @@ import lightning_critical as lc
 
 
 
-def write_cifar_batches(folder, n_per_file: int = 12, n_train_files: int = 2, seed: int = 0) -> dict:
-    """CIFAR-10 python-format files: pickled dicts with b"data" uint8 (N, 3072) and b"labels"."""
+def write_cifar_batches(folder, n_per_file: int = 12, n_train_files: int = 2, seed: int = 0, learnable: bool = False) -> dict:
+    """CIFAR-10 python-format files: pickled dicts with b"data" uint8 (N, 3072) and b"labels".
+
+    ``learnable``: each class brightens one colour channel in one image quadrant (class ``c``:
+    channel ``c % 3``, quadrant ``c // 3``) on top of the noise, a pattern that survives blur.
+    """
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     made = {}
     names = [f"data_batch_{i + 1}" for i in range(n_train_files)] + ["test_batch"]
     for name in names:
-        data = rng.integers(0, 256, size=(n_per_file, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n_per_file).tolist()
+        if learnable:
+            images = rng.integers(0, 128, size=(n_per_file, 3, 32, 32))
+            for img, c in zip(images, labels):
+                row, col = divmod(c // 3, 2)
+                img[c % 3, 16 * row : 16 * row + 16, 16 * col : 16 * col + 16] += 127
+            data = images.reshape(n_per_file, 3072).astype(np.uint8)  # R, G, B planes, row-major
+        else:
+            data = rng.integers(0, 256, size=(n_per_file, 3072), dtype=np.uint8)
         with open(os.path.join(folder, name), "wb") as fh:
             pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels}, fh)
         made[name] = (data, labels)
@@ -60,18 +71,19 @@ def test_cifar_reader_layout_and_folder_forms(tmp_path):
 
 
 def test_cifar_datamodule_trains_small_cnn_with_blur_deficit(tmp_path):
-    write_cifar_batches(tmp_path / "cifar-10-batches-py", n_per_file=16)
-    dm = lc.data.CIFAR10DataModule(str(tmp_path), batch_size=8, val_fraction=0.25)
+    write_cifar_batches(tmp_path / "cifar-10-batches-py", n_per_file=64, learnable=True)
+    dm = lc.data.CIFAR10DataModule(str(tmp_path), batch_size=16, val_fraction=0.25)
     train_x = dm.train_set.tensors[0]
     assert train_x.mean(dim=(0, 2, 3)).abs().max() < 0.1  # normalised with (roughly) train statistics
-    model = lc.models.SmallCNN(in_channels=3, num_classes=dm.num_classes, channels=(4, 4), seed=0)
-    deficit = lc.InputDeficit("blur", window=(0, 1), factor=4)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    pl.seed_everything(0)
+    model = lc.models.SmallCNN(in_channels=3, num_classes=dm.num_classes, channels=(8, 8), seed=0)
+    deficit = lc.InputDeficit("blur", window=(0, 2), factor=4)
+    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[deficit], default_root_dir=tmp_path)
     trainer.fit(model, dm)
-    assert trainer.global_step == 2 * 3  # 24 train images (32 - 25%) in batches of 8
+    assert trainer.global_step == 8 * 6  # 96 train images (128 - 25%) in batches of 16
     result = trainer.test(model, dm, verbose=False)[0]
-    assert 0 <= result["test_acc"] <= 1
+    assert result["test_acc"] > 0.5  # the 64 held-out images; chance is 0.1
     assert "training_step" not in model.__dict__
 
 
@@ -83,4 +95,4 @@ def test_small_cnn_learns_digits(tmp_path):
                          enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, dm)
     acc = trainer.test(model, dm, verbose=False)[0]["test_acc"]
-    assert acc > 0.6  # chance is 0.1
+    assert acc > 0.75  # 0.85 measured with 400 training images; chance is 0.1
