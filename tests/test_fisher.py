@@ -71,7 +71,7 @@ def test_labels_from_predictive_distribution_closed_form():
     torch.manual_seed(1)
     model = nn.Linear(4, 3)
     x = torch.randn(1, 4).expand(4000, 4)
-    p = torch.softmax(model(x[:1]), dim=1)[0]
+    p = torch.softmax(model(x[:1]), dim=1)[0].detach()
     exact = float((1 - p.pow(2).sum()) * (x[0].pow(2).sum() + 1))
     out = fisher_trace(model, x, generator=torch.Generator().manual_seed(0), chunk_size=512)
     assert sorted(out) == ["bias", "weight"]  # parameters of the root module are their own layers

@@ -291,8 +291,10 @@ class FactorizationEnsemble(pl.LightningModule):
         }
         self._history = [dict(rec) for rec in state["history"]]
 
-    def configure_optimizers(self) -> None:
-        return None  # updates are written by hand in ``sgd_steps``
+    def configure_optimizers(self) -> list:
+        # Updates are written by hand in ``sgd_steps``; an empty list (unlike ``None``) tells
+        # Lightning so without its "no optimizer" warning.
+        return []
 
     # -- results -------------------------------------------------------------------------
     def history(self) -> pd.DataFrame:
