@@ -18,7 +18,8 @@ widths 256..2048, ``nn.Conv2d``). Timed in the same run, each time the best of
   value (float32 accuracy is ~1e-6).
 
 ``--device cuda`` puts the models on the GPU: ours then runs there, and weightwatcher, which
-switches its SVDs to ``torch.linalg.svdvals`` on CUDA whenever CUDA is available, too.
+switches its SVDs to ``torch.linalg.svdvals`` on CUDA whenever CUDA is available, too (so
+on a CUDA machine compare CPU against CPU with ``CUDA_VISIBLE_DEVICES=`` set).
 
 (ii) Training overhead of ``SpectralMonitor()`` at its defaults on the digits ``SmallCNN``:
 fits with and without the monitor, alternated, median of ``--repeats``.
@@ -156,12 +157,13 @@ def ww_layers(ww, watcher) -> list:
 def compare_same_matrices(ww, watcher, model: nn.Module, device: torch.device) -> None:
     layers, params = ww_layers(ww, watcher)
     t_ww, _ = timed(lambda: [watcher.apply_esd(layer, params) for layer in layers])
-    mats = {f"{layer.layer_id}/{i}": torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(device)
+    mats = {f"{layer.layer_id}/{i}": torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
             for layer in layers for i, w in enumerate(layer.Wmats)}
     print(f"  same matrices: {len(layers)} layers / {len(mats)} matrices analysed by weightwatcher; "
           f"weightwatcher ESD {t_ww:.2f} s")
     for method in ("auto", "gram"):
-        t_ours, spectra = timed(lambda: singular_values(mats, method=method))
+        # host -> device copies timed as well: weightwatcher's own are inside its time
+        t_ours, spectra = timed(lambda: singular_values({k: v.to(device) for k, v in mats.items()}, method=method))
         worst, scale_note = worst_difference(layers, spectra)
         print(f"    ours method={method!r}: {t_ours:.2f} s -> {t_ww / t_ours:.1f}x; "
               f"max |s_ours - s_ww| / s_max = {worst:.2e}"

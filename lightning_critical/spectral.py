@@ -197,7 +197,9 @@ def singular_values(
       ``~1e-4 * s_1`` accurate there); on CPU, when the smaller side is at least
       ``gram_min_dim``: ``"gram32"`` for matrices at least twice as long as wide, ``"gram"``
       for squarer ones (by the Marchenko-Pastur law even a random matrix of aspect ratio below
-      2.25 has ``s_min < 0.2 s_1``, so the float32 pass would be wasted); smaller -> ``"svd"``.
+      2 has ``s_min < 0.17 s_1``, so the float32 pass would be wasted); smaller -> ``"svd"``.
+      The float32 pass is only tried for a float32 compute dtype: float64 weights (or
+      ``dtype=torch.float64``) stay in float64.
 
     On CPU the Gram routes go through SciPy's BLAS/LAPACK (``syrk`` + ``syevd``, one BLAS
     thread for small products, where more threads only add overhead), elsewhere through torch.
@@ -229,8 +231,9 @@ def singular_values(
             on_cpu = _device.type == "cpu"
             use_gram = method in ("gram", "gram32") or (method == "auto" and (min(shape) >= gram_min_dim or not on_cpu))
             if use_gram and not with_vectors:
-                # Marchenko-Pastur: below aspect ratio 2.25 even a random matrix has s_min < 0.2 s_1
-                float32_first = on_cpu and (method == "gram32" or (method == "auto" and max(shape) >= 2 * min(shape)))
+                # Marchenko-Pastur: below aspect ratio 2 even a random matrix has s_min < 0.17 s_1
+                squat = max(shape) < 2 * min(shape)
+                float32_first = on_cpu and cdtype == torch.float32 and (method == "gram32" or (method == "auto" and not squat))
                 s, u = _gram_route(batch, float32_first).to(cdtype), None
             elif with_vectors:
                 u, s, _ = torch.linalg.svd(batch, full_matrices=False)
@@ -248,6 +251,8 @@ def gram_singular_values(batch: Tensor, dtype: torch.dtype = torch.float64) -> T
 
     ``s = sqrt(eig(W^T W))`` (or ``W W^T``, whichever is smaller), clipped at 0, formed and
     diagonalised in ``dtype`` (float64 or float32); see :func:`singular_values` for the accuracy.
+    Not differentiable. On CPU a matrix with NaN/Inf entries gets NaN values; elsewhere
+    ``torch.linalg.eigvalsh`` decides (it may raise).
 
     Example::
 
@@ -256,10 +261,12 @@ def gram_singular_values(batch: Tensor, dtype: torch.dtype = torch.float64) -> T
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype!r} must be torch.float32 or torch.float64.")
+    m, n = batch.shape[-2:]
+    if min(m, n) == 0:
+        return torch.zeros((batch.shape[0], 0), dtype=dtype, device=batch.device)
     if batch.device.type == "cpu":
-        m, n = batch.shape[-2:]
         small = min(m, n) < 768 or min(m, n) ** 2 * max(m, n) < 10**9
-        with _one_blas_thread() if small else contextlib.nullcontext():
+        with _blas_threads(1 if small else torch.get_num_threads()):
             return torch.stack([_gram_singular_values_scipy(w, dtype) for w in batch.detach()])
     w = batch.to(dtype)
     gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT
@@ -269,24 +276,31 @@ def gram_singular_values(batch: Tensor, dtype: torch.dtype = torch.float64) -> T
 _BLAS_CONTROLLER = None
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager:
-    """Limit SciPy's BLAS to one thread (restored on exit): for the small products and
-    eigenproblems of most layers, waking threads costs more than they save (measured up to
-    10x slower with 2 threads for 128 x 512 matrices)."""
+def _blas_threads(n: int) -> contextlib.AbstractContextManager:
+    """Limit SciPy's BLAS to ``n`` threads (restored on exit). Small products and
+    eigenproblems get one (waking threads cost more than they saved: up to 10x slower with 2
+    threads for 128 x 512 matrices), large ones torch's own thread count, so that a process
+    limited with ``torch.set_num_threads`` (e.g. one of several CPU DDP ranks) stays so."""
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         import scipy.linalg  # noqa: F401 - load SciPy's BLAS so that the controller sees it
         from threadpoolctl import ThreadpoolController
 
         _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    return _BLAS_CONTROLLER.limit(limits=n, user_api="blas")
 
 
 def _gram_route(batch: Tensor, float32_first: bool) -> Tensor:
     if not float32_first:
         return gram_singular_values(batch, torch.float64)
     s = gram_singular_values(batch, torch.float32).to(torch.float64)
-    redo = s[:, -1] < GRAM32_MIN_RATIO * s[:, 0]  # False for NaN and for zero matrices
+    if s.shape[-1] == 0:
+        return s
+    # Redo ill-conditioned spectra, and those whose Gram matrix left float32's normal range
+    # (overflow to Inf/NaN above ~1e19 per entry, subnormal loss below ~1e-19). Zero matrices stay.
+    top = s[:, 0]
+    fine = (s[:, -1] >= GRAM32_MIN_RATIO * top) & ((top == 0) | ((top >= 1e-15) & (top <= 1e15)))
+    redo = ~fine
     if bool(redo.any()):
         s[redo] = gram_singular_values(batch[redo], torch.float64)
     return s

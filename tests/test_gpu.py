@@ -78,6 +78,8 @@ def test_spectra_on_the_weights_device_in_float32_or_better(tmp_path, monkeypatc
                                  history_file=None)
     trainer = gpu_fit(model, [monitor], tmp_path, precision)
     assert {d for d, _ in given + returned} == {"cuda"}  # computed where the weights are
+    # the weights are handed over as they are (bf16 under bf16-true) and upcast inside
+    assert {dt for _, dt in given} == ({torch.bfloat16} if precision == "bf16-true" else {torch.float32})
     assert {dt for _, dt in returned} == {torch.float32}  # float32 or better, bf16 weights too
     df = monitor.to_frame()
     final = df[df.step == trainer.global_step]

@@ -347,12 +347,13 @@ def test_top_k_refuses_metrics_that_need_the_whole_spectrum():
 
 
 class Wide(pl.LightningModule):
-    """One 160 x 300 map: large enough for the Gram routes."""
+    """One 130 x 600 map: large enough for the Gram routes, more than twice as wide as tall
+    and well-conditioned (s_min ~ 0.36 s_1), so "auto" keeps its float32 Gram spectrum."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.lin = nn.Linear(300, 160, bias=False)
+        self.lin = nn.Linear(600, 130, bias=False)
 
     def training_step(self, batch, batch_idx):
         (x,) = batch
@@ -362,7 +363,7 @@ class Wide(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 300)), batch_size=2)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 600)), batch_size=2)
 
 
 @pytest.mark.parametrize("method", ["auto", "gram", "gram32", "svd"])
@@ -374,12 +375,35 @@ def test_monitor_method_reaches_the_spectra(tmp_path, method):
     got = df[df.step == df.step.max()].sort_values("index").value.to_numpy()
     w = model.lin.weight.detach()
     exact = torch.linalg.svdvals(w.double()).numpy()
+    float64_gram = exact.astype(np.float32)  # the float64 Gram route, rounded once to float32
     if method == "svd":  # torch's own float32 SVD, bit for bit
         np.testing.assert_array_equal(got, torch.linalg.svdvals(w).numpy())
-    elif method == "gram32":
+    elif method == "gram":
+        np.testing.assert_array_equal(got, float64_gram)
+    else:  # float32 Gram spectrum kept: as accurate as a float32 SVD, but not the float64 bits
+        np.testing.assert_array_equal(got, singular_values({"w": w}, method="gram32")["w"][0].numpy())
         assert np.abs(got - exact).max() < 1e-5 * exact[0]
-    else:  # the float64 Gram route, rounded once to float32
-        np.testing.assert_array_equal(got, exact.astype(np.float32))
+        assert not np.array_equal(got, float64_gram)
+
+
+def test_float64_weights_overflow_underflow_and_empty_matrices_skip_the_float32_route():
+    torch.manual_seed(0)
+    w = torch.randn(600, 200)  # aspect 3, s_min ~ 0.27 s_1: float32 Gram territory
+    assert not torch.equal(singular_values({"w": w})["w"][0], singular_values({"w": w}, method="gram")["w"][0])
+    w64 = w.double()  # float64 weights stay in float64
+    assert torch.equal(singular_values({"w": w64})["w"][0], singular_values({"w": w64}, method="gram")["w"][0])
+    assert torch.equal(singular_values({"w": w}, dtype=torch.float64)["w"][0],
+                       singular_values({"w": w}, method="gram", dtype=torch.float64)["w"][0])
+    for scale in (1e20, 1e-22):  # a float32 Gram matrix would overflow / fall into subnormals
+        big = w * scale
+        exact = torch.linalg.svdvals(big.double())
+        for method in ("auto", "gram32"):
+            s = singular_values({"w": big}, method=method)["w"][0].double()
+            assert float((s - exact).abs().max() / exact[0]) < 1e-6, (scale, method)
+    for shape in ((0, 300), (300, 0)):
+        for method in ("gram", "gram32"):
+            s = singular_values({"e": torch.zeros(shape)}, method=method)["e"][0]
+            assert s.shape == (0,) and s.dtype == torch.float32
 
 
 def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, monkeypatch):
