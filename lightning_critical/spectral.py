@@ -221,14 +221,14 @@ def singular_values(
         groups[(tuple(mat.shape), mat.device, compute_dtype(mat, dtype))].append(name)
     out: dict[str, tuple[Tensor, Optional[Tensor]]] = {}
     with torch.no_grad():
-        for (shape, _device, cdtype), names in groups.items():
+        for (shape, device, cdtype), names in groups.items():
             batch = torch.stack([matrices[n].detach().to(cdtype) for n in names])
             if top_k is not None and min(shape) >= randomized_min_dim:
                 s, u = randomized_singular_values(batch, top_k)
                 for i, n in enumerate(names):
                     out[n] = (s[i], u[i] if with_vectors else None)
                 continue
-            on_cpu = _device.type == "cpu"
+            on_cpu = device.type == "cpu"
             use_gram = method in ("gram", "gram32") or (method == "auto" and (min(shape) >= gram_min_dim or not on_cpu))
             if use_gram and not with_vectors:
                 # Marchenko-Pastur: below aspect ratio 2 even a random matrix has s_min < 0.17 s_1
@@ -296,14 +296,26 @@ def _gram_route(batch: Tensor, float32_first: bool) -> Tensor:
     s = gram_singular_values(batch, torch.float32).to(torch.float64)
     if s.shape[-1] == 0:
         return s
-    # Redo ill-conditioned spectra, and those whose Gram matrix left float32's normal range
-    # (overflow to Inf/NaN above ~1e19 per entry, subnormal loss below ~1e-19). Zero matrices stay.
-    top = s[:, 0]
-    fine = (s[:, -1] >= GRAM32_MIN_RATIO * top) & ((top == 0) | ((top >= 1e-15) & (top <= 1e15)))
-    redo = ~fine
+    redo = ~float32_gram_accepts(s)
     if bool(redo.any()):
         s[redo] = gram_singular_values(batch[redo], torch.float64)
     return s
+
+
+def float32_gram_accepts(s: Tensor) -> Tensor:
+    """Whether float32 Gram spectra ``s`` (``(b, k)``, descending) are float32-accurate: the
+    smallest value is at least ``GRAM32_MIN_RATIO`` of the largest, and the Gram matrix stayed
+    in float32's normal range (it overflows to Inf/NaN above ``s_1 ~ 1e19`` and loses digits
+    to subnormals below ``~1e-19``). Zero matrices are accepted; NaN spectra are not.
+
+    Example::
+
+        >>> float32_gram_accepts(torch.tensor([[2.0, 1.0], [2.0, 0.1], [0.0, 0.0]])).tolist()
+        [True, False, True]
+    """
+    top = s[:, 0]
+    in_range = (top == 0) | ((top >= 1e-15) & (top <= 1e15))
+    return (s[:, -1] >= GRAM32_MIN_RATIO * top) & in_range
 
 
 def _gram_singular_values_scipy(w: Tensor, dtype: torch.dtype) -> Tensor:

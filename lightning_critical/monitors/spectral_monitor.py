@@ -18,13 +18,13 @@ from lightning_critical._lightning import log_scalars, run_dir, tensorboard_writ
 from lightning_critical.monitors.history import History, Record
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
 from lightning_critical.spectral import (
-    GRAM32_MIN_RATIO,
     GRAM_MIN_DIM,
     SCALAR_METRICS,
     SVD_METHODS,
     check_basis_fits,
     check_metrics,
     find_weight_matrices,
+    float32_gram_accepts,
     mode_strengths,
     name_matches,
     scalar_metrics,
@@ -197,7 +197,7 @@ class SpectralMonitor(Callback):
         spectra = {**singular_values(rest, method=self.method, **kw), **singular_values(hinted, method="gram", **kw)}
         for name, (s, _) in spectra.items():
             m = mats[name]
-            if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and bool(s[-1] < GRAM32_MIN_RATIO * s[0]):
+            if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and not bool(float32_gram_accepts(s[None])):
                 self._float64_hint.add(name)
             else:
                 self._float64_hint.discard(name)
