@@ -43,6 +43,17 @@ def run_dir(trainer: "pl.Trainer") -> str:
     return str(trainer.default_root_dir)
 
 
+def history_path(trainer: "pl.Trainer", history_file: Optional[str]) -> Optional[str]:
+    """Where a monitor's history CSV goes: under the first logger's directory, on rank zero only.
+
+    ``None`` without a logger (there is no run directory to write into; records stay in
+    memory), on other ranks, or when ``history_file`` is ``None``.
+    """
+    if not history_file or not trainer.loggers or not trainer.is_global_zero:
+        return None
+    return os.path.join(run_dir(trainer), history_file)
+
+
 def steps_per_epoch(trainer: "pl.Trainer") -> Optional[int]:
     """Optimizer steps per epoch when the train loader has a finite length, else ``None``."""
     batches = trainer.num_training_batches

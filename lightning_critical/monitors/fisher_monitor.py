@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Sequence, Union
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_critical._checks import check_int
-from lightning_critical._lightning import log_scalars, run_dir
+from lightning_critical._lightning import history_path, log_scalars
 from lightning_critical.deficits.input import INPUT_KEYS
 from lightning_critical.fisher import fisher_layers, fisher_trace
-from lightning_critical.monitors.history import History, Record
+from lightning_critical.monitors.history import History, Record, check_history_file
 
 TOTAL = "total"
 
@@ -80,7 +80,7 @@ class FisherMonitor(Callback):
         self.input_key = input_key
         self.seed = int(seed)
         self.chunk_size = chunk_size
-        self.history_file = history_file
+        self.history_file = check_history_file(history_file)
         self.history = History()
         self._pending: list[Tensor] = []
 
@@ -94,8 +94,11 @@ class FisherMonitor(Callback):
                 f"FisherMonitor(targets={self.targets!r}) matches no layer with trainable parameters; "
                 f"layers: {sorted(fisher_layers(pl_module))[:40]}."
             )
-        if trainer.is_global_zero and self.history_file:
-            self.history.open(os.path.join(run_dir(trainer), self.history_file))
+        path = history_path(trainer, self.history_file)
+        dropped = self.history.start(path, from_step=trainer.global_step)
+        if dropped and trainer.global_step == 0:
+            rank_zero_warn(f"FisherMonitor: a new fit replaces the {dropped} records of an earlier run"
+                           + (f" in {path!r}." if path else " (to_frame() shows this fit only)."))
 
     def _due(self, trainer: "pl.Trainer") -> bool:
         return trainer.current_epoch % self.every_n_epochs == 0

@@ -1,41 +1,128 @@
-"""A tidy, append-only table of monitor records, kept in memory and mirrored to a CSV file."""
+"""A tidy table of monitor records, kept in memory and mirrored to a CSV file.
+
+Semantics (shared by every monitor):
+
+* **One fit, one history.** :meth:`History.start` is called when a fit starts training, with
+  the number of optimizer steps already done (0 for a new run, the checkpoint's step for a
+  resumed one). Records at or after that step are dropped, in memory and in the file, so a
+  monitor reused for a second ``fit`` starts empty, a second run into the same directory
+  replaces the first run's file (the monitor warns), and a run resumed after a crash continues
+  the file without duplicating the records taken after the checkpoint.
+* **Only our own files.** ``history_file`` is a relative path inside the run's log directory
+  (no absolute paths, no ``..``, not Lightning's ``metrics.csv`` / ``hparams.yaml``); an
+  existing file is only ever touched if it has exactly our header.
+* **Without a logger there is no log directory**, so no file is written; records stay in memory.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import pandas as pd
 
 COLUMNS: tuple[str, ...] = ("step", "epoch", "target", "metric", "index", "value")
 Record = tuple[int, int, str, str, int, float]
+RESERVED_FILES: tuple[str, ...] = ("metrics.csv", "hparams.yaml")
+
+
+def check_history_file(value: Any) -> Optional[str]:
+    """Validate a monitor's ``history_file`` argument: ``None`` or a relative path inside the log directory.
+
+    Example::
+
+        >>> check_history_file("spectral_history.csv")
+        'spectral_history.csv'
+        >>> check_history_file("../../elsewhere.csv")
+        Traceback (most recent call last):
+        ...
+        ValueError: history_file='../../elsewhere.csv' is not valid: it must be a relative path inside the run's log directory (no '..').
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"history_file={value!r} is not valid: give a file name such as 'history.csv', or None for no file.")
+    norm = os.path.normpath(value)
+    if os.path.isabs(value) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+        raise ValueError(
+            f"history_file={value!r} is not valid: it must be a relative path inside the run's log directory (no '..')."
+        )
+    if os.path.basename(norm) in RESERVED_FILES:
+        raise ValueError(f"history_file={value!r} is not valid: {os.path.basename(norm)!r} belongs to Lightning; choose another name.")
+    return value
+
+
+def _read_header(path: str) -> Optional[list[str]]:
+    with open(path, newline="") as fh:
+        return next(csv.reader(fh), None)
 
 
 class History:
     """Records ``(step, epoch, target, metric, index, value)``; ``index`` is -1 for scalars.
 
-    ``path`` (set with :meth:`open`) receives every record as soon as it is added, so a
-    crashed or running job can be analysed from disk; only one process should write it.
+    ``path`` (set by :meth:`start`) receives every record as soon as it is added, so a crashed
+    or running job can be analysed from disk; only one process (rank zero) should write it.
 
     Example::
 
         >>> h = History()
+        >>> h.start(None, from_step=0)
+        0
         >>> h.extend([(0, 0, "w", "stable_rank", -1, 1.5)], write=False)
         >>> h.to_frame().value.tolist()
         [1.5]
+        >>> h.start(None, from_step=0)   # a new fit starts empty
+        1
+        >>> len(h.to_frame())
+        0
     """
 
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.path: Optional[str] = None
 
-    def open(self, path: str) -> None:
+    def start(self, path: Optional[str], from_step: int) -> int:
+        """Begin a fit that starts after ``from_step`` optimizer steps; return how many records were dropped.
+
+        Keeps the records taken before ``from_step`` (in memory, and in ``path`` if given), so
+        a resumed run continues its history and a new run (``from_step=0``) starts empty. When
+        memory holds nothing but ``path`` has this run's earlier records (a resume in a new
+        process), they are read back so :meth:`to_frame` shows the whole run.
+
+        Raises:
+            ValueError: ``path`` exists but is not a history written by a monitor.
+        """
+        dropped = sum(1 for r in self.records if r[0] >= from_step)
+        self.records = [r for r in self.records if r[0] < from_step]
         self.path = path
+        if path is None:
+            return dropped
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if not os.path.exists(path) or os.path.getsize(path) == 0:
-            with open(path, "w", newline="") as fh:
-                csv.writer(fh).writerow(COLUMNS)
+        kept: list[Record] = []
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            header = _read_header(path)
+            if header != list(COLUMNS):
+                self.path = None
+                raise ValueError(
+                    f"{path!r} exists and is not a monitor history (its header is {header}, expected {list(COLUMNS)}); "
+                    "refusing to write into it: choose another history_file."
+                )
+            on_disk = pd.read_csv(path)
+            dropped_on_disk = int((on_disk["step"] >= from_step).sum())
+            rows = on_disk[on_disk["step"] < from_step]
+            kept = [
+                (int(r.step), int(r.epoch), str(r.target), str(r.metric), int(r.index), float(r.value))
+                for r in rows.itertuples(index=False)
+            ]
+            dropped = max(dropped, dropped_on_disk)
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            writer.writerows(kept)
+        if not self.records and kept:
+            self.records = kept
+        return dropped
 
     def close(self) -> None:
         self.path = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -14,8 +13,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_critical._checks import check_int
-from lightning_critical._lightning import log_scalars, run_dir, tensorboard_writers
-from lightning_critical.monitors.history import History, Record
+from lightning_critical._lightning import history_path, log_scalars, tensorboard_writers
+from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
 from lightning_critical.spectral import (
     GRAM_MIN_DIM,
@@ -159,7 +158,7 @@ class SpectralMonitor(Callback):
         check_metrics(self.theory)
         self.task_basis = task_basis
         self.dtype = dtype
-        self.history_file = history_file
+        self.history_file = check_history_file(history_file)
         self.randomized_min_dim = randomized_min_dim
         self.method = method
         self.history = History()
@@ -252,8 +251,11 @@ class SpectralMonitor(Callback):
                     check_basis_fits(tuple(mats[name].shape), basis[0], basis[2], what=f"end-to-end map {name!r}")
         if self.history_file and not trainer.loggers:
             self._report_once("no-logger", "no logger: the history is kept in memory only (to_frame()).")
-        elif trainer.is_global_zero and self.history_file:
-            self.history.open(os.path.join(run_dir(trainer), self.history_file))
+        path = history_path(trainer, self.history_file)
+        dropped = self.history.start(path, from_step=trainer.global_step)
+        if dropped and trainer.global_step == 0:
+            rank_zero_warn(f"SpectralMonitor: a new fit replaces the {dropped} records of an earlier run"
+                           + (f" in {path!r}." if path else " (to_frame() shows this fit only)."))
         self._add_layout(trainer, sorted(map_names), basis)
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
