@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_critical.deficits.base import WindowedDeficit
+from lightning_critical.probing import is_probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis, resolve_modules
 from lightning_critical.schedule import WindowLike
 from lightning_critical.spectral import check_basis_fits
@@ -107,10 +108,10 @@ class ModeDeficit(WindowedDeficit):
 
         # Training-mode passes only: evaluation passes during the window see the whole map.
         def pre_hook(mod: nn.Module, args: tuple) -> Optional[tuple]:
-            return (project(args[0], v, "input"),) + tuple(args[1:]) if mod.training else None
+            return (project(args[0], v, "input"),) + tuple(args[1:]) if mod.training and not is_probing() else None
 
         def post_hook(mod: nn.Module, args: Any, output: Tensor) -> Optional[Tensor]:
-            return project(output, u, "output") if mod.training else None
+            return project(output, u, "output") if mod.training and not is_probing() else None
 
         return [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_critical.deficits.base import WindowedDeficit
+from lightning_critical.probing import is_probing
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.schedule import WindowLike
 
@@ -132,7 +133,7 @@ class PathwayDeficit(WindowedDeficit):
         key = (self.seed, trainer.current_epoch, self._batch_idx, trainer.global_rank, index)
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
-            if not module.training:  # evaluation-mode passes (e.g. FisherMonitor) see the intact input
+            if not module.training or is_probing():  # evaluation passes and monitors see the intact input
                 return None
             calls[0] += 1
             gen_seed = hash(key + (calls[0],)) % (2**63 - 1)
@@ -154,6 +155,6 @@ class PathwayDeficit(WindowedDeficit):
 
 
 def _silence_hook(module: nn.Module, args: Any, output: Any) -> Any:
-    if not module.training:  # evaluation-mode passes (e.g. FisherMonitor) see the intact pathway
+    if not module.training or is_probing():  # evaluation passes and monitors see the intact pathway
         return None
     return map_tensors(output, lambda t: t * 0)
