@@ -7,7 +7,7 @@ A LightningModule (or any ``nn.Module``) may offer:
 * ``end_to_end_maps() -> dict[str, Tensor]``: linear maps whose spectra the monitor tracks.
 * ``task_basis() -> (U, S, V)`` with ``U`` (out x r), ``S`` (r,), ``V`` (in x r): the task's
   singular modes. It may live on the module or on the datamodule; returning ``None`` means
-  "not known".
+  "not known". :func:`check_task_basis` validates one.
 
 Nothing here imports Lightning.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 TaskBasis = tuple[Tensor, Tensor, Tensor]
@@ -82,3 +83,47 @@ def end_to_end_maps(module: nn.Module) -> dict[str, Tensor]:
     """The module's ``end_to_end_maps()``, or an empty dict if it has none."""
     fn = getattr(module, "end_to_end_maps", None)
     return dict(fn()) if callable(fn) else {}
+
+
+def check_task_basis(basis: Any, what: str = "task_basis") -> TaskBasis:
+    """Return ``(U, S, V)`` as floating tensors if they form a task basis; else a ``ValueError`` naming ``what``.
+
+    ``U`` is ``(out, r)``, ``S`` is ``(r,)``, ``V`` is ``(in, r)``, all finite; tensors or
+    anything ``torch.as_tensor`` reads (numpy arrays).
+
+    Example::
+
+        >>> import torch
+        >>> U, S, V = check_task_basis((torch.eye(3)[:, :2], torch.ones(2), torch.eye(2)))
+        >>> tuple(U.shape), tuple(S.shape), tuple(V.shape)
+        ((3, 2), (2,), (2, 2))
+        >>> check_task_basis((torch.eye(3)[:, :2], torch.ones(3), torch.eye(2)))
+        Traceback (most recent call last):
+        ...
+        ValueError: task_basis: S has 3 values but U and V have r=2 columns; give S of shape (2,).
+    """
+    if isinstance(basis, (str, bytes)) or not isinstance(basis, (tuple, list)) or len(basis) != 3:
+        shown = f"a {type(basis).__name__}" + (f" of length {len(basis)}" if isinstance(basis, (tuple, list)) else "")
+        raise ValueError(f"{what} is {shown}; it must be a tuple (U, S, V): U (out x r), S (r,), V (in x r).")
+    parts = []
+    for label, value, dims in zip("USV", basis, (2, 1, 2)):
+        try:
+            tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            tensor = None
+        if tensor is None or isinstance(value, (str, bytes)) or not tensor.is_floating_point():
+            raise ValueError(f"{what}: {label} is a {type(value).__name__}; it must be a floating-point tensor.")
+        if tensor.dim() != dims:
+            shape = "(r,)" if dims == 1 else ("(out, r)" if label == "U" else "(in, r)")
+            raise ValueError(f"{what}: {label} has shape {tuple(tensor.shape)}; it must be {dims}-D, {shape}.")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{what}: {label} holds NaN or infinite values.")
+        parts.append(tensor)
+    u, s, v = parts
+    if u.shape[1] != v.shape[1]:
+        raise ValueError(f"{what}: U has {u.shape[1]} columns but V has {v.shape[1]}; both need one per mode (r).")
+    if s.shape[0] != u.shape[1]:
+        raise ValueError(
+            f"{what}: S has {s.shape[0]} values but U and V have r={u.shape[1]} columns; give S of shape ({u.shape[1]},)."
+        )
+    return u, s, v

@@ -15,14 +15,30 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
 
+from lightning_critical._checks import check_choice
+
 Unit = Literal["epoch", "step"]
 UNITS: tuple[str, ...] = ("epoch", "step")
 
 
-def _check_unit(unit: str) -> str:
-    if unit not in UNITS:
-        raise ValueError(f"unit={unit!r} is not valid; choose one of {UNITS}.")
-    return unit
+def check_unit(unit: Any, name: str = "unit") -> str:
+    """Return ``unit`` if it is ``"epoch"`` or ``"step"``; the ``ValueError`` lists both.
+
+    Shared by :class:`Window`, the deficits and :class:`~lightning_critical.TaskSwitch`.
+
+    Example::
+
+        >>> check_unit("step")
+        'step'
+        >>> check_unit("batch")
+        Traceback (most recent call last):
+        ...
+        ValueError: unit='batch' is not valid; choose one of ('epoch', 'step').
+    """
+    return check_choice(name, unit, UNITS)
+
+
+_check_unit = check_unit  # the name this had before it was shared
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class Window:
     unit: Unit = "epoch"
 
     def __post_init__(self) -> None:
-        _check_unit(self.unit)
+        check_unit(self.unit)
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is None and name == "end":
@@ -75,6 +91,7 @@ class Window:
 
         ``unit`` is the default when the value does not name one itself.
         """
+        check_unit(unit)
         if isinstance(value, Window):
             if unit != "epoch" and unit != value.unit:
                 raise ValueError(f"unit={unit!r} contradicts the window {value}; give the unit in one place.")
@@ -87,9 +104,9 @@ class Window:
                 "or a (start, end) tuple."
             )
         if len(value) == 2:
-            return cls(value[0], value[1], _check_unit(unit))  # type: ignore[arg-type]
+            return cls(value[0], value[1], unit)  # type: ignore[arg-type]
         if len(value) == 3:
-            return cls(value[0], value[1], _check_unit(value[2]))  # type: ignore[arg-type]
+            return cls(value[0], value[1], check_unit(value[2], "window unit"))  # type: ignore[arg-type]
         raise ValueError(f"window={value!r} must have 2 or 3 entries: (start, end[, unit]).")
 
     @property
@@ -111,13 +128,28 @@ class Window:
         return float(self.start * steps_per_epoch), self.stop * steps_per_epoch
 
     def overlaps(self, other: "Window", steps_per_epoch: Optional[int] = None) -> bool:
-        """Whether two windows share at least one update (unknown mixed units: assume they do)."""
+        """Whether two windows share at least one update.
+
+        Windows in different units compare through ``steps_per_epoch``; without it the
+        answer is unknown and ``True`` (they *may* overlap) is returned: see
+        :meth:`comparable`.
+        """
         if self.unit == other.unit:
             return self.start < other.stop and other.start < self.stop
         a, b = self.in_steps(steps_per_epoch), other.in_steps(steps_per_epoch)
         if a is None or b is None:
             return True
         return a[0] < b[1] and b[0] < a[1]
+
+    def comparable(self, other: "Window", steps_per_epoch: Optional[int] = None) -> bool:
+        """Whether :meth:`overlaps` can give a certain answer: same unit, or a known epoch length.
+
+        Example::
+
+            >>> Window(0, 2).comparable(Window(5, 9, "step")), Window(0, 2).comparable(Window(5, 9, "step"), 4)
+            (False, True)
+        """
+        return self.unit == other.unit or steps_per_epoch is not None
 
     def __str__(self) -> str:
         end = "end" if self.end is None else str(self.end)

@@ -4,8 +4,8 @@ A datamodule (or any object) is *task-switchable* when it has
 
 * ``tasks``: the names of the tasks it can serve (a sequence of strings), and
 * ``set_task(name)``: make ``name`` the task that the next training step uses;
-* optionally ``task``: the name of the active task (recorded so that a resumed run starts
-  from the same task as the uninterrupted one).
+* optionally ``task``: the name of the active task, and
+* optionally ``initial_task``: the task a fresh run starts on, when it is not the active one.
 
 ``TaskSwitch`` calls ``set_task`` in the main process *before the batch of the step it
 concerns is transferred to the device*: at ``on_train_start``, ``on_train_epoch_start`` and
@@ -22,12 +22,22 @@ scheduled time trains on the new task whatever the number of workers.
 from __future__ import annotations
 
 import bisect
+import weakref
 from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
 
-UNITS: tuple[str, ...] = ("epoch", "step")
+from lightning_critical._checks import check_int
+from lightning_critical.schedule import UNITS, check_unit
+
+# What TaskSwitch callbacks did to each target in this process: the task it had before a
+# TaskSwitch first changed it, and the task a TaskSwitch set last. A later fit that finds the
+# target still on that last task knows it is a leftover of an earlier run, not a choice.
+_LEFT_BY_SWITCH: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
+
+__all__ = ["TaskSwitch", "TaskSwitchable", "UNITS", "check_task_switchable"]
 
 
 @runtime_checkable
@@ -71,21 +81,32 @@ class TaskSwitch(pl.Callback):
     The schedule maps a time to the task that trains from that time on: the first step at
     or after time ``t`` (``trainer.current_epoch >= t`` for ``unit="epoch"``,
     ``trainer.global_step >= t`` optimizer steps completed for ``unit="step"``) uses
-    ``schedule[t]``. Before the first scheduled time the task that was active when training
-    started is kept. The active task is recomputed from the trainer's counters at every
+    ``schedule[t]``. The active task is recomputed from the trainer's counters at every
     hook, so resuming from a checkpoint needs no extra state (the initial task is saved too).
+
+    Before the first scheduled time a new (not resumed) fit trains on its *initial task*,
+    which ``TaskSwitch`` sets when training starts. It is, in order:
+
+    1. ``initial``, when given;
+    2. the target's ``initial_task`` attribute, when it has one;
+    3. when the target is still on the task an earlier fit's ``TaskSwitch`` left it on (a
+       datamodule reused from an earlier run), the task it had before that ``TaskSwitch``
+       changed it, with a warning: a reused datamodule never skips the pre-switch phase;
+    4. the target's active ``task`` (what it starts on, or what the user set), else
+       ``tasks[0]``.
 
     Args:
         schedule: ``{time: task_name}``; times are non-negative integers (or digit strings,
-            as JSON/YAML configs may write them).
+            as JSON/YAML configs may write them; ``"3"`` and ``3`` in one schedule are an error).
         unit: ``"epoch"`` or ``"step"``.
         target: the object to drive; by default ``trainer.datamodule``. Anything with
             ``tasks`` and ``set_task(name)`` works (e.g. one member of an ensemble).
+        initial: the task to train on before the first scheduled time (see above).
 
     Raises:
-        ValueError: for an empty schedule, a negative or non-integer time, a non-string task
-            name or an unknown unit (at construction), or a task name the target does not
-            know (when fitting starts, before the first step).
+        ValueError: for an empty schedule, a negative or non-integer time, two keys for one
+            time, a non-string task name or an unknown unit (at construction), or a task
+            name the target does not know (when fitting starts, before the first step).
         TypeError: when fitting starts and the target lacks the protocol.
 
     Example::
@@ -104,55 +125,85 @@ class TaskSwitch(pl.Callback):
     """
 
     def __init__(
-        self, schedule: Mapping[int, str], unit: str = "epoch", target: Optional[Any] = None
+        self,
+        schedule: Mapping[int, str],
+        unit: str = "epoch",
+        target: Optional[Any] = None,
+        initial: Optional[str] = None,
     ) -> None:
-        if unit not in UNITS:
-            raise ValueError(f"unit={unit!r} is not valid; choose one of {UNITS}.")
+        check_unit(unit)
         if not isinstance(schedule, Mapping) or not schedule:
             raise ValueError(f"schedule={schedule!r} must be a non-empty mapping {{time: task_name}}.")
         clean: dict[int, str] = {}
-        for time, name in schedule.items():
-            if isinstance(time, str) and time.strip().isdigit():
-                time = int(time)  # YAML / JSON configs may write keys as strings
-            if isinstance(time, bool) or not isinstance(time, int) or time < 0:
-                raise ValueError(f"schedule time {time!r} must be a non-negative integer number of {unit}s.")
+        keys: dict[int, Any] = {}
+        for key, name in schedule.items():
+            time = int(key) if isinstance(key, str) and key.strip().isdigit() else key  # YAML / JSON keys
+            try:
+                time = check_int("schedule time", time, low=0)
+            except ValueError:
+                raise ValueError(f"schedule time {key!r} must be a non-negative integer number of {unit}s.") from None
+            if time in keys:
+                raise ValueError(
+                    f"schedule keys {keys[time]!r} and {key!r} both mean {unit} {time}; give each time once."
+                )
             if not isinstance(name, str) or not name:
                 raise ValueError(f"schedule[{time}]={name!r} must be a task name (a non-empty string).")
-            clean[time] = name
+            clean[time], keys[time] = name, key
+        if initial is not None and (not isinstance(initial, str) or not initial):
+            raise ValueError(f"initial={initial!r} must be None or a task name (a non-empty string).")
         self.schedule = dict(sorted(clean.items()))
         self.unit = unit
         self.target = target
+        self.initial = initial
         self._times = list(self.schedule)
-        self._initial_task: Optional[str] = None
+        self._initial_task: Optional[str] = initial
         self._applied: Optional[str] = None
         self._resolved: Optional[Any] = None
 
     @property
+    @override
     def state_key(self) -> str:
         # Several TaskSwitch callbacks (e.g. one per ensemble member) may share a trainer.
+        # ``initial`` joins the key only when given, so older checkpoints keep their key.
+        extra = {} if self.initial is None else {"initial": self.initial}
         return self._generate_state_key(
-            schedule=tuple(self.schedule.items()), unit=self.unit, target=getattr(self.target, "name", None)
+            schedule=tuple(self.schedule.items()), unit=self.unit, target=getattr(self.target, "name", None), **extra
         )
 
     # -- the schedule as a pure function of time ------------------------------------------
     def task_at(self, time: int) -> Optional[str]:
-        """The scheduled task for an update taken at ``time``, or ``None`` before the first entry."""
+        """The task for an update taken at ``time`` (before the first entry: the initial task, once known)."""
         i = bisect.bisect_right(self._times, time)
         return self.schedule[self._times[i - 1]] if i else self._initial_task
 
     def _now(self, trainer: "pl.Trainer") -> int:
         return trainer.current_epoch if self.unit == "epoch" else trainer.global_step
 
+    def _set(self, name: str) -> None:
+        target = self._resolved
+        current = getattr(target, "task", None)
+        if current != name:
+            target.set_task(name)
+        try:
+            before, last = _LEFT_BY_SWITCH.get(target, (None, None))
+            if last is None or current != last:  # first change, or changed by someone else since
+                before = current
+            if before is not None:
+                _LEFT_BY_SWITCH[target] = (before, name)
+        except TypeError:  # not weak-referenceable or unhashable: no leftover detection
+            pass
+
     def _sync(self, trainer: "pl.Trainer") -> None:
         name = self.task_at(self._now(trainer))
         if name is None or name == self._applied:
             return
-        self._resolved.set_task(name)
+        self._set(name)
         if self._applied is not None:
             rank_zero_info(f"TaskSwitch: training on task {name!r} from {self.unit} {self._now(trainer)}.")
         self._applied = name
 
     # -- validation before training -------------------------------------------------------
+    @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
@@ -168,26 +219,48 @@ class TaskSwitch(pl.Callback):
         unknown = sorted({n for n in self.schedule.values() if n not in known})
         if unknown:
             raise ValueError(f"TaskSwitch schedule names unknown task(s) {unknown}; valid tasks: {known}.")
+        if self.initial is not None and self.initial not in known:
+            raise ValueError(f"TaskSwitch initial={self.initial!r} is not a task of the target; valid tasks: {known}.")
         self._resolved = target
         self._applied = None
-        self._initial_task = None  # a checkpoint restores it right after setup, a new fit records it
+        # A checkpoint restores the initial task right after setup; a new fit chooses it at train start.
+        self._initial_task = self.initial
 
+    def _choose_initial(self) -> str:
+        target = self._resolved
+        tasks = list(target.tasks)
+        own = getattr(target, "initial_task", None)
+        if own is not None:
+            return own
+        current = getattr(target, "task", None)
+        try:
+            before, last = _LEFT_BY_SWITCH.get(target, (None, None))
+        except TypeError:
+            before = last = None
+        if current is not None and current == last and before is not None and before != current:
+            rank_zero_warn(
+                f"TaskSwitch: the {type(target).__name__} is still on task {current!r}, where a TaskSwitch of an "
+                f"earlier fit left it; this fit starts from {before!r}, the task it had before that switch. Pass "
+                f"TaskSwitch(..., initial={current!r}) to start from {current!r} instead."
+            )
+            return before
+        return current if current is not None else tasks[0]
+
+    @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._initial_task is None:
-            current = getattr(self._resolved, "task", None)
-            self._initial_task = current if current is not None else list(self._resolved.tasks)[0]
-        # A resumed run (or a schedule entry at 0) must train on the right task from its first step.
-        self._sync_or_initial(trainer)
-
-    def _sync_or_initial(self, trainer: "pl.Trainer") -> None:
+            self._initial_task = self._choose_initial()
+        # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
         name = self.task_at(self._now(trainer))
-        if name is not None and name != getattr(self._resolved, "task", object()):
-            self._resolved.set_task(name)
+        if name is not None:
+            self._set(name)
         self._applied = name
 
+    @override
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._sync(trainer)
 
+    @override
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -197,8 +270,10 @@ class TaskSwitch(pl.Callback):
             self._sync(trainer)
 
     # -- checkpointing --------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"initial_task": self._initial_task, "schedule": dict(self.schedule), "unit": self.unit}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._initial_task = state_dict.get("initial_task")
+        self._initial_task = state_dict.get("initial_task") or self.initial

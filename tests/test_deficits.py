@@ -259,3 +259,364 @@ def test_noise_differs_between_pathways_and_spares_evaluation_passes():
     plain, probed = weights([]), weights([EvalProbe()])
     for k in plain:
         assert torch.equal(plain[k], probed[k]), k
+
+
+# -- issue 10: faults that were silently wrong ---------------------------------------------------
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+import torch.nn.modules.module as torch_module  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
+
+from conftest import read_tensorboard  # noqa: E402
+from lightning_critical.deficits import WindowedDeficit  # noqa: E402
+from lightning_critical.probing import probing  # noqa: E402
+
+
+def global_hooks() -> int:
+    """Process-wide module hooks (the deficits' copy-safe hooks live there while a window is open)."""
+    return len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
+
+
+def right_by_hand(model, x):
+    """The right branch computed layer by layer, with no module hook involved."""
+    r = model.right
+    return nn.functional.linear(torch.tanh(nn.functional.linear(x, r[0].weight, r[0].bias)), r[2].weight, r[2].bias)
+
+
+def test_repeated_modes_are_refused_instead_of_reflecting_the_map():
+    with pytest.raises(ValueError, match=r"modes=\[0, 0\] repeats mode\(s\) \[0\]"):
+        lc.ModeDeficit("a", modes=[0, 0], window=(0, 1))
+    assert lc.ModeDeficit("a", modes=[2, 0], window=(0, 1)).modes == [2, 0]
+
+
+class CausalAttentionNet(TwoBranchNet):
+    """The right branch is self-attention with a float causal mask passed as a keyword argument."""
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+            self.seen: list = []
+
+        def forward(self, x, attn_mask=None):
+            self.seen.append((x.detach().clone(), attn_mask.detach().clone()))
+            return self.attn(x, x, x, attn_mask=attn_mask, need_weights=False)[0].sum(1)[:, :4]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.right = self.Attention()
+        self.mask = torch.triu(torch.full((5, 5), float("-inf")), diagonal=1)
+
+    def forward(self, x):
+        seq = x.unsqueeze(1).expand(-1, 5, -1)
+        return self.head(self.left(x) + self.right(seq, attn_mask=self.mask))
+
+
+def test_noise_replaces_only_the_input_never_keyword_arguments():
+    model = CausalAttentionNet()
+    trainer = make_trainer(max_steps=2, callbacks=[lc.PathwayDeficit("right", (0, 1), mode="noise", noise_std=3.0, unit="step")])
+    trainer.fit(model)
+    (x0, mask0), (x1, mask1) = model.right.seen
+    assert torch.equal(mask0, model.mask) and torch.equal(mask1, model.mask)  # the causal mask survives
+    assert 2.0 < x0.std().item() < 4.0  # the input is noise inside the window ...
+    assert x1.std().item() < 2.0 and torch.equal(x1[:, 0], x1[:, 4])  # ... and the batch after it
+    assert global_hooks() == 0 and all_hooks(model) == 0
+
+
+class RecordingAttention(nn.MultiheadAttention):
+    def forward(self, query, key, value, **kwargs):
+        self.seen = (query.detach().clone(), key.detach().clone(), value.detach().clone(), kwargs["attn_mask"].clone())
+        return super().forward(query, key, value, **kwargs)
+
+
+class AttentionNet(TwoBranchNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = RecordingAttention(6, 2, batch_first=True)
+        self.mask = torch.triu(torch.full((3, 3), float("-inf")), diagonal=1)
+
+    def forward(self, x):
+        seq = x.unsqueeze(1).expand(-1, 3, -1)
+        out = self.attn(seq, seq, seq, attn_mask=self.mask, need_weights=False)[0].mean(1)
+        return self.head(self.left(x) + self.right(out))
+
+
+@pytest.mark.parametrize("input_index", [None, 2])
+def test_noise_on_multihead_attention_replaces_the_chosen_positional_input(input_index):
+    model = AttentionNet()
+    deficit = lc.PathwayDeficit("attn", (0, 1), mode="noise", unit="step", input_index=input_index)
+    make_trainer(max_steps=1, callbacks=[deficit]).fit(model)
+    query, key, value, mask = model.attn.seen
+    assert torch.equal(mask, model.mask)
+    noisy = 0 if input_index is None else 2
+    for i, t in enumerate((query, key, value)):
+        intact = torch.equal(t[:, 0], t[:, 2])  # the batch repeats each row along the sequence
+        assert intact == (i != noisy), (i, input_index)
+
+
+def test_noise_input_that_is_not_a_tensor_is_a_clear_error():
+    model = AttentionNet()
+    deficit = lc.PathwayDeficit("attn", (0, 1), mode="noise", unit="step", input_index=5)
+    with pytest.raises(ValueError, match=r"input_index=5 names nothing.*floating-point tensor"):
+        make_trainer(max_steps=1, callbacks=[deficit]).fit(model)
+    assert global_hooks() == 0
+
+
+class ProbeInside(pl.Callback):
+    """A monitor-like callback that runs a pathway inside probing() in training mode."""
+
+    def __init__(self) -> None:
+        self.errors: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with probing(), torch.no_grad():
+            x = batch[0]
+            self.errors.append((pl_module.right(x) - right_by_hand(pl_module, x)).abs().max().item())
+
+
+@pytest.mark.parametrize("mode", ["noise", "silence"])
+def test_probing_inside_a_window_changes_nothing_whatever_the_callback_order(mode):
+    def run(order):
+        model = TwoBranchNet()
+        deficit = lc.PathwayDeficit("right", (0, 4), mode=mode, unit="step")
+        probe = ProbeInside()
+        callbacks = {"none": [deficit], "before": [probe, deficit], "after": [deficit, probe]}[order]
+        make_trainer(max_steps=6, callbacks=callbacks).fit(model)
+        return model.state_dict(), probe.errors
+
+    plain, _ = run("none")
+    for order in ("before", "after"):
+        probed, errors = run(order)
+        assert errors and max(errors) == 0.0, order  # the probe saw the intact pathway
+        for k in plain:
+            assert torch.equal(plain[k], probed[k]), (order, k)
+
+
+class AliasNet(TwoBranchNet):
+    """The same module under two attribute names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alias = self.right
+
+
+class TiedNet(TwoBranchNet):
+    """Two branches whose first layers share one weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.right[0].weight = self.left[0].weight
+
+
+@pytest.mark.parametrize(
+    "net, first, second, match",
+    [
+        (AliasNet, "right", "alias", r"'right' and 'alias' \(the same module\)"),
+        (AliasNet, "alias", "right.2", r"'right.2', which is inside 'alias'"),
+        (TiedNet, "left", "right", r"'left' and 'right', which share parameter '0.weight'"),
+    ],
+)
+def test_one_module_under_two_names_or_a_tied_weight_is_one_pathway(net, first, second, match):
+    model = net()
+    rec = ParamRecorder()
+    trainer = make_trainer(max_steps=4, callbacks=[
+        lc.PathwayDeficit(first, (0, 2), unit="step"), lc.PathwayDeficit(second, (1, 3), mode="silence", unit="step"), rec,
+    ])
+    with pytest.raises(ValueError, match=match + ".*overlapping windows"):
+        trainer.fit(model)
+    assert rec.snapshots == {} and global_hooks() == 0
+
+
+def test_two_windows_on_one_pathway_log_one_clean_step_function(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="", version="")
+    windows = [(0, 2), (4, 6), (9, 10)]
+    callbacks = [lc.PathwayDeficit("right", lc.Window(a, b, "step")) for a, b in windows]
+    callbacks.append(lc.PathwayDeficit("left", lc.Window(2, 5, "step"), mode="silence"))
+    make_trainer(max_steps=12, logger=logger, callbacks=callbacks).fit(TwoBranchNet())
+    acc = read_tensorboard(logger.log_dir)
+    for tag, spans in (("deficit/freeze/right", windows), ("deficit/silence/left", [(2, 5)])):
+        values: dict[int, set] = {}
+        for event in acc.Scalars(tag):
+            values.setdefault(event.step, set()).add(event.value)
+        assert all(len(v) == 1 for v in values.values()), (tag, values)  # never two values at one step
+        curve = {step: v.pop() for step, v in values.items()}
+        expected = {step: float(any(a <= step < b for a, b in spans)) for step in range(12)}
+        assert all(curve[s] == expected[s] for s in curve if s < 12), (tag, curve)
+        edges = {b - 1 for _, b in spans} | {b for _, b in spans} | {a for a, _ in spans} | {0}
+        assert edges - {12} <= set(curve), (tag, curve)  # every edge is drawn sharply
+        assert curve[12] == expected[11]
+
+
+class Snapshot(pl.Callback):
+    """Deep-copies the model inside the window, as EMA / SWA / snapshot callbacks do."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step, self.copy, self.checks = at_step, None, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            self.copy = copy.deepcopy(pl_module)
+            self.checks.append(all_hooks(self.copy))
+
+
+@pytest.mark.parametrize("mode", ["silence", "noise"])
+def test_a_deepcopy_taken_inside_a_window_is_a_clean_model(mode):
+    model = TwoBranchNet()
+    snap = Snapshot(at_step=1)
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if snap.copy is not None and trainer.global_step == 1:
+                x = batch[0]
+                with torch.no_grad():
+                    seen["copy"] = (snap.copy.right(x) - right_by_hand(snap.copy, x)).abs().max().item()
+                    seen["original"] = (pl_module.right(x) - right_by_hand(pl_module, x)).abs().max().item()
+
+    deficit = lc.PathwayDeficit("right", (0, 3), mode=mode, unit="step")
+    make_trainer(max_steps=5, callbacks=[deficit, snap, Check()]).fit(model)
+    assert snap.checks == [0]  # the copy holds no hook of ours ...
+    assert seen["copy"] == 0.0  # ... and runs unaltered inside the window,
+    assert seen["original"] > 0.1  # while the original is deprived.
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        assert torch.equal(snap.copy.right(x), right_by_hand(snap.copy, x))
+    assert all_hooks(model) == 0 and all_hooks(snap.copy) == 0 and global_hooks() == 0
+
+
+def test_a_deepcopy_of_a_mode_lesioned_model_is_whole():
+    dm = lc.data.HierarchicalDataModule()
+    model = lc.models.MultiPathwayLinearNet(depth=2, width=16, task_basis=dm.task_basis(), init_scale=0.5)
+    snap = Snapshot(at_step=0)
+    make_trainer(max_epochs=2, callbacks=[lc.ModeDeficit("a", modes=[0], window=(0, 2)), snap]).fit(model, dm)
+    copy_ = snap.copy
+    with torch.no_grad():
+        assert torch.allclose(copy_.pathways["a"](torch.eye(8)).T, copy_.end_to_end_maps()["a"], atol=1e-6)
+    assert snap.checks == [0] and all_hooks(model) == 0 and global_hooks() == 0
+
+
+def test_nothing_global_stays_after_an_exception():
+    model = TwoBranchNet(fail_at_step=2)
+    trainer = make_trainer(max_steps=5, callbacks=[
+        lc.PathwayDeficit("right", (0, 5), mode="silence", unit="step"),
+        lc.PathwayDeficit("left", (0, 5), mode="noise", unit="step"),
+    ])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(model)
+    assert all_hooks(model) == 0 and global_hooks() == 0
+
+
+class LSTMNet(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 15, batch_first=True)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.rnn(x.unsqueeze(1))[0].squeeze(1), y.T[: x.shape[0]])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_mode_deficit_on_a_module_with_tuple_outputs_fails_before_training():
+    dm = lc.data.HierarchicalDataModule()
+    model = LSTMNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = make_trainer(max_epochs=1, callbacks=[lc.ModeDeficit("rnn", 0, (0, 1))])
+    with pytest.raises(ValueError, match=r"pathway='rnn' is a LSTM.*returns a tuple"):
+        trainer.fit(model, dm)
+    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+class UnsizedNet(TwoBranchNet):
+    """Its train loader is an IterableDataset without a length: steps per epoch are unknown."""
+
+    def train_dataloader(self):
+        class Stream(IterableDataset):
+            def __iter__(self):
+                gen = torch.Generator().manual_seed(1)
+                for _ in range(4):
+                    yield torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+
+        return DataLoader(Stream(), batch_size=None)
+
+
+def test_mixed_units_with_unknown_epoch_length_may_overlap_and_are_checked_per_step():
+    # Epoch 0 is steps 0..3: a step window at [10, 12) does not overlap it.
+    trainer = make_trainer(max_epochs=4, callbacks=[
+        lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", lc.Window(10, 12, "step"), mode="silence"),
+    ])
+    with pytest.warns(UserWarning, match=r"may overlap: one is in epochs, the other in steps.*unknown"):
+        trainer.fit(UnsizedNet())
+    assert trainer.global_step == 16
+    # [2, 3) in steps falls inside epoch 0: the run stops at the first step where both act.
+    trainer = make_trainer(max_epochs=4, callbacks=[
+        lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", lc.Window(2, 3, "step"), mode="silence"),
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"both act on 'right' at epoch 0, step 2: their windows overlap"):
+            trainer.fit(UnsizedNet())
+    assert trainer.global_step == 2 and global_hooks() == 0
+
+
+def test_state_key_is_a_property_and_names_profiler_actions():
+    from pytorch_lightning.profilers import SimpleProfiler
+
+    a, b = lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", (1, 2), mode="silence")
+    assert isinstance(WindowedDeficit.__dict__["state_key"], property)
+    assert isinstance(a.state_key, str) and a.state_key != b.state_key
+    assert a.label == "PathwayDeficit[freeze/right, [0, 1) epochs]"
+    profiler = SimpleProfiler()
+    make_trainer(max_epochs=2, profiler=profiler, callbacks=[a, b]).fit(TwoBranchNet())
+    actions = [k for k in profiler.recorded_durations if "PathwayDeficit" in k]
+    assert actions and not any("bound method" in k for k in actions)
+    assert any(a.state_key in k for k in actions) and any(b.state_key in k for k in actions)
+
+
+def test_every_lightning_hook_override_is_marked():
+
+    hooks = {n for n in dir(pl.Callback) if not n.startswith("_")}
+    for cls in (WindowedDeficit, lc.PathwayDeficit, lc.ModeDeficit, lc.TaskSwitch):
+        for name, value in vars(cls).items():
+            if name in hooks:
+                fn = value.fget if isinstance(value, property) else value
+                assert getattr(fn, "__override__", False), f"{cls.__name__}.{name}"
+
+
+def test_old_underscore_extension_points_still_work():
+    with pytest.warns(DeprecationWarning, match=r"_attach is deprecated: override attach"):
+        class OldHalfGain(WindowedDeficit):
+            def _resolve(self, trainer, pl_module):
+                self.targets = {"right": pl_module.right}
+
+            def _attach(self, trainer, pl_module):
+                return [self.register_forward_hook(pl_module.right, lambda m, a, out: out * 0)]
+
+            def _default_name(self):
+                return "old/right"
+
+    with pytest.warns(DeprecationWarning, match=r"_resolve is deprecated"):
+        class NarrowFreeze(lc.PathwayDeficit):
+            def _resolve(self, trainer, pl_module):
+                super()._resolve(trainer, pl_module)
+                self.targets = {k: v for k, v in self.targets.items() if k != "left"}
+
+    outputs = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            outputs[trainer.global_step] = pl_module.right(batch[0]).abs().max().item()
+
+    old, narrow = OldHalfGain((0, 1), unit="step"), NarrowFreeze(["left", "head"], (0, 2), unit="step")
+    model = TwoBranchNet()
+    rec = ParamRecorder()
+    make_trainer(max_steps=2, callbacks=[old, narrow, Probe(), rec]).fit(model)
+    assert old.name == "old/right" and outputs[0] == 0.0 and outputs[1] > 0
+    assert sorted(narrow.targets) == ["head"]
+    assert torch.equal(rec.snapshots[2]["head.weight"], rec.snapshots[0]["head.weight"])
+    assert not torch.equal(rec.snapshots[2]["left.0.weight"], rec.snapshots[0]["left.0.weight"])

@@ -39,3 +39,23 @@ def test_numpy_integers_and_unit_conflicts():
     assert (w.start, w.end) == (2, 5) and type(w.start) is int
     with pytest.raises(ValueError, match="unit='step' contradicts"):
         lc.Window.coerce(lc.Window(0, 5), unit="step")
+
+
+def test_one_unit_check_for_windows_deficits_and_task_switches():
+    from lightning_critical.schedule import check_unit
+
+    for make in (lambda u: lc.Window(0, 1, u), lambda u: lc.Window.coerce((0, 1), u),
+                 lambda u: lc.PathwayDeficit("a", (0, 1), unit=u), lambda u: lc.TaskSwitch({1: "a"}, unit=u)):
+        with pytest.raises(ValueError, match=r"^unit='batch' is not valid; choose one of \('epoch', 'step'\)\.$"):
+            make("batch")
+    assert check_unit("epoch") == "epoch"
+    # A wrong unit next to a Window is reported as a wrong unit, not as a contradiction.
+    with pytest.raises(ValueError, match=r"unit='steps' is not valid"):
+        lc.Window.coerce(lc.Window(0, 5, "step"), unit="steps")
+
+
+def test_mixed_units_are_comparable_only_with_the_epoch_length():
+    epochs, steps = lc.Window(0, 2), lc.Window(20, 30, "step")
+    assert not epochs.comparable(steps) and epochs.comparable(steps, steps_per_epoch=10)
+    assert epochs.comparable(lc.Window(5, 6))
+    assert epochs.overlaps(steps)  # unknown: they may overlap

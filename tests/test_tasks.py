@@ -144,3 +144,49 @@ def test_a_switch_reused_for_a_second_fit_starts_from_that_fits_task():
     trainer = pl.Trainer(max_epochs=2, callbacks=[switch, rec], enable_checkpointing=False, **QUIET)
     trainer.fit(DeepMatrixFactorization(size=8, depth=2, seed=0), datamodule=other)
     assert [name for _, _, name in rec.seen] == ["target", "target"]
+
+
+def test_a_fresh_switch_on_a_reused_datamodule_trains_the_pre_switch_phase():
+    dm = _dm()
+    pl.Trainer(max_epochs=4, callbacks=[TaskSwitch({2: "target"})], enable_checkpointing=False, **QUIET).fit(
+        DeepMatrixFactorization(size=8, depth=2, seed=0), datamodule=dm
+    )
+    assert dm.task == "target"  # where the first run left it
+    rec = TaskRecorder(dm)
+    trainer = pl.Trainer(max_epochs=4, callbacks=[TaskSwitch({2: "target"}), rec], enable_checkpointing=False, **QUIET)
+    with pytest.warns(UserWarning, match=r"still on task 'target', where a TaskSwitch of an earlier fit left it.*"
+                                         r"starts from 'pretrain'.*initial='target'"):
+        trainer.fit(DeepMatrixFactorization(size=8, depth=2, seed=0), datamodule=dm)
+    assert [name for _, _, name in rec.seen] == ["pretrain", "pretrain", "target", "target"]
+
+
+def test_initial_task_explicit_from_the_target_or_as_the_user_set_it():
+    def seen(dm, switch):
+        rec = TaskRecorder(dm)
+        pl.Trainer(max_epochs=3, callbacks=[switch, rec], enable_checkpointing=False, **QUIET).fit(
+            DeepMatrixFactorization(size=8, depth=2, seed=0), datamodule=dm
+        )
+        return [name for _, _, name in rec.seen]
+
+    assert seen(_dm(), TaskSwitch({2: "pretrain"}, initial="target")) == ["target", "target", "pretrain"]
+    dm = _dm()
+    dm.set_task("target")  # the user's choice (no TaskSwitch touched this datamodule): kept
+    assert seen(dm, TaskSwitch({2: "pretrain"})) == ["target", "target", "pretrain"]
+    dm = _dm()
+    dm.initial_task = "target"  # a datamodule may name its own initial task
+    assert seen(dm, TaskSwitch({2: "pretrain"})) == ["target", "target", "pretrain"]
+    trainer = pl.Trainer(max_epochs=1, callbacks=[TaskSwitch({1: "target"}, initial="pretrian")], **QUIET)
+    with pytest.raises(ValueError, match=r"initial='pretrian' is not a task.*valid tasks: \['pretrain', 'target'\]"):
+        trainer.fit(DeepMatrixFactorization(size=8, depth=2, seed=0), datamodule=_dm())
+    assert trainer.global_step == 0
+
+
+def test_schedule_keys_that_mean_one_time_are_an_error():
+    np = pytest.importorskip("numpy")
+    with pytest.raises(ValueError, match=r"schedule keys '3' and 3 both mean epoch 3"):
+        TaskSwitch({"3": "a", 3: "b"})
+    with pytest.raises(ValueError, match=r"schedule keys 3 and '3' both mean step 3"):
+        TaskSwitch({3: "a", "3": "b"}, unit="step")
+    assert TaskSwitch({np.int64(3): "a"}).schedule == {3: "a"}  # np.arange sweeps
+    assert isinstance(TaskSwitch.__dict__["state_key"], property)
+    assert TaskSwitch({1: "a"}).state_key != TaskSwitch({1: "a"}, initial="b").state_key

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from lightning_critical._lightning import log_scalars, steps_per_epoch
+from lightning_critical.deficits import _hooks
+from lightning_critical.probing import is_probing
 from lightning_critical.schedule import Window, WindowLike
+
+# Extension points and the underscore names they had before they became public. Both names
+# stay bound to the same function on every class (see ``__init_subclass__``), so old
+# subclasses that override ``_attach`` or call ``super()._resolve(...)`` keep working.
+_RENAMED: dict[str, str] = {
+    "resolve": "_resolve",
+    "attach": "_attach",
+    "default_name": "_default_name",
+    "detach": "_detach",
+}
 
 
 class WindowedDeficit(Callback):
@@ -25,10 +40,29 @@ class WindowedDeficit(Callback):
 
     Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) at step 0, at
     every change (with the previous value one step earlier, for a sharp edge) and at the end.
+    Deficits that share a name (e.g. two windows of one ``PathwayDeficit`` kind on one
+    pathway) share that scalar: it reads 1 while any of them is active, logged once per step
+    by the first of them in the callback list.
 
-    Subclasses implement :meth:`_resolve` (validate against the model, before training),
-    :meth:`_attach` (return the hook handles to install) and optionally
-    :meth:`on_before_optimizer_step`; they report what they act on via :attr:`targets`.
+    Extension points (override them in a subclass):
+
+    * :meth:`resolve` -- find and validate what the deficit acts on, before training; set
+      :attr:`targets` (``{name: module}``) so overlapping deficits on one module are refused.
+    * :meth:`attach` -- install the deficit when its window opens; return the handles
+      (anything with ``remove()``). :meth:`register_forward_hook` and
+      :meth:`register_forward_pre_hook` make hooks that copies of the model (``deepcopy`` by
+      an EMA callback, pickling) never inherit, and that stay inert for evaluation passes.
+    * :meth:`default_name` -- the ``<name>`` of the scalar when none is given.
+    * optionally any Lightning hook, e.g. ``on_before_optimizer_step``.
+
+    The underscore names these had before (``_resolve``, ``_attach``, ``_default_name``,
+    ``_detach``) still work and are deprecated.
+
+    Monitors run the model inside :func:`lightning_critical.probing.probing` to measure it;
+    a deficit must not act then (it would consume its random draws or distort what is
+    measured). The hook helpers above check it; a hand-written hook should begin with
+    ``if not self.acts_on(module): return None`` (or check
+    :func:`~lightning_critical.probing.is_probing` itself).
 
     Example (a user-defined deficit that scales one submodule's output by 0.5)::
 
@@ -38,38 +72,90 @@ class WindowedDeficit(Callback):
         ...     def __init__(self, pathway, window):
         ...         super().__init__(window)
         ...         self.pathway = pathway
-        ...     def _resolve(self, trainer, pl_module):
+        ...     def resolve(self, trainer, pl_module):
         ...         self.targets = resolve_modules(pl_module, self.pathway)
-        ...     def _attach(self, trainer, pl_module):
-        ...         return [m.register_forward_hook(lambda mod, args, out: out * 0.5)
-        ...                 for m in self.targets.values()]
+        ...     def attach(self, trainer, pl_module):
+        ...         return [self.register_forward_hook(self.targets.values(), lambda mod, args, out: out * 0.5)]
         >>> HalfGain("encoder", (0, 10)).name
         'HalfGain'
     """
 
     def __init__(self, window: WindowLike, unit: str = "epoch", name: Optional[str] = None) -> None:
         self.window = Window.coerce(window, unit)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name={name!r} is not valid: it must be None or a non-empty string (the deficit/<name> scalar).")
         self._name = name
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Any] = []
         self._last_logged: Optional[int] = None
+        self._scalar_group: list[WindowedDeficit] = [self]
+        self._unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
         self.targets: dict[str, Any] = {}
 
-    # -- what subclasses provide -------------------------------------------------------
-    def _resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Find and validate what the deficit acts on; raise ``ValueError`` on bad input."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for public, old in _RENAMED.items():
+            own = cls.__dict__
+            if old in own and public not in own:
+                if not cls.__module__.startswith("lightning_critical."):
+                    warnings.warn(
+                        f"{cls.__qualname__}.{old} is deprecated: override {public} instead.", DeprecationWarning, stacklevel=2
+                    )
+                setattr(cls, public, own[old])
+            elif public in own and old not in own:
+                setattr(cls, old, own[public])
 
-    def _attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
-        """Install the deficit's hooks; return their handles."""
+    # -- what subclasses provide -------------------------------------------------------
+    def resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Find and validate what the deficit acts on (set :attr:`targets`); raise ``ValueError`` on bad input."""
+
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[Any]:
+        """Install the deficit's hooks when the window opens; return their handles (objects with ``remove()``)."""
         return []
 
-    def _default_name(self) -> str:
+    def default_name(self) -> str:
+        """The scalar's ``<name>`` when the constructor got none."""
         return type(self).__name__
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    @staticmethod
+    def acts_on(module: nn.Module) -> bool:
+        """Whether a hook should change this forward pass of ``module``: a training-mode pass outside ``probing()``."""
+        return module.training and not is_probing()
+
+    @staticmethod
+    def register_forward_pre_hook(modules: _hooks.Modules, hook: _hooks.PreHook) -> RemovableHandle:
+        """Call ``hook(module, args)`` before each training-mode forward of ``modules`` (returning new ``args`` or ``None``).
+
+        Unlike ``module.register_forward_pre_hook`` nothing is stored on the module, so
+        copies of the model never carry the hook (see :mod:`lightning_critical.deficits._hooks`);
+        positional arguments only. Evaluation-mode passes and passes inside ``probing()`` skip it.
+        """
+        return _hooks.forward_pre_hook(modules, hook)
+
+    @staticmethod
+    def register_forward_hook(modules: _hooks.Modules, hook: _hooks.PostHook) -> RemovableHandle:
+        """Call ``hook(module, args, output)`` after each training-mode forward of ``modules`` (new output or ``None``).
+
+        Copy-safe and inert outside training like :meth:`register_forward_pre_hook`.
+        """
+        return _hooks.forward_hook(modules, hook)
 
     # -- shared behaviour ----------------------------------------------------------------
     @property
     def name(self) -> str:
         """The key suffix of the ``deficit/<name>`` scalar."""
-        return self._name or self._default_name()
+        return self._name or self.default_name()
+
+    @property
+    def label(self) -> str:
+        """A readable description for messages, e.g. ``PathwayDeficit[freeze/b, [0, 150) epochs]``."""
+        return f"{type(self).__name__}[{self.name}, {self.window}]"
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Unique per (class, name, window), so several deficits of one class share a Trainer.
+        return self._generate_state_key(name=self.name, window=str(self.window))
 
     @property
     def attached(self) -> bool:
@@ -80,32 +166,45 @@ class WindowedDeficit(Callback):
         """Whether the next update lies inside the window."""
         return self.window.contains(epoch=trainer.current_epoch, step=trainer.global_step)
 
-    def state_key(self) -> str:
-        return f"{type(self).__name__}[{self.name}, {self.window}]"
-
+    @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._resolve(trainer, pl_module)
+        self.resolve(trainer, pl_module)
         self._last_logged = None
+        self._scalar_group, self._unsure_overlaps = [self], []
 
+    @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         per_epoch = steps_per_epoch(trainer)
         self._check_overlaps(trainer, per_epoch)
         self._warn_if_unreachable(trainer, per_epoch)
+        self._scalar_group = [
+            cb for cb in trainer.callbacks if isinstance(cb, WindowedDeficit) and cb.name == self.name  # type: ignore[attr-defined]
+        ]
 
     def _check_overlaps(self, trainer: "pl.Trainer", per_epoch: Optional[int]) -> None:
         for other in trainer.callbacks:  # type: ignore[attr-defined]
             if other is self or not isinstance(other, WindowedDeficit):
                 continue
-            if not self.window.overlaps(other.window, per_epoch):
+            if self.window.comparable(other.window, per_epoch):
+                if not self.window.overlaps(other.window, per_epoch):
+                    continue
+                what = shared_target(self.targets, other.targets)
+                if what:
+                    raise ValueError(
+                        f"{self.label} and {other.label} both act on {what} with overlapping windows; "
+                        "give one pathway at most one deficit at a time."
+                    )
                 continue
-            for mine in self.targets:
-                for theirs in other.targets:
-                    related = mine == theirs or mine.startswith(theirs + ".") or theirs.startswith(mine + ".")
-                    if related and mine and theirs:
-                        raise ValueError(
-                            f"{self.state_key()} and {other.state_key()} both act on {mine!r}/{theirs!r} "
-                            "with overlapping windows; give one pathway at most one deficit at a time."
-                        )
+            what = shared_target(self.targets, other.targets)
+            if what and not any(o is self for o, _ in other._unsure_overlaps):
+                # Epoch and step windows cannot be compared without the epoch's length.
+                rank_zero_warn(
+                    f"{self.label} and {other.label} both act on {what} and their windows may overlap: one is in "
+                    "epochs, the other in steps, and the number of optimizer steps per epoch is unknown (the "
+                    "train dataloader has no length). Training stops with an error at the first step where both "
+                    "are active; give both windows in one unit to have this checked before training."
+                )
+                self._unsure_overlaps.append((other, what))
 
     def _warn_if_unreachable(self, trainer: "pl.Trainer", per_epoch: Optional[int]) -> None:
         w = self.window
@@ -121,44 +220,110 @@ class WindowedDeficit(Callback):
         else:
             return
         if w.start >= limit:
-            rank_zero_warn(f"{self.state_key()} starts at or after {what}: it will never be active.")
+            rank_zero_warn(f"{self.label} starts at or after {what}: it will never be active.")
         elif w.end is not None and w.end > limit:
-            rank_zero_warn(f"{self.state_key()} ends after {what}: it will be cut short.")
+            rank_zero_warn(f"{self.label} ends after {what}: it will be cut short.")
 
+    @override
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
         active = self.is_active(trainer)
+        if active:
+            for other, what in self._unsure_overlaps:
+                if other.is_active(trainer):
+                    raise ValueError(
+                        f"{self.label} and {other.label} both act on {what} at epoch {trainer.current_epoch}, step "
+                        f"{trainer.global_step}: their windows overlap; give one pathway at most one deficit at a time."
+                    )
         if active and not self.attached:
-            self._handles = list(self._attach(trainer, pl_module))
+            self._handles = list(self.attach(trainer, pl_module))
         elif not active and self.attached:
-            self._detach()
-        self._log_state(trainer, active)
+            self.detach()
+        self._log_state(trainer)
 
-    def _log_state(self, trainer: "pl.Trainer", active: bool) -> None:
-        step = trainer.global_step
-        value = int(active)
+    def _log_state(self, trainer: "pl.Trainer") -> None:
+        # Deficits sharing a name share the scalar; the first of them logs "any is active",
+        # so the curve never gets two values at one step.
+        if self._scalar_group[0] is not self:
+            return
+        value = int(any(d.is_active(trainer) for d in self._scalar_group))
         if self._last_logged == value:
             return
-        metrics = {f"deficit/{self.name}": float(value)}
+        key, step = f"deficit/{self.name}", trainer.global_step
         if self._last_logged is not None and step > 0:
-            log_scalars(trainer, {f"deficit/{self.name}": float(self._last_logged)}, step - 1)
-        log_scalars(trainer, metrics, step)
+            log_scalars(trainer, {key: float(self._last_logged)}, step - 1)
+        log_scalars(trainer, {key: float(value)}, step)
         self._last_logged = value
 
+    @override
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._detach()
+        self.detach()
 
+    @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._last_logged is not None:
             log_scalars(trainer, {f"deficit/{self.name}": float(self._last_logged)}, trainer.global_step)
-        self._detach()
+        self.detach()
 
+    @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        self._detach()
+        self.detach()
 
+    @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        self._detach()
+        self.detach()
 
-    def _detach(self) -> None:
+    def detach(self) -> None:
+        """Remove everything :meth:`attach` installed (safe to call at any time)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+WindowedDeficit._resolve = WindowedDeficit.resolve  # type: ignore[attr-defined]
+WindowedDeficit._attach = WindowedDeficit.attach  # type: ignore[attr-defined]
+WindowedDeficit._default_name = WindowedDeficit.default_name  # type: ignore[attr-defined]
+WindowedDeficit._detach = WindowedDeficit.detach  # type: ignore[attr-defined]
+
+
+def shared_target(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """What two deficits' targets have in common, described for a message ('' if nothing).
+
+    Modules are compared as objects: the same module (under any name), one inside the
+    other, or two modules sharing a parameter (tied weights). Other targets compare by name
+    (equal, or one a dotted prefix of the other).
+
+    Example::
+
+        >>> from torch import nn
+        >>> left, right = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> right.weight = left.weight
+        >>> shared_target({"left": left}, {"right": right})
+        "'left' and 'right', which share parameter 'weight'"
+        >>> shared_target({"left": left}, {"head": nn.Linear(2, 2)})
+        ''
+    """
+    for a_name, a in mine.items():
+        for b_name, b in theirs.items():
+            if isinstance(a, nn.Module) and isinstance(b, nn.Module):
+                what = _module_relation(a_name, a, b_name, b)
+            elif a_name and b_name and (a_name == b_name or a_name.startswith(b_name + ".") or b_name.startswith(a_name + ".")):
+                what = f"{a_name!r}/{b_name!r}"
+            else:
+                what = ""
+            if what:
+                return what
+    return ""
+
+
+def _module_relation(a_name: str, a: nn.Module, b_name: str, b: nn.Module) -> str:
+    if a is b:
+        return f"{a_name!r}" if a_name == b_name else f"{a_name!r} and {b_name!r} (the same module)"
+    if any(m is b for m in a.modules()):
+        return f"{b_name!r}, which is inside {a_name!r}"
+    if any(m is a for m in b.modules()):
+        return f"{a_name!r}, which is inside {b_name!r}"
+    theirs = {id(p) for p in b.parameters()}
+    shared = [n for n, p in a.named_parameters() if id(p) in theirs]
+    if shared:
+        return f"{a_name!r} and {b_name!r}, which share parameter {shared[0]!r}"
+    return ""

@@ -6,14 +6,19 @@ import numbers
 from typing import Any, Optional, Sequence, Union
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from lightning_critical.deficits.base import WindowedDeficit
-from lightning_critical.probing import is_probing
-from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis, resolve_modules
+from lightning_critical.protocols import TaskBasis, check_task_basis, end_to_end_maps, find_task_basis, resolve_modules
 from lightning_critical.schedule import WindowLike
 from lightning_critical.spectral import check_basis_fits
+
+# Modules whose forward returns a tuple (outputs and states): the projection of "the
+# pathway's output" is not defined for them.
+_TUPLE_OUTPUTS: tuple[type, ...] = (nn.RNNBase, nn.MultiheadAttention)
 
 
 class ModeDeficit(WindowedDeficit):
@@ -23,19 +28,28 @@ class ModeDeficit(WindowedDeficit):
     components along ``v_alpha`` and its output those along ``u_alpha``. The effective map
     therefore has row and column ``alpha`` of ``U^T Omega V`` zeroed (the paper's
     "gate_sing"), and that mode's weights receive no gradient while the window lasts.
+    Training-mode passes only: evaluation passes and monitors (inside
+    :func:`~lightning_critical.probing.probing`) see the whole map.
 
     Args:
         pathway: one pathway name, submodule path or glob matching exactly one submodule.
-            Its input must be the task input (``in`` features) and its output the task output.
-        modes: index or indices ``alpha`` into the task basis (0 = largest singular value).
+            Its input (first positional argument) must be the task input (``in`` features,
+            last dimension) and its output a single tensor, the task output. Modules that
+            return tuples (``nn.LSTM``/``GRU``/``RNN``, ``nn.MultiheadAttention``) are refused.
+        modes: index or distinct indices ``alpha`` into the task basis (0 = largest singular
+            value). A repeated index would turn the projection into a reflection.
         window: ``lc.Window`` or ``(start, end)``; ``(0, None)`` lesions the whole run.
-        task_basis: ``(U, S, V)``; default: ``task_basis()`` of the module, else of the datamodule.
+        task_basis: ``(U, S, V)`` with ``U`` (out x r), ``S`` (r,), ``V`` (in x r) floating
+            tensors (or arrays) whose used columns are orthonormal; default: ``task_basis()``
+            of the module, else of the datamodule (checked the same way before training).
         unit: unit of a tuple ``window``.
         name: key of the ``deficit/<name>`` scalar (default ``modes/<pathway>/<modes>``).
 
     Raises:
-        ValueError: negative or out-of-range mode indices; before training: no task basis, a
-            basis whose shape does not fit the pathway's map, a pathway that names nothing.
+        ValueError: a ``pathway`` that is not a non-empty string; negative, repeated or
+            out-of-range mode indices; a malformed ``task_basis``; before training: no task
+            basis, a basis whose shape does not fit the pathway's map, a pathway that names
+            nothing or several modules, a pathway whose forward returns a tuple.
 
     Example::
 
@@ -55,6 +69,10 @@ class ModeDeficit(WindowedDeficit):
         name: Optional[str] = None,
     ) -> None:
         super().__init__(window, unit=unit, name=name)
+        if not isinstance(pathway, str) or not pathway:
+            raise ValueError(
+                f"pathway={pathway!r} is not valid: give one pathway name, submodule path or glob (a non-empty string)."
+            )
         self.pathway = pathway
         listed = [modes] if isinstance(modes, numbers.Integral) else modes
         if (
@@ -62,42 +80,79 @@ class ModeDeficit(WindowedDeficit):
             or any(isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0 for m in listed)
         ):
             raise ValueError(f"modes={modes!r} must be one or more non-negative integer mode indices.")
+        repeated = sorted({int(m) for m in listed if list(listed).count(m) > 1})
+        if repeated:
+            raise ValueError(
+                f"modes={modes!r} repeats mode(s) {repeated}: give each mode once (a repeated mode would reflect "
+                "the map along it instead of removing it)."
+            )
         self.modes = [int(m) for m in listed]
-        self._basis = task_basis
+        self._basis = None if task_basis is None else self._check_basis(task_basis, "task_basis")
         self._u: Optional[Tensor] = None
         self._v: Optional[Tensor] = None
 
-    def _default_name(self) -> str:
-        return f"modes/{self.pathway}/{','.join(map(str, self.modes))}"
-
-    def _resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        targets = resolve_modules(pl_module, self.pathway)
-        if len(targets) != 1:
-            raise ValueError(f"ModeDeficit pathway={self.pathway!r} matches {sorted(targets)}; it must match exactly one.")
-        self.targets = targets
-        basis = self._basis if self._basis is not None else find_task_basis(pl_module, trainer.datamodule)
-        if basis is None:
-            raise ValueError(
-                "ModeDeficit needs a task basis: pass task_basis=(U, S, V) or implement task_basis() "
-                "on the LightningModule or the datamodule."
-            )
-        u, _, v = basis
+    def _check_basis(self, basis: Any, what: str) -> TaskBasis:
+        u, s, v = check_task_basis(basis, what)
         rank = u.shape[1]
         bad = [m for m in self.modes if m >= rank]
         if bad:
             raise ValueError(f"modes {bad} are out of range: the task basis has {rank} modes (0..{rank - 1}).")
+        # The projection I - b b^T removes exactly the lesioned modes only for orthonormal b.
+        for label, side in (("U", u), ("V", v)):
+            cols = side[:, self.modes].double()
+            if not torch.allclose(cols.T @ cols, torch.eye(len(self.modes), dtype=cols.dtype), atol=1e-3):
+                raise ValueError(
+                    f"{what}: columns {self.modes} of {label} are not orthonormal; give the task's singular "
+                    "vectors (Y = U diag(S) V^T with orthonormal columns)."
+                )
+        return u, s, v
+
+    @override
+    def default_name(self) -> str:
+        return f"modes/{self.pathway}/{','.join(map(str, self.modes))}"
+
+    @override
+    def resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        targets = resolve_modules(pl_module, self.pathway)
+        if len(targets) != 1:
+            raise ValueError(f"ModeDeficit pathway={self.pathway!r} matches {sorted(targets)}; it must match exactly one.")
+        ((qualified, module),) = targets.items()
+        if isinstance(module, _TUPLE_OUTPUTS):
+            raise ValueError(
+                f"ModeDeficit pathway={self.pathway!r} is a {type(module).__name__} ({qualified!r}), whose forward returns "
+                "a tuple (outputs and states): the projection needs a pathway that maps the task input to one output "
+                "tensor. Wrap it in a module that returns the output tensor, or lesion a linear pathway."
+            )
+        self.targets = targets
+        if self._basis is not None:
+            basis = self._basis
+        else:
+            found = find_task_basis(pl_module, trainer.datamodule)
+            if found is None:
+                raise ValueError(
+                    "ModeDeficit needs a task basis: pass task_basis=(U, S, V) or implement task_basis() "
+                    "on the LightningModule or the datamodule."
+                )
+            basis = self._check_basis(found, "task_basis() of the model/datamodule")
+        u, _, v = basis
         maps = end_to_end_maps(pl_module)
         if self.pathway in maps:
             check_basis_fits(tuple(maps[self.pathway].shape), u, v, what=f"map of pathway {self.pathway!r}")
         self._u = u[:, self.modes].detach().clone()
         self._v = v[:, self.modes].detach().clone()
 
-    def _attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
+    @override
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
         (module,) = self.targets.values()
         u, v = self._u, self._v
         assert u is not None and v is not None
 
-        def project(x: Tensor, basis: Tensor, side: str) -> Tensor:
+        def project(x: Any, basis: Tensor, side: str) -> Tensor:
+            if not isinstance(x, Tensor):
+                raise TypeError(
+                    f"ModeDeficit on {self.pathway!r}: the pathway's {side} is a {type(x).__name__}, not a tensor; "
+                    "the pathway must map one task-input tensor to one task-output tensor."
+                )
             if x.shape[-1] != basis.shape[0]:
                 raise ValueError(
                     f"ModeDeficit on {self.pathway!r}: the pathway's {side} has {x.shape[-1]} features but the "
@@ -106,12 +161,13 @@ class ModeDeficit(WindowedDeficit):
             b = basis.to(device=x.device, dtype=x.dtype)
             return x - (x @ b) @ b.T
 
-        # Training-mode passes only: evaluation passes during the window see the whole map.
-        def pre_hook(mod: nn.Module, args: tuple) -> Optional[tuple]:
-            return (project(args[0], v, "input"),) + tuple(args[1:]) if mod.training and not is_probing() else None
+        # The hook helpers skip evaluation passes and probing(): those see the whole map.
+        def pre_hook(mod: nn.Module, args: tuple) -> tuple:
+            if not args:
+                raise TypeError(f"ModeDeficit on {self.pathway!r}: the pathway's forward got no positional input.")
+            return (project(args[0], v, "input"),) + tuple(args[1:])
 
-        def post_hook(mod: nn.Module, args: Any, output: Tensor) -> Optional[Tensor]:
-            return project(output, u, "output") if mod.training and not is_probing() else None
+        def post_hook(mod: nn.Module, args: Any, output: Any) -> Tensor:
+            return project(output, u, "output")
 
-        return [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
-
+        return [self.register_forward_pre_hook(module, pre_hook), self.register_forward_hook(module, post_hook)]

@@ -8,9 +8,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
+from lightning_critical._checks import check_choice, check_float, check_int, check_names, check_seed
 from lightning_critical.deficits.base import WindowedDeficit
-from lightning_critical.probing import is_probing
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.schedule import WindowLike
 
@@ -44,20 +45,30 @@ class PathwayDeficit(WindowedDeficit):
             ``"silence"``: the pathway's output is multiplied by zero. Its gradients are then
             zero, so with plain SGD its parameters are held (the theory's "silence"); momentum
             and weight decay still move them.
-            ``"noise"``: the pathway's floating-point inputs are replaced by Gaussian noise of
-            standard deviation ``noise_std`` (seeded from ``seed``, the epoch, the batch, the rank
-            and the pathway, so a resumed run draws the same noise).
+            ``"noise"``: the pathway's *input* is replaced by Gaussian noise of standard
+            deviation ``noise_std`` (seeded from ``seed``, the epoch, the batch, the rank and
+            the pathway, so a resumed run draws the same noise). The input is one positional
+            argument of the pathway's forward: the first floating-point tensor, or
+            ``args[input_index]``. Every other argument (masks, states, keyword arguments
+            such as ``nn.MultiheadAttention``'s ``attn_mask``) passes through unchanged.
             ``"silence"`` and ``"noise"`` act on forward passes in training mode only
-            (``module.training``): evaluation-mode passes during the window see the intact network.
-        noise_std: standard deviation of the ``"noise"`` mode.
+            (``module.training``) and never inside :func:`~lightning_critical.probing.probing`:
+            evaluation-mode passes and monitors see the intact network, and draw no noise.
+        noise_std: standard deviation of the ``"noise"`` mode (finite, ``>= 0``).
         unit: unit of a tuple ``window``: ``"epoch"`` or ``"step"``.
-        seed: seed of the ``"noise"`` mode.
+        seed: seed of the ``"noise"`` mode (an integer ``>= 0``).
         name: key of the ``deficit/<name>`` scalar (default ``<mode>/<pathways>``).
+        input_index: ``"noise"`` mode only: which positional argument of the pathway's
+            forward is its input (default: the first floating-point tensor). E.g. ``2`` for
+            the ``value`` of an attention layer called as ``attn(query, key, value)``.
 
     Raises:
-        ValueError: unknown mode, negative ``noise_std``, empty/negative window; before
-            training: a pathway that names nothing (the message lists what exists), two
-            deficits on one pathway with overlapping windows.
+        ValueError: unknown mode, non-finite or negative ``noise_std``, bad seed, empty or
+            negative window, ``input_index`` outside the ``"noise"`` mode; before training: a
+            pathway that names nothing (the message lists what exists), two deficits acting on
+            one module (the same module under any name, one inside the other, or modules
+            sharing a parameter) with overlapping windows; in a ``"noise"`` window: a pathway
+            whose forward gets no floating-point tensor at the input position.
 
     Example::
 
@@ -76,27 +87,24 @@ class PathwayDeficit(WindowedDeficit):
         unit: str = "epoch",
         seed: int = 0,
         name: Optional[str] = None,
+        input_index: Optional[int] = None,
     ) -> None:
         super().__init__(window, unit=unit, name=name)
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not valid; choose one of {MODES}.")
-        if not noise_std >= 0:
-            raise ValueError(f"noise_std={noise_std!r} must be >= 0.")
-        names = [pathways] if isinstance(pathways, str) else pathways
-        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(
-                f"pathways={pathways!r} must be a name, submodule path or glob (a non-empty string) or a list of them."
-            )
-        self.pathways = list(names)
+        self.mode = check_choice("mode", mode, MODES)
+        self.noise_std = check_float("noise_std", noise_std, low=0)
+        self.seed = check_seed("seed", seed)
+        self.pathways = check_names("pathways", pathways)
+        self.input_index = check_int("input_index", input_index, low=0, allow_none=True)
+        if self.input_index is not None and mode != "noise":
+            raise ValueError(f"input_index={input_index!r} only applies to mode='noise', not mode={mode!r}.")
         self._batch_idx = 0
-        self.mode = mode
-        self.noise_std = float(noise_std)
-        self.seed = int(seed)
 
-    def _default_name(self) -> str:
+    @override
+    def default_name(self) -> str:
         return f"{self.mode}/{','.join(self.pathways)}"
 
-    def _resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    @override
+    def resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.targets = resolve_modules(pl_module, self.pathways)
 
     def _parameters(self) -> list[nn.Parameter]:
@@ -106,6 +114,7 @@ class PathwayDeficit(WindowedDeficit):
                 seen[id(p)] = p
         return list(seen.values())
 
+    @override
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         if self.mode == "freeze" and self.is_active(trainer):
             # No gradient means every torch optimizer skips the parameter entirely:
@@ -113,48 +122,67 @@ class PathwayDeficit(WindowedDeficit):
             for p in self._parameters():
                 p.grad = None
 
-    def _attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
-        if self.mode == "freeze":
+    @override
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
+        modules = list(self.targets.values())
+        if self.mode == "freeze" or not modules:
             return []
-        handles = []
-        for index, module in enumerate(self.targets.values()):
-            if self.mode == "silence":
-                handles.append(module.register_forward_hook(_silence_hook))
-            else:
-                handles.append(module.register_forward_pre_hook(self._noise_hook(trainer, index), with_kwargs=True))
-        return handles
+        if self.mode == "silence":
+            return [self.register_forward_hook(modules, _silence_hook)]
+        return [self.register_forward_pre_hook(modules, self._noise_hook(trainer))]
 
-    def _noise_hook(self, trainer: "pl.Trainer", index: int) -> Callable:
+    def _noise_hook(self, trainer: "pl.Trainer") -> Callable[[nn.Module, tuple], tuple]:
         std = self.noise_std
-        calls = [0]
+        index_of = {id(m): (i, name) for i, (name, m) in enumerate(self.targets.items())}
+        calls: dict[int, int] = {}
         # Seeded by what identifies this forward pass (run seed, epoch, batch, rank, pathway,
         # call), all derived from the trainer, so a resumed run draws the same noise and no
-        # two pathways, micro-batches or ranks share it.
-        key = (self.seed, trainer.current_epoch, self._batch_idx, trainer.global_rank, index)
+        # two pathways, micro-batches or ranks share it. The hook helper skips evaluation
+        # passes and probing() before this runs, so those consume no call and no draw.
+        key = (self.seed, trainer.current_epoch, self._batch_idx, trainer.global_rank)
 
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
-            if not module.training or is_probing():  # evaluation passes and monitors see the intact input
-                return None
-            calls[0] += 1
-            gen_seed = hash(key + (calls[0],)) % (2**63 - 1)
-
-            def noise(t: Tensor) -> Tensor:
-                gen = torch.Generator(device=t.device).manual_seed(gen_seed)
-                return torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype) * std
-
-            return map_tensors(args, noise), map_tensors(kwargs, noise)
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            index, name = index_of[id(module)]
+            position = self._input_position(name, args)
+            calls[index] = calls.get(index, 0) + 1
+            gen_seed = hash(key + (index, calls[index])) % (2**63 - 1)
+            x = args[position]
+            gen = torch.Generator(device=x.device).manual_seed(gen_seed)
+            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * std
+            return args[:position] + (noise,) + args[position + 1:]
 
         return hook
 
+    def _input_position(self, name: str, args: tuple) -> int:
+        def floating(value: Any) -> bool:
+            return isinstance(value, Tensor) and value.is_floating_point()
+
+        if self.input_index is not None:
+            if self.input_index < len(args) and floating(args[self.input_index]):
+                return self.input_index
+            got = type(args[self.input_index]).__name__ if self.input_index < len(args) else "nothing"
+            raise ValueError(
+                f"PathwayDeficit(mode='noise') on {name!r}: input_index={self.input_index} names {got}, but it must "
+                f"name a floating-point tensor among the {len(args)} positional argument(s) of its forward "
+                f"({[type(a).__name__ for a in args]})."
+            )
+        position = next((i for i, a in enumerate(args) if floating(a)), None)
+        if position is None:
+            raise ValueError(
+                f"PathwayDeficit(mode='noise') on {name!r}: its forward got no floating-point tensor as a positional "
+                f"argument (got {[type(a).__name__ for a in args]}); the input must be passed positionally "
+                "(keyword arguments are never replaced), or choose it with input_index."
+            )
+        return position
+
+    @override
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
         # Noise hooks are keyed by the batch: re-create them for every batch while active.
         self._batch_idx = batch_idx
         if self.mode == "noise" and self.attached:
-            self._detach()
+            self.detach()
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
 
 def _silence_hook(module: nn.Module, args: Any, output: Any) -> Any:
-    if not module.training or is_probing():  # evaluation passes and monitors see the intact pathway
-        return None
     return map_tensors(output, lambda t: t * 0)
