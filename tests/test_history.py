@@ -41,10 +41,11 @@ def logger_at(root: Any) -> TensorBoardLogger:
 
 
 def fit(
-    callbacks: list, epochs: int, ckpt_path: Any = None, weights_only: Any = None, **trainer_kw: Any
+    callbacks: list, epochs: int, ckpt_path: Any = None, weights_only: Any = None, net: Any = None, **trainer_kw: Any
 ) -> tuple[lc.models.MultiPathwayLinearNet, pl.Trainer]:
     pl.seed_everything(0)
-    dm, net = small_net()
+    dm, fresh = small_net()
+    net = fresh if net is None else net
     trainer = make_trainer(max_epochs=epochs, callbacks=callbacks, **trainer_kw)
     fit_kw = {} if weights_only is None else {"weights_only": weights_only}
     trainer.fit(net, dm, ckpt_path=None if ckpt_path is None else str(ckpt_path), **fit_kw)
@@ -149,12 +150,12 @@ def test_a_foreign_file_or_directory_is_refused_before_training(tmp_path):
     _, net = small_net()
     before = net.pathways.a[0].weight.detach().clone()
     with pytest.raises(ValueError, match=r"results.csv' exists and is not a monitor history.*choose another history_file"):
-        fit([monitor(history_file="results.csv")], 5, logger=logger_at(tmp_path))
+        fit([monitor(history_file="results.csv")], 5, logger=logger_at(tmp_path), net=net)
     with open(foreign) as fh:
         assert fh.read() == "seed,accuracy\n0,0.93\n"  # untouched
     os.makedirs(os.path.join(log_dir, "sub.csv"))
     with pytest.raises(ValueError, match="is a directory"):
-        fit([monitor(history_file="sub.csv")], 5, logger=logger_at(tmp_path))
+        fit([monitor(history_file="sub.csv")], 5, logger=logger_at(tmp_path), net=net)
     assert torch.equal(net.pathways.a[0].weight, before)
 
 
@@ -215,8 +216,10 @@ def test_two_monitors_side_by_side_each_with_its_own_state_and_file(tmp_path):
 def test_two_monitors_writing_one_history_file_are_refused_before_training(tmp_path):
     first, second = monitor(every_n_steps=2), monitor(every_n_steps=5)
     _, net = small_net()
+    before = net.pathways.a[0].weight.detach().clone()
     with pytest.raises(ValueError, match=r"history_file='spectral_history.csv' is used by two monitors.*its own history_file"):
-        fit([first, second], 5, logger=logger_at(tmp_path))
+        fit([first, second], 5, logger=logger_at(tmp_path), net=net)
+    assert torch.equal(net.pathways.a[0].weight, before)
     assert not os.path.exists(os.path.join(logger_at(tmp_path).log_dir, "spectral_history.csv"))
     # without a logger nothing is written, so the two may share the (unused) name
     fit([monitor(every_n_steps=2), monitor(every_n_steps=5)], 5)
