@@ -76,12 +76,36 @@ _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 Patterns = Union[str, Sequence[str]]
 
 
-def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
-    """Validate metric names, keeping their order; raise naming the bad one and the choices."""
-    out = tuple(metrics) if not isinstance(metrics, str) else (metrics,)
+def check_metrics(metrics: Iterable[str], name: str = "metrics") -> tuple[str, ...]:
+    """Validate metric names (argument ``name``), keeping their order.
+
+    A single string counts as one metric. The ``ValueError`` names the argument and the bad
+    metric and lists the valid ones; an empty selection and repeated names are refused too.
+
+    Example::
+
+        >>> check_metrics(["stable_rank", "singular_values"])
+        ('stable_rank', 'singular_values')
+        >>> check_metrics(["rank"])
+        Traceback (most recent call last):
+        ...
+        ValueError: metrics=['rank'] is not valid: metric 'rank' is not known; choose from ('singular_values', 'mode_strength', 'spectral_norm', 'frobenius_norm', 'nuclear_norm', 'stable_rank', 'effective_rank', 'participation_ratio', 'condition_number', 'subspace_drift').
+    """
+    if isinstance(metrics, str):
+        out: tuple = (metrics,)
+    else:
+        try:
+            out = tuple(metrics)
+        except TypeError:
+            raise ValueError(f"{name}={metrics!r} is not valid: give metric names from {METRICS}.") from None
+    if not out:
+        raise ValueError(f"{name}={metrics!r} is empty: give at least one metric from {METRICS}.")
     for m in out:
-        if m not in METRICS:
-            raise ValueError(f"metric {m!r} is not known; choose from {METRICS}.")
+        if not isinstance(m, str) or m not in METRICS:
+            raise ValueError(f"{name}={metrics!r} is not valid: metric {m!r} is not known; choose from {METRICS}.")
+    repeated = sorted({m for m in out if out.count(m) > 1})
+    if repeated:
+        raise ValueError(f"{name}={metrics!r} is not valid: {repeated} listed more than once.")
     return out
 
 

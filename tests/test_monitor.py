@@ -114,3 +114,39 @@ def test_targets_globs_and_weights(tmp_path):
     monitor = lc.SpectralMonitor(targets=["pathways.a.*", "b"], exclude="*.2.weight", every_n_steps=100)
     make_trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(net, dm)
     assert sorted(monitor.to_frame().target.unique()) == ["b", "pathways.a.0.weight", "pathways.a.1.weight"]
+
+
+def test_mode_strength_is_silent_without_a_basis_unless_asked_for(tmp_path, monkeypatch):
+    import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+    from conftest import TwoBranchNet
+
+    said: list[str] = []
+    monkeypatch.setattr(spectral_monitor_module, "rank_zero_info", said.append)
+    default = lc.SpectralMonitor(every_n_steps=2, history_file=None)
+    make_trainer(tmp_path, max_epochs=1, callbacks=[default]).fit(TwoBranchNet())
+    assert not [m for m in said if "mode_strength" in m]
+    assert "mode_strength" not in set(default.to_frame().metric) and not default.to_frame().empty
+
+    asked = lc.SpectralMonitor(every_n_steps=2, metrics=("mode_strength", "spectral_norm"), history_file=None)
+    make_trainer(tmp_path, max_epochs=2, callbacks=[asked]).fit(TwoBranchNet())
+    assert [m for m in said if "mode_strength" in m] == [
+        "SpectralMonitor: mode_strength skipped: no task basis (task_basis() on the module or datamodule)."
+    ]
+
+
+def test_mode_strength_alone_computes_no_spectrum(tmp_path, monkeypatch):
+    import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+
+    def no_spectra(*args, **kwargs):
+        raise AssertionError("a spectrum was computed although no metric needs one")
+
+    monkeypatch.setattr(spectral_monitor_module, "singular_values", no_spectra)
+    dm, net = small_net()
+    monitor = lc.SpectralMonitor(targets="maps", every_n_steps=4, metrics=("mode_strength",), history_file=None)
+    make_trainer(tmp_path, max_epochs=5, callbacks=[monitor]).fit(net, dm)
+    frame = monitor.to_frame()
+    assert set(frame.metric) == {"mode_strength"} and sorted(frame.step.unique()) == [0, 4, 5]
+    u, _, v = dm.task_basis()
+    w = net.end_to_end_maps()["a"]
+    k = frame[(frame.step == 5) & (frame.target == "a")].sort_values("index").value.to_numpy()
+    assert np.allclose(k, torch.diagonal(u.T @ w @ v).numpy(), rtol=1e-5, atol=1e-7)

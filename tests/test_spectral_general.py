@@ -406,7 +406,19 @@ def test_float64_weights_overflow_underflow_and_empty_matrices_skip_the_float32_
             assert s.shape == (0,) and s.dtype == torch.float32
 
 
-def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, monkeypatch):
+class TwoMaps(Wide):
+    def __init__(self) -> None:
+        super().__init__()
+        self.low = nn.Linear(300, 150, bias=False)  # made rank 3 below: s_min / s_1 = 0
+        with torch.no_grad():
+            self.low.weight.copy_(torch.randn(150, 3) @ torch.randn(3, 300))
+        nn.init.orthogonal_(self.lin.weight)  # s_min = s_1: the float32 route stays
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + 0 * self.low.weight.sum()
+
+
+def spy_on_spectra(monkeypatch) -> list:
     calls = []
     real = spectral_monitor_module.singular_values
 
@@ -415,18 +427,11 @@ def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, mon
         return real(matrices, method=method, **kw)
 
     monkeypatch.setattr(spectral_monitor_module, "singular_values", spy)
+    return calls
 
-    class TwoMaps(Wide):
-        def __init__(self) -> None:
-            super().__init__()
-            self.low = nn.Linear(300, 150, bias=False)  # made rank 3 below: s_min / s_1 = 0
-            with torch.no_grad():
-                self.low.weight.copy_(torch.randn(150, 3) @ torch.randn(3, 300))
-            nn.init.orthogonal_(self.lin.weight)  # s_min = s_1: the float32 route stays
 
-        def training_step(self, batch, batch_idx):
-            return super().training_step(batch, batch_idx) + 0 * self.low.weight.sum()
-
+def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, monkeypatch):
+    calls = spy_on_spectra(monkeypatch)
     monitor = lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values",), history_file=None)
     fit(TwoMaps(), [monitor], tmp_path, max_epochs=1)
     # first record: both through the float32-first route; later ones: "low.weight" in float64 directly
@@ -434,3 +439,21 @@ def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, mon
     later = [c for c in calls[1:] if c[1]]
     assert len(later) == 4  # the records at steps 1 and 2 (the end of training), two calls each
     assert set(later) == {("auto", ("lin.weight",)), ("gram", ("low.weight",))}
+
+
+def test_float64_hints_survive_a_resume(tmp_path, monkeypatch):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def trainer(monitor, ckpt_dir="ckpt"):
+        checkpoints = ModelCheckpoint(dirpath=str(tmp_path / ckpt_dir), filename="{step}", every_n_train_steps=1, save_top_k=-1)
+        return pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=tmp_path, callbacks=[monitor, checkpoints])
+
+    trainer(lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values",), history_file=None)).fit(TwoMaps())
+    calls = spy_on_spectra(monkeypatch)
+    resumed = lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values",), history_file=None)
+    trainer(resumed, "ckpt_resumed").fit(TwoMaps(), ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"), weights_only=True)
+    # the first record after the resume already knows "low.weight" needs the float64 route,
+    # exactly as the uninterrupted run did at that step
+    assert sorted(c for c in calls[:2] if c[1]) == [("auto", ("lin.weight",)), ("gram", ("low.weight",))]
+    assert sorted(resumed.to_frame().step.unique()) == [2, 3, 4]

@@ -9,9 +9,12 @@ Semantics (shared by every monitor):
   replaces the first run's file (the monitor warns), and a run resumed after a crash continues
   the file without duplicating the records taken after the checkpoint.
 * **Only our own files.** ``history_file`` is a relative path inside the run's log directory
-  (no absolute paths, no ``..``, not Lightning's ``metrics.csv`` / ``hparams.yaml``); an
-  existing file is only ever touched if it has exactly our header.
+  (no absolute paths, no ``..``, not Lightning's ``metrics.csv`` / ``hparams.yaml`` / event
+  files); an existing file is only ever touched if it has exactly our header, and a directory
+  never is.
 * **Without a logger there is no log directory**, so no file is written; records stay in memory.
+* **A crash can cut the last line short.** Rows that do not parse are dropped when the file
+  is read back (they were written after the checkpoint a resume starts from).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pandas as pd
 COLUMNS: tuple[str, ...] = ("step", "epoch", "target", "metric", "index", "value")
 Record = tuple[int, int, str, str, int, float]
 RESERVED_FILES: tuple[str, ...] = ("metrics.csv", "hparams.yaml")
+RESERVED_PREFIXES: tuple[str, ...] = ("events.out.tfevents",)
 
 
 def check_history_file(value: Any) -> Optional[str]:
@@ -48,14 +52,56 @@ def check_history_file(value: Any) -> Optional[str]:
         raise ValueError(
             f"history_file={value!r} is not valid: it must be a relative path inside the run's log directory (no '..')."
         )
-    if os.path.basename(norm) in RESERVED_FILES:
-        raise ValueError(f"history_file={value!r} is not valid: {os.path.basename(norm)!r} belongs to Lightning; choose another name.")
+    base = os.path.basename(norm)
+    if base in RESERVED_FILES or base.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"history_file={value!r} is not valid: {base!r} belongs to Lightning or TensorBoard; choose another name."
+        )
     return value
 
 
-def _read_header(path: str) -> Optional[list[str]]:
+def _parse(row: list[str]) -> Optional[Record]:
+    """One CSV row as a record, or ``None`` if it is malformed (e.g. cut short by a crash)."""
+    if len(row) != len(COLUMNS):
+        return None
+    try:
+        return (int(row[0]), int(row[1]), row[2], row[3], int(row[4]), float(row[5]))
+    except ValueError:
+        return None
+
+
+def check_history_path(path: str) -> None:
+    """Raise a ``ValueError`` unless ``path`` is absent, empty or a history written by a monitor.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "notes.csv")
+        >>> with open(path, "w") as fh:
+        ...     _ = fh.write("a,b\\n1,2\\n")
+        >>> check_history_path(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ... exists and is not a monitor history (its header is ['a', 'b'], ...
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a monitor history: choose another history_file.")
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
     with open(path, newline="") as fh:
-        return next(csv.reader(fh), None)
+        header = next(csv.reader(fh), None)
+    if header != list(COLUMNS):
+        raise ValueError(
+            f"{path!r} exists and is not a monitor history (its header is {header}, expected {list(COLUMNS)}); "
+            "refusing to write into it: choose another history_file."
+        )
+
+
+def _read_records(path: str) -> list[Record]:
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        return [r for r in map(_parse, reader) if r is not None]
 
 
 class History:
@@ -95,31 +141,21 @@ class History:
         """
         dropped = sum(1 for r in self.records if r[0] >= from_step)
         self.records = [r for r in self.records if r[0] < from_step]
-        self.path = path
+        self.path = None
         if path is None:
             return dropped
+        check_history_path(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         kept: list[Record] = []
         if os.path.exists(path) and os.path.getsize(path) > 0:
-            header = _read_header(path)
-            if header != list(COLUMNS):
-                self.path = None
-                raise ValueError(
-                    f"{path!r} exists and is not a monitor history (its header is {header}, expected {list(COLUMNS)}); "
-                    "refusing to write into it: choose another history_file."
-                )
-            on_disk = pd.read_csv(path)
-            dropped_on_disk = int((on_disk["step"] >= from_step).sum())
-            rows = on_disk[on_disk["step"] < from_step]
-            kept = [
-                (int(r.step), int(r.epoch), str(r.target), str(r.metric), int(r.index), float(r.value))
-                for r in rows.itertuples(index=False)
-            ]
-            dropped = max(dropped, dropped_on_disk)
+            on_disk = _read_records(path)
+            kept = [r for r in on_disk if r[0] < from_step]
+            dropped = max(dropped, len(on_disk) - len(kept))
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             writer.writerows(kept)
+        self.path = path
         if not self.records and kept:
             self.records = kept
         return dropped
@@ -139,5 +175,13 @@ class History:
 
 
 def read_history(path: str) -> pd.DataFrame:
-    """Read a history CSV written by a monitor back into the tidy table."""
-    return pd.read_csv(path)
+    """Read a history CSV written by a monitor back into the tidy table.
+
+    Target and metric names stay strings (a target called ``"0"`` or ``"nan"`` is not turned
+    into a number), and rows cut short by a crash are skipped.
+
+    Raises:
+        ValueError: ``path`` is not a monitor history.
+    """
+    check_history_path(path)
+    return pd.DataFrame.from_records(_read_records(path) if os.path.exists(path) else [], columns=list(COLUMNS))

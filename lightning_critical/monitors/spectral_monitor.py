@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -10,11 +12,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
+from typing_extensions import override
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_choice, check_int, check_names
 from lightning_critical._lightning import history_path, log_scalars, tensorboard_writers
 from lightning_critical.monitors.history import History, Record, check_history_file
+from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
 from lightning_critical.spectral import (
     GRAM_MIN_DIM,
@@ -61,7 +65,31 @@ class SpectralMonitor(Callback):
     matrix; ``"maps"`` or ``"weights"`` for one group; or names / globs of either, with
     ``exclude`` globs removed. ``mode_strength`` ``K[map, a] = u_a^T W v_a`` is recorded for
     the maps when a task basis is known (``task_basis`` argument, else ``task_basis()`` of the
-    module, else of the datamodule). A target skipped for any reason is reported once.
+    module, else of the datamodule); among the default metrics it is simply left out when there
+    is none, and a ``mode_strength`` asked for in ``metrics`` that cannot be recorded is reported
+    once. Other skipped targets are reported once too.
+
+    Measuring never changes training: every record (including the module's
+    ``end_to_end_maps()``, which may run layers) happens inside
+    :func:`lightning_critical.probing.probing` with every submodule in evaluation mode, so
+    deficit hooks stay inert, dropout draws nothing, BatchNorm statistics do not move and every
+    random-number stream is restored; a run with the monitor ends bitwise equal to one without.
+
+    Histories (see :mod:`lightning_critical.monitors.history`): one fit, one history.
+    A fit from step 0 starts empty (a monitor reused for a second ``fit`` forgets the first,
+    and a file left in the same log directory by an earlier run is replaced, with a warning);
+    a fit resumed from a checkpoint keeps the records taken before the checkpoint's step and
+    re-takes the later ones, so the file equals that of an uninterrupted run. ``state_dict``
+    holds what that needs (the last record's top singular vectors for ``subspace_drift``, and
+    which targets go straight to the float64 route), as tensors and plain lists
+    (``weights_only`` loading works). ``history_file`` must be a relative path inside the log
+    directory and not Lightning's own files; an existing file is only overwritten if it is a
+    monitor history.
+
+    Several monitors may share a Trainer (e.g. a cheap one every step on a few maps, a full one
+    every 100 steps): :attr:`state_key` is built from ``targets``, ``exclude``,
+    ``every_n_steps``, ``metrics``, ``top_k`` and ``history_file``, and two monitors writing
+    the same ``history_file`` are refused before training.
 
     Outputs:
 
@@ -99,12 +127,20 @@ class SpectralMonitor(Callback):
             CPU target found too ill-conditioned for the float32 Gram route at one record goes
             straight to the float64 one at the next.
 
+    Raises:
+        ValueError: at construction, for any malformed argument (the message names it and
+            lists the valid choices); before training, for targets that match nothing, a task
+            basis that does not fit the maps, an existing file that is not a monitor history,
+            or two monitors writing one ``history_file``.
+
     Example::
 
         >>> import lightning_critical as lc
         >>> monitor = lc.SpectralMonitor(every_n_steps=10, metrics=("singular_values", "stable_rank"))
         >>> monitor.to_frame().columns.tolist()
         ['step', 'epoch', 'target', 'metric', 'index', 'value']
+        >>> monitor.state_key
+        "SpectralMonitor{'targets': 'auto', 'exclude': None, 'every_n_steps': 10, 'metrics': ('singular_values', 'stable_rank'), 'top_k': None, 'history_file': 'spectral_history.csv'}"
     """
 
     def __init__(
@@ -124,46 +160,49 @@ class SpectralMonitor(Callback):
         randomized_min_dim: int = 2048,
         method: str = "auto",
     ) -> None:
-        for name, value, low in (("every_n_steps", every_n_steps, 1), ("subspace_k", subspace_k, 1), ("log_top_k", log_top_k, 0)):
-            check_int(name, value, low)
-        check_int("top_k", top_k, allow_none=True)
-        check_int("randomized_min_dim", randomized_min_dim)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps)
+        self.subspace_k = check_int("subspace_k", subspace_k)
+        self.log_top_k = check_int("log_top_k", log_top_k, low=0)
+        self.top_k = check_int("top_k", top_k, allow_none=True)
+        self.randomized_min_dim = check_int("randomized_min_dim", randomized_min_dim)
+        # mode_strength among the defaults is recorded when a basis exists, silently skipped otherwise.
+        self._asked_for_modes = metrics is not None
         if metrics is None:  # the defaults, less those that a truncated spectrum cannot give
             metrics = tuple(m for m in DEFAULT_METRICS if top_k is None or m not in FULL_SPECTRUM_METRICS)
-        needs_all = sorted(set(metrics) & set(FULL_SPECTRUM_METRICS)) if top_k is not None else []
+        self.metrics = check_metrics(metrics, "metrics")
+        needs_all = sorted(set(self.metrics) & set(FULL_SPECTRUM_METRICS)) if top_k is not None else []
         if needs_all:
             raise ValueError(
                 f"top_k={top_k} keeps only the leading singular values, but metrics {needs_all} need all of "
                 f"them; drop those metrics or top_k (with top_k: {TOP_K_METRICS})."
             )
-        if method not in SVD_METHODS:
-            raise ValueError(f"method={method!r} is not valid; choose one of {SVD_METHODS}.")
-        if dtype is not None and dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype={dtype!r} must be torch.float32 or torch.float64.")
+        self.method = check_choice("method", method, SVD_METHODS)
+        self.dtype = check_choice("dtype", dtype, (None, torch.float32, torch.float64))
         if isinstance(targets, str) and targets in TARGET_GROUPS:
             self.group, self.patterns = targets, None
         else:
-            patterns = [targets] if isinstance(targets, str) else list(targets)
-            if not patterns:
-                raise ValueError(f"targets is empty; give one of {TARGET_GROUPS} or names/globs.")
+            try:
+                patterns = check_names("targets", targets)
+            except ValueError as err:
+                raise ValueError(f"{err} Groups: {TARGET_GROUPS}.") from None
             self.group, self.patterns = "patterns", patterns
-        self.metrics = check_metrics(metrics)
-        self.every_n_steps = every_n_steps
-        self.exclude = exclude
-        self.top_k = top_k
-        self.subspace_k = subspace_k
-        self.log_top_k = log_top_k
-        self.histograms = histograms
+        self.exclude = check_names("exclude", exclude, allow_none=True)
+        if theory is not None and not isinstance(theory, Mapping):
+            raise ValueError(f"theory={theory!r} is not valid: give {{metric: {{target: array}}}}.")
         self.theory = {m: dict(t) for m, t in (theory or {}).items()}
-        check_metrics(self.theory)
-        self.task_basis = task_basis
-        self.dtype = dtype
+        if self.theory:
+            check_metrics(list(self.theory), "theory")
+        self.task_basis = _check_task_basis(task_basis)
+        self.histograms = histograms
         self.history_file = check_history_file(history_file)
-        self.randomized_min_dim = randomized_min_dim
-        self.method = method
         self.history = History()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything a previous fit left (called when a fit is set up, before a checkpoint is restored)."""
         self._last_step: Optional[int] = None
         self._prev_vectors: dict[str, Tensor] = {}
+        self._vectors_step: Optional[int] = None
         self._reported: set[str] = set()
         self._float64_hint: set[str] = set()
 
@@ -177,14 +216,34 @@ class SpectralMonitor(Callback):
         """The CSV file the records are appended to (rank zero, while fitting)."""
         return self.history.path
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_recorded_step": self._last_step}
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            targets=self.patterns or self.group, exclude=self.exclude, every_n_steps=self.every_n_steps,
+            metrics=self.metrics, top_k=self.top_k, history_file=self.history_file,
+        )
 
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # What a resumed run needs to continue exactly: the vectors subspace_drift compares
+        # with, and the float64-route hints (they decide the bits of the next spectra).
+        return {
+            "vectors_step": self._vectors_step,
+            "vectors": {name: u.detach().cpu().clone() for name, u in self._prev_vectors.items()},
+            "float64_hint": sorted(self._float64_hint),
+        }
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_step = state_dict.get("last_recorded_step")
+        self._vectors_step = state_dict.get("vectors_step")
+        self._prev_vectors = dict(state_dict.get("vectors", {}))
+        self._float64_hint = set(state_dict.get("float64_hint", ()))
 
     # -- spectra ---------------------------------------------------------------------------
-    def _spectra(self, mats: dict[str, Tensor], want_vectors: bool) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
+    def _spectra(
+        self, mats: dict[str, Tensor], want_vectors: bool, update_hints: bool = True
+    ) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
         """``singular_values`` of every target. A CPU matrix whose last spectrum was too
         ill-conditioned for the float32 Gram route goes straight to the float64 one: the
         conditioning of a layer changes slowly, so this saves the wasted float32 pass."""
@@ -194,21 +253,25 @@ class SpectralMonitor(Callback):
         hinted = {n: m for n, m in mats.items() if n in self._float64_hint}
         rest = {n: m for n, m in mats.items() if n not in self._float64_hint}
         spectra = {**singular_values(rest, method=self.method, **kw), **singular_values(hinted, method="gram", **kw)}
-        for name, (s, _) in spectra.items():
-            m = mats[name]
-            if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and not bool(float32_gram_accepts(s[None])):
-                self._float64_hint.add(name)
-            else:
-                self._float64_hint.discard(name)
+        if update_hints:
+            for name, (s, _) in spectra.items():
+                m = mats[name]
+                if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and not bool(float32_gram_accepts(s[None])):
+                    self._float64_hint.add(name)
+                else:
+                    self._float64_hint.discard(name)
         return {n: spectra[n] for n in mats}
 
     # -- target discovery -----------------------------------------------------------------
     def collect(self, pl_module: torch.nn.Module) -> tuple[dict[str, Tensor], set[str]]:
-        """The matrices to analyse now, and which of them are end-to-end maps."""
+        """The matrices to analyse now, and which of them are end-to-end maps.
+
+        The maps are computed inside :func:`~lightning_critical.probing.probing`, with every
+        submodule in evaluation mode, so that running the model leaves no trace on training.
+        """
         maps: dict[str, Tensor] = {}
         if self.group in ("auto", "maps", "patterns"):
-            with torch.no_grad():
-                maps = end_to_end_maps(pl_module)
+            maps = _probe_maps(pl_module)
         if self.patterns is not None:
             maps = {k: v for k, v in maps.items() if name_matches(k, self.patterns)}
         if self.exclude is not None:
@@ -229,51 +292,99 @@ class SpectralMonitor(Callback):
             self._reported.add(key)
             rank_zero_info(f"SpectralMonitor: {message}")
 
+    def _check_history_file_unique(self, trainer: "pl.Trainer") -> None:
+        if self.history_file is None or not trainer.loggers:
+            return
+        mine = os.path.normpath(self.history_file)
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            theirs = getattr(other, "history_file", None)
+            if other is self or not isinstance(getattr(other, "history", None), History) or not isinstance(theirs, str):
+                continue
+            if os.path.normpath(theirs) == mine:
+                raise ValueError(
+                    f"history_file={self.history_file!r} is used by two monitors ({self.state_key} and "
+                    f"{other.state_key}); give each monitor its own history_file (or None)."
+                )
+
     # -- hooks ----------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        # Before Lightning restores a checkpoint: a resumed fit then gets the checkpoint's
+        # state, a new one starts clean (no subspace_drift against an earlier run).
+        self._reset()
+        self._check_history_file_unique(trainer)
+
+    @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        with probing(_devices(pl_module)):
+            self._start(trainer, pl_module)
+
+    def _start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         mats, map_names = self.collect(pl_module)
         if not mats:
             raise ValueError(
                 f"SpectralMonitor(targets={self.patterns or self.group!r}) found no matrix in "
-                f"{type(pl_module).__name__}; available: maps {sorted(end_to_end_maps(pl_module))}, "
+                f"{type(pl_module).__name__}; available: maps {sorted(_probe_maps(pl_module))}, "
                 f"weights {sorted(find_weight_matrices(pl_module))[:40]}."
             )
         basis = self._basis(trainer, pl_module)
         if "mode_strength" in self.metrics:
             if basis is None:
-                self._report_once("no-basis", "mode_strength skipped: no task basis (task_basis() on the module or datamodule).")
+                if self._asked_for_modes:
+                    self._report_once("no-basis", "mode_strength skipped: no task basis (task_basis() on the module or datamodule).")
             elif not map_names:
-                why = ("the module has no end_to_end_maps()" if not end_to_end_maps(pl_module)
-                       else f"targets={self.patterns or self.group!r} selects no end-to-end map")
-                self._report_once("no-maps", f"mode_strength skipped: {why}.")
+                if self._asked_for_modes:
+                    why = ("the module has no end_to_end_maps()" if not _probe_maps(pl_module)
+                           else f"targets={self.patterns or self.group!r} selects no end-to-end map")
+                    self._report_once("no-maps", f"mode_strength skipped: {why}.")
             else:
                 for name in sorted(map_names):
                     check_basis_fits(tuple(mats[name].shape), basis[0], basis[2], what=f"end-to-end map {name!r}")
         if self.history_file and not trainer.loggers:
             self._report_once("no-logger", "no logger: the history is kept in memory only (to_frame()).")
+        step = trainer.global_step
         path = history_path(trainer, self.history_file)
-        dropped = self.history.start(path, from_step=trainer.global_step)
-        if dropped and trainer.global_step == 0:
+        dropped = self.history.start(path, from_step=step)
+        if dropped and step == 0:
             rank_zero_warn(f"SpectralMonitor: a new fit replaces the {dropped} records of an earlier run"
                            + (f" in {path!r}." if path else " (to_frame() shows this fit only)."))
+        # Records at or after `step` were just dropped and will be taken again.
+        self._last_step = None
+        if self._vectors_step is not None and self._vectors_step >= step:
+            self._prev_vectors, self._vectors_step = {}, None
         self._add_layout(trainer, sorted(map_names), basis)
 
+    @override
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
             self.record(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if trainer.global_step != self._last_step:
-            self.record(trainer, pl_module)
+            # The closing record leaves the state as the last regular record left it, so that a
+            # checkpoint saved after fit resumes exactly like the uninterrupted longer run.
+            self.record(trainer, pl_module, _keep_state=False)
         self.history.close()
 
+    @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         self.history.close()
 
     # -- recording ------------------------------------------------------------------------
-    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Take one record of every target now (normally called by the hooks)."""
+    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", _keep_state: bool = True) -> None:
+        """Take one record of every target now (normally called by the hooks).
+
+        Runs inside :func:`~lightning_critical.probing.probing`: deficit hooks are inert and
+        every random-number stream is restored afterwards.
+        """
+        with probing(_devices(pl_module)):
+            self._record(trainer, pl_module, _keep_state)
+
+    def _record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", keep_state: bool) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         self._last_step = step
         mats, map_names = self.collect(pl_module)
@@ -291,36 +402,44 @@ class SpectralMonitor(Callback):
                 rank_zero_warn(f"SpectralMonitor: {name!r} has NaN or Inf entries at step {step}; "
                                "its metrics are recorded as NaN while that lasts (training continues).")
             rows.extend((step, epoch, name, m, -1, float("nan")) for m in self.metrics if m in SCALAR_METRICS)
-            self._prev_vectors.pop(name, None)
+            if keep_state:
+                self._prev_vectors.pop(name, None)
         want_vectors = "subspace_drift" in self.metrics
-        spectra = self._spectra(finite, want_vectors)
+        # mode_strength alone needs no spectrum.
+        needs_spectra = any(m != "mode_strength" for m in self.metrics)
+        spectra = self._spectra(finite, want_vectors, update_hints=keep_state) if needs_spectra else {}
         scalars_wanted = [m for m in self.metrics if m in SCALAR_METRICS]
         basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
         logged: dict[str, float] = {}
-        for name, (s, u) in spectra.items():
-            s_list = s.tolist()
-            if "singular_values" in self.metrics:
-                rows.extend((step, epoch, name, "singular_values", i, v) for i, v in enumerate(s_list))
-                logged.update({f"singular_values/{name}/{i}": v for i, v in enumerate(s_list[: self.log_top_k])})
-            if scalars_wanted:
-                values = scalar_metrics(s, scalars_wanted, tuple(finite[name].shape))
-                if self.top_k is not None:
-                    values = self._exact_norms(values, s, finite[name])
-                for metric, value in values.items():
-                    rows.append((step, epoch, name, metric, -1, value))
-                    logged[f"{metric}/{name}"] = value
+        for name in (spectra if needs_spectra else finite):
+            s, u = spectra.get(name, (None, None))
+            if s is not None:
+                s_list = s.tolist()
+                if "singular_values" in self.metrics:
+                    rows.extend((step, epoch, name, "singular_values", i, v) for i, v in enumerate(s_list))
+                    logged.update({f"singular_values/{name}/{i}": v for i, v in enumerate(s_list[: self.log_top_k])})
+                if scalars_wanted:
+                    values = scalar_metrics(s, scalars_wanted, tuple(finite[name].shape))
+                    if self.top_k is not None:
+                        values = self._exact_norms(values, s, finite[name])
+                    for metric, value in values.items():
+                        rows.append((step, epoch, name, metric, -1, value))
+                        logged[f"{metric}/{name}"] = value
             if want_vectors and u is not None:
                 k = min(self.subspace_k, u.shape[1])
                 prev = self._prev_vectors.get(name)
                 if prev is not None and prev.shape[0] == u.shape[0]:
-                    drift = subspace_drift(prev, u[:, :k])
+                    drift = subspace_drift(prev.to(u.device), u[:, :k])
                     rows.append((step, epoch, name, "subspace_drift", -1, drift))
                     logged[f"subspace_drift/{name}"] = drift
-                self._prev_vectors[name] = u[:, :k].clone()
+                if keep_state:
+                    self._prev_vectors[name] = u[:, :k].clone()
             if basis is not None and name in map_names:
                 strengths = mode_strengths(finite[name], basis[0], basis[2], dtype=self.dtype).tolist()
                 rows.extend((step, epoch, name, "mode_strength", a, v) for a, v in enumerate(strengths))
                 logged.update({f"mode_strength/{name}/{a}": v for a, v in enumerate(strengths)})
+        if keep_state and want_vectors:
+            self._vectors_step = step
         logged.update(self._theory_at(step))
         self.history.extend(rows, write=trainer.is_global_zero)
         log_scalars(trainer, logged, step)
@@ -386,3 +505,51 @@ def _all_finite(mats: list[Tensor]) -> list[bool]:
             for i, ok in zip(indices, values):
                 flags[i] = bool(ok)
     return flags
+
+
+def _check_task_basis(value: Any) -> Optional[TaskBasis]:
+    """``None`` or ``(U, S, V)`` tensors with ``U`` (out x r), ``S`` (r,), ``V`` (in x r)."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(t, Tensor) for t in value)
+        and value[0].dim() == 2 and value[2].dim() == 2 and value[1].dim() == 1
+        and value[0].shape[1] == value[2].shape[1] == value[1].shape[0]
+    )
+    if not ok:
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in value] \
+            if isinstance(value, (tuple, list)) else type(value).__name__
+        raise ValueError(
+            f"task_basis={shapes} is not valid: give (U, S, V) tensors with U (out x r), S (r,) and V (in x r), "
+            "or None to use the module's / datamodule's task_basis()."
+        )
+    return (value[0], value[1], value[2])
+
+
+def _devices(module: nn.Module) -> Optional[list[torch.device]]:
+    """The device whose random-number generator a probe of ``module`` may touch (a
+    LightningModule knows it; ``None`` lets :func:`probing` pick the current CUDA device)."""
+    device = getattr(module, "device", None)
+    return [device] if isinstance(device, torch.device) else None
+
+
+@contextmanager
+def _evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in evaluation mode, each one's own flag restored afterwards (a user may
+    keep some submodules in eval mode while training; ``module.train()`` would undo that)."""
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in flags:
+            m.training = False
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _probe_maps(module: nn.Module) -> dict[str, Tensor]:
+    """``end_to_end_maps()`` measured without touching training (see :class:`SpectralMonitor`)."""
+    if not callable(getattr(module, "end_to_end_maps", None)):
+        return {}
+    with probing(_devices(module)), torch.no_grad(), _evaluation_mode(module):
+        return end_to_end_maps(module)
