@@ -146,14 +146,15 @@ TRANSFORMS: dict[str, Transform] = {
 _DEFAULT_SPATIAL = {4: (2, 3), 5: (2, 3, 4)}  # (N, C, H, W) images, (N, C, D, H, W) volumes
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_spatial_dims(value: Any) -> Optional[tuple[int, ...]]:
     if value is None:
         return None
-    def is_int(d: Any) -> bool:
-        return isinstance(d, numbers.Integral) and not isinstance(d, bool)
-
-    dims = (value,) if is_int(value) else value
-    ok = isinstance(dims, (tuple, list)) and 1 <= len(dims) <= 3 and all(is_int(d) and d != 0 for d in dims)
+    dims = (value,) if _is_integer(value) else value
+    ok = isinstance(dims, (tuple, list)) and 1 <= len(dims) <= 3 and all(_is_integer(d) and d != 0 for d in dims)
     if not ok or len({int(d) for d in dims}) != len(dims):
         raise ValueError(
             f"spatial_dims={value!r} is not valid: give 1 to 3 distinct dimension indices of the input other than the "
