@@ -65,6 +65,7 @@ def train_once(
     fisher: bool = False,
     fisher_every: int = 1,
     fisher_batches: int = 16,
+    fisher_labels: str = "expected",
     root_dir: Optional[str] = None,
 ) -> tuple[dict, list[tuple[int, float]], Optional[pd.DataFrame]]:
     """One run: blur for epochs ``[0, removal_epoch)``, then ``post_epochs`` clean epochs."""
@@ -75,7 +76,10 @@ def train_once(
     callbacks: list[pl.Callback] = [curve]
     if removal_epoch > 0:
         callbacks.append(lc.InputDeficit("blur", window=(0, removal_epoch), factor=factor))
-    monitor = lc.FisherMonitor(every_n_epochs=fisher_every, num_batches=fisher_batches, history_file=None) if fisher else None
+    # labels="expected": the one-sampled-label estimate of a confident model drops 10-50x at the
+    # epochs where no example happens to draw a non-predicted label (see lightning_critical.fisher).
+    monitor = (lc.FisherMonitor(every_n_epochs=fisher_every, num_batches=fisher_batches, labels=fisher_labels,
+                                history_file=None) if fisher else None)
     if monitor is not None:
         callbacks.append(monitor)
     trainer = pl.Trainer(
@@ -100,13 +104,16 @@ def run_experiment(
 
     ``curves`` holds the no-deficit run's validation accuracy per epoch (train for
     ``max(removal_epochs) + post_epochs`` epochs, the longest run); ``fisher`` the per-layer
-    Fisher trace of that run and of a run with the deficit removed at ``fisher_removal``.
+    Fisher trace of that run (``removal_epoch`` 0) and of a run with the deficit removed at
+    ``fisher_removal`` (when it is not 0), one row per (removal_epoch, step, target).
     """
     results, curves, fishers = [], [], []
     longest = max(removal_epochs) + post_epochs
     for seed in seeds:
         for t in removal_epochs:
-            want_fisher = seed == seeds[0] and t == fisher_removal
+            # Removal at 0 is the no-deficit run cut short: its trace is the first epochs of the
+            # full-length run's (bitwise), which is traced below under the same label.
+            want_fisher = seed == seeds[0] and t == fisher_removal and t > 0
             row, _, fdf = train_once(t, post_epochs, seed, factor, fisher=want_fisher, **kw)  # type: ignore[arg-type]
             results.append(row)
             if fdf is not None:
@@ -167,6 +174,9 @@ def main(argv: Optional[Sequence[str]] = None) -> tuple[pd.DataFrame, pd.DataFra
     parser.add_argument("--factor", type=int, default=4, help="blur factor (digits 8x8 -> 2x2 -> 8x8; CIFAR 32 -> 8 -> 32)")
     parser.add_argument("--fisher-removal", type=int, default=None, help="also trace the Fisher of this deficit run")
     parser.add_argument("--subset", type=int, default=None, help="use only this many training images")
+    parser.add_argument("--fisher-batches", type=int, default=8, help="training batches per Fisher estimate")
+    parser.add_argument("--fisher-labels", choices=("expected", "sample"), default="expected",
+                        help="Fisher over every label (exact) or one sampled label per example (noisy, 10x cheaper)")
     parser.add_argument("--lr-decay", type=float, default=0.97)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (small models: 1 is fastest)")
     args = parser.parse_args(argv)
@@ -177,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> tuple[pd.DataFrame, pd.DataFra
     results, curves, fisher = run_experiment(
         args.removal, args.post_epochs, list(range(args.seeds)), args.factor, fisher_removal=fisher_removal,
         cifar_root=args.cifar_root, subset=args.subset, lr_decay=args.lr_decay, root_dir=args.out,
+        fisher_batches=args.fisher_batches, fisher_labels=args.fisher_labels,
     )
     results.to_csv(os.path.join(args.out, "results.csv"), index=False)
     curves.to_csv(os.path.join(args.out, "curves.csv"), index=False)

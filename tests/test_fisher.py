@@ -134,3 +134,159 @@ def test_bf16_model_estimated_in_float32():
     for layer, (total, n) in reference.items():
         # same labels, float32 arithmetic on bf16-rounded weights and inputs: close, not equal
         assert got[layer][0] / n == pytest.approx(total / n, rel=0.1), layer
+
+
+# -- issue 10 ---------------------------------------------------------------------------------
+class Poison(pl.Callback):
+    """Turns conv1's weights into NaN at the start of an epoch (a diverged run)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                pl_module.conv1.weight.fill_(float("nan"))
+
+
+def test_non_finite_weights_record_nan_warn_once_and_training_goes_on(tmp_path):
+    # Item 6: torch.multinomial used to raise on NaN probabilities and kill the run.
+    monitor = lc.FisherMonitor(num_batches=1)
+    for _ in range(2):  # a second fit with the same monitor warns again (per-fit state is reset)
+        with pytest.warns(UserWarning, match="NaN or infinite") as caught:
+            model, trainer = _digits_run(tmp_path, [Poison(epoch=1), monitor], epochs=4)
+        assert sum("NaN or infinite" in str(w.message) for w in caught) == 1
+        assert trainer.current_epoch == 4  # all epochs ran
+        df = monitor.to_frame()
+        assert sorted(df.epoch.unique()) == [0, 1, 2, 3]
+        assert df[df.epoch == 0].value.notna().all() and (df[df.epoch == 0].value > 0).all()
+        assert df[df.epoch >= 1].value.isna().all()
+
+
+def test_without_logger_nothing_is_written(tmp_path, monkeypatch):
+    # Item 8: with logger=False the history used to go to ./fisher_history.csv, appended run after run.
+    monkeypatch.chdir(tmp_path)
+    monitor = lc.FisherMonitor(num_batches=1)
+    dm = lc.data.DigitsDataModule(batch_size=32, subset=96, val_fraction=0.2)
+    for _ in range(2):
+        trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[monitor])
+        trainer.fit(lc.models.SmallCNN(channels=(4, 8), seed=0), dm)
+    assert [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files] == []
+    assert sorted(monitor.to_frame().epoch.unique()) == [0, 1]  # the second fit only, kept in memory
+
+
+class TwoInputNet(pl.LightningModule):
+    """A classifier of two inputs, batches (xa, xb, y)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(5, 4), nn.Linear(3, 4)
+
+    def forward(self, xa, xb):
+        return self.a(xa) + self.b(xb)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0], batch[1]), batch[2])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(torch.randn(16, 5, generator=gen), torch.randn(16, 3, generator=gen),
+                                              torch.arange(16) % 4)
+        return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def test_two_input_model_with_inputs_callable(tmp_path):
+    monitor = lc.FisherMonitor(num_batches=2, inputs=lambda batch: (batch[0], batch[1]))
+    model = TwoInputNet()
+    net = TwoInputNet()  # the weights at step 1, where the monitor estimates (before the update of batch 1)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[monitor])
+    trainer.fit(model)
+    df = monitor.to_frame().set_index("target").value
+    xa, xb, _ = model.train_dataloader().dataset.tensors
+    # replay the first update to get the weights the estimate saw
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    F.cross_entropy(net(xa[:8], xb[:8]), (torch.arange(16) % 4)[:8]).backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(0 * 1_000_003 + 1)
+    expected = fisher_trace(net, (xa, xb), generator=gen)
+    for layer in ("a", "b"):
+        assert df[layer] == pytest.approx(expected[layer][0] / 16, rel=1e-5)
+    assert df["total"] == pytest.approx(df["a"] + df["b"])
+
+
+def test_fisher_trace_of_several_inputs_matches_brute_force():
+    net = TwoInputNet()
+    xa, xb = torch.randn(6, 5), torch.randn(6, 3)
+    got = fisher_trace(net, (xa, xb), generator=torch.Generator().manual_seed(3))
+    labels = sample_labels(net(xa, xb), torch.Generator().manual_seed(3))
+    for layer in ("a", "b"):
+        total = 0.0
+        for i in range(6):
+            net.zero_grad()
+            (-F.log_softmax(net(xa[i : i + 1], xb[i : i + 1]), dim=1)[0, labels[i]]).backward()
+            total += sum(float(p.grad.pow(2).sum()) for p in getattr(net, layer).parameters())
+        assert got[layer][0] == pytest.approx(total, rel=1e-4)
+    with pytest.raises(ValueError, match="share the batch dimension"):
+        fisher_trace(net, (xa, xb[:3]))
+
+
+def test_estimate_runs_inside_probing(tmp_path):
+    # Deficit hooks see is_probing() during the estimate, so a user-defined deficit can stay out of it.
+    from lightning_critical.probing import is_probing
+
+    calls: list[tuple[bool, bool]] = []
+    model = lc.models.SmallCNN(channels=(4, 8), seed=0)
+    model.conv1.register_forward_hook(lambda mod, args, out: calls.append((mod.training, is_probing())))
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[lc.FisherMonitor(num_batches=1)])
+    trainer.fit(model, lc.data.DigitsDataModule(batch_size=32, subset=96, val_fraction=0.2))
+    in_eval = [probing for training, probing in calls if not training]  # eval passes come from the estimate only
+    assert in_eval and all(in_eval)
+    assert not any(probing for training, probing in calls if training)
+
+
+def test_digits_example_traces_each_run_once(tmp_path):
+    # Item 16: with --fisher-removal 0 the removal-0 run (a prefix of the no-deficit run) was traced too,
+    # under the same label, so fisher.csv held its epochs twice and the plot's lines jumped back.
+    from test_nonlinear import load_example
+
+    example = load_example("digits_blur")
+    _, _, fisher = example.main(["--out", str(tmp_path), "--removal", "0", "2", "--post-epochs", "2", "--seeds", "1",
+                                 "--subset", "96", "--fisher-removal", "0"])
+    assert not fisher.duplicated(["removal_epoch", "step", "target"]).any()
+    assert fisher.removal_epoch.unique().tolist() == [0]
+    for _, run in fisher.groupby(["removal_epoch", "target"]):
+        assert run.epoch.tolist() == [0, 1, 2, 3]  # one full-length run, epochs in order
+
+
+def test_expected_labels_are_exact_and_explain_the_drops_of_sampled_ones():
+    # Item 16(b): a confident model's one-label estimate is carried by the rare examples that draw a
+    # non-predicted label; a draw with none of them reads 10-50x low. labels="expected" has no label noise.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.mul_(32)  # confident: about 2 non-predicted labels expected among 40 draws
+    x = torch.randn(40, 4)
+    p = torch.softmax(model(x), dim=1).detach().double()
+    exact = float(((1 - p.pow(2).sum(1)) * (x.double().pow(2).sum(1) + 1)).mean())  # closed form, as above
+    out = fisher_trace(model, x, labels="expected")
+    assert (out["weight"][0] + out["bias"][0]) / 40 == pytest.approx(exact, rel=1e-5)
+    surprises = float((1 - p.max(1).values).sum())
+    assert surprises < 3  # few non-predicted labels are expected per draw ...
+    draws = []
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        labels = sample_labels(model(x), torch.Generator().manual_seed(seed))
+        est = fisher_trace(model, x, generator=gen)
+        draws.append(((labels != p.argmax(1)).any().item(), (est["weight"][0] + est["bias"][0]) / 40))
+    low = [v for any_surprise, v in draws if not any_surprise]
+    assert low and max(low) < exact / 3  # ... and a draw with none reads several times low (10-50x on digits)
+    assert sum(v for _, v in draws) / len(draws) == pytest.approx(exact, rel=0.5)  # unbiased on average
+    with pytest.raises(ValueError, match="labels='exact' is not valid"):
+        fisher_trace(model, x, labels="exact")

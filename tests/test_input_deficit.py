@@ -211,3 +211,213 @@ def test_resuming_inside_the_window_reapplies_the_same_corruption(tmp_path):
         assert torch.equal(a[0], b[0]), step
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+# -- issue 10 ---------------------------------------------------------------------------------
+class NoBatchIdx(Recorder):
+    """A valid training_step that takes the batch only (Lightning then passes no batch_idx)."""
+
+    def training_step(self, batch):
+        return super().training_step(batch, None)
+
+
+def test_training_step_without_batch_idx_keeps_working_in_the_window(tmp_path):
+    # Item 1: the wrapper used to take *args, so Lightning passed batch_idx and the step raised TypeError.
+    model = NoBatchIdx()
+    deficit = lc.InputDeficit("blur", window=(1, 2), factor=2)
+    fit(model, [deficit], tmp_path)
+    blurred = [b for e, _, b in model.train_batches if e == 1]
+    assert len(model.train_batches) == 6 and len(blurred) == 2
+    torch.testing.assert_close(blurred[0][0], blur(IMAGES[:8], 2), rtol=0, atol=0)
+    assert "training_step" not in model.__dict__
+
+
+def test_wrapper_presents_the_signature_of_the_wrapped_step():
+    import inspect
+
+    from lightning_critical.deficits.input import _BatchTransformHandle
+
+    for model, params in ((NoBatchIdx(), ["batch"]), (Recorder(), ["batch", "batch_idx"])):
+        handle = _BatchTransformHandle(model, lambda b: b)
+        assert list(inspect.signature(model.training_step).parameters) == params
+        handle.remove()
+        assert "training_step" not in model.__dict__
+
+
+class NoiseRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int, int, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        start = 8 * batch_idx
+        self.seen.append((self.current_epoch, self.global_step, batch_idx, batch[0] - IMAGES[start : start + 8]))
+        return super().training_step(batch, batch_idx)
+
+
+def _accumulating_fit(model, root, epochs, ckpt=None):
+    trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=root, callbacks=[lc.InputDeficit("noise", window=(0, 4), noise_std=0.3, seed=5)])
+    trainer.fit(model, ckpt_path=ckpt)
+    return trainer
+
+
+def test_noise_differs_between_micro_batches_and_ranks_and_resumes_identically(tmp_path):
+    # Item 5: every micro-batch of an accumulated step drew the same noise (seeded by the step only).
+    pl.seed_everything(0)
+    full = NoiseRecorder()
+    _accumulating_fit(full, tmp_path / "full", 4)
+    assert [(e, s, i) for e, s, i, _ in full.seen] == [(e, e, i) for e in range(4) for i in range(2)]
+    for (_, _, _, a), (_, _, _, b) in zip(full.seen[::2], full.seen[1::2]):  # the two micro-batches of a step
+        assert not torch.allclose(a, b)
+    # interrupted after epoch 1, resumed with a fresh callback: the same draws
+    pl.seed_everything(0)
+    first = NoiseRecorder()
+    trainer = _accumulating_fit(first, tmp_path / "a", 2)
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    resumed = NoiseRecorder()
+    _accumulating_fit(resumed, tmp_path / "b", 4, ckpt=tmp_path / "mid.ckpt")
+    seen = first.seen + resumed.seen
+    assert [k[:3] for k in seen] == [k[:3] for k in full.seen]
+    assert all(torch.equal(a[3], b[3]) for a, b in zip(seen, full.seen))
+    # DDP ranks draw their own noise too
+    deficit = lc.InputDeficit("noise", window=(0, 1))
+    batch = (IMAGES[:8], LABELS[:8])
+    rank0, rank1 = (deficit.apply(batch, step=3, batch_idx=1, rank=r)[0] for r in (0, 1))
+    assert not torch.equal(rank0, rank1) and torch.equal(rank0, deficit.apply(batch, 3, 1, 0)[0])
+
+
+class SnapshotInWindow(pl.Callback):
+    """Takes a deep copy (as EMA / snapshot callbacks do) and a pickle of the module inside the window."""
+
+    def __init__(self) -> None:
+        self.copies: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import copy
+        import pickle
+
+        if trainer.current_epoch == 1 and batch_idx == 0:
+            assert "training_step" in pl_module.__dict__  # the window is active
+            self.copies = [copy.deepcopy(pl_module), pickle.loads(pickle.dumps(pl_module))]
+
+
+@pytest.mark.parametrize("kind", ["class", "own"])
+def test_copies_taken_inside_the_window_come_out_clean(tmp_path, kind):
+    # Item 13: a deep copy used to keep the wrapper, which blurred and called the ORIGINAL module.
+    model = Recorder()
+    if kind == "own":  # the module already had an instance-level training_step
+        model.training_step = model.training_step
+    snap = SnapshotInWindow()
+    fit(model, [lc.InputDeficit("blur", window=(1, 2), factor=2), snap], tmp_path)
+    assert len(snap.copies) == 2
+    recorded = len(model.train_batches)
+    raw = (IMAGES[:8], LABELS[:8])
+    for clone in snap.copies:
+        assert clone.training_step.__self__ is clone
+        before = len(clone.train_batches)
+        loss = clone.training_step(raw, 0)
+        loss.backward()
+        assert len(clone.train_batches) == before + 1 and len(model.train_batches) == recorded
+        assert torch.equal(clone.train_batches[-1][2][0], IMAGES[:8])  # the raw batch, not blurred
+        assert all(p.grad is not None for p in clone.parameters())  # the copy's own parameters
+        assert all(p.grad is None for p in model.parameters())
+    if kind == "own":
+        assert model.__dict__["training_step"].__self__ is model
+    else:
+        assert "training_step" not in model.__dict__
+
+
+class Sequences(pl.LightningModule):
+    """Batch-first sequences (N, T, D): time is dimension 1, features dimension 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(6, 2)
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch[0].clone())
+        return F.cross_entropy(self.head(batch[0].mean(1)), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(torch.randn(8, 12, 6, generator=gen), torch.arange(8) % 2)
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def test_blur_of_sequences_needs_spatial_dims_and_then_blurs_time(tmp_path):
+    # Item 15: a (N, T, D) batch used to be blurred along the feature axis without a word.
+    model = Sequences()
+    start = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"spatial_dims.*\(N, T, D\)"):
+        fit(model, [lc.InputDeficit("blur", window=(1, 2), factor=2)], tmp_path)  # the window opens later ...
+    assert model.seen == [] and all(torch.equal(a, p) for a, p in zip(start, model.parameters()))  # ... caught at once
+    model = Sequences()
+    fit(model, [lc.InputDeficit("blur", window=(0, 1), factor=2, spatial_dims=(1,))], tmp_path, epochs=1)
+    x = model.train_dataloader().dataset.tensors[0][:4]
+    expected = blur(x.transpose(1, 2), 2).transpose(1, 2)  # blurred over time, per feature
+    torch.testing.assert_close(model.seen[0], expected)
+    flipped = lc.InputDeficit("vflip", (0, 1), spatial_dims=1).apply((x, torch.zeros(4)))[0]
+    assert torch.equal(flipped, x.flip(1))
+
+
+def test_images_and_volumes_have_default_spatial_dims():
+    x4, x5 = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 4, 8, 8)
+    assert torch.equal(lc.InputDeficit("blur", (0, 1), factor=2).apply((x4, 0))[0], blur(x4, 2))
+    assert torch.equal(lc.InputDeficit("vflip", (0, 1)).apply((x4, 0))[0], x4.flip(2))
+    assert lc.InputDeficit("downsample", (0, 1), factor=2).apply((x5, 0))[0].shape == (2, 1, 2, 4, 4)
+    assert torch.equal(lc.InputDeficit("vflip", (0, 1)).apply((x5, 0))[0], x5.flip(3))  # height of (D, H, W)
+    # explicit dims in any order or sign, and a channels-last image (N, H, W, C)
+    nhwc = x4.permute(0, 2, 3, 1)
+    got = lc.InputDeficit("blur", (0, 1), factor=2, spatial_dims=(-2, 1)).apply((nhwc, 0))[0]
+    torch.testing.assert_close(got, blur(x4, 2).permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="spatial_dims.*3-D"):
+        lc.InputDeficit("blur", (0, 1)).apply((torch.rand(2, 3, 10), 0))
+
+
+def test_label_shuffle_of_a_two_input_batch_permutes_the_labels_not_the_second_input():
+    # Item 14: the default target used to be index 1, i.e. xb.
+    xa, xb, y = torch.rand(8, 3), torch.rand(8, 3), torch.arange(8)
+    out = lc.InputDeficit("label_shuffle", window=(0, 1)).apply((xa, xb, y), step=0)
+    assert out[0] is xa and out[1] is xb and not torch.equal(out[2], y)
+    assert sorted(out[2].tolist()) == y.tolist()
+    out = lc.InputDeficit("label_shuffle", window=(0, 1)).apply({"x": xa, "y": y, "target": xb})
+    assert out["target"] is xb and not torch.equal(out["y"], y)  # "y" comes first among the target keys
+    with pytest.raises(ValueError, match="target_key"):
+        lc.InputDeficit("label_shuffle", window=(0, 1)).apply({"x": xa, "out": y})
+
+
+def test_mapping_batches_user_dict(tmp_path):
+    from collections import UserDict
+
+    batch = UserDict({"pixel_values": IMAGES[:8], "labels": LABELS[:8]})
+    out = lc.InputDeficit("vflip", (0, 1)).apply(batch)
+    assert type(out) is UserDict and torch.equal(out["pixel_values"], IMAGES[:8].flip(2))
+    assert batch["pixel_values"] is not out["pixel_values"] and torch.equal(batch["pixel_values"], IMAGES[:8])
+
+
+def test_transform_registry_accepts_new_entries(monkeypatch):
+    from lightning_critical.deficits.input import TRANSFORMS, Transform
+
+    assert set(TRANSFORMS) == {"blur", "downsample", "noise", "vflip", "label_shuffle"}
+    monkeypatch.setitem(TRANSFORMS, "negate", Transform(lambda x, ctx: -x))
+    assert torch.equal(lc.InputDeficit("negate", (0, 1)).apply((IMAGES[:2], 0))[0], -IMAGES[:2])
+
+
+def test_wrapper_is_inert_while_probing():
+    from lightning_critical.deficits.input import _BatchTransformHandle
+    from lightning_critical.probing import probing
+
+    model = Recorder()
+    handle = _BatchTransformHandle(model, lambda b: (b[0] * 0, b[1]))
+    batch = (IMAGES[:8], LABELS[:8])
+    with probing():
+        model.training_step(batch, 0)
+    model.training_step(batch, 0)
+    handle.remove()
+    assert torch.equal(model.train_batches[0][2][0], IMAGES[:8]) and not model.train_batches[1][2][0].any()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence, Union
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
-from lightning_critical._checks import check_int
+from lightning_critical._batch import BatchSpec, InputsFn, describe
+from lightning_critical._checks import check_choice, check_int, check_names, check_seed
 from lightning_critical._lightning import history_path, log_scalars
-from lightning_critical.deficits.input import INPUT_KEYS
-from lightning_critical.fisher import fisher_layers, fisher_trace
+from lightning_critical.fisher import LABELS, fisher_layers, fisher_trace
 from lightning_critical.monitors.history import History, Record, check_history_file
+from lightning_critical.probing import probing
 
 TOTAL = "total"
 
@@ -23,36 +26,55 @@ TOTAL = "total"
 class FisherMonitor(Callback):
     """Record the trace of the Fisher information of each layer every ``every_n_epochs`` epochs.
 
-    Estimator (see :mod:`lightning_critical.fisher`): labels sampled from the model's own
-    predictive distribution, ``tr F = mean_n ||grad log p(y_n | x_n)||^2``, split by layer
-    (the module owning the parameters), plus their sum as target ``"total"``.
+    Estimator (see :mod:`lightning_critical.fisher`): by default labels sampled from the
+    model's own predictive distribution, ``tr F = mean_n ||grad log p(y_n | x_n)||^2``, split
+    by layer (the module owning the parameters), plus their sum as target ``"total"``.
 
-    At an epoch due for a record, the inputs of its first ``num_batches`` training batches
-    (as the dataloader yields them, before any :class:`~lightning_critical.InputDeficit`) are
-    kept and the trace is computed on all of them at the weights before the update of batch
-    ``num_batches - 1`` (at the epoch's end if it is shorter). ``step`` is the number of
-    optimizer steps done then. The model's ``forward`` must map the input to class logits.
-    The model, its gradients and the global RNG are untouched (eval mode during the estimate,
-    private generator seeded by ``(seed, step)``), so training is bitwise unchanged.
+    At an epoch due for a record, the model inputs of its first ``num_batches`` training
+    batches (as the dataloader yields them, before any :class:`~lightning_critical.InputDeficit`)
+    are kept and the trace is computed on all of them at the weights before the update of
+    batch ``num_batches - 1`` (at the epoch's end if it is shorter). ``step`` is the number of
+    optimizer steps done then. The estimate runs inside
+    :func:`~lightning_critical.probing.probing` (deficit hooks inert, every RNG stream
+    restored), in eval mode, with a private generator seeded by ``(seed, step)``, without
+    writing ``.grad``: training is bitwise unchanged.
+
+    Label noise: with ``labels="sample"`` (the published estimator, one label per example)
+    the estimate of a confident model is carried by the few examples that draw a label other
+    than the predicted one; when none does, that record drops 10-50x below its neighbours
+    (the trace itself does not). ``labels="expected"`` averages over every class exactly, at
+    ``classes`` times the cost, and removes these drops. See :mod:`lightning_critical.fisher`.
+
+    When the weights (or the logits) become NaN or infinite the Fisher is undefined: the
+    record holds NaN for every layer, a warning is given once, and training goes on.
 
     Outputs: :meth:`to_frame` (metric ``fisher_trace``, ``index`` -1); logger scalars
     ``fisher_trace/<layer>`` on every rank with identical keys (each rank estimates on its
-    own batches); ``<log dir>/<history_file>`` on rank zero.
+    own batches); ``<log dir>/<history_file>`` on rank zero, only with a logger (without one,
+    nothing is written; the records stay in memory). History semantics (one fit, one
+    history; resume continues it): :mod:`lightning_critical.monitors.history`.
 
     Args:
         every_n_epochs: record cadence (epoch 0 is always recorded).
         num_batches: training batches per estimate (>= 1).
         targets: layer names or globs to include (default: every layer with parameters).
-        input_key: which batch element is the input (index or dict key; default: the batch
-            itself if it is a tensor, element 0 of tuples/lists, or the first of
-            ``("input", "inputs", "x", "image", "images", "pixel_values")`` of dicts).
-        seed: seed of the label sampling.
+        input_key: which batch element is the model's input (index or key; default: the batch
+            itself if it is a tensor, element 0 of tuples/lists, the first of
+            :data:`~lightning_critical._batch.INPUT_KEYS` of mappings).
+        inputs: instead of ``input_key``, a callable ``batch -> tuple of model arguments``
+            for models with several inputs: the estimate calls ``model(*inputs(batch))``.
+            Every argument must be a tensor whose dimension 0 is the batch.
+        seed: seed of the label sampling (integer >= 0).
+        labels: ``"sample"`` (one label per example drawn from the model's predictive
+            distribution) or ``"expected"`` (every class, weighted by its probability).
         chunk_size: examples per vectorised gradient chunk (memory vs speed).
         history_file: CSV file under the run's log directory (``None``: none).
 
     Raises:
-        ValueError: bad cadence / counts; before training, ``targets`` matching no layer
-            (the message lists the layers).
+        ValueError: bad cadence / counts / seed / keys / targets; before training,
+            ``targets`` matching no layer (the message lists the layers); at the first
+            recorded batch, an input that cannot be found (the message lists what the batch
+            holds).
 
     Example::
 
@@ -60,6 +82,7 @@ class FisherMonitor(Callback):
         >>> monitor = lc.FisherMonitor(every_n_epochs=2, num_batches=1)
         >>> monitor.to_frame().columns.tolist()
         ['step', 'epoch', 'target', 'metric', 'index', 'value']
+        >>> two_inputs = lc.FisherMonitor(inputs=lambda batch: (batch[0], batch[1]))
     """
 
     def __init__(
@@ -71,80 +94,95 @@ class FisherMonitor(Callback):
         seed: int = 0,
         chunk_size: int = 32,
         history_file: Optional[str] = "fisher_history.csv",
+        inputs: Optional[InputsFn] = None,
+        labels: str = "sample",
     ) -> None:
-        for name, value in (("every_n_epochs", every_n_epochs), ("num_batches", num_batches), ("chunk_size", chunk_size)):
-            check_int(name, value)
-        self.every_n_epochs = every_n_epochs
-        self.num_batches = num_batches
-        self.targets = [targets] if isinstance(targets, str) else (list(targets) if targets is not None else None)
-        self.input_key = input_key
-        self.seed = int(seed)
-        self.chunk_size = chunk_size
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
+        self.num_batches = check_int("num_batches", num_batches)
+        self.chunk_size = check_int("chunk_size", chunk_size)
+        self.targets = check_names("targets", targets, allow_none=True)
+        self.batch_spec = BatchSpec(input_key=input_key, inputs=inputs, owner="FisherMonitor")
+        self.input_key = self.batch_spec.input_key
+        self.seed = check_seed("seed", seed)
         self.history_file = check_history_file(history_file)
+        self.labels = check_choice("labels", labels, LABELS)
         self.history = History()
-        self._pending: list[Tensor] = []
+        self._pending: list[tuple[Tensor, ...]] = []
+        self._warned: set[str] = set()
 
     def to_frame(self) -> pd.DataFrame:
-        """Everything recorded in this process as a tidy ``DataFrame``."""
+        """Everything recorded in this fit (and, after a resume, the run's earlier records) as a tidy ``DataFrame``."""
         return self.history.to_frame()
 
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._pending = []
+        self._warned = set()
+
+    @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if not fisher_layers(pl_module, self.targets):
             raise ValueError(
                 f"FisherMonitor(targets={self.targets!r}) matches no layer with trainable parameters; "
                 f"layers: {sorted(fisher_layers(pl_module))[:40]}."
             )
+        if self.history_file and not trainer.loggers:
+            rank_zero_info("FisherMonitor: no logger: the history is kept in memory only (to_frame()).")
         path = history_path(trainer, self.history_file)
         dropped = self.history.start(path, from_step=trainer.global_step)
         if dropped and trainer.global_step == 0:
-            rank_zero_warn(f"FisherMonitor: a new fit replaces the {dropped} records of an earlier run"
-                           + (f" in {path!r}." if path else " (to_frame() shows this fit only)."))
+            rank_zero_warn(f"FisherMonitor: a new fit starts a fresh history; {dropped} records of an earlier run are dropped"
+                           + (f" (history file: {path!r})." if path else " (to_frame() shows this fit only)."))
 
     def _due(self, trainer: "pl.Trainer") -> bool:
         return trainer.current_epoch % self.every_n_epochs == 0
 
+    @override
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
             self._pending = []
         if not self._due(trainer) or batch_idx >= self.num_batches:
             return
-        self._pending.append(self._input(batch).detach())
+        args = self.batch_spec.model_inputs(batch)
+        if not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
+            raise ValueError(f"FisherMonitor: every model argument must be a tensor with a batch dimension; got "
+                             f"{describe(tuple(args))} (pass inputs=<callable batch -> tuple of tensors>).")
+        self._pending.append(tuple(a.detach() for a in args))
         if batch_idx == self.num_batches - 1:
             self.record(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._pending:  # the epoch had fewer than num_batches batches
             self.record(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._pending = []
         self.history.close()
 
+    @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         self._pending = []
         self.history.close()
 
-    def _input(self, batch: Any) -> Tensor:
-        if isinstance(batch, Tensor):
-            return batch
-        key = self.input_key
-        if isinstance(batch, dict):
-            key = key if key is not None else next((k for k in INPUT_KEYS if k in batch), None)
-            if key not in batch:
-                raise ValueError(f"FisherMonitor: input_key={key!r} is not in the batch; its keys are {list(batch)}.")
-            return batch[key]
-        if isinstance(batch, (tuple, list)):
-            return batch[0 if key is None else key]
-        raise ValueError(f"FisherMonitor cannot read a batch of type {type(batch).__name__}; pass input_key.")
-
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Estimate on the kept batches now and record (normally called by the hooks)."""
         step, epoch = trainer.global_step, trainer.current_epoch
-        inputs, self._pending = torch.cat(self._pending), []
-        gen = torch.Generator(device=inputs.device).manual_seed(self.seed * 1_000_003 + step)
-        sums = fisher_trace(pl_module, inputs, self.targets, generator=gen, chunk_size=self.chunk_size)
+        pending, self._pending = self._pending, []
+        if len({len(args) for args in pending}) != 1:
+            raise ValueError("FisherMonitor: inputs(batch) returned different numbers of model arguments for different batches.")
+        args = tuple(torch.cat(parts) for parts in zip(*pending))
+        device = args[0].device
+        with probing(devices=[device]):
+            gen = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
+            sums = fisher_trace(pl_module, args, self.targets, generator=gen, chunk_size=self.chunk_size, labels=self.labels)
         values = {layer: total / count for layer, (total, count) in sums.items()}
         values[TOTAL] = sum(values.values())
+        if not math.isfinite(values[TOTAL]) and "nonfinite" not in self._warned:
+            self._warned.add("nonfinite")
+            rank_zero_warn(f"FisherMonitor: the model's weights or logits are NaN or infinite at step {step}; the Fisher "
+                           "trace is recorded as NaN while that lasts (training continues).")
         rows: list[Record] = [(step, epoch, layer, "fisher_trace", -1, v) for layer, v in values.items()]
         self.history.extend(rows, write=trainer.is_global_zero)
         log_scalars(trainer, {f"fisher_trace/{layer}": v for layer, v in values.items()}, step)
