@@ -276,7 +276,8 @@ class InputDeficit(WindowedDeficit):
     def _label(self) -> str:
         return self.transform if isinstance(self.transform, str) else getattr(self.transform, "__name__", "callable")
 
-    def _default_name(self) -> str:
+    @override
+    def default_name(self) -> str:
         return f"input/{self._label()}"
 
     # -- the transform ---------------------------------------------------------------------
@@ -341,7 +342,8 @@ class InputDeficit(WindowedDeficit):
             self._checked = True
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
-    def _attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[Any]:
+    @override
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[Any]:
         def transform(batch: Any) -> Any:
             return self.apply(batch, trainer.global_step, self._batch_idx, trainer.global_rank)
 
