@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -61,7 +61,7 @@ class UserClassifier(pl.LightningModule):
 
 
 # ---- the probes: only callbacks are added -----------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("outputs", "add_to_your_script"))
     parser.add_argument("--epochs", type=int, default=12)
@@ -94,7 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     spectra.to_csv(os.path.join(args.out, "spectral.csv"), index=False)
     traces.to_csv(os.path.join(args.out, "fisher.csv"), index=False)
     print("spectral targets:", sorted(spectra.target.unique()))
-    print(spectra[spectra.metric == "effective_rank"].pivot_table(index="step", columns="target", values="value").round(2).tail(3))
+    effective_rank = spectra[spectra.metric == "effective_rank"]
+    print(effective_rank.pivot_table(index="step", columns="target", values="value").round(2).tail(3))
     print(traces.pivot_table(index="epoch", columns="target", values="value").round(3))
     print("logs:", trainer.logger.log_dir)
     return {"spectral": spectra, "fisher": traces, "model": model, "log_dir": trainer.logger.log_dir}

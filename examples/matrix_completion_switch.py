@@ -19,16 +19,16 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
 
-import lightning_critical as lc  # noqa: E402
-from lightning_critical.data import MatrixCompletionDataModule  # noqa: E402
-from lightning_critical.experiments.matrix_completion import switch_theory  # noqa: E402
-from lightning_critical.models import DeepMatrixFactorization  # noqa: E402
+import lightning_critical as lc
+from lightning_critical.data import MatrixCompletionDataModule
+from lightning_critical.experiments.matrix_completion import switch_theory
+from lightning_critical.models import DeepMatrixFactorization
 
 
 def main(argv=None):

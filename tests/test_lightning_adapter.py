@@ -1,8 +1,8 @@
 """The only Lightning internals we rely on: if an upgrade breaks one, this fails loudly."""
 
+from conftest import TwoBranchNet, make_trainer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from conftest import TwoBranchNet, make_trainer
 from lightning_critical import _lightning
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
@@ -30,7 +31,7 @@ def test_ground_truth_recipe_and_shared_positions():
     r1, c1, v1 = dm.observations("pretrain")
     r2, c2, v2 = dm.observations("target")
     assert torch.equal(r1, r2) and torch.equal(c1, c2) and not torch.allclose(v1, v2)
-    assert len(set(zip(r1.tolist(), c1.tolist()))) == 200  # without replacement
+    assert len(set(zip(r1.tolist(), c1.tolist(), strict=True))) == 200  # without replacement
     r3, c3, v3 = dm.observations("few")
     assert torch.equal(r3, r2[:50]) and torch.equal(v3, v2[:50]) and dm.rank("few") == 2
     assert torch.equal(dm.ground_truth("few"), dm.ground_truth("target"))
@@ -117,7 +118,7 @@ def test_end_to_end_map_and_gaussian_init_scale(depth):
 def test_orthogonal_init_is_balanced_and_identity_init():
     model = DeepMatrixFactorization(size=12, depth=3, init="orthogonal", init_scale=1e-2, seed=0)
     f = [p.detach().double() for p in model.factors]
-    for a, b in zip(f, f[1:]):
+    for a, b in itertools.pairwise(f):
         torch.testing.assert_close(b.T @ b, a @ a.T)
     model = DeepMatrixFactorization(size=5, depth=2, init="identity", init_scale=1e-2)
     torch.testing.assert_close(model.end_to_end().detach(), 1e-2 * torch.eye(5))

@@ -187,7 +187,7 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(resumed.history(), full.history())
     pd.testing.assert_frame_equal(resumed.results(), full.results())
     for k in range(3):
-        for a, b in zip(resumed.member_factors(k), full.member_factors(k)):
+        for a, b in zip(resumed.member_factors(k), full.member_factors(k), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [m.task for m in resumed.members] == ["target"] * 3
 

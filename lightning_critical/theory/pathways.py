@@ -17,7 +17,8 @@ counts in the sum (it still feeds the output); during ``silence`` it is held and
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -26,11 +27,11 @@ from lightning_critical._checks import check_int
 
 DEFICIT_MODES: tuple[str, ...] = ("freeze", "silence")
 
-DeficitKey = Union[int, tuple[int, int]]
-Deficits = Mapping[DeficitKey, Sequence[tuple]]
+DeficitKey: TypeAlias = int | tuple[int, int]
+Deficits: TypeAlias = Mapping[DeficitKey, Sequence[tuple]]
 
 
-def _initial_strengths(k0: Union[float, np.ndarray], n_pathways: int, n_modes: int) -> np.ndarray:
+def _initial_strengths(k0: float | np.ndarray, n_pathways: int, n_modes: int) -> np.ndarray:
     k = np.asarray(k0, dtype=float)
     if k.ndim == 0:
         k = np.full((n_pathways, n_modes), float(k))
@@ -46,7 +47,7 @@ def _initial_strengths(k0: Union[float, np.ndarray], n_pathways: int, n_modes: i
 
 
 def _deficit_masks(
-    deficits: Optional[Deficits], mode: str, n_pathways: int, n_modes: int, steps: int
+    deficits: Deficits | None, mode: str, n_pathways: int, n_modes: int, steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (steps, P, M) masks: K[p, a] held during the update at step t, and left out of the sum."""
     held = np.zeros((steps, n_pathways, n_modes), dtype=bool)
@@ -78,10 +79,10 @@ def _deficit_masks(
 def pathway_dynamics(
     singular_values: Sequence[float],
     depth: int,
-    k0: Union[float, np.ndarray],
+    k0: float | np.ndarray,
     lr: float,
     steps: int,
-    deficits: Optional[Deficits] = None,
+    deficits: Deficits | None = None,
     mode: str = "freeze",
     n_pathways: int = 2,
 ) -> np.ndarray:
@@ -143,9 +144,9 @@ def pathway_flow(k_a: np.ndarray, k_b: np.ndarray, s: float, depth: int) -> tupl
 def pathway_ode(
     singular_values: Sequence[float],
     depth: int,
-    k0: Union[float, np.ndarray],
+    k0: float | np.ndarray,
     times: Sequence[float],
-    deficits: Optional[Deficits] = None,
+    deficits: Deficits | None = None,
     mode: str = "freeze",
     n_pathways: int = 2,
 ) -> np.ndarray:
@@ -187,7 +188,7 @@ def pathway_ode(
     return sol.y.T.reshape(len(times), *shape)
 
 
-def depth2_mode_strength(t: Union[float, np.ndarray], s: float, u0: float, lr: float = 1.0) -> np.ndarray:
+def depth2_mode_strength(t: float | np.ndarray, s: float, u0: float, lr: float = 1.0) -> np.ndarray:
     """Saxe et al. (2014) closed form for one depth-2 mode from small init ``u0``.
 
     ``u(t) = s e^(2 s t / tau) / (e^(2 s t / tau) - 1 + s / u0)`` with ``tau = 1 / lr``;
