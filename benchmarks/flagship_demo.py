@@ -44,10 +44,9 @@ def bare_run(max_epochs: int = 1000) -> float:
 
 def toy_demo(out: str) -> dict[str, str]:
     """What :func:`reproduce` does, through the same functions, at toy size."""
-    small = dict(width=16, max_epochs=40)
     runs = early_middle_late({"early": 0, "late": 20}, length=10, save_dir=os.path.join(out, "tensorboard"),
-                             every_n_steps=10, **small)
-    sweep = deficit_onset_sweep(depths=(2,), onsets=(0, 20), length=10, sgd_onsets=(0,), **small)
+                             every_n_steps=10, width=16, max_epochs=40)
+    sweep = deficit_onset_sweep(depths=(2,), onsets=(0, 20), length=10, sgd_onsets=(0,), width=16, max_epochs=40)
     phases = phase_trajectories(depths=(2,), windows={"early": (0, 10)}, max_epochs=40)
     paths = {}
     for name, fig in (("trajectories", plot_deficit_trajectories(runs, marker_every=10)),

@@ -54,7 +54,7 @@ def baseline_run(
     n_steps = total if max_steps is None else min(total, max_steps)
 
     def end_to_end() -> torch.Tensor:
-        w = factors[0]
+        w: torch.Tensor = factors[0]
         for factor in factors[1:]:
             w = factor @ w
         return w

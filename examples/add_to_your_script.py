@@ -76,10 +76,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     datamodule = lc.data.DigitsDataModule(batch_size=32, subset=args.subset)
     spectral = lc.SpectralMonitor(every_n_steps=25)
     fisher = lc.FisherMonitor(every_n_epochs=1)
+    logger = pl.loggers.TensorBoardLogger(args.out, name="logs")
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         default_root_dir=args.out,
-        logger=pl.loggers.TensorBoardLogger(args.out, name="logs"),
+        logger=logger,
         enable_checkpointing=False,
         callbacks=[
             lc.InputDeficit("blur", window=(0, 5), factor=2),
@@ -97,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     effective_rank = spectra[spectra.metric == "effective_rank"]
     print(effective_rank.pivot_table(index="step", columns="target", values="value").round(2).tail(3))
     print(traces.pivot_table(index="epoch", columns="target", values="value").round(3))
-    print("logs:", trainer.logger.log_dir)
-    return {"spectral": spectra, "fisher": traces, "model": model, "log_dir": trainer.logger.log_dir}
+    print("logs:", logger.log_dir)
+    return {"spectral": spectra, "fisher": traces, "model": model, "log_dir": logger.log_dir}
 
 
 if __name__ == "__main__":

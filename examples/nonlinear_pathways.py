@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -71,7 +72,7 @@ def train_once(
 
 
 def run_experiment(
-    nonlinearities: Sequence[str], epochs: int, length: int, late: int, **kw: object
+    nonlinearities: Sequence[str], epochs: int, length: int, late: int, **kw: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(strengths, shares)``: every run's mode strengths, and pathway b's final share.
 

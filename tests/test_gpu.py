@@ -64,7 +64,8 @@ def gpu_fit(model, callbacks, tmp_path, precision="32-true", epochs=2):
 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true"])
 def test_spectra_on_the_weights_device_in_float32_or_better(tmp_path, monkeypatch, precision):
-    given, returned = [], []
+    given: list[tuple[str, torch.dtype]] = []
+    returned: list[tuple[str, torch.dtype]] = []
 
     def spy(matrices, **kw):
         given.extend((m.device.type, m.dtype) for m in matrices.values())

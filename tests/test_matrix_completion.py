@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.models import DeepMatrixFactorization
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+QUIET: dict[str, Any] = dict(
+    logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False
+)
 
 
 def test_ground_truth_recipe_and_shared_positions():
@@ -47,9 +50,13 @@ def test_task_basis_is_the_active_task():
 
 def test_task_basis_is_cached_per_task(monkeypatch):
     dm = MatrixCompletionDataModule(size=12, n_observed=40, tasks={"a": 3, "b": 2})
-    calls = []
+    calls: list[int] = []
     svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    def counting_svd(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return svd(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", counting_svd)
     first = dm.task_basis()
     first[0].zero_()  # callers get copies: modifying one does not poison the cache
     again = dm.task_basis()

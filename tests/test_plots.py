@@ -27,7 +27,7 @@ def test_deficit_trajectories_draws_every_pathway():
 def test_critical_period_into_a_subfigure_returns_the_figure():
     """``ax.figure`` of a SubFigure's axes is the SubFigure, which has no ``tight_layout``."""
     fig = Figure()
-    left, _ = fig.subfigures(1, 2)
+    left = fig.add_subfigure(fig.add_gridspec(1, 2)[0])
     ax = left.subplots()
     assert plot_critical_period(CRITICAL, ax=ax) is fig
     assert len(ax.lines) == 2

@@ -109,6 +109,8 @@ class FactorizationEnsemble(pl.LightningModule):
         [40, 60]
     """
 
+    _anchor: Tensor  # a buffer (registered in __init__): declared for the type checker
+
     def __init__(
         self,
         model: DeepMatrixFactorization,
@@ -219,7 +221,7 @@ class FactorizationEnsemble(pl.LightningModule):
                     self._slot_weights[s] = [f[j] for f in factors]
         self.sgd_step += self.steps_per_epoch
         test = self._record(live)
-        if live and self._trainer is not None and self.trainer.loggers:
+        if test is not None and self._trainer is not None and self.trainer.loggers:
             for j, k in enumerate(live):
                 self.log(f"test_loss/member{k}", test[j], on_step=False, on_epoch=True)
         for k in live:
