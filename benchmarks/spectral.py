@@ -31,23 +31,32 @@ only here (it pulls no torch of its own with ``--no-deps``)::
         weightwatcher powerlaw mpmath safetensors matplotlib-inline
     .venv/bin/python benchmarks/spectral.py --ww-path outputs/bench-ww --threads 1
 
-Without weightwatcher (``--ww-path`` missing) part (i) times ours only. ``--threads`` sets
+Without ``--ww-path`` weightwatcher is imported from the running environment if it is
+there; where it is not, part (i) times ours only and says so. ``--threads`` sets
 torch's intra-op threads and numpy/scipy's BLAS threads alike (default: the libraries' choice).
 Prints ratios (baseline time / ours); nothing is asserted.
+
+``--quick`` runs every part on toy models (a 1-block width-64 transformer, a one-block-per-stage
+width-8 ResNet, one digits epoch on 200 images, one repeat): seconds, and the times mean
+nothing; it only proves the script still runs against the package's API (a test does it).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -83,16 +92,22 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
         self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
         self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else None
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
         )
 
 
-def resnet50(num_classes: int = 1000) -> nn.Module:
-    """ResNet-50-sized parameter layout (25.6M parameters), random init."""
+def resnet50(
+    num_classes: int = 1000,
+    blocks_per_stage: tuple[int, ...] = (3, 4, 6, 3),
+    widths: tuple[int, ...] = (64, 128, 256, 512),
+) -> nn.Module:
+    """ResNet-50-sized parameter layout (25.6M parameters at the defaults), random init."""
     model = nn.Module()
-    model.conv1, model.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
-    cin = 64
-    for i, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+    cin = widths[0]
+    model.conv1, model.bn1 = nn.Conv2d(3, cin, 7, 2, 3, bias=False), nn.BatchNorm2d(cin)
+    for i, (blocks, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):
         stage = []
         for j in range(blocks):
             stage.append(Bottleneck(cin, width, 2 if (j == 0 and i > 0) else 1))
@@ -106,7 +121,7 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
 REPEATS = 3  # every time in part (i) is the best of this many runs (--repeats-i)
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """Best wall time of ``REPEATS`` calls (CUDA work included), and the last result."""
     best, out = float("inf"), None
     for _ in range(REPEATS):
@@ -127,9 +142,9 @@ def ours_full(model: nn.Module, method: str = "auto") -> dict[str, dict[str, flo
     return {n: scalar_metrics(s, SCALAR_METRICS, tuple(mats[n].shape)) for n, (s, _) in spectra.items()}
 
 
-def worst_difference(layers: list, spectra: dict) -> tuple[float, set]:
+def worst_difference(layers: list[Any], spectra: dict[str, tuple[torch.Tensor, Any]]) -> tuple[float, set[float]]:
     """Largest ``|s_ours - s_ww| / s_max`` over weightwatcher's layers (its conv scale undone)."""
-    worst, scale_note = 0.0, set()
+    worst, scale_note = 0.0, set[float]()
     for layer in layers:
         ours = np.sort(np.concatenate([spectra[f"{layer.layer_id}/{i}"][0].double().cpu().numpy() ** 2
                                        for i in range(len(layer.Wmats))]))
@@ -139,13 +154,14 @@ def worst_difference(layers: list, spectra: dict) -> tuple[float, set]:
         factor = theirs[-1] / ours[-1]
         if abs(factor - 1) > 1e-5:
             scale_note.add(round(float(factor), 4))
-        rel = np.max(np.abs(np.sqrt(np.clip(ours * factor, 0, None)) - np.sqrt(np.clip(theirs, 0, None)))) / np.sqrt(theirs[-1])
+        rel = np.max(np.abs(np.sqrt(np.clip(ours * factor, 0, None)) - np.sqrt(np.clip(theirs, 0, None))))
+        rel /= np.sqrt(theirs[-1])
         worst = max(worst, float(rel))
     return worst, scale_note
 
 
-def ww_layers(ww, watcher) -> list:
-    """weightwatcher's own layer iterator: the layers (and matrices) its analysis uses."""
+def ww_layers(watcher: Any) -> tuple[list[Any], dict[str, Any]]:
+    """weightwatcher's own layer iterator: the layers (and matrices) its analysis uses, and its parameters."""
     from weightwatcher.constants import DEFAULT_PARAMS
     from weightwatcher.weightwatcher import WWLayerIterator
 
@@ -154,8 +170,11 @@ def ww_layers(ww, watcher) -> list:
             if not layer.skipped and layer.has_weights], params
 
 
-def compare_same_matrices(ww, watcher, model: nn.Module, device: torch.device) -> None:
-    layers, params = ww_layers(ww, watcher)
+def compare_same_matrices(watcher: Any, model: nn.Module, device: torch.device) -> None:
+    layers, params = ww_layers(watcher)
+    if not layers:
+        print("  same matrices: weightwatcher analysed no layer of this model (all under its size thresholds)")
+        return
     t_ww, _ = timed(lambda: [watcher.apply_esd(layer, params) for layer in layers])
     mats = {f"{layer.layer_id}/{i}": torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
             for layer in layers for i, w in enumerate(layer.Wmats)}
@@ -163,7 +182,8 @@ def compare_same_matrices(ww, watcher, model: nn.Module, device: torch.device) -
           f"weightwatcher ESD {t_ww:.2f} s")
     for method in ("auto", "gram"):
         # host -> device copies timed as well: weightwatcher's own are inside its time
-        t_ours, spectra = timed(lambda: singular_values({k: v.to(device) for k, v in mats.items()}, method=method))
+        t_ours, spectra = timed(functools.partial(
+            lambda method: singular_values({k: v.to(device) for k, v in mats.items()}, method=method), method))
         worst, scale_note = worst_difference(layers, spectra)
         print(f"    ours method={method!r}: {t_ours:.2f} s -> {t_ww / t_ours:.1f}x; "
               f"max |s_ours - s_ww| / s_max = {worst:.2e}"
@@ -173,14 +193,28 @@ def compare_same_matrices(ww, watcher, model: nn.Module, device: torch.device) -
         print(f"  weightwatcher did not analyse {len(skipped)} of our targets, e.g. {skipped[:3]}")
 
 
-def part_one(ww_path: Optional[str], device: torch.device) -> None:
-    ww = None
+def load_weightwatcher(ww_path: str | None) -> ModuleType | None:
+    """weightwatcher from ``ww_path`` (a ``pip install --target`` folder) or the environment; None if absent."""
     if ww_path:
         sys.path.insert(0, os.path.abspath(ww_path))
-        import weightwatcher as ww  # noqa: F811
+    try:
+        import weightwatcher
+    except ImportError as err:
+        where = f"in {ww_path}" if ww_path else "in this environment (see --ww-path)"
+        print(f"weightwatcher is not installed {where} ({err}): comparison skipped, ours timed alone")
+        return None
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    return weightwatcher
 
-        logging.getLogger("weightwatcher").setLevel(logging.ERROR)
-    for name, build in (("GPT-2-small-sized transformer", gpt2_small), ("ResNet-50-sized CNN", resnet50)):
+
+def part_one(ww: ModuleType | None, device: torch.device, quick: bool = False) -> None:
+    builds: tuple[tuple[str, Callable[[], nn.Module]], ...] = (
+        ("GPT-2-small-sized transformer", gpt2_small), ("ResNet-50-sized CNN", resnet50)
+    )
+    if quick:
+        builds = (("toy transformer", functools.partial(gpt2_small, vocab=300, context=64, d=64, layers=1)),
+                  ("toy ResNet", functools.partial(resnet50, 10, (1, 1, 1, 1), (8, 16, 32, 64))))
+    for name, build in builds:
         torch.manual_seed(0)
         model = build().eval().to(device)
         n_params = sum(p.numel() for p in model.parameters())
@@ -188,16 +222,16 @@ def part_one(ww_path: Optional[str], device: torch.device) -> None:
         print(f"{name}: {n_params / 1e6:.1f}M parameters, {n_mats} weight matrices, on {device}")
         t_ours = {}
         for method in ("auto", "gram"):
-            t_ours[method], _ = timed(lambda: ours_full(model, method))
+            t_ours[method], _ = timed(functools.partial(ours_full, model, method))
             print(f"  ours method={method!r} (all singular values + {len(SCALAR_METRICS)} metrics, every matrix): "
                   f"{t_ours[method]:.2f} s")
         if ww is None:
             continue
         watcher = ww.WeightWatcher(model=model)
-        t_ww, details = timed(lambda: watcher.analyze())
+        t_ww, details = timed(watcher.analyze)
         print(f"  weightwatcher analyze() defaults: {t_ww:.2f} s on {len(details)} layers -> ratio "
               + ", ".join(f"{t_ww / t:.1f}x ({m!r})" for m, t in t_ours.items()))
-        compare_same_matrices(ww, watcher, model, device)
+        compare_same_matrices(watcher, model, device)
 
 
 # ---- part (ii) -----------------------------------------------------------------------------
@@ -223,14 +257,20 @@ class TimedSpectralMonitor(lc.SpectralMonitor):
         self._timed(super().on_train_end, *args)
 
 
-def fit_digits(with_monitor: Optional[bool], epochs: int, root: str, timed_monitor: Optional[TimedSpectralMonitor] = None) -> float:
+def fit_digits(
+    with_monitor: bool | None,
+    epochs: int,
+    root: str,
+    timed_monitor: TimedSpectralMonitor | None = None,
+    subset: int | None = None,
+) -> float:
     """One timed fit; ``with_monitor=None`` attaches an empty ``Callback`` (Lightning's own per-callback cost)."""
-    import pytorch_lightning as pl
-
     pl.seed_everything(0, verbose=False)
-    dm = lc.data.DigitsDataModule(batch_size=32)
+    dm = lc.data.DigitsDataModule(batch_size=32, subset=subset)
     model = lc.models.SmallCNN(seed=0)
-    callbacks = [lc.SpectralMonitor()] if with_monitor else ([pl.Callback()] if with_monitor is None else [])
+    callbacks: list[pl.Callback] = (
+        [lc.SpectralMonitor()] if with_monitor else ([pl.Callback()] if with_monitor is None else [])
+    )
     if timed_monitor is not None:
         callbacks = [timed_monitor]
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -241,15 +281,17 @@ def fit_digits(with_monitor: Optional[bool], epochs: int, root: str, timed_monit
     return time.perf_counter() - start
 
 
-def part_two(epochs: int, repeats: int) -> None:
+def part_two(epochs: int, repeats: int, subset: int | None = None) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as root:
-        fit_digits(False, 1, root)  # warm-up (imports, allocator)
-        plain, empty, monitored = [], [], []
+        fit_digits(False, 1, root, subset=subset)  # warm-up (imports, allocator)
+        plain: list[float] = []
+        empty: list[float] = []
+        monitored: list[float] = []
         for _ in range(repeats):
-            plain.append(fit_digits(False, epochs, root))
-            empty.append(fit_digits(None, epochs, root))
-            monitored.append(fit_digits(True, epochs, root))
+            plain.append(fit_digits(False, epochs, root, subset=subset))
+            empty.append(fit_digits(None, epochs, root, subset=subset))
+            monitored.append(fit_digits(True, epochs, root, subset=subset))
     for what, stat in (("median", statistics.median), ("min", min)):
         p, e, m = stat(plain), stat(empty), stat(monitored)
         print(f"digits SmallCNN, {epochs} epochs ({what} of {repeats} alternated fits): without monitor {p:.3f} s, "
@@ -259,14 +301,14 @@ def part_two(epochs: int, repeats: int) -> None:
     # monitor's own hooks is a noise-free measure of what it adds.
     with tempfile.TemporaryDirectory() as root:
         timed_monitor = TimedSpectralMonitor()
-        total = fit_digits(True, epochs, root, timed_monitor)
+        total = fit_digits(True, epochs, root, timed_monitor, subset=subset)
     records = timed_monitor.to_frame().step.nunique()
     print(f"time inside SpectralMonitor() hooks: {timed_monitor.seconds:.3f} s of a {total:.3f} s fit "
           f"({records} records) -> {100 * timed_monitor.seconds / (total - timed_monitor.seconds):.1f}% overhead")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ww-path", default=None, help="folder where weightwatcher was pip-installed (--target)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs for part (ii)")
@@ -274,9 +316,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--repeats-i", type=int, default=3, help="part (i): best of this many runs")
     parser.add_argument("--device", default="cpu", help="part (i): where the models live (e.g. cuda)")
     parser.add_argument("--skip", choices=["i", "ii"], default=None)
+    parser.add_argument("--quick", action="store_true", help="toy models, one repeat: seconds; times mean nothing")
     args = parser.parse_args(argv)
     global REPEATS
-    REPEATS = args.repeats_i
+    REPEATS = 1 if args.quick else args.repeats_i
+    if args.quick and args.threads is None:
+        # toy matrices: waking BLAS/OpenMP threads costs more than the work (on busy cores, 100x more)
+        args.threads = 1
     limits = None
     if args.threads:
         from threadpoolctl import threadpool_limits  # ships with scikit-learn
@@ -285,10 +331,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         limits = threadpool_limits(args.threads)  # numpy/scipy BLAS too: weightwatcher gets the same threads
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.skip != "i":
-        part_one(args.ww_path, torch.device(args.device))
+        part_one(load_weightwatcher(args.ww_path), torch.device(args.device), quick=args.quick)
     del limits
     if args.skip != "ii":
-        part_two(args.epochs, args.repeats)
+        if args.quick:
+            part_two(epochs=1, repeats=1, subset=200)
+        else:
+            part_two(args.epochs, args.repeats)
 
 
 if __name__ == "__main__":

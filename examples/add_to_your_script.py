@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -61,7 +61,7 @@ class UserClassifier(pl.LightningModule):
 
 
 # ---- the probes: only callbacks are added -----------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("outputs", "add_to_your_script"))
     parser.add_argument("--epochs", type=int, default=12)
@@ -76,10 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     datamodule = lc.data.DigitsDataModule(batch_size=32, subset=args.subset)
     spectral = lc.SpectralMonitor(every_n_steps=25)
     fisher = lc.FisherMonitor(every_n_epochs=1)
+    logger = pl.loggers.TensorBoardLogger(args.out, name="logs")
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         default_root_dir=args.out,
-        logger=pl.loggers.TensorBoardLogger(args.out, name="logs"),
+        logger=logger,
         enable_checkpointing=False,
         callbacks=[
             lc.InputDeficit("blur", window=(0, 5), factor=2),
@@ -94,10 +95,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     spectra.to_csv(os.path.join(args.out, "spectral.csv"), index=False)
     traces.to_csv(os.path.join(args.out, "fisher.csv"), index=False)
     print("spectral targets:", sorted(spectra.target.unique()))
-    print(spectra[spectra.metric == "effective_rank"].pivot_table(index="step", columns="target", values="value").round(2).tail(3))
+    effective_rank = spectra[spectra.metric == "effective_rank"]
+    print(effective_rank.pivot_table(index="step", columns="target", values="value").round(2).tail(3))
     print(traces.pivot_table(index="epoch", columns="target", values="value").round(3))
-    print("logs:", trainer.logger.log_dir)
-    return {"spectral": spectra, "fisher": traces, "model": model, "log_dir": trainer.logger.log_dir}
+    print("logs:", logger.log_dir)
+    return {"spectral": spectra, "fisher": traces, "model": model, "log_dir": logger.log_dir}
 
 
 if __name__ == "__main__":

@@ -19,16 +19,16 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
 
-import lightning_critical as lc  # noqa: E402
-from lightning_critical.data import MatrixCompletionDataModule  # noqa: E402
-from lightning_critical.experiments.matrix_completion import switch_theory  # noqa: E402
-from lightning_critical.models import DeepMatrixFactorization  # noqa: E402
+import lightning_critical as lc
+from lightning_critical.data import MatrixCompletionDataModule
+from lightning_critical.experiments.matrix_completion import switch_theory
+from lightning_critical.models import DeepMatrixFactorization
 
 
 def main(argv=None):
@@ -57,8 +57,9 @@ def main(argv=None):
 
     monitor = lc.SpectralMonitor(targets="maps", every_n_steps=args.every, metrics=("singular_values",),
                                  log_top_k=6, theory={"singular_values": {"end_to_end": theory[:, :6]}})
+    logger = TensorBoardLogger(args.out_dir, name="tb")
     trainer = pl.Trainer(max_epochs=n_steps, callbacks=[lc.TaskSwitch({args.switch: "target"}), monitor],
-                         logger=TensorBoardLogger(args.out_dir, name="tb"), log_every_n_steps=args.every,
+                         logger=logger, log_every_n_steps=args.every,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
 
@@ -85,7 +86,7 @@ def main(argv=None):
     rel = np.max(np.abs(sgd.to_numpy()[:, :3] - top) / top)
     print(f"final test loss {final:.4f} (theory {flow.test_loss[-1]:.4f}); "
           f"max relative gap of the top 3 singular values {rel:.3f}")
-    print(f"wrote {png}; TensorBoard logs in {trainer.logger.log_dir}")
+    print(f"wrote {png}; TensorBoard logs in {logger.log_dir}")
 
 
 if __name__ == "__main__":

@@ -23,22 +23,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytorch_lightning as pl
+import torch
 
-import lightning_critical as lc  # noqa: E402
+import lightning_critical as lc
 
 
 def train_once(
     nonlinearity: str,
-    onset: Optional[int],
+    onset: int | None,
     epochs: int,
     length: int,
     depth: int = 4,
@@ -48,7 +49,7 @@ def train_once(
     init_scale: float = 0.01,
     every: int = 10,
     seed: int = 0,
-    root_dir: Optional[str] = None,
+    root_dir: str | None = None,
 ) -> pd.DataFrame:
     """One run; the tidy mode-strength table (``step`` = epoch: one full batch per epoch)."""
     pl.seed_everything(seed, verbose=False)
@@ -71,7 +72,7 @@ def train_once(
 
 
 def run_experiment(
-    nonlinearities: Sequence[str], epochs: int, length: int, late: int, **kw: object
+    nonlinearities: Sequence[str], epochs: int, length: int, late: int, **kw: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(strengths, shares)``: every run's mode strengths, and pathway b's final share.
 
@@ -96,7 +97,8 @@ def plot(strengths: pd.DataFrame, shares: pd.DataFrame, path: str, length: int, 
     """Rows: nonlinearities; columns: conditions; lines: K of the top modes, a solid, b dashed."""
     nls = list(dict.fromkeys(strengths.nonlinearity))
     conds = list(dict.fromkeys(strengths.condition))
-    fig, axes = plt.subplots(len(nls), len(conds), figsize=(4.6 * len(conds), 3.4 * len(nls)), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(nls), len(conds), figsize=(4.6 * len(conds), 3.4 * len(nls)), squeeze=False,
+                             sharey=True)
     for i, nl in enumerate(nls):
         for j, cond in enumerate(conds):
             ax = axes[i, j]
@@ -104,7 +106,8 @@ def plot(strengths: pd.DataFrame, shares: pd.DataFrame, path: str, length: int, 
             for a in range(modes):
                 for pathway, ls in (("a", "-"), ("b", "--")):
                     d = df[(df.target == pathway) & (df["index"] == a)]
-                    ax.plot(d.step, d.value, ls=ls, color=f"C{a}", label=f"K[{pathway}, mode {a}]" if i == j == 0 else None)
+                    label = f"K[{pathway}, mode {a}]" if i == j == 0 else None
+                    ax.plot(d.step, d.value, ls=ls, color=f"C{a}", label=label)
             row = shares[(shares.nonlinearity == nl) & (shares.condition == cond)].iloc[0]
             if row.onset is not None and not pd.isna(row.onset):
                 ax.axvspan(row.onset, row.onset + length, color="gray", alpha=0.2, lw=0)
@@ -119,7 +122,7 @@ def plot(strengths: pd.DataFrame, shares: pd.DataFrame, path: str, length: int, 
     plt.close(fig)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def main(argv: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("outputs", "nonlinear_pathways"))
     parser.add_argument("--nonlinearity", nargs="+", default=["tanh", "relu"], choices=["tanh", "relu"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pandas as pd
-
 from conftest import read_tensorboard
+
 from lightning_critical.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ def test_matrix_completion_command_writes_the_figure(tmp_path, capsys):
             "--processes", "1", "--out", str(out)]
     assert main(args) == 0
     table = pd.read_csv(out / "matrix_completion.csv")
-    assert sorted(zip(table.depth, table.switch_epoch)) == [(1, 0), (1, 300), (2, 0), (2, 300)]
+    assert sorted(zip(table.depth, table.switch_epoch, strict=True)) == [(1, 0), (1, 300), (2, 0), (2, 300)]
     assert (out / "matrix_completion.png").stat().st_size > 10_000
     assert "figure trained in" in capsys.readouterr().out
 

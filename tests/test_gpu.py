@@ -64,7 +64,8 @@ def gpu_fit(model, callbacks, tmp_path, precision="32-true", epochs=2):
 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true"])
 def test_spectra_on_the_weights_device_in_float32_or_better(tmp_path, monkeypatch, precision):
-    given, returned = [], []
+    given: list[tuple[str, torch.dtype]] = []
+    returned: list[tuple[str, torch.dtype]] = []
 
     def spy(matrices, **kw):
         given.extend((m.device.type, m.dtype) for m in matrices.values())
@@ -95,7 +96,8 @@ def test_spectra_on_the_weights_device_in_float32_or_better(tmp_path, monkeypatc
 
 def test_gram_routes_on_cuda_equal_the_float64_svd():
     torch.manual_seed(0)
-    mats = {"tall": torch.randn(700, 200), "wide": torch.randn(130, 900), "low": torch.randn(300, 4) @ torch.randn(4, 200)}
+    mats = {"tall": torch.randn(700, 200), "wide": torch.randn(130, 900),
+            "low": torch.randn(300, 4) @ torch.randn(4, 200)}
     cuda = {n: m.cuda() for n, m in mats.items()}
     for method in ("auto", "gram", "gram32", "svd"):
         out = singular_values(cuda, method=method)
@@ -118,11 +120,11 @@ def _weights_after(tmp_path, callbacks, precision):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_training_bitwise_identical_with_monitors_and_nothing_left(tmp_path, precision):
     reference = _weights_after(tmp_path / "a", [], precision)
-    spectral = lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values", "stable_rank", "subspace_drift"), top_k=3,
-                                  randomized_min_dim=100)
+    spectral = lc.SpectralMonitor(every_n_steps=1, metrics=("singular_values", "stable_rank", "subspace_drift"),
+                                  top_k=3, randomized_min_dim=100)
     fisher = lc.FisherMonitor(every_n_epochs=1, num_batches=1, history_file=None)
     monitored = _weights_after(tmp_path / "b", [spectral, fisher], precision)
-    for (name, a), (_, b) in zip(reference.state_dict().items(), monitored.state_dict().items()):
+    for (name, a), (_, b) in zip(reference.state_dict().items(), monitored.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert set(monitored.__dict__) == set(reference.__dict__)
     for module in monitored.modules():

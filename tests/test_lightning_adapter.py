@@ -1,15 +1,18 @@
 """The only Lightning internals we rely on: if an upgrade breaks one, this fails loudly."""
 
+from typing import Any
+
+import pytorch_lightning as pl
+from conftest import TwoBranchNet, make_trainer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from conftest import TwoBranchNet, make_trainer
 from lightning_critical import _lightning
 
 
 def test_adapter_against_a_real_trainer(tmp_path):
-    seen = {}
+    seen: dict[str, Any] = {}
 
-    class Probe(__import__("pytorch_lightning").Callback):
+    class Probe(pl.Callback):
         def on_train_start(self, trainer, pl_module):
             seen["steps_per_epoch"] = _lightning.steps_per_epoch(trainer)
             seen["writers"] = _lightning.tensorboard_writers(trainer)
@@ -26,9 +29,9 @@ def test_adapter_against_a_real_trainer(tmp_path):
 
 
 def test_steps_per_epoch_counts_the_last_incomplete_accumulation_group():
-    seen = {}
+    seen: dict[str, Any] = {}
 
-    class Probe(__import__("pytorch_lightning").Callback):
+    class Probe(pl.Callback):
         def on_train_start(self, trainer, pl_module):
             seen["steps_per_epoch"] = _lightning.steps_per_epoch(trainer)
 

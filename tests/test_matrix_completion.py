@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,9 @@ from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.models import DeepMatrixFactorization
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+QUIET: dict[str, Any] = dict(
+    logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False
+)
 
 
 def test_ground_truth_recipe_and_shared_positions():
@@ -30,7 +34,7 @@ def test_ground_truth_recipe_and_shared_positions():
     r1, c1, v1 = dm.observations("pretrain")
     r2, c2, v2 = dm.observations("target")
     assert torch.equal(r1, r2) and torch.equal(c1, c2) and not torch.allclose(v1, v2)
-    assert len(set(zip(r1.tolist(), c1.tolist()))) == 200  # without replacement
+    assert len(set(zip(r1.tolist(), c1.tolist(), strict=True))) == 200  # without replacement
     r3, c3, v3 = dm.observations("few")
     assert torch.equal(r3, r2[:50]) and torch.equal(v3, v2[:50]) and dm.rank("few") == 2
     assert torch.equal(dm.ground_truth("few"), dm.ground_truth("target"))
@@ -46,9 +50,13 @@ def test_task_basis_is_the_active_task():
 
 def test_task_basis_is_cached_per_task(monkeypatch):
     dm = MatrixCompletionDataModule(size=12, n_observed=40, tasks={"a": 3, "b": 2})
-    calls = []
+    calls: list[int] = []
     svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    def counting_svd(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return svd(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", counting_svd)
     first = dm.task_basis()
     first[0].zero_()  # callers get copies: modifying one does not poison the cache
     again = dm.task_basis()
@@ -117,7 +125,7 @@ def test_end_to_end_map_and_gaussian_init_scale(depth):
 def test_orthogonal_init_is_balanced_and_identity_init():
     model = DeepMatrixFactorization(size=12, depth=3, init="orthogonal", init_scale=1e-2, seed=0)
     f = [p.detach().double() for p in model.factors]
-    for a, b in zip(f, f[1:]):
+    for a, b in itertools.pairwise(f):
         torch.testing.assert_close(b.T @ b, a @ a.T)
     model = DeepMatrixFactorization(size=5, depth=2, init="identity", init_scale=1e-2)
     torch.testing.assert_close(model.end_to_end().detach(), 1e-2 * torch.eye(5))

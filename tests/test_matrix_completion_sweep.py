@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,12 +21,14 @@ from lightning_critical.models import DeepMatrixFactorization
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+QUIET: dict[str, Any] = dict(
+    logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+)
 
 
 # A reduced version of the paper's setting (n=100, m=2000, rank 10 -> 5, lr 0.2, 130k epochs)
 # that keeps its effects: 20% of the entries observed, pre-training rank above the target's.
-REDUCED = dict(size=50, n_observed=500, pretrain_rank=5, target_rank=3, lr=0.5, seed=0)
+REDUCED: dict[str, Any] = dict(size=50, n_observed=500, pretrain_rank=5, target_rank=3, lr=0.5, seed=0)
 SWITCHES = [0, 1000, 4000, 8000, 16000]
 
 
@@ -61,9 +64,9 @@ def test_depth_two_is_in_between(figure):
 def test_ensemble_equals_sequential_trainer_runs():
     """Each member == one Trainer run of DeepMatrixFactorization with its own TaskSwitch."""
     size, depth, cont, switches = 12, 3, 40, [0, 20, 40]
-    kw = dict(size=size, n_observed=60, pretrain_rank=4, target_rank=2, init_scale=0.1, lr=5.0, seed=0)
+    kw: dict[str, Any] = dict(size=size, n_observed=60, pretrain_rank=4, target_rank=2, init_scale=0.1, lr=5.0, seed=0)
     ens, dm, callbacks = build_switch_ensemble(depth, switches, cont, steps_per_epoch=20, dtype=torch.float64, **kw)
-    pl.Trainer(max_epochs=ens.max_epochs, callbacks=callbacks, **QUIET).fit(ens, datamodule=dm)
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(callbacks), **QUIET).fit(ens, datamodule=dm)
     maps = ens.end_to_end_maps()
     for k, switch in enumerate(switches):
         dm_k = MatrixCompletionDataModule(size=size, n_observed=60, tasks={"pretrain": 4, "target": 2}, seed=0)
@@ -83,7 +86,7 @@ def test_task_switch_drives_each_member():
     ens, dm, callbacks = build_switch_ensemble(2, [0, 30, 60], 30, size=10, n_observed=40, pretrain_rank=3,
                                                target_rank=1, steps_per_epoch=10)
     assert chunk_size([0, 30, 60, 30]) == 30 and ens.steps_per_epoch == 10
-    pl.Trainer(max_epochs=ens.max_epochs, callbacks=callbacks, **QUIET).fit(ens, datamodule=dm)
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(callbacks), **QUIET).fit(ens, datamodule=dm)
     hist = ens.history()
     for member, switch in enumerate([0, 30, 60]):
         rows = hist[(hist.member == member) & (hist.sgd_step > 0)]
@@ -95,7 +98,7 @@ def test_task_switch_drives_each_member():
 
 
 def test_fewer_examples_deficit_and_parameter_sweeps():
-    small = dict(size=20, n_observed=120, target_rank=2, lr=0.5, continue_epochs=2000)
+    small: dict[str, Any] = dict(size=20, n_observed=120, target_rank=2, lr=0.5, continue_epochs=2000)
     df = matrix_completion_parameter_sweep("pretrain_observed", [40, 120], depth=2, switch_epochs=[0, 2000], **small)
     assert sorted(df.pretrain_observed.unique()) == [40, 120] and len(df) == 4
     loss = df.set_index(["pretrain_observed", "switch_epoch"]).test_loss
@@ -157,7 +160,7 @@ def test_figure_command_rejects_bad_arguments(capsys):
 
 
 def test_worker_processes_give_the_same_table():
-    kwargs = dict(switch_epochs=[0, 200], continue_epochs=200, size=12, n_observed=60, pretrain_rank=3,
+    kwargs: dict[str, Any] = dict(switch_epochs=[0, 200], continue_epochs=200, size=12, n_observed=60, pretrain_rank=3,
                   target_rank=1, lr=0.5)
     serial = matrix_completion_parameter_sweep("depth", [1, 2], **kwargs)
     parallel = matrix_completion_parameter_sweep("depth", [1, 2], processes=2, **kwargs)
@@ -187,7 +190,7 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(resumed.history(), full.history())
     pd.testing.assert_frame_equal(resumed.results(), full.results())
     for k in range(3):
-        for a, b in zip(resumed.member_factors(k), full.member_factors(k)):
+        for a, b in zip(resumed.member_factors(k), full.member_factors(k), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [m.task for m in resumed.members] == ["target"] * 3
 
@@ -196,7 +199,7 @@ def test_checkpoint_of_another_ensemble_is_refused(tmp_path):
     ens, dm, switches = _resume_setup()
     trainer = pl.Trainer(max_epochs=2, callbacks=switches, **QUIET)
     trainer.fit(ens, datamodule=dm)
-    checkpoint = {}
+    checkpoint: dict[str, Any] = {}
     ens.on_save_checkpoint(checkpoint)
     other, _, _ = build_switch_ensemble(2, [0, 30], 30, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
                                         steps_per_epoch=10)

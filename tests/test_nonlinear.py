@@ -12,6 +12,7 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 def load_example(name: str):
     spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    assert spec is not None and spec.loader is not None, name
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

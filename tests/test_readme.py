@@ -22,9 +22,20 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert set(spaces[1]["fisher"].to_frame().metric) == {"fisher_trace"}
 
 
+def _steps(script: str) -> list[str]:
+    """The commands of a shell script, one per ``&&``-joined step, comments left out."""
+    lines = (line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    return [step.strip() for line in lines for step in line.split("&&") if step.strip()]
+
+
 def test_readme_commands_are_what_ci_runs():
     readme = open(os.path.join(ROOT, "README.md")).read()
-    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    ci = _steps(open(os.path.join(ROOT, ".ci", "run")).read())
     commands = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
     assert len(commands) == 2 and "lightning-critical demo" in commands[0]
-    assert commands[1] in ci
+    # CI installs and tests exactly as the README says, in the same order (with the static
+    # checks in between, before the tests)
+    positions = [ci.index(step) for step in _steps(commands[1])]
+    assert positions == sorted(positions), (positions, ci)
+    lint, tests = ci.index("make lint PYTHON=python"), ci.index("python -m pytest")
+    assert ci.index('pip install -e ".[dev]"') < lint < tests

@@ -7,7 +7,6 @@ import logging
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
 
 import lightning_critical as lc
 from lightning_critical.data import MatrixCompletionDataModule
@@ -68,6 +67,16 @@ def test_invalid_arguments():
         integrate_factorization(np.eye(2), [(1, np.eye(2), np.eye(2))], depth=0, lr=0.1)
     with pytest.raises(ValueError, match="segment 0"):
         integrate_factorization(np.eye(2), [(1, np.eye(3), np.eye(3))], depth=2, lr=0.1)
+
+
+def test_one_ground_truth_per_segment():
+    """Fewer ground truths than segments used to stop the integration silently after them."""
+    one = (5, np.eye(2), np.eye(2))
+    with pytest.raises(ValueError, match="ground_truths has 1 entries; need one per segment \\(2\\)"):
+        integrate_factorization(np.zeros((2, 2)), [one, one], depth=1, lr=0.1, stride=1, ground_truths=[np.eye(2)])
+    flow = integrate_factorization(np.zeros((2, 2)), [one, one], depth=1, lr=0.1, stride=1,
+                                   ground_truths=[np.eye(2), np.eye(2)])
+    assert flow.steps[-1] == 10 and np.isfinite(flow.test_loss).all()
 
 
 def test_sgd_singular_values_follow_theory_through_a_task_switch():

@@ -4,3 +4,14 @@ from lightning_critical.data.cifar import CIFAR10DataModule, load_cifar10
 from lightning_critical.data.digits import DigitsDataModule, ImageClassificationDataModule
 from lightning_critical.data.hierarchical import HierarchicalDataModule, hierarchical_features, task_svd
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "HierarchicalDataModule",
+    "ImageClassificationDataModule",
+    "MatrixCompletionDataModule",
+    "hierarchical_features",
+    "load_cifar10",
+    "task_svd",
+]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import pickle
-from typing import Optional
 
 import numpy as np
 import torch
@@ -78,7 +77,7 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         val_fraction: float = 0.1,
         normalize: bool = True,
         seed: int = 0,
-        subset: Optional[int] = None,
+        subset: int | None = None,
         num_workers: int = 0,
     ) -> None:
         (x, y), (tx, ty) = load_cifar10(root)

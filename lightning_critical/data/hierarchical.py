@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -73,7 +71,7 @@ class HierarchicalDataModule(pl.LightningDataModule):
         levels: int = 3,
         feature_noise: float = 0.0,
         seed: int = 0,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any, TypeAlias
 
 import numpy as np
 import pytorch_lightning as pl
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_critical._checks import check_int
 
-TaskSpec = Union[int, Mapping[str, Any]]
+TaskSpec: TypeAlias = int | Mapping[str, Any]
 DEFAULT_TASKS: dict[str, TaskSpec] = {"pretrain": {"rank": 10}, "target": {"rank": 5}}
 
 
@@ -84,9 +85,9 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
         self,
         size: int = 100,
         n_observed: int = 2000,
-        tasks: Optional[Mapping[str, TaskSpec]] = None,
+        tasks: Mapping[str, TaskSpec] | None = None,
         seed: int = 0,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -124,7 +125,7 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
 
         self._truth: dict[str, Tensor] = {}
         self._observed: dict[str, Tensor] = {}  # boolean mask over the shared positions
-        for name, spec in self.task_specs.items():
+        for name in self.task_specs:
             root, count = name, n_observed
             while "subset_of" in self.task_specs[root]:
                 count = min(count, self.task_specs[root]["n_observed"])
@@ -179,24 +180,24 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
         self._task = name
 
     # -- task data (public: the ensemble and users read tasks through these) --------------
-    def _name(self, name: Optional[str]) -> str:
+    def _name(self, name: str | None) -> str:
         name = self._task if name is None else name
         if name not in self.task_specs:
             raise ValueError(f"unknown task {name!r}; valid tasks: {list(self.tasks)}.")
         return name
 
-    def ground_truth(self, name: Optional[str] = None) -> Tensor:
+    def ground_truth(self, name: str | None = None) -> Tensor:
         """The ``size x size`` ground truth of ``name`` (default: the active task)."""
         return self._truth[self._name(name)]
 
-    def observations(self, name: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
+    def observations(self, name: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(rows, cols, values)`` of the entries task ``name`` observes (default: active)."""
         name = self._name(name)
         keep = self._observed[name]
         rows, cols = self._rows[keep], self._cols[keep]
         return rows, cols, self._truth[name][rows, cols]
 
-    def rank(self, name: Optional[str] = None) -> int:
+    def rank(self, name: str | None = None) -> int:
         """Rank of the ground truth of ``name`` (a subset task has its parent's)."""
         name = self._name(name)
         while "subset_of" in self.task_specs[name]:

@@ -12,7 +12,8 @@ gradients, which amortizes Lightning's per-step overhead over many tiny updates.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -27,7 +28,7 @@ from lightning_critical.models.matrix_factorization import DeepMatrixFactorizati
 class EnsembleMember:
     """One member's task pointer: implements the ``TaskSwitchable`` protocol for ``TaskSwitch``."""
 
-    def __init__(self, ensemble: "FactorizationEnsemble", index: int) -> None:
+    def __init__(self, ensemble: FactorizationEnsemble, index: int) -> None:
         self._ensemble, self.index = ensemble, index
         self.name = f"member{index}"
 
@@ -108,13 +109,15 @@ class FactorizationEnsemble(pl.LightningModule):
         [40, 60]
     """
 
+    _anchor: Tensor  # a buffer (registered in __init__): declared for the type checker
+
     def __init__(
         self,
         model: DeepMatrixFactorization,
         datamodule: Any,
         member_steps: Sequence[int],
         steps_per_epoch: int = 1,
-        initial_task: Optional[str] = None,
+        initial_task: str | None = None,
         top_k: int = 10,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -218,7 +221,7 @@ class FactorizationEnsemble(pl.LightningModule):
                     self._slot_weights[s] = [f[j] for f in factors]
         self.sgd_step += self.steps_per_epoch
         test = self._record(live)
-        if live and self._trainer is not None and self.trainer.loggers:
+        if test is not None and self._trainer is not None and self.trainer.loggers:
             for j, k in enumerate(live):
                 self.log(f"test_loss/member{k}", test[j], on_step=False, on_epoch=True)
         for k in live:
@@ -227,7 +230,7 @@ class FactorizationEnsemble(pl.LightningModule):
         return None
 
     @torch.no_grad()
-    def _record(self, members: Sequence[int]) -> Optional[Tensor]:
+    def _record(self, members: Sequence[int]) -> Tensor | None:
         members = list(members)
         if not members:
             return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -16,7 +15,7 @@ INITS: tuple[str, ...] = ("gaussian", "orthogonal", "identity")
 
 
 def init_factors(
-    depth: int, size: int, width: int, init: str, init_scale: float, generator: Optional[torch.Generator] = None
+    depth: int, size: int, width: int, init: str, init_scale: float, generator: torch.Generator | None = None
 ) -> list[Tensor]:
     """The factors ``[W_1, ..., W_N]`` of a deep factorization at initialization.
 
@@ -81,11 +80,11 @@ class DeepMatrixFactorization(pl.LightningModule):
         self,
         size: int = 100,
         depth: int = 3,
-        width: Optional[int] = None,
+        width: int | None = None,
         init: str = "gaussian",
         init_scale: float = 1e-3,
         lr: float = 0.2,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         width = size if width is None else width

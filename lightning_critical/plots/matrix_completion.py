@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lightning_critical.plots._figure import subplots
+from lightning_critical.plots._figure import root_figure, subplots
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -19,8 +19,11 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} needs columns {list(columns)}; the table lacks {missing} (has {list(df.columns)}).")
 
 
-def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Optional[Axes] = None) -> Figure:
+def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Axes | None = None) -> Figure:
     """Final test loss against switch epoch, one line per value of ``hue`` (default: depth).
+
+    Draws into ``ax`` when given (its figure's layout is left to the caller) and returns the
+    top-level figure that holds it; otherwise into a new, tightly laid-out figure.
 
     ``results``: the table of :func:`~lightning_critical.experiments.matrix_completion.matrix_completion_sweep`
     (columns ``switch_epoch``, ``test_loss`` and ``hue``).
@@ -34,24 +37,27 @@ def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Optional
         2
     """
     _require(results, ["switch_epoch", "test_loss", hue], "plot_critical_period")
-    fig, ax = (subplots(figsize=(4.2, 3.2)) if ax is None else (ax.figure, ax))
+    own_figure = ax is None
+    fig, ax = subplots(figsize=(4.2, 3.2)) if ax is None else (root_figure(ax), ax)
     values = sorted(results[hue].unique())
-    colors = matplotlib.colormaps["viridis"](np.linspace(0.1, 0.85, max(len(values), 1)))
-    for color, value in zip(colors, values):
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.1, 0.85, len(values)))
+    for color, value in zip(colors, values, strict=True):
         part = results[results[hue] == value].sort_values("switch_epoch")
         ax.plot(part["switch_epoch"], part["test_loss"], marker="o", markersize=3.5, color=color,
                 label=f"{hue} {value}")
     ax.set_xlabel("switch epoch (pre-training length)")
     ax.set_ylabel("final test loss on target task")
     ax.set_ylim(0, max(1e-3, float(results["test_loss"].max())) * 1.1)
-    ax.legend(frameon=False, fontsize=8)
+    if values:
+        ax.legend(frameon=False, fontsize=8)
     ax.set_title("Matrix completion: transfer critical period", fontsize=9)
-    fig.tight_layout()
+    if own_figure:  # a caller's figure may use another layout engine (constrained) or hold subfigures
+        fig.tight_layout()
     return fig
 
 
 def plot_singular_value_trajectories(
-    history: pd.DataFrame, theory: Optional[pd.DataFrame] = None, max_values: int = 10
+    history: pd.DataFrame, theory: pd.DataFrame | None = None, max_values: int = 10
 ) -> Figure:
     """Top singular values of ``W`` (and test loss) over training, one panel per switch epoch.
 
@@ -68,11 +74,11 @@ def plot_singular_value_trajectories(
     for col, switch in enumerate(switches):
         part = history[history["switch_epoch"] == switch].sort_values("sgd_step")
         top, bottom = axes[0, col], axes[1, col]
-        for color, sv in zip(colors, svs):
+        for color, sv in zip(colors, svs, strict=True):
             top.plot(part["sgd_step"], part[sv], color=color, lw=1.2)
         if theory is not None:
             th = theory[theory["switch_epoch"] == switch].sort_values("sgd_step")
-            for color, sv in zip(colors, svs):
+            for sv in svs:
                 if sv in th:
                     top.plot(th["sgd_step"], th[sv], color="k", ls="--", lw=0.8)
         bottom.plot(part["sgd_step"], part["test_loss"], color="tab:red")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -14,6 +12,7 @@ from lightning_critical.plots._figure import subplots
 from lightning_critical.theory import pathway_flow
 
 DEFICIT_VERBS = {"freeze": "frozen", "silence": "silenced", "noise": "fed noise"}
+PATHWAY_MARKERS = ("x", "+", "1", "2")
 
 
 def _mode_colors(n: int) -> list:
@@ -31,12 +30,13 @@ def plot_deficit_trajectories(frame: pd.DataFrame, deprived: str = "b", marker_e
     modes = sorted(frame["mode"].unique())
     colors = _mode_colors(len(modes))
     fig, axes = subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), sharey=True, squeeze=False)
-    markers = {p: m for p, m in zip(sorted(frame["pathway"].unique()), ["x", "+", "1", "2"])}
-    for ax, label in zip(axes[0], labels):
+    # markers cycle: a fifth pathway used to be dropped from the plot and the legend
+    markers = {p: PATHWAY_MARKERS[i % len(PATHWAY_MARKERS)] for i, p in enumerate(sorted(frame["pathway"].unique()))}
+    for ax, label in zip(axes[0], labels, strict=True):
         run = frame[frame["label"] == label]
         onset, length = int(run["onset"].iloc[0]), int(run["length"].iloc[0])
         ax.axvspan(onset, onset + length, color="0.85", zorder=0)
-        for a, color in zip(modes, colors):
+        for a, color in zip(modes, colors, strict=True):
             for pathway, marker in markers.items():
                 rows = run[(run["mode"] == a) & (run["pathway"] == pathway)].sort_values("step")
                 ax.plot(rows["step"], rows["theory"], color="k", lw=0.8, ls="--", alpha=0.6, zorder=1)
@@ -50,7 +50,8 @@ def plot_deficit_trajectories(frame: pd.DataFrame, deprived: str = "b", marker_e
     handles = [Line2D([], [], color="k", ls="--", lw=0.8, label="theory (ODE)")]
     handles += [Line2D([], [], color="0.3", marker=m, ls="", label=f"SGD $K_{{{p}}}$") for p, m in markers.items()]
     s = frame.groupby("mode")["singular_value"].first()
-    handles += [Line2D([], [], color=c, lw=3, label=fr"mode {a} ($s$={s[a]:.2f})") for a, c in zip(modes, colors)]
+    handles += [Line2D([], [], color=c, lw=3, label=fr"mode {a} ($s$={s[a]:.2f})")
+                for a, c in zip(modes, colors, strict=True)]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle("Two-pathway deep linear network: a deficit early in training is permanent, late it is harmless",
                  fontsize=10)
@@ -70,7 +71,7 @@ def plot_deprived_share(frame: pd.DataFrame) -> Figure:
     cmap = matplotlib.colormaps["viridis"]
     colors = {d: cmap(i / max(1, len(depths) - 1)) for i, d in enumerate(depths)}
     fig, axes = subplots(1, len(groups), figsize=(3.3 * len(groups), 3.3), sharey=True, squeeze=False)
-    for ax, s in zip(axes[0], groups):
+    for ax, s in zip(axes[0], groups, strict=True):
         sub = table[table["s"] == s].groupby(["source", "depth", "onset"], as_index=False)["share"].mean()
         for depth in depths:
             th = sub[(sub["source"] == "theory") & (sub["depth"] == depth)]
@@ -91,7 +92,7 @@ def plot_deprived_share(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_phase_portraits(frame: pd.DataFrame, sgd: Optional[pd.DataFrame] = None, grid: int = 21) -> Figure:
+def plot_phase_portraits(frame: pd.DataFrame, sgd: pd.DataFrame | None = None, grid: int = 21) -> Figure:
     """Phase portraits of ``(K_a, K_b)`` for one mode: rows = deficit windows, columns = depths.
 
     Arrows: the continuous-time flow without deficit; line: the theory trajectory (bold
@@ -129,8 +130,10 @@ def plot_phase_portraits(frame: pd.DataFrame, sgd: Optional[pd.DataFrame] = None
             ax.set_xlabel("$K_a$")
             ax.set_ylabel("$K_b$")
     axes[0][-1].legend(fontsize=7, loc="upper right", frameon=True)
-    fig.suptitle(f"Phase portraits of mode {mode} ($s$ = {s:.2f}): early deprivation pushes the state to $K_b \\approx 0$",
-                 fontsize=10)
+    fig.suptitle(
+        f"Phase portraits of mode {mode} ($s$ = {s:.2f}): early deprivation pushes the state to $K_b \\approx 0$",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 

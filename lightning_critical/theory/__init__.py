@@ -1,5 +1,6 @@
 """Theory for the bundled settings: exact dynamics and closed forms (numpy/scipy, no Lightning)."""
 
+from lightning_critical.theory.factorization import integrate_factorization
 from lightning_critical.theory.pathways import (
     deprived_share,
     depth2_mode_strength,
@@ -7,4 +8,12 @@ from lightning_critical.theory.pathways import (
     pathway_flow,
     pathway_ode,
 )
-from lightning_critical.theory.factorization import integrate_factorization
+
+__all__ = [
+    "deprived_share",
+    "depth2_mode_strength",
+    "integrate_factorization",
+    "pathway_dynamics",
+    "pathway_flow",
+    "pathway_ode",
+]

@@ -29,8 +29,8 @@ with ``target = weight * W*`` (see :func:`completion_loss_terms`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -111,7 +111,7 @@ class FactorizationFlow:
     depth: int
     maps: list = field(default_factory=list)
 
-    def per_step(self, n_steps: Optional[int] = None) -> np.ndarray:
+    def per_step(self, n_steps: int | None = None) -> np.ndarray:
         """Singular values at every SGD step ``0..n_steps`` (linear interpolation): the
         ``(n_steps + 1, k)`` array ``SpectralMonitor(theory=...)`` expects."""
         n_steps = int(self.steps[-1]) if n_steps is None else n_steps
@@ -129,7 +129,7 @@ def integrate_factorization(
     lr: float,
     stride: int = 10,
     top_k: int = 10,
-    ground_truths: Optional[Sequence[np.ndarray]] = None,
+    ground_truths: Sequence[np.ndarray] | None = None,
     keep_maps: bool = False,
 ) -> FactorizationFlow:
     """Integrate the end-to-end flow through a sequence of tasks (a task switch).
@@ -143,11 +143,12 @@ def integrate_factorization(
         stride: SGD steps per Runge-Kutta step (records are taken every ``stride`` steps and
             at segment ends).
         top_k: number of singular values recorded.
-        ground_truths: optional full ground truth per segment, for the test loss.
+        ground_truths: optional full ground truth per segment (one per segment), for the test loss.
         keep_maps: also keep ``W`` at every record (``FactorizationFlow.maps``).
 
     Raises:
-        ValueError: for a bad depth, lr, stride or segment.
+        ValueError: for a bad depth, lr, stride or segment, or ``ground_truths`` of another
+            length than ``segments``.
 
     Example::
 
@@ -169,13 +170,16 @@ def integrate_factorization(
                 f"segment {i}: need (n_steps >= 0, weight {w.shape}, target {w.shape}); got n_steps={n!r}."
             )
     truths = list(ground_truths) if ground_truths is not None else [None] * len(segments)
+    if len(truths) != len(segments):
+        # zip() below would otherwise stop at the shorter one and skip the remaining segments
+        raise ValueError(f"ground_truths has {len(truths)} entries; need one per segment ({len(segments)}).")
 
     def field_(x: np.ndarray, weight: np.ndarray, target: np.ndarray) -> np.ndarray:
         return end_to_end_velocity(x, weight * x - target, depth)
 
     steps, svals, losses, maps = [], [], [], []
 
-    def record(step: int, truth: Optional[np.ndarray]) -> None:
+    def record(step: int, truth: np.ndarray | None) -> None:
         steps.append(step)
         svals.append(np.linalg.svd(w, compute_uv=False)[:top_k])
         losses.append(np.nan if truth is None else float(np.mean((w - truth) ** 2)))
@@ -184,7 +188,7 @@ def integrate_factorization(
 
     step = 0
     record(0, truths[0] if truths else None)
-    for (n, weight, target), truth in zip(segments, truths):
+    for (n, weight, target), truth in zip(segments, truths, strict=True):
         weight, target = np.asarray(weight, dtype=np.float64), np.asarray(target, dtype=np.float64)
         end = step + int(n)
         while step < end:

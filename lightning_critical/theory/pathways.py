@@ -17,20 +17,31 @@ counts in the sum (it still feeds the output); during ``silence`` it is held and
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 from scipy.integrate import solve_ivp
 
 from lightning_critical._checks import check_int
 
 DEFICIT_MODES: tuple[str, ...] = ("freeze", "silence")
 
-DeficitKey = Union[int, tuple[int, int]]
-Deficits = Mapping[DeficitKey, Sequence[tuple]]
+DeficitKey: TypeAlias = int | tuple[int, int]
+"""A pathway index, or ``(pathway, mode)`` for a single-mode lesion."""
+DeficitWindow: TypeAlias = tuple[float, float | None] | tuple[float, float | None, str]
+"""``(start, end)`` or ``(start, end, "freeze" | "silence")``; ``end=None`` never ends."""
+# Mapping is invariant in its key: a dict built with only int (or only tuple) keys is a
+# Mapping[int, ...] (Mapping[tuple[int, int], ...]), not a Mapping[DeficitKey, ...].
+Deficits: TypeAlias = (
+    Mapping[int, Sequence[DeficitWindow]]
+    | Mapping[tuple[int, int], Sequence[DeficitWindow]]
+    | Mapping[DeficitKey, Sequence[DeficitWindow]]
+)
 
 
-def _initial_strengths(k0: Union[float, np.ndarray], n_pathways: int, n_modes: int) -> np.ndarray:
+def _initial_strengths(k0: npt.ArrayLike, n_pathways: int, n_modes: int) -> np.ndarray:
     k = np.asarray(k0, dtype=float)
     if k.ndim == 0:
         k = np.full((n_pathways, n_modes), float(k))
@@ -46,7 +57,7 @@ def _initial_strengths(k0: Union[float, np.ndarray], n_pathways: int, n_modes: i
 
 
 def _deficit_masks(
-    deficits: Optional[Deficits], mode: str, n_pathways: int, n_modes: int, steps: int
+    deficits: Deficits | None, mode: str, n_pathways: int, n_modes: int, steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (steps, P, M) masks: K[p, a] held during the update at step t, and left out of the sum."""
     held = np.zeros((steps, n_pathways, n_modes), dtype=bool)
@@ -76,12 +87,12 @@ def _deficit_masks(
 
 
 def pathway_dynamics(
-    singular_values: Sequence[float],
+    singular_values: npt.ArrayLike,
     depth: int,
-    k0: Union[float, np.ndarray],
+    k0: npt.ArrayLike,
     lr: float,
     steps: int,
-    deficits: Optional[Deficits] = None,
+    deficits: Deficits | None = None,
     mode: str = "freeze",
     n_pathways: int = 2,
 ) -> np.ndarray:
@@ -141,11 +152,11 @@ def pathway_flow(k_a: np.ndarray, k_b: np.ndarray, s: float, depth: int) -> tupl
 
 
 def pathway_ode(
-    singular_values: Sequence[float],
+    singular_values: npt.ArrayLike,
     depth: int,
-    k0: Union[float, np.ndarray],
-    times: Sequence[float],
-    deficits: Optional[Deficits] = None,
+    k0: npt.ArrayLike,
+    times: npt.ArrayLike,
+    deficits: Deficits | None = None,
     mode: str = "freeze",
     n_pathways: int = 2,
 ) -> np.ndarray:
@@ -180,14 +191,14 @@ def pathway_ode(
         dk = depth * np.abs(kk) ** power * (s - counted.sum(axis=0))
         return np.where(held, 0.0, dk).ravel()
 
-    times = np.asarray(times, dtype=float)
+    t_eval = np.asarray(times, dtype=float)
     # Small steps so the solver does not jump over a deficit window's edges.
-    max_step = (times[-1] - times[0]) / 2000 if windows else np.inf
-    sol = solve_ivp(rhs, (times[0], times[-1]), k.ravel(), t_eval=times, rtol=1e-8, atol=1e-10, max_step=max_step)
-    return sol.y.T.reshape(len(times), *shape)
+    max_step = (t_eval[-1] - t_eval[0]) / 2000 if windows else np.inf
+    sol = solve_ivp(rhs, (t_eval[0], t_eval[-1]), k.ravel(), t_eval=t_eval, rtol=1e-8, atol=1e-10, max_step=max_step)
+    return sol.y.T.reshape(len(t_eval), *shape)
 
 
-def depth2_mode_strength(t: Union[float, np.ndarray], s: float, u0: float, lr: float = 1.0) -> np.ndarray:
+def depth2_mode_strength(t: float | np.ndarray, s: float, u0: float, lr: float = 1.0) -> np.ndarray:
     """Saxe et al. (2014) closed form for one depth-2 mode from small init ``u0``.
 
     ``u(t) = s e^(2 s t / tau) / (e^(2 s t / tau) - 1 + s / u0)`` with ``tau = 1 / lr``;

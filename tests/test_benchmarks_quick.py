@@ -1,0 +1,87 @@
+"""Every script in benchmarks/ runs in its ``--quick`` mode, so an API change that breaks one fails here.
+
+Run in this process (``main(argv)``): importing torch and Lightning once, not once per
+script, keeps the whole file at seconds. Nothing about time is asserted, only that each
+script runs to the end and what it measures is consistent.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(str(BENCHMARKS / "*.py")))
+
+
+def load(script: str) -> ModuleType:
+    """Import ``benchmarks/<script>`` under a name of its own (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script[:-3]}", BENCHMARKS / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    """The scripts set torch's threads and quieten loggers for themselves: undo it for later tests."""
+    threads, path = torch.get_num_threads(), list(sys.path)
+    loggers = {name: logging.getLogger(name).level for name in ("pytorch_lightning", "lightning.pytorch")}
+    yield
+    torch.set_num_threads(threads)
+    sys.path[:] = path
+    for name, level in loggers.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_every_benchmark_has_a_quick_mode():
+    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "spectral.py"]
+    for script in SCRIPTS:
+        assert "--quick" in (BENCHMARKS / script).read_text(), f"{script} has no --quick mode"
+
+
+def test_matrix_completion_quick_baseline_matches_the_figure(capsys: pytest.CaptureFixture[str]):
+    result: dict[str, Any] = load("matrix_completion.py").main(["--quick"])
+    # the plain-PyTorch baseline and the shared-prefix ensemble train the same runs
+    assert set(result["checks"]) == {(1, 0), (2, 60)}
+    for baseline, figure in result["checks"].values():
+        assert math.isfinite(baseline) and baseline == pytest.approx(figure, rel=1e-5, abs=1e-7)
+    assert math.isfinite(result["speedup"]) and result["speedup"] > 0
+    assert "speed-up:" in capsys.readouterr().out
+
+
+def test_flagship_demo_quick_writes_the_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    result = load("flagship_demo.py").main(["--quick", "--out", str(tmp_path)])
+    for name in ("trajectories.png", "onset_sweep.png", "phase.png"):
+        assert (tmp_path / name).stat().st_size > 5_000, name
+    assert sorted(os.listdir(tmp_path / "tensorboard")) == ["early", "late"]
+    assert result["demo_s"] > 0 and "flagship demo (toy size)" in capsys.readouterr().out
+
+
+def test_spectral_quick_runs_both_parts(capsys: pytest.CaptureFixture[str]):
+    load("spectral.py").main(["--quick"])
+    out = capsys.readouterr().out
+    for model in ("toy transformer", "toy ResNet"):
+        assert f"{model}: " in out
+    assert out.count("ours method='auto' (all singular values") == 2
+    assert out.count("ours method='gram' (all singular values") == 2
+    # weightwatcher is optional: compared when installed, reported as skipped otherwise
+    try:
+        import weightwatcher  # noqa: F401
+    except ImportError:
+        assert "weightwatcher is not installed" in out
+    else:
+        assert "max |s_ours - s_ww| / s_max" in out
+    assert "with SpectralMonitor()" in out and "time inside SpectralMonitor() hooks" in out
