@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lightning_critical.plots._figure import subplots
 from lightning_critical.sweep.table import summarize
@@ -24,6 +25,17 @@ def _default_x(table: pd.DataFrame) -> str:
         return "window_start"
     starts = pd.to_numeric(table.loc[~table["baseline"].astype(bool), "window_start"], errors="coerce").dropna()
     return "window_end" if len(starts) and (starts == 0).all() else "window_start"
+
+
+def _curve_label(summary: pd.DataFrame, x: str) -> str:
+    """``deficit in [0, T)`` (removal), ``deficit in [T, T + 5)`` (sliding) or ``deficit`` (anything else)."""
+    windows = summary[~summary["baseline"]]
+    if x == "window_end" and (windows["window_start"] == 0).all():
+        return "deficit in [0, T)"
+    lengths = (windows["window_end"] - windows["window_start"]).unique()
+    if x == "window_start" and len(lengths) == 1:
+        return f"deficit in [T, T + {lengths[0]:g})"
+    return "deficit"
 
 
 def plot_critical_period_curve(
@@ -74,12 +86,13 @@ def plot_critical_period_curve(
     colors = matplotlib.colormaps["viridis"](np.linspace(0.05, 0.8, max(len(groups), 1)))
     units = table.loc[~table["baseline"].astype(bool), "unit"] if "unit" in table.columns else pd.Series(dtype=object)
     unit = units.iloc[0] if len(units) else "epoch"
+    what = _curve_label(summary, x)
     for color, (key, part) in zip(colors, groups):
         key = key if isinstance(key, tuple) else (key,)
         name = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
         curve = part[~part["baseline"]].sort_values(x)
         xs, mean, sem = curve[x].to_numpy(float), curve["mean"].to_numpy(float), np.nan_to_num(curve["sem"].to_numpy(float))
-        ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"deficit{' (' + name + ')' if name else ''}")
+        ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{what}{' (' + name + ')' if name else ''}")
         ax.fill_between(xs, mean - sem, mean + sem, color=color, alpha=0.25, lw=0)
         base = part[part["baseline"]]
         if len(base):
@@ -87,8 +100,9 @@ def plot_critical_period_curve(
             ax.axhline(b_mean, color=color, ls="--", lw=1, label=f"no deficit{' (' + name + ')' if name else ''}")
             ax.axhspan(b_mean - b_sem, b_mean + b_sem, color=color, alpha=0.12, lw=0)
     n_seeds = int(summary["n_seeds"].max()) if len(summary) else 0
-    what = "deficit removed at" if x == "window_end" else "deficit onset"
-    ax.set_xlabel(f"{what} ({unit})")
+    ax.set_xlabel(f"{'deficit removed at' if x == 'window_end' else 'deficit onset'} ({unit})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.spines[["top", "right"]].set_visible(False)
     ax.set_ylabel(f"final {metric}")
     ax.set_title(title or f"Critical period: mean ± s.e. over {n_seeds} seed{'s' if n_seeds != 1 else ''}", fontsize=9)
     ax.legend(frameon=False, fontsize=8)

@@ -12,9 +12,11 @@ baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`ru
 Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
 ``execute`` (one run in this process), ``backends`` (serial, process, Executor, Ray),
 ``scheduler`` (the DAG on a backend), ``store`` (the resumable directory), ``logs`` (branch
-prefixes in every run's logs), ``table`` (the tidy table and its summary), ``engine`` (``run``).
+prefixes in every run's logs), ``table`` (the tidy table and its summary), ``engine`` (``run``),
+``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
 """
 
+from lightning_critical.sweep import metrics
 from lightning_critical.sweep.engine import load, run
 from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.plan import Plan, make_plan
@@ -31,6 +33,7 @@ __all__ = [
     "WindowGrid",
     "load",
     "make_plan",
+    "metrics",
     "removal",
     "run",
     "sliding",

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import math
 import multiprocessing
 import os
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import pandas as pd
@@ -44,7 +45,7 @@ def run(
     progress: Optional[bool] = None,
     save_model: bool = False,
     tensorboard: bool = True,
-    plot: bool = True,
+    plot: Union[bool, str] = True,
     keep_checkpoints: bool = False,
     backend_options: Optional[Mapping[str, Any]] = None,
 ) -> pd.DataFrame:
@@ -95,8 +96,8 @@ def run(
         save_model: also write every run's final weights to ``<out>/models/<label>.pt``.
         tensorboard: per-run TensorBoard logs with hparams (window, seed, swept values) and
             final metrics, under ``<out>/tensorboard/<label>``.
-        plot: write the critical-period curve of the first metric to ``<out>/critical_period.png``
-            (and to TensorBoard, ``<out>/tensorboard/summary``).
+        plot: write the critical-period curve of the first metric (or of the metric named here) to
+            ``<out>/critical_period.png`` and to TensorBoard (``<out>/tensorboard/summary``).
         keep_checkpoints: keep the branch checkpoints after their runs finished.
         backend_options: keyword arguments of the backend (e.g. Ray's resources).
 
@@ -137,6 +138,8 @@ def run(
     check_int("workers", workers, low=1, allow_none=True)
     check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
     _check_windows_fit(grid, trainer_kwargs.get("max_epochs"), steps_per_epoch)
+    if isinstance(plot, str) and all(isinstance(m, str) for m in metric_list) and plot not in metric_list:
+        raise ValueError(f"plot={plot!r} is not one of metrics={metric_list}; name one of them, or plot=True / False.")
     _check_callables(model, datamodule, deficit, callbacks)
     spec = SweepSpec(
         model=model, datamodule=datamodule, deficit=deficit, callbacks=callbacks, trainer=trainer_kwargs,
@@ -197,7 +200,11 @@ def run(
     if all(table["status"] == "ok") and not keep_checkpoints:
         store.remove_all_checkpoints()
     if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:
-        _write_figure(table, store.out, tensorboard)
+        metric = plot if isinstance(plot, str) else table.attrs["metrics"][0]
+        if metric in table.attrs["metrics"]:
+            _write_figure(table, metric, store.out, tensorboard)
+        else:
+            warnings.warn(f"plot={plot!r} is not one of the sweep's metrics {table.attrs['metrics']}: no figure written.")
     return table
 
 
@@ -367,15 +374,11 @@ def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
     try:
         store.claim(identity, description)
     except SweepDirectoryError:
-        if any(r.get("status") == "ok" for r in store.latest().values()):
+        if not os.path.exists(os.path.join(store.out, IDENTITY)) or any(
+                r.get("status") == "ok" for r in store.latest().values()):
             raise
-        # only failed runs there (e.g. a metric name that did not exist): the new sweep takes over
-        for name in (IDENTITY, "results.jsonl"):
-            path = os.path.join(store.out, name)
-            if os.path.exists(path):
-                os.replace(path, path + ".replaced")
-        store.remove_all_checkpoints()
-        store.claim(identity, description)
+        # only failed runs there (e.g. a metric name that did not exist): the corrected sweep takes over
+        store.claim(identity, description, replace=True)
 
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
@@ -403,11 +406,10 @@ def _totals(table: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def _write_figure(table: pd.DataFrame, out: str, tensorboard: bool) -> None:
+def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool) -> None:
     # The one place the sweep reaches up to plots: the agreed design has the engine write the curve.
     from lightning_critical.plots.critical_period import plot_critical_period_curve
 
-    metric = table.attrs["metrics"][0]
     if not math.isfinite(float(pd.to_numeric(table[metric], errors="coerce").max(skipna=True) or math.nan)):
         return
     fig = plot_critical_period_curve(table, metric)

@@ -31,14 +31,15 @@ def copy_prefix(parent_dir: Optional[str], child_dir: Optional[str], before_step
 
 
 def _copy_events(parent_dir: str, child_dir: str, before_step: int) -> None:
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     files = sorted(glob.glob(os.path.join(parent_dir, "events.out.tfevents.*")))
     events = []
     for path in files:
-        for event in EventFileLoader(path).Load():
+        for raw in RawEventFileLoader(path).Load():  # raw: the records exactly as written, not migrated
+            event = event_pb2.Event.FromString(raw)
             if event.HasField("file_version") or event.step >= before_step:
                 continue
             if event.HasField("summary"):

@@ -68,9 +68,21 @@ class Store:
         self.checkpoint_dir = os.path.join(self.out, CHECKPOINTS)
 
     # -- identity --------------------------------------------------------------------------
-    def claim(self, identity: str, description: dict[str, Any]) -> None:
-        """Mark the directory as this sweep's, or raise :class:`SweepDirectoryError` if it holds another."""
+    def claim(self, identity: str, description: dict[str, Any], replace: bool = False) -> None:
+        """Mark the directory as this sweep's, or raise :class:`SweepDirectoryError` if it holds another.
+
+        ``replace=True`` takes over a directory holding another sweep: its description and
+        results are renamed to ``*.replaced`` and its checkpoints deleted.
+        """
         path = os.path.join(self.out, IDENTITY)
+        if replace and os.path.exists(path):
+            for name in (IDENTITY, RESULTS):
+                old = os.path.join(self.out, name)
+                if os.path.exists(old):
+                    os.replace(old, old + ".replaced")
+            self.remove_all_checkpoints()
+            _atomic_write(path, json.dumps({"identity": identity, "description": description}, indent=1, sort_keys=True))
+            return
         if os.path.exists(path):
             try:
                 with open(path) as fh:
