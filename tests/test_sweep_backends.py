@@ -113,6 +113,51 @@ def test_any_executor_runs_the_sweep_and_children_start_while_their_parent_train
     assert table["val_loss"].tolist() == serial["val_loss"].tolist()
 
 
+class Job:
+    """A cluster-style job: done() and result(), not a concurrent.futures.Future (like submitit's)."""
+
+    def __init__(self, fn, args):
+        try:
+            self._result, self._error = fn(*args), None
+        except Exception as err:  # noqa: BLE001
+            self._result, self._error = None, err
+
+    def done(self):
+        return True
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self):
+        return False
+
+
+class InlineJobExecutor:
+    """Runs each submitted function at once and returns a Job (the submitit interface, without SLURM)."""
+
+    def __init__(self):
+        self.submitted = 0
+
+    def submit(self, fn, *args):
+        self.submitted += 1
+        return Job(fn, args)
+
+
+def test_executors_returning_cluster_style_jobs_are_polled(tmp_path):
+    executor = InlineJobExecutor()
+    table = _sweep(tmp_path, "jobs", executor)
+    serial = _sweep(tmp_path, "serial", "serial")
+    assert executor.submitted == 3
+    _same_results(table, serial)
+
+
+def test_a_thread_pool_is_refused(tmp_path):
+    with cf.ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="threads share this process's random states"):
+        _sweep(tmp_path, "threads", pool)
+
+
 def test_unpicklable_factories_are_refused_before_training_for_worker_backends(tmp_path, monkeypatch):
     import lightning_critical.sweep.backends as backends
     import pickle

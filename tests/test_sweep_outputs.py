@@ -115,3 +115,13 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):
     _sweep(tmp_path / "bar", seeds=[0], windows=[(0, 1)], tensorboard=False, plot=False, progress=True, callbacks=None)
     err = capsys.readouterr().err
     assert "sweep" in err and "2/2" in err
+
+
+def test_test_metrics_after_training(tmp_path):
+    table = lc.sweep.run(
+        lambda seed: lc.models.SmallCNN(channels=(4, 8), seed=seed), lambda: lc.data.DigitsDataModule(subset=48),
+        deficit=lc.InputDeficit("blur", window=(0, 1)), windows=[(0, 1)], metrics=["test_acc", "val_acc"], test=True,
+        trainer={"max_epochs": 2, **CPU}, out=str(tmp_path), backend="serial", progress=False, plot=False)
+    assert (table.status == "ok").all() and table.test_acc.between(0, 1).all()
+    acc = read_tensorboard(table.log_dir.iloc[1])
+    assert "test_acc" in acc.Tags()["scalars"] and "final/test_acc" in acc.Tags()["scalars"]

@@ -7,7 +7,8 @@ run may start when, results, retries); a backend only executes runs that are rea
         name: str                      # shown in messages
         max_in_flight: int | None      # runs submitted at once (None: no limit)
         needs_pickling: bool           # tasks cross a process boundary
-        def submit(self, task: Task) -> concurrent.futures.Future[dict]: ...
+        def submit(self, task: Task) -> Future: ...  # a concurrent.futures.Future, or any
+                                       # object with done() and result() (polled)
         def restart(self) -> bool: ... # after a worker died: start afresh (False: cannot)
         def close(self, cancel: bool) -> None: ...
 
@@ -154,19 +155,22 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
 
 
 class ExecutorBackend:
-    """Any ``concurrent.futures.Executor`` the caller owns (e.g. a submitit executor for SLURM)."""
+    """Any executor the caller owns: a ``concurrent.futures.Executor``, or any object whose
+    ``submit(fn, *args)`` returns a job with ``done()`` and ``result()`` (e.g. a submitit
+    ``AutoExecutor`` for SLURM: one job per run; ``out`` must be on storage the jobs share).
+    """
 
     needs_pickling = True
     max_in_flight: Optional[int] = None
 
-    def __init__(self, executor: cf.Executor) -> None:
+    def __init__(self, executor: Any) -> None:
         self.executor = executor
         self.name = type(executor).__name__
         workers = getattr(executor, "_max_workers", None)
         if isinstance(workers, int):
             self.max_in_flight = workers
 
-    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]":
+    def submit(self, task: Any) -> Any:
         return self.executor.submit(run_payload, dumps(task))
 
     def restart(self) -> bool:
@@ -185,14 +189,20 @@ def resolve_backend(
 ) -> Any:
     """Turn ``backend=`` into a backend object (see the module docstring); errors name the valid choices."""
     options = dict(options or {})
-    if isinstance(backend, cf.Executor):
-        return ExecutorBackend(backend)
+    if isinstance(backend, cf.ThreadPoolExecutor):
+        raise ValueError(
+            "backend=ThreadPoolExecutor is not valid: threads share this process's random states, so runs would "
+            "not be reproducible; use backend='process', a ProcessPoolExecutor or backend='serial'."
+        )
     if not isinstance(backend, str):
         if all(hasattr(backend, a) for a in ("submit", "restart", "close", "max_in_flight")):
             return backend
+        if callable(getattr(backend, "submit", None)):
+            return ExecutorBackend(backend)
         raise ValueError(
-            f"backend={backend!r} is not valid; choose one of {BACKENDS}, a concurrent.futures.Executor, "
-            "or an object with the Backend interface (see lightning_critical.sweep.backends)."
+            f"backend={backend!r} is not valid; choose one of {BACKENDS}, a concurrent.futures.Executor (or any "
+            "executor whose submit(fn, *args) returns a job with done() and result(), e.g. submitit's), or an object "
+            "with the Backend interface (see lightning_critical.sweep.backends)."
         )
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not valid; choose one of {BACKENDS} or a concurrent.futures.Executor.")

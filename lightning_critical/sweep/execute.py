@@ -203,9 +203,10 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def read_metrics(metrics: Any, trainer: "pl.Trainer", module: "pl.LightningModule") -> dict[str, float]:
-    """The final metrics of a finished run: names from ``trainer.callback_metrics`` or functions' dicts."""
-    produced = dict(trainer.callback_metrics)
+def read_metrics(metrics: Any, trainer: "pl.Trainer", module: "pl.LightningModule",
+                 produced: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
+    """The final metrics of a finished run: names from ``produced`` (default ``trainer.callback_metrics``) or functions' dicts."""
+    produced = dict(trainer.callback_metrics if produced is None else produced)
     values: dict[str, float] = {}
     for metric in metrics:
         if isinstance(metric, str):
@@ -307,9 +308,11 @@ def _fit(task: Task) -> dict[str, Any]:
         trainer.fit(model, **data_kwargs, ckpt_path=task.resume_path, weights_only=False)
     else:
         trainer.fit(model, **data_kwargs)
-    if spec.test:
+    produced = dict(trainer.callback_metrics)
+    if spec.test:  # trainer.test replaces callback_metrics: keep the fit's too
         trainer.test(model, **data_kwargs, verbose=False)
-    metrics = read_metrics(spec.metrics, trainer, model)
+        produced.update(trainer.callback_metrics)
+    metrics = read_metrics(spec.metrics, trainer, model, produced)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
         logger.log_hyperparams(hparams(task), metrics=final, step=int(trainer.global_step))

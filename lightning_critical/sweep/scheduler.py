@@ -55,7 +55,7 @@ class Scheduler:
         self.poll = poll_seconds
         self.ids = {n.run_id for n in plan.nodes}
         self.pending: list[Node] = list(plan.nodes)
-        self.running: dict[cf.Future, Node] = {}
+        self.running: dict[Any, Node] = {}  # concurrent.futures.Future, or any object with done() and result()
         self.done: dict[str, str] = {}
         self.suspects: set[str] = set()
         self.fatal: Optional[str] = None
@@ -79,11 +79,15 @@ class Scheduler:
                         self._retarget(self.pending[0])
                         continue
                     break
-                finished, _ = cf.wait(list(self.running), timeout=self.poll, return_when=cf.FIRST_COMPLETED)
-                for future in finished:
+                for future in _wait(list(self.running), self.poll):
                     if future in self.running:
                         self._collect(future)
         except BaseException:
+            for future in self.running:  # stop what can be stopped (queued futures, cluster jobs)
+                try:
+                    future.cancel()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
             self.backend.close(cancel=True)
             raise
         finally:
@@ -149,7 +153,7 @@ class Scheduler:
             node.branch_epoch, node.resume_key, node.parent = 0, None, None
 
     # -- results -------------------------------------------------------------------------
-    def _collect(self, future: cf.Future) -> None:
+    def _collect(self, future: Any) -> None:
         node = self.running.pop(future)
         try:
             record = future.result()
@@ -221,6 +225,21 @@ class Scheduler:
         self.log_final.add(node.run_id)
         for child, child_record in self.log_waiting.pop(node.run_id, []):
             self._copy_logs(child, child_record)
+
+
+def _wait(futures: list[Any], timeout: float) -> list[Any]:
+    """The finished ones among ``futures``, waiting up to ``timeout`` for one.
+
+    ``concurrent.futures`` futures are waited on; other job objects (e.g. submitit's ``Job``,
+    anything with ``done()`` and ``result()``) are polled.
+    """
+    if all(isinstance(f, cf.Future) for f in futures):
+        finished, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(finished)
+    finished = [f for f in futures if f.done()]
+    if not finished:
+        time.sleep(timeout)
+    return finished
 
 
 def _progress_bar(total: int, progress: Optional[bool]) -> Any:
