@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import multiprocessing
 import os
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 from lightning_critical._checks import check_int, check_seed
@@ -204,7 +204,8 @@ def run(
         if metric in table.attrs["metrics"]:
             _write_figure(table, metric, store.out, tensorboard)
         else:
-            warnings.warn(f"plot={plot!r} is not one of the sweep's metrics {table.attrs['metrics']}: no figure written.")
+            warnings.warn(f"plot={plot!r} is not one of the sweep's metrics {table.attrs['metrics']}: no figure written.",
+                          stacklevel=2)
     return table
 
 
@@ -410,7 +411,8 @@ def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool)
     # The one place the sweep reaches up to plots: the agreed design has the engine write the curve.
     from lightning_critical.plots.critical_period import plot_critical_period_curve
 
-    if not math.isfinite(float(pd.to_numeric(table[metric], errors="coerce").max(skipna=True) or math.nan)):
+    values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(values).any():
         return
     fig = plot_critical_period_curve(table, metric)
     fig.savefig(os.path.join(out, "critical_period.png"), dpi=120, bbox_inches="tight")

@@ -255,7 +255,7 @@ def execute(task: Task) -> dict[str, Any]:
 
     ``KeyboardInterrupt`` (or Lightning's exit after one) propagates as ``KeyboardInterrupt``.
     """
-    spec, run = task.spec, task.run
+    spec = task.spec
     start = time.perf_counter()
     record: dict[str, Any] = {
         "run_id": task.run_id, "label": task.label, "status": "failed", "error": None, "metrics": {},

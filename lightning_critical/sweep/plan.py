@@ -49,7 +49,8 @@ def schedule_tokens(windows: Sequence[Window], epochs: int, steps_per_epoch: Opt
     tokens: list[Token] = []
     for t in range(epochs):
         lo, hi = t * steps_per_epoch, (t + 1) * steps_per_epoch
-        pieces = [[i + 1, max(w.start, lo) - lo, int(min(w.stop, hi)) - lo] for i, w in enumerate(windows) if w.start < hi and w.stop > lo]
+        pieces = [[i + 1, max(w.start, lo) - lo, int(min(w.stop, hi)) - lo]
+                  for i, w in enumerate(windows) if w.start < hi and w.stop > lo]
         tokens.append(pieces or 0)
     return tokens
 

@@ -221,7 +221,8 @@ class Scheduler:
             try:
                 copy_prefix(source, record["log_dir"], int(record.get("branch_step") or 0))
             except Exception as err:  # noqa: BLE001 - logs are a convenience; never lose a result over them
-                print(f"lightning-critical: could not copy the branch prefix logs into {record['log_dir']}: {err}", file=sys.stderr)
+                print(f"lightning-critical: could not copy the branch prefix logs into {record['log_dir']}: {err}",
+                      file=sys.stderr)
         self.log_final.add(node.run_id)
         for child, child_record in self.log_waiting.pop(node.run_id, []):
             self._copy_logs(child, child_record)
