@@ -55,6 +55,7 @@ CASES = {
     "unknown backend": (dict(backend="threads"), ValueError, r"backend='threads' is not valid; choose one of \('serial', 'process', 'ray'\)"),
     "no max_epochs": (dict(trainer={"accelerator": "cpu"}), ValueError, "trainer= needs max_epochs"),
     "trainer callbacks": (dict(trainer={"max_epochs": 3, "callbacks": []}), ValueError, r"may not set \['callbacks'\]"),
+    "trainer logger object": (dict(trainer={"max_epochs": 3, "logger": "tb"}), ValueError, r"trainer\['logger'\]='tb' is not valid"),
     "trainer max_steps": (dict(trainer={"max_epochs": 3, "max_steps": 10}), ValueError, "max_steps.*not supported"),
     "metrics empty": (dict(metrics=[]), ValueError, r"metrics=\[\] is not valid"),
     "params not taken by any factory": (dict(params={"depth": [1, 2]}), ValueError, r"params\['depth'\] is not an argument of any factory"),

@@ -61,7 +61,8 @@ def run(
 
     Args:
         model: factory of the ``LightningModule`` (a class or function), called with the
-            arguments it names among ``seed`` and the swept ``params``.
+            arguments it names among ``seed`` and the swept ``params`` (keywords bound with
+            ``functools.partial`` stay as bound: ``partial(DigitsDataModule, seed=0)`` keeps one split).
         datamodule: factory of the ``LightningDataModule`` (same rule), or ``None`` when the
             model has its own dataloaders.
         deficit: what to put in each window: a ``WindowedDeficit`` used as a template (e.g.
@@ -75,8 +76,8 @@ def run(
             ``(trainer, module) -> dict[str, float]``, or a list of both.
         trainer: ``pl.Trainer`` arguments; ``max_epochs`` is required (unless the grid sets
             every run's length). Quiet defaults (no progress bar, no model summary, no sanity
-            check) apply unless given. The sweep owns ``callbacks``, ``logger``,
-            ``default_root_dir`` and checkpointing.
+            check) apply unless given. The sweep owns ``callbacks`` and ``default_root_dir``, and
+            sets ``logger`` (``False`` = ``tensorboard=False``) and checkpointing (branch points only).
         seeds: integer seeds; each run calls ``pl.seed_everything(seed)`` before its factories.
         params: other swept values: ``{"name": [values]}`` (cartesian product) or a list of
             dicts; each name must be an argument of a factory. They become table columns.
@@ -87,7 +88,8 @@ def run(
             ``"ray"`` (``pip install "lightning-critical[ray]"``), or any
             ``concurrent.futures.Executor`` (e.g. ``submitit.AutoExecutor`` for SLURM; ``out``
             must then be on storage the workers share). Results are identical whatever the backend.
-        workers: worker processes of ``"process"`` (default: one per core, at most one per run).
+        workers: worker processes of ``"process"`` (default: one per core, at most one per run;
+            with one worker the runs execute in this process).
         threads_per_run: intra-op threads of every run, whatever the backend.
         share_prefixes: ``False`` trains every run from scratch.
         steps_per_epoch: optimizer steps per epoch, if known; lets step-unit windows share
@@ -134,6 +136,8 @@ def run(
     combos = check_params(params)
     metric_list = _check_metrics(metrics)
     trainer_kwargs = _check_trainer(trainer, grid)
+    if trainer_kwargs.get("logger") is False:
+        tensorboard = False
     threads = check_int("threads_per_run", threads_per_run, low=1)
     check_int("workers", workers, low=1, allow_none=True)
     check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
@@ -259,9 +263,16 @@ def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
     reserved = [k for k in RESERVED_TRAINER if k in kwargs]
     if reserved:
         raise ValueError(
-            f"trainer= may not set {reserved}: the sweep owns them (pass extra callbacks with callbacks=, "
-            "logs go to <out>/tensorboard, tensorboard=False turns them off)."
+            f"trainer= may not set {reserved}: the sweep owns them (pass extra callbacks with callbacks=; "
+            "every run writes under <out>)."
         )
+    if kwargs.get("logger", True) not in (True, False):
+        raise ValueError(
+            f"trainer['logger']={kwargs['logger']!r} is not valid: every run logs to its own TensorBoard directory "
+            "under <out>/tensorboard; give True, False (or tensorboard=False)."
+        )
+    for key in ("enable_checkpointing", "enable_autolog_hparams"):
+        kwargs.pop(key, None)  # set by the sweep (branch checkpoints; hparams logged once at the end)
     for key in ("max_steps", "max_time"):
         if kwargs.get(key) not in (None, -1):
             raise ValueError(f"trainer[{key!r}]={kwargs[key]!r} is not supported by sweeps: give max_epochs.")

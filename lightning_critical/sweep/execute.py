@@ -63,7 +63,10 @@ QUIET_TRAINER: dict[str, Any] = {
 }
 """Trainer defaults of every sweep run (any of them can be overridden in ``trainer=``)."""
 
-RESERVED_TRAINER = ("callbacks", "logger", "default_root_dir", "enable_checkpointing", "enable_autolog_hparams")
+RESERVED_TRAINER = ("callbacks", "default_root_dir")
+"""Trainer arguments the sweep owns (``logger`` may be ``True`` / ``False``; checkpointing and hparams
+autologging are set by the sweep: branch points are its only checkpoints unless ``callbacks`` adds a
+``ModelCheckpoint``)."""
 
 
 class MetricNotFound(ValueError):
@@ -147,15 +150,16 @@ class Branching(Checkpoint):
         if path is None or trainer.sanity_checking:
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes once
+        if not trainer.is_global_zero:
+            return
         info = {**self.info, "epoch": done, "step": int(trainer.global_step)}
         sidecar = path[: -len(".ckpt")] + ".json"
-        tmp = f"{sidecar}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
+        with open(sidecar + ".tmp", "w") as fh:
             fh.write(canonical_json(info))
-        os.replace(tmp, sidecar)
-        tmp = f"{path}.tmp{os.getpid()}"
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, path)
+        os.replace(sidecar + ".tmp", sidecar)
+        os.replace(tmp, path)  # the sidecar first: a checkpoint that exists is complete and described
 
 
 @contextlib.contextmanager
@@ -295,7 +299,7 @@ def _fit(task: Task) -> dict[str, Any]:
         from pytorch_lightning.loggers import TensorBoardLogger
 
         logger = TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="", default_hp_metric=False)
-    kwargs = {**QUIET_TRAINER, **dict(spec.trainer)}
+    kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k != "logger"}}
     kwargs.update(
         max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,
         enable_autolog_hparams=False, default_root_dir=log_dir or os.path.join(task.out, "runs", task.label),
