@@ -86,6 +86,8 @@ def describe(obj: Any, _depth: int = 0) -> Any:
         return sorted((describe(v, d) for v in obj), key=canonical_json)
     if isinstance(obj, Mapping):
         return {str(k): describe(v, d) for k, v in obj.items()}
+    if inspect.ismodule(obj):
+        return f"module:{obj.__name__}"
     if isinstance(obj, functools.partial):
         return {"partial": _qualname(obj.func), "args": describe(obj.args, d), "keywords": describe(obj.keywords, d)}
     if inspect.isclass(obj) or inspect.isbuiltin(obj):
