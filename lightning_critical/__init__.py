@@ -1,6 +1,6 @@
 """lightning-critical: probe critical learning periods with PyTorch Lightning callbacks."""
 
-from lightning_critical import data, experiments, models, plots, theory
+from lightning_critical import data, experiments, models, plots, sweep, theory
 from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit
 from lightning_critical.monitors import FisherMonitor, SpectralMonitor
 from lightning_critical.schedule import Window
@@ -21,5 +21,6 @@ __all__ = [
     "experiments",
     "models",
     "plots",
+    "sweep",
     "theory",
 ]

@@ -4,6 +4,10 @@
   CSV tables, PNG figures).
 * ``lightning-critical matrix-completion [--out DIR] [--depths 1 2 3] ...``: the paper's
   deep-matrix-completion figure (final test loss against task-switch epoch), PNG + CSV.
+* ``lightning-critical sweep --config CONFIG.yaml [--out DIR] [--backend B] [--set key=value]``:
+  a critical-period sweep (windows x seeds x swept values) from a YAML config such as
+  ``examples/configs/digits_blur_sweep.yaml``: results table, summary, curve (PNG and
+  TensorBoard), resumable.
 * ``lightning-critical fit --config CONFIG.yaml`` (and ``validate``/``test``/``predict``):
   LightningCLI with any LightningModule / LightningDataModule given by ``class_path``, e.g.
   the configs in ``examples/configs/``.
@@ -57,7 +61,57 @@ def _matrix_completion(argv: Sequence[str]) -> int:
     return figure_main(list(argv))
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"demo": _demo, "matrix-completion": _matrix_completion}
+def _sweep(argv: Sequence[str]) -> int:
+    import os
+
+    import yaml
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-critical sweep",
+        description="Train a model once per deficit window x seed (x swept values); write the critical-period table and curve.",
+    )
+    parser.add_argument("--config", required=True, help="YAML sweep config (see examples/configs/*sweep*.yaml)")
+    parser.add_argument("--out", help="output directory (default: the config's out)")
+    parser.add_argument("--backend", choices=("serial", "process", "ray"), help="where runs execute (default: the config's)")
+    parser.add_argument("--workers", type=int, help="worker processes of the process backend")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. --set trainer.max_epochs=5 (VALUE is YAML)")
+    args = parser.parse_args(list(argv))
+    import lightning_critical as lc
+    from lightning_critical.sweep.config import load_config
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    for key in ("out", "backend", "workers", "seeds"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    _quiet_lightning()
+    kwargs = load_config(args.config, overrides)
+    kwargs.setdefault("out", os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0]))
+    table = lc.sweep.run(**kwargs)
+    out = table.attrs["out"]
+    table.to_csv(os.path.join(out, "results.csv"), index=False)
+    metric = table.attrs["metrics"][0] if table.attrs["metrics"] else None
+    if metric is not None and (table["status"] == "ok").any():
+        summary = lc.sweep.summarize(table, metric)
+        summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+        print(summary.drop(columns=["window_start", "window_end"]).to_string(index=False, float_format="%.4g"))
+    failed = int((table["status"] != "ok").sum())
+    print(f"\n{len(table)} runs ({failed} failed), {table.attrs['epochs_trained']} epochs trained for "
+          f"{table.attrs['epochs_independent']} without shared prefixes.")
+    print(f"table: {os.path.join(out, 'results.csv')}\ncurve: {os.path.join(out, 'critical_period.png')}")
+    print(f"Open the logs with:  tensorboard --logdir {os.path.join(out, 'tensorboard')}")
+    return 1 if failed else 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "demo": _demo, "matrix-completion": _matrix_completion, "sweep": _sweep,
+}
 
 
 def _lightning_cli(argv: Sequence[str]) -> int:

@@ -1,0 +1,110 @@
+"""The critical-period curve of a sweep: final metric against the deficit window, with seed bands."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from lightning_critical.plots._figure import subplots
+from lightning_critical.sweep.table import summarize
+
+X_CHOICES: tuple[str, ...] = ("window_end", "window_start")
+
+
+def _default_x(table: pd.DataFrame) -> str:
+    kind = table.attrs.get("kind")
+    if kind == "removal":
+        return "window_end"
+    if kind == "sliding":
+        return "window_start"
+    starts = pd.to_numeric(table.loc[~table["baseline"].astype(bool), "window_start"], errors="coerce").dropna()
+    return "window_end" if len(starts) and (starts == 0).all() else "window_start"
+
+
+def _curve_label(summary: pd.DataFrame, x: str) -> str:
+    """``deficit in [0, T)`` (removal), ``deficit in [T, T + 5)`` (sliding) or ``deficit`` (anything else)."""
+    windows = summary[~summary["baseline"]]
+    if x == "window_end" and (windows["window_start"] == 0).all():
+        return "deficit in [0, T)"
+    lengths = (windows["window_end"] - windows["window_start"]).unique()
+    if x == "window_start" and len(lengths) == 1:
+        return f"deficit in [T, T + {lengths[0]:g})"
+    return "deficit"
+
+
+def plot_critical_period_curve(
+    table: pd.DataFrame,
+    metric: Optional[str] = None,
+    x: Optional[str] = None,
+    by: Optional[Sequence[str]] = None,
+    ax: Optional[Axes] = None,
+    title: Optional[str] = None,
+) -> Figure:
+    """Mean final ``metric`` against the window's end (removal) or start (sliding), ± one standard error over seeds.
+
+    The no-deficit baseline is drawn as a horizontal line with its own band. With swept
+    values (``by``, default the table's swept parameters), one line per combination.
+
+    Args:
+        table: a sweep table (:func:`lightning_critical.sweep.run` or ``load``); only runs with
+            ``status == "ok"`` are drawn.
+        metric: the metric column (default: the table's first metric).
+        x: ``"window_end"`` (removal curves: when the deficit is removed) or ``"window_start"``
+            (sliding curves: the deficit's onset); default from the grid's kind.
+        by: columns that split lines (default: the swept parameters).
+        ax: draw into this axes instead of a new figure.
+        title: the axes title.
+
+    Returns:
+        The matplotlib ``Figure`` (save it with ``fig.savefig``).
+
+    Example::
+
+        >>> t = pd.DataFrame({"window": ["none"] * 2 + ["[0, 5) epochs"] * 2 + ["[0, 10) epochs"] * 2,
+        ...                   "window_start": [np.nan, np.nan, 0, 0, 0, 0], "window_end": [np.nan, np.nan, 5, 5, 10, 10],
+        ...                   "baseline": [True, True, False, False, False, False], "seed": [0, 1] * 3,
+        ...                   "val_acc": [0.9, 0.92, 0.85, 0.83, 0.6, 0.62], "status": ["ok"] * 6})
+        >>> fig = plot_critical_period_curve(t, "val_acc")
+        >>> fig.axes[0].get_xlabel()
+        'deficit removed at (epoch)'
+    """
+    summary = summarize(table, metric, by=by)
+    metric = summary.attrs["metric"]
+    if x is None:
+        x = _default_x(table)
+    if x not in X_CHOICES:
+        raise ValueError(f"x={x!r} is not valid; choose one of {X_CHOICES}.")
+    keys = list(table.attrs.get("params", []) if by is None else by)
+    fig, ax = (subplots(figsize=(5.0, 3.6)) if ax is None else (ax.figure, ax))
+    groups = list(summary.groupby(keys, sort=True)) if keys else [((), summary)]
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.05, 0.8, max(len(groups), 1)))
+    units = table.loc[~table["baseline"].astype(bool), "unit"] if "unit" in table.columns else pd.Series(dtype=object)
+    unit = units.iloc[0] if len(units) else "epoch"
+    what = _curve_label(summary, x)
+    for color, (key, part) in zip(colors, groups):
+        key = key if isinstance(key, tuple) else (key,)
+        name = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
+        curve = part[~part["baseline"]].sort_values(x)
+        xs, mean, sem = curve[x].to_numpy(float), curve["mean"].to_numpy(float), np.nan_to_num(curve["sem"].to_numpy(float))
+        ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{what}{' (' + name + ')' if name else ''}")
+        ax.fill_between(xs, mean - sem, mean + sem, color=color, alpha=0.25, lw=0)
+        base = part[part["baseline"]]
+        if len(base):
+            b_mean, b_sem = float(base["mean"].iloc[0]), float(np.nan_to_num(base["sem"].iloc[0]))
+            ax.axhline(b_mean, color=color, ls="--", lw=1, label=f"no deficit{' (' + name + ')' if name else ''}")
+            ax.axhspan(b_mean - b_sem, b_mean + b_sem, color=color, alpha=0.12, lw=0)
+    n_seeds = int(summary["n_seeds"].max()) if len(summary) else 0
+    ax.set_xlabel(f"{'deficit removed at' if x == 'window_end' else 'deficit onset'} ({unit})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_ylabel(f"final {metric}")
+    ax.set_title(title or f"Critical period: mean ± s.e. over {n_seeds} seed{'s' if n_seeds != 1 else ''}", fontsize=9)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

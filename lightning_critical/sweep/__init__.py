@@ -1,0 +1,42 @@
+"""Critical-period sweeps on any model: window grids, shared prefixes, resumable results, any backend.
+
+    >>> import lightning_critical as lc
+    >>> [e.label() for e in lc.sweep.sliding([0, 10, 20], length=10)]
+    ['baseline', 'w0-10', 'w10-20', 'w20-30']
+
+``lc.sweep.run(model_factory, datamodule_factory, deficit=..., windows=lc.sweep.removal([...]),
+metrics="val_acc", trainer={"max_epochs": ...}, seeds=[0, 1, 2])`` trains every run and returns
+one tidy row per run; :func:`summarize` adds means, standard errors and drops versus the
+baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`run`.
+
+Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
+``execute`` (one run in this process), ``backends`` (serial, process, Executor, Ray),
+``scheduler`` (the DAG on a backend), ``store`` (the resumable directory), ``logs`` (branch
+prefixes in every run's logs), ``table`` (the tidy table and its summary), ``engine`` (``run``),
+``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
+"""
+
+from lightning_critical.sweep import metrics
+from lightning_critical.sweep.engine import load, run
+from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
+from lightning_critical.sweep.plan import Plan, make_plan
+from lightning_critical.sweep.spec import RunSpec, SweepSpec
+from lightning_critical.sweep.store import SweepDirectoryError
+from lightning_critical.sweep.table import summarize
+
+__all__ = [
+    "GridEntry",
+    "Plan",
+    "RunSpec",
+    "SweepDirectoryError",
+    "SweepSpec",
+    "WindowGrid",
+    "load",
+    "make_plan",
+    "metrics",
+    "removal",
+    "run",
+    "sliding",
+    "summarize",
+    "windows",
+]

@@ -1,0 +1,220 @@
+"""Where the runs of a sweep execute: in this process, in local worker processes, on any Executor, on Ray.
+
+The interface is deliberately small. The engine owns the schedule (the DAG of runs, which
+run may start when, results, retries); a backend only executes runs that are ready::
+
+    class Backend:
+        name: str                      # shown in messages
+        max_in_flight: int | None      # runs submitted at once (None: no limit)
+        needs_pickling: bool           # tasks cross a process boundary
+        def submit(self, task: Task) -> Future: ...  # a concurrent.futures.Future, or any
+                                       # object with done() and result() (polled)
+        def restart(self) -> bool: ... # after a worker died: start afresh (False: cannot)
+        def close(self, cancel: bool) -> None: ...
+
+``submit`` must eventually run :func:`lightning_critical.sweep.execute.execute` on the task
+(or :func:`run_payload` on :func:`dumps` of it, in another process) and resolve the future with
+the returned record. ``execute`` never raises for a failing run (it returns
+``status="failed"``); a future that raises means the worker itself died or was interrupted.
+
+How the DAG reaches the backend: a run is submitted only once it is ready, i.e. once the
+checkpoint it branches from exists on disk (``task.resume_path``; written atomically by its
+parent *during* the parent's training, so children start while the parent still trains).
+The engine polls for those files, so a backend needs no notion of dependencies, only a file
+system shared with the workers (the out directory).
+
+Threads: every run sets ``torch.set_num_threads(threads_per_run)`` itself (the same value
+whatever the backend, so results are identical); worker processes also limit BLAS pools.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib.util
+import multiprocessing
+import os
+import pickle
+import signal
+from typing import Any, Callable, Optional, Protocol, Union
+
+BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
+
+
+class Backend(Protocol):
+    name: str
+    max_in_flight: Optional[int]
+    needs_pickling: bool
+
+    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]": ...
+
+    def restart(self) -> bool: ...
+
+    def close(self, cancel: bool) -> None: ...
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle with cloudpickle when it is installed (lambdas, notebook functions), else with pickle."""
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - depends on the environment
+        return pickle.dumps(obj)
+    return cloudpickle.dumps(obj)
+
+
+def run_payload(payload: bytes) -> dict[str, Any]:
+    """Worker entry point: unpickle a task and execute it."""
+    from lightning_critical.sweep.execute import execute
+
+    return execute(pickle.loads(payload))
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker(threads: int) -> None:
+    # The parent handles Ctrl-C and stops the workers; a worker must not die half-way through a write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class SerialBackend:
+    """Runs each task in this process when it is submitted."""
+
+    name = "serial"
+    max_in_flight: Optional[int] = 1
+    needs_pickling = False
+
+    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]":
+        from lightning_critical.sweep.execute import execute
+
+        future: cf.Future = cf.Future()
+        future.set_result(execute(task))  # KeyboardInterrupt propagates to the engine
+        return future
+
+    def restart(self) -> bool:
+        return False
+
+    def close(self, cancel: bool) -> None:
+        pass
+
+
+class ProcessBackend:
+    """Spawned local worker processes (a ``ProcessPoolExecutor``), one per core by default."""
+
+    name = "process"
+    needs_pickling = True
+
+    def __init__(self, workers: Optional[int] = None, threads_per_run: int = 1) -> None:
+        self.workers = workers or default_workers()
+        self.max_in_flight = self.workers
+        self.threads = threads_per_run
+        self._pool: Optional[cf.ProcessPoolExecutor] = None
+
+    def _executor(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.threads,),
+            )
+        return self._pool
+
+    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]":
+        return self._executor().submit(run_payload, dumps(task))
+
+    def restart(self) -> bool:
+        self.close(cancel=True)
+        return True
+
+    def close(self, cancel: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if cancel:
+            _stop_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Terminate a pool's worker processes (public API from Python 3.14, the pool's table before)."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:  # pragma: no cover - Python >= 3.14
+        terminate()
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
+class ExecutorBackend:
+    """Any executor the caller owns: a ``concurrent.futures.Executor``, or any object whose
+    ``submit(fn, *args)`` returns a job with ``done()`` and ``result()`` (e.g. a submitit
+    ``AutoExecutor`` for SLURM: one job per run; ``out`` must be on storage the jobs share).
+    """
+
+    needs_pickling = True
+    max_in_flight: Optional[int] = None
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.name = type(executor).__name__
+        workers = getattr(executor, "_max_workers", None)
+        if isinstance(workers, int):
+            self.max_in_flight = workers
+
+    def submit(self, task: Any) -> Any:
+        return self.executor.submit(run_payload, dumps(task))
+
+    def restart(self) -> bool:
+        return False
+
+    def close(self, cancel: bool) -> None:
+        pass  # the caller owns the executor
+
+
+def ray_available() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def resolve_backend(
+    backend: Union[str, cf.Executor, Any], workers: Optional[int], threads_per_run: int, options: Optional[dict[str, Any]] = None,
+) -> Any:
+    """Turn ``backend=`` into a backend object (see the module docstring); errors name the valid choices."""
+    options = dict(options or {})
+    if isinstance(backend, cf.ThreadPoolExecutor):
+        raise ValueError(
+            "backend=ThreadPoolExecutor is not valid: threads share this process's random states, so runs would "
+            "not be reproducible; use backend='process', a ProcessPoolExecutor or backend='serial'."
+        )
+    if not isinstance(backend, str):
+        if all(hasattr(backend, a) for a in ("submit", "restart", "close", "max_in_flight")):
+            return backend
+        if callable(getattr(backend, "submit", None)):
+            return ExecutorBackend(backend)
+        raise ValueError(
+            f"backend={backend!r} is not valid; choose one of {BACKENDS}, a concurrent.futures.Executor (or any "
+            "executor whose submit(fn, *args) returns a job with done() and result(), e.g. submitit's), or an object "
+            "with the Backend interface (see lightning_critical.sweep.backends)."
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not valid; choose one of {BACKENDS} or a concurrent.futures.Executor.")
+    if backend == "serial":
+        return SerialBackend()
+    if backend == "process":
+        return ProcessBackend(workers, threads_per_run, **options)
+    if not ray_available():
+        raise ImportError('backend="ray" needs Ray, which is not installed: pip install "lightning-critical[ray]"')
+    try:
+        from lightning_critical.sweep import ray_backend  # type: ignore[attr-defined]
+    except ImportError as err:  # pragma: no cover - until the Ray backend lands
+        raise NotImplementedError(f'backend="ray" is not available in this version ({err}).') from None
+    factory: Callable[..., Any] = ray_backend.RayBackend
+    return factory(workers=workers, threads_per_run=threads_per_run, **options)

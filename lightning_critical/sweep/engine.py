@@ -1,0 +1,435 @@
+"""``lc.sweep.run``: a whole critical-period study in one call, resumable, sharing prefixes, on any backend."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import warnings
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from lightning_critical._checks import check_int, check_seed
+from lightning_critical.sweep import backends as _backends
+from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
+from lightning_critical.sweep.grids import WindowGrid, as_grid
+from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
+from lightning_critical.sweep.scheduler import Scheduler
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
+from lightning_critical.sweep.store import IDENTITY, SweepDirectoryError, Store
+from lightning_critical.sweep.table import run_fields, to_table
+
+MetricsArg = Union[str, Callable[..., Mapping[str, float]], Sequence[Union[str, Callable[..., Mapping[str, float]]]]]
+
+
+def run(
+    model: Callable[..., Any],
+    datamodule: Optional[Callable[..., Any]] = None,
+    *,
+    deficit: Any,
+    windows: Any,
+    metrics: MetricsArg,
+    trainer: Mapping[str, Any],
+    seeds: Sequence[int] = (0,),
+    params: Any = None,
+    callbacks: Optional[Callable[..., Any]] = None,
+    test: bool = False,
+    out: Union[str, os.PathLike] = "outputs/sweep",
+    backend: Union[str, cf.Executor, Any] = "process",
+    workers: Optional[int] = None,
+    threads_per_run: int = 1,
+    share_prefixes: bool = True,
+    steps_per_epoch: Optional[int] = None,
+    progress: Optional[bool] = None,
+    save_model: bool = False,
+    tensorboard: bool = True,
+    plot: Union[bool, str] = True,
+    keep_checkpoints: bool = False,
+    backend_options: Optional[Mapping[str, Any]] = None,
+) -> pd.DataFrame:
+    """Train ``model`` once per window x seed x swept values and return one tidy row per run.
+
+    Every argument is checked before anything trains. Runs whose schedules agree up to epoch
+    ``k`` share that prefix: it trains once and the others branch from its checkpoint, ending
+    bitwise equal to a run trained from scratch (on CPU with ``num_workers=0``; see
+    :mod:`lightning_critical.sweep.execute` for what makes it exact). Results are appended to
+    ``<out>/results.jsonl`` as runs finish: calling ``run`` again with the same arguments skips
+    finished runs and retries failed ones, and adding seeds, windows or swept values runs only
+    the new runs.
+
+    Args:
+        model: factory of the ``LightningModule`` (a class or function), called with the
+            arguments it names among ``seed`` and the swept ``params`` (keywords bound with
+            ``functools.partial`` stay as bound: ``partial(DigitsDataModule, seed=0)`` keeps one split).
+        datamodule: factory of the ``LightningDataModule`` (same rule), or ``None`` when the
+            model has its own dataloaders.
+        deficit: what to put in each window: a ``WindowedDeficit`` used as a template (e.g.
+            ``lc.InputDeficit("blur", window=(0, 1))``, copied with each run's window), a
+            callable ``window -> Callback | list[Callback]`` (e.g. returning a ``TaskSwitch``),
+            or a list of these.
+        windows: a grid from :func:`~lightning_critical.sweep.removal`,
+            :func:`~lightning_critical.sweep.sliding` or :func:`~lightning_critical.sweep.windows`,
+            or a list of windows; the no-deficit baseline is always included.
+        metrics: final metrics: names in ``trainer.callback_metrics``, or functions
+            ``(trainer, module) -> dict[str, float]``, or a list of both.
+        trainer: ``pl.Trainer`` arguments; ``max_epochs`` is required (unless the grid sets
+            every run's length). Quiet defaults (no progress bar, no model summary, no sanity
+            check) apply unless given. The sweep owns ``callbacks`` and ``default_root_dir``, and
+            sets ``logger`` (``False`` = ``tensorboard=False``) and checkpointing (branch points only).
+        seeds: integer seeds; each run calls ``pl.seed_everything(seed)`` before its factories.
+        params: other swept values: ``{"name": [values]}`` (cartesian product) or a list of
+            dicts; each name must be an argument of a factory. They become table columns.
+        callbacks: factory of extra callbacks (e.g. monitors), fresh for every run.
+        test: also run ``trainer.test`` after training (for metrics such as ``test_acc``).
+        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints).
+        backend: ``"process"`` (local worker processes, spawned), ``"serial"`` (this process),
+            ``"ray"`` (``pip install "lightning-critical[ray]"``), or any
+            ``concurrent.futures.Executor`` (e.g. ``submitit.AutoExecutor`` for SLURM; ``out``
+            must then be on storage the workers share). Results are identical whatever the backend.
+        workers: worker processes of ``"process"`` (default: one per core, at most one per run;
+            with one worker the runs execute in this process).
+        threads_per_run: intra-op threads of every run, whatever the backend.
+        share_prefixes: ``False`` trains every run from scratch.
+        steps_per_epoch: optimizer steps per epoch, if known; lets step-unit windows share
+            prefixes (checked in every run).
+        progress: a progress bar over runs (default: when stderr is a terminal).
+        save_model: also write every run's final weights to ``<out>/models/<label>.pt``.
+        tensorboard: per-run TensorBoard logs with hparams (window, seed, swept values) and
+            final metrics, under ``<out>/tensorboard/<label>``.
+        plot: write the critical-period curve of the first metric (or of the metric named here) to
+            ``<out>/critical_period.png`` and to TensorBoard (``<out>/tensorboard/summary``).
+        keep_checkpoints: keep the branch checkpoints after their runs finished.
+        backend_options: keyword arguments of the backend (e.g. Ray's resources).
+
+    Returns:
+        A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
+        window_start, window_end (NaN for the baseline), unit, baseline, seed, the swept values,
+        the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
+        (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
+        ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
+        would cost). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
+        and drops versus the baseline.
+
+    Raises:
+        ValueError / TypeError: bad arguments, before any training (the message names the
+            argument and what is valid); an out directory holding a different sweep; a metric
+            name the first finished run did not produce (the message lists what it produced).
+        ImportError: ``backend="ray"`` without Ray installed.
+        KeyboardInterrupt: on Ctrl-C, after stopping the workers (finished runs are saved).
+
+    Example (a tiny removal sweep of a blur deficit on the bundled digits CNN)::
+
+        >>> import tempfile, lightning_critical as lc
+        >>> table = lc.sweep.run(
+        ...     lambda seed: lc.models.SmallCNN(channels=(4, 8), seed=seed),
+        ...     lambda: lc.data.DigitsDataModule(subset=64, batch_size=32),
+        ...     deficit=lc.InputDeficit("blur", window=(0, 1), factor=4),
+        ...     windows=lc.sweep.removal([1]), metrics="val_acc", trainer={"max_epochs": 2, "accelerator": "cpu"},
+        ...     out=tempfile.mkdtemp(), backend="serial", tensorboard=False, plot=False)
+        >>> table[["window", "status", "epochs", "epochs_trained"]].values.tolist()
+        [['none', 'ok', 2, 2], ['[0, 1) epochs', 'ok', 2, 2]]
+    """
+    grid = as_grid(windows)
+    seed_list = _check_seeds(seeds)
+    combos = check_params(params)
+    metric_list = _check_metrics(metrics)
+    trainer_kwargs = _check_trainer(trainer, grid)
+    if trainer_kwargs.get("logger") is False:
+        tensorboard = False
+    threads = check_int("threads_per_run", threads_per_run, low=1)
+    check_int("workers", workers, low=1, allow_none=True)
+    check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
+    _check_windows_fit(grid, trainer_kwargs.get("max_epochs"), steps_per_epoch)
+    if isinstance(plot, str) and all(isinstance(m, str) for m in metric_list) and plot not in metric_list:
+        raise ValueError(f"plot={plot!r} is not one of metrics={metric_list}; name one of them, or plot=True / False.")
+    _check_callables(model, datamodule, deficit, callbacks)
+    spec = SweepSpec(
+        model=model, datamodule=datamodule, deficit=deficit, callbacks=callbacks, trainer=trainer_kwargs,
+        metrics=tuple(metric_list), test=bool(test), threads_per_run=threads, steps_per_epoch=steps_per_epoch,
+        save_model=bool(save_model), tensorboard=bool(tensorboard),
+    )
+    runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs) for entry in grid for combo in combos for seed in seed_list]
+    _check_params_used(spec, combos)
+    identity = spec.identity()
+    run_ids = [r.run_id(identity) for r in runs]
+    labels = _labels(runs, run_ids)
+    epochs = {rid: (r.max_epochs or spec.max_epochs) for r, rid in zip(runs, run_ids)}
+
+    store = Store(os.fspath(out))
+    latest = store.latest() if os.path.exists(os.path.join(store.out, IDENTITY)) else {}
+    todo = [i for i, rid in enumerate(run_ids) if latest.get(rid, {}).get("status") != "ok"]
+    n_workers = workers or min(_backends.default_workers(), max(1, len(todo)))
+    if backend == "process" and n_workers == 1:
+        backend = "serial"  # one worker: no process to spawn, same results
+    chosen = _backends.resolve_backend(backend, n_workers, threads, dict(backend_options or {}))
+    if chosen.needs_pickling:
+        _check_main_guard()
+        _check_picklable(spec, chosen.name)
+    _check_builds(spec, runs)
+    _claim(store, identity, spec.describe())
+    latest = store.latest()
+
+    fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity} for r, rid in zip(runs, run_ids)}
+    pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
+    if pending:
+        items = []
+        for i in pending:
+            r, rid = runs[i], run_ids[i]
+            group = short_hash({"sweep": identity, "seed": r.seed, "params": r.encode()["params"]})
+            items.append(PlanItem(rid, group, epochs[rid], schedule_tokens(r.windows, epochs[rid], steps_per_epoch)))
+        plan = make_plan(items, share_prefixes=share_prefixes, available=store.available_checkpoints())
+        by_id = {rid: r for r, rid in zip(runs, run_ids)}
+        kind = grid.kind
+        log_dirs = {rid: (os.path.join(store.out, "tensorboard", labels[rid]) if tensorboard else None) for rid in run_ids}
+
+        def make_task(node: Any) -> Task:
+            return Task(
+                spec, by_id[node.run_id], node.run_id, labels[node.run_id], store.out, node.epochs,
+                branch_epoch=node.branch_epoch,
+                resume_path=store.checkpoint_path(node.resume_key) if node.resume_key else None,
+                save_paths={k: store.checkpoint_path(key) for k, key in node.save_keys.items()},
+                parent=node.parent, sweep_kind=kind,
+            )
+
+        Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints).run()
+        latest = store.latest()
+    else:
+        chosen.close(cancel=False)
+
+    records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
+    table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
+    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out)
+    if all(table["status"] == "ok") and not keep_checkpoints:
+        store.remove_all_checkpoints()
+    if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:
+        metric = plot if isinstance(plot, str) else table.attrs["metrics"][0]
+        if metric in table.attrs["metrics"]:
+            _write_figure(table, metric, store.out, tensorboard)
+        else:
+            warnings.warn(f"plot={plot!r} is not one of the sweep's metrics {table.attrs['metrics']}: no figure written.",
+                          stacklevel=2)
+    return table
+
+
+def load(out: Union[str, os.PathLike]) -> pd.DataFrame:
+    """The table of every run recorded in a sweep directory (the latest result of each run).
+
+    Example::
+
+        >>> import tempfile
+        >>> load(tempfile.mkdtemp()).empty
+        True
+    """
+    store = Store(os.fspath(out))
+    records = list(store.latest().values())
+    table = to_table(records)
+    table.attrs.update(_totals(table), out=store.out)
+    return table
+
+
+# -- checks (all before any training) ------------------------------------------------------
+def _check_seeds(seeds: Any) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) and not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds={seeds!r} is not valid: give a list of integer seeds, e.g. seeds=[0, 1, 2].")
+    values = list(seeds)
+    if not values:
+        raise ValueError("seeds=[] is empty: give at least one integer seed.")
+    out = [check_seed(f"seeds[{i}]", s) for i, s in enumerate(values)]
+    repeated = sorted({s for s in out if out.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds={values!r} repeats {repeated}: give each seed once.")
+    return out
+
+
+def _check_metrics(metrics: Any) -> list[Any]:
+    items = [metrics] if isinstance(metrics, str) or callable(metrics) else metrics
+    if isinstance(items, (bytes, Mapping)) or not isinstance(items, Sequence) or not items:
+        raise ValueError(
+            f"metrics={metrics!r} is not valid: give a metric name (from trainer.callback_metrics), a function "
+            "(trainer, module) -> dict, or a non-empty list of them."
+        )
+    for item in items:
+        if not (isinstance(item, str) and item) and not callable(item):
+            raise ValueError(f"metrics entry {item!r} is not valid: give a name or a function (trainer, module) -> dict.")
+    return list(items)
+
+
+def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
+    if not isinstance(trainer, Mapping):
+        raise ValueError(f"trainer={trainer!r} is not valid: give a dict of pl.Trainer arguments, e.g. {{'max_epochs': 20}}.")
+    kwargs = dict(trainer)
+    reserved = [k for k in RESERVED_TRAINER if k in kwargs]
+    if reserved:
+        raise ValueError(
+            f"trainer= may not set {reserved}: the sweep owns them (pass extra callbacks with callbacks=; "
+            "every run writes under <out>)."
+        )
+    if kwargs.get("logger", True) not in (True, False):
+        raise ValueError(
+            f"trainer['logger']={kwargs['logger']!r} is not valid: every run logs to its own TensorBoard directory "
+            "under <out>/tensorboard; give True, False (or tensorboard=False)."
+        )
+    for key in ("enable_checkpointing", "enable_autolog_hparams"):
+        kwargs.pop(key, None)  # set by the sweep (branch checkpoints; hparams logged once at the end)
+    for key in ("max_steps", "max_time"):
+        if kwargs.get(key) not in (None, -1):
+            raise ValueError(f"trainer[{key!r}]={kwargs[key]!r} is not supported by sweeps: give max_epochs.")
+    if "max_epochs" in kwargs:
+        kwargs["max_epochs"] = check_int("trainer['max_epochs']", kwargs["max_epochs"], low=1)
+    elif any(e.max_epochs is None for e in grid):
+        raise ValueError("trainer= needs max_epochs (how long every run trains), e.g. trainer={'max_epochs': 20}.")
+    else:
+        kwargs["max_epochs"] = max(e.max_epochs for e in grid)  # type: ignore[type-var]
+    return kwargs
+
+
+def _check_windows_fit(grid: WindowGrid, max_epochs: int, steps_per_epoch: Optional[int]) -> None:
+    for entry in grid:
+        epochs = entry.max_epochs or max_epochs
+        for w in entry.windows:
+            if w.unit == "epoch":
+                limit, what = epochs, f"max_epochs={epochs}"
+            elif steps_per_epoch is not None:
+                limit, what = epochs * steps_per_epoch, f"the run's {epochs * steps_per_epoch} steps"
+            else:
+                continue
+            if w.start >= limit or (w.end is not None and w.end > limit):
+                raise ValueError(
+                    f"window {w} does not fit in training ({what}): every window must end by the end of training. "
+                    "Raise max_epochs or drop the window."
+                )
+
+
+def _check_callables(model: Any, datamodule: Any, deficit: Any, callbacks: Any) -> None:
+    from lightning_critical.deficits.base import WindowedDeficit
+
+    if not callable(model) or _is_instance_of_lightning(model):
+        raise TypeError(
+            f"model={model!r} is not valid: give a factory (a LightningModule class or a function returning one), "
+            "not a model instance: every run builds a fresh model."
+        )
+    if datamodule is not None and (not callable(datamodule) or _is_instance_of_lightning(datamodule)):
+        raise TypeError(
+            f"datamodule={datamodule!r} is not valid: give a factory (a LightningDataModule class or a function "
+            "returning one), or None."
+        )
+    makers = deficit if isinstance(deficit, (list, tuple)) else [deficit]
+    if not makers:
+        raise ValueError("deficit=[] is empty: give the deficit to place in each window.")
+    for maker in makers:
+        if not isinstance(maker, WindowedDeficit) and not callable(maker):
+            raise TypeError(
+                f"deficit={maker!r} is not valid: give a WindowedDeficit (e.g. lc.InputDeficit('blur', window=(0, 1)), "
+                "used as a template), a callable window -> Callback | list[Callback], or a list of these."
+            )
+    if callbacks is not None and (not callable(callbacks) or isinstance(callbacks, (list, tuple))):
+        raise TypeError(
+            f"callbacks={callbacks!r} is not valid: give a factory returning a list of callbacks "
+            "(e.g. lambda: [lc.SpectralMonitor()]), so every run gets fresh ones."
+        )
+
+
+def _is_instance_of_lightning(obj: Any) -> bool:
+    import pytorch_lightning as pl
+
+    return isinstance(obj, (pl.LightningModule, pl.LightningDataModule))
+
+
+def _check_params_used(spec: SweepSpec, combos: list[Any]) -> None:
+    names = {k for combo in combos for k, _ in combo}
+    factories = [f for f in (spec.model, spec.datamodule, spec.callbacks) if f is not None]
+    makers = spec.deficit if isinstance(spec.deficit, (list, tuple)) else [spec.deficit]
+    factories += [m for m in makers if callable(m)]
+    for name in sorted(names):
+        if not any(name in accepted_kwargs(f, {name: None}) for f in factories):
+            raise ValueError(
+                f"params[{name!r}] is not an argument of any factory (model {describe(spec.model)}, datamodule "
+                f"{describe(spec.datamodule)}, deficit, callbacks): a swept value must reach the run."
+            )
+
+
+def _check_main_guard() -> None:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "lc.sweep.run was called while a worker process was starting: in a script, call it under "
+            "`if __name__ == '__main__':` (worker processes import the script), or use backend='serial'."
+        )
+
+
+def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
+    for name in ("model", "datamodule", "deficit", "callbacks", "metrics", "trainer"):
+        value = getattr(spec, name)
+        try:
+            _backends.dumps(value)
+        except Exception as err:  # noqa: BLE001 - any pickling failure
+            raise TypeError(
+                f"{name}={value!r} cannot be sent to the {backend_name} backend's worker processes ({type(err).__name__}: "
+                f"{err}). Define it at module level or with functools.partial (or install cloudpickle for lambdas), "
+                "or use backend='serial'."
+            ) from None
+
+
+def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> None:
+    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training."""
+    with isolated(spec.threads_per_run), quiet():
+        spec.build_model(runs[0])
+        spec.build_datamodule(runs[0])
+        spec.build_callbacks(runs[0])
+        with_window = next((r for r in runs if r.windows), None)
+        if with_window is not None:
+            spec.build_deficits(with_window)
+
+
+def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
+    try:
+        store.claim(identity, description)
+    except SweepDirectoryError:
+        if not os.path.exists(os.path.join(store.out, IDENTITY)) or any(
+                r.get("status") == "ok" for r in store.latest().values()):
+            raise
+        # only failed runs there (e.g. a metric name that did not exist): the corrected sweep takes over
+        store.claim(identity, description, replace=True)
+
+
+def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
+    labels = [r.label() for r in runs]
+    out = {}
+    for label, rid in zip(labels, run_ids):
+        out[rid] = label if labels.count(label) == 1 else f"{label}_{rid[:6]}"
+    return out
+
+
+def _metric_names(metrics: list[Any], records: list[dict[str, Any]]) -> list[str]:
+    names = [m for m in metrics if isinstance(m, str)]
+    for record in records:
+        for key in (record.get("metrics") or {}):
+            if key not in names:
+                names.append(key)
+    return names
+
+
+def _totals(table: pd.DataFrame) -> dict[str, int]:
+    ok = table[table["status"] == "ok"]
+    return {
+        "epochs_trained": int(pd.to_numeric(ok["epochs_trained"], errors="coerce").fillna(0).sum()),
+        "epochs_independent": int(pd.to_numeric(ok["epochs"], errors="coerce").fillna(0).sum()),
+    }
+
+
+def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool) -> None:
+    # The one place the sweep reaches up to plots: the agreed design has the engine write the curve.
+    from lightning_critical.plots.critical_period import plot_critical_period_curve
+
+    values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        return
+    fig = plot_critical_period_curve(table, metric)
+    fig.savefig(os.path.join(out, "critical_period.png"), dpi=120, bbox_inches="tight")
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(out, "tensorboard", "summary"))
+        writer.add_figure(f"critical_period/{metric}", fig, close=False)
+        writer.close()

@@ -1,0 +1,344 @@
+"""Execute one run of a sweep in the current process: build, fit (maybe from a branch checkpoint), measure.
+
+Design decisions that make a branched run bitwise equal to the same run trained from scratch
+(on CPU, ``num_workers=0``):
+
+* **Where branch checkpoints are taken.** :class:`Branching` is a Lightning ``Checkpoint``
+  callback (so Lightning runs it after every other callback and after the LightningModule's
+  ``on_train_epoch_end``, like ``ModelCheckpoint``) and saves with ``trainer.save_checkpoint``
+  in ``on_train_epoch_end`` of the epoch before the branch, after that epoch's validation and
+  its epoch-interval learning-rate step. Lightning resumes such a checkpoint at the start of
+  the next epoch (model, optimizers, schedulers, loop counters, every callback's
+  ``state_dict``). Files are written to a temporary name and renamed, so a checkpoint that
+  exists is complete.
+* **Random states.** ``Branching.state_dict`` stores the torch (CPU and CUDA), numpy and
+  Python states as tensors and plain values at that moment; ``load_state_dict`` restores them
+  while Lightning restores the checkpoint, before the next epoch's data iterator is created
+  (restoring in ``on_train_start`` would be too late: the shuffled order is already drawn).
+  Hooks that run once per ``fit`` (``on_fit_start``, ``on_train_start``) and
+  ``on_train_epoch_start`` must not draw from the global random generators for the
+  equality to hold (the package's callbacks draw from their own seeded generators).
+* **Every run is seeded** with ``pl.seed_everything(seed)`` before its factories are called,
+  and runs with ``torch.set_num_threads(threads_per_run)`` whatever the backend.
+* **Loggers.** Each run logs to its own ``TensorBoardLogger`` (``<out>/tensorboard/<label>``,
+  no ``hp_metric``); at the end it logs its window, seed and swept values as hparams with its
+  final metrics (``final/<name>``) as hparam metrics. A branched run logs from its branch
+  step on; the engine copies the parent's records before that step into its directory once
+  both have finished (:mod:`lightning_critical.sweep.logs`), so every run shows its whole run.
+* Not supported by branching (pass ``share_prefixes=False``): ``ReduceLROnPlateau`` (Lightning
+  steps it after the end-of-epoch checkpoint; refused with an error) and learning-rate
+  schedules that depend on ``max_epochs`` when runs differ in length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import numbers
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Checkpoint
+from typing_extensions import override
+
+from lightning_critical import _lightning
+from lightning_critical.sweep import rng
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
+
+QUIET_TRAINER: dict[str, Any] = {
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
+"""Trainer defaults of every sweep run (any of them can be overridden in ``trainer=``)."""
+
+RESERVED_TRAINER = ("callbacks", "default_root_dir")
+"""Trainer arguments the sweep owns (``logger`` may be ``True`` / ``False``; checkpointing and hparams
+autologging are set by the sweep: branch points are its only checkpoints unless ``callbacks`` adds a
+``ModelCheckpoint``)."""
+
+
+class MetricNotFound(ValueError):
+    """A metric named in ``metrics=`` is not among the run's ``trainer.callback_metrics``."""
+
+
+@dataclass
+class Task:
+    """Everything a worker needs to execute one run (picklable when the spec is)."""
+
+    spec: SweepSpec
+    run: RunSpec
+    run_id: str
+    label: str
+    out: str
+    epochs: int
+    branch_epoch: int = 0
+    resume_path: Optional[str] = None
+    save_paths: Optional[dict[int, str]] = None
+    parent: Optional[str] = None
+    sweep_kind: str = "explicit"
+
+    @property
+    def log_dir(self) -> Optional[str]:
+        return os.path.join(self.out, "tensorboard", self.label) if self.spec.tensorboard else None
+
+
+class Branching(Checkpoint):
+    """Saves the branch checkpoints of a run and carries every random state through them.
+
+    Args:
+        save_paths: ``{epochs_done: path}``: after that many epochs, write a checkpoint to ``path``.
+        info: extra fields for the ``<path>.json`` written next to each checkpoint.
+        steps_per_epoch: the epoch length the plan assumed (step windows), checked at train start.
+    """
+
+    def __init__(self, save_paths: Optional[Mapping[int, str]] = None, info: Optional[dict[str, Any]] = None,
+                 steps_per_epoch: Optional[int] = None) -> None:
+        self.save_paths = dict(save_paths or {})
+        self.info = dict(info or {})
+        self.steps_per_epoch = steps_per_epoch
+        self.restored = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return "lightning_critical.sweep.Branching"
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng.capture()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "rng" in state_dict:
+            rng.restore(state_dict["rng"])
+            self.restored = True
+
+    @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not self.save_paths and not self.restored:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if config.reduce_on_plateau:
+                raise ValueError(
+                    "ReduceLROnPlateau cannot be branched exactly (Lightning steps it after the end-of-epoch "
+                    "checkpoint): pass share_prefixes=False to lc.sweep.run."
+                )
+        if self.steps_per_epoch is not None:
+            actual = _lightning.steps_per_epoch(trainer)
+            if actual != self.steps_per_epoch:
+                raise ValueError(
+                    f"steps_per_epoch={self.steps_per_epoch} was given to lc.sweep.run but this run takes {actual} "
+                    "optimizer steps per epoch; give the right value (or None: step windows then do not share prefixes)."
+                )
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        done = trainer.current_epoch + 1
+        path = self.save_paths.get(done)
+        if path is None or trainer.sanity_checking:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes once
+        if not trainer.is_global_zero:
+            return
+        info = {**self.info, "epoch": done, "step": int(trainer.global_step)}
+        sidecar = path[: -len(".ckpt")] + ".json"
+        with open(sidecar + ".tmp", "w") as fh:
+            fh.write(canonical_json(info))
+        os.replace(sidecar + ".tmp", sidecar)
+        os.replace(tmp, path)  # the sidecar first: a checkpoint that exists is complete and described
+
+
+@contextlib.contextmanager
+def isolated(threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads and give the caller back its threads, random states and Ctrl-C handler."""
+    from threadpoolctl import threadpool_limits
+
+    old_threads = torch.get_num_threads()
+    old_rng = rng.capture()
+    old_seed = os.environ.get("PL_GLOBAL_SEED")
+    main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.getsignal(signal.SIGINT) if main else None
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        rng.restore(old_rng)
+        if old_seed is None:
+            os.environ.pop("PL_GLOBAL_SEED", None)
+        else:
+            os.environ["PL_GLOBAL_SEED"] = old_seed
+        if main and old_handler is not None:
+            # Lightning ignores SIGINT after catching a KeyboardInterrupt; give Ctrl-C back.
+            signal.signal(signal.SIGINT, old_handler)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Lightning's per-run chatter (info logs, known warnings) for the duration of a run."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                        ".*GPU available but not used.*", ".*LeafSpec.*", ".*callbacks used to create the checkpoint.*",
+                        ".*that has no `state_key`.*", ".*is not a state_dict.*"):
+            warnings.filterwarnings("ignore", pattern)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def read_metrics(metrics: Any, trainer: "pl.Trainer", module: "pl.LightningModule",
+                 produced: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
+    """The final metrics of a finished run: names from ``produced`` (default ``trainer.callback_metrics``) or functions' dicts."""
+    produced = dict(trainer.callback_metrics if produced is None else produced)
+    values: dict[str, float] = {}
+    for metric in metrics:
+        if isinstance(metric, str):
+            if metric not in produced:
+                raise MetricNotFound(
+                    f"metrics: {metric!r} is not in trainer.callback_metrics; this run produced {sorted(produced)}. "
+                    "Use one of those names, or a function (trainer, module) -> dict of numbers."
+                )
+            values[metric] = float(produced[metric])
+        else:
+            out = metric(trainer, module)
+            if not isinstance(out, Mapping):
+                raise TypeError(f"metric function {describe(metric)} returned {type(out).__name__}, not a dict of numbers.")
+            for key, value in out.items():
+                if hasattr(value, "item"):
+                    value = value.item()
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise TypeError(f"metric function {describe(metric)} returned {key}={value!r}, not a number.")
+                values[str(key)] = float(value)
+    return values
+
+
+def hparams(task: Task) -> dict[str, Any]:
+    """The values that tell one run from another, as TensorBoard hparams (window bounds -1 for the baseline)."""
+    run = task.run
+    windows = run.windows
+    out: dict[str, Any] = {
+        "window": " + ".join(str(w) for w in windows) if windows else "none",
+        "window_start": windows[0].start if windows else -1,
+        "window_end": (windows[-1].end if windows[-1].end is not None else task.epochs) if windows else -1,
+        "unit": windows[0].unit if windows else "epoch",
+        "baseline": run.baseline,
+        "seed": run.seed,
+        "epochs": task.epochs,
+        "sweep": task.sweep_kind,
+        "run_id": task.run_id,
+        "branch_epoch": task.branch_epoch,
+    }
+    for key, value in run.params:
+        out[key] = value if isinstance(value, (int, float, str, bool)) else canonical_json(value)
+    return out
+
+
+def execute(task: Task) -> dict[str, Any]:
+    """Train one run and return its result record (a failure is returned as ``status="failed"``, not raised).
+
+    ``KeyboardInterrupt`` (or Lightning's exit after one) propagates as ``KeyboardInterrupt``.
+    """
+    spec = task.spec
+    start = time.perf_counter()
+    record: dict[str, Any] = {
+        "run_id": task.run_id, "label": task.label, "status": "failed", "error": None, "metrics": {},
+        "epochs": task.epochs, "branch_epoch": task.branch_epoch, "parent": task.parent, "branch_step": 0,
+        "epochs_trained": 0, "log_dir": task.log_dir, "pid": os.getpid(),
+    }
+    with isolated(spec.threads_per_run), quiet():
+        try:
+            record.update(_fit(task))
+            record["status"] = "ok"
+        except (KeyboardInterrupt, SystemExit) as err:
+            raise KeyboardInterrupt(f"run {task.label} interrupted") from err
+        except MetricNotFound as err:
+            record["error"] = str(err)
+            record["fatal"] = True
+        except Exception as err:  # noqa: BLE001 - a failing run is a result, the sweep goes on
+            record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def _fit(task: Task) -> dict[str, Any]:
+    spec, run = task.spec, task.run
+    log_dir = task.log_dir
+    if log_dir is not None and os.path.isdir(log_dir):
+        shutil.rmtree(log_dir)  # a retried run starts a clean log
+    pl.seed_everything(run.seed, verbose=False)
+    model = spec.build_model(run)
+    datamodule = spec.build_datamodule(run)
+    branching = Branching(
+        task.save_paths, info={"run_id": task.run_id, "label": task.label, "log_dir": log_dir},
+        steps_per_epoch=spec.steps_per_epoch if run.windows and run.windows[0].unit == "step" else None,
+    )
+    callbacks = spec.build_deficits(run) + spec.build_callbacks(run) + [branching]
+    logger: Any = False
+    if log_dir is not None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="", default_hp_metric=False)
+    kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k != "logger"}}
+    kwargs.update(
+        max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,
+        enable_autolog_hparams=False, default_root_dir=log_dir or os.path.join(task.out, "runs", task.label),
+    )
+    trainer = pl.Trainer(**kwargs)
+    data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
+    branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
+    if task.resume_path is not None:
+        # our own files: no need for weights_only's restrictions on what the user's hparams hold
+        trainer.fit(model, **data_kwargs, ckpt_path=task.resume_path, weights_only=False)
+    else:
+        trainer.fit(model, **data_kwargs)
+    produced = dict(trainer.callback_metrics)
+    if spec.test:  # trainer.test replaces callback_metrics: keep the fit's too
+        trainer.test(model, **data_kwargs, verbose=False)
+        produced.update(trainer.callback_metrics)
+    metrics = read_metrics(spec.metrics, trainer, model, produced)
+    if logger:
+        final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
+        logger.log_hyperparams(hparams(task), metrics=final, step=int(trainer.global_step))
+        logger.finalize("success")
+    if spec.save_model:
+        path = os.path.join(task.out, "models", f"{task.label}.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return {
+        "metrics": metrics,
+        "epochs_trained": int(trainer.current_epoch) - task.branch_epoch,
+        "branch_step": branch_step,
+        "global_step": int(trainer.global_step),
+    }
+
+
+def _branch_step(resume_path: str) -> int:
+    """The global step of a branch checkpoint (from its sidecar, else from the file itself)."""
+    try:
+        with open(resume_path[: -len(".ckpt")] + ".json") as fh:
+            return int(json.load(fh)["step"])
+    except (OSError, ValueError, KeyError):
+        return int(torch.load(resume_path, map_location="cpu", weights_only=False).get("global_step", 0))

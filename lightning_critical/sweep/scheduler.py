@@ -1,0 +1,253 @@
+"""Run a plan's nodes on a backend: start each run once its branch checkpoint exists, record every result.
+
+* A run starts as soon as the checkpoint it branches from is on disk, while its parent keeps
+  training. If the parent ends without writing it (it failed first, or stopped early), the run
+  starts from its deepest own-prefix checkpoint on disk, else from scratch.
+* Every result is appended to ``results.jsonl`` the moment it arrives; a failed run is a
+  result too and the sweep goes on.
+* A worker process that dies takes the pool with it: the runs it held are retried in a fresh
+  pool one at a time, so the run that kills its worker is found and recorded as failed and the
+  others finish.
+* Ctrl-C stops the workers and re-raises; whatever finished is on disk.
+* Once a branched run and its parent have both finished, the parent's logs before the branch
+  are copied into the run's log directory; a checkpoint whose runs all finished is deleted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from lightning_critical.sweep.logs import copy_prefix
+from lightning_critical.sweep.plan import Node, Plan
+from lightning_critical.sweep.store import Store
+
+
+class SweepAborted(RuntimeError):
+    """The backend can no longer run anything (e.g. a caller's executor broke); results so far are saved."""
+
+
+class Scheduler:
+    """Execute ``plan`` on ``backend``; ``make_task(node)`` builds what a worker runs, ``fields`` the run columns."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        make_task: Callable[[Node], Any],
+        store: Store,
+        backend: Any,
+        fields: dict[str, dict[str, Any]],
+        log_dirs: dict[str, Optional[str]],
+        progress: bool,
+        keep_checkpoints: bool = False,
+        poll_seconds: float = 0.05,
+    ) -> None:
+        self.plan = plan
+        self.make_task = make_task
+        self.store = store
+        self.backend = backend
+        self.fields = fields
+        self.log_dirs = log_dirs
+        self.keep_checkpoints = keep_checkpoints
+        self.poll = poll_seconds
+        self.ids = {n.run_id for n in plan.nodes}
+        self.pending: list[Node] = list(plan.nodes)
+        self.running: dict[Any, Node] = {}  # concurrent.futures.Future, or any object with done() and result()
+        self.done: dict[str, str] = {}
+        self.suspects: set[str] = set()
+        self.fatal: Optional[str] = None
+        self.aborted: Optional[str] = None
+        self.consumers: dict[str, set[str]] = {}
+        for node in plan.nodes:
+            if node.resume_key is not None:
+                self.consumers.setdefault(node.resume_key, set()).add(node.run_id)
+        self.log_final: set[str] = set()
+        self.log_waiting: dict[str, list[tuple[Node, dict[str, Any]]]] = {}
+        self.bar = _progress_bar(len(plan.nodes), progress)
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while self.pending or self.running:
+                self._fill()
+                if not self.running:
+                    if self.pending and not (self.fatal or self.aborted):
+                        # nothing can start: a parent vanished without its checkpoint; start from what exists
+                        self._retarget(self.pending[0])
+                        continue
+                    break
+                for future in _wait(list(self.running), self.poll):
+                    if future in self.running:
+                        self._collect(future)
+        except BaseException:
+            for future in self.running:  # stop what can be stopped (queued futures, cluster jobs)
+                try:
+                    future.cancel()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+            self.backend.close(cancel=True)
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        self.backend.close(cancel=False)
+        if self.fatal:
+            from lightning_critical.sweep.execute import MetricNotFound
+
+            raise MetricNotFound(self.fatal)
+        if self.aborted:
+            raise SweepAborted(self.aborted)
+
+    def _capacity(self) -> bool:
+        limit = self.backend.max_in_flight
+        return limit is None or len(self.running) < limit
+
+    def _fill(self) -> None:
+        if self.fatal or self.aborted:
+            return
+        if any(n.run_id in self.suspects for n in self.running.values()):
+            return  # a suspect runs alone
+        for node in list(self.pending):
+            if not self._capacity():
+                return
+            suspect = node.run_id in self.suspects
+            if suspect and self.running:
+                continue
+            if not self._ready(node):
+                continue
+            self.pending.remove(node)
+            future = self.backend.submit(self.make_task(node))
+            self.running[future] = node
+            if future.done():  # the serial backend: record before starting the next run
+                self._collect(future)
+                if self.fatal:
+                    return
+            if suspect:
+                return
+
+    def _ready(self, node: Node) -> bool:
+        if node.resume_key is None:
+            return True
+        if os.path.exists(self.store.checkpoint_path(node.resume_key)):
+            return True
+        if node.parent in self.ids and node.parent not in self.done:
+            return False  # the parent has not reached the branch point yet
+        self._retarget(node)
+        return True
+
+    def _retarget(self, node: Node) -> None:
+        """Start ``node`` from its deepest own-prefix checkpoint on disk, else from scratch."""
+        old = node.resume_key
+        if old is not None:
+            self.consumers.get(old, set()).discard(node.run_id)
+        depth = max((d for d in range(1, node.epochs) if d < len(node.prefix_keys)
+                     and os.path.exists(self.store.checkpoint_path(node.prefix_keys[d]))), default=0)
+        if depth:
+            node.branch_epoch, node.resume_key = depth, node.prefix_keys[depth]
+            node.parent = self.store.checkpoint_info(node.resume_key).get("run_id")
+            self.consumers.setdefault(node.resume_key, set()).add(node.run_id)
+        else:
+            node.branch_epoch, node.resume_key, node.parent = 0, None, None
+
+    # -- results -------------------------------------------------------------------------
+    def _collect(self, future: Any) -> None:
+        node = self.running.pop(future)
+        try:
+            record = future.result()
+        except KeyboardInterrupt:
+            raise
+        except cf.BrokenExecutor as err:
+            self._broken(node, err)
+            return
+        except Exception as err:  # noqa: BLE001 - the executor could not run it (e.g. a failed cluster job)
+            record = self._failure(node, f"the backend could not run it: {type(err).__name__}: {err}")
+        self.suspects.discard(node.run_id)
+        self._record(node, record)
+
+    def _broken(self, node: Node, err: BaseException) -> None:
+        """A worker died: the pool is gone with every run it held."""
+        lost = [node] + list(self.running.values())
+        self.running.clear()
+        if not self.backend.restart():
+            for lost_node in lost:
+                self._record(lost_node, self._failure(lost_node, f"the executor broke: {err!r}"))
+            self.aborted = f"the executor broke ({err!r}); finished runs are saved, rerun to retry the others."
+            return
+        if len(lost) == 1 and node.run_id in self.suspects:
+            self.suspects.discard(node.run_id)
+            self._record(node, self._failure(node, "its worker process died (killed, out of memory, or os._exit)"))
+            return
+        for lost_node in lost:  # retry each alone in a fresh pool to find the one that kills its worker
+            self.suspects.add(lost_node.run_id)
+        self.pending = lost + self.pending
+
+    def _failure(self, node: Node, message: str) -> dict[str, Any]:
+        return {"run_id": node.run_id, "status": "failed", "error": message, "metrics": {}, "epochs": node.epochs,
+                "branch_epoch": node.branch_epoch, "parent": node.parent, "epochs_trained": 0, "seconds": None,
+                "log_dir": self.log_dirs.get(node.run_id)}
+
+    def _record(self, node: Node, record: dict[str, Any]) -> None:
+        full = {**self.fields[node.run_id], **record, "finished_at": time.time()}
+        self.store.append(full)
+        self.done[node.run_id] = full["status"]
+        if full.get("fatal"):
+            self.fatal = full["error"]
+        self._finish_logs(node, full)
+        if full["status"] == "ok" and node.resume_key is not None:
+            users = self.consumers.get(node.resume_key, set())
+            users.discard(node.run_id)
+            if not users and not self.keep_checkpoints:
+                self.store.remove_checkpoint(node.resume_key)
+        if self.bar is not None:
+            failed = sum(1 for s in self.done.values() if s != "ok")
+            self.bar.set_postfix_str(f"failed={failed}" if failed else "", refresh=False)
+            self.bar.update(1)
+
+    def _finish_logs(self, node: Node, record: dict[str, Any]) -> None:
+        parent = node.parent
+        if parent is not None and node.branch_epoch > 0 and parent in self.ids and parent not in self.log_final:
+            self.log_waiting.setdefault(parent, []).append((node, record))
+            return
+        self._copy_logs(node, record)
+
+    def _copy_logs(self, node: Node, record: dict[str, Any]) -> None:
+        if node.parent is not None and node.branch_epoch > 0 and record.get("log_dir"):
+            source = self.log_dirs.get(node.parent) if node.parent in self.ids else None
+            if source is None and node.resume_key is not None:
+                source = self.store.checkpoint_info(node.resume_key).get("log_dir")
+            try:
+                copy_prefix(source, record["log_dir"], int(record.get("branch_step") or 0))
+            except Exception as err:  # noqa: BLE001 - logs are a convenience; never lose a result over them
+                print(f"lightning-critical: could not copy the branch prefix logs into {record['log_dir']}: {err}",
+                      file=sys.stderr)
+        self.log_final.add(node.run_id)
+        for child, child_record in self.log_waiting.pop(node.run_id, []):
+            self._copy_logs(child, child_record)
+
+
+def _wait(futures: list[Any], timeout: float) -> list[Any]:
+    """The finished ones among ``futures``, waiting up to ``timeout`` for one.
+
+    ``concurrent.futures`` futures are waited on; other job objects (e.g. submitit's ``Job``,
+    anything with ``done()`` and ``result()``) are polled.
+    """
+    if all(isinstance(f, cf.Future) for f in futures):
+        finished, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(finished)
+    finished = [f for f in futures if f.done()]
+    if not finished:
+        time.sleep(timeout)
+    return finished
+
+
+def _progress_bar(total: int, progress: Optional[bool]) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)

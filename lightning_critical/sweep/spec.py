@@ -1,0 +1,387 @@
+"""What defines a sweep and each of its runs, with stable identities for resuming.
+
+A run is ``RunSpec(windows, seed, params, max_epochs)``; its ``run_id`` is a short hash of the
+sweep's identity and those fields, in a canonical JSON encoding, so the same run has the same
+id in every process and every session. The sweep's identity describes what trains a run
+(factories, deficit, callbacks, Trainer arguments, metrics), not which runs exist: adding
+seeds, windows or swept values to a finished sweep runs only the new runs.
+
+Factories are called with the keyword arguments their signature names, out of ``seed`` and
+the run's swept parameters (all of them if they take ``**kwargs``); keywords bound in a
+``functools.partial`` are left alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import inspect
+import json
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from lightning_critical.schedule import Window
+from lightning_critical.sweep.grids import GridEntry, Schedule
+
+Metric = Union[str, Callable[..., Mapping[str, float]]]
+Params = tuple[tuple[str, Any], ...]
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values give equal strings.
+
+    Example::
+
+        >>> canonical_json({"b": 1, "a": [1.0, None]})
+        '{"a":[1.0,null],"b":1}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def short_hash(value: Any, length: int = 12) -> str:
+    """A hex digest of the canonical JSON of ``value``."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+
+
+def describe(obj: Any, _depth: int = 0) -> Any:
+    """A JSON-able description of a factory, callback or value, stable across processes and sessions.
+
+    Functions are named by module and qualified name plus a digest of their code, constants,
+    defaults and closure (so editing a lambda's body changes the sweep); classes by name;
+    ``functools.partial`` by function and bound arguments; other objects by class and public
+    attributes. Memory addresses never enter.
+
+    Example::
+
+        >>> import functools
+        >>> describe(functools.partial(max, 3))["partial"]
+        'builtins:max'
+    """
+    if _depth > 8:
+        return _ADDRESS.sub("", repr(obj))
+    d = _depth + 1
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        number = float(obj)
+        return number if math.isfinite(number) else repr(number)
+    if isinstance(obj, Window):
+        return [obj.start, obj.end, obj.unit]
+    if isinstance(obj, (list, tuple)):
+        return [describe(v, d) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((describe(v, d) for v in obj), key=canonical_json)
+    if isinstance(obj, Mapping):
+        return {str(k): describe(v, d) for k, v in obj.items()}
+    if inspect.ismodule(obj):
+        return f"module:{obj.__name__}"
+    if isinstance(obj, functools.partial):
+        return {"partial": _qualname(obj.func), "args": describe(obj.args, d), "keywords": describe(obj.keywords, d)}
+    if inspect.isclass(obj) or inspect.isbuiltin(obj):
+        return _qualname(obj)
+    if inspect.ismethod(obj):
+        return {"method": _qualname(obj.__func__), "self": describe(obj.__self__, d)}
+    if inspect.isfunction(obj):
+        code = obj.__code__
+        closure = [describe(c.cell_contents, d) for c in (obj.__closure__ or ()) if _has_contents(c)]
+        body = [code.co_code.hex(), describe([c for c in code.co_consts if not inspect.iscode(c)], d),
+                list(code.co_names), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
+        return {"function": _qualname(obj), "code": short_hash(body)}
+    if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a tensor
+        t = obj.detach().cpu()
+        return {"tensor": list(t.shape), "digest": hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:12]}
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is not None:
+        public = {k: v for k, v in attrs.items() if not k.startswith("_")}
+        return {"object": _qualname(type(obj)), "attrs": describe(public, d)}
+    return _ADDRESS.sub("", repr(obj))
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _json_value(name: str, value: Any) -> Any:
+    """A swept value as plain JSON (numpy scalars become Python numbers); refuse anything else."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(name, v) for v in value]
+    raise ValueError(
+        f"params[{name!r}] value {value!r} is not valid: swept values must be numbers, strings, booleans, None "
+        f"or lists of them (they become table columns and TensorBoard hparams), not {type(value).__name__}."
+    )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its deficit windows (``()`` = no deficit), seed, swept values and length.
+
+    Example::
+
+        >>> run = RunSpec((Window(0, 5),), seed=1, params=(("lr", 0.1),))
+        >>> run.window, run.baseline, run.label()
+        (Window(start=0, end=5, unit='epoch'), False, 'w0-5_seed1_lr=0.1')
+    """
+
+    windows: Schedule
+    seed: int
+    params: Params = ()
+    max_epochs: Optional[int] = None
+
+    @property
+    def baseline(self) -> bool:
+        return not self.windows
+
+    @property
+    def window(self) -> Optional[Window]:
+        """The run's window when it has exactly one (``None`` for the baseline)."""
+        return self.windows[0] if len(self.windows) == 1 else None
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "windows": [describe(w) for w in self.windows],
+            "seed": self.seed,
+            "params": {k: v for k, v in self.params},
+            "max_epochs": self.max_epochs,
+        }
+
+    def run_id(self, sweep_identity: str) -> str:
+        """A 12-character hash of the sweep's identity and this run."""
+        return short_hash({"sweep": sweep_identity, "run": self.encode()})
+
+    def label(self) -> str:
+        """A readable, file-system safe name (unique within a sweep)."""
+        parts = [GridEntry(self.windows).label(), f"seed{self.seed}"]
+        parts += [f"{k}={_label_value(v)}" for k, v in self.params]
+        if self.max_epochs is not None and self.baseline:
+            parts.append(f"{self.max_epochs}ep")
+        return "_".join(parts)
+
+
+def _label_value(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+
+def accepted_kwargs(factory: Callable[..., Any], available: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``available`` that ``factory``'s signature names (all of them for ``**kwargs``).
+
+    Keywords already bound by a ``functools.partial`` are never overridden.
+
+    Example::
+
+        >>> def make(seed, depth=2): ...
+        >>> accepted_kwargs(make, {"seed": 0, "depth": 3, "lr": 0.1})
+        {'seed': 0, 'depth': 3}
+    """
+    bound = set(factory.keywords) if isinstance(factory, functools.partial) else set()
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: pass nothing
+        return {}
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return {k: v for k, v in available.items() if k not in bound}
+    named = {n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {k: v for k, v in available.items() if k in named and k not in bound}
+
+
+def _takes_window_keyword(factory: Callable[..., Any]) -> bool:
+    try:
+        return "window" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything that trains one run of a sweep (the grid and the seeds live in the plan).
+
+    Attributes:
+        model: factory returning a ``LightningModule``.
+        datamodule: factory returning a ``LightningDataModule`` (``None``: the model's own loaders).
+        deficit: ``window -> Callback | list[Callback]``, a ``WindowedDeficit`` used as a template
+            (copied with each window), or a list of these.
+        callbacks: factory returning the extra callbacks of a run (fresh ones per run).
+        trainer: ``pl.Trainer`` keyword arguments (``max_epochs`` required).
+        metrics: names in ``trainer.callback_metrics`` or functions ``(trainer, module) -> dict``.
+        test: run ``trainer.test`` after fitting (its metrics join ``callback_metrics``).
+        threads_per_run: ``torch.set_num_threads`` inside every run, whatever the backend.
+        steps_per_epoch: optimizer steps per epoch, if known (lets step windows share prefixes).
+        save_model: write each run's final ``state_dict`` to ``<out>/models/<label>.pt``.
+        tensorboard: per-run TensorBoard logs under ``<out>/tensorboard/<label>``.
+    """
+
+    model: Callable[..., Any]
+    datamodule: Optional[Callable[..., Any]] = None
+    deficit: Any = None
+    callbacks: Optional[Callable[..., Any]] = None
+    trainer: Mapping[str, Any] = field(default_factory=dict)
+    metrics: tuple[Metric, ...] = ()
+    test: bool = False
+    threads_per_run: int = 1
+    steps_per_epoch: Optional[int] = None
+    save_model: bool = False
+    tensorboard: bool = True
+
+    @property
+    def max_epochs(self) -> int:
+        return int(self.trainer["max_epochs"])
+
+    def describe(self) -> dict[str, Any]:
+        """What trains a run, as JSON (stored in ``<out>/sweep.json``)."""
+        return {
+            "model": describe(self.model),
+            "datamodule": describe(self.datamodule),
+            "deficit": describe(self.deficit),
+            "callbacks": describe(self.callbacks),
+            "trainer": describe(dict(self.trainer)),
+            "metrics": describe(list(self.metrics)),
+            "test": self.test,
+        }
+
+    def identity(self) -> str:
+        return short_hash(self.describe(), 16)
+
+    # -- building one run ------------------------------------------------------------------
+    def factory_kwargs(self, run: RunSpec) -> dict[str, Any]:
+        return {"seed": run.seed, **run.params_dict}
+
+    def build_model(self, run: RunSpec) -> Any:
+        import pytorch_lightning as pl
+
+        model = self.model(**accepted_kwargs(self.model, self.factory_kwargs(run)))
+        if not isinstance(model, pl.LightningModule):
+            raise TypeError(
+                f"model factory {_qualname(self.model)} returned {type(model).__name__}, not a LightningModule; "
+                "pass a function or class that builds one (called as factory(seed=..., **params))."
+            )
+        return model
+
+    def build_datamodule(self, run: RunSpec) -> Any:
+        import pytorch_lightning as pl
+
+        if self.datamodule is None:
+            return None
+        dm = self.datamodule(**accepted_kwargs(self.datamodule, self.factory_kwargs(run)))
+        if not isinstance(dm, pl.LightningDataModule):
+            raise TypeError(
+                f"datamodule factory {_qualname(self.datamodule)} returned {type(dm).__name__}, not a "
+                "LightningDataModule; pass a function or class that builds one (or datamodule=None when the "
+                "model has its own dataloaders)."
+            )
+        return dm
+
+    def build_deficits(self, run: RunSpec) -> list[Any]:
+        out: list[Any] = []
+        makers = self.deficit if isinstance(self.deficit, (list, tuple)) else [self.deficit]
+        for window in run.windows:
+            for maker in makers:
+                out.extend(_as_callbacks(make_deficit(maker, window, self.factory_kwargs(run)), f"deficit {describe(maker)}"))
+        return out
+
+    def build_callbacks(self, run: RunSpec) -> list[Any]:
+        if self.callbacks is None:
+            return []
+        made = self.callbacks(**accepted_kwargs(self.callbacks, self.factory_kwargs(run)))
+        return _as_callbacks(made, f"callbacks factory {_qualname(self.callbacks)}")
+
+
+def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
+    """One deficit for ``window``: copy a ``WindowedDeficit`` template, or call a factory."""
+    from lightning_critical.deficits.base import WindowedDeficit
+
+    if isinstance(maker, WindowedDeficit):
+        made = copy.deepcopy(maker)
+        made.window = window
+        return made
+    if not callable(maker):
+        raise TypeError(
+            f"deficit={maker!r} is not valid: give a WindowedDeficit (used as a template), a callable "
+            "window -> Callback | list[Callback], or a list of these."
+        )
+    extra = {k: v for k, v in accepted_kwargs(maker, kwargs).items() if k != "window"}
+    if _takes_window_keyword(maker):
+        return maker(window=window, **extra)
+    return maker(window, **extra)
+
+
+def _as_callbacks(made: Any, what: str) -> list[Any]:
+    import pytorch_lightning as pl
+
+    items = list(made) if isinstance(made, (list, tuple)) else [made]
+    for item in items:
+        if not isinstance(item, pl.Callback):
+            raise TypeError(f"{what} returned {type(item).__name__}, not a pytorch_lightning Callback.")
+    return items
+
+
+def check_params(
+    params: Any,
+) -> list[Params]:
+    """Expand swept parameters into a list of ``((name, value), ...)`` combinations.
+
+    ``None`` gives one empty combination; a mapping ``name -> list of values`` gives the
+    cartesian product; a list of mappings gives exactly those combinations.
+
+    Example::
+
+        >>> check_params({"depth": [1, 2], "lr": [0.1]})
+        [(('depth', 1), ('lr', 0.1)), (('depth', 2), ('lr', 0.1))]
+    """
+    import itertools
+
+    reserved = {"seed", "window"}
+    if params is None:
+        return [()]
+    if isinstance(params, Mapping):
+        if not params:
+            return [()]
+        names = sorted(str(k) for k in params)
+        for name in names:
+            values = params[name]
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise ValueError(f"params[{name!r}]={values!r} is not valid: give a non-empty list of values.")
+        combos = [dict(zip(names, values)) for values in itertools.product(*(params[n] for n in names))]
+    elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)) and all(isinstance(p, Mapping) for p in params):
+        combos = [dict(p) for p in params]
+        if not combos:
+            raise ValueError("params=[] is empty: give at least one combination (or None).")
+    else:
+        raise ValueError(f"params={params!r} is not valid: give a dict name -> list of values, or a list of dicts.")
+    out: list[Params] = []
+    for combo in combos:
+        bad = sorted(reserved & set(combo))
+        if bad:
+            raise ValueError(f"params may not contain {bad}: seeds go in seeds=..., windows in windows=....")
+        item = tuple(sorted((str(k), _json_value(str(k), v)) for k, v in combo.items()))
+        if item in out:
+            raise ValueError(f"params repeats the combination {dict(item)}: give each once.")
+        out.append(item)
+    return out
