@@ -237,8 +237,8 @@ class InputDeficit(WindowedDeficit):
         unit: unit of a tuple ``window``: ``"epoch"`` or ``"step"``.
         seed: seed of the random transforms (integer >= 0).
         name: key of the ``deficit/<name>`` scalar (default ``input/<transform>``).
-        spatial_dims: spatial / temporal dimensions of the input for ``"blur"``,
-            ``"downsample"`` and ``"vflip"`` (see above).
+        spatial_dims: spatial / temporal dimensions of the input (one index or a sequence) for
+            ``"blur"``, ``"downsample"`` and ``"vflip"`` (see above).
 
     Raises:
         ValueError: unknown transform, bad factor / noise_std / seed / keys / spatial_dims /
@@ -264,7 +264,7 @@ class InputDeficit(WindowedDeficit):
         unit: str = "epoch",
         seed: int = 0,
         name: str | None = None,
-        spatial_dims: Sequence[int] | None = None,
+        spatial_dims: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__(window, unit=unit, name=name)
         if isinstance(transform, str) or not callable(transform):
