@@ -17,6 +17,17 @@ MYPY_ARGS :=  # no paths: mypy checks the `files` of [tool.mypy] in pyproject.to
 # restores the whole-project checks above. --follow-imports=silent: imported modules are
 # still analysed for their types, but only errors in the listed files are reported.
 RUFF_PATHS := \
+	lightning_critical/_batch.py \
+	lightning_critical/_checks.py \
+	lightning_critical/_lightning.py \
+	lightning_critical/deficits \
+	lightning_critical/fisher.py \
+	lightning_critical/monitors \
+	lightning_critical/probing.py \
+	lightning_critical/protocols.py \
+	lightning_critical/schedule.py \
+	lightning_critical/spectral.py \
+	lightning_critical/tasks.py \
 	lightning_critical/theory/__init__.py \
 	lightning_critical/theory/factorization.py \
 	lightning_critical/theory/pathways.py \
@@ -37,15 +48,28 @@ RUFF_PATHS := \
 	examples/multipathway_critical_period.py \
 	examples/nonlinear_pathways.py \
 	benchmarks \
+	tests/test_bad_inputs_deficits.py \
+	tests/test_bad_inputs_inputs.py \
+	tests/test_bad_inputs_monitors.py \
+	tests/test_batch.py \
 	tests/test_benchmarks_quick.py \
 	tests/test_cli.py \
+	tests/test_deficits.py \
+	tests/test_fisher.py \
 	tests/test_gpu.py \
+	tests/test_history.py \
+	tests/test_input_deficit.py \
 	tests/test_lightning_adapter.py \
 	tests/test_matrix_completion.py \
 	tests/test_matrix_completion_sweep.py \
+	tests/test_monitor.py \
 	tests/test_nonlinear.py \
 	tests/test_plots.py \
+	tests/test_probe_leaves_training_alone.py \
 	tests/test_readme.py \
+	tests/test_schedule.py \
+	tests/test_spectral_general.py \
+	tests/test_tasks.py \
 	tests/test_theory_factorization.py
 MYPY_ARGS := --follow-imports=silent $(RUFF_PATHS)
 # --- end TEMPORARY ----------------------------------------------------------------------

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, MutableMapping
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 from torch import Tensor
 
@@ -45,9 +45,12 @@ from lightning_critical._checks import check_key
 
 INPUT_KEYS: tuple[str, ...] = ("input", "inputs", "x", "image", "images", "pixel_values", "input_ids")
 TARGET_KEYS: tuple[str, ...] = ("y", "label", "labels", "target", "targets")
-ROLES: dict[str, tuple[str, tuple[str, ...]]] = {"input": ("input_key", INPUT_KEYS), "target": ("target_key", TARGET_KEYS)}
+ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "input": ("input_key", INPUT_KEYS),
+    "target": ("target_key", TARGET_KEYS),
+}
 
-Key = Union[int, str, None]
+Key = int | str | None
 InputsFn = Callable[[Any], Any]
 
 
@@ -143,8 +146,10 @@ def _by_name(batch: Any, keys: list[Any], role: str, key: Key, owner: str, what:
     if key is None:
         found = next((k for k in names if k in keys), None)
         if found is None:
-            raise ValueError(f"{owner}: none of the default {role} {what} {list(names)} is in the batch; its {what} are "
-                             f"{keys} ({describe(batch)}). Pass {arg}=<key>.")
+            raise ValueError(
+                f"{owner}: none of the default {role} {what} {list(names)} is in the batch; its {what} are "
+                f"{keys} ({describe(batch)}). Pass {arg}=<key>."
+            )
         return found
     if key not in keys:
         raise ValueError(f"{owner}: {arg}={key!r} is not in the batch; its {what} are {keys} ({describe(batch)}). "
@@ -161,7 +166,7 @@ def get(batch: Any, key: Key, role: str = "input", owner: str = "lightning_criti
     if key is None:
         value = batch
     elif _is_dataclass(batch) and not isinstance(batch, Mapping):
-        value = getattr(batch, key)  # type: ignore[arg-type]
+        value = getattr(batch, key)  # type: ignore[arg-type]  # locate() gives a dataclass a field name
     else:
         value = batch[key]
     if not isinstance(value, Tensor):
@@ -192,13 +197,13 @@ def replace(batch: Any, key: Key, value: Any) -> Any:
         return value
     if isinstance(batch, tuple):
         if hasattr(batch, "_fields") and hasattr(batch, "_replace"):
-            return batch._replace(**{batch._fields[key]: value})  # type: ignore[index]
+            return batch._replace(**{batch._fields[key]: value})
         items = list(batch)
-        items[key] = value  # type: ignore[index]
+        items[key] = value  # type: ignore[index]  # locate() gives a sequence an int key
         return type(batch)(items)
     if isinstance(batch, list):
         out_list = copy.copy(batch)
-        out_list[key] = value  # type: ignore[index]
+        out_list[key] = value  # type: ignore[index]  # locate() gives a sequence an int key
         return out_list
     if isinstance(batch, MutableMapping):
         old = batch[key]
@@ -211,12 +216,13 @@ def replace(batch: Any, key: Key, value: Any) -> Any:
         return out
     if isinstance(batch, Mapping):
         try:
-            return type(batch)({**batch, key: value})
+            # a concrete Mapping subclass; one that cannot be built from a dict raises TypeError, caught below
+            return type(batch)({**batch, key: value})  # type: ignore[call-arg]
         except TypeError as err:
             raise TypeError(f"cannot rebuild a {type(batch).__name__} with {key!r} replaced ({err}); "
                             "give the transform as a callable batch -> batch instead.") from err
     if _is_dataclass(batch):
-        return dataclasses.replace(batch, **{key: value})  # type: ignore[arg-type]
+        return dataclasses.replace(batch, **{key: value})  # type: ignore[arg-type]  # locate(): a field name
     raise TypeError(f"cannot replace an element of {describe(batch)}.")
 
 
@@ -237,14 +243,18 @@ class BatchSpec:
             callable; ``inputs`` given together with ``input_key``.
     """
 
-    def __init__(self, input_key: Key = None, target_key: Key = None, inputs: Optional[InputsFn] = None,
+    def __init__(self, input_key: Key = None, target_key: Key = None, inputs: InputsFn | None = None,
                  owner: str = "lightning_critical") -> None:
         self.input_key = check_key("input_key", input_key)
         self.target_key = check_key("target_key", target_key)
         if inputs is not None and not callable(inputs):
-            raise ValueError(f"inputs={inputs!r} is not valid: give a callable batch -> tuple of model arguments, or None.")
+            raise ValueError(
+                f"inputs={inputs!r} is not valid: give a callable batch -> tuple of model arguments, or None."
+            )
         if inputs is not None and input_key is not None:
-            raise ValueError(f"input_key={input_key!r} and inputs={inputs!r} both say what the model reads; give one of them.")
+            raise ValueError(
+                f"input_key={input_key!r} and inputs={inputs!r} both say what the model reads; give one of them."
+            )
         self.inputs = inputs
         self.owner = owner
 
@@ -253,7 +263,11 @@ class BatchSpec:
 
     def target_key_of(self, batch: Any) -> Key:
         key = locate(batch, "target", self.target_key, self.owner)
-        if self.target_key is None and self.input_key is not None and key == locate(batch, "input", self.input_key, self.owner):
+        if (
+            self.target_key is None
+            and self.input_key is not None
+            and key == locate(batch, "input", self.input_key, self.owner)
+        ):
             raise ValueError(f"{self.owner}: the default target (element {key!r}) is the input chosen by "
                              f"input_key={self.input_key!r}; the batch is {describe(batch)}. Pass target_key=<key>.")
         return key

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Collection, Optional, Sequence, TypeVar, Union
+from collections.abc import Collection, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -18,7 +19,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: Any, low: int = 1, high: Optional[int] = None, allow_none: bool = False) -> Any:
+def check_int(name: str, value: Any, low: int = 1, high: int | None = None, allow_none: bool = False) -> Any:
     """Return ``value`` as an ``int`` if it is an integer in ``[low, high]`` (or ``None`` when allowed).
 
     The ``ValueError`` names the argument, the bad value and the valid range.
@@ -64,9 +65,9 @@ def check_seed(name: str, value: Any) -> int:
 def check_float(
     name: str,
     value: Any,
-    low: Optional[float] = None,
+    low: float | None = None,
     low_inclusive: bool = True,
-    high: Optional[float] = None,
+    high: float | None = None,
     allow_none: bool = False,
 ) -> Any:
     """Return ``value`` as a finite ``float`` in the given range (or ``None`` when allowed).
@@ -127,7 +128,11 @@ def check_choice(name: str, value: Any, choices: Collection[T], extra: str = "")
     return value
 
 
-def check_names(name: str, value: Any, allow_none: bool = False, allow_empty: bool = False) -> Optional[list[str]]:
+@overload
+def check_names(name: str, value: Any, allow_none: Literal[False] = False, allow_empty: bool = False) -> list[str]: ...
+@overload
+def check_names(name: str, value: Any, allow_none: bool, allow_empty: bool = False) -> list[str] | None: ...
+def check_names(name: str, value: Any, allow_none: bool = False, allow_empty: bool = False) -> list[str] | None:
     """A name or a sequence of names as a list of non-empty strings (``None`` when allowed).
 
     Example::
@@ -148,7 +153,7 @@ def check_names(name: str, value: Any, allow_none: bool = False, allow_empty: bo
     return list(names)
 
 
-def check_key(name: str, value: Any, allow_none: bool = True) -> Union[int, str, None]:
+def check_key(name: str, value: Any, allow_none: bool = True) -> int | str | None:
     """A batch key: ``None`` (the default look-up), an integer index or a string key.
 
     Example::

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
 
-def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) -> None:
+def log_scalars(trainer: pl.Trainer, metrics: Mapping[str, float], step: int) -> None:
     """Send scalars to every logger at an explicit optimizer step.
 
     Lightning's ``self.log`` only flushes every ``log_every_n_steps``; records taken on our own
@@ -27,14 +28,14 @@ def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) 
         logger.log_metrics(dict(metrics), step=step)
 
 
-def tensorboard_writers(trainer: "pl.Trainer") -> list[Any]:
+def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
     """The ``SummaryWriter`` of every TensorBoard logger, on rank zero only (else empty)."""
     if not trainer.is_global_zero:
         return []
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
-def run_dir(trainer: "pl.Trainer") -> str:
+def run_dir(trainer: pl.Trainer) -> str:
     """Where per-run files go: the first logger's directory, else ``default_root_dir``."""
     for logger in trainer.loggers:
         directory = getattr(logger, "log_dir", None) or logger.save_dir
@@ -43,7 +44,7 @@ def run_dir(trainer: "pl.Trainer") -> str:
     return str(trainer.default_root_dir)
 
 
-def history_path(trainer: "pl.Trainer", history_file: Optional[str]) -> Optional[str]:
+def history_path(trainer: pl.Trainer, history_file: str | None) -> str | None:
     """Where a monitor's history CSV goes: under the first logger's directory, on rank zero only.
 
     ``None`` without a logger (there is no run directory to write into; records stay in
@@ -54,7 +55,17 @@ def history_path(trainer: "pl.Trainer", history_file: Optional[str]) -> Optional
     return os.path.join(run_dir(trainer), history_file)
 
 
-def steps_per_epoch(trainer: "pl.Trainer") -> Optional[int]:
+def callbacks_of(trainer: pl.Trainer) -> list[pl.Callback]:
+    """``trainer.callbacks``, typed: Lightning assigns it in a connector, so the class does not declare it."""
+    return trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's CallbackConnector
+
+
+def datamodule_of(trainer: pl.Trainer) -> pl.LightningDataModule | None:
+    """``trainer.datamodule``, typed: Lightning assigns it in a connector, so the class does not declare it."""
+    return trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's DataConnector
+
+
+def steps_per_epoch(trainer: pl.Trainer) -> int | None:
     """Optimizer steps per epoch when the train loader has a finite length, else ``None``."""
     batches = trainer.num_training_batches
     if batches is None or batches == float("inf"):

@@ -29,7 +29,7 @@ private generator, without writing ``.grad``: the model and the global RNG are l
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ def layer_of(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
-def fisher_layers(model: nn.Module, targets: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
+def fisher_layers(model: nn.Module, targets: Sequence[str] | None = None) -> dict[str, list[str]]:
     """``{layer: [parameter names]}`` for trainable parameters, optionally filtered by names/globs.
 
     Example::
@@ -62,24 +62,28 @@ def fisher_layers(model: nn.Module, targets: Optional[Sequence[str]] = None) -> 
     return dict(out)
 
 
-def sample_labels(logits: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One label per row drawn from ``softmax(logits)``."""
     probs = torch.softmax(logits.detach().float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _as_args(inputs: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, ...]:
+def _as_args(inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     args = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     if not args or not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
-        raise ValueError(f"inputs must be a tensor or a non-empty tuple of tensors with a batch dimension; got {inputs!r}.")
+        raise ValueError(
+            f"inputs must be a tensor or a non-empty tuple of tensors with a batch dimension; got {inputs!r}."
+        )
     if len({int(a.shape[0]) for a in args}) != 1:
-        raise ValueError(f"the model's inputs must share the batch dimension; got shapes {[tuple(a.shape) for a in args]}.")
+        raise ValueError(
+            f"the model's inputs must share the batch dimension; got shapes {[tuple(a.shape) for a in args]}."
+        )
     return args
 
 
 def per_example_squared_norms(
     model: nn.Module,
-    inputs: Union[Tensor, Sequence[Tensor]],
+    inputs: Tensor | Sequence[Tensor],
     labels: Tensor,
     param_names: Sequence[str],
     chunk_size: int = 32,
@@ -103,22 +107,24 @@ def per_example_squared_norms(
         in_dims = (None, 0) + (0,) * len(xs)
         grads = vmap(grad(log_prob), in_dims=in_dims, chunk_size=chunk_size)(params, labels, *xs)
         return {n: g.flatten(1).pow(2).sum(1) for n, g in grads.items()}
-    except Exception:  # noqa: BLE001 - some modules (in-place ops, data-dependent control flow) defeat vmap
+    except Exception:  # some modules (in-place ops, data-dependent control flow) defeat vmap
         rows: dict[str, list[Tensor]] = defaultdict(list)
         leaves = {n: t.clone().requires_grad_(True) for n, t in params.items()}
         for i, yi in enumerate(labels):
             with torch.enable_grad():
-                gs = torch.autograd.grad(log_prob(leaves, yi, *(x[i] for x in xs)), list(leaves.values()), allow_unused=True)
-            for n, g in zip(leaves, gs):
+                gs = torch.autograd.grad(
+                    log_prob(leaves, yi, *(x[i] for x in xs)), list(leaves.values()), allow_unused=True
+                )
+            for n, g in zip(leaves, gs, strict=True):
                 rows[n].append(torch.zeros((), dtype=cdtype, device=labels.device) if g is None else g.pow(2).sum())
         return {n: torch.stack(v) for n, v in rows.items()}
 
 
 def fisher_trace(
     model: nn.Module,
-    inputs: Union[Tensor, Sequence[Tensor]],
-    targets: Optional[Sequence[str]] = None,
-    generator: Optional[torch.Generator] = None,
+    inputs: Tensor | Sequence[Tensor],
+    targets: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
     chunk_size: int = 32,
     labels: str = "sample",
 ) -> dict[str, tuple[float, int]]:

@@ -29,8 +29,8 @@ Example::
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -43,7 +43,7 @@ def is_probing() -> bool:
 
 
 @contextmanager
-def probing(devices: Optional[Iterable[torch.device]] = None) -> Iterator[None]:
+def probing(devices: Iterable[torch.device] | None = None) -> Iterator[None]:
     """Run a measurement with deficit hooks inert and every random-number stream restored afterwards.
 
     Args:

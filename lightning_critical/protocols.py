@@ -15,7 +15,8 @@ Nothing here imports Lightning.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ def available_names(module: nn.Module, limit: int = 40) -> str:
     return f"{pathways}submodules: {shown}{more}"
 
 
-def resolve_modules(module: nn.Module, spec: Union[str, Sequence[str]]) -> dict[str, nn.Module]:
+def resolve_modules(module: nn.Module, spec: str | Sequence[str]) -> dict[str, nn.Module]:
     """Turn pathway names, submodule paths or globs into ``{qualified_name: submodule}``.
 
     A glob keeps only the outermost matches (``"enc*"`` does not also return ``"enc.0"``).
@@ -62,13 +63,15 @@ def resolve_modules(module: nn.Module, spec: Union[str, Sequence[str]]) -> dict[
         matched = sorted(n for n in qualified.values() if n and fnmatch.fnmatchcase(n, pattern))
         outermost = [n for n in matched if not any(n.startswith(m + ".") for m in matched)]
         if not outermost:
-            raise ValueError(f"pathway {pattern!r} matches nothing in {type(module).__name__}; {available_names(module)}.")
+            raise ValueError(
+                f"pathway {pattern!r} matches nothing in {type(module).__name__}; {available_names(module)}."
+            )
         for name in outermost:
             out[name] = module.get_submodule(name)
     return out
 
 
-def find_task_basis(*owners: Any) -> Optional[TaskBasis]:
+def find_task_basis(*owners: Any) -> TaskBasis | None:
     """The first ``task_basis()`` that one of ``owners`` (module, datamodule...) returns."""
     for owner in owners:
         fn = getattr(owner, "task_basis", None)
@@ -106,7 +109,7 @@ def check_task_basis(basis: Any, what: str = "task_basis") -> TaskBasis:
         shown = f"a {type(basis).__name__}" + (f" of length {len(basis)}" if isinstance(basis, (tuple, list)) else "")
         raise ValueError(f"{what} is {shown}; it must be a tuple (U, S, V): U (out x r), S (r,), V (in x r).")
     parts = []
-    for label, value, dims in zip("USV", basis, (2, 1, 2)):
+    for label, value, dims in zip("USV", basis, (2, 1, 2), strict=True):
         try:
             tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
@@ -124,6 +127,7 @@ def check_task_basis(basis: Any, what: str = "task_basis") -> TaskBasis:
         raise ValueError(f"{what}: U has {u.shape[1]} columns but V has {v.shape[1]}; both need one per mode (r).")
     if s.shape[0] != u.shape[1]:
         raise ValueError(
-            f"{what}: S has {s.shape[0]} values but U and V have r={u.shape[1]} columns; give S of shape ({u.shape[1]},)."
+            f"{what}: S has {s.shape[0]} values but U and V have r={u.shape[1]} columns; "
+            f"give S of shape ({u.shape[1]},)."
         )
     return u, s, v

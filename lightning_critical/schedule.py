@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal
 
 from lightning_critical._checks import check_choice
 
 Unit = Literal["epoch", "step"]
-UNITS: tuple[str, ...] = ("epoch", "step")
+UNITS: tuple[Unit, ...] = ("epoch", "step")
 
 
-def check_unit(unit: Any, name: str = "unit") -> str:
+def check_unit(unit: Any, name: str = "unit") -> Unit:
     """Return ``unit`` if it is ``"epoch"`` or ``"step"``; the ``ValueError`` lists both.
 
     Shared by :class:`Window`, the deficits and :class:`~lightning_critical.TaskSwitch`.
@@ -64,7 +65,7 @@ class Window:
     """
 
     start: int
-    end: Optional[int] = None
+    end: int | None = None
     unit: Unit = "epoch"
 
     def __post_init__(self) -> None:
@@ -86,12 +87,12 @@ class Window:
             )
 
     @classmethod
-    def coerce(cls, value: "WindowLike", unit: str = "epoch") -> "Window":
+    def coerce(cls, value: WindowLike, unit: str = "epoch") -> Window:
         """Build a window from a ``Window``, ``(start, end)`` or ``(start, end, unit)``.
 
         ``unit`` is the default when the value does not name one itself.
         """
-        check_unit(unit)
+        default_unit = check_unit(unit)
         if isinstance(value, Window):
             if unit != "epoch" and unit != value.unit:
                 raise ValueError(f"unit={unit!r} contradicts the window {value}; give the unit in one place.")
@@ -104,9 +105,9 @@ class Window:
                 "or a (start, end) tuple."
             )
         if len(value) == 2:
-            return cls(value[0], value[1], unit)  # type: ignore[arg-type]
+            return cls(value[0], value[1], default_unit)
         if len(value) == 3:
-            return cls(value[0], value[1], check_unit(value[2], "window unit"))  # type: ignore[arg-type]
+            return cls(value[0], value[1], check_unit(value[2], "window unit"))
         raise ValueError(f"window={value!r} must have 2 or 3 entries: (start, end[, unit]).")
 
     @property
@@ -119,7 +120,7 @@ class Window:
         t = epoch if self.unit == "epoch" else step
         return self.start <= t < self.stop
 
-    def in_steps(self, steps_per_epoch: Optional[int]) -> Optional[tuple[float, float]]:
+    def in_steps(self, steps_per_epoch: int | None) -> tuple[float, float] | None:
         """The window as ``(start, stop)`` in optimizer steps, if that can be known."""
         if self.unit == "step":
             return float(self.start), self.stop
@@ -127,7 +128,7 @@ class Window:
             return None
         return float(self.start * steps_per_epoch), self.stop * steps_per_epoch
 
-    def overlaps(self, other: "Window", steps_per_epoch: Optional[int] = None) -> bool:
+    def overlaps(self, other: Window, steps_per_epoch: int | None = None) -> bool:
         """Whether two windows share at least one update.
 
         Windows in different units compare through ``steps_per_epoch``; without it the
@@ -141,7 +142,7 @@ class Window:
             return True
         return a[0] < b[1] and b[0] < a[1]
 
-    def comparable(self, other: "Window", steps_per_epoch: Optional[int] = None) -> bool:
+    def comparable(self, other: Window, steps_per_epoch: int | None = None) -> bool:
         """Whether :meth:`overlaps` can give a certain answer: same unit, or a known epoch length.
 
         Example::
@@ -156,5 +157,5 @@ class Window:
         return f"[{self.start}, {end}) {self.unit}s"
 
 
-WindowLike = Union[Window, Sequence[Any]]
+WindowLike = Window | Sequence[Any]
 """A :class:`Window`, ``(start, end)`` or ``(start, end, unit)``; ``end`` may be ``None``."""

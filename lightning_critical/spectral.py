@@ -46,7 +46,7 @@ import contextlib
 import fnmatch
 import math
 from collections import defaultdict
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ GRAM_MIN_DIM = 128
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
-Patterns = Union[str, Sequence[str]]
+Patterns = str | Sequence[str]
 
 
 def check_metrics(metrics: Iterable[str], name: str = "metrics") -> tuple[str, ...]:
@@ -86,10 +86,12 @@ def check_metrics(metrics: Iterable[str], name: str = "metrics") -> tuple[str, .
 
         >>> check_metrics(["stable_rank", "singular_values"])
         ('stable_rank', 'singular_values')
-        >>> check_metrics(["rank"])
+        >>> check_metrics(["rank"])  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: metrics=['rank'] is not valid: metric 'rank' is not known; choose from ('singular_values', 'mode_strength', 'spectral_norm', 'frobenius_norm', 'nuclear_norm', 'stable_rank', 'effective_rank', 'participation_ratio', 'condition_number', 'subspace_drift').
+        ValueError: metrics=['rank'] is not valid: metric 'rank' is not known; choose from ('singular_values',
+        'mode_strength', 'spectral_norm', 'frobenius_norm', 'nuclear_norm', 'stable_rank', 'effective_rank',
+        'participation_ratio', 'condition_number', 'subspace_drift').
     """
     if isinstance(metrics, str):
         out: tuple = (metrics,)
@@ -109,7 +111,7 @@ def check_metrics(metrics: Iterable[str], name: str = "metrics") -> tuple[str, .
     return out
 
 
-def matrix_views(name: str, param: Tensor, owner: Optional[nn.Module] = None) -> dict[str, Tensor]:
+def matrix_views(name: str, param: Tensor, owner: nn.Module | None = None) -> dict[str, Tensor]:
     """The matrix (or matrices) a parameter stands for; empty for 0-D and 1-D parameters.
 
     ``owner`` is the module holding the parameter; it decides the conv / attention views.
@@ -128,7 +130,7 @@ def matrix_views(name: str, param: Tensor, owner: Optional[nn.Module] = None) ->
     return {name: param.reshape(param.shape[0], -1)}
 
 
-def _as_patterns(value: Optional[Patterns]) -> tuple[str, ...]:
+def _as_patterns(value: Patterns | None) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -136,13 +138,13 @@ def _as_patterns(value: Optional[Patterns]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def name_matches(name: str, patterns: Optional[Patterns]) -> bool:
+def name_matches(name: str, patterns: Patterns | None) -> bool:
     """Whether ``name`` equals or glob-matches one of ``patterns`` (a string or a sequence)."""
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in _as_patterns(patterns))
 
 
 def find_weight_matrices(
-    module: nn.Module, include: Optional[Patterns] = None, exclude: Optional[Patterns] = None
+    module: nn.Module, include: Patterns | None = None, exclude: Patterns | None = None
 ) -> dict[str, Tensor]:
     """Every weight matrix of ``module``, keyed by qualified parameter name (plus split suffix).
 
@@ -175,7 +177,7 @@ def find_weight_matrices(
     return out
 
 
-def compute_dtype(t: Tensor, dtype: Optional[torch.dtype] = None) -> torch.dtype:
+def compute_dtype(t: Tensor, dtype: torch.dtype | None = None) -> torch.dtype:
     """``dtype`` if given, else float64 for float64 input and float32 for everything else."""
     if dtype is not None:
         return dtype
@@ -184,13 +186,13 @@ def compute_dtype(t: Tensor, dtype: Optional[torch.dtype] = None) -> torch.dtype
 
 def singular_values(
     matrices: Mapping[str, Tensor],
-    dtype: Optional[torch.dtype] = None,
-    top_k: Optional[int] = None,
+    dtype: torch.dtype | None = None,
+    top_k: int | None = None,
     with_vectors: bool = False,
     randomized_min_dim: int = 2048,
     method: str = "auto",
     gram_min_dim: int = GRAM_MIN_DIM,
-) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
+) -> dict[str, tuple[Tensor, Tensor | None]]:
     """Singular values (descending) of many matrices, batching those of equal shape.
 
     Runs under ``torch.no_grad()`` on each matrix's device, in ``float32`` or better whatever
@@ -243,7 +245,8 @@ def singular_values(
     groups: dict[tuple, list[str]] = defaultdict(list)
     for name, mat in matrices.items():
         groups[(tuple(mat.shape), mat.device, compute_dtype(mat, dtype))].append(name)
-    out: dict[str, tuple[Tensor, Optional[Tensor]]] = {}
+    out: dict[str, tuple[Tensor, Tensor | None]] = {}
+    u: Tensor | None
     with torch.no_grad():
         for (shape, device, cdtype), names in groups.items():
             batch = torch.stack([matrices[n].detach().to(cdtype) for n in names])
@@ -257,7 +260,9 @@ def singular_values(
             if use_gram and not with_vectors:
                 # Marchenko-Pastur: below aspect ratio 2 even a random matrix has s_min < 0.17 s_1
                 squat = max(shape) < 2 * min(shape)
-                float32_first = on_cpu and cdtype == torch.float32 and (method == "gram32" or (method == "auto" and not squat))
+                float32_first = (
+                    on_cpu and cdtype == torch.float32 and (method == "gram32" or (method == "auto" and not squat))
+                )
                 s, u = _gram_route(batch, float32_first).to(cdtype), None
             elif with_vectors:
                 u, s, _ = torch.linalg.svd(batch, full_matrices=False)
@@ -457,7 +462,7 @@ def subspace_drift(u_prev: Tensor, u_now: Tensor) -> float:
     return float(1.0 - (overlap * overlap).sum() / k)
 
 
-def mode_strengths(matrix: Tensor, u: Tensor, v: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+def mode_strengths(matrix: Tensor, u: Tensor, v: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """``K_a = u_a^T W v_a`` for each column pair of the task basis ``U`` (out x r), ``V`` (in x r).
 
     Raises:

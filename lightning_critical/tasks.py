@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_critical._checks import check_int
+from lightning_critical._lightning import datamodule_of
 from lightning_critical.schedule import UNITS, check_unit
 
 # What TaskSwitch callbacks did to each target in this process: the task it had before a
 # TaskSwitch first changed it, and the task a TaskSwitch set last. A later fit that finds the
 # target still on that last task knows it is a leftover of an earlier run, not a choice.
-_LEFT_BY_SWITCH: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
+_LEFT_BY_SWITCH: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
 
 __all__ = ["TaskSwitch", "TaskSwitchable", "UNITS", "check_task_switchable"]
 
@@ -64,7 +66,7 @@ class TaskSwitchable(Protocol):
 def check_task_switchable(obj: Any, what: str = "target") -> None:
     """Raise ``TypeError`` naming what is missing when ``obj`` lacks the protocol."""
     missing = [n for n in ("tasks", "set_task") if not hasattr(obj, n)]
-    if not missing and not callable(getattr(obj, "set_task")):
+    if not missing and not callable(obj.set_task):
         missing = ["set_task (callable)"]
     if missing:
         raise TypeError(
@@ -128,8 +130,8 @@ class TaskSwitch(pl.Callback):
         self,
         schedule: Mapping[int, str],
         unit: str = "epoch",
-        target: Optional[Any] = None,
-        initial: Optional[str] = None,
+        target: Any | None = None,
+        initial: str | None = None,
     ) -> None:
         check_unit(unit)
         if not isinstance(schedule, Mapping) or not schedule:
@@ -156,9 +158,9 @@ class TaskSwitch(pl.Callback):
         self.target = target
         self.initial = initial
         self._times = list(self.schedule)
-        self._initial_task: Optional[str] = initial
-        self._applied: Optional[str] = None
-        self._resolved: Optional[Any] = None
+        self._initial_task: str | None = initial
+        self._applied: str | None = None
+        self._resolved: Any = None  # the target, once setup() has checked it is TaskSwitchable
 
     @property
     @override
@@ -171,12 +173,12 @@ class TaskSwitch(pl.Callback):
         )
 
     # -- the schedule as a pure function of time ------------------------------------------
-    def task_at(self, time: int) -> Optional[str]:
+    def task_at(self, time: int) -> str | None:
         """The task for an update taken at ``time`` (before the first entry: the initial task, once known)."""
         i = bisect.bisect_right(self._times, time)
         return self.schedule[self._times[i - 1]] if i else self._initial_task
 
-    def _now(self, trainer: "pl.Trainer") -> int:
+    def _now(self, trainer: pl.Trainer) -> int:
         return trainer.current_epoch if self.unit == "epoch" else trainer.global_step
 
     def _set(self, name: str) -> None:
@@ -193,7 +195,7 @@ class TaskSwitch(pl.Callback):
         except TypeError:  # not weak-referenceable or unhashable: no leftover detection
             pass
 
-    def _sync(self, trainer: "pl.Trainer") -> None:
+    def _sync(self, trainer: pl.Trainer) -> None:
         name = self.task_at(self._now(trainer))
         if name is None or name == self._applied:
             return
@@ -204,10 +206,10 @@ class TaskSwitch(pl.Callback):
 
     # -- validation before training -------------------------------------------------------
     @override
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        target = self.target if self.target is not None else trainer.datamodule
+        target: Any = self.target if self.target is not None else datamodule_of(trainer)  # checked below
         if target is None:
             raise TypeError(
                 "TaskSwitch needs a datamodule implementing the TaskSwitchable protocol "
@@ -247,7 +249,7 @@ class TaskSwitch(pl.Callback):
         return current if current is not None else tasks[0]
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
@@ -257,12 +259,12 @@ class TaskSwitch(pl.Callback):
         self._applied = name
 
     @override
-    def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync(trainer)
 
     @override
     def on_train_batch_end(
-        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # global_step already counts the step just taken: set the task of the *next* step
         # now, before its batch goes through the datamodule's transfer hooks.

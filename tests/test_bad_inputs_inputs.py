@@ -23,22 +23,28 @@ WINDOW = (0, 1)
         (dict(transform="blur", factor=2.5), ValueError, r"factor=2.5 must be an integer >= 2, not float"),
         (dict(transform="blur", factor="4"), ValueError, r"factor='4' must be an integer"),
         (dict(transform="blur", factor=True), ValueError, r"factor=True must be an integer"),
-        (dict(transform="noise", noise_std="1.0"), ValueError, r"noise_std='1.0' is not valid: it must be a finite number >= 0, not str"),
-        (dict(transform="noise", noise_std=float("inf")), ValueError, r"noise_std=inf is not valid: it must be a finite number"),
+        (dict(transform="noise", noise_std="1.0"), ValueError,
+         r"noise_std='1.0' is not valid: it must be a finite number >= 0, not str"),
+        (dict(transform="noise", noise_std=float("inf")), ValueError,
+         r"noise_std=inf is not valid: it must be a finite number"),
         (dict(transform="noise", noise_std=float("nan")), ValueError, r"noise_std=nan is not valid"),
         (dict(transform="noise", noise_std=-1), ValueError, r"noise_std=-1 is not valid.*>= 0"),
         (dict(transform="noise", seed="abc"), ValueError, r"seed='abc' must be an integer >= 0, not str"),
         (dict(transform="noise", seed=1.7), ValueError, r"seed=1.7 must be an integer >= 0, not float"),
         (dict(transform="noise", seed=-1), ValueError, r"seed=-1 must be an integer >= 0"),
-        (dict(transform="blur", input_key=1.5), ValueError, r"input_key=1.5 is not valid: it must be None, an integer index or a string key"),
+        (dict(transform="blur", input_key=1.5), ValueError,
+         r"input_key=1.5 is not valid: it must be None, an integer index or a string key"),
         (dict(transform="blur", input_key=["x"]), ValueError, r"input_key=\['x'\] is not valid"),
         (dict(transform="label_shuffle", target_key=True), ValueError, r"target_key=True is not valid"),
         (dict(transform="label_shuffle", target_key=""), ValueError, r"target_key='' is not valid"),
-        (dict(transform="blur", spatial_dims=(0, 1)), ValueError, r"spatial_dims=\(0, 1\) is not valid.*batch dimension 0"),
+        (dict(transform="blur", spatial_dims=(0, 1)), ValueError,
+         r"spatial_dims=\(0, 1\) is not valid.*batch dimension 0"),
         (dict(transform="blur", spatial_dims=(1, 1)), ValueError, r"spatial_dims=\(1, 1\) is not valid.*distinct"),
-        (dict(transform="blur", spatial_dims=(1, 2, 3, 4)), ValueError, r"spatial_dims=\(1, 2, 3, 4\) is not valid: give 1 to 3"),
+        (dict(transform="blur", spatial_dims=(1, 2, 3, 4)), ValueError,
+         r"spatial_dims=\(1, 2, 3, 4\) is not valid: give 1 to 3"),
         (dict(transform="blur", spatial_dims="hw"), ValueError, r"spatial_dims='hw' is not valid"),
-        (dict(transform="noise", spatial_dims=(1,)), ValueError, r"spatial_dims=\(1,\) is only used by the transforms \['blur'"),
+        (dict(transform="noise", spatial_dims=(1,)), ValueError,
+         r"spatial_dims=\(1,\) is only used by the transforms \['blur'"),
     ],
 )
 def test_input_deficit_constructor_rejects(kwargs, error, match):
@@ -50,7 +56,8 @@ def test_input_deficit_constructor_rejects(kwargs, error, match):
 def test_numpy_integers_are_accepted():
     deficit = lc.InputDeficit("blur", WINDOW, factor=np.int64(4), seed=np.int32(3), spatial_dims=(np.int64(2), 3))
     assert deficit.factor == 4 and type(deficit.factor) is int and deficit.seed == 3 and deficit.spatial_dims == (2, 3)
-    monitor = lc.FisherMonitor(every_n_epochs=np.int64(2), num_batches=np.int64(1), seed=np.int64(5), input_key=np.int64(0))
+    monitor = lc.FisherMonitor(every_n_epochs=np.int64(2), num_batches=np.int64(1), seed=np.int64(5),
+                               input_key=np.int64(0))
     assert monitor.every_n_epochs == 2 and monitor.seed == 5 and monitor.input_key == 0
     assert lc.InputDeficit("noise", WINDOW, noise_std=np.float32(0.5)).noise_std == 0.5
 
@@ -120,10 +127,13 @@ class Rows(torch.utils.data.Dataset):
     "callback, batches, match",
     [
         # Was an IndexError from inside the hook.
-        (lambda: lc.FisherMonitor(input_key=5), Rows(X), r"input_key=5 is not an index of the batch, which is a list of 2 elements: \[0\] tensor \(4, 4\)"),
-        (lambda: lc.FisherMonitor(input_key="image"), Rows(X, "y"), r"input_key='image' is not in the batch; its keys are \['x', 'y'\]"),
+        (lambda: lc.FisherMonitor(input_key=5), Rows(X),
+         r"input_key=5 is not an index of the batch, which is a list of 2 elements: \[0\] tensor \(4, 4\)"),
+        (lambda: lc.FisherMonitor(input_key="image"), Rows(X, "y"),
+         r"input_key='image' is not in the batch; its keys are \['x', 'y'\]"),
         (lambda: lc.FisherMonitor(inputs=lambda b: None), Rows(X), r"inputs\(batch\) must return"),
-        (lambda: lc.InputDeficit("label_shuffle", (1, 2)), Rows(X, "out"), r"none of the default target keys.*target_key"),
+        (lambda: lc.InputDeficit("label_shuffle", (1, 2)), Rows(X, "out"),
+         r"none of the default target keys.*target_key"),
         (lambda: lc.InputDeficit("blur", (1, 2), input_key=3), Rows(X), r"input_key=3 is not an index"),
         (lambda: lc.InputDeficit("noise", (1, 2)), Rows(X.long()), r"needs a floating-point input"),
     ],

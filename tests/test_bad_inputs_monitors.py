@@ -20,7 +20,10 @@ BAD = {
     "targets-empty": (dict(targets=[]), "Groups: ('auto', 'maps', 'weights')"),
     "targets-int": (dict(targets=[3]), "Groups: ('auto', 'maps', 'weights')"),
     "metrics-empty": (dict(metrics=[]), "is empty: give at least one metric"),
-    "metrics-unknown": (dict(metrics=("singular_values", "rank")), f"metric 'rank' is not known; choose from {METRICS}"),
+    "metrics-unknown": (
+        dict(metrics=("singular_values", "rank")),
+        f"metric 'rank' is not known; choose from {METRICS}",
+    ),
     "metrics-repeated": (dict(metrics=("stable_rank", "stable_rank")), "listed more than once"),
     "metrics-int": (dict(metrics=5), "give metric names"),
     "theory-unknown-metric": (dict(theory={"rank": {"a": np.zeros((3, 1))}}), "metric 'rank' is not known"),
@@ -74,8 +77,8 @@ def test_task_basis_that_does_not_fit_the_maps_is_refused_before_training(tmp_pa
 
     dm = lc.data.HierarchicalDataModule()
     net = lc.models.MultiPathwayLinearNet(depth=2, width=12, task_basis=dm.task_basis())
-    before = net.pathways.a[0].weight.detach().clone()
+    before = net.get_parameter("pathways.a.0.weight").detach().clone()
     basis = (torch.eye(15)[:, :3], torch.ones(3), torch.eye(7)[:, :3])
     with pytest.raises(ValueError, match=re.escape("V of shape (7, 3) does not fit the end-to-end map 'a'")):
         make_trainer(tmp_path, max_epochs=1, callbacks=[lc.SpectralMonitor(task_basis=basis)]).fit(net, dm)
-    assert torch.equal(net.pathways.a[0].weight, before)
+    assert torch.equal(net.get_parameter("pathways.a.0.weight"), before)

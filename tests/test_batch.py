@@ -156,9 +156,12 @@ def test_model_inputs_default_and_callable():
     with pytest.raises(ValueError, match="give one of them"):
         BatchSpec(input_key=0, inputs=lambda b: b)
     with pytest.raises(ValueError, match="inputs=3 is not valid"):
-        BatchSpec(inputs=3)
+        BatchSpec(inputs=3)  # type: ignore[arg-type]  # the bad input under test
 
 
 def test_describe():
     assert describe(Triple(X, XB, Y)).startswith("a Triple of 3 elements: [0] tensor (4, 3) float32")
-    assert describe(Sample(X, Y)) == "a Sample (dataclass) with fields 'image' tensor (4, 3) float32, 'label' tensor (4,) int64"
+    assert (
+        describe(Sample(X, Y))
+        == "a Sample (dataclass) with fields 'image' tensor (4, 3) float32, 'label' tensor (4,) int64"
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import TwoBranchNet, all_hooks, make_trainer
 
 import lightning_critical as lc
-from conftest import TwoBranchNet, all_hooks, make_trainer
 
 
 class ParamRecorder(pl.Callback):
@@ -50,7 +52,9 @@ def test_frozen_pathway_still_feeds_the_output():
             x = batch[0]
             seen[trainer.global_step] = (pl_module(x) - pl_module.head(pl_module.left(x))).abs().max().item()
 
-    trainer = make_trainer(max_steps=3, callbacks=[lc.PathwayDeficit("right", (0, 2), mode="freeze", unit="step"), Probe()])
+    trainer = make_trainer(
+        max_steps=3, callbacks=[lc.PathwayDeficit("right", (0, 2), mode="freeze", unit="step"), Probe()]
+    )
     trainer.fit(model)
     assert seen[0] > 1e-4 and seen[1] > 1e-4
 
@@ -73,20 +77,22 @@ def test_silence_zeroes_the_output_only_inside_the_window():
 
 def test_noise_replaces_the_pathway_input():
     model = TwoBranchNet()
-    inputs = {}
+    inputs: dict[int | str, torch.Tensor] = {}
 
     def capture(module, args, output):
         inputs.setdefault(module.step, args[0].clone())
 
     model.right[0].register_forward_hook(capture)
-    model.right[0].step = -1
+    model.right[0].step = -1  # type: ignore[assignment]  # a plain int attribute, which Module allows
 
     class Probe(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             pl_module.right[0].step = trainer.global_step
             inputs.setdefault(f"x{trainer.global_step}", batch[0].clone())
 
-    trainer = make_trainer(max_steps=2, callbacks=[lc.PathwayDeficit("right", (0, 1), mode="noise", noise_std=5.0, unit="step"), Probe()])
+    trainer = make_trainer(
+        max_steps=2, callbacks=[lc.PathwayDeficit("right", (0, 1), mode="noise", noise_std=5.0, unit="step"), Probe()]
+    )
     trainer.fit(model)
     assert not torch.allclose(inputs[0], inputs["x0"])
     assert 3.0 < inputs[0].std().item() < 7.0
@@ -96,14 +102,10 @@ def test_noise_replaces_the_pathway_input():
 def test_globs_and_several_deficits_at_once():
     model = TwoBranchNet()
     rec = ParamRecorder()
-    trainer = make_trainer(max_steps=4, callbacks=[
-        lc.PathwayDeficit("*t", (0, 2), unit="step"),  # matches left and right, not their children
-        lc.PathwayDeficit("head", (2, 4), unit="step"),
-        rec,
-    ])
+    glob = lc.PathwayDeficit("*t", (0, 2), unit="step")  # matches left and right, not their children
+    trainer = make_trainer(max_steps=4, callbacks=[glob, lc.PathwayDeficit("head", (2, 4), unit="step"), rec])
     trainer.fit(model)
-    cb = trainer.callbacks[0]
-    assert sorted(cb.targets) == ["left", "right"]
+    assert sorted(glob.targets) == ["left", "right"]
     assert torch.equal(rec.snapshots[2]["left.0.weight"], rec.snapshots[0]["left.0.weight"])
     assert torch.equal(rec.snapshots[4]["head.weight"], rec.snapshots[2]["head.weight"])
     assert not torch.equal(rec.snapshots[2]["head.weight"], rec.snapshots[0]["head.weight"])
@@ -127,7 +129,9 @@ def test_overlapping_deficits_on_one_pathway_fail_before_training():
         trainer.fit(model)
     assert rec.snapshots == {}
     # Disjoint windows on the same pathway are fine.
-    make_trainer(max_epochs=2, callbacks=[lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", (1, 2), mode="silence")]).fit(TwoBranchNet())
+    make_trainer(
+        max_epochs=2, callbacks=[lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", (1, 2), mode="silence")]
+    ).fit(TwoBranchNet())
 
 
 def test_bad_arguments_are_clear():
@@ -177,7 +181,7 @@ def test_resume_inside_the_window_reapplies_the_deficit(tmp_path):
     trainer.save_checkpoint(ckpt)
     resumed, cbs = fresh()
     make_trainer(max_epochs=6, callbacks=cbs).fit(resumed, ckpt_path=str(ckpt))
-    for (k, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -225,7 +229,7 @@ def test_noise_differs_between_pathways_and_spares_evaluation_passes():
     import numpy as np
 
     model = TwoBranchNet()
-    inputs = {}
+    inputs: dict[str, torch.Tensor] = {}
 
     def capture_as(name):
         def capture(module, args, output):
@@ -234,18 +238,22 @@ def test_noise_differs_between_pathways_and_spares_evaluation_passes():
 
     for name in ("left", "right"):
         getattr(model, name)[0].register_forward_hook(capture_as(name))
-    trainer = make_trainer(max_steps=1, callbacks=[lc.PathwayDeficit(["left", "right"], (0, 1), mode="noise", unit="step")])
+    trainer = make_trainer(
+        max_steps=1, callbacks=[lc.PathwayDeficit(["left", "right"], (0, 1), mode="noise", unit="step")]
+    )
     trainer.fit(model)
     assert not torch.equal(inputs["left"], inputs["right"])
     with pytest.raises(ValueError, match="pathways=5"):
-        lc.PathwayDeficit(5, (0, 1))
+        lc.PathwayDeficit(5, (0, 1))  # type: ignore[arg-type]  # the bad input under test
     assert lc.ModeDeficit("a", modes=np.int64(1), window=(0, 1)).modes == [1]
 
     # An evaluation-mode pass inside the window (as FisherMonitor makes) sees the intact
     # network and does not shift the noise the training steps draw.
     def weights(extra):
         net = TwoBranchNet()
-        make_trainer(max_steps=4, callbacks=[lc.PathwayDeficit("right", (0, 4), mode="noise", unit="step"), *extra]).fit(net)
+        make_trainer(
+            max_steps=4, callbacks=[lc.PathwayDeficit("right", (0, 4), mode="noise", unit="step"), *extra]
+        ).fit(net)
         return net.state_dict()
 
     class EvalProbe(pl.Callback):
@@ -266,11 +274,11 @@ import copy  # noqa: E402
 import warnings  # noqa: E402
 
 import torch.nn.modules.module as torch_module  # noqa: E402
+from conftest import read_tensorboard  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
-from conftest import read_tensorboard  # noqa: E402
 from lightning_critical.deficits import WindowedDeficit  # noqa: E402
 from lightning_critical.probing import probing  # noqa: E402
 
@@ -307,7 +315,7 @@ class CausalAttentionNet(TwoBranchNet):
 
     def __init__(self) -> None:
         super().__init__()
-        self.right = self.Attention()
+        self.right = self.Attention()  # type: ignore[assignment]  # the branch swapped for attention
         self.mask = torch.triu(torch.full((5, 5), float("-inf")), diagonal=1)
 
     def forward(self, x):
@@ -317,8 +325,11 @@ class CausalAttentionNet(TwoBranchNet):
 
 def test_noise_replaces_only_the_input_never_keyword_arguments():
     model = CausalAttentionNet()
-    trainer = make_trainer(max_steps=2, callbacks=[lc.PathwayDeficit("right", (0, 1), mode="noise", noise_std=3.0, unit="step")])
+    trainer = make_trainer(
+        max_steps=2, callbacks=[lc.PathwayDeficit("right", (0, 1), mode="noise", noise_std=3.0, unit="step")]
+    )
     trainer.fit(model)
+    assert isinstance(model.right, CausalAttentionNet.Attention)
     (x0, mask0), (x1, mask1) = model.right.seen
     assert torch.equal(mask0, model.mask) and torch.equal(mask1, model.mask)  # the causal mask survives
     assert 2.0 < x0.std().item() < 4.0  # the input is noise inside the window ...
@@ -327,7 +338,7 @@ def test_noise_replaces_only_the_input_never_keyword_arguments():
 
 
 class RecordingAttention(nn.MultiheadAttention):
-    def forward(self, query, key, value, **kwargs):
+    def forward(self, query, key, value, **kwargs):  # type: ignore[override]  # passes every option through
         self.seen = (query.detach().clone(), key.detach().clone(), value.detach().clone(), kwargs["attn_mask"].clone())
         return super().forward(query, key, value, **kwargs)
 
@@ -422,9 +433,14 @@ class TiedNet(TwoBranchNet):
 def test_one_module_under_two_names_or_a_tied_weight_is_one_pathway(net, first, second, match):
     model = net()
     rec = ParamRecorder()
-    trainer = make_trainer(max_steps=4, callbacks=[
-        lc.PathwayDeficit(first, (0, 2), unit="step"), lc.PathwayDeficit(second, (1, 3), mode="silence", unit="step"), rec,
-    ])
+    trainer = make_trainer(
+        max_steps=4,
+        callbacks=[
+            lc.PathwayDeficit(first, (0, 2), unit="step"),
+            lc.PathwayDeficit(second, (1, 3), mode="silence", unit="step"),
+            rec,
+        ],
+    )
     with pytest.raises(ValueError, match=match + ".*overlapping windows"):
         trainer.fit(model)
     assert rec.snapshots == {} and global_hooks() == 0
@@ -454,7 +470,9 @@ class Snapshot(pl.Callback):
     """Deep-copies the model inside the window, as EMA / SWA / snapshot callbacks do."""
 
     def __init__(self, at_step: int) -> None:
-        self.at_step, self.copy, self.checks = at_step, None, []
+        self.at_step = at_step
+        self.copy: Any = None  # the deep copy, once taken
+        self.checks: list[int] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.at_step:
@@ -466,7 +484,7 @@ class Snapshot(pl.Callback):
 def test_a_deepcopy_taken_inside_a_window_is_a_clean_model(mode):
     model = TwoBranchNet()
     snap = Snapshot(at_step=1)
-    seen = {}
+    seen: dict[str, float] = {}
 
     class Check(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -529,7 +547,7 @@ def test_mode_deficit_on_a_module_with_tuple_outputs_fails_before_training():
     trainer = make_trainer(max_epochs=1, callbacks=[lc.ModeDeficit("rnn", 0, (0, 1))])
     with pytest.raises(ValueError, match=r"pathway='rnn' is a LSTM.*returns a tuple"):
         trainer.fit(model, dm)
-    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 class UnsizedNet(TwoBranchNet):
@@ -603,7 +621,7 @@ def test_old_underscore_extension_points_still_work():
     with pytest.warns(DeprecationWarning, match=r"_resolve is deprecated"):
         class NarrowFreeze(lc.PathwayDeficit):
             def _resolve(self, trainer, pl_module):
-                super()._resolve(trainer, pl_module)
+                super()._resolve(trainer, pl_module)  # type: ignore[misc]  # the deprecated name under test
                 self.targets = {k: v for k, v in self.targets.items() if k != "left"}
 
     outputs = {}

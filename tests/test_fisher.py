@@ -14,13 +14,12 @@ import lightning_critical as lc
 from lightning_critical.fisher import fisher_trace, sample_labels
 
 
-
 def brute_force(model: nn.Module, x: torch.Tensor, seed: int) -> dict[str, float]:
     """Per-example backward passes on the module itself, one at a time."""
     model.eval()
     labels = sample_labels(model(x), torch.Generator().manual_seed(seed))
     sums: dict[str, float] = {}
-    for xi, yi in zip(x, labels):
+    for xi, yi in zip(x, labels, strict=True):
         model.zero_grad()
         (-F.log_softmax(model(xi[None]), dim=1)[0, yi]).backward()
         for name, p in model.named_parameters():
@@ -95,7 +94,7 @@ def test_fisher_monitor_records_per_layer_and_leaves_training_unchanged(tmp_path
     plain, _ = _digits_run(tmp_path / "plain", [])
     monitor = lc.FisherMonitor(every_n_epochs=2, num_batches=2)
     model, trainer = _digits_run(tmp_path / "fisher", [monitor])
-    for (name, a), (_, b) in zip(plain.state_dict().items(), model.state_dict().items()):
+    for (name, a), (_, b) in zip(plain.state_dict().items(), model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name  # bitwise identical training
     assert model.training and all(not m._forward_hooks for m in model.modules())
     df = monitor.to_frame()

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_trainer
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
-from conftest import make_trainer
 
 METRICS = ("singular_values", "mode_strength", "stable_rank", "subspace_drift")
 
@@ -118,7 +118,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_history(tmp_path):
     checkpoints = ModelCheckpoint(dirpath=str(ckpt_dir), filename="{step}", every_n_train_steps=10, save_top_k=-1)
     net, _ = fit([resumed, checkpoints], epochs, ckpt_path=ckpt, logger=logger_at(tmp_path / "resumed"),
                  enable_checkpointing=True, weights_only=True)
-    for (name, a), (_, b) in zip(whole_net.state_dict().items(), net.state_dict().items()):
+    for (name, a), (_, b) in zip(whole_net.state_dict().items(), net.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     # The file holds exactly the rows of the uninterrupted run: none twice, subspace_drift
     # continuing across the resume (at step 21 it compares with step 18, from the checkpoint).
@@ -148,15 +148,17 @@ def test_a_foreign_file_or_directory_is_refused_before_training(tmp_path):
     with open(foreign, "w") as fh:
         fh.write("seed,accuracy\n0,0.93\n")
     _, net = small_net()
-    before = net.pathways.a[0].weight.detach().clone()
-    with pytest.raises(ValueError, match=r"results.csv' exists and is not a monitor history.*choose another history_file"):
+    before = net.get_parameter("pathways.a.0.weight").detach().clone()
+    with pytest.raises(
+        ValueError, match=r"results.csv' exists and is not a monitor history.*choose another history_file"
+    ):
         fit([monitor(history_file="results.csv")], 5, logger=logger_at(tmp_path), net=net)
     with open(foreign) as fh:
         assert fh.read() == "seed,accuracy\n0,0.93\n"  # untouched
     os.makedirs(os.path.join(log_dir, "sub.csv"))
     with pytest.raises(ValueError, match="is a directory"):
         fit([monitor(history_file="sub.csv")], 5, logger=logger_at(tmp_path), net=net)
-    assert torch.equal(net.pathways.a[0].weight, before)
+    assert torch.equal(net.get_parameter("pathways.a.0.weight"), before)
 
 
 def test_a_history_cut_short_by_a_crash_is_read_back_without_its_last_line(tmp_path):
@@ -216,10 +218,12 @@ def test_two_monitors_side_by_side_each_with_its_own_state_and_file(tmp_path):
 def test_two_monitors_writing_one_history_file_are_refused_before_training(tmp_path):
     first, second = monitor(every_n_steps=2), monitor(every_n_steps=5)
     _, net = small_net()
-    before = net.pathways.a[0].weight.detach().clone()
-    with pytest.raises(ValueError, match=r"history_file='spectral_history.csv' is used by two monitors.*its own history_file"):
+    before = net.get_parameter("pathways.a.0.weight").detach().clone()
+    with pytest.raises(
+        ValueError, match=r"history_file='spectral_history.csv' is used by two monitors.*its own history_file"
+    ):
         fit([first, second], 5, logger=logger_at(tmp_path), net=net)
-    assert torch.equal(net.pathways.a[0].weight, before)
+    assert torch.equal(net.get_parameter("pathways.a.0.weight"), before)
     assert not os.path.exists(os.path.join(logger_at(tmp_path).log_dir, "spectral_history.csv"))
     # without a logger nothing is written, so the two may share the (unused) name
     fit([monitor(every_n_steps=2), monitor(every_n_steps=5)], 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import namedtuple
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -12,7 +13,6 @@ from torch import nn
 
 import lightning_critical as lc
 from lightning_critical.deficits.input import blur, downsample
-
 
 Pair = namedtuple("Pair", ["image", "label"])
 
@@ -44,8 +44,8 @@ class Recorder(pl.LightningModule):
         super().__init__()
         self.kind, self.key = kind, input_key
         self.net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4, 4))
-        self.train_batches: list[tuple[int, int, object]] = []
-        self.val_batches: list[object] = []
+        self.train_batches: list[tuple[int, int, Any]] = []
+        self.val_batches: list[Any] = []
 
     def training_step(self, batch, batch_idx):
         self.train_batches.append((self.current_epoch, self.global_step, _clone(batch)))
@@ -147,8 +147,10 @@ def test_label_shuffle_in_training_and_global_rng_untouched(tmp_path):
     fit(model, [lc.InputDeficit("label_shuffle", window=(0, 1), seed=3)], tmp_path / "b", epochs=2)
     first, later = model.train_batches[:2], model.train_batches[2:]
     assert all(not torch.equal(b[1], LABELS[:8]) and not torch.equal(b[1], LABELS[8:]) for _, _, b in first)
-    assert all(torch.equal(b[0], p[0]) for (_, _, b), (_, _, p) in zip(model.train_batches, plain.train_batches))
-    assert all(torch.equal(b[1], p[1]) for (_, _, b), (_, _, p) in zip(later, plain.train_batches[2:]))
+    assert all(
+        torch.equal(b[0], p[0]) for (_, _, b), (_, _, p) in zip(model.train_batches, plain.train_batches, strict=True)
+    )
+    assert all(torch.equal(b[1], p[1]) for (_, _, b), (_, _, p) in zip(later, plain.train_batches[2:], strict=True))
 
 
 def test_two_input_deficits_compose_and_both_detach(tmp_path):
@@ -207,9 +209,9 @@ def test_resuming_inside_the_window_reapplies_the_same_corruption(tmp_path):
     trainer.fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     seen = first.train_batches + resumed.train_batches
     assert [s for _, s, _ in seen] == [s for _, s, _ in full.train_batches]
-    for (_, step, a), (_, _, b) in zip(seen, full.train_batches):
+    for (_, step, a), (_, _, b) in zip(seen, full.train_batches, strict=True):
         assert torch.equal(a[0], b[0]), step
-    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -217,7 +219,7 @@ def test_resuming_inside_the_window_reapplies_the_same_corruption(tmp_path):
 class NoBatchIdx(Recorder):
     """A valid training_step that takes the batch only (Lightning then passes no batch_idx)."""
 
-    def training_step(self, batch):
+    def training_step(self, batch):  # type: ignore[override]  # Lightning allows it; the case under test
         return super().training_step(batch, None)
 
 
@@ -258,7 +260,8 @@ class NoiseRecorder(Recorder):
 def _accumulating_fit(model, root, epochs, ckpt=None):
     trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         default_root_dir=root, callbacks=[lc.InputDeficit("noise", window=(0, 4), noise_std=0.3, seed=5)])
+                         default_root_dir=root,
+                         callbacks=[lc.InputDeficit("noise", window=(0, 4), noise_std=0.3, seed=5)])
     trainer.fit(model, ckpt_path=ckpt)
     return trainer
 
@@ -269,7 +272,7 @@ def test_noise_differs_between_micro_batches_and_ranks_and_resumes_identically(t
     full = NoiseRecorder()
     _accumulating_fit(full, tmp_path / "full", 4)
     assert [(e, s, i) for e, s, i, _ in full.seen] == [(e, e, i) for e in range(4) for i in range(2)]
-    for (_, _, _, a), (_, _, _, b) in zip(full.seen[::2], full.seen[1::2]):  # the two micro-batches of a step
+    for (_, _, _, a), (_, _, _, b) in zip(full.seen[::2], full.seen[1::2], strict=True):  # a step's two micro-batches
         assert not torch.allclose(a, b)
     # interrupted after epoch 1, resumed with a fresh callback: the same draws
     pl.seed_everything(0)
@@ -280,7 +283,7 @@ def test_noise_differs_between_micro_batches_and_ranks_and_resumes_identically(t
     _accumulating_fit(resumed, tmp_path / "b", 4, ckpt=tmp_path / "mid.ckpt")
     seen = first.seen + resumed.seen
     assert [k[:3] for k in seen] == [k[:3] for k in full.seen]
-    assert all(torch.equal(a[3], b[3]) for a, b in zip(seen, full.seen))
+    assert all(torch.equal(a[3], b[3]) for a, b in zip(seen, full.seen, strict=True))
     # DDP ranks draw their own noise too
     deficit = lc.InputDeficit("noise", window=(0, 1))
     batch = (IMAGES[:8], LABELS[:8])
@@ -308,7 +311,7 @@ def test_copies_taken_inside_the_window_come_out_clean(tmp_path, kind):
     # Item 13: a deep copy used to keep the wrapper, which blurred and called the ORIGINAL module.
     model = Recorder()
     if kind == "own":  # the module already had an instance-level training_step
-        model.training_step = model.training_step
+        model.training_step = model.training_step  # type: ignore[method-assign]  # the case under test
     snap = SnapshotInWindow()
     fit(model, [lc.InputDeficit("blur", window=(1, 2), factor=2), snap], tmp_path)
     assert len(snap.copies) == 2
@@ -356,7 +359,8 @@ def test_blur_of_sequences_needs_spatial_dims_and_then_blurs_time(tmp_path):
     start = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"spatial_dims.*\(N, T, D\)"):
         fit(model, [lc.InputDeficit("blur", window=(1, 2), factor=2)], tmp_path)  # the window opens later ...
-    assert model.seen == [] and all(torch.equal(a, p) for a, p in zip(start, model.parameters()))  # ... caught at once
+    # ... caught at once
+    assert model.seen == [] and all(torch.equal(a, p) for a, p in zip(start, model.parameters(), strict=True))
     model = Sequences()
     fit(model, [lc.InputDeficit("blur", window=(0, 1), factor=2, spatial_dims=(1,))], tmp_path, epochs=1)
     x = model.train_dataloader().dataset.tensors[0][:4]

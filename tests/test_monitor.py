@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_trainer, read_tensorboard
 from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
-from conftest import make_trainer, read_tensorboard
 
 
 def small_net(**kw):
@@ -37,7 +37,14 @@ def test_records_at_step_zero_then_every_n_and_at_the_end(tmp_path):
     # the last record is the trained model.
     s_end = frame[(frame.step == 10) & (frame.target == "b") & (frame.metric == "singular_values")].sort_values("index")
     assert np.allclose(s_end.value, torch.linalg.svdvals(net.end_to_end_maps()["b"]).numpy(), rtol=1e-5)
-    assert set(frame.metric) == {"singular_values", "mode_strength", "effective_rank", "stable_rank", "spectral_norm", "frobenius_norm"}
+    assert set(frame.metric) == {
+        "singular_values",
+        "mode_strength",
+        "effective_rank",
+        "stable_rank",
+        "spectral_norm",
+        "frobenius_norm",
+    }
     assert set(frame[frame.metric == "effective_rank"]["index"]) == {-1}
 
 
@@ -91,7 +98,9 @@ def test_csv_history_and_tensorboard_content(tmp_path):
 
     raw = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
     layout = layout_pb2.Layout.FromString(raw)
-    charts = {c.title: list(c.multiline.tag) for cat in layout.category if cat.title == "mode strength" for c in cat.chart}
+    charts = {
+        c.title: list(c.multiline.tag) for cat in layout.category if cat.title == "mode strength" for c in cat.chart
+    }
     assert len(charts) == 8
     assert charts["mode 0"] == ["mode_strength/a/0", "mode_strength/b/0", "theory/mode_strength/a/0"]
 
@@ -117,8 +126,9 @@ def test_targets_globs_and_weights(tmp_path):
 
 
 def test_mode_strength_is_silent_without_a_basis_unless_asked_for(tmp_path, monkeypatch):
-    import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
     from conftest import TwoBranchNet
+
+    import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
 
     said: list[str] = []
     monkeypatch.setattr(spectral_monitor_module, "rank_zero_info", said.append)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_trainer
 from pytorch_lightning import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
-from conftest import make_trainer
 
 WINDOW = (3, 12)  # epochs = optimizer steps here (one full batch per epoch)
 EPOCHS = 16
@@ -38,7 +38,8 @@ def intact_maps(net: lc.models.MultiPathwayLinearNet) -> dict[str, torch.Tensor]
     out = {}
     with torch.no_grad():
         for name, seq in net.pathways.items():
-            h = torch.eye(net.hparams.in_features)
+            assert isinstance(seq, nn.Sequential)
+            h = torch.eye(net.hparams["in_features"])
             for layer in seq:
                 h = h @ layer.weight.T if isinstance(layer, nn.Linear) else torch.tanh(h)
             out[name] = h.T.clone()
@@ -63,7 +64,7 @@ def fit_tanh(callbacks: list) -> lc.models.MultiPathwayLinearNet:
 
 
 def assert_bitwise_equal(a: nn.Module, b: nn.Module) -> None:
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
 
 
@@ -76,7 +77,8 @@ def test_monitor_leaves_a_noise_or_silence_run_bitwise_unchanged(mode, deficit_f
     reference = fit_tanh([deficit()])
     untouched = fit_tanh([])
     # the deficit does change training, so an equal result below is not trivially equal
-    assert not torch.equal(reference.pathways.b[0].weight, untouched.pathways.b[0].weight)
+    weight = "pathways.b.0.weight"
+    assert not torch.equal(reference.get_parameter(weight), untouched.get_parameter(weight))
 
     monitor = lc.SpectralMonitor(targets="maps", every_n_steps=2, metrics=("singular_values",), history_file=None)
     snapshot = Snapshot()
@@ -123,7 +125,9 @@ class RandomProbeNet(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(1)
-        return DataLoader(TensorDataset(torch.randn(32, 6, generator=gen), torch.randn(32, 3, generator=gen)), batch_size=8)
+        return DataLoader(
+            TensorDataset(torch.randn(32, 6, generator=gen), torch.randn(32, 3, generator=gen)), batch_size=8
+        )
 
 
 class ModeCheck(Callback):

@@ -13,7 +13,13 @@ def test_half_open_in_epochs_and_steps():
 
 @pytest.mark.parametrize(
     "args, match",
-    [((5, 5), "empty"), ((6, 2), "empty"), ((-1, 3), "start=-1"), ((0.5, 3), "integer"), ((0, 3, "minute"), "unit='minute'")],
+    [
+        ((5, 5), "empty"),
+        ((6, 2), "empty"),
+        ((-1, 3), "start=-1"),
+        ((0.5, 3), "integer"),
+        ((0, 3, "minute"), "unit='minute'"),
+    ],
 )
 def test_bad_windows_name_the_value(args, match):
     with pytest.raises(ValueError, match=match):

@@ -25,7 +25,6 @@ from lightning_critical.spectral import (
     subspace_drift,
 )
 
-
 ALL_METRICS = (
     "singular_values",
     "spectral_norm",
@@ -100,7 +99,7 @@ def documented_views(m: Zoo) -> dict[str, torch.Tensor]:
     return views
 
 
-def metric_formulas(s: np.ndarray, shape: tuple[int, int]) -> dict[str, float]:
+def metric_formulas(s: np.ndarray, shape: tuple[int, ...]) -> dict[str, float]:
     """The documented formulas, written independently of lightning_critical.spectral."""
     s = np.sort(s.astype(np.float64))[::-1]
     p = s / s.sum()
@@ -121,7 +120,8 @@ class Snapshot(pl.Callback):
     """Copies the documented views when the monitor records step ``at_step``."""
 
     def __init__(self, at_step: int) -> None:
-        self.at_step, self.views = at_step, {}
+        self.at_step = at_step
+        self.views: dict[str, torch.Tensor] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.at_step:
@@ -186,6 +186,7 @@ def test_subspace_drift_formula():
     torch.manual_seed(1)
     a, b = torch.randn(7, 5), torch.randn(7, 5)
     (sa, ua), (sb, ub) = singular_values({"a": a, "b": b}, with_vectors=True).values()
+    assert ua is not None and ub is not None
     k = 3
     ref_a = torch.linalg.svd(a.double(), full_matrices=False)[0][:, :k]
     ref_b = torch.linalg.svd(b.double(), full_matrices=False)[0][:, :k]
@@ -255,7 +256,7 @@ def test_bitwise_identical_training_and_nothing_attached(tmp_path):
     pl.seed_everything(3)
     model = Zoo()
     fit(model, [monitor], tmp_path / "b", logger=logger)
-    for (name, a), (_, b) in zip(reference.state_dict().items(), model.state_dict().items()):
+    for (name, a), (_, b) in zip(reference.state_dict().items(), model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert set(model.__dict__) == model_dict_keys
     for module in model.modules():
@@ -445,7 +446,9 @@ def test_float64_hints_survive_a_resume(tmp_path, monkeypatch):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     def trainer(monitor, ckpt_dir="ckpt"):
-        checkpoints = ModelCheckpoint(dirpath=str(tmp_path / ckpt_dir), filename="{step}", every_n_train_steps=1, save_top_k=-1)
+        checkpoints = ModelCheckpoint(
+            dirpath=str(tmp_path / ckpt_dir), filename="{step}", every_n_train_steps=1, save_top_k=-1
+        )
         return pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                           default_root_dir=tmp_path, callbacks=[monitor, checkpoints])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -14,14 +15,16 @@ from lightning_critical.models import DeepMatrixFactorization
 from lightning_critical.tasks import TaskSwitch, TaskSwitchable
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                             devices=1)
 
 
 class TaskRecorder(pl.Callback):
     """Which task's ground truth each optimizer step actually trained on."""
 
     def __init__(self, dm: MatrixCompletionDataModule) -> None:
-        self.dm, self.seen = dm, []
+        self.dm = dm
+        self.seen: list[tuple[int, int, str]] = []  # (epoch, step, task)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         name = next(n for n in self.dm.tasks if torch.equal(batch["ground_truth"], self.dm.ground_truth(n)))
@@ -72,7 +75,7 @@ def test_unknown_task_fails_before_training():
     with pytest.raises(ValueError, match=r"'targett'.*valid tasks: \['pretrain', 'target'\]"):
         trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 0
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 class PlainDataModule(pl.LightningDataModule):
@@ -108,7 +111,8 @@ def test_task_at_is_a_pure_function_of_time():
     switch = TaskSwitch({10: "b", 20: "c"})
     switch._initial_task = "a"
     assert [switch.task_at(t) for t in (0, 9, 10, 19, 20, 500)] == ["a", "a", "b", "b", "c", "c"]
-    assert TaskSwitch({"40000": "b"}).schedule == {40000: "b"}  # as a YAML/CLI config may give it
+    # as a YAML/CLI config may give it (the annotation says int: the type jsonargparse parses keys to)
+    assert TaskSwitch({"40000": "b"}).schedule == {40000: "b"}  # type: ignore[dict-item]
     assert lc.TaskSwitch is TaskSwitch
 
 
@@ -131,7 +135,7 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, unit, stop_at):
     first.save_checkpoint(ckpt)
     _, resumed, dm = _fit(tmp_path / "b", 20, ckpt_path=str(ckpt), unit=unit)
     assert dm.task == full_dm.task == "target"
-    for a, b in zip(full.parameters(), resumed.parameters()):
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -184,9 +188,9 @@ def test_initial_task_explicit_from_the_target_or_as_the_user_set_it():
 def test_schedule_keys_that_mean_one_time_are_an_error():
     np = pytest.importorskip("numpy")
     with pytest.raises(ValueError, match=r"schedule keys '3' and 3 both mean epoch 3"):
-        TaskSwitch({"3": "a", 3: "b"})
+        TaskSwitch({"3": "a", 3: "b"})  # type: ignore[dict-item]  # a config's digit-string key
     with pytest.raises(ValueError, match=r"schedule keys 3 and '3' both mean step 3"):
-        TaskSwitch({3: "a", "3": "b"}, unit="step")
+        TaskSwitch({3: "a", "3": "b"}, unit="step")  # type: ignore[dict-item]  # a config's digit-string key
     assert TaskSwitch({np.int64(3): "a"}).schedule == {3: "a"}  # np.arange sweeps
     assert isinstance(TaskSwitch.__dict__["state_key"], property)
     assert TaskSwitch({1: "a"}).state_key != TaskSwitch({1: "a"}, initial="b").state_key

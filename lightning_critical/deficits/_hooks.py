@@ -26,7 +26,8 @@ Nothing here imports Lightning.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -34,9 +35,9 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_critical.probing import is_probing
 
-Modules = Union[nn.Module, Iterable[nn.Module]]
-PreHook = Callable[[nn.Module, tuple], Optional[Any]]
-PostHook = Callable[[nn.Module, tuple, Any], Optional[Any]]
+Modules = nn.Module | Iterable[nn.Module]
+PreHook = Callable[[nn.Module, tuple], Any | None]
+PostHook = Callable[[nn.Module, tuple, Any], Any | None]
 
 
 def _targets(modules: Modules) -> dict[int, nn.Module]:
@@ -62,7 +63,7 @@ def forward_pre_hook(modules: Modules, hook: PreHook) -> RemovableHandle:
     """
     targets = _targets(modules)
 
-    def dispatch(module: nn.Module, args: tuple) -> Optional[Any]:
+    def dispatch(module: nn.Module, args: tuple) -> Any | None:
         # Identity, so a copy of a target (same class, equal weights) is never touched.
         if targets.get(id(module)) is not module or not module.training or is_probing():
             return None
@@ -72,7 +73,9 @@ def forward_pre_hook(modules: Modules, hook: PreHook) -> RemovableHandle:
 
 
 def forward_hook(modules: Modules, hook: PostHook) -> RemovableHandle:
-    """Call ``hook(module, args, output)`` after the forward of each of ``modules``; a non-``None`` return replaces the output.
+    """Call ``hook(module, args, output)`` after the forward of each of ``modules``.
+
+    A non-``None`` return replaces the output.
 
     Example::
 
@@ -86,7 +89,7 @@ def forward_hook(modules: Modules, hook: PostHook) -> RemovableHandle:
     """
     targets = _targets(modules)
 
-    def dispatch(module: nn.Module, args: tuple, output: Any) -> Optional[Any]:
+    def dispatch(module: nn.Module, args: tuple, output: Any) -> Any | None:
         if targets.get(id(module)) is not module or not module.training or is_probing():
             return None
         return hook(module, args, output)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning import Callback
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_critical._lightning import log_scalars, steps_per_epoch
+from lightning_critical._lightning import callbacks_of, log_scalars, steps_per_epoch
 from lightning_critical.deficits import _hooks
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import Window, WindowLike
@@ -80,13 +80,15 @@ class WindowedDeficit(Callback):
         'HalfGain'
     """
 
-    def __init__(self, window: WindowLike, unit: str = "epoch", name: Optional[str] = None) -> None:
+    def __init__(self, window: WindowLike, unit: str = "epoch", name: str | None = None) -> None:
         self.window = Window.coerce(window, unit)
         if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"name={name!r} is not valid: it must be None or a non-empty string (the deficit/<name> scalar).")
+            raise ValueError(
+                f"name={name!r} is not valid: it must be None or a non-empty string (the deficit/<name> scalar)."
+            )
         self._name = name
         self._handles: list[Any] = []
-        self._last_logged: Optional[int] = None
+        self._last_logged: int | None = None
         self._scalar_group: list[WindowedDeficit] = [self]
         self._unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
         self.targets: dict[str, Any] = {}
@@ -98,17 +100,19 @@ class WindowedDeficit(Callback):
             if old in own and public not in own:
                 if not cls.__module__.startswith("lightning_critical."):
                     warnings.warn(
-                        f"{cls.__qualname__}.{old} is deprecated: override {public} instead.", DeprecationWarning, stacklevel=2
+                        f"{cls.__qualname__}.{old} is deprecated: override {public} instead.",
+                        DeprecationWarning,
+                        stacklevel=2,
                     )
                 setattr(cls, public, own[old])
             elif public in own and old not in own:
                 setattr(cls, old, own[public])
 
     # -- what subclasses provide -------------------------------------------------------
-    def resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Find and validate what the deficit acts on (set :attr:`targets`); raise ``ValueError`` on bad input."""
 
-    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[Any]:
+    def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
         """Install the deficit's hooks when the window opens; return their handles (objects with ``remove()``)."""
         return []
 
@@ -124,7 +128,9 @@ class WindowedDeficit(Callback):
 
     @staticmethod
     def register_forward_pre_hook(modules: _hooks.Modules, hook: _hooks.PreHook) -> RemovableHandle:
-        """Call ``hook(module, args)`` before each training-mode forward of ``modules`` (returning new ``args`` or ``None``).
+        """Call ``hook(module, args)`` before each training-mode forward of ``modules``.
+
+        The hook returns new ``args``, or ``None`` to keep them.
 
         Unlike ``module.register_forward_pre_hook`` nothing is stored on the module, so
         copies of the model never carry the hook (see :mod:`lightning_critical.deficits._hooks`);
@@ -162,27 +168,27 @@ class WindowedDeficit(Callback):
         """Whether the deficit's hooks are attached right now."""
         return bool(self._handles)
 
-    def is_active(self, trainer: "pl.Trainer") -> bool:
+    def is_active(self, trainer: pl.Trainer) -> bool:
         """Whether the next update lies inside the window."""
         return self.window.contains(epoch=trainer.current_epoch, step=trainer.global_step)
 
     @override
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.resolve(trainer, pl_module)
         self._last_logged = None
         self._scalar_group, self._unsure_overlaps = [self], []
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         per_epoch = steps_per_epoch(trainer)
         self._check_overlaps(trainer, per_epoch)
         self._warn_if_unreachable(trainer, per_epoch)
         self._scalar_group = [
-            cb for cb in trainer.callbacks if isinstance(cb, WindowedDeficit) and cb.name == self.name  # type: ignore[attr-defined]
+            cb for cb in callbacks_of(trainer) if isinstance(cb, WindowedDeficit) and cb.name == self.name
         ]
 
-    def _check_overlaps(self, trainer: "pl.Trainer", per_epoch: Optional[int]) -> None:
-        for other in trainer.callbacks:  # type: ignore[attr-defined]
+    def _check_overlaps(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
+        for other in callbacks_of(trainer):
             if other is self or not isinstance(other, WindowedDeficit):
                 continue
             if self.window.comparable(other.window, per_epoch):
@@ -206,12 +212,13 @@ class WindowedDeficit(Callback):
                 )
                 self._unsure_overlaps.append((other, what))
 
-    def _warn_if_unreachable(self, trainer: "pl.Trainer", per_epoch: Optional[int]) -> None:
+    def _warn_if_unreachable(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
         w = self.window
         max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
         limit_steps = max_steps if max_steps is not None and max_steps >= 0 else None
         if limit_steps is None and max_epochs is not None and max_epochs >= 0 and per_epoch is not None:
             limit_steps = max_epochs * per_epoch
+        limit: float
         if w.unit == "epoch" and max_epochs is not None and max_epochs >= 0:
             limit, what = max_epochs, f"max_epochs={max_epochs}"
         elif limit_steps is not None:
@@ -225,7 +232,9 @@ class WindowedDeficit(Callback):
             rank_zero_warn(f"{self.label} ends after {what}: it will be cut short.")
 
     @override
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         active = self.is_active(trainer)
         if active:
             for other, what in self._unsure_overlaps:
@@ -240,7 +249,7 @@ class WindowedDeficit(Callback):
             self.detach()
         self._log_state(trainer)
 
-    def _log_state(self, trainer: "pl.Trainer") -> None:
+    def _log_state(self, trainer: pl.Trainer) -> None:
         # Deficits sharing a name share the scalar; the first of them logs "any is active",
         # so the curve never gets two values at one step.
         if self._scalar_group[0] is not self:
@@ -255,21 +264,21 @@ class WindowedDeficit(Callback):
         self._last_logged = value
 
     @override
-    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.detach()
 
     @override
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_logged is not None:
             log_scalars(trainer, {f"deficit/{self.name}": float(self._last_logged)}, trainer.global_step)
         self.detach()
 
     @override
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.detach()
 
     @override
-    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.detach()
 
     def detach(self) -> None:
@@ -279,6 +288,8 @@ class WindowedDeficit(Callback):
         self._handles = []
 
 
+# The deprecated names (_RENAMED) are bound outside the class body so that type checkers and
+# the API docs see only the public ones; hence the ignores.
 WindowedDeficit._resolve = WindowedDeficit.resolve  # type: ignore[attr-defined]
 WindowedDeficit._attach = WindowedDeficit.attach  # type: ignore[attr-defined]
 WindowedDeficit._default_name = WindowedDeficit.default_name  # type: ignore[attr-defined]
@@ -306,7 +317,11 @@ def shared_target(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
         for b_name, b in theirs.items():
             if isinstance(a, nn.Module) and isinstance(b, nn.Module):
                 what = _module_relation(a_name, a, b_name, b)
-            elif a_name and b_name and (a_name == b_name or a_name.startswith(b_name + ".") or b_name.startswith(a_name + ".")):
+            elif (
+                a_name
+                and b_name
+                and (a_name == b_name or a_name.startswith(b_name + ".") or b_name.startswith(a_name + "."))
+            ):
                 what = f"{a_name!r}/{b_name!r}"
             else:
                 what = ""

@@ -7,8 +7,9 @@ import functools
 import hashlib
 import inspect
 import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -22,14 +23,23 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import WindowLike
 
-__all__ = ["InputDeficit", "TRANSFORMS", "Transform", "TransformContext", "blur", "downsample", "INPUT_KEYS", "TARGET_KEYS"]
+__all__ = [
+    "InputDeficit",
+    "TRANSFORMS",
+    "Transform",
+    "TransformContext",
+    "blur",
+    "downsample",
+    "INPUT_KEYS",
+    "TARGET_KEYS",
+]
 
 _UPSAMPLE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 BatchFn = Callable[[Any], Any]
 
 
 # -- tensor transforms over chosen spatial / temporal dimensions ------------------------------
-def _dims_or_trailing(x: Tensor, dims: Optional[Sequence[int]]) -> tuple[int, ...]:
+def _dims_or_trailing(x: Tensor, dims: Sequence[int] | None) -> tuple[int, ...]:
     return tuple(range(2, x.dim())) if dims is None else tuple(dims)
 
 
@@ -46,7 +56,7 @@ def _over_dims(x: Tensor, dims: tuple[int, ...], fn: Callable[[Tensor], Tensor])
     return out.permute(*(perm.index(d) for d in range(x.dim())))
 
 
-def blur(x: Tensor, factor: int, dims: Optional[Sequence[int]] = None) -> Tensor:
+def blur(x: Tensor, factor: int, dims: Sequence[int] | None = None) -> Tensor:
     """Downsample by ``factor`` (area averaging) and upsample back (linear interpolation).
 
     ``dims`` are the 1 to 3 spatial (or temporal) dimensions, by default every dimension after
@@ -69,7 +79,7 @@ def blur(x: Tensor, factor: int, dims: Optional[Sequence[int]] = None) -> Tensor
     return _over_dims(x, dims, down_up)
 
 
-def downsample(x: Tensor, factor: int, dims: Optional[Sequence[int]] = None) -> Tensor:
+def downsample(x: Tensor, factor: int, dims: Sequence[int] | None = None) -> Tensor:
     """Area-average the spatial dimensions ``dims`` (default: all after the first two) to ``max(1, L // factor)``.
 
     Example::
@@ -150,7 +160,7 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_spatial_dims(value: Any) -> Optional[tuple[int, ...]]:
+def _check_spatial_dims(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
     dims = (value,) if _is_integer(value) else value
@@ -227,8 +237,8 @@ class InputDeficit(WindowedDeficit):
         unit: unit of a tuple ``window``: ``"epoch"`` or ``"step"``.
         seed: seed of the random transforms (integer >= 0).
         name: key of the ``deficit/<name>`` scalar (default ``input/<transform>``).
-        spatial_dims: spatial / temporal dimensions of the input for ``"blur"``,
-            ``"downsample"`` and ``"vflip"`` (see above).
+        spatial_dims: spatial / temporal dimensions of the input (one index or a sequence) for
+            ``"blur"``, ``"downsample"`` and ``"vflip"`` (see above).
 
     Raises:
         ValueError: unknown transform, bad factor / noise_std / seed / keys / spatial_dims /
@@ -245,7 +255,7 @@ class InputDeficit(WindowedDeficit):
 
     def __init__(
         self,
-        transform: Union[str, BatchFn],
+        transform: str | BatchFn,
         window: WindowLike,
         factor: int = 4,
         noise_std: float = 1.0,
@@ -253,8 +263,8 @@ class InputDeficit(WindowedDeficit):
         target_key: Key = None,
         unit: str = "epoch",
         seed: int = 0,
-        name: Optional[str] = None,
-        spatial_dims: Optional[Sequence[int]] = None,
+        name: str | None = None,
+        spatial_dims: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__(window, unit=unit, name=name)
         if isinstance(transform, str) or not callable(transform):
@@ -302,10 +312,14 @@ class InputDeficit(WindowedDeficit):
         key = self.batch_spec.target_key_of(batch) if spec.acts_on == "target" else self.batch_spec.input_key_of(batch)
         tensor = get(batch, key, spec.acts_on, self.batch_spec.owner)
         if spec.floating and not tensor.is_floating_point():
-            raise ValueError(f"{self.batch_spec.owner} needs a floating-point {spec.acts_on}; element {key!r} has dtype "
-                             f"{tensor.dtype} and shape {tuple(tensor.shape)}.")
+            raise ValueError(
+                f"{self.batch_spec.owner} needs a floating-point {spec.acts_on}; element {key!r} has dtype "
+                f"{tensor.dtype} and shape {tuple(tensor.shape)}."
+            )
         if spec.acts_on == "target" and tensor.dim() == 0:
-            raise ValueError(f"{self.batch_spec.owner}: the target (element {key!r}) is a scalar; it needs a batch dimension.")
+            raise ValueError(
+                f"{self.batch_spec.owner}: the target (element {key!r}) is a scalar; it needs a batch dimension."
+            )
         dims = self._spatial_dims_for(tensor) if spec.spatial else ()
         return key, tensor, dims
 
@@ -325,17 +339,21 @@ class InputDeficit(WindowedDeficit):
         spec = TRANSFORMS[self.transform]
         key, tensor, dims = self._element(batch, spec)
         seed = _mixed_seed(self.seed, step, batch_idx, rank)
-        ctx = TransformContext(self.factor, self.noise_std, dims, lambda device: torch.Generator(device=device).manual_seed(seed))
+        ctx = TransformContext(
+            self.factor, self.noise_std, dims, lambda device: torch.Generator(device=device).manual_seed(seed)
+        )
         return replace(batch, key, spec.fn(tensor, ctx))
 
     # -- attaching ---------------------------------------------------------------------------
     @override
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self._checked = False
 
     @override
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch_idx = batch_idx
         if not self._checked:  # a wrong key or shape fails at the first batch, not when the window opens
             self.check_batch(batch)
@@ -343,7 +361,7 @@ class InputDeficit(WindowedDeficit):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     @override
-    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[Any]:
+    def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
         def transform(batch: Any) -> Any:
             return self.apply(batch, trainer.global_step, self._batch_idx, trainer.global_rank)
 
@@ -397,7 +415,7 @@ class _BatchTransformHandle:
     and can be removed in any order; the last removal restores the module's ``__dict__``.
     """
 
-    def __init__(self, pl_module: "pl.LightningModule", fn: BatchFn) -> None:
+    def __init__(self, pl_module: pl.LightningModule, fn: BatchFn) -> None:
         self.module, self.fn = pl_module, fn
         current = pl_module.__dict__.get("training_step")
         if not isinstance(current, _TrainingStep):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_critical._lightning import datamodule_of
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.protocols import TaskBasis, check_task_basis, end_to_end_maps, find_task_basis, resolve_modules
 from lightning_critical.schedule import WindowLike
@@ -62,11 +64,11 @@ class ModeDeficit(WindowedDeficit):
     def __init__(
         self,
         pathway: str,
-        modes: Union[int, Sequence[int]],
+        modes: int | Sequence[int],
         window: WindowLike,
-        task_basis: Optional[TaskBasis] = None,
+        task_basis: TaskBasis | None = None,
         unit: str = "epoch",
-        name: Optional[str] = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(window, unit=unit, name=name)
         if not isinstance(pathway, str) or not pathway:
@@ -88,8 +90,8 @@ class ModeDeficit(WindowedDeficit):
             )
         self.modes = [int(m) for m in listed]
         self._basis = None if task_basis is None else self._check_basis(task_basis, "task_basis")
-        self._u: Optional[Tensor] = None
-        self._v: Optional[Tensor] = None
+        self._u: Tensor | None = None
+        self._v: Tensor | None = None
 
     def _check_basis(self, basis: Any, what: str) -> TaskBasis:
         u, s, v = check_task_basis(basis, what)
@@ -112,22 +114,24 @@ class ModeDeficit(WindowedDeficit):
         return f"modes/{self.pathway}/{','.join(map(str, self.modes))}"
 
     @override
-    def resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         targets = resolve_modules(pl_module, self.pathway)
         if len(targets) != 1:
-            raise ValueError(f"ModeDeficit pathway={self.pathway!r} matches {sorted(targets)}; it must match exactly one.")
+            raise ValueError(
+                f"ModeDeficit pathway={self.pathway!r} matches {sorted(targets)}; it must match exactly one."
+            )
         ((qualified, module),) = targets.items()
         if isinstance(module, _TUPLE_OUTPUTS):
             raise ValueError(
-                f"ModeDeficit pathway={self.pathway!r} is a {type(module).__name__} ({qualified!r}), whose forward returns "
-                "a tuple (outputs and states): the projection needs a pathway that maps the task input to one output "
-                "tensor. Wrap it in a module that returns the output tensor, or lesion a linear pathway."
+                f"ModeDeficit pathway={self.pathway!r} is a {type(module).__name__} ({qualified!r}), whose forward "
+                "returns a tuple (outputs and states): the projection needs a pathway that maps the task input to one "
+                "output tensor. Wrap it in a module that returns the output tensor, or lesion a linear pathway."
             )
         self.targets = targets
         if self._basis is not None:
             basis = self._basis
         else:
-            found = find_task_basis(pl_module, trainer.datamodule)
+            found = find_task_basis(pl_module, datamodule_of(trainer))
             if found is None:
                 raise ValueError(
                     "ModeDeficit needs a task basis: pass task_basis=(U, S, V) or implement task_basis() "
@@ -142,7 +146,7 @@ class ModeDeficit(WindowedDeficit):
         self._v = v[:, self.modes].detach().clone()
 
     @override
-    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
+    def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[RemovableHandle]:
         (module,) = self.targets.values()
         u, v = self._u, self._v
         assert u is not None and v is not None

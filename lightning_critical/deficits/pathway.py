@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -80,14 +81,14 @@ class PathwayDeficit(WindowedDeficit):
 
     def __init__(
         self,
-        pathways: Union[str, Sequence[str]],
+        pathways: str | Sequence[str],
         window: WindowLike,
         mode: str = "freeze",
         noise_std: float = 1.0,
         unit: str = "epoch",
         seed: int = 0,
-        name: Optional[str] = None,
-        input_index: Optional[int] = None,
+        name: str | None = None,
+        input_index: int | None = None,
     ) -> None:
         super().__init__(window, unit=unit, name=name)
         self.mode = check_choice("mode", mode, MODES)
@@ -104,7 +105,7 @@ class PathwayDeficit(WindowedDeficit):
         return f"{self.mode}/{','.join(self.pathways)}"
 
     @override
-    def resolve(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.targets = resolve_modules(pl_module, self.pathways)
 
     def _parameters(self) -> list[nn.Parameter]:
@@ -115,7 +116,7 @@ class PathwayDeficit(WindowedDeficit):
         return list(seen.values())
 
     @override
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self.mode == "freeze" and self.is_active(trainer):
             # No gradient means every torch optimizer skips the parameter entirely:
             # no momentum/Adam-moment update, no weight decay.
@@ -123,7 +124,7 @@ class PathwayDeficit(WindowedDeficit):
                 p.grad = None
 
     @override
-    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[RemovableHandle]:
+    def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[RemovableHandle]:
         modules = list(self.targets.values())
         if self.mode == "freeze" or not modules:
             return []
@@ -131,7 +132,7 @@ class PathwayDeficit(WindowedDeficit):
             return [self.register_forward_hook(modules, _silence_hook)]
         return [self.register_forward_pre_hook(modules, self._noise_hook(trainer))]
 
-    def _noise_hook(self, trainer: "pl.Trainer") -> Callable[[nn.Module, tuple], tuple]:
+    def _noise_hook(self, trainer: pl.Trainer) -> Callable[[nn.Module, tuple], tuple]:
         std = self.noise_std
         index_of = {id(m): (i, name) for i, (name, m) in enumerate(self.targets.items())}
         calls: dict[int, int] = {}
@@ -176,7 +177,9 @@ class PathwayDeficit(WindowedDeficit):
         return position
 
     @override
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # Noise hooks are keyed by the batch: re-create them for every batch while active.
         self._batch_idx = batch_idx
         if self.mode == "noise" and self.attached:

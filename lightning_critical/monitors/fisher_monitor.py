@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -89,12 +90,12 @@ class FisherMonitor(Callback):
         self,
         every_n_epochs: int = 1,
         num_batches: int = 2,
-        targets: Optional[Union[str, Sequence[str]]] = None,
-        input_key: Union[int, str, None] = None,
+        targets: str | Sequence[str] | None = None,
+        input_key: int | str | None = None,
         seed: int = 0,
         chunk_size: int = 32,
-        history_file: Optional[str] = "fisher_history.csv",
-        inputs: Optional[InputsFn] = None,
+        history_file: str | None = "fisher_history.csv",
+        inputs: InputsFn | None = None,
         labels: str = "sample",
     ) -> None:
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
@@ -115,12 +116,12 @@ class FisherMonitor(Callback):
         return self.history.to_frame()
 
     @override
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pending = []
         self._warned = set()
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not fisher_layers(pl_module, self.targets):
             raise ValueError(
                 f"FisherMonitor(targets={self.targets!r}) matches no layer with trainable parameters; "
@@ -131,14 +132,18 @@ class FisherMonitor(Callback):
         path = history_path(trainer, self.history_file)
         dropped = self.history.start(path, from_step=trainer.global_step)
         if dropped and trainer.global_step == 0:
-            rank_zero_warn(f"FisherMonitor: a new fit starts a fresh history; {dropped} records of an earlier run are dropped"
-                           + (f" (history file: {path!r})." if path else " (to_frame() shows this fit only)."))
+            rank_zero_warn(
+                f"FisherMonitor: a new fit starts a fresh history; {dropped} records of an earlier run are dropped"
+                + (f" (history file: {path!r})." if path else " (to_frame() shows this fit only).")
+            )
 
-    def _due(self, trainer: "pl.Trainer") -> bool:
+    def _due(self, trainer: pl.Trainer) -> bool:
         return trainer.current_epoch % self.every_n_epochs == 0
 
     @override
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx == 0:
             self._pending = []
         if not self._due(trainer) or batch_idx >= self.num_batches:
@@ -152,37 +157,43 @@ class FisherMonitor(Callback):
             self.record(trainer, pl_module)
 
     @override
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:  # the epoch had fewer than num_batches batches
             self.record(trainer, pl_module)
 
     @override
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pending = []
         self.history.close()
 
     @override
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._pending = []
         self.history.close()
 
-    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Estimate on the kept batches now and record (normally called by the hooks)."""
         step, epoch = trainer.global_step, trainer.current_epoch
         pending, self._pending = self._pending, []
         if len({len(args) for args in pending}) != 1:
-            raise ValueError("FisherMonitor: inputs(batch) returned different numbers of model arguments for different batches.")
-        args = tuple(torch.cat(parts) for parts in zip(*pending))
+            raise ValueError(
+                "FisherMonitor: inputs(batch) returned different numbers of model arguments for different batches."
+            )
+        args = tuple(torch.cat(parts) for parts in zip(*pending, strict=True))
         device = args[0].device
         with probing(devices=[device]):
             gen = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
-            sums = fisher_trace(pl_module, args, self.targets, generator=gen, chunk_size=self.chunk_size, labels=self.labels)
+            sums = fisher_trace(
+                pl_module, args, self.targets, generator=gen, chunk_size=self.chunk_size, labels=self.labels
+            )
         values = {layer: total / count for layer, (total, count) in sums.items()}
         values[TOTAL] = sum(values.values())
         if not math.isfinite(values[TOTAL]) and "nonfinite" not in self._warned:
             self._warned.add("nonfinite")
-            rank_zero_warn(f"FisherMonitor: the model's weights or logits are NaN or infinite at step {step}; the Fisher "
-                           "trace is recorded as NaN while that lasts (training continues).")
+            rank_zero_warn(
+                f"FisherMonitor: the model's weights or logits are NaN or infinite at step {step}; the Fisher "
+                "trace is recorded as NaN while that lasts (training continues)."
+            )
         rows: list[Record] = [(step, epoch, layer, "fisher_trace", -1, v) for layer, v in values.items()]
         self.history.extend(rows, write=trainer.is_global_zero)
         log_scalars(trainer, {f"fisher_trace/{layer}": v for layer, v in values.items()}, step)

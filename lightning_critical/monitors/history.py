@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -31,22 +32,25 @@ RESERVED_FILES: tuple[str, ...] = ("metrics.csv", "hparams.yaml")
 RESERVED_PREFIXES: tuple[str, ...] = ("events.out.tfevents",)
 
 
-def check_history_file(value: Any) -> Optional[str]:
+def check_history_file(value: Any) -> str | None:
     """Validate a monitor's ``history_file`` argument: ``None`` or a relative path inside the log directory.
 
     Example::
 
         >>> check_history_file("spectral_history.csv")
         'spectral_history.csv'
-        >>> check_history_file("../../elsewhere.csv")
+        >>> check_history_file("../../elsewhere.csv")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: history_file='../../elsewhere.csv' is not valid: it must be a relative path inside the run's log directory (no '..').
+        ValueError: history_file='../../elsewhere.csv' is not valid: it must be a relative path inside the run's
+        log directory (no '..').
     """
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"history_file={value!r} is not valid: give a file name such as 'history.csv', or None for no file.")
+        raise ValueError(
+            f"history_file={value!r} is not valid: give a file name such as 'history.csv', or None for no file."
+        )
     norm = os.path.normpath(value)
     if os.path.isabs(value) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
         raise ValueError(
@@ -60,7 +64,7 @@ def check_history_file(value: Any) -> Optional[str]:
     return value
 
 
-def _parse(row: list[str]) -> Optional[Record]:
+def _parse(row: list[str]) -> Record | None:
     """One CSV row as a record, or ``None`` if it is malformed (e.g. cut short by a crash)."""
     if len(row) != len(COLUMNS):
         return None
@@ -126,9 +130,9 @@ class History:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
-        self.path: Optional[str] = None
+        self.path: str | None = None
 
-    def start(self, path: Optional[str], from_step: int) -> int:
+    def start(self, path: str | None, from_step: int) -> int:
         """Begin a fit that starts after ``from_step`` optimizer steps; return how many records were dropped.
 
         Keeps the records taken before ``from_step`` (in memory, and in ``path`` if given), so

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_critical._checks import check_choice, check_int, check_names
-from lightning_critical._lightning import history_path, log_scalars, tensorboard_writers
+from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
 from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
@@ -139,24 +140,25 @@ class SpectralMonitor(Callback):
         >>> monitor = lc.SpectralMonitor(every_n_steps=10, metrics=("singular_values", "stable_rank"))
         >>> monitor.to_frame().columns.tolist()
         ['step', 'epoch', 'target', 'metric', 'index', 'value']
-        >>> monitor.state_key
-        "SpectralMonitor{'targets': 'auto', 'exclude': None, 'every_n_steps': 10, 'metrics': ('singular_values', 'stable_rank'), 'top_k': None, 'history_file': 'spectral_history.csv'}"
+        >>> monitor.state_key  # doctest: +NORMALIZE_WHITESPACE
+        "SpectralMonitor{'targets': 'auto', 'exclude': None, 'every_n_steps': 10,
+        'metrics': ('singular_values', 'stable_rank'), 'top_k': None, 'history_file': 'spectral_history.csv'}"
     """
 
     def __init__(
         self,
-        targets: Union[str, Sequence[str]] = "auto",
+        targets: str | Sequence[str] = "auto",
         every_n_steps: int = 25,
-        metrics: Optional[Sequence[str]] = None,
-        exclude: Optional[Union[str, Sequence[str]]] = None,
-        top_k: Optional[int] = None,
+        metrics: Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        top_k: int | None = None,
         subspace_k: int = 5,
         log_top_k: int = 4,
         histograms: bool = True,
-        theory: Optional[Theory] = None,
-        task_basis: Optional[TaskBasis] = None,
-        dtype: Optional[torch.dtype] = None,
-        history_file: Optional[str] = "spectral_history.csv",
+        theory: Theory | None = None,
+        task_basis: TaskBasis | None = None,
+        dtype: torch.dtype | None = None,
+        history_file: str | None = "spectral_history.csv",
         randomized_min_dim: int = 2048,
         method: str = "auto",
     ) -> None:
@@ -200,9 +202,9 @@ class SpectralMonitor(Callback):
 
     def _reset(self) -> None:
         """Forget everything a previous fit left (called when a fit is set up, before a checkpoint is restored)."""
-        self._last_step: Optional[int] = None
+        self._last_step: int | None = None
         self._prev_vectors: dict[str, Tensor] = {}
-        self._vectors_step: Optional[int] = None
+        self._vectors_step: int | None = None
         self._reported: set[str] = set()
         self._float64_hint: set[str] = set()
 
@@ -212,7 +214,7 @@ class SpectralMonitor(Callback):
         return self.history.to_frame()
 
     @property
-    def history_path(self) -> Optional[str]:
+    def history_path(self) -> str | None:
         """The CSV file the records are appended to (rank zero, while fitting)."""
         return self.history.path
 
@@ -243,11 +245,13 @@ class SpectralMonitor(Callback):
     # -- spectra ---------------------------------------------------------------------------
     def _spectra(
         self, mats: dict[str, Tensor], want_vectors: bool, update_hints: bool = True
-    ) -> dict[str, tuple[Tensor, Optional[Tensor]]]:
+    ) -> dict[str, tuple[Tensor, Tensor | None]]:
         """``singular_values`` of every target. A CPU matrix whose last spectrum was too
         ill-conditioned for the float32 Gram route goes straight to the float64 one: the
         conditioning of a layer changes slowly, so this saves the wasted float32 pass."""
-        kw = dict(dtype=self.dtype, top_k=self.top_k, with_vectors=want_vectors, randomized_min_dim=self.randomized_min_dim)
+        kw = dict(
+            dtype=self.dtype, top_k=self.top_k, with_vectors=want_vectors, randomized_min_dim=self.randomized_min_dim
+        )
         if self.method not in ("auto", "gram32") or want_vectors or self.top_k is not None:
             return singular_values(mats, method=self.method, **kw)
         hinted = {n: m for n, m in mats.items() if n in self._float64_hint}
@@ -256,7 +260,12 @@ class SpectralMonitor(Callback):
         if update_hints:
             for name, (s, _) in spectra.items():
                 m = mats[name]
-                if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and not bool(float32_gram_accepts(s[None])):
+                if (
+                    m.device.type == "cpu"
+                    and min(m.shape) >= GRAM_MIN_DIM
+                    and s.numel()
+                    and not bool(float32_gram_accepts(s[None]))
+                ):
                     self._float64_hint.add(name)
                 else:
                     self._float64_hint.discard(name)
@@ -282,7 +291,7 @@ class SpectralMonitor(Callback):
         out = {**weights, **maps}
         return out, set(maps)
 
-    def _basis(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Optional[TaskBasis]:
+    def _basis(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> TaskBasis | None:
         if self.task_basis is not None:
             return self.task_basis
         return find_task_basis(pl_module, getattr(trainer, "datamodule", None))
@@ -292,11 +301,11 @@ class SpectralMonitor(Callback):
             self._reported.add(key)
             rank_zero_info(f"SpectralMonitor: {message}")
 
-    def _check_history_file_unique(self, trainer: "pl.Trainer") -> None:
+    def _check_history_file_unique(self, trainer: pl.Trainer) -> None:
         if self.history_file is None or not trainer.loggers:
             return
         mine = os.path.normpath(self.history_file)
-        for other in trainer.callbacks:  # type: ignore[attr-defined]
+        for other in callbacks_of(trainer):
             theirs = getattr(other, "history_file", None)
             if other is self or not isinstance(getattr(other, "history", None), History) or not isinstance(theirs, str):
                 continue
@@ -308,7 +317,7 @@ class SpectralMonitor(Callback):
 
     # -- hooks ----------------------------------------------------------------------------
     @override
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         # Before Lightning restores a checkpoint: a resumed fit then gets the checkpoint's
@@ -317,11 +326,11 @@ class SpectralMonitor(Callback):
         self._check_history_file_unique(trainer)
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with probing(_devices(pl_module)):
             self._start(trainer, pl_module)
 
-    def _start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         mats, map_names = self.collect(pl_module)
         if not mats:
             raise ValueError(
@@ -333,7 +342,9 @@ class SpectralMonitor(Callback):
         if "mode_strength" in self.metrics:
             if basis is None:
                 if self._asked_for_modes:
-                    self._report_once("no-basis", "mode_strength skipped: no task basis (task_basis() on the module or datamodule).")
+                    self._report_once(
+                        "no-basis", "mode_strength skipped: no task basis (task_basis() on the module or datamodule)."
+                    )
             elif not map_names:
                 if self._asked_for_modes:
                     why = ("the module has no end_to_end_maps()" if not _probe_maps(pl_module)
@@ -357,13 +368,15 @@ class SpectralMonitor(Callback):
         self._add_layout(trainer, sorted(map_names), basis)
 
     @override
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
             self.record(trainer, pl_module)
 
     @override
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._last_step:
             # The closing record leaves the state as the last regular record left it, so that a
             # checkpoint saved after fit resumes exactly like the uninterrupted longer run.
@@ -371,11 +384,11 @@ class SpectralMonitor(Callback):
         self.history.close()
 
     @override
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.history.close()
 
     # -- recording ------------------------------------------------------------------------
-    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", _keep_state: bool = True) -> None:
+    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, _keep_state: bool = True) -> None:
         """Take one record of every target now (normally called by the hooks).
 
         Runs inside :func:`~lightning_critical.probing.probing`: deficit hooks are inert and
@@ -384,12 +397,12 @@ class SpectralMonitor(Callback):
         with probing(_devices(pl_module)):
             self._record(trainer, pl_module, _keep_state)
 
-    def _record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", keep_state: bool) -> None:
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, keep_state: bool) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         self._last_step = step
         mats, map_names = self.collect(pl_module)
         finite, broken = {}, []
-        for name, ok in zip(mats, _all_finite(list(mats.values()))):
+        for name, ok in zip(mats, _all_finite(list(mats.values())), strict=True):
             if ok:
                 finite[name] = mats[name]
             else:
@@ -469,7 +482,7 @@ class SpectralMonitor(Callback):
                     out.update({f"theory/{metric}/{target}/{i}": float(v) for i, v in enumerate(row)})
         return out
 
-    def _add_layout(self, trainer: "pl.Trainer", maps: list[str], basis: Optional[TaskBasis]) -> None:
+    def _add_layout(self, trainer: pl.Trainer, maps: list[str], basis: TaskBasis | None) -> None:
         writers = tensorboard_writers(trainer)
         if not writers:
             return
@@ -502,12 +515,12 @@ def _all_finite(mats: list[Tensor]) -> list[bool]:
     with torch.no_grad():
         for indices in by_device.values():
             values = torch.stack([torch.isfinite(mats[i]).all() for i in indices]).tolist()
-            for i, ok in zip(indices, values):
+            for i, ok in zip(indices, values, strict=True):
                 flags[i] = bool(ok)
     return flags
 
 
-def _check_task_basis(value: Any) -> Optional[TaskBasis]:
+def _check_task_basis(value: Any) -> TaskBasis | None:
     """``None`` or ``(U, S, V)`` tensors with ``U`` (out x r), ``S`` (r,), ``V`` (in x r)."""
     if value is None:
         return None
@@ -526,7 +539,7 @@ def _check_task_basis(value: Any) -> Optional[TaskBasis]:
     return (value[0], value[1], value[2])
 
 
-def _devices(module: nn.Module) -> Optional[list[torch.device]]:
+def _devices(module: nn.Module) -> list[torch.device] | None:
     """The device whose random-number generator a probe of ``module`` may touch (a
     LightningModule knows it; ``None`` lets :func:`probing` pick the current CUDA device)."""
     device = getattr(module, "device", None)
