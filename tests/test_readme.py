@@ -10,7 +10,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the example writes checkpoints under the working directory
     text = open(os.path.join(ROOT, "README.md")).read()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     spaces = []
     for block in blocks:
         namespace: dict = {}
@@ -18,8 +18,11 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
         spaces.append(namespace)
     frame = spaces[0]["monitor"].to_frame()
     assert frame.step.max() == 300 and "pathways.b.3.weight" in set(frame.target)
-    assert sorted(spaces[1]["spectral"].to_frame().target.unique()) == ["conv1.weight", "conv2.weight", "fc.weight"]
-    assert set(spaces[1]["fisher"].to_frame().metric) == {"fisher_trace"}
+    assert sorted(spaces[2]["spectral"].to_frame().target.unique()) == ["conv1.weight", "conv2.weight", "fc.weight"]
+    assert set(spaces[2]["fisher"].to_frame().metric) == {"fisher_trace"}
+    sweep = spaces[1]["table"]
+    assert (sweep.status == "ok").all() and len(sweep) == 6  # baseline + 2 windows, 2 seeds
+    assert sweep.attrs["epochs_trained"] < sweep.attrs["epochs_independent"]  # shared prefixes
 
 
 def _steps(script: str) -> list[str]:
