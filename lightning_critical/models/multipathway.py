@@ -42,14 +42,15 @@ class MultiPathwayLinearNet(pl.LightningModule):
     then follows :func:`lightning_critical.theory.pathway_dynamics` exactly (linear case).
     How the initial strengths are drawn (``init_noise_draw``):
 
-    * ``"per_unit"`` (default, the official code of Kleinman, Achille & Soatto): one value
-      ``init_scale * (1 + init_noise * z)``, ``z ~ N(0, 1)``, per hidden unit (``width`` of
-      them, at least one per mode), drawn in float32 and sorted in decreasing order; mode ``a``
-      gets the ``a``-th largest. With ``width=100`` and a given ``seed`` these are the very
-      values the official script draws after ``torch.manual_seed(seed)``. The modes thus start
-      above ``init_scale`` (the top of ``width`` draws) and close together.
-    * ``"per_mode"`` (the earlier draw of this package): one float64 value per mode, sorted; the modes
-      start around ``init_scale`` and further apart.
+    * ``"per_unit"`` (default, the official multipath code of Kleinman, Achille & Soatto): one
+      value ``init_scale * (1 + init_noise * z)``, ``z ~ N(0, 1)``, per hidden unit (``width``
+      of them, at least one per mode; the official scripts always draw 100, their width), in
+      float32, sorted in decreasing order; mode ``a`` gets the ``a``-th largest. With
+      ``width=100`` and a given ``seed`` these are the very values the official scripts draw
+      after ``torch.manual_seed(seed)``. The modes start above ``init_scale`` (the top of
+      ``width`` draws) and close together.
+    * ``"per_mode"`` (this package's earlier draw): one float64 value per mode, sorted; the
+      modes start around ``init_scale`` and further apart.
 
     The draw is shared by all pathways, as in the paper (``independent_noise=True``: one draw
     per pathway). Unlike the official code, the hidden layers carry only the task's modes (the
