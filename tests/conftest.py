@@ -6,7 +6,7 @@ import glob
 import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import pytorch_lightning as pl
@@ -93,6 +93,59 @@ def read_tensorboard(log_dir: str) -> Any:
     return acc
 
 
+class GlobalState:
+    """A snapshot of the process-wide settings tests and the code they run change, and its restore.
+
+    Trainer(deterministic=True) turns on deterministic algorithms and sets
+    CUBLAS_WORKSPACE_CONFIG; DDP launchers set MASTER_ADDR / MASTER_PORT (a leaked port is
+    reused by the next DDP test); seed_everything sets PL_GLOBAL_SEED / PL_SEED_WORKERS; the
+    CLI quiets Lightning's loggers, adds a warnings filter and sets one intra-op thread.
+    """
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        self.deterministic_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        self.num_threads = torch.get_num_threads()
+        self.default_dtype = torch.get_default_dtype()
+        self.matmul_precision = torch.get_float32_matmul_precision()
+        self.cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+        loggers = logging.root.manager.loggerDict.items()
+        self.log_levels = {name: lg.level for name, lg in loggers if isinstance(lg, logging.Logger)}
+        self.root_level = logging.root.level
+        self.cwd = os.getcwd()
+        # catch_warnings saves the filters and restores them (caches included) on exit.
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+
+    def restore(self) -> None:
+        for key in set(os.environ) - set(self.environ):
+            del os.environ[key]
+        for key, value in self.environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        if torch.get_num_threads() != self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        torch.set_default_dtype(self.default_dtype)
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.cudnn
+        for name, level in self.log_levels.items():
+            if logging.getLogger(name).level != level:
+                logging.getLogger(name).setLevel(level)
+        logging.root.setLevel(self.root_level)
+        self._warnings.__exit__(None, None, None)
+        os.chdir(self.cwd)
+
+
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _restore_global_state() -> Iterator[GlobalState]:
+    """Whatever a test changes in the process-wide settings (see :class:`GlobalState`) is put back."""
+    state = GlobalState()
+    yield state
+    state.restore()
+
+
+@pytest.fixture(autouse=True)
+def _seed(_restore_global_state: GlobalState) -> None:
     pl.seed_everything(0, verbose=False)

@@ -1,12 +1,47 @@
-"""Deficits and the monitor under DDP on CPU (two processes): same keys on every rank, no hang."""
+"""Deficits and the monitor under DDP on CPU (two processes): same keys on every rank, no hang.
+
+Each spawned worker destroys its gloo process group at exit (``_distributed``): left alive, it
+made a worker abort now and then on a loaded machine (SIGABRT, "terminate called without an
+active exception"), see :mod:`lightning_critical._distributed`.
+"""
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+
 import pandas as pd
+import pytorch_lightning as pl
 import torch
 
 import lightning_critical as lc
 from conftest import TwoBranchNet, make_trainer, read_tensorboard
+from lightning_critical._distributed import destroy_process_group_at_exit
+
+
+class CleanExit(pl.Callback):
+    """Destroys the worker's process group at exit and records, last of all, that it is gone."""
+
+    def __init__(self, record_dir: str) -> None:
+        self.record_dir = record_dir
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        rank = trainer.global_rank
+        path = os.path.join(self.record_dir, f"exit-rank{rank}.json")
+
+        def record() -> None:  # registered first, so it runs after the destroy (atexit is LIFO)
+            with open(path, "w") as fh:
+                json.dump({"initialized": torch.distributed.is_initialized()}, fh)
+
+        atexit.register(record)
+        assert destroy_process_group_at_exit()
+
+
+def assert_clean_exits(record_dir) -> None:
+    for rank in (0, 1):
+        with open(os.path.join(record_dir, f"exit-rank{rank}.json")) as fh:
+            assert json.load(fh) == {"initialized": False}, rank
 
 
 def test_ddp_spawn_freeze_and_monitor(tmp_path):
@@ -17,9 +52,10 @@ def test_ddp_spawn_freeze_and_monitor(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="ddp", version="")
     trainer = make_trainer(
         strategy="ddp_spawn", devices=2, max_epochs=2, logger=logger, deterministic=False,
-        callbacks=[lc.PathwayDeficit("right", (0, 2)), lc.SpectralMonitor(every_n_steps=2)],
+        callbacks=[lc.PathwayDeficit("right", (0, 2)), lc.SpectralMonitor(every_n_steps=2), CleanExit(str(tmp_path))],
     )
     trainer.fit(model)
+    assert_clean_exits(tmp_path)
     # ddp_spawn copies the trained weights back into the launching process's model.
     for k, v in model.right.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -38,9 +74,10 @@ def test_ddp_spawn_input_deficit_and_fisher_monitor(tmp_path):
     fisher = lc.FisherMonitor(every_n_epochs=1, num_batches=1)
     trainer = make_trainer(
         strategy="ddp_spawn", devices=2, max_epochs=2, logger=logger, deterministic=False,
-        callbacks=[lc.InputDeficit("noise", (0, 1), noise_std=0.5), fisher],
+        callbacks=[lc.InputDeficit("noise", (0, 1), noise_std=0.5), fisher, CleanExit(str(tmp_path))],
     )
     trainer.fit(model)
+    assert_clean_exits(tmp_path)
     history = pd.read_csv(f"{logger.log_dir}/fisher_history.csv")
     assert set(history.metric) == {"fisher_trace"} and sorted(history.epoch.unique()) == [0, 1]
     assert history.duplicated(["step", "target", "metric", "index"]).sum() == 0  # rank zero writes alone

@@ -43,6 +43,40 @@ def test_aligned_init_is_balanced_and_in_the_task_basis():
     assert not np.allclose(k0[0], k0[1])
 
 
+def test_default_init_is_the_official_scripts_draw():
+    """Kleinman, Achille & Soatto's multipath scripts: ``torch.manual_seed(seed)``, then one value
+    ``(1 + 0.1 * N(0, 1)) * eps`` per hidden unit (100), sorted; mode a gets the a-th largest."""
+    dm = lc.data.HierarchicalDataModule()
+    for seed in (0, 7):
+        net = lc.models.MultiPathwayLinearNet(depth=4, width=100, task_basis=dm.task_basis(), seed=seed)
+        torch.manual_seed(seed)  # the scripts draw from the global generator
+        official = torch.sort((torch.randn(100) * 0.1 + torch.ones(100)) * 0.01, descending=True).values[:8]
+        k0 = initial_mode_strengths(net, dm)
+        assert np.allclose(k0, official.double().numpy(), rtol=1e-5, atol=0), seed  # both pathways
+    # The top 8 of 100 draws: every mode starts above init_scale.
+    assert k0.min() > 0.01
+
+
+def test_per_mode_draw_keeps_the_earlier_init():
+    dm = lc.data.HierarchicalDataModule()
+    net = lc.models.MultiPathwayLinearNet(depth=4, width=100, task_basis=dm.task_basis(), init_noise_draw="per_mode")
+    k0 = initial_mode_strengths(net, dm)
+    earlier = [0.01154099591076374, 0.01083802524954081, 0.01056843157857656, 0.01040334720164537,
+               0.00970657076686621, 0.00891547743231058, 0.00860140565782785, 0.00782120879739523]
+    assert np.allclose(k0, earlier, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("draw", ["per_unit", "per_mode"])
+def test_independent_noise_draws_once_per_pathway(draw):
+    dm = lc.data.HierarchicalDataModule()
+    kwargs = dict(depth=2, width=30, pathways=3, task_basis=dm.task_basis(), init_noise_draw=draw, seed=4)
+    k0 = initial_mode_strengths(lc.models.MultiPathwayLinearNet(independent_noise=True, **kwargs), dm)
+    shared = initial_mode_strengths(lc.models.MultiPathwayLinearNet(**kwargs), dm)
+    assert not np.allclose(k0[0], k0[1]) and not np.allclose(k0[1], k0[2])
+    assert np.allclose(shared[0], shared[1]) and np.allclose(shared[1], shared[2])
+    assert np.all(np.diff(k0, axis=1) <= 0)  # sorted within each pathway
+
+
 def test_three_pathways_follow_the_theory():
     dm = lc.data.HierarchicalDataModule()
     net = lc.models.MultiPathwayLinearNet(depth=2, width=12, pathways=3, lr=0.02, task_basis=dm.task_basis(),
@@ -73,6 +107,7 @@ def test_gaussian_init_and_setup_from_the_datamodule():
     (dict(depth=0), "depth=0"),
     (dict(pathways=["a", "a"]), "distinct"),
     (dict(lr=0.0), "lr=0.0"),
+    (dict(init_noise_draw="per_layer"), "init_noise_draw='per_layer'.*per_unit.*per_mode"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

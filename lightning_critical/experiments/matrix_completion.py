@@ -33,6 +33,7 @@ import torch
 
 from lightning_critical._checks import check_int
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
+from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
 from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
 from lightning_critical.tasks import TaskSwitch
@@ -104,7 +105,7 @@ def build_switch_ensemble(
 
 
 def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
-         logger: Any = False, num_threads: Optional[int] = 1) -> None:
+         logger: Any = False, num_threads: Optional[int] = 1, accelerator: str = "auto") -> None:
     quiet = logging.getLogger("pytorch_lightning")
     level, threads = quiet.level, torch.get_num_threads()
     if not progress:
@@ -115,7 +116,8 @@ def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switch
         torch.set_num_threads(num_threads)
     try:
         trainer = pl.Trainer(
-            max_epochs=ensemble.max_epochs, callbacks=switches, logger=logger, accelerator="cpu", devices=1,
+            max_epochs=ensemble.max_epochs, callbacks=switches, logger=logger, devices=1,
+            **accelerator_kwargs(accelerator),
             enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
             num_sanity_val_steps=0,
         )
@@ -147,6 +149,7 @@ def matrix_completion_sweep(
     logger: Any = False,
     num_threads: Optional[int] = 1,
     return_history: bool = False,
+    accelerator: str = "auto",
 ) -> Any:
     """Final target test loss against switch epoch, all switch epochs trained as one ensemble.
 
@@ -169,6 +172,8 @@ def matrix_completion_sweep(
             keeps the current setting. One thread is the robust choice for these small
             matrices; run several sweeps in parallel processes to use more cores.
         return_history: also return the per-record history (test/train loss, singular values).
+        accelerator: where to train, as in ``pl.Trainer`` (one device); ``"auto"`` leaves the
+            choice to Lightning (``PL_TRAINER_ACCELERATOR``, else the best available device).
 
     Returns:
         ``DataFrame`` with one row per switch epoch: ``depth, switch_epoch, test_loss,
@@ -191,7 +196,7 @@ def matrix_completion_sweep(
         depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init_scale, lr, seed,
         init, pretrain_observed, steps_per_epoch, dtype,
     )
-    _fit(ensemble, dm, switches, progress, logger, num_threads)
+    _fit(ensemble, dm, switches, progress, logger, num_threads, accelerator)
     settings = {
         "pretrain_rank": pretrain_rank if pretrain_observed is None else target_rank,
         "target_rank": target_rank, "n_observed": n_observed, "pretrain_observed": pretrain_observed,
@@ -378,6 +383,8 @@ def figure_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="switch epochs whose singular-value trajectories (deepest depth) are also plotted")
     parser.add_argument("--processes", type=int, default=None,
                         help="depths trained at once in worker processes (default: one per CPU core)")
+    parser.add_argument("--accelerator", default="auto",
+                        help="where to train: auto (default: Lightning's choice), cpu, gpu, mps...")
     parser.add_argument("--out", "--out-dir", dest="out_dir", default="outputs/matrix_completion",
                         help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -387,6 +394,7 @@ def figure_main(argv: Optional[Sequence[str]] = None) -> int:
             size=args.size, n_observed=args.n_observed, pretrain_rank=args.pretrain_rank,
             target_rank=args.target_rank, pretrain_observed=args.pretrain_observed,
             init_scale=args.init_scale, lr=args.lr, seed=args.seed, processes=args.processes,
+            accelerator=args.accelerator,
         )
     except ValueError as err:
         parser.error(str(err))

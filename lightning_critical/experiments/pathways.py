@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_critical.data import HierarchicalDataModule
 from lightning_critical.deficits import PathwayDeficit
+from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models import MultiPathwayLinearNet
 from lightning_critical.monitors import SpectralMonitor
 from lightning_critical.schedule import Window
@@ -47,7 +48,8 @@ def initial_mode_strengths(model: MultiPathwayLinearNet, datamodule: Hierarchica
     """``K[p, a]`` of an (initialised) model, shape ``(P, M)``."""
     u, _, v = datamodule.task_basis()
     maps = model.end_to_end_maps()
-    return np.stack([mode_strengths(maps[p], u, v, dtype=None).double().numpy() for p in model.pathways])
+    # .cpu(): the maps live where the weights do (a GPU after training there).
+    return np.stack([mode_strengths(maps[p], u, v, dtype=None).double().cpu().numpy() for p in model.pathways])
 
 
 def build_pathway_model(**model_kwargs) -> tuple[HierarchicalDataModule, MultiPathwayLinearNet]:
@@ -73,6 +75,10 @@ def pathway_deficit_run(
     every_n_steps: int = 10,
     save_dir: Optional[str] = None,
     name: str = "run",
+    *,
+    init_noise_draw: str = "per_unit",
+    independent_noise: bool = False,
+    accelerator: str = "auto",
 ) -> PathwayRun:
     """Train the bundled two-pathway net with one pathway deprived during ``window`` (epochs).
 
@@ -80,6 +86,13 @@ def pathway_deficit_run(
     pathways from the aligned init) is computed from the model's measured ``K(0)`` and
     handed to the monitor, so TensorBoard overlays SGD and theory. ``window=None`` trains
     without deficit. With ``save_dir`` the run logs to ``<save_dir>/<name>``.
+    ``init_noise_draw`` and ``independent_noise`` go to the model (``"per_mode"`` reproduces
+    the numbers published by this package before the paper's exact init became the default).
+
+    ``accelerator``: where to train, as in ``pl.Trainer`` (one device). ``"auto"`` leaves the
+    choice to Lightning, so ``PL_TRAINER_ACCELERATOR`` still applies; on the CPU the results
+    do not depend on this argument. The theory is computed in float64 on the CPU from the
+    model's ``K(0)`` before training, wherever the model then trains.
 
     Example::
 
@@ -89,6 +102,7 @@ def pathway_deficit_run(
     """
     start = time.perf_counter()
     dm, model = build_pathway_model(depth=depth, width=width, lr=lr, init_scale=init_scale, init_noise=init_noise,
+                                    init_noise_draw=init_noise_draw, independent_noise=independent_noise,
                                     nonlinearity=nonlinearity, seed=seed)
     s = dm.task_basis()[1]
     names = list(model.pathways)
@@ -110,7 +124,7 @@ def pathway_deficit_run(
     callbacks.append(monitor)
     logger = TensorBoardLogger(save_dir, name=name, version="") if save_dir else False
     trainer = pl.Trainer(
-        max_epochs=max_epochs, callbacks=callbacks, logger=logger, accelerator="cpu", devices=1,
+        max_epochs=max_epochs, callbacks=callbacks, logger=logger, devices=1, **accelerator_kwargs(accelerator),
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         num_sanity_val_steps=0, log_every_n_steps=max(1, every_n_steps),
     )
@@ -150,12 +164,14 @@ def deficit_onset_sweep(
     max_epochs: int = 1000,
     deprived: str = "b",
     mode: str = "freeze",
+    accelerator: str = "auto",
     **model_kwargs,
 ) -> pd.DataFrame:
     """Final share of every mode held by the deprived pathway, against deficit onset and depth.
 
     Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``.
-    ``model_kwargs`` (width, lr, init_scale, init_noise, seed) go to the bundled net. Columns:
+    ``model_kwargs`` (width, lr, init_scale, init_noise, init_noise_draw, independent_noise,
+    seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`. Columns:
     depth, onset, mode, singular_value, share, source (``"theory"`` or ``"sgd"``).
     """
     rows = []
@@ -175,7 +191,8 @@ def deficit_onset_sweep(
                         for a in range(len(s)))
         for onset in sgd_onsets:
             run = pathway_deficit_run((onset, onset + length), depth=depth, max_epochs=max_epochs, mode=mode,
-                                      every_n_steps=max_epochs, deprived=deprived, **model_kwargs)
+                                      every_n_steps=max_epochs, deprived=deprived, accelerator=accelerator,
+                                      **model_kwargs)
             final = run.frame[run.frame.step == run.frame.step.max()]
             k = final.pivot_table(index="pathway", columns="mode", values="sgd")
             share = (k.loc[deprived] / k.sum(axis=0)).to_numpy()
@@ -191,35 +208,41 @@ def phase_trajectories(
     max_epochs: int = 1000,
     lr: float = 0.01,
     init_scale: float = 0.01,
+    **model_kwargs,
 ) -> pd.DataFrame:
     """Theory trajectories of ``(K_a, K_b)`` on one mode, for phase portraits.
 
-    Columns: depth, label, step, k_a, k_b, mode, singular_value, deprived (whether the update
-    at that step is inside the window).
+    Each depth starts from the ``K(0)`` of the bundled net built with ``init_scale`` and
+    ``model_kwargs`` (init_noise, init_noise_draw, independent_noise, width, seed), i.e. where
+    the SGD runs of :func:`early_middle_late` start. Columns: depth, label, step, k_a, k_b,
+    mode, singular_value, deprived (whether the update at that step is inside the window).
     """
     s = HierarchicalDataModule().task_basis()[1].numpy()
     rows = []
     for depth in depths:
+        dm, model = build_pathway_model(depth=depth, lr=lr, init_scale=init_scale, **model_kwargs)
+        k0 = initial_mode_strengths(model, dm)
         for label, (start, end) in windows.items():
-            traj = pathway_dynamics(s, depth, init_scale, lr, max_epochs, deficits={1: [(start, end)]})
+            traj = pathway_dynamics(s, depth, k0, lr, max_epochs, deficits={1: [(start, end)]})
             steps = np.arange(max_epochs + 1)
             rows.append(pd.DataFrame(dict(depth=depth, label=label, step=steps, k_a=traj[:, 0, mode], k_b=traj[:, 1, mode],
                                           mode=mode, singular_value=s[mode], deprived=(steps >= start) & (steps < end))))
     return pd.concat(rows, ignore_index=True)
 
 
-def reproduce(out_dir: str = "outputs/multipathway", quick: bool = False) -> dict[str, str]:
+def reproduce(out_dir: str = "outputs/multipathway", quick: bool = False, accelerator: str = "auto") -> dict[str, str]:
     """The flagship demo: TensorBoard logs, CSV tables and the three PNG figures in ``out_dir``.
 
-    Returns the paths written. ``quick`` shrinks the sweeps (for tests).
+    Returns the paths written. ``quick`` shrinks the sweeps (for tests). ``accelerator``: as
+    in :func:`pathway_deficit_run`.
     """
     from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
 
     os.makedirs(out_dir, exist_ok=True)
     tb_dir = os.path.join(out_dir, "tensorboard")
     sweep_kwargs = dict(depths=(1, 2, 4), onsets=(0, 300, 600, 900), sgd_onsets=(0,)) if quick else {}
-    runs = early_middle_late(save_dir=tb_dir)
-    sweep = deficit_onset_sweep(**sweep_kwargs)
+    runs = early_middle_late(save_dir=tb_dir, accelerator=accelerator)
+    sweep = deficit_onset_sweep(accelerator=accelerator, **sweep_kwargs)
     phases = phase_trajectories()
     paths = {"tensorboard": tb_dir}
     for key, table in (("trajectories_csv", runs), ("onset_sweep_csv", sweep), ("phase_csv", phases)):

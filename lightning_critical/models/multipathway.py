@@ -9,10 +9,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_choice, check_int
 from lightning_critical.protocols import TaskBasis, find_task_basis
 
 INITS: tuple[str, ...] = ("aligned", "gaussian")
+INIT_NOISE_DRAWS: tuple[str, ...] = ("per_unit", "per_mode")
 NONLINEARITIES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -36,12 +37,25 @@ class MultiPathwayLinearNet(pl.LightningModule):
 
     ``init="aligned"`` (default) is the paper's balanced, task-aligned initialisation: with the
     task basis ``Y = U S V^T`` (from ``task_basis=`` or the datamodule's ``task_basis()`` at
-    ``setup``), mode ``a`` of every pathway starts with strength
-    ``K(0) = init_scale * (1 + init_noise * z_a)``, ``z_a ~ N(0, 1)`` drawn once per mode and
-    shared by all pathways (as in the paper's code; ``independent_noise=True`` draws one per
-    pathway), sorted in decreasing order, split evenly across layers (``K^(1/D)`` per layer)
-    through random orthonormal hidden bases. Gradient descent then follows
-    :func:`lightning_critical.theory.pathway_dynamics` exactly (linear case).
+    ``setup``), mode ``a`` of every pathway starts with strength ``K_a(0)``, split evenly across
+    layers (``K^(1/D)`` per layer) through random orthonormal hidden bases. Gradient descent
+    then follows :func:`lightning_critical.theory.pathway_dynamics` exactly (linear case).
+    How the initial strengths are drawn (``init_noise_draw``):
+
+    * ``"per_unit"`` (default, the official multipath code of Kleinman, Achille & Soatto): one
+      value ``init_scale * (1 + init_noise * z)``, ``z ~ N(0, 1)``, per hidden unit (``width``
+      of them, at least one per mode; the official scripts always draw 100, their width), in
+      float32, sorted in decreasing order; mode ``a`` gets the ``a``-th largest. With
+      ``width=100`` and a given ``seed`` these are the very values the official scripts draw
+      after ``torch.manual_seed(seed)``. The modes start above ``init_scale`` (the top of
+      ``width`` draws) and close together.
+    * ``"per_mode"`` (this package's earlier draw): one float64 value per mode, sorted; the
+      modes start around ``init_scale`` and further apart.
+
+    The draw is shared by all pathways, as in the paper (``independent_noise=True``: one draw
+    per pathway). Unlike the official code, the hidden layers carry only the task's modes (the
+    other ``width - modes`` values are not placed on hidden directions the task never reaches);
+    this keeps every layer balanced and changes neither the maps nor the linear dynamics.
     ``init="gaussian"``: i.i.d. ``N(0, init_scale^(2/D) / fan_in)`` entries.
 
     Args:
@@ -49,7 +63,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
         depth: layers per pathway. width: hidden width.
         pathways: number of pathways or their names (default ``("a", "b")``).
         lr: SGD learning rate. momentum: SGD momentum (0 = the paper's plain SGD).
-        init, init_scale, init_noise, independent_noise: see above.
+        init, init_scale, init_noise, init_noise_draw, independent_noise: see above.
         nonlinearity: ``None``, ``"tanh"`` or ``"relu"`` between layers (not after the last).
         task_basis: ``(U, S, V)`` for the aligned init (else taken from the datamodule).
         seed: seed of the initialisation.
@@ -76,6 +90,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
         init_scale: float = 0.01,
         init_noise: float = 0.1,
         independent_noise: bool = False,
+        init_noise_draw: str = "per_unit",
         nonlinearity: Optional[str] = None,
         task_basis: Optional[TaskBasis] = None,
         seed: int = 0,
@@ -85,6 +100,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
             check_int(name, value)
         if init not in INITS:
             raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+        check_choice("init_noise_draw", init_noise_draw, INIT_NOISE_DRAWS)
         if nonlinearity is not None and nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity={nonlinearity!r} is not valid; choose None or one of {tuple(NONLINEARITIES)}.")
         if not lr > 0:
@@ -137,10 +153,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
         if hp.depth > 1 and hp.width < rank:
             raise ValueError(f"width={hp.width} is smaller than the task's {rank} modes; aligned init needs width >= {rank}.")
         gen = torch.Generator().manual_seed(hp.seed)
-        n_paths = len(self.pathways)
-        z = torch.randn((n_paths if hp.independent_noise else 1, rank), generator=gen, dtype=torch.float64)
-        k0 = hp.init_scale * (1.0 + hp.init_noise * z)
-        k0 = torch.sort(k0, dim=1, descending=True).values.expand(n_paths, rank)
+        k0 = self._initial_strengths(gen, len(self.pathways), rank)
         if torch.any(k0 <= 0):
             raise ValueError(f"init_noise={hp.init_noise} gave a non-positive initial strength; use a smaller init_noise.")
         with torch.no_grad():
@@ -157,6 +170,20 @@ class MultiPathwayLinearNet(pl.LightningModule):
                     left = right
         self._basis = (u.float(), s.float(), v.float())
         self.initialized.fill_(True)
+
+    def _initial_strengths(self, gen: torch.Generator, n_paths: int, rank: int) -> Tensor:
+        """``K(0)`` of shape ``(n_paths, rank)`` in float64, in decreasing order along each row."""
+        hp = self.hparams
+        draws = n_paths if hp.independent_noise else 1
+        if hp.init_noise_draw == "per_unit":
+            # The official script: float32 draws, one per hidden unit, in this order of operations.
+            z = torch.randn((draws, max(hp.width, rank)), generator=gen)
+            k0 = ((z * hp.init_noise + 1.0) * hp.init_scale).double()
+        else:
+            z = torch.randn((draws, rank), generator=gen, dtype=torch.float64)
+            k0 = hp.init_scale * (1.0 + hp.init_noise * z)
+        k0 = torch.sort(k0, dim=1, descending=True).values[:, :rank]
+        return k0.expand(n_paths, rank)
 
     def setup(self, stage: str) -> None:
         if self.initialized.item():

@@ -1,0 +1,23 @@
+"""Where the bundled experiments train: the user's accelerator, with Lightning's default kept."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from pytorch_lightning.accelerators import Accelerator
+
+
+def accelerator_kwargs(accelerator: Union[str, Accelerator]) -> dict[str, Any]:
+    """The ``pl.Trainer`` keyword for ``accelerator``: none for ``"auto"``, Lightning's own default.
+
+    Passing ``accelerator="auto"`` explicitly would override ``PL_TRAINER_ACCELERATOR`` (in
+    Lightning, explicit arguments beat the environment), so ``"auto"`` is left out and the
+    environment, else the best available device, decides. Anything else goes through as given
+    and Lightning validates it.
+
+    Example::
+
+        >>> accelerator_kwargs("auto"), accelerator_kwargs("gpu")
+        ({}, {'accelerator': 'gpu'})
+    """
+    return {} if isinstance(accelerator, str) and accelerator == "auto" else {"accelerator": accelerator}
