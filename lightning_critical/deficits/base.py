@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, log_scalars, steps_per_epoch
 from lightning_critical.deficits import _hooks
 from lightning_critical.probing import is_probing
@@ -174,6 +175,7 @@ class WindowedDeficit(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         self.resolve(trainer, pl_module)
         self._last_logged = None
         self._scalar_group, self._unsure_overlaps = [self], []

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from lightning_critical._batch import BatchSpec, InputsFn, describe
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
+from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import history_path, log_scalars
 from lightning_critical.fisher import LABELS, fisher_layers, fisher_trace
 from lightning_critical.monitors.history import History, Record, check_history_file
@@ -117,6 +118,7 @@ class FisherMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         self._pending = []
         self._warned = set()
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_critical._checks import check_choice, check_int, check_names
+from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
 from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.probing import probing
@@ -320,6 +321,7 @@ class SpectralMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         # Before Lightning restores a checkpoint: a resumed fit then gets the checkpoint's
         # state, a new one starts clean (no subspace_drift against an earlier run).
         self._reset()
