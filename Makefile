@@ -19,6 +19,7 @@ MYPY_ARGS :=  # no paths: mypy checks the `files` of [tool.mypy] in pyproject.to
 RUFF_PATHS := \
 	lightning_critical/_batch.py \
 	lightning_critical/_checks.py \
+	lightning_critical/_distributed.py \
 	lightning_critical/_lightning.py \
 	lightning_critical/deficits \
 	lightning_critical/fisher.py \
@@ -35,34 +36,48 @@ RUFF_PATHS := \
 	lightning_critical/data/hierarchical.py \
 	lightning_critical/data/matrix_completion.py \
 	lightning_critical/data/cifar.py \
+	lightning_critical/data/digits.py \
 	lightning_critical/models/__init__.py \
+	lightning_critical/models/cnn.py \
 	lightning_critical/models/matrix_factorization.py \
 	lightning_critical/models/factorization_ensemble.py \
+	lightning_critical/models/multipathway.py \
 	lightning_critical/plots/_figure.py \
 	lightning_critical/plots/matrix_completion.py \
 	lightning_critical/plots/pathways.py \
 	lightning_critical/experiments/__init__.py \
+	lightning_critical/experiments/_accelerator.py \
+	lightning_critical/experiments/matrix_completion.py \
+	lightning_critical/experiments/pathways.py \
 	examples/add_to_your_script.py \
 	examples/matrix_completion_figure.py \
 	examples/matrix_completion_switch.py \
 	examples/multipathway_critical_period.py \
 	examples/nonlinear_pathways.py \
 	benchmarks \
+	tests/conftest.py \
 	tests/test_bad_inputs_deficits.py \
 	tests/test_bad_inputs_inputs.py \
+	tests/test_bad_inputs_models.py \
 	tests/test_bad_inputs_monitors.py \
 	tests/test_batch.py \
 	tests/test_benchmarks_quick.py \
 	tests/test_cli.py \
 	tests/test_deficits.py \
+	tests/test_digits_cifar.py \
+	tests/test_distributed.py \
+	tests/test_experiment_devices.py \
 	tests/test_fisher.py \
 	tests/test_gpu.py \
 	tests/test_history.py \
+	tests/test_hygiene.py \
 	tests/test_input_deficit.py \
 	tests/test_lightning_adapter.py \
 	tests/test_matrix_completion.py \
 	tests/test_matrix_completion_sweep.py \
 	tests/test_monitor.py \
+	tests/test_multipathway_model.py \
+	tests/test_multipathway_paper.py \
 	tests/test_nonlinear.py \
 	tests/test_plots.py \
 	tests/test_probe_leaves_training_alone.py \
@@ -70,7 +85,8 @@ RUFF_PATHS := \
 	tests/test_schedule.py \
 	tests/test_spectral_general.py \
 	tests/test_tasks.py \
-	tests/test_theory_factorization.py
+	tests/test_theory_factorization.py \
+	tests/test_theory_pathways.py
 MYPY_ARGS := --follow-imports=silent $(RUFF_PATHS)
 # --- end TEMPORARY ----------------------------------------------------------------------
 

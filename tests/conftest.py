@@ -6,7 +6,8 @@ import glob
 import logging
 import os
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -64,7 +65,7 @@ class TwoBranchNet(pl.LightningModule):
 
 
 def make_trainer(tmp_path: Any = None, **kwargs: Any) -> pl.Trainer:
-    defaults = dict(
+    defaults: dict[str, Any] = dict(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, num_sanity_val_steps=0, deterministic=True,
     )

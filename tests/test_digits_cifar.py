@@ -13,8 +13,9 @@ import torch
 import lightning_critical as lc
 
 
-
-def write_cifar_batches(folder, n_per_file: int = 12, n_train_files: int = 2, seed: int = 0, learnable: bool = False) -> dict:
+def write_cifar_batches(
+    folder, n_per_file: int = 12, n_train_files: int = 2, seed: int = 0, learnable: bool = False
+) -> dict:
     """CIFAR-10 python-format files: pickled dicts with b"data" uint8 (N, 3072) and b"labels".
 
     ``learnable``: each class brightens one colour channel in one image quadrant (class ``c``:
@@ -28,7 +29,7 @@ def write_cifar_batches(folder, n_per_file: int = 12, n_train_files: int = 2, se
         labels = rng.integers(0, 10, size=n_per_file).tolist()
         if learnable:
             images = rng.integers(0, 128, size=(n_per_file, 3, 32, 32))
-            for img, c in zip(images, labels):
+            for img, c in zip(images, labels, strict=True):
                 row, col = divmod(c // 3, 2)
                 img[c % 3, 16 * row : 16 * row + 16, 16 * col : 16 * col + 16] += 127
             data = images.reshape(n_per_file, 3072).astype(np.uint8)  # R, G, B planes, row-major

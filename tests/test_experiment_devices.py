@@ -5,6 +5,8 @@ The GPU tests are skipped without CUDA (CI has none): run them on a machine that
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,9 +17,10 @@ from lightning_critical.experiments import matrix_completion_sweep, pathway_defi
 from lightning_critical.experiments.pathways import initial_mode_strengths
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-SMALL_RUN = dict(window=(0, 30), depth=3, width=16, max_epochs=80, every_n_steps=20)
-SMALL_SWEEP = dict(depth=2, switch_epochs=[0, 100], continue_epochs=100, size=10, n_observed=40, pretrain_rank=3,
-                   target_rank=1, lr=0.5)
+SMALL_RUN: dict[str, Any] = dict(window=(0, 30), depth=3, width=16, max_epochs=80, every_n_steps=20)
+SMALL_SWEEP: dict[str, Any] = dict(
+    depth=2, switch_epochs=[0, 100], continue_epochs=100, size=10, n_observed=40, pretrain_rank=3, target_rank=1, lr=0.5
+)
 
 
 @pytest.mark.parametrize("experiment", ["pathways", "matrix_completion"])
@@ -47,6 +50,7 @@ def test_pathway_run_on_the_gpu_follows_the_theory():
     gpu = pathway_deficit_run(accelerator="gpu", **SMALL_RUN)
     s_max = gpu.singular_values.max()
     assert (gpu.frame.sgd - gpu.frame.theory).abs().max() < 1e-3 * s_max
+    assert gpu.theory is not None and cpu.theory is not None
     assert np.array_equal(gpu.theory, cpu.theory)  # the theory is computed on the CPU in float64 either way
     assert np.abs(gpu.frame.sgd.to_numpy() - cpu.frame.sgd.to_numpy()).max() < 1e-4 * s_max
 

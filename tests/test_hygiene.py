@@ -10,7 +10,6 @@ import os
 import warnings
 
 import torch
-
 from conftest import GlobalState
 
 NAMES = ("CUBLAS_WORKSPACE_CONFIG", "MASTER_PORT", "PL_SEED_WORKERS", "PL_HYGIENE_PROBE")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_trainer
 
 import lightning_critical as lc
-from conftest import make_trainer
 from lightning_critical.data import hierarchical_features
 from lightning_critical.experiments.pathways import initial_mode_strengths
 from lightning_critical.theory import pathway_dynamics
@@ -36,7 +36,8 @@ def test_aligned_init_is_balanced_and_in_the_task_basis():
     assert np.all(np.diff(k0[0]) <= 0) and np.allclose(k0.mean(), 0.01, rtol=0.2)
     omega = net.end_to_end_maps()["a"]
     assert torch.allclose(omega, u @ torch.diag(torch.tensor(k0[0], dtype=torch.float32)) @ v.T, atol=1e-6)
-    w1, w2 = net.pathways["a"][0].weight, net.pathways["a"][1].weight
+    layers = [m for m in net.pathways["a"].modules() if isinstance(m, torch.nn.Linear)]
+    w1, w2 = layers[0].weight, layers[1].weight
     assert torch.allclose(w1 @ w1.T, w2.T @ w2, atol=1e-6)  # balanced layers
     independent = lc.models.MultiPathwayLinearNet(depth=3, width=20, task_basis=dm.task_basis(), independent_noise=True)
     k0 = initial_mode_strengths(independent, dm)
@@ -53,8 +54,8 @@ def test_default_init_is_the_official_scripts_draw():
         official = torch.sort((torch.randn(100) * 0.1 + torch.ones(100)) * 0.01, descending=True).values[:8]
         k0 = initial_mode_strengths(net, dm)
         assert np.allclose(k0, official.double().numpy(), rtol=1e-5, atol=0), seed  # both pathways
-    # The top 8 of 100 draws: every mode starts above init_scale.
-    assert k0.min() > 0.01
+        # The top 8 of 100 draws: every mode starts above init_scale.
+        assert k0.min() > 0.01
 
 
 def test_per_mode_draw_keeps_the_earlier_init():
@@ -93,7 +94,8 @@ def test_three_pathways_follow_the_theory():
 
 def test_gaussian_init_and_setup_from_the_datamodule():
     net = lc.models.MultiPathwayLinearNet(depth=2, width=50, init="gaussian", init_scale=1e-2)
-    w = net.pathways["b"][0].weight
+    first = next(m for m in net.pathways["b"].modules() if isinstance(m, torch.nn.Linear))
+    w = first.weight
     assert abs(w.std().item() - 0.1 / 8**0.5) < 0.01
     aligned = lc.models.MultiPathwayLinearNet(depth=2, width=10)
     assert aligned.task_basis() is None
@@ -131,6 +133,8 @@ def test_checkpoint_keeps_the_task_basis(tmp_path):
     trainer.fit(net, dm)
     trainer.save_checkpoint(tmp_path / "net.ckpt")
     loaded = lc.models.MultiPathwayLinearNet.load_from_checkpoint(tmp_path / "net.ckpt")
-    for a, b in zip(loaded.task_basis(), dm.task_basis()):
+    basis = loaded.task_basis()
+    assert basis is not None
+    for a, b in zip(basis, dm.task_basis(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(loaded.end_to_end_maps()["a"], net.end_to_end_maps()["a"])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
-import torch
 
 import lightning_critical as lc
 from lightning_critical.experiments import pathway_deficit_run
 from lightning_critical.theory import deprived_share, pathway_dynamics
+from lightning_critical.theory.pathways import DeficitKey, DeficitWindow
 
 
 def shares(run):
@@ -40,6 +42,7 @@ def test_late_deficit_changes_nothing():
 
 def test_silence_matches_its_theory():
     run = pathway_deficit_run((0, 100), depth=3, width=24, max_epochs=400, every_n_steps=10, mode="silence")
+    assert run.theory is not None
     assert (run.frame.sgd - run.frame.theory).abs().max() < 1e-3 * run.singular_values.max()
     # freeze and silence differ: a silenced pathway does not count towards the output.
     frozen = pathway_dynamics(run.singular_values, 3, run.theory[0], 0.01, 400, deficits={1: [(0, 100)]})
@@ -52,6 +55,7 @@ def test_deprivation_effect_grows_with_depth():
         run = pathway_deficit_run((0, 50), depth=depth, width=16, max_epochs=1000, every_n_steps=1000)
         weakest[depth] = shares(run)[-4:].mean()
         if depth == 1:
+            assert run.theory is not None
             # Depth 1 has no rich-get-richer: the gap opened during the deficit is all that remains.
             k = run.frame.pivot_table(index=["step", "pathway"], columns="mode", values="sgd")
             gap_at_end_of_deficit = pathway_dynamics(run.singular_values, 1, run.theory[0], 0.01, 50,
@@ -59,7 +63,7 @@ def test_deprivation_effect_grows_with_depth():
             final = k.loc[1000].to_numpy()
             assert np.allclose(final[0] - final[1], gap_at_end_of_deficit[0] - gap_at_end_of_deficit[1], atol=1e-4)
     values = [weakest[d] for d in (1, 2, 3, 4, 6)]
-    assert all(a > b for a, b in zip(values, values[1:])), weakest
+    assert all(a > b for a, b in itertools.pairwise(values)), weakest
 
 
 def test_mode_lesion_published_run():
@@ -76,7 +80,8 @@ def test_mode_lesion_published_run():
         lc.PathwayDeficit("b", (0, 200)),
         monitor,
     ]).fit(net, dm)
-    theory = pathway_dynamics(s.numpy(), 3, k0, 0.05, 600, deficits={(0, 1): [(0, None, "silence")], 1: [(0, 200)]})
+    deficits: dict[DeficitKey, list[DeficitWindow]] = {(0, 1): [(0, None, "silence")], 1: [(0, 200)]}
+    theory = pathway_dynamics(s.numpy(), 3, k0, 0.05, 600, deficits=deficits)
     frame = monitor.to_frame()
     sgd = frame.pivot_table(index="step", columns=["target", "index"], values="value")
     steps = sgd.index.to_numpy()

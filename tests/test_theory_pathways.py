@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,7 @@ def test_flow_field_is_the_continuous_time_derivative():
     (dict(k0=-1.0), "k0 must be positive"),
 ])
 def test_bad_input(kwargs, match):
-    args = dict(singular_values=[1.0], depth=2, k0=0.1, lr=0.1, steps=3)
+    args: dict[str, Any] = dict(singular_values=[1.0], depth=2, k0=0.1, lr=0.1, steps=3)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         pathway_dynamics(**args)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_float, check_int, check_seed
+
+
+def _check_fraction(name: str, value: float, low_inclusive: bool) -> None:
+    """A share of the images: in ``[0, 1)`` or ``(0, 1)``; 1 would leave the other part empty."""
+    check_float(name, value, low=0, low_inclusive=low_inclusive, high=1)
+    if value == 1:
+        raise ValueError(f"{name}={value!r} is not valid: it must be < 1 (at 1 no images are left to train on).")
 
 
 class ImageClassificationDataModule(pl.LightningDataModule):
@@ -46,8 +51,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size)
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction!r} must be in [0, 1).")
+        _check_fraction("val_fraction", val_fraction, low_inclusive=True)
+        check_seed("seed", seed)
+        check_int("num_workers", num_workers, low=0)
         for what, (x, y) in (("train", train), ("test", test)):
             if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
                 raise ValueError(
@@ -106,17 +112,18 @@ class DigitsDataModule(ImageClassificationDataModule):
         test_fraction: float = 0.25,
         val_fraction: float = 0.1,
         seed: int = 0,
-        subset: Optional[int] = None,
+        subset: int | None = None,
         num_workers: int = 0,
     ) -> None:
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction={test_fraction!r} must be in (0, 1).")
+        _check_fraction("test_fraction", test_fraction, low_inclusive=False)
+        check_seed("seed", seed)
+        check_int("subset", subset, low=2, allow_none=True)
         x, y = load_digits_tensors()
         perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 1))
         n_test = int(round(test_fraction * x.shape[0]))
         test_idx, train_idx = perm[:n_test], perm[n_test:]
         if subset is not None:
-            if isinstance(subset, bool) or not isinstance(subset, int) or subset < 2:
-                raise ValueError(f"subset={subset!r} must be None or an integer >= 2.")
             train_idx = train_idx[:subset]
-        super().__init__((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), batch_size, val_fraction, seed, num_workers)
+        super().__init__(
+            (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), batch_size, val_fraction, seed, num_workers
+        )

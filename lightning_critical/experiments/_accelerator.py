@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pytorch_lightning.accelerators import Accelerator
 
 
-def accelerator_kwargs(accelerator: Union[str, Accelerator]) -> dict[str, Any]:
+def accelerator_kwargs(accelerator: str | Accelerator) -> dict[str, Any]:
     """The ``pl.Trainer`` keyword for ``accelerator``: none for ``"auto"``, Lightning's own default.
 
     Passing ``accelerator="auto"`` explicitly would override ``PL_TRAINER_ACCELERATOR`` (in

@@ -24,8 +24,9 @@ import multiprocessing
 import os
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -57,8 +58,8 @@ def build_switch_ensemble(
     lr: float = 0.2,
     seed: int = 0,
     init: str = "gaussian",
-    pretrain_observed: Optional[int] = None,
-    steps_per_epoch: Optional[int] = None,
+    pretrain_observed: int | None = None,
+    steps_per_epoch: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[FactorizationEnsemble, MatrixCompletionDataModule, list[TaskSwitch]]:
     """The ensemble, datamodule and per-member ``TaskSwitch`` callbacks of one sweep.
@@ -100,12 +101,14 @@ def build_switch_ensemble(
     ensemble = FactorizationEnsemble(
         model, dm, [t + continue_epochs for t in switch], steps_per_epoch=k, initial_task="pretrain", dtype=dtype
     )
-    switches = [TaskSwitch({t // k: "target"}, unit="epoch", target=m) for t, m in zip(switch, ensemble.members)]
+    # one member per switch epoch, in order
+    members = zip(switch, ensemble.members, strict=True)
+    switches = [TaskSwitch({t // k: "target"}, unit="epoch", target=m) for t, m in members]
     return ensemble, dm, switches
 
 
 def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
-         logger: Any = False, num_threads: Optional[int] = 1, accelerator: str = "auto") -> None:
+         logger: Any = False, num_threads: int | None = 1, accelerator: str = "auto") -> None:
     quiet = logging.getLogger("pytorch_lightning")
     level, threads = quiet.level, torch.get_num_threads()
     if not progress:
@@ -142,12 +145,12 @@ def matrix_completion_sweep(
     seed: int = 0,
     *,
     init: str = "gaussian",
-    pretrain_observed: Optional[int] = None,
-    steps_per_epoch: Optional[int] = None,
+    pretrain_observed: int | None = None,
+    steps_per_epoch: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     logger: Any = False,
-    num_threads: Optional[int] = 1,
+    num_threads: int | None = 1,
     return_history: bool = False,
     accelerator: str = "auto",
 ) -> Any:
@@ -275,7 +278,7 @@ def matrix_completion_figure(
     depths: Sequence[int] = PAPER_DEPTHS,
     switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
     continue_epochs: int = 30000,
-    processes: Optional[int] = None,
+    processes: int | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """The paper's matrix-completion figure as a table: one sweep per depth, stacked.
@@ -312,9 +315,9 @@ def reproduce_figure(
     depths: Sequence[int] = PAPER_DEPTHS,
     switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
     continue_epochs: int = 30000,
-    trajectories: Optional[Sequence[int]] = None,
+    trajectories: Sequence[int] | None = None,
     verbose: bool = True,
-    processes: Optional[int] = None,
+    processes: int | None = None,
     **kwargs: Any,
 ) -> dict[str, str]:
     """Train the figure's sweeps and write ``matrix_completion.csv`` / ``.png`` into ``out_dir``.
@@ -356,7 +359,7 @@ def reproduce_figure(
     return paths
 
 
-def figure_main(argv: Optional[Sequence[str]] = None) -> int:
+def figure_main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``lightning-critical matrix-completion [--out DIR] [...]`` (see ``--help``).
 
     Reproduces the paper's figure (depths 1, 2, 3; the published switch epochs; 30k epochs

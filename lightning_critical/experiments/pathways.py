@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,8 @@ from lightning_critical.spectral import mode_strengths
 from lightning_critical.theory import deprived_share, pathway_dynamics
 
 PUBLISHED_ONSETS: dict[str, int] = {"early": 0, "middle": 400, "late": 750}
+PHASE_WINDOWS: dict[str, tuple[int, int]] = {"early": (0, 150), "late": (750, 900)}
+"""The deficit windows of the phase portraits (:func:`phase_trajectories`), in epochs."""
 
 
 @dataclass
@@ -38,9 +41,9 @@ class PathwayRun:
     """
 
     frame: pd.DataFrame
-    theory: Optional[np.ndarray]
+    theory: np.ndarray | None
     singular_values: np.ndarray
-    log_dir: Optional[str]
+    log_dir: str | None
     seconds: float
 
 
@@ -52,7 +55,7 @@ def initial_mode_strengths(model: MultiPathwayLinearNet, datamodule: Hierarchica
     return np.stack([mode_strengths(maps[p], u, v, dtype=None).double().cpu().numpy() for p in model.pathways])
 
 
-def build_pathway_model(**model_kwargs) -> tuple[HierarchicalDataModule, MultiPathwayLinearNet]:
+def build_pathway_model(**model_kwargs: Any) -> tuple[HierarchicalDataModule, MultiPathwayLinearNet]:
     """The default hierarchical task and a ``MultiPathwayLinearNet`` initialised on its basis."""
     dm = HierarchicalDataModule()
     model = MultiPathwayLinearNet(in_features=dm.in_features, out_features=dm.out_features,
@@ -61,7 +64,7 @@ def build_pathway_model(**model_kwargs) -> tuple[HierarchicalDataModule, MultiPa
 
 
 def pathway_deficit_run(
-    window: Optional[tuple[int, int]] = (0, 150),
+    window: tuple[int, int] | None = (0, 150),
     depth: int = 4,
     max_epochs: int = 1000,
     mode: str = "freeze",
@@ -70,10 +73,10 @@ def pathway_deficit_run(
     lr: float = 0.01,
     init_scale: float = 0.01,
     init_noise: float = 0.1,
-    nonlinearity: Optional[str] = None,
+    nonlinearity: str | None = None,
     seed: int = 0,
     every_n_steps: int = 10,
-    save_dir: Optional[str] = None,
+    save_dir: str | None = None,
     name: str = "run",
     *,
     init_noise_draw: str = "per_unit",
@@ -113,7 +116,7 @@ def pathway_deficit_run(
     if window is not None:
         callbacks.append(PathwayDeficit(deprived, window=Window.coerce(window), mode=mode))
     if nonlinearity is None and mode in ("freeze", "silence"):
-        deficits = {names.index(deprived): [tuple(window)]} if window is not None else {}
+        deficits = {names.index(deprived): [window]} if window is not None else {}
         theory = pathway_dynamics(s.numpy(), depth, initial_mode_strengths(model, dm), lr, max_epochs,
                                   deficits=deficits, mode=mode)
     monitor = SpectralMonitor(
@@ -130,19 +133,21 @@ def pathway_deficit_run(
     )
     trainer.fit(model, dm)
     records = monitor.to_frame()
-    k = records[records.metric == "mode_strength"].rename(columns={"target": "pathway", "index": "mode", "value": "sgd"})
+    k = records[records.metric == "mode_strength"].rename(
+        columns={"target": "pathway", "index": "mode", "value": "sgd"}
+    )
     k = k[["step", "pathway", "mode", "sgd"]].reset_index(drop=True)
     k["singular_value"] = s.numpy()[k["mode"].to_numpy()]
     if theory is not None:
         k["theory"] = theory[k["step"].to_numpy(), [names.index(p) for p in k["pathway"]], k["mode"].to_numpy()]
     else:
         k["theory"] = np.nan
-    log_dir = logger.log_dir if logger else None
+    log_dir = logger.log_dir if isinstance(logger, TensorBoardLogger) else None
     return PathwayRun(k, theory, s.numpy(), log_dir, time.perf_counter() - start)
 
 
 def early_middle_late(
-    onsets: dict[str, int] = PUBLISHED_ONSETS, length: int = 150, save_dir: Optional[str] = None, **kwargs
+    onsets: dict[str, int] = PUBLISHED_ONSETS, length: int = 150, save_dir: str | None = None, **kwargs: Any
 ) -> pd.DataFrame:
     """The published early / middle / late deficit runs; one tidy table.
 
@@ -165,7 +170,7 @@ def deficit_onset_sweep(
     deprived: str = "b",
     mode: str = "freeze",
     accelerator: str = "auto",
-    **model_kwargs,
+    **model_kwargs: Any,
 ) -> pd.DataFrame:
     """Final share of every mode held by the deprived pathway, against deficit onset and depth.
 
@@ -174,7 +179,7 @@ def deficit_onset_sweep(
     seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`. Columns:
     depth, onset, mode, singular_value, share, source (``"theory"`` or ``"sgd"``).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     lr = model_kwargs.get("lr", 0.01)
     for depth in depths:
         dm, model = build_pathway_model(depth=depth, **model_kwargs)
@@ -185,7 +190,9 @@ def deficit_onset_sweep(
         k0 = initial_mode_strengths(model, dm)
         s = dm.task_basis()[1].numpy()
         for onset in onsets:
-            traj = pathway_dynamics(s, depth, k0, lr, max_epochs, deficits={index: [(onset, onset + length)]}, mode=mode)
+            traj = pathway_dynamics(
+                s, depth, k0, lr, max_epochs, deficits={index: [(onset, onset + length)]}, mode=mode
+            )
             share = deprived_share(traj[-1], index)
             rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="theory")
                         for a in range(len(s)))
@@ -203,12 +210,12 @@ def deficit_onset_sweep(
 
 def phase_trajectories(
     depths: Sequence[int] = (1, 2, 4),
-    windows: dict[str, tuple[int, int]] = {"early": (0, 150), "late": (750, 900)},
+    windows: Mapping[str, tuple[int, int]] | None = None,
     mode: int = 0,
     max_epochs: int = 1000,
     lr: float = 0.01,
     init_scale: float = 0.01,
-    **model_kwargs,
+    **model_kwargs: Any,
 ) -> pd.DataFrame:
     """Theory trajectories of ``(K_a, K_b)`` on one mode, for phase portraits.
 
@@ -216,7 +223,10 @@ def phase_trajectories(
     ``model_kwargs`` (init_noise, init_noise_draw, independent_noise, width, seed), i.e. where
     the SGD runs of :func:`early_middle_late` start. Columns: depth, label, step, k_a, k_b,
     mode, singular_value, deprived (whether the update at that step is inside the window).
+    ``windows``: label -> ``(start, end)`` deficit of pathway ``b`` (default :data:`PHASE_WINDOWS`).
     """
+    if windows is None:
+        windows = PHASE_WINDOWS
     s = HierarchicalDataModule().task_basis()[1].numpy()
     rows = []
     for depth in depths:
@@ -225,8 +235,10 @@ def phase_trajectories(
         for label, (start, end) in windows.items():
             traj = pathway_dynamics(s, depth, k0, lr, max_epochs, deficits={1: [(start, end)]})
             steps = np.arange(max_epochs + 1)
-            rows.append(pd.DataFrame(dict(depth=depth, label=label, step=steps, k_a=traj[:, 0, mode], k_b=traj[:, 1, mode],
-                                          mode=mode, singular_value=s[mode], deprived=(steps >= start) & (steps < end))))
+            rows.append(pd.DataFrame(dict(
+                depth=depth, label=label, step=steps, k_a=traj[:, 0, mode], k_b=traj[:, 1, mode],
+                mode=mode, singular_value=s[mode], deprived=(steps >= start) & (steps < end),
+            )))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -240,7 +252,7 @@ def reproduce(out_dir: str = "outputs/multipathway", quick: bool = False, accele
 
     os.makedirs(out_dir, exist_ok=True)
     tb_dir = os.path.join(out_dir, "tensorboard")
-    sweep_kwargs = dict(depths=(1, 2, 4), onsets=(0, 300, 600, 900), sgd_onsets=(0,)) if quick else {}
+    sweep_kwargs: dict[str, Any] = dict(depths=(1, 2, 4), onsets=(0, 300, 600, 900), sgd_onsets=(0,)) if quick else {}
     runs = early_middle_late(save_dir=tb_dir, accelerator=accelerator)
     sweep = deficit_onset_sweep(accelerator=accelerator, **sweep_kwargs)
     phases = phase_trajectories()

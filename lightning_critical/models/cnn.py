@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_float, check_int, check_seed
+
+
+class _Hyperparameters(Protocol):
+    """What ``self.hparams`` holds (an ``AttributeDict``, read by attribute): the constructor's arguments.
+
+    Read through ``_hp`` rather than copied into attributes, so that changes to ``hparams``
+    (a learning-rate finder, a user) still reach ``configure_optimizers`` as before.
+    """
+
+    in_channels: int
+    num_classes: int
+    channels: Sequence[int]
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_decay: float
 
 
 class SmallCNN(pl.LightningModule):
@@ -22,7 +39,7 @@ class SmallCNN(pl.LightningModule):
     Args:
         in_channels: image channels (1 for digits, 3 for CIFAR-10).
         num_classes: output classes.
-        channels: widths of the two conv layers.
+        channels: widths of the two conv layers (a tuple or list of two integers).
         lr, momentum, weight_decay: SGD settings.
         lr_decay: the learning rate is multiplied by this after every epoch (1 = constant;
             the classic critical-period protocol anneals it exponentially, e.g. 0.97).
@@ -39,22 +56,26 @@ class SmallCNN(pl.LightningModule):
         self,
         in_channels: int = 1,
         num_classes: int = 10,
-        channels: tuple[int, int] = (16, 32),
+        channels: Sequence[int] = (16, 32),
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         lr_decay: float = 1.0,
-        seed: Any = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
             check_int(name, value)
-        if len(channels) != 2 or any(c < 1 for c in channels):
-            raise ValueError(f"channels={channels!r} must be two positive widths.")
-        if not lr > 0:
-            raise ValueError(f"lr={lr!r} must be > 0.")
-        if not 0 < lr_decay <= 1:
-            raise ValueError(f"lr_decay={lr_decay!r} must be in (0, 1].")
+        if not isinstance(channels, (tuple, list)) or len(channels) != 2:
+            raise ValueError(f"channels={channels!r} is not valid: give the two conv widths, like (16, 32).")
+        for i, width in enumerate(channels):
+            check_int(f"channels[{i}]", width)
+        check_float("lr", lr, low=0, low_inclusive=False)
+        check_float("momentum", momentum, low=0)
+        check_float("weight_decay", weight_decay, low=0)
+        check_float("lr_decay", lr_decay, low=0, low_inclusive=False, high=1)
+        if seed is not None:
+            check_seed("seed", seed)
         self.save_hyperparameters()
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
@@ -63,8 +84,12 @@ class SmallCNN(pl.LightningModule):
         else:
             self._build()
 
+    @property
+    def _hp(self) -> _Hyperparameters:
+        return cast(_Hyperparameters, self.hparams)
+
     def _build(self) -> None:
-        hp = self.hparams
+        hp = self._hp
         self.conv1 = nn.Conv2d(hp.in_channels, hp.channels[0], 3, padding=1)
         self.conv2 = nn.Conv2d(hp.channels[0], hp.channels[1], 3, padding=1)
         self.fc = nn.Linear(hp.channels[1] * 4, hp.num_classes)
@@ -96,7 +121,7 @@ class SmallCNN(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp = self._hp
         opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if hp.lr_decay == 1.0:
             return opt

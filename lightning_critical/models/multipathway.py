@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import string
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, cast
 
 import pytorch_lightning as pl
 import torch
@@ -17,15 +18,36 @@ INIT_NOISE_DRAWS: tuple[str, ...] = ("per_unit", "per_mode")
 NONLINEARITIES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def _pathway_names(pathways: Union[int, Sequence[str]]) -> list[str]:
+def _pathway_names(pathways: int | Sequence[str]) -> list[str]:
     if isinstance(pathways, int) and not isinstance(pathways, bool):
         if not 1 <= pathways <= 26:
             raise ValueError(f"pathways={pathways} must be between 1 and 26 (or a list of names).")
         return list(string.ascii_lowercase[:pathways])
-    names = list(pathways)
+    names: list[Any] = list(pathways) if isinstance(pathways, Iterable) else []  # True, 2.0: refused below
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise ValueError(f"pathways={pathways!r} must be a count or distinct identifier names like ['a', 'b'].")
     return names
+
+
+class _Hyperparameters(Protocol):
+    """What ``self.hparams`` holds (an ``AttributeDict``, read by attribute): the constructor's arguments.
+
+    Read through ``_hp`` rather than copied into attributes, so that changes to ``hparams``
+    (a learning-rate finder, a user) still reach ``configure_optimizers`` as before.
+    """
+
+    in_features: int
+    out_features: int
+    depth: int
+    width: int
+    lr: float
+    momentum: float
+    init_scale: float
+    init_noise: float
+    independent_noise: bool
+    init_noise_draw: str
+    nonlinearity: str | None
+    seed: int
 
 
 class MultiPathwayLinearNet(pl.LightningModule):
@@ -77,13 +99,15 @@ class MultiPathwayLinearNet(pl.LightningModule):
         {'a': (15, 8), 'b': (15, 8)}
     """
 
+    initialized: Tensor  # buffer: whether the weights hold an initialisation (saved in checkpoints)
+
     def __init__(
         self,
         in_features: int = 8,
         out_features: int = 15,
         depth: int = 4,
         width: int = 100,
-        pathways: Union[int, Sequence[str]] = ("a", "b"),
+        pathways: int | Sequence[str] = ("a", "b"),
         lr: float = 0.01,
         momentum: float = 0.0,
         init: str = "aligned",
@@ -91,18 +115,22 @@ class MultiPathwayLinearNet(pl.LightningModule):
         init_noise: float = 0.1,
         independent_noise: bool = False,
         init_noise_draw: str = "per_unit",
-        nonlinearity: Optional[str] = None,
-        task_basis: Optional[TaskBasis] = None,
+        nonlinearity: str | None = None,
+        task_basis: TaskBasis | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features), ("depth", depth), ("width", width)):
+        for name, value in (
+            ("in_features", in_features), ("out_features", out_features), ("depth", depth), ("width", width)
+        ):
             check_int(name, value)
         if init not in INITS:
             raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
         check_choice("init_noise_draw", init_noise_draw, INIT_NOISE_DRAWS)
         if nonlinearity is not None and nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"nonlinearity={nonlinearity!r} is not valid; choose None or one of {tuple(NONLINEARITIES)}.")
+            raise ValueError(
+                f"nonlinearity={nonlinearity!r} is not valid; choose None or one of {tuple(NONLINEARITIES)}."
+            )
         if not lr > 0:
             raise ValueError(f"lr={lr!r} must be > 0.")
         if not init_scale > 0:
@@ -110,15 +138,19 @@ class MultiPathwayLinearNet(pl.LightningModule):
         self.save_hyperparameters(ignore=["task_basis"])
         names = _pathway_names(pathways)
         self.pathways = nn.ModuleDict({n: self._make_pathway() for n in names})
-        self._basis: Optional[TaskBasis] = None
+        self._basis: TaskBasis | None = None
         self.register_buffer("initialized", torch.tensor(False), persistent=True)
         if init == "gaussian":
             self._gaussian_init()
         elif task_basis is not None:
             self.initialize_aligned(task_basis)
 
+    @property
+    def _hp(self) -> _Hyperparameters:
+        return cast(_Hyperparameters, self.hparams)
+
     def _make_pathway(self) -> nn.Sequential:
-        hp = self.hparams
+        hp = self._hp
         sizes = [hp.in_features] + [hp.width] * (hp.depth - 1) + [hp.out_features]
         layers: list[nn.Module] = []
         for i in range(hp.depth):
@@ -128,11 +160,11 @@ class MultiPathwayLinearNet(pl.LightningModule):
         return nn.Sequential(*layers)
 
     def _linears(self, name: str) -> list[nn.Linear]:
-        return [m for m in self.pathways[name] if isinstance(m, nn.Linear)]
+        return [m for m in self.pathways[name].children() if isinstance(m, nn.Linear)]
 
     def _gaussian_init(self) -> None:
-        gen = torch.Generator().manual_seed(self.hparams.seed)
-        per_layer = self.hparams.init_scale ** (1.0 / self.hparams.depth)
+        gen = torch.Generator().manual_seed(self._hp.seed)
+        per_layer = self._hp.init_scale ** (1.0 / self._hp.depth)
         with torch.no_grad():
             for name in self.pathways:
                 for layer in self._linears(name):
@@ -143,7 +175,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
     def initialize_aligned(self, task_basis: TaskBasis) -> None:
         """Balanced, task-aligned initialisation from ``(U, S, V)`` (see the class docstring)."""
         u, s, v = (t.detach().double().cpu() for t in task_basis)
-        hp = self.hparams
+        hp = self._hp
         if u.shape[0] != hp.out_features or v.shape[0] != hp.in_features:
             raise ValueError(
                 f"task basis with U {tuple(u.shape)} and V {tuple(v.shape)} does not fit the network "
@@ -151,11 +183,15 @@ class MultiPathwayLinearNet(pl.LightningModule):
             )
         rank = u.shape[1]
         if hp.depth > 1 and hp.width < rank:
-            raise ValueError(f"width={hp.width} is smaller than the task's {rank} modes; aligned init needs width >= {rank}.")
+            raise ValueError(
+                f"width={hp.width} is smaller than the task's {rank} modes; aligned init needs width >= {rank}."
+            )
         gen = torch.Generator().manual_seed(hp.seed)
         k0 = self._initial_strengths(gen, len(self.pathways), rank)
         if torch.any(k0 <= 0):
-            raise ValueError(f"init_noise={hp.init_noise} gave a non-positive initial strength; use a smaller init_noise.")
+            raise ValueError(
+                f"init_noise={hp.init_noise} gave a non-positive initial strength; use a smaller init_noise."
+            )
         with torch.no_grad():
             for p, name in enumerate(self.pathways):
                 q = torch.diag(k0[p] ** (1.0 / hp.depth))
@@ -173,7 +209,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
 
     def _initial_strengths(self, gen: torch.Generator, n_paths: int, rank: int) -> Tensor:
         """``K(0)`` of shape ``(n_paths, rank)`` in float64, in decreasing order along each row."""
-        hp = self.hparams
+        hp = self._hp
         draws = n_paths if hp.independent_noise else 1
         if hp.init_noise_draw == "per_unit":
             # The official script: float32 draws, one per hidden unit, in this order of operations.
@@ -204,7 +240,7 @@ class MultiPathwayLinearNet(pl.LightningModule):
             self._basis = tuple(checkpoint["task_basis"])
 
     # -- protocols ------------------------------------------------------------------------
-    def task_basis(self) -> Optional[TaskBasis]:
+    def task_basis(self) -> TaskBasis | None:
         """The basis used for the aligned init (``None`` until known)."""
         return self._basis
 
@@ -220,14 +256,14 @@ class MultiPathwayLinearNet(pl.LightningModule):
         for name, seq in self.pathways.items():
             weight = self._linears(name)[0].weight
             dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-            if self.hparams.nonlinearity is None:
+            if self._hp.nonlinearity is None:
                 out = weight.detach().to(dtype)
                 for layer in self._linears(name)[1:]:
                     out = layer.weight.detach().to(dtype) @ out
             else:
-                h = torch.eye(self.hparams.in_features, device=weight.device, dtype=weight.dtype)
-                for layer in seq:
-                    h = layer(h)
+                h = torch.eye(self._hp.in_features, device=weight.device, dtype=weight.dtype)
+                for module in seq.children():
+                    h = module(h)
                 out = h.detach().to(dtype).T
             maps[name] = out
         return maps
@@ -241,9 +277,10 @@ class MultiPathwayLinearNet(pl.LightningModule):
         loss = 0.5 * ((self(x) - y) ** 2).sum()
         # self.log costs more than a whole step of this model, and Lightning only writes step
         # metrics every log_every_n_steps, so skip the calls it would drop.
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector, undeclared
+        if (self.global_step + 1) % max(1, every) == 0:
             self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        return torch.optim.SGD(self.parameters(), lr=self._hp.lr, momentum=self._hp.momentum)
