@@ -17,9 +17,11 @@ MYPY_ARGS :=  # no paths: mypy checks the `files` of [tool.mypy] in pyproject.to
 # restores the whole-project checks above. --follow-imports=silent: imported modules are
 # still analysed for their types, but only errors in the listed files are reported.
 RUFF_PATHS := \
+	lightning_critical/__init__.py \
 	lightning_critical/_batch.py \
 	lightning_critical/_checks.py \
 	lightning_critical/_lightning.py \
+	lightning_critical/cli.py \
 	lightning_critical/deficits \
 	lightning_critical/fisher.py \
 	lightning_critical/monitors \
@@ -38,10 +40,25 @@ RUFF_PATHS := \
 	lightning_critical/models/__init__.py \
 	lightning_critical/models/matrix_factorization.py \
 	lightning_critical/models/factorization_ensemble.py \
+	lightning_critical/plots/__init__.py \
 	lightning_critical/plots/_figure.py \
+	lightning_critical/plots/critical_period.py \
 	lightning_critical/plots/matrix_completion.py \
 	lightning_critical/plots/pathways.py \
 	lightning_critical/experiments/__init__.py \
+	lightning_critical/sweep/__init__.py \
+	lightning_critical/sweep/config.py \
+	lightning_critical/sweep/engine.py \
+	lightning_critical/sweep/execute.py \
+	lightning_critical/sweep/grids.py \
+	lightning_critical/sweep/logs.py \
+	lightning_critical/sweep/metrics.py \
+	lightning_critical/sweep/plan.py \
+	lightning_critical/sweep/rng.py \
+	lightning_critical/sweep/scheduler.py \
+	lightning_critical/sweep/spec.py \
+	lightning_critical/sweep/store.py \
+	lightning_critical/sweep/table.py \
 	examples/add_to_your_script.py \
 	examples/matrix_completion_figure.py \
 	examples/matrix_completion_switch.py \
@@ -69,6 +86,12 @@ RUFF_PATHS := \
 	tests/test_readme.py \
 	tests/test_schedule.py \
 	tests/test_spectral_general.py \
+	tests/test_sweep_backends.py \
+	tests/test_sweep_bad_inputs.py \
+	tests/test_sweep_branching.py \
+	tests/test_sweep_outputs.py \
+	tests/test_sweep_plan.py \
+	tests/test_sweep_resume.py \
 	tests/test_tasks.py \
 	tests/test_theory_factorization.py
 MYPY_ARGS := --follow-imports=silent $(RUFF_PATHS)
