@@ -91,6 +91,7 @@ RUFF_PATHS := \
 	tests/test_sweep_branching.py \
 	tests/test_sweep_outputs.py \
 	tests/test_sweep_plan.py \
+	tests/test_sweep_plot_axes.py \
 	tests/test_sweep_resume.py \
 	tests/test_tasks.py \
 	tests/test_theory_factorization.py
