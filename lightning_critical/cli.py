@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 
 def _demo(argv: Sequence[str]) -> int:
@@ -68,11 +68,15 @@ def _sweep(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="lightning-critical sweep",
-        description="Train a model once per deficit window x seed (x swept values); write the critical-period table and curve.",
+        description=(
+            "Train a model once per deficit window x seed (x swept values); "
+            "write the critical-period table and curve."
+        ),
     )
     parser.add_argument("--config", required=True, help="YAML sweep config (see examples/configs/*sweep*.yaml)")
     parser.add_argument("--out", help="output directory (default: the config's out)")
-    parser.add_argument("--backend", choices=("serial", "process", "ray"), help="where runs execute (default: the config's)")
+    parser.add_argument("--backend", choices=("serial", "process", "ray"),
+                        help="where runs execute (default: the config's)")
     parser.add_argument("--workers", type=int, help="worker processes of the process backend")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -129,7 +133,7 @@ def _lightning_cli(argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-critical`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:

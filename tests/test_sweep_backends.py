@@ -59,7 +59,7 @@ class BlurWithHandshake:
         self.marker = marker
 
     def __call__(self, window):
-        callbacks = [lc.InputDeficit("blur", window=window, factor=4)]
+        callbacks: list[pl.Callback] = [lc.InputDeficit("blur", window=window, factor=4)]
         if window.end == 3:
             callbacks.append(WaitForFile(self.marker, epoch=3))
         if window.end == 1:
@@ -70,7 +70,8 @@ class BlurWithHandshake:
 def _sweep(tmp_path, name, backend, **kw):
     args = dict(model=cnn_model, datamodule=cnn_data, deficit=lc.InputDeficit("blur", window=(0, 1), factor=4),
                 windows=lc.sweep.removal([1, 2]), metrics=["val_loss", threads_used], trainer={"max_epochs": 3, **CPU},
-                out=str(tmp_path / name), backend=backend, save_model=True, tensorboard=False, plot=False, progress=False)
+                out=str(tmp_path / name), backend=backend, save_model=True, tensorboard=False, plot=False,
+                progress=False)
     args.update(kw)
     return lc.sweep.run(**args)
 
@@ -119,7 +120,7 @@ class Job:
     def __init__(self, fn, args):
         try:
             self._result, self._error = fn(*args), None
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self._result, self._error = None, err
 
     def done(self):
@@ -154,13 +155,15 @@ def test_executors_returning_cluster_style_jobs_are_polled(tmp_path):
 
 
 def test_a_thread_pool_is_refused(tmp_path):
-    with cf.ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="threads share this process's random states"):
+    match = "threads share this process's random states"
+    with cf.ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match=match):
         _sweep(tmp_path, "threads", pool)
 
 
 def test_unpicklable_factories_are_refused_before_training_for_worker_backends(tmp_path, monkeypatch):
-    import lightning_critical.sweep.backends as backends
     import pickle
+
+    import lightning_critical.sweep.backends as backends
 
     monkeypatch.setattr(backends, "dumps", pickle.dumps)  # as without cloudpickle
     with pytest.raises(TypeError, match="model=.*cannot be sent to the process backend"):

@@ -59,9 +59,11 @@ def _sweep(tmp_path, name, share, **kw):
                         tensorboard=False, plot=False, progress=False, **kw)
 
 
-@pytest.mark.parametrize("grid", [lc.sweep.removal([2, 4, 6]), lc.sweep.sliding([0, 2, 5], length=2)], ids=["removal", "sliding"])
+@pytest.mark.parametrize("grid", [lc.sweep.removal([2, 4, 6]), lc.sweep.sliding([0, 2, 5], length=2)],
+                         ids=["removal", "sliding"])
 def test_branched_pathway_runs_equal_independent_runs(tmp_path, grid):
-    kw = dict(model=pathway_model, datamodule=pathway_data, deficit=lambda window: lc.PathwayDeficit("b", window, mode="freeze"),
+    kw = dict(model=pathway_model, datamodule=pathway_data,
+              deficit=lambda window: lc.PathwayDeficit("b", window, mode="freeze"),
               windows=grid, metrics=["train_loss", pathway_share],
               trainer={"max_epochs": 8, "log_every_n_steps": 1, **CPU})
     shared = _sweep(tmp_path, "shared", True, **kw)
@@ -75,7 +77,8 @@ def test_branched_pathway_runs_equal_independent_runs(tmp_path, grid):
     assert shared[~shared.baseline].norm_b.min() < base
 
 
-@pytest.mark.parametrize("grid", [lc.sweep.removal([1, 2, 3]), lc.sweep.sliding([0, 1, 2], length=1)], ids=["removal", "sliding"])
+@pytest.mark.parametrize("grid", [lc.sweep.removal([1, 2, 3]), lc.sweep.sliding([0, 1, 2], length=1)],
+                         ids=["removal", "sliding"])
 def test_branched_shuffled_cnn_runs_equal_independent_runs(tmp_path, grid):
     # shuffled minibatches, momentum, weight decay, ExponentialLR, a validation loop, InputDeficit blur
     kw = dict(model=cnn_model, datamodule=cnn_data, deficit=lc.InputDeficit("blur", window=(0, 1), factor=4),

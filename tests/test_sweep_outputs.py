@@ -6,9 +6,9 @@ import os
 
 import pandas as pd
 import pytest
+from conftest import read_tensorboard
 
 import lightning_critical as lc
-from conftest import read_tensorboard
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -110,7 +110,8 @@ def test_summary_curve_png_and_tensorboard_image(sweeps):
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):
-    _sweep(tmp_path / "quiet", seeds=[0], windows=[(0, 1)], tensorboard=False, plot=False, progress=None, callbacks=None)
+    _sweep(tmp_path / "quiet", seeds=[0], windows=[(0, 1)], tensorboard=False, plot=False, progress=None,
+           callbacks=None)
     assert "run/s" not in capsys.readouterr().err  # pytest's stderr is not a terminal
     _sweep(tmp_path / "bar", seeds=[0], windows=[(0, 1)], tensorboard=False, plot=False, progress=True, callbacks=None)
     err = capsys.readouterr().err

@@ -49,7 +49,7 @@ class FreezeAndMisbehave:
         self.flag, self.end, self.how = flag, end, how
 
     def __call__(self, window):
-        callbacks = [lc.PathwayDeficit("b", window, mode="freeze")]
+        callbacks: list[pl.Callback] = [lc.PathwayDeficit("b", window, mode="freeze")]
         if window.end == self.end:
             callbacks.append(Misbehave(self.flag, self.how))
         return callbacks

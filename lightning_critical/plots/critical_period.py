@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from lightning_critical.plots._figure import subplots
+from lightning_critical.plots._figure import root_figure, subplots
 from lightning_critical.sweep.table import summarize
 
 X_CHOICES: tuple[str, ...] = ("window_end", "window_start")
@@ -40,11 +40,11 @@ def _curve_label(summary: pd.DataFrame, x: str) -> str:
 
 def plot_critical_period_curve(
     table: pd.DataFrame,
-    metric: Optional[str] = None,
-    x: Optional[str] = None,
-    by: Optional[Sequence[str]] = None,
-    ax: Optional[Axes] = None,
-    title: Optional[str] = None,
+    metric: str | None = None,
+    x: str | None = None,
+    by: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Mean final ``metric`` against the window's end (removal) or start (sliding), ± one standard error over seeds.
 
@@ -67,7 +67,8 @@ def plot_critical_period_curve(
     Example::
 
         >>> t = pd.DataFrame({"window": ["none"] * 2 + ["[0, 5) epochs"] * 2 + ["[0, 10) epochs"] * 2,
-        ...                   "window_start": [np.nan, np.nan, 0, 0, 0, 0], "window_end": [np.nan, np.nan, 5, 5, 10, 10],
+        ...                   "window_start": [np.nan, np.nan, 0, 0, 0, 0],
+        ...                   "window_end": [np.nan, np.nan, 5, 5, 10, 10],
         ...                   "baseline": [True, True, False, False, False, False], "seed": [0, 1] * 3,
         ...                   "val_acc": [0.9, 0.92, 0.85, 0.83, 0.6, 0.62], "status": ["ok"] * 6})
         >>> fig = plot_critical_period_curve(t, "val_acc")
@@ -81,17 +82,19 @@ def plot_critical_period_curve(
     if x not in X_CHOICES:
         raise ValueError(f"x={x!r} is not valid; choose one of {X_CHOICES}.")
     keys = list(table.attrs.get("params", []) if by is None else by)
-    fig, ax = (subplots(figsize=(5.0, 3.6)) if ax is None else (ax.figure, ax))
+    fig, ax = (subplots(figsize=(5.0, 3.6)) if ax is None else (root_figure(ax), ax))
     groups = list(summary.groupby(keys, sort=True)) if keys else [((), summary)]
     colors = matplotlib.colormaps["viridis"](np.linspace(0.05, 0.8, max(len(groups), 1)))
     units = table.loc[~table["baseline"].astype(bool), "unit"] if "unit" in table.columns else pd.Series(dtype=object)
     unit = units.iloc[0] if len(units) else "epoch"
     what = _curve_label(summary, x)
-    for color, (key, part) in zip(colors, groups):
+    # one spare color when there are no groups, hence not strict
+    for color, (key, part) in zip(colors, groups, strict=False):
         key = key if isinstance(key, tuple) else (key,)
-        name = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
+        name = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
         curve = part[~part["baseline"]].sort_values(x)
-        xs, mean, sem = curve[x].to_numpy(float), curve["mean"].to_numpy(float), np.nan_to_num(curve["sem"].to_numpy(float))
+        xs, mean = curve[x].to_numpy(float), curve["mean"].to_numpy(float)
+        sem = np.nan_to_num(curve["sem"].to_numpy(float))
         ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{what}{' (' + name + ')' if name else ''}")
         ax.fill_between(xs, mean - sem, mean + sem, color=color, alpha=0.25, lw=0)
         base = part[part["baseline"]]

@@ -28,7 +28,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -95,7 +96,8 @@ def _windows(value: Any) -> Any:
         if len(value) != 1:
             raise ValueError(f"windows={dict(value)!r} is not valid: give one of removal, sliding or explicit.")
         (kind, args), = value.items()
-        makers = {"removal": grids.removal, "sliding": grids.sliding, "explicit": grids.windows}
+        makers: dict[str, Callable[..., grids.WindowGrid]] = {
+            "removal": grids.removal, "sliding": grids.sliding, "explicit": grids.windows}
         if kind not in makers:
             raise ValueError(f"windows: {kind!r} is not valid; choose one of {tuple(makers)}.")
         if isinstance(args, Mapping):
@@ -115,7 +117,7 @@ def _metrics(value: Any) -> Any:
     return [import_object(m, "metrics") if isinstance(m, str) and ":" in m else m for m in items]
 
 
-def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML sweep config into the keyword arguments of :func:`lightning_critical.sweep.run`.
 
     ``overrides`` maps dotted keys (``"trainer.max_epochs"``) to values, applied before parsing.

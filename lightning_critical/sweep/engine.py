@@ -6,7 +6,8 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import warnings
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,15 +19,15 @@ from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
-from lightning_critical.sweep.store import IDENTITY, SweepDirectoryError, Store
+from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
 from lightning_critical.sweep.table import run_fields, to_table
 
-MetricsArg = Union[str, Callable[..., Mapping[str, float]], Sequence[Union[str, Callable[..., Mapping[str, float]]]]]
+MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
 
 def run(
     model: Callable[..., Any],
-    datamodule: Optional[Callable[..., Any]] = None,
+    datamodule: Callable[..., Any] | None = None,
     *,
     deficit: Any,
     windows: Any,
@@ -34,20 +35,20 @@ def run(
     trainer: Mapping[str, Any],
     seeds: Sequence[int] = (0,),
     params: Any = None,
-    callbacks: Optional[Callable[..., Any]] = None,
+    callbacks: Callable[..., Any] | None = None,
     test: bool = False,
-    out: Union[str, os.PathLike] = "outputs/sweep",
-    backend: Union[str, cf.Executor, Any] = "process",
-    workers: Optional[int] = None,
+    out: str | os.PathLike = "outputs/sweep",
+    backend: str | cf.Executor | Any = "process",
+    workers: int | None = None,
     threads_per_run: int = 1,
     share_prefixes: bool = True,
-    steps_per_epoch: Optional[int] = None,
-    progress: Optional[bool] = None,
+    steps_per_epoch: int | None = None,
+    progress: bool | None = None,
     save_model: bool = False,
     tensorboard: bool = True,
-    plot: Union[bool, str] = True,
+    plot: bool | str = True,
     keep_checkpoints: bool = False,
-    backend_options: Optional[Mapping[str, Any]] = None,
+    backend_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -141,7 +142,7 @@ def run(
     threads = check_int("threads_per_run", threads_per_run, low=1)
     check_int("workers", workers, low=1, allow_none=True)
     check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
-    _check_windows_fit(grid, trainer_kwargs.get("max_epochs"), steps_per_epoch)
+    _check_windows_fit(grid, trainer_kwargs["max_epochs"], steps_per_epoch)  # _check_trainer sets it
     if isinstance(plot, str) and all(isinstance(m, str) for m in metric_list) and plot not in metric_list:
         raise ValueError(f"plot={plot!r} is not one of metrics={metric_list}; name one of them, or plot=True / False.")
     _check_callables(model, datamodule, deficit, callbacks)
@@ -150,12 +151,13 @@ def run(
         metrics=tuple(metric_list), test=bool(test), threads_per_run=threads, steps_per_epoch=steps_per_epoch,
         save_model=bool(save_model), tensorboard=bool(tensorboard),
     )
-    runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs) for entry in grid for combo in combos for seed in seed_list]
+    runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
+            for entry in grid for combo in combos for seed in seed_list]
     _check_params_used(spec, combos)
     identity = spec.identity()
     run_ids = [r.run_id(identity) for r in runs]
     labels = _labels(runs, run_ids)
-    epochs = {rid: (r.max_epochs or spec.max_epochs) for r, rid in zip(runs, run_ids)}
+    epochs = {rid: (r.max_epochs or spec.max_epochs) for r, rid in zip(runs, run_ids, strict=True)}
 
     store = Store(os.fspath(out))
     latest = store.latest() if os.path.exists(os.path.join(store.out, IDENTITY)) else {}
@@ -171,7 +173,8 @@ def run(
     _claim(store, identity, spec.describe())
     latest = store.latest()
 
-    fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity} for r, rid in zip(runs, run_ids)}
+    fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity}
+              for r, rid in zip(runs, run_ids, strict=True)}
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
     if pending:
         items = []
@@ -180,9 +183,10 @@ def run(
             group = short_hash({"sweep": identity, "seed": r.seed, "params": r.encode()["params"]})
             items.append(PlanItem(rid, group, epochs[rid], schedule_tokens(r.windows, epochs[rid], steps_per_epoch)))
         plan = make_plan(items, share_prefixes=share_prefixes, available=store.available_checkpoints())
-        by_id = {rid: r for r, rid in zip(runs, run_ids)}
+        by_id = {rid: r for r, rid in zip(runs, run_ids, strict=True)}
         kind = grid.kind
-        log_dirs = {rid: (os.path.join(store.out, "tensorboard", labels[rid]) if tensorboard else None) for rid in run_ids}
+        log_dirs = {rid: (os.path.join(store.out, "tensorboard", labels[rid]) if tensorboard else None)
+                    for rid in run_ids}
 
         def make_task(node: Any) -> Task:
             return Task(
@@ -208,12 +212,13 @@ def run(
         if metric in table.attrs["metrics"]:
             _write_figure(table, metric, store.out, tensorboard)
         else:
-            warnings.warn(f"plot={plot!r} is not one of the sweep's metrics {table.attrs['metrics']}: no figure written.",
-                          stacklevel=2)
+            warnings.warn(
+                f"plot={plot!r} is not one of the sweep's metrics {table.attrs['metrics']}: no figure written.",
+                stacklevel=2)
     return table
 
 
-def load(out: Union[str, os.PathLike]) -> pd.DataFrame:
+def load(out: str | os.PathLike) -> pd.DataFrame:
     """The table of every run recorded in a sweep directory (the latest result of each run).
 
     Example::
@@ -252,13 +257,15 @@ def _check_metrics(metrics: Any) -> list[Any]:
         )
     for item in items:
         if not (isinstance(item, str) and item) and not callable(item):
-            raise ValueError(f"metrics entry {item!r} is not valid: give a name or a function (trainer, module) -> dict.")
+            raise ValueError(
+                f"metrics entry {item!r} is not valid: give a name or a function (trainer, module) -> dict.")
     return list(items)
 
 
 def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
     if not isinstance(trainer, Mapping):
-        raise ValueError(f"trainer={trainer!r} is not valid: give a dict of pl.Trainer arguments, e.g. {{'max_epochs': 20}}.")
+        raise ValueError(
+            f"trainer={trainer!r} is not valid: give a dict of pl.Trainer arguments, e.g. {{'max_epochs': 20}}.")
     kwargs = dict(trainer)
     reserved = [k for k in RESERVED_TRAINER if k in kwargs]
     if reserved:
@@ -281,11 +288,11 @@ def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
     elif any(e.max_epochs is None for e in grid):
         raise ValueError("trainer= needs max_epochs (how long every run trains), e.g. trainer={'max_epochs': 20}.")
     else:
-        kwargs["max_epochs"] = max(e.max_epochs for e in grid)  # type: ignore[type-var]
+        kwargs["max_epochs"] = max(e.max_epochs for e in grid)
     return kwargs
 
 
-def _check_windows_fit(grid: WindowGrid, max_epochs: int, steps_per_epoch: Optional[int]) -> None:
+def _check_windows_fit(grid: WindowGrid, max_epochs: int, steps_per_epoch: int | None) -> None:
     for entry in grid:
         epochs = entry.max_epochs or max_epochs
         for w in entry.windows:
@@ -363,11 +370,11 @@ def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
         value = getattr(spec, name)
         try:
             _backends.dumps(value)
-        except Exception as err:  # noqa: BLE001 - any pickling failure
+        except Exception as err:
             raise TypeError(
-                f"{name}={value!r} cannot be sent to the {backend_name} backend's worker processes ({type(err).__name__}: "
-                f"{err}). Define it at module level or with functools.partial (or install cloudpickle for lambdas), "
-                "or use backend='serial'."
+                f"{name}={value!r} cannot be sent to the {backend_name} backend's worker processes "
+                f"({type(err).__name__}: {err}). Define it at module level or with functools.partial "
+                "(or install cloudpickle for lambdas), or use backend='serial'."
             ) from None
 
 
@@ -396,7 +403,7 @@ def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
     labels = [r.label() for r in runs]
     out = {}
-    for label, rid in zip(labels, run_ids):
+    for label, rid in zip(labels, run_ids, strict=True):
         out[rid] = label if labels.count(label) == 1 else f"{label}_{rid[:6]}"
     return out
 

@@ -44,8 +44,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -84,13 +85,13 @@ class Task:
     out: str
     epochs: int
     branch_epoch: int = 0
-    resume_path: Optional[str] = None
-    save_paths: Optional[dict[int, str]] = None
-    parent: Optional[str] = None
+    resume_path: str | None = None
+    save_paths: dict[int, str] | None = None
+    parent: str | None = None
     sweep_kind: str = "explicit"
 
     @property
-    def log_dir(self) -> Optional[str]:
+    def log_dir(self) -> str | None:
         return os.path.join(self.out, "tensorboard", self.label) if self.spec.tensorboard else None
 
 
@@ -103,8 +104,8 @@ class Branching(Checkpoint):
         steps_per_epoch: the epoch length the plan assumed (step windows), checked at train start.
     """
 
-    def __init__(self, save_paths: Optional[Mapping[int, str]] = None, info: Optional[dict[str, Any]] = None,
-                 steps_per_epoch: Optional[int] = None) -> None:
+    def __init__(self, save_paths: Mapping[int, str] | None = None, info: dict[str, Any] | None = None,
+                 steps_per_epoch: int | None = None) -> None:
         self.save_paths = dict(save_paths or {})
         self.info = dict(info or {})
         self.steps_per_epoch = steps_per_epoch
@@ -126,7 +127,7 @@ class Branching(Checkpoint):
             self.restored = True
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.save_paths and not self.restored:
             return
         for config in trainer.lr_scheduler_configs:
@@ -140,11 +141,12 @@ class Branching(Checkpoint):
             if actual != self.steps_per_epoch:
                 raise ValueError(
                     f"steps_per_epoch={self.steps_per_epoch} was given to lc.sweep.run but this run takes {actual} "
-                    "optimizer steps per epoch; give the right value (or None: step windows then do not share prefixes)."
+                    "optimizer steps per epoch; give the right value "
+                    "(or None: step windows then do not share prefixes)."
                 )
 
     @override
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = trainer.current_epoch + 1
         path = self.save_paths.get(done)
         if path is None or trainer.sanity_checking:
@@ -191,7 +193,8 @@ def isolated(threads: int) -> Iterator[None]:
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence Lightning's per-run chatter (info logs, known warnings) for the duration of a run."""
-    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
@@ -203,13 +206,16 @@ def quiet() -> Iterator[None]:
         try:
             yield
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
 
 
-def read_metrics(metrics: Any, trainer: "pl.Trainer", module: "pl.LightningModule",
-                 produced: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
-    """The final metrics of a finished run: names from ``produced`` (default ``trainer.callback_metrics``) or functions' dicts."""
+def read_metrics(metrics: Any, trainer: pl.Trainer, module: pl.LightningModule,
+                 produced: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """The final metrics of a finished run.
+
+    Names are read from ``produced`` (default ``trainer.callback_metrics``); functions return dicts.
+    """
     produced = dict(trainer.callback_metrics if produced is None else produced)
     values: dict[str, float] = {}
     for metric in metrics:
@@ -223,7 +229,8 @@ def read_metrics(metrics: Any, trainer: "pl.Trainer", module: "pl.LightningModul
         else:
             out = metric(trainer, module)
             if not isinstance(out, Mapping):
-                raise TypeError(f"metric function {describe(metric)} returned {type(out).__name__}, not a dict of numbers.")
+                raise TypeError(
+                    f"metric function {describe(metric)} returned {type(out).__name__}, not a dict of numbers.")
             for key, value in out.items():
                 if hasattr(value, "item"):
                     value = value.item()
@@ -275,7 +282,7 @@ def execute(task: Task) -> dict[str, Any]:
         except MetricNotFound as err:
             record["error"] = str(err)
             record["fatal"] = True
-        except Exception as err:  # noqa: BLE001 - a failing run is a result, the sweep goes on
+        except Exception as err:
             record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
     record["seconds"] = time.perf_counter() - start
     return record
@@ -298,7 +305,8 @@ def _fit(task: Task) -> dict[str, Any]:
     if log_dir is not None:
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        logger = TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="", default_hp_metric=False)
+        logger = TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
+                                   default_hp_metric=False)
     kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k != "logger"}}
     kwargs.update(
         max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,

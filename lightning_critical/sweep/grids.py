@@ -10,12 +10,14 @@ This module knows nothing about Lightning.
 
 from __future__ import annotations
 
+import itertools
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal
 
 from lightning_critical._checks import check_choice, check_int
-from lightning_critical.schedule import UNITS, Window
+from lightning_critical.schedule import UNITS, Unit, Window
 
 Kind = Literal["removal", "sliding", "explicit"]
 Schedule = tuple[Window, ...]
@@ -30,7 +32,7 @@ class GridEntry:
     """
 
     windows: Schedule
-    max_epochs: Optional[int] = None
+    max_epochs: int | None = None
 
     @property
     def baseline(self) -> bool:
@@ -68,7 +70,7 @@ class WindowGrid:
         return iter(self.entries)
 
 
-def _check_unit(unit: Any) -> str:
+def _check_unit(unit: Any) -> Unit:
     return check_choice("unit", unit, UNITS)
 
 
@@ -84,7 +86,7 @@ def _check_points(name: str, values: Any, low: int) -> list[int]:
     return sorted(points)
 
 
-def removal(ends: Sequence[int], unit: str = "epoch", epochs_after: Optional[int] = None) -> WindowGrid:
+def removal(ends: Iterable[int], unit: str = "epoch", epochs_after: int | None = None) -> WindowGrid:
     """The removal grid: one run with the deficit during ``[0, k)`` for each ``k`` in ``ends``.
 
     ``k = 0`` is the no-deficit baseline, which is always included (once).
@@ -115,11 +117,12 @@ def removal(ends: Sequence[int], unit: str = "epoch", epochs_after: Optional[int
         if unit != "epoch":
             raise ValueError(f"epochs_after={epochs_after!r} needs unit='epoch', not unit={unit!r}.")
     entries = [GridEntry((), epochs_after)]
-    entries += [GridEntry((Window(0, k, unit),), None if epochs_after is None else k + epochs_after) for k in points if k > 0]
+    entries += [GridEntry((Window(0, k, unit),), None if epochs_after is None else k + epochs_after)
+                for k in points if k > 0]
     return WindowGrid(tuple(entries), "removal", unit)
 
 
-def sliding(onsets: Sequence[int], length: int, unit: str = "epoch") -> WindowGrid:
+def sliding(onsets: Iterable[int], length: int, unit: str = "epoch") -> WindowGrid:
     """The sliding-window grid: one run with the deficit during ``[k, k + length)`` per onset ``k``, plus the baseline.
 
     Raises:
@@ -137,7 +140,7 @@ def sliding(onsets: Sequence[int], length: int, unit: str = "epoch") -> WindowGr
     return WindowGrid(tuple(entries), "sliding", unit)
 
 
-WindowSpec = Union[None, Window, Sequence[Any]]
+WindowSpec = None | Window | Sequence[Any]
 
 
 def _is_single(value: Any) -> bool:
@@ -167,7 +170,7 @@ def _entry(value: Any, unit: str, position: int) -> Schedule:
     units = {w.unit for w in parts}
     if len(units) > 1:
         raise ValueError(f"windows[{position}]={value!r} mixes units {sorted(units)}; use one unit per grid.")
-    for a, b in zip(parts, parts[1:]):
+    for a, b in itertools.pairwise(parts):
         if a.overlaps(b):
             raise ValueError(
                 f"windows[{position}] has overlapping windows {a} and {b} inside one run; "

@@ -15,13 +15,12 @@ import csv
 import glob
 import os
 import time
-from typing import Optional
 
 PREFIX_FILE = "events.out.tfevents.0000000000.sweep-prefix"
 HISTORY_COLUMNS = ["step", "epoch", "target", "metric", "index", "value"]
 
 
-def copy_prefix(parent_dir: Optional[str], child_dir: Optional[str], before_step: int) -> None:
+def copy_prefix(parent_dir: str | None, child_dir: str | None, before_step: int) -> None:
     """Copy ``parent_dir``'s records with ``step < before_step`` into ``child_dir`` (both TensorBoard run dirs)."""
     if not parent_dir or not child_dir or before_step <= 0 or not os.path.isdir(parent_dir):
         return
@@ -62,7 +61,7 @@ def _copy_events(parent_dir: str, child_dir: str, before_step: int) -> None:
     os.replace(tmp, target)
 
 
-def _read_history(path: str) -> Optional[list[list[str]]]:
+def _read_history(path: str) -> list[list[str]] | None:
     try:
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))

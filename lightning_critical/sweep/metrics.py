@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from lightning_critical.protocols import end_to_end_maps, find_task_basis
 from lightning_critical.spectral import mode_strengths
 
@@ -32,5 +34,5 @@ def mode_strength_share(trainer: Any, module: Any) -> dict[str, float]:
         )
     u, _, v = basis
     strengths = {name: mode_strengths(m, u, v).double() for name, m in maps.items()}
-    total = sum(strengths.values())
+    total = sum(strengths.values(), torch.zeros((), dtype=torch.float64))
     return {f"share/{name}/{a}": float(k[a] / total[a]) for name, k in strengths.items() for a in range(k.numel())}

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 from lightning_critical.schedule import Window
 
 Token = Any  # 0 (no window active) or a JSON-able description of what is active in one epoch
 
 
-def schedule_tokens(windows: Sequence[Window], epochs: int, steps_per_epoch: Optional[int] = None) -> Optional[list[Token]]:
+def schedule_tokens(windows: Sequence[Window], epochs: int, steps_per_epoch: int | None = None) -> list[Token] | None:
     """What is active in each epoch of a run; ``None`` when it cannot be known (step windows, unknown epoch length).
 
     Epoch windows: the 1-based index of the active window, 0 for none. Step windows: the
@@ -89,8 +90,8 @@ class Node:
     run_id: str
     epochs: int
     branch_epoch: int = 0
-    parent: Optional[str] = None
-    resume_key: Optional[str] = None
+    parent: str | None = None
+    resume_key: str | None = None
     save_keys: dict[int, str] = field(default_factory=dict)
     prefix_keys: list[str] = field(default_factory=list)
 
@@ -133,21 +134,21 @@ class PlanItem:
     run_id: str
     group: str
     epochs: int
-    tokens: Optional[list[Token]]
+    tokens: list[Token] | None
 
 
 class _Trie:
     __slots__ = ("children", "owner")
 
     def __init__(self) -> None:
-        self.children: dict[str, "_Trie"] = {}
-        self.owner: Optional[str] = None
+        self.children: dict[str, _Trie] = {}
+        self.owner: str | None = None
 
 
 def make_plan(
     items: Iterable[PlanItem],
     share_prefixes: bool = True,
-    available: Optional[Mapping[str, Optional[str]]] = None,
+    available: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Plan the runs: each run starts from the deepest shared prefix trained by a run planned before it.
 

@@ -19,7 +19,8 @@ import concurrent.futures as cf
 import os
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
@@ -40,8 +41,8 @@ class Scheduler:
         store: Store,
         backend: Any,
         fields: dict[str, dict[str, Any]],
-        log_dirs: dict[str, Optional[str]],
-        progress: bool,
+        log_dirs: dict[str, str | None],
+        progress: bool | None,
         keep_checkpoints: bool = False,
         poll_seconds: float = 0.05,
     ) -> None:
@@ -58,8 +59,8 @@ class Scheduler:
         self.running: dict[Any, Node] = {}  # concurrent.futures.Future, or any object with done() and result()
         self.done: dict[str, str] = {}
         self.suspects: set[str] = set()
-        self.fatal: Optional[str] = None
-        self.aborted: Optional[str] = None
+        self.fatal: str | None = None
+        self.aborted: str | None = None
         self.consumers: dict[str, set[str]] = {}
         for node in plan.nodes:
             if node.resume_key is not None:
@@ -86,7 +87,7 @@ class Scheduler:
             for future in self.running:  # stop what can be stopped (queued futures, cluster jobs)
                 try:
                     future.cancel()
-                except Exception:  # noqa: BLE001 - best effort on the way out
+                except Exception:
                     pass
             self.backend.close(cancel=True)
             raise
@@ -162,7 +163,7 @@ class Scheduler:
         except cf.BrokenExecutor as err:
             self._broken(node, err)
             return
-        except Exception as err:  # noqa: BLE001 - the executor could not run it (e.g. a failed cluster job)
+        except Exception as err:
             record = self._failure(node, f"the backend could not run it: {type(err).__name__}: {err}")
         self.suspects.discard(node.run_id)
         self._record(node, record)
@@ -220,7 +221,7 @@ class Scheduler:
                 source = self.store.checkpoint_info(node.resume_key).get("log_dir")
             try:
                 copy_prefix(source, record["log_dir"], int(record.get("branch_step") or 0))
-            except Exception as err:  # noqa: BLE001 - logs are a convenience; never lose a result over them
+            except Exception as err:
                 print(f"lightning-critical: could not copy the branch prefix logs into {record['log_dir']}: {err}",
                       file=sys.stderr)
         self.log_final.add(node.run_id)
@@ -235,19 +236,19 @@ def _wait(futures: list[Any], timeout: float) -> list[Any]:
     anything with ``done()`` and ``result()``) are polled.
     """
     if all(isinstance(f, cf.Future) for f in futures):
-        finished, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        return list(finished)
+        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(done)
     finished = [f for f in futures if f.done()]
     if not finished:
         time.sleep(timeout)
     return finished
 
 
-def _progress_bar(total: int, progress: Optional[bool]) -> Any:
+def _progress_bar(total: int, progress: bool | None) -> Any:
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress or total == 0:
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed; the bar is only used as Any
 
     return tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)

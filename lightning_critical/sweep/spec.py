@@ -21,13 +21,14 @@ import json
 import math
 import numbers
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from lightning_critical.schedule import Window
 from lightning_critical.sweep.grids import GridEntry, Schedule
 
-Metric = Union[str, Callable[..., Mapping[str, float]]]
+Metric = str | Callable[..., Mapping[str, float]]
 Params = tuple[tuple[str, Any], ...]
 
 
@@ -112,7 +113,7 @@ def describe(obj: Any, _depth: int = 0) -> Any:
 
 def _has_contents(cell: Any) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents  # raises ValueError for an empty cell
     except ValueError:
         return False
     return True
@@ -148,14 +149,14 @@ class RunSpec:
     windows: Schedule
     seed: int
     params: Params = ()
-    max_epochs: Optional[int] = None
+    max_epochs: int | None = None
 
     @property
     def baseline(self) -> bool:
         return not self.windows
 
     @property
-    def window(self) -> Optional[Window]:
+    def window(self) -> Window | None:
         """The run's window when it has exactly one (``None`` for the baseline)."""
         return self.windows[0] if len(self.windows) == 1 else None
 
@@ -208,7 +209,8 @@ def accepted_kwargs(factory: Callable[..., Any], available: Mapping[str, Any]) -
     params = sig.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return {k: v for k, v in available.items() if k not in bound}
-    named = {n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = {n for n, p in params.items() if p.kind in by_name}
     return {k: v for k, v in available.items() if k in named and k not in bound}
 
 
@@ -239,14 +241,14 @@ class SweepSpec:
     """
 
     model: Callable[..., Any]
-    datamodule: Optional[Callable[..., Any]] = None
+    datamodule: Callable[..., Any] | None = None
     deficit: Any = None
-    callbacks: Optional[Callable[..., Any]] = None
+    callbacks: Callable[..., Any] | None = None
     trainer: Mapping[str, Any] = field(default_factory=dict)
     metrics: tuple[Metric, ...] = ()
     test: bool = False
     threads_per_run: int = 1
-    steps_per_epoch: Optional[int] = None
+    steps_per_epoch: int | None = None
     save_model: bool = False
     tensorboard: bool = True
 
@@ -303,7 +305,8 @@ class SweepSpec:
         makers = self.deficit if isinstance(self.deficit, (list, tuple)) else [self.deficit]
         for window in run.windows:
             for maker in makers:
-                out.extend(_as_callbacks(make_deficit(maker, window, self.factory_kwargs(run)), f"deficit {describe(maker)}"))
+                made = make_deficit(maker, window, self.factory_kwargs(run))
+                out.extend(_as_callbacks(made, f"deficit {describe(maker)}"))
         return out
 
     def build_callbacks(self, run: RunSpec) -> list[Any]:
@@ -368,8 +371,9 @@ def check_params(
             values = params[name]
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
                 raise ValueError(f"params[{name!r}]={values!r} is not valid: give a non-empty list of values.")
-        combos = [dict(zip(names, values)) for values in itertools.product(*(params[n] for n in names))]
-    elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)) and all(isinstance(p, Mapping) for p in params):
+        combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*(params[n] for n in names))]
+    elif (isinstance(params, Sequence) and not isinstance(params, (str, bytes))
+          and all(isinstance(p, Mapping) for p in params)):
         combos = [dict(p) for p in params]
         if not combos:
             raise ValueError("params=[] is empty: give at least one combination (or None).")

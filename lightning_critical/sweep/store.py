@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from lightning_critical.sweep.spec import canonical_json
 
@@ -81,19 +82,22 @@ class Store:
                 if os.path.exists(old):
                     os.replace(old, old + ".replaced")
             self.remove_all_checkpoints()
-            _atomic_write(path, json.dumps({"identity": identity, "description": description}, indent=1, sort_keys=True))
+            text = json.dumps({"identity": identity, "description": description}, indent=1, sort_keys=True)
+            _atomic_write(path, text)
             return
         if os.path.exists(path):
             try:
                 with open(path) as fh:
                     old = json.load(fh)
             except (OSError, ValueError) as err:
-                raise SweepDirectoryError(f"{path} is not a readable sweep description ({err}); choose another out=.") from None
+                raise SweepDirectoryError(
+                    f"{path} is not a readable sweep description ({err}); choose another out=.") from None
             if old.get("identity") != identity:
                 diff = _differences(old.get("description", {}), description)
                 details = "\n  ".join(diff[:10]) or "(the descriptions match but were written by another version)"
                 raise SweepDirectoryError(
-                    f"out={self.out!r} holds a different sweep (identity {old.get('identity')}, this one is {identity}); "
+                    f"out={self.out!r} holds a different sweep (identity {old.get('identity')}, "
+                    f"this one is {identity}); "
                     f"what differs (stored -> this call):\n  {details}\n"
                     "Choose another out= directory, or delete the old one to start over."
                 )
@@ -101,7 +105,8 @@ class Store:
         if os.path.isdir(self.out) and any(n for n in os.listdir(self.out) if not n.startswith(".")):
             if not os.path.exists(self.results_path):
                 raise SweepDirectoryError(
-                    f"out={self.out!r} exists and is not a sweep directory (no {IDENTITY}); choose an empty or new directory."
+                    f"out={self.out!r} exists and is not a sweep directory (no {IDENTITY}); "
+                    "choose an empty or new directory."
                 )
         os.makedirs(self.out, exist_ok=True)
         _atomic_write(path, json.dumps({"identity": identity, "description": description}, indent=1, sort_keys=True))
@@ -142,11 +147,11 @@ class Store:
     def checkpoint_path(self, key: str) -> str:
         return os.path.join(self.checkpoint_dir, f"{key}.ckpt")
 
-    def available_checkpoints(self) -> dict[str, Optional[str]]:
+    def available_checkpoints(self) -> dict[str, str | None]:
         """Checkpoint keys on disk, mapped to the run id that wrote each (``None`` if unknown)."""
         if not os.path.isdir(self.checkpoint_dir):
             return {}
-        out: dict[str, Optional[str]] = {}
+        out: dict[str, str | None] = {}
         for name in os.listdir(self.checkpoint_dir):
             if name.endswith(".ckpt"):
                 key = name[: -len(".ckpt")]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,8 @@ def run_fields(run: RunSpec, run_id: str, label: str, epochs: int) -> dict[str, 
     }
 
 
-def to_table(records: Iterable[dict[str, Any]], params: Optional[Sequence[str]] = None,
-             metrics: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def to_table(records: Iterable[dict[str, Any]], params: Sequence[str] | None = None,
+             metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per run: run columns, swept values, metric values, then status and bookkeeping.
 
     ``records`` are result records (or run fields with ``status="pending"``).
@@ -68,7 +69,7 @@ def to_table(records: Iterable[dict[str, Any]], params: Optional[Sequence[str]] 
     return table
 
 
-def summarize(table: pd.DataFrame, metric: Optional[str] = None, by: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, standard error and number of seeds per window (and swept values), with the drop versus the baseline.
 
     Only runs with ``status == "ok"`` count. ``drop = baseline mean - mean`` (positive when the
@@ -102,7 +103,8 @@ def summarize(table: pd.DataFrame, metric: Optional[str] = None, by: Optional[Se
         values = pd.to_numeric(group[metric], errors="coerce").dropna().to_numpy(dtype=float)
         n = len(values)
         sem = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        rows.append({**dict(zip(keys, key)), "mean": float(values.mean()) if n else math.nan, "sem": sem, "n_seeds": n})
+        mean = float(values.mean()) if n else math.nan
+        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "sem": sem, "n_seeds": n})
     out = pd.DataFrame(rows, columns=keys + ["mean", "sem", "n_seeds"])
     base = out[out["baseline"]].set_index(by)[["mean", "sem"]] if by else out[out["baseline"]][["mean", "sem"]]
     drops, errors = [], []
@@ -120,7 +122,7 @@ def summarize(table: pd.DataFrame, metric: Optional[str] = None, by: Optional[Se
         errors.append(0.0 if row["baseline"] else float(math.sqrt(ref["sem"] ** 2 + row["sem"] ** 2)))
     out["drop"] = drops
     out["drop_sem"] = errors
-    out = out.sort_values(by + ["baseline", "window_start", "window_end"], ascending=[True] * len(by) + [False, True, True],
-                          kind="stable").reset_index(drop=True)
+    out = out.sort_values(by + ["baseline", "window_start", "window_end"],
+                          ascending=[True] * len(by) + [False, True, True], kind="stable").reset_index(drop=True)
     out.attrs["metric"] = metric
     return out
