@@ -31,6 +31,7 @@ RUFF_PATHS := \
 	lightning_critical/plots/matrix_completion.py \
 	lightning_critical/plots/pathways.py \
 	lightning_critical/experiments/__init__.py \
+	lightning_critical/sweep/ray_backend.py \
 	examples/add_to_your_script.py \
 	examples/matrix_completion_figure.py \
 	examples/matrix_completion_switch.py \
@@ -46,6 +47,7 @@ RUFF_PATHS := \
 	tests/test_nonlinear.py \
 	tests/test_plots.py \
 	tests/test_readme.py \
+	tests/test_sweep_ray.py \
 	tests/test_theory_factorization.py
 MYPY_ARGS := --follow-imports=silent $(RUFF_PATHS)
 # --- end TEMPORARY ----------------------------------------------------------------------
