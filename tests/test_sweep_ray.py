@@ -92,6 +92,7 @@ class Watch:
     """Records every process below this one while a block runs (Ray's daemons and workers)."""
 
     def __enter__(self):
+        self.before = _descendants(os.getpid())  # e.g. multiprocessing's resource tracker, from earlier tests
         self.seen, self._stop = set(), threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -99,7 +100,7 @@ class Watch:
 
     def _poll(self):
         while not self._stop.is_set():
-            self.seen |= _descendants(os.getpid())
+            self.seen |= _descendants(os.getpid()) - self.before
             time.sleep(0.2)
 
     def __exit__(self, *exc):
@@ -111,8 +112,16 @@ class Watch:
         while True:
             alive = self.seen & _descendants(os.getpid())
             if not alive or time.monotonic() > deadline:
-                return alive
+                return {pid: _command(pid) for pid in alive}
             time.sleep(0.2)
+
+
+def _command(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
 
 
 @needs_ray
@@ -135,7 +144,7 @@ def test_ray_gives_the_serial_table_shares_prefixes_and_leaves_no_process(tmp_pa
     assert os.getpid() not in set(table["pid"])
     assert not ray.is_initialized()
     assert watch.seen, "no Ray process was ever seen: the test watched nothing"
-    assert watch.alive_after(30) == set()
+    assert watch.alive_after(30) == {}
 
 
 @needs_ray
