@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import torch
 
+from lightning_critical.sweep.backends import ray_available
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(str(BENCHMARKS / "*.py")))
 
@@ -47,7 +49,7 @@ def _restore_process_state() -> Iterator[None]:
 
 
 def test_every_benchmark_has_a_quick_mode():
-    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "spectral.py"]
+    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "spectral.py", "sweep.py"]
     for script in SCRIPTS:
         assert "--quick" in (BENCHMARKS / script).read_text(), f"{script} has no --quick mode"
 
@@ -85,3 +87,20 @@ def test_spectral_quick_runs_both_parts(capsys: pytest.CaptureFixture[str]):
     else:
         assert "max |s_ours - s_ww| / s_max" in out
     assert "with SpectralMonitor()" in out and "time inside SpectralMonitor() hooks" in out
+
+
+def test_sweep_quick_compares_sharing_processes_and_ray(capsys: pytest.CaptureFixture[str]):
+    # the script itself asserts that every pair of sweeps it times gives identical tables
+    result = load("sweep.py").main(["--quick"])
+    for grid in ("removal", "sliding"):
+        a = result["a"][grid]
+        assert a["epochs_shared"] < a["epochs_independent"]  # the grid shares prefixes
+        assert a["epoch_ratio"] == a["epochs_independent"] / a["epochs_shared"]
+        assert math.isfinite(a["wall_ratio"]) and a["wall_ratio"] > 0
+    assert result["b"]["runs"] == 2 * 3 and result["b"]["speedup"] > 0
+    out = capsys.readouterr().out
+    assert out.count("tables identical") == 3
+    if ray_available():  # (c) needs Ray; without it the script says so and goes on
+        assert math.isfinite(result["c"]["ray_cold"]) and "table identical to serial" in out
+    else:
+        assert "c" not in result and "(c) skipped: Ray is not installed" in out

@@ -35,7 +35,7 @@ import multiprocessing
 import os
 import pickle
 import signal
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 
@@ -212,9 +212,6 @@ def resolve_backend(
         return ProcessBackend(workers, threads_per_run, **options)
     if not ray_available():
         raise ImportError('backend="ray" needs Ray, which is not installed: pip install "lightning-critical[ray]"')
-    try:
-        from lightning_critical.sweep import ray_backend  # type: ignore[attr-defined]
-    except ImportError as err:  # pragma: no cover - until the Ray backend lands
-        raise NotImplementedError(f'backend="ray" is not available in this version ({err}).') from None
-    factory: Callable[..., Any] = ray_backend.RayBackend
-    return factory(workers=workers, threads_per_run=threads_per_run, **options)
+    from lightning_critical.sweep.ray_backend import RayBackend  # imports Ray only when a run is submitted
+
+    return RayBackend(workers=workers, threads_per_run=threads_per_run, **options)

@@ -1,0 +1,203 @@
+"""The Ray backend of :func:`lightning_critical.sweep.run`: each run is one Ray task, locally or on a cluster.
+
+Why Ray core tasks, not Ray Tune trials: the sweep engine already does what Tune would add.
+It owns the schedule (the prefix DAG: a run is submitted only once the checkpoint it branches
+from exists), the retries (a rerun of the sweep retries failed runs), the resume (finished
+runs are in ``<out>/results.jsonl``) and the results table. What it needs from Ray is only
+"run this function somewhere with these resources", which is a task
+(``ray.remote(...).options(num_cpus=, num_gpus=, max_retries=)``); a Tune trial would add a
+second scheduler, its own result directory and its own resume logic on top, which would then
+have to agree with ours. So a run is a task, and a Ray cluster is just more workers.
+
+* **Local by default.** ``backend="ray"`` starts a local Ray with ``workers`` runs' worth of
+  CPUs (``workers x num_cpus``) the first time a run is submitted, and shuts it down at the
+  end. If Ray is already initialised in this process (``ray.init(...)`` by the caller), that
+  Ray is used and left running.
+* **A cluster** with ``address=`` (e.g. ``"auto"`` on a node of the cluster, or
+  ``"ray://head:10001"``): runs are then not limited by ``workers``; Ray places them by their
+  resources. Prefixes are shared through checkpoint files in the sweep's ``out`` directory,
+  which must then be on storage every node sees (NFS, a cluster file system): a child run
+  loads its parent's checkpoint from there, possibly on another node. The object store is not
+  used for this because a parent's checkpoint must outlive the parent's task (children start
+  while it still trains, and a rerun after a crash starts from the checkpoints on disk).
+* **Resources per run:** ``num_cpus`` (default ``threads_per_run``) and ``num_gpus``, which may
+  be a fraction (``0.25``: four small runs share one GPU; give the Trainer
+  ``accelerator="gpu", devices=1``; Ray sets ``CUDA_VISIBLE_DEVICES`` for each task).
+* **Retries:** ``max_retries`` re-executes a run whose worker process died (killed, out of
+  memory, a lost node); after the last one the run is recorded as failed and the sweep goes
+  on. A run that raises is not retried by Ray: it is recorded with its error at once
+  (:func:`lightning_critical.sweep.execute.execute` returns it), and rerunning the sweep
+  retries it.
+* **Code on the workers:** the driver's ``sys.path`` is appended to each worker's, so
+  factories in the caller's own modules are found as with the ``"process"`` backend; on a
+  cluster, ship code that is not installed on every node with ``runtime_env`` (e.g.
+  ``{"working_dir": "."}``), passed through to every task.
+* Ctrl-C (or any error in the driver) cancels the runs in flight (``ray.cancel(force=True)``)
+  before the Ray this backend started is shut down; finished runs are saved.
+
+Example (nothing starts until the sweep submits its first run)::
+
+    >>> backend = RayBackend(workers=2, num_gpus=0.25, max_retries=1)
+    >>> backend.task_options()
+    {'num_cpus': 1.0, 'num_gpus': 0.25, 'max_retries': 1, 'retry_exceptions': False}
+
+and in a sweep: ``lc.sweep.run(..., backend="ray", backend_options={"num_gpus": 0.25})``, or on a
+cluster ``backend_options={"address": "auto", "num_cpus": 4, "runtime_env": {"working_dir": "."}}``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from lightning_critical._checks import check_float, check_int
+from lightning_critical.sweep.backends import dumps, run_payload
+
+OPTIONS = ("address", "num_cpus", "num_gpus", "max_retries", "runtime_env", "init_options")
+"""What ``backend_options`` may hold for ``backend="ray"``."""
+
+
+def _run_task(payload: bytes, paths: list[str]) -> dict[str, Any]:
+    """The Ray task: make the driver's modules importable, then execute the run."""
+    for path in paths:
+        if path not in sys.path:
+            sys.path.append(path)
+    return run_payload(payload)
+
+
+def _caller_started_ray() -> bool:
+    ray = sys.modules.get("ray")  # not imported: certainly not initialised (and importing it costs a second)
+    return ray is not None and bool(ray.is_initialized())
+
+
+class RayBackend:
+    """Runs each run of a sweep as a Ray task (see the module docstring).
+
+    Args:
+        workers: runs at once on the local Ray this backend starts (ignored when connecting to
+            an existing Ray, where the cluster's resources decide).
+        threads_per_run: intra-op threads of every run (set by the run itself); the default
+            ``num_cpus`` of a run.
+        address: a Ray cluster to connect to (``"auto"``, ``"ray://host:10001"``...); ``None``
+            starts a local Ray unless one is already initialised in this process.
+        num_cpus: CPUs reserved per run (a fraction is allowed); default ``threads_per_run``.
+        num_gpus: GPUs reserved per run; a fraction lets several runs share one GPU.
+        max_retries: times Ray re-executes a run whose worker process died.
+        runtime_env: Ray ``runtime_env`` of every task (e.g. ``{"working_dir": "."}``).
+        init_options: extra keyword arguments of ``ray.init`` (when this backend calls it).
+    """
+
+    name = "ray"
+    needs_pickling = True
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads_per_run: int = 1,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float = 0,
+        max_retries: int = 2,
+        runtime_env: Mapping[str, Any] | None = None,
+        init_options: Mapping[str, Any] | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ValueError(
+                f"backend_options={sorted(unknown)} are not options of backend='ray'; valid options: {list(OPTIONS)}."
+            )
+        self.workers = check_int("workers", workers, low=1, allow_none=True)
+        self.threads = check_int("threads_per_run", threads_per_run, low=1)
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ValueError(
+                f"backend_options['address']={address!r} is not valid: give a Ray address such as 'auto' or "
+                "'ray://head:10001', or None for a local Ray."
+            )
+        self.address = address
+        cpus = self.threads if num_cpus is None else num_cpus
+        self.num_cpus = check_float("backend_options['num_cpus']", cpus, low=0)
+        self.num_gpus = check_float("backend_options['num_gpus']", num_gpus, low=0)
+        self.max_retries = check_int("backend_options['max_retries']", max_retries, low=0)
+        for key, value in (("runtime_env", runtime_env), ("init_options", init_options)):
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(f"backend_options[{key!r}]={value!r} is not valid: give a dict or None.")
+        self.runtime_env = dict(runtime_env) if runtime_env else None
+        self.init_options = dict(init_options or {})
+        # Runs at once: ours to limit on a local Ray we start; a cluster (or a Ray the caller
+        # started) places them by their resources itself.
+        self.max_in_flight: int | None = None if address is not None or _caller_started_ray() else self.workers
+        self.started = False  # this backend called ray.init, so it shuts Ray down at close
+        self._remote: Any = None
+        self._refs: dict[cf.Future, Any] = {}
+        self._lock = threading.Lock()
+
+    def task_options(self) -> dict[str, Any]:
+        """The ``.options(...)`` of every run's task."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                   "max_retries": self.max_retries, "retry_exceptions": False}
+        if self.runtime_env is not None:
+            options["runtime_env"] = self.runtime_env
+        return options
+
+    def _connect(self) -> Any:
+        import ray
+
+        if self._remote is not None:
+            return self._remote
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            if self.address is None:
+                kwargs["num_cpus"] = max(1, math.ceil((self.workers or 1) * max(self.num_cpus, 1)))
+            kwargs.update(self.init_options)
+            ray.init(address=self.address, **kwargs)
+            self.started = True
+            if self.address is None and self.num_gpus > 0 and not ray.cluster_resources().get("GPU"):
+                self.close(cancel=True)
+                raise ValueError(
+                    f"backend_options['num_gpus']={self.num_gpus} but the local Ray found no GPU: every run would "
+                    "wait forever. Use num_gpus=0 (the default), or connect to a cluster with GPUs via address=."
+                )
+        else:
+            self.max_in_flight = None
+        self._remote = ray.remote(_run_task)
+        return self._remote
+
+    def submit(self, task: Any) -> cf.Future:
+        remote = self._connect()
+        ref = remote.options(**self.task_options()).remote(dumps(task), list(sys.path))
+        future: cf.Future = ref.future()
+        with self._lock:
+            self._refs[future] = ref
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: cf.Future) -> None:
+        with self._lock:
+            self._refs.pop(future, None)
+
+    def restart(self) -> bool:
+        return False  # a dead worker surfaces as that run's error (after max_retries), never as a broken pool
+
+    def close(self, cancel: bool) -> None:
+        if self._remote is None and not self.started:
+            return  # never connected: nothing to stop
+        import ray
+
+        with self._lock:
+            refs = list(self._refs.values())
+            self._refs.clear()
+        if cancel and ray.is_initialized():
+            for ref in refs:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+        self._remote = None
+        if self.started:
+            self.started = False
+            ray.shutdown()
