@@ -16,13 +16,15 @@ CONFIGS = os.path.join(ROOT, "examples", "configs")
 
 def test_digits_blur_sweep_config_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "digits"
-    args = ["sweep", "--config", os.path.join(CONFIGS, "digits_blur_sweep.yaml"), "--out", str(out), "--backend", "serial",
+    config = os.path.join(CONFIGS, "digits_blur_sweep.yaml")
+    args = ["sweep", "--config", config, "--out", str(out), "--backend", "serial",
             "--seeds", "0", "1", "--set", "windows.removal={ends: [0, 1, 2], epochs_after: 1}",
             "--set", "data.init_args.subset=64", "--set", "model.init_args.channels=[4, 8]"]
     assert main(args) == 0
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 6 and (table.status == "ok").all()
-    assert sorted(zip(table.window_end.fillna(0), table.epochs)) == [(0, 1), (0, 1), (1, 2), (1, 2), (2, 3), (2, 3)]
+    ends_and_epochs = sorted(zip(table.window_end.fillna(0), table.epochs, strict=True))
+    assert ends_and_epochs == [(0, 1), (0, 1), (1, 2), (1, 2), (2, 3), (2, 3)]
     summary = pd.read_csv(out / "summary.csv")
     assert summary.n_seeds.tolist() == [2, 2, 2] and {"mean", "sem", "drop", "drop_sem"} <= set(summary.columns)
     assert os.path.getsize(out / "critical_period.png") > 10_000
@@ -32,7 +34,8 @@ def test_digits_blur_sweep_config_runs_end_to_end(tmp_path, capsys):
 
 def test_multipathway_sweep_config_plots_the_deprived_share(tmp_path):
     out = tmp_path / "pathways"
-    args = ["sweep", "--config", os.path.join(CONFIGS, "multipathway_sweep.yaml"), "--out", str(out), "--backend", "serial",
+    config = os.path.join(CONFIGS, "multipathway_sweep.yaml")
+    args = ["sweep", "--config", config, "--out", str(out), "--backend", "serial",
             "--set", "trainer.max_epochs=30", "--set", "windows.sliding={onsets: [0, 10], length: 10}",
             "--set", "model.init_args={depth: 2, width: 16, lr: 0.05}"]
     assert main(args) == 0

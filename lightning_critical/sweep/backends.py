@@ -35,17 +35,17 @@ import multiprocessing
 import os
 import pickle
 import signal
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Protocol
 
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 
 
 class Backend(Protocol):
     name: str
-    max_in_flight: Optional[int]
+    max_in_flight: int | None
     needs_pickling: bool
 
-    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]": ...
+    def submit(self, task: Any) -> cf.Future[dict[str, Any]]: ...
 
     def restart(self) -> bool: ...
 
@@ -90,10 +90,10 @@ class SerialBackend:
     """Runs each task in this process when it is submitted."""
 
     name = "serial"
-    max_in_flight: Optional[int] = 1
+    max_in_flight: int | None = 1
     needs_pickling = False
 
-    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]":
+    def submit(self, task: Any) -> cf.Future[dict[str, Any]]:
         from lightning_critical.sweep.execute import execute
 
         future: cf.Future = cf.Future()
@@ -113,11 +113,11 @@ class ProcessBackend:
     name = "process"
     needs_pickling = True
 
-    def __init__(self, workers: Optional[int] = None, threads_per_run: int = 1) -> None:
+    def __init__(self, workers: int | None = None, threads_per_run: int = 1) -> None:
         self.workers = workers or default_workers()
         self.max_in_flight = self.workers
         self.threads = threads_per_run
-        self._pool: Optional[cf.ProcessPoolExecutor] = None
+        self._pool: cf.ProcessPoolExecutor | None = None
 
     def _executor(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
@@ -127,7 +127,7 @@ class ProcessBackend:
             )
         return self._pool
 
-    def submit(self, task: Any) -> "cf.Future[dict[str, Any]]":
+    def submit(self, task: Any) -> cf.Future[dict[str, Any]]:
         return self._executor().submit(run_payload, dumps(task))
 
     def restart(self) -> bool:
@@ -161,7 +161,7 @@ class ExecutorBackend:
     """
 
     needs_pickling = True
-    max_in_flight: Optional[int] = None
+    max_in_flight: int | None = None
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
@@ -185,7 +185,7 @@ def ray_available() -> bool:
 
 
 def resolve_backend(
-    backend: Union[str, cf.Executor, Any], workers: Optional[int], threads_per_run: int, options: Optional[dict[str, Any]] = None,
+    backend: str | cf.Executor | Any, workers: int | None, threads_per_run: int, options: dict[str, Any] | None = None,
 ) -> Any:
     """Turn ``backend=`` into a backend object (see the module docstring); errors name the valid choices."""
     options = dict(options or {})
@@ -205,7 +205,9 @@ def resolve_backend(
             "with the Backend interface (see lightning_critical.sweep.backends)."
         )
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not valid; choose one of {BACKENDS} or a concurrent.futures.Executor.")
+        raise ValueError(
+            f"backend={backend!r} is not valid; choose one of {BACKENDS} or a concurrent.futures.Executor."
+        )
     if backend == "serial":
         return SerialBackend()
     if backend == "process":
