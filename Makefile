@@ -43,6 +43,7 @@ RUFF_PATHS := \
 	lightning_critical/plots/pathways.py \
 	lightning_critical/experiments/__init__.py \
 	examples/add_to_your_script.py \
+	examples/digits_blur.py \
 	examples/matrix_completion_figure.py \
 	examples/matrix_completion_switch.py \
 	examples/multipathway_critical_period.py \
