@@ -251,16 +251,16 @@ def test_estimate_runs_inside_probing(tmp_path):
 
 
 def test_digits_example_traces_each_run_once(tmp_path):
-    # Item 16: with --fisher-removal 0 the removal-0 run (a prefix of the no-deficit run) was traced too,
-    # under the same label, so fisher.csv held its epochs twice and the plot's lines jumped back.
+    # Item 16: the removal-0 run (a prefix of the no-deficit run) was traced too, under the same label,
+    # so fisher.csv held its epochs twice and the plot's lines jumped back. Now one run is traced.
     from test_nonlinear import load_example
 
     example = load_example("digits_blur")
-    _, _, fisher = example.main(["--out", str(tmp_path), "--removal", "0", "2", "--post-epochs", "2", "--seeds", "1",
-                                 "--subset", "96", "--fisher-removal", "0"])
-    assert not fisher.duplicated(["removal_epoch", "step", "target"]).any()
-    assert fisher.removal_epoch.unique().tolist() == [0]
-    for _, run in fisher.groupby(["removal_epoch", "target"]):
+    fisher = example.main(["--out", str(tmp_path), "--seeds", "1", "--removal", "0", "--epochs-after", "1",
+                           "--onsets", "0", "--length", "1", "--epochs", "4", "--subset", "96", "--channels", "4", "8",
+                           "--backend", "serial"])["fisher"]
+    assert not fisher.duplicated(["step", "target"]).any()
+    for _, run in fisher.groupby("target"):
         assert run.epoch.tolist() == [0, 1, 2, 3]  # one full-length run, epochs in order
 
 
