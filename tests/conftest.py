@@ -150,3 +150,24 @@ def _restore_global_state() -> Iterator[GlobalState]:
 @pytest.fixture(autouse=True)
 def _seed(_restore_global_state: GlobalState) -> None:
     pl.seed_everything(0, verbose=False)
+
+
+# Sweep factories shared by the sweep tests: module-level, so the process backend can pickle them.
+SWEEP_CPU = {"accelerator": "cpu", "devices": 1}
+
+
+def pathway_model(seed: int) -> Any:
+    import lightning_critical as lc
+
+    return lc.models.MultiPathwayLinearNet(depth=2, width=12, lr=0.05, seed=seed)
+
+
+def pathway_data() -> Any:
+    import lightning_critical as lc
+
+    return lc.data.HierarchicalDataModule()
+
+
+def map_norms(trainer: Any, module: Any) -> dict[str, float]:
+    """A final metric: the Frobenius norm of every end-to-end map."""
+    return {f"norm_{k}": float(v.norm()) for k, v in module.end_to_end_maps().items()}

@@ -6,19 +6,10 @@ import os
 
 import pytest
 import torch
+from conftest import SWEEP_CPU as CPU
+from conftest import pathway_data, pathway_model
 
 import lightning_critical as lc
-
-CPU = {"accelerator": "cpu", "devices": 1}
-
-
-# Module-level factories (the process backend pickles them; here they also name the runs).
-def pathway_model(seed):
-    return lc.models.MultiPathwayLinearNet(depth=2, width=12, lr=0.05, seed=seed)
-
-
-def pathway_data():
-    return lc.data.HierarchicalDataModule()
 
 
 def pathway_share(trainer, module):

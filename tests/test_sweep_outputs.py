@@ -6,23 +6,10 @@ import os
 
 import pandas as pd
 import pytest
-from conftest import read_tensorboard
+from conftest import SWEEP_CPU as CPU
+from conftest import map_norms, pathway_data, pathway_model, read_tensorboard
 
 import lightning_critical as lc
-
-CPU = {"accelerator": "cpu", "devices": 1}
-
-
-def pathway_model(seed):
-    return lc.models.MultiPathwayLinearNet(depth=2, width=12, lr=0.05, seed=seed)
-
-
-def pathway_data():
-    return lc.data.HierarchicalDataModule()
-
-
-def norms(trainer, module):
-    return {f"norm_{k}": float(v.norm()) for k, v in module.end_to_end_maps().items()}
 
 
 def monitors():
@@ -32,7 +19,7 @@ def monitors():
 def _sweep(out, share=True, **kw):
     args = dict(model=pathway_model, datamodule=pathway_data,
                 deficit=lambda window: lc.PathwayDeficit("b", window, mode="freeze"),
-                windows=lc.sweep.removal([2, 4]), metrics=["train_loss", norms], seeds=[0, 1], callbacks=monitors,
+                windows=lc.sweep.removal([2, 4]), metrics=["train_loss", map_norms], seeds=[0, 1], callbacks=monitors,
                 trainer={"max_epochs": 6, "log_every_n_steps": 1, **CPU}, out=str(out), backend="serial",
                 share_prefixes=share, progress=False)
     args.update(kw)

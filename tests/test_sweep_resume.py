@@ -8,22 +8,10 @@ import signal
 
 import pytest
 import pytorch_lightning as pl
+from conftest import SWEEP_CPU as CPU
+from conftest import map_norms, pathway_data, pathway_model
 
 import lightning_critical as lc
-
-CPU = {"accelerator": "cpu", "devices": 1}
-
-
-def pathway_model(seed):
-    return lc.models.MultiPathwayLinearNet(depth=2, width=12, lr=0.05, seed=seed)
-
-
-def pathway_data():
-    return lc.data.HierarchicalDataModule()
-
-
-def norms(trainer, module):
-    return {f"norm_{k}": float(v.norm()) for k, v in module.end_to_end_maps().items()}
 
 
 class Misbehave(pl.Callback):
@@ -57,7 +45,7 @@ class FreezeAndMisbehave:
 
 def _sweep(out, deficit, backend="serial", **kw):
     args = dict(model=pathway_model, datamodule=pathway_data, deficit=deficit, windows=lc.sweep.removal([2, 4, 6]),
-                metrics=norms, trainer={"max_epochs": 8, **CPU}, out=str(out), backend=backend, tensorboard=False,
+                metrics=map_norms, trainer={"max_epochs": 8, **CPU}, out=str(out), backend=backend, tensorboard=False,
                 plot=False, progress=False)
     args.update(kw)
     return lc.sweep.run(**args)
