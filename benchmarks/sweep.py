@@ -12,7 +12,9 @@
     prefixes, on ``--workers`` worker processes against serial (worker start-up included).
     Goal >= 1.7x on 2 cores. Identical tables. Only meaningful on an otherwise idle machine:
     with Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``), CPU is
-    shared between sessions, so on a busy machine two workers get what one process got.
+    shared between sessions, so on a busy machine two workers get what one process got. The
+    CPU seconds and the cores obtained on average (CPU seconds / wall) are printed too: equal
+    CPU seconds mean the workers waste nothing, and the cores obtained show what the machine gave.
 (c) **Ray's overhead per run** against local processes, on tiny runs (a few steps each):
     per-run overhead = (wall x workers - the runs' own seconds) / runs, for a fresh backend
     (start-up included: Ray's ``ray.init`` and the workers' imports; a new process pool) and
@@ -33,6 +35,7 @@ import concurrent.futures as cf
 import functools
 import logging
 import multiprocessing
+import resource
 import tempfile
 import time
 from typing import Any
@@ -95,19 +98,31 @@ def part_a(root: str, quick: bool) -> dict[str, dict[str, float]]:
     return results
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished, waited-for children."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def part_b(root: str, quick: bool, workers: int, seeds: int) -> dict[str, float]:
     epochs = 3 if quick else 12
     grid = lc.sweep.removal([1, 2] if quick else list(range(3, 11)))
     seed_list = list(range(seeds))
+    cpu = cpu_seconds()
     serial, t_serial = sweep(f"{root}/b-serial", grid, epochs, seed_list, tiny=quick)
+    cpu_serial, cpu = cpu_seconds() - cpu, cpu_seconds()
     process, t_process = sweep(f"{root}/b-process", grid, epochs, seed_list, backend="process", workers=workers,
                                tiny=quick)
+    cpu_process = cpu_seconds() - cpu  # the workers are counted once the pool has joined them
     same(serial, process, "(b) process vs serial")
     speedup = t_serial / t_process
     print(f"(b) removal x {seeds} seeds ({len(serial)} runs, {serial.attrs['epochs_trained']} epochs, shared "
           f"prefixes): serial {t_serial:.1f} s, {workers} worker processes {t_process:.1f} s -> {speedup:.2f}x "
-          f"(goal >= 1.7x on 2 cores); tables identical")
-    return {"runs": len(serial), "seconds_serial": t_serial, "seconds_process": t_process, "speedup": speedup}
+          f"(goal >= 1.7x on 2 cores); tables identical. CPU seconds: serial {cpu_serial:.1f}, processes "
+          f"{cpu_process:.1f} (start-up included); cores obtained on average: serial {cpu_serial / t_serial:.2f}, "
+          f"processes {cpu_process / t_process:.2f}")
+    return {"runs": len(serial), "seconds_serial": t_serial, "seconds_process": t_process, "speedup": speedup,
+            "cpu_serial": cpu_serial, "cpu_process": cpu_process}
 
 
 def overhead(table: pd.DataFrame, seconds: float, workers: int) -> float:
@@ -150,8 +165,8 @@ def part_c(root: str, quick: bool, workers: int) -> dict[str, float]:
     print(f"(c) {len(process)} tiny runs (~{process['seconds'].mean() * 1000:.0f} ms each) on {workers} workers, "
           f"overhead per run: fresh processes {out['process_cold'] * 1000:.0f} ms, fresh Ray "
           f"{out['ray_cold'] * 1000:.0f} ms (ray.init alone {out['ray_init_seconds']:.1f} s); warm process pool "
-          f"{out['process_warm'] * 1000:.0f} ms, warm Ray {out['ray_warm'] * 1000:.0f} ms -> once running, Ray adds "
-          f"{(out['ray_warm'] - out['process_warm']) * 1000:.0f} ms per run; tables identical")
+          f"{out['process_warm'] * 1000:.0f} ms, warm Ray {out['ray_warm'] * 1000:.0f} ms -> once running, Ray minus "
+          f"processes = {(out['ray_warm'] - out['process_warm']) * 1000:.0f} ms per run; tables identical")
     return out
 
 
