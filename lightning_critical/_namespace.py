@@ -1,0 +1,95 @@
+"""Which Lightning the package talks to: ``lightning.pytorch`` or ``pytorch_lightning``.
+
+The two distributions ship the same trainer under two module names, and a Trainer accepts only
+LightningModules of its own namespace. The package therefore binds to one namespace when it is
+first imported, and imports only that one:
+
+1. ``LIGHTNING_CRITICAL_NAMESPACE`` (``lightning``, ``lightning.pytorch`` or ``pytorch_lightning``)
+   when set;
+2. otherwise the namespace the user has already imported (``import lightning as L`` before
+   ``import lightning_critical`` binds to ``lightning.pytorch``); when both are loaded,
+   ``pytorch_lightning``;
+3. otherwise ``pytorch_lightning`` when installed (it is a declared dependency), else ``lightning``.
+
+Callbacks do not depend on the binding: they recognise loggers and trainers of either namespace
+(:func:`instance_of`), so they drop into a script written against the other one. Bundled
+LightningModules and data modules do: they subclass the bound namespace's classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+ENV = "LIGHTNING_CRITICAL_NAMESPACE"
+NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
+_ALIASES = {"lightning": "lightning.pytorch", "lightning.pytorch": "lightning.pytorch",
+            "pytorch_lightning": "pytorch_lightning", "pytorch-lightning": "pytorch_lightning"}
+
+
+def choose(environ: dict[str, str] | None = None, loaded: Any = None) -> str:
+    """The namespace to bind to, by the rules in the module docstring."""
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    loaded = sys.modules if loaded is None else loaded
+    forced = environ.get(ENV, "").strip()
+    if forced:
+        if forced not in _ALIASES:
+            raise ValueError(f"{ENV}={forced!r} is not a Lightning namespace; "
+                             f"valid choices: {', '.join(sorted(_ALIASES))}.")
+        return _ALIASES[forced]
+    has_new = "lightning" in loaded or "lightning.pytorch" in loaded
+    has_old = "pytorch_lightning" in loaded
+    if has_new and not has_old:
+        return "lightning.pytorch"
+    if has_old or importlib.util.find_spec("pytorch_lightning") is not None:
+        return "pytorch_lightning"
+    return "lightning.pytorch"
+
+
+NAME = choose()
+
+if TYPE_CHECKING:
+    # The type checker sees one namespace; the two are the same code under two names.
+    import pytorch_lightning as pl
+else:
+    pl = importlib.import_module(NAME)
+
+
+def submodule(path: str) -> ModuleType:
+    """``<bound namespace>.<path>``, e.g. ``submodule("cli")`` (imported on first use)."""
+    return importlib.import_module(f"{NAME}.{path}")
+
+
+def loaded_namespaces() -> list[ModuleType]:
+    """The Lightning namespaces imported in this process (never imports one)."""
+    return [sys.modules[name] for name in NAMESPACES if name in sys.modules]
+
+
+def instance_of(obj: Any, path: str) -> bool:
+    """Whether ``obj`` is an instance of ``<namespace>.<path>`` in any loaded namespace.
+
+    ``path`` is dotted from the namespace root, e.g. ``"loggers.TensorBoardLogger"``. A namespace
+    the user never imported is not imported here (its classes can have no instances).
+    """
+    module_path, _, cls_name = path.rpartition(".")
+    for root in NAMESPACES:
+        full = f"{root}.{module_path}" if module_path else root
+        module = sys.modules.get(full)
+        cls = getattr(module, cls_name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(obj, cls):
+            return True
+    return False
+
+
+def namespace_of(obj: Any) -> str | None:
+    """The Lightning namespace an object's class comes from (``None`` for non-Lightning objects)."""
+    for klass in type(obj).__mro__:
+        module = klass.__module__
+        for root in NAMESPACES:
+            if module == root or module.startswith(root + "."):
+                return root
+    return None
