@@ -1,26 +1,53 @@
-"""lightning-critical: probe critical learning periods with PyTorch Lightning callbacks."""
+"""lightning-critical: probe critical learning periods with PyTorch Lightning callbacks.
 
-from lightning_critical import data, experiments, models, plots, sweep, theory
-from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit
-from lightning_critical.monitors import FisherMonitor, SpectralMonitor
-from lightning_critical.schedule import Window
-from lightning_critical.tasks import TaskSwitch, TaskSwitchable
+Names are imported on first use, so that ``import lightning_critical`` loads no Lightning: the
+package binds to the Lightning namespace (``lightning.pytorch`` or ``pytorch_lightning``) the
+user has imported by the time a callback, model or experiment is first touched (see
+:mod:`lightning_critical._namespace`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "FisherMonitor": "lightning_critical.monitors",
+    "InputDeficit": "lightning_critical.deficits",
+    "ModeDeficit": "lightning_critical.deficits",
+    "PathwayDeficit": "lightning_critical.deficits",
+    "SpectralMonitor": "lightning_critical.monitors",
+    "TaskSwitch": "lightning_critical.tasks",
+    "TaskSwitchable": "lightning_critical.tasks",
+    "Window": "lightning_critical.schedule",
+}
+_SUBPACKAGES = ("data", "experiments", "models", "plots", "sweep", "theory")
+
 __all__ = [
-    "FisherMonitor",
-    "InputDeficit",
-    "ModeDeficit",
-    "PathwayDeficit",
-    "SpectralMonitor",
-    "TaskSwitch",
-    "TaskSwitchable",
-    "Window",
-    "data",
-    "experiments",
-    "models",
-    "plots",
-    "sweep",
-    "theory",
+    "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "SpectralMonitor", "TaskSwitch",
+    "TaskSwitchable", "Window", "data", "experiments", "models", "plots", "sweep", "theory",
 ]
+
+if TYPE_CHECKING:
+    from lightning_critical import data, experiments, models, plots, sweep, theory
+    from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit
+    from lightning_critical.monitors import FisherMonitor, SpectralMonitor
+    from lightning_critical.schedule import Window
+    from lightning_critical.tasks import TaskSwitch, TaskSwitchable
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        value: Any = importlib.import_module(f"lightning_critical.{name}")
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'lightning_critical' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -11,8 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
+from lightning_critical._namespace import instance_of, pl
 
 
 def log_scalars(trainer: pl.Trainer, metrics: Mapping[str, float], step: int) -> None:
@@ -32,7 +31,9 @@ def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
     """The ``SummaryWriter`` of every TensorBoard logger, on rank zero only (else empty)."""
     if not trainer.is_global_zero:
         return []
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    # Either namespace's TensorBoardLogger: a script on `lightning` with the package bound to
+    # `pytorch_lightning` (or the reverse) still gets its histograms and layouts.
+    return [lg.experiment for lg in trainer.loggers if instance_of(lg, "loggers.TensorBoardLogger")]  # type: ignore[attr-defined]
 
 
 def run_dir(trainer: pl.Trainer) -> str:

@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Container, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,19 @@ _ALIASES = {"lightning": "lightning.pytorch", "lightning.pytorch": "lightning.py
             "pytorch_lightning": "pytorch_lightning", "pytorch-lightning": "pytorch_lightning"}
 
 
-def choose(environ: dict[str, str] | None = None, loaded: Any = None) -> str:
-    """The namespace to bind to, by the rules in the module docstring."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+def choose(environ: Mapping[str, str] | None = None, loaded: Container[str] | None = None) -> str:
+    """The namespace to bind to, by the rules in the module docstring.
+
+    Example::
+
+        >>> choose(environ={ENV: "lightning"})
+        'lightning.pytorch'
+        >>> choose(environ={}, loaded={"lightning"})
+        'lightning.pytorch'
+    """
+    env = os.environ if environ is None else environ
     loaded = sys.modules if loaded is None else loaded
-    forced = environ.get(ENV, "").strip()
+    forced = env.get(ENV, "").strip()
     if forced:
         if forced not in _ALIASES:
             raise ValueError(f"{ENV}={forced!r} is not a Lightning namespace; "
@@ -55,8 +64,16 @@ NAME = choose()
 if TYPE_CHECKING:
     # The type checker sees one namespace; the two are the same code under two names.
     import pytorch_lightning as pl
+    import pytorch_lightning.accelerators
+    import pytorch_lightning.callbacks
+    import pytorch_lightning.loggers
+    import pytorch_lightning.profilers
+    import pytorch_lightning.utilities  # noqa: F401  (makes pl.<submodule> known to the checker)
+    from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 else:
     pl = importlib.import_module(NAME)
+    rank_zero_info = importlib.import_module(f"{NAME}.utilities").rank_zero_info
+    rank_zero_warn = importlib.import_module(f"{NAME}.utilities").rank_zero_warn
 
 
 def submodule(path: str) -> ModuleType:

@@ -49,6 +49,7 @@ def _quiet_lightning() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", module="lightning")
 
 
 def _matrix_completion(argv: Sequence[str]) -> int:
@@ -118,11 +119,51 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
-def _lightning_cli(argv: Sequence[str]) -> int:
-    import pytorch_lightning as pl
-    from pytorch_lightning.cli import LightningCLI
+def _class_paths(argv: Sequence[str]) -> list[str]:
+    """The ``class_path`` of the model and data named on the command line or in ``--config`` files."""
+    flags = ("--model", "--data", "--model.class_path", "--data.class_path")
+    found: list[str] = []
+    configs: list[str] = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if name in flags and "." in value and not value.endswith((".yaml", ".yml", ".json")):
+            found.append(value)
+        elif name in ("--config", "-c", "--model", "--data") and value:
+            configs.append(value)
+    for path in configs:
+        try:
+            import yaml
 
-    LightningCLI(
+            with open(path) as fh:
+                loaded = yaml.safe_load(fh)
+        except (OSError, ValueError):
+            continue  # LightningCLI reports unreadable configs itself
+        items = [loaded] + [loaded.get(k) for k in ("model", "data")] if isinstance(loaded, dict) else []
+        found += [item["class_path"] for item in items if isinstance(item, dict) and "class_path" in item]
+    return found
+
+
+def _bind_to_users_lightning(argv: Sequence[str]) -> None:
+    """Import the user's model and data classes first, so the package binds to their Lightning namespace."""
+    import importlib
+
+    for class_path in _class_paths(argv):
+        module, _, _ = class_path.rpartition(".")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # LightningCLI names the bad class_path itself
+
+
+def _lightning_cli(argv: Sequence[str]) -> int:
+    _bind_to_users_lightning(argv)
+    from lightning_critical import _namespace
+
+    pl = _namespace.pl
+    _namespace.submodule("cli").LightningCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,

@@ -26,12 +26,11 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_critical._checks import check_int
 from lightning_critical._lightning import datamodule_of
+from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.schedule import UNITS, check_unit
 
 # What TaskSwitch callbacks did to each target in this process: the task it had before a
@@ -113,7 +112,7 @@ class TaskSwitch(pl.Callback):
 
     Example::
 
-        >>> import pytorch_lightning as pl
+        >>> from lightning_critical._namespace import pl
         >>> import lightning_critical as lc
         >>> from lightning_critical.data import MatrixCompletionDataModule
         >>> from lightning_critical.models import DeepMatrixFactorization

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_critical._namespace import pl
 
 # The models under test are tiny: one intra-op thread is faster and immune to oversubscription.
 torch.set_num_threads(1)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 WINDOW = (0, 1)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import TwoBranchNet, all_hooks, make_trainer
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 
 class ParamRecorder(pl.Callback):
@@ -275,7 +275,8 @@ import warnings  # noqa: E402
 
 import torch.nn.modules.module as torch_module  # noqa: E402
 from conftest import read_tensorboard  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+
+TensorBoardLogger = pl.loggers.TensorBoardLogger
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
@@ -572,7 +573,7 @@ def test_mixed_units_with_unknown_epoch_length_may_overlap_and_are_checked_per_s
 
 
 def test_state_key_is_a_property_and_names_profiler_actions():
-    from pytorch_lightning.profilers import SimpleProfiler
+    SimpleProfiler = pl.profilers.SimpleProfiler
 
     a, b = lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", (1, 2), mode="silence")
     assert isinstance(WindowedDeficit.__dict__["state_key"], property)

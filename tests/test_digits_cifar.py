@@ -7,10 +7,10 @@ import pickle
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 
 def write_cifar_batches(

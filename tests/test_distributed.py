@@ -12,11 +12,11 @@ import json
 import os
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from conftest import TwoBranchNet, make_trainer, read_tensorboard
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 
 class CleanExit(pl.Callback):
@@ -47,7 +47,7 @@ def assert_clean_exits(record_dir) -> None:
 
 
 def test_ddp_spawn_freeze_and_monitor(tmp_path):
-    from pytorch_lightning.loggers import TensorBoardLogger
+    TensorBoardLogger = pl.loggers.TensorBoardLogger
 
     model = TwoBranchNet()
     before = {k: v.clone() for k, v in model.right.state_dict().items()}
@@ -69,7 +69,7 @@ def test_ddp_spawn_freeze_and_monitor(tmp_path):
 
 
 def test_ddp_spawn_input_deficit_and_fisher_monitor(tmp_path):
-    from pytorch_lightning.loggers import TensorBoardLogger
+    TensorBoardLogger = pl.loggers.TensorBoardLogger
 
     model = TwoBranchNet()
     logger = TensorBoardLogger(str(tmp_path), name="ddp", version="")

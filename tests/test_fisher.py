@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.fisher import fisher_trace, sample_labels
 
 

@@ -12,13 +12,13 @@ import math
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
 import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+from lightning_critical._namespace import pl
 from lightning_critical.spectral import find_weight_matrices, singular_values
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

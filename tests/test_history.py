@@ -12,14 +12,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import make_trainer
-from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
+
+TensorBoardLogger = pl.loggers.TensorBoardLogger
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
 
 METRICS = ("singular_values", "mode_strength", "stable_rank", "subspace_drift")
 
@@ -87,7 +87,7 @@ def test_two_runs_into_one_log_directory_leave_only_the_second(tmp_path):
     pd.testing.assert_frame_equal(on_disk, second.to_frame())
 
 
-class Crash(Callback):
+class Crash(pl.Callback):
     def __init__(self, at_step: int) -> None:
         self.at_step = at_step
 

@@ -6,12 +6,12 @@ from collections import namedtuple
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.deficits.input import blur, downsample
 
 Pair = namedtuple("Pair", ["image", "label"])

@@ -2,11 +2,13 @@
 
 from typing import Any
 
-import pytorch_lightning as pl
 from conftest import TwoBranchNet, make_trainer
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_critical import _lightning
+from lightning_critical._namespace import pl
+
+TensorBoardLogger = pl.loggers.TensorBoardLogger
+CSVLogger = pl.loggers.CSVLogger
 
 
 def test_adapter_against_a_real_trainer(tmp_path):

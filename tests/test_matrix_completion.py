@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
+from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.models import DeepMatrixFactorization
 

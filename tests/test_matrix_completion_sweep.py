@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.experiments.matrix_completion import (
     build_switch_ensemble,

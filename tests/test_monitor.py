@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_trainer, read_tensorboard
-from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
+
+TensorBoardLogger = pl.loggers.TensorBoardLogger
 
 
 def small_net(**kw):

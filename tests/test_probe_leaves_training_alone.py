@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import make_trainer
-from pytorch_lightning import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 WINDOW = (3, 12)  # epochs = optimizer steps here (one full batch per epoch)
 EPOCHS = 16
@@ -46,7 +45,7 @@ def intact_maps(net: lc.models.MultiPathwayLinearNet) -> dict[str, torch.Tensor]
     return out
 
 
-class Snapshot(Callback):
+class Snapshot(pl.Callback):
     """The intact maps at every training batch start (placed after the monitor)."""
 
     def __init__(self) -> None:
@@ -130,7 +129,7 @@ class RandomProbeNet(pl.LightningModule):
         )
 
 
-class ModeCheck(Callback):
+class ModeCheck(pl.Callback):
     """Placed after the monitor: the modes it sees are the user's, untouched by the probe."""
 
     def __init__(self) -> None:

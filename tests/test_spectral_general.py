@@ -11,12 +11,12 @@ import warnings
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 import lightning_critical as lc
 import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+from lightning_critical._namespace import pl
 from lightning_critical.spectral import (
     find_weight_matrices,
     gram_singular_values,
@@ -443,7 +443,7 @@ def test_monitor_sends_ill_conditioned_targets_straight_to_float64(tmp_path, mon
 
 
 def test_float64_hints_survive_a_resume(tmp_path, monkeypatch):
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    ModelCheckpoint = pl.callbacks.ModelCheckpoint
 
     def trainer(monitor, ckpt_dir="ckpt"):
         checkpoints = ModelCheckpoint(

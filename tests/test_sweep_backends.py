@@ -8,10 +8,10 @@ import os
 import time
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 CPU = {"accelerator": "cpu", "devices": 1}
 

@@ -54,7 +54,7 @@ CASES: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
         dict(datamodule=lambda: DataLoader(TensorDataset(torch.zeros(2, 8)))), TypeError,
         "returned DataLoader, not a LightningDataModule"),
     "deficit factory returns no callback": (dict(deficit=lambda window: "freeze"), TypeError,
-                                            "returned str, not a pytorch_lightning Callback"),
+                                            "returned str, not a Lightning Callback"),
     "deficit is not callable": (dict(deficit=3), TypeError, "deficit=3 is not valid"),
     "float seed": (dict(seeds=[0, 1.5]), ValueError, r"seeds\[1\]=1.5 must be an integer >= 0, not float"),
     "string seeds": (dict(seeds="0"), ValueError, "seeds='0' is not valid"),

@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
-import pytorch_lightning as pl
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.sweep.backends import ray_available
 
 CPU = {"accelerator": "cpu", "devices": 1}

@@ -7,11 +7,11 @@ import os
 import signal
 
 import pytest
-import pytorch_lightning as pl
 from conftest import SWEEP_CPU as CPU
 from conftest import map_norms, pathway_data, pathway_model
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 
 
 class Misbehave(pl.Callback):

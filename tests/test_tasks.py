@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.models import DeepMatrixFactorization
 from lightning_critical.tasks import TaskSwitch, TaskSwitchable

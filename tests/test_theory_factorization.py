@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.experiments.matrix_completion import switch_theory
 from lightning_critical.models import DeepMatrixFactorization

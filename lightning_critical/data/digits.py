@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_critical._checks import check_float, check_int, check_seed
+from lightning_critical._namespace import pl
 
 
 def _check_fraction(name: str, value: float, low_inclusive: bool) -> None:

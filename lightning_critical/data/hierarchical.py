@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_critical._checks import check_int
+from lightning_critical._namespace import pl
 from lightning_critical.protocols import TaskBasis
 
 

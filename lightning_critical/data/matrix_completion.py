@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_critical._checks import check_int
+from lightning_critical._namespace import pl
 
 TaskSpec: TypeAlias = int | Mapping[str, Any]
 DEFAULT_TASKS: dict[str, TaskSpec] = {"pretrain": {"rank": 10}, "target": {"rank": 5}}

@@ -5,15 +5,13 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning import Callback
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, log_scalars, steps_per_epoch
+from lightning_critical._namespace import pl, rank_zero_warn
 from lightning_critical.deficits import _hooks
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import Window, WindowLike
@@ -29,7 +27,7 @@ _RENAMED: dict[str, str] = {
 }
 
 
-class WindowedDeficit(Callback):
+class WindowedDeficit(pl.Callback):
     """Base class of callbacks that change training during a :class:`~lightning_critical.Window`.
 
     Whether the deficit is active is recomputed before every training batch from

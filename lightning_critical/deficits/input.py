@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,6 +18,7 @@ from typing_extensions import override
 
 from lightning_critical._batch import INPUT_KEYS, TARGET_KEYS, BatchSpec, Key, get, replace
 from lightning_critical._checks import check_choice, check_float, check_int, check_seed
+from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import WindowLike

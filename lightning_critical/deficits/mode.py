@@ -6,13 +6,13 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_critical._lightning import datamodule_of
+from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.protocols import TaskBasis, check_task_basis, end_to_end_maps, find_task_basis, resolve_modules
 from lightning_critical.schedule import WindowLike

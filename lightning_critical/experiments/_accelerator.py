@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytorch_lightning.accelerators import Accelerator
+from lightning_critical._namespace import pl
 
 
-def accelerator_kwargs(accelerator: str | Accelerator) -> dict[str, Any]:
+def accelerator_kwargs(accelerator: str | pl.accelerators.Accelerator) -> dict[str, Any]:
     """The ``pl.Trainer`` keyword for ``accelerator``: none for ``"auto"``, Lightning's own default.
 
     Passing ``accelerator="auto"`` explicitly would override ``PL_TRAINER_ACCELERATOR`` (in

@@ -29,10 +29,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 
 from lightning_critical._checks import check_int
+from lightning_critical._namespace import pl
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
 from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
@@ -109,7 +109,7 @@ def build_switch_ensemble(
 
 def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
          logger: Any = False, num_threads: int | None = 1, accelerator: str = "auto") -> None:
-    quiet = logging.getLogger("pytorch_lightning")
+    quiet = logging.getLogger(pl.__name__)
     level, threads = quiet.level, torch.get_num_threads()
     if not progress:
         quiet.setLevel(logging.ERROR)

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
 
+from lightning_critical._namespace import pl
 from lightning_critical.data import HierarchicalDataModule
 from lightning_critical.deficits import PathwayDeficit
 from lightning_critical.experiments._accelerator import accelerator_kwargs
@@ -125,7 +124,7 @@ def pathway_deficit_run(
         history_file="spectral_history.csv" if save_dir else None,
     )
     callbacks.append(monitor)
-    logger = TensorBoardLogger(save_dir, name=name, version="") if save_dir else False
+    logger = pl.loggers.TensorBoardLogger(save_dir, name=name, version="") if save_dir else False
     trainer = pl.Trainer(
         max_epochs=max_epochs, callbacks=callbacks, logger=logger, devices=1, **accelerator_kwargs(accelerator),
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
@@ -142,7 +141,7 @@ def pathway_deficit_run(
         k["theory"] = theory[k["step"].to_numpy(), [names.index(p) for p in k["pathway"]], k["mode"].to_numpy()]
     else:
         k["theory"] = np.nan
-    log_dir = logger.log_dir if isinstance(logger, TensorBoardLogger) else None
+    log_dir = logger.log_dir if isinstance(logger, pl.loggers.TensorBoardLogger) else None
     return PathwayRun(k, theory, s.numpy(), log_dir, time.perf_counter() - start)
 
 

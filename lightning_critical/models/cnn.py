@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_critical._checks import check_float, check_int, check_seed
+from lightning_critical._namespace import pl
 
 
 class _Hyperparameters(Protocol):

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
 from lightning_critical._checks import check_int
+from lightning_critical._namespace import pl
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
 
 
@@ -95,7 +95,8 @@ class FactorizationEnsemble(pl.LightningModule):
 
     Example::
 
-        >>> import pytorch_lightning as pl, lightning_critical as lc
+        >>> import lightning_critical as lc
+        >>> from lightning_critical._namespace import pl
         >>> from lightning_critical.data import MatrixCompletionDataModule
         >>> dm = MatrixCompletionDataModule(size=10, n_observed=40, tasks={"pretrain": 3, "target": 1})
         >>> model = DeepMatrixFactorization(size=10, depth=2, seed=0)

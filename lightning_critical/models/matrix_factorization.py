@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
 from lightning_critical._checks import check_int
+from lightning_critical._namespace import pl
 
 INITS: tuple[str, ...] = ("gaussian", "orthogonal", "identity")
 

@@ -6,11 +6,11 @@ import string
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, cast
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from lightning_critical._checks import check_choice, check_int
+from lightning_critical._namespace import pl
 from lightning_critical.protocols import TaskBasis, find_task_basis
 
 INITS: tuple[str, ...] = ("aligned", "gaussian")

@@ -7,10 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning import Callback
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -18,6 +15,7 @@ from lightning_critical._batch import BatchSpec, InputsFn, describe
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import history_path, log_scalars
+from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.fisher import LABELS, fisher_layers, fisher_trace
 from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.probing import probing
@@ -25,7 +23,7 @@ from lightning_critical.probing import probing
 TOTAL = "total"
 
 
-class FisherMonitor(Callback):
+class FisherMonitor(pl.Callback):
     """Record the trace of the Fisher information of each layer every ``every_n_epochs`` epochs.
 
     Estimator (see :mod:`lightning_critical.fisher`): by default labels sampled from the

@@ -9,16 +9,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning import Callback
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_critical._checks import check_choice, check_int, check_names
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
+from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
@@ -54,7 +52,7 @@ TOP_K_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "spectral_
 Theory = Mapping[str, Mapping[str, Any]]
 
 
-class SpectralMonitor(Callback):
+class SpectralMonitor(pl.Callback):
     """Record the spectra of a model's matrices every ``every_n_steps`` optimizer steps.
 
     A record is taken before the first update (``step`` 0), then whenever the number of

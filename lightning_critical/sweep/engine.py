@@ -339,7 +339,7 @@ def _check_callables(model: Any, datamodule: Any, deficit: Any, callbacks: Any) 
 
 
 def _is_instance_of_lightning(obj: Any) -> bool:
-    import pytorch_lightning as pl
+    from lightning_critical._namespace import pl
 
     return isinstance(obj, (pl.LightningModule, pl.LightningDataModule))
 

@@ -48,12 +48,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
 from typing_extensions import override
 
 from lightning_critical import _lightning
+from lightning_critical._namespace import pl
 from lightning_critical.sweep import rng
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
 
@@ -95,7 +94,7 @@ class Task:
         return os.path.join(self.out, "tensorboard", self.label) if self.spec.tensorboard else None
 
 
-class Branching(Checkpoint):
+class Branching(pl.callbacks.Checkpoint):
     """Saves the branch checkpoints of a run and carries every random state through them.
 
     Args:
@@ -303,9 +302,7 @@ def _fit(task: Task) -> dict[str, Any]:
     callbacks = spec.build_deficits(run) + spec.build_callbacks(run) + [branching]
     logger: Any = False
     if log_dir is not None:
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        logger = TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
+        logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
                                    default_hp_metric=False)
     kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k != "logger"}}
     kwargs.update(

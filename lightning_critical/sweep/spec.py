@@ -276,7 +276,7 @@ class SweepSpec:
         return {"seed": run.seed, **run.params_dict}
 
     def build_model(self, run: RunSpec) -> Any:
-        import pytorch_lightning as pl
+        from lightning_critical._namespace import pl
 
         model = self.model(**accepted_kwargs(self.model, self.factory_kwargs(run)))
         if not isinstance(model, pl.LightningModule):
@@ -287,7 +287,7 @@ class SweepSpec:
         return model
 
     def build_datamodule(self, run: RunSpec) -> Any:
-        import pytorch_lightning as pl
+        from lightning_critical._namespace import pl
 
         if self.datamodule is None:
             return None
@@ -336,12 +336,12 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
 
 
 def _as_callbacks(made: Any, what: str) -> list[Any]:
-    import pytorch_lightning as pl
+    from lightning_critical._namespace import pl
 
     items = list(made) if isinstance(made, (list, tuple)) else [made]
     for item in items:
         if not isinstance(item, pl.Callback):
-            raise TypeError(f"{what} returned {type(item).__name__}, not a pytorch_lightning Callback.")
+            raise TypeError(f"{what} returned {type(item).__name__}, not a Lightning Callback.")
     return items
 
 
