@@ -83,6 +83,7 @@ def _sweep(argv: Sequence[str]) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. --set trainer.max_epochs=5 (VALUE is YAML)")
     args = parser.parse_args(list(argv))
+    _bind_to_users_lightning(["--config", args.config])
     import lightning_critical as lc
     from lightning_critical.sweep.config import load_config
 

@@ -1,7 +1,10 @@
 """README examples are executed, so they cannot drift from the code."""
 
+import json
 import os
 import re
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -11,13 +14,25 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     text = open(os.path.join(ROOT, "README.md")).read()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(blocks) == 3
-    spaces = []
-    for block in blocks:
+    # The quick start is `import lightning as L`: it runs in a fresh interpreter, as a user's
+    # script would, so the package binds to `lightning.pytorch` there.
+    check = (
+        "\nimport json, sys\nframe = monitor.to_frame()\n"
+        "print(json.dumps({'last': int(frame.step.max()), 'b3': 'pathways.b.3.weight' in set(frame.target),"
+        " 'trainer': type(trainer).__module__, 'old': 'pytorch_lightning' in sys.modules}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_CRITICAL_NAMESPACE"}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", blocks[0] + check], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"last": 300, "b3": True, "trainer": "lightning.pytorch.trainer.trainer", "old": False}
+    spaces: list[dict] = [{}]
+    for block in blocks[1:]:
         namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)
         spaces.append(namespace)
-    frame = spaces[0]["monitor"].to_frame()
-    assert frame.step.max() == 300 and "pathways.b.3.weight" in set(frame.target)
     assert sorted(spaces[2]["spectral"].to_frame().target.unique()) == ["conv1.weight", "conv2.weight", "fc.weight"]
     assert set(spaces[2]["fisher"].to_frame().metric) == {"fisher_trace"}
     sweep = spaces[1]["table"]
