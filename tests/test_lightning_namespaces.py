@@ -95,7 +95,7 @@ def test_callbacks_drop_into_a_script_written_against_the_other_namespace(tmp_pa
     # custom-scalars layout were dropped silently.
     other = importlib.import_module(OTHER)
 
-    class Net(other.LightningModule):
+    class Net(other.LightningModule):  # type: ignore[name-defined]  # chosen at run time
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.Linear(4, 3, bias=False)
