@@ -110,3 +110,14 @@ def namespace_of(obj: Any) -> str | None:
             if module == root or module.startswith(root + "."):
                 return root
     return None
+
+
+def mismatch_message(obj: Any, what: str) -> str | None:
+    """Why ``obj`` (a user's LightningModule, datamodule or callback) cannot go to a Trainer of the
+    bound namespace, or ``None`` when it can (or is no Lightning object at all)."""
+    found = namespace_of(obj)
+    if found is None or found == NAME:
+        return None
+    return (f"{what} is a {found} {type(obj).__name__}, but lightning_critical is bound to {NAME} "
+            f"(the namespace loaded when it was first used). Import {found.split('.')[0]} before using "
+            f"lightning_critical, or set {ENV}={found}.")

@@ -209,3 +209,15 @@ def test_lightning_facing_suite_passes_under_the_other_namespace():
     tail = result.stdout[-3000:]
     assert result.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail
+
+
+def test_sweep_names_a_model_of_the_other_namespace(tmp_path):
+    other = importlib.import_module(OTHER)
+
+    def make_model(seed: int):
+        return other.LightningModule()
+
+    with pytest.raises(TypeError, match=f"bound to {_namespace.NAME}") as err:
+        lc.sweep.run(make_model, None, deficit=lc.PathwayDeficit("x", window=(0, 1)), windows=[(0, 1)],
+                     seeds=[0], metrics="loss", trainer={"max_epochs": 1}, out=str(tmp_path), backend="serial")
+    assert _namespace.ENV in str(err.value)

@@ -276,9 +276,13 @@ class SweepSpec:
         return {"seed": run.seed, **run.params_dict}
 
     def build_model(self, run: RunSpec) -> Any:
+        from lightning_critical import _namespace
         from lightning_critical._namespace import pl
 
         model = self.model(**accepted_kwargs(self.model, self.factory_kwargs(run)))
+        mismatch = _namespace.mismatch_message(model, f"model factory {_qualname(self.model)}'s model")
+        if mismatch:
+            raise TypeError(mismatch)
         if not isinstance(model, pl.LightningModule):
             raise TypeError(
                 f"model factory {_qualname(self.model)} returned {type(model).__name__}, not a LightningModule; "
@@ -287,11 +291,15 @@ class SweepSpec:
         return model
 
     def build_datamodule(self, run: RunSpec) -> Any:
+        from lightning_critical import _namespace
         from lightning_critical._namespace import pl
 
         if self.datamodule is None:
             return None
         dm = self.datamodule(**accepted_kwargs(self.datamodule, self.factory_kwargs(run)))
+        mismatch = _namespace.mismatch_message(dm, f"datamodule factory {_qualname(self.datamodule)}'s datamodule")
+        if mismatch:
+            raise TypeError(mismatch)
         if not isinstance(dm, pl.LightningDataModule):
             raise TypeError(
                 f"datamodule factory {_qualname(self.datamodule)} returned {type(dm).__name__}, not a "
