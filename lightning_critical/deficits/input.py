@@ -290,6 +290,21 @@ class InputDeficit(WindowedDeficit):
     def default_name(self) -> str:
         return f"input/{self._label()}"
 
+    @override
+    def repr_settings(self) -> dict[str, str]:
+        out = {"transform": repr(self.transform) if isinstance(self.transform, str) else self._label(),
+               **super().repr_settings()}
+        if self.transform in ("blur", "downsample"):
+            out["factor"] = str(self.factor)
+        if self.transform == "noise":
+            out["noise_std"] = f"{self.noise_std:g}"
+        for key in ("input_key", "target_key", "spatial_dims"):
+            if getattr(self, key) is not None:
+                out[key] = repr(getattr(self, key))
+        if self.seed and self.transform in ("noise", "label_shuffle"):
+            out["seed"] = str(self.seed)
+        return out
+
     # -- the transform ---------------------------------------------------------------------
     def _spatial_dims_for(self, x: Tensor) -> tuple[int, ...]:
         owner = self.batch_spec.owner

@@ -112,6 +112,20 @@ class FisherMonitor(Callback):
         self._pending: list[tuple[Tensor, ...]] = []
         self._warned: set[str] = set()
 
+    def __repr__(self) -> str:
+        settings = [f"every_n_epochs={self.every_n_epochs}", f"num_batches={self.num_batches}",
+                    f"labels={self.labels!r}"]
+        if self.targets is not None:
+            settings.append(f"targets={self.targets!r}")
+        if self.input_key is not None:
+            settings.append(f"input_key={self.input_key!r}")
+        if self.batch_spec.inputs is not None:
+            settings.append(f"inputs={getattr(self.batch_spec.inputs, '__name__', 'callable')}")
+        if self.seed:
+            settings.append(f"seed={self.seed}")
+        settings.append(f"history_file={self.history_file!r}")
+        return f"FisherMonitor({', '.join(settings)})"
+
     def to_frame(self) -> pd.DataFrame:
         """Everything recorded in this fit (and, after a resume, the run's earlier records) as a tidy ``DataFrame``."""
         return self.history.to_frame()
