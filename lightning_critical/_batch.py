@@ -384,4 +384,5 @@ class BatchSpec:
         )
 
     def __repr__(self) -> str:
-        return f"BatchSpec(input_key={self.input_key!r}, target_key={self.target_key!r}, inputs={self.inputs!r})"
+        inputs = None if self.inputs is None else getattr(self.inputs, "__name__", "callable")
+        return f"BatchSpec(input_key={self.input_key!r}, target_key={self.target_key!r}, inputs={inputs})"
