@@ -46,3 +46,20 @@ def test_default_metrics_on_a_user_model_say_nothing_about_mode_strength(caplog)
     caplog.clear()
     fit_and_catch([lc.SpectralMonitor(every_n_steps=2, metrics=("mode_strength", "spectral_norm"))], max_epochs=1)
     assert len([m for m in caplog.messages if "mode_strength skipped: no task basis" in m]) == 1
+
+
+def test_demo_stages_report_each_finished_run():
+    from lightning_critical.experiments.pathways import deficit_onset_sweep, early_middle_late
+
+    lines: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        early_middle_late({"early": 0, "late": 30}, length=20, width=8, depth=2, max_epochs=40, every_n_steps=40,
+                          progress=lines.append)
+        deficit_onset_sweep(depths=(2,), onsets=(0,), length=20, sgd_onsets=(30,), width=8, max_epochs=40,
+                            progress=lines.append)
+    assert [line.split(":")[0] for line in lines] == [
+        "early deficit, epochs [0, 20)", "late deficit, epochs [30, 50)", "onset sweep, depth 2, deficit epochs [30, 40)"]
+    # the sweep's window past the end is clipped, not warned about; the explicit late run is warned once
+    assert [str(w.message) for w in caught if "cut short" in str(w.message)] == [
+        "PathwayDeficit[freeze/b, [30, 50) epochs] ends after max_epochs=40: it will be cut short."]
