@@ -14,10 +14,11 @@ Lightning). A batch may be
 Anything else needs explicit keys in a callable (``InputDeficit`` accepts ``batch -> batch``,
 ``FisherMonitor`` accepts ``inputs=batch -> model arguments``).
 
-Model arguments (:meth:`BatchSpec.model_inputs`): the input alone, unless the model's
-``forward`` requires ``k >= 2`` positional arguments (:func:`forward_arity`); then the first
-``k`` elements of a tuple / list batch other than the target, so ``forward(x1, x2)`` trained
-on ``(x1, x2, y)`` batches needs no setting. Anything else: ``inputs=batch -> tuple``.
+Model arguments (:meth:`BatchSpec.model_inputs`), from the positional arguments the model's
+``forward`` requires (:func:`forward_arguments`): a mapping / dataclass batch that holds
+them by name gives them by name; otherwise one argument is the input, and ``k >= 2`` are the
+first ``k`` elements of a tuple / list batch other than the target, so ``forward(x1, x2)``
+trained on ``(x1, x2, y)`` batches needs no setting. Anything else: ``inputs=batch -> tuple``.
 
 Replacing an element returns a new batch of the same type and never modifies the original
 (the dataset may hold the very tensors of the batch). Every look-up error is a ``ValueError``
@@ -42,7 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -232,8 +233,8 @@ def replace(batch: Any, key: Key, value: Any) -> Any:
     raise TypeError(f"cannot replace an element of {describe(batch)}.")
 
 
-def forward_arity(module: Any) -> int | None:
-    """How many positional arguments ``module.forward`` requires (``None`` when unknown).
+def forward_arguments(module: Any) -> tuple[str, ...] | None:
+    """The names of the positional arguments ``module.forward`` requires (``None`` when unknown).
 
     Parameters with defaults, ``*args`` and keyword-only parameters do not count; a forward
     that takes only ``*args`` (such as ``LightningModule.forward`` when not overridden), or
@@ -245,16 +246,16 @@ def forward_arity(module: Any) -> int | None:
         >>> class TwoInputs(nn.Module):
         ...     def forward(self, x1, x2, mask=None):
         ...         return x1 + x2
-        >>> forward_arity(TwoInputs()), forward_arity(nn.Linear(2, 2))
-        (2, 1)
+        >>> forward_arguments(TwoInputs()), forward_arguments(nn.Linear(2, 2))
+        (('x1', 'x2'), ('input',))
     """
     try:
         params = inspect.signature(module.forward).parameters.values()
     except (AttributeError, TypeError, ValueError):
         return None
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = sum(1 for p in params if p.kind in positional and p.default is inspect.Parameter.empty)
-    return required or None
+    names = tuple(p.name for p in params if p.kind in positional and p.default is inspect.Parameter.empty)
+    return names or None
 
 
 # -- one object describing how a user's batches look -------------------------------------------
@@ -269,10 +270,11 @@ class BatchSpec:
     tensor), element 0 (tuple / list) or the first of :data:`INPUT_KEYS` present (mapping,
     dataclass); the target is the **last** element, or the first of :data:`TARGET_KEYS`.
 
-    Model arguments (:meth:`model_inputs`): ``inputs(batch)`` when given, else ``(input,)``,
-    except that a model whose ``forward`` requires ``k >= 2`` positional arguments gets the
-    first ``k`` elements of a tuple batch other than the target: ``forward(x1, x2)`` with
-    batches ``(x1, x2, y)`` works with no setting at all.
+    Model arguments (:meth:`model_inputs`): ``inputs(batch)`` when given, else what the
+    model's ``forward`` requires: by name from a mapping batch that holds its argument names
+    (``forward(image, mask)`` with ``{"image", "mask", "label"}`` batches), else the input for
+    one argument, else the first ``k`` elements of a tuple batch other than the target
+    (``forward(x1, x2)`` with ``(x1, x2, y)`` batches). No setting needed in these cases.
 
     Args:
         input_key: index / key / field of the input (``None``: the default look-up).
@@ -300,7 +302,7 @@ class BatchSpec:
         >>> float(blurred["image"].mean()), float(batch["image"].mean())
         (1.0, 0.0)
         >>> x1, x2, y = torch.zeros(2, 3), torch.ones(2, 4), torch.tensor([0, 1])
-        >>> [tuple(a.shape) for a in lc.BatchSpec().model_inputs((x1, x2, y), arity=2)]
+        >>> [tuple(a.shape) for a in lc.BatchSpec().model_inputs((x1, x2, y), forward=("x1", "x2"))]
         [(2, 3), (2, 4)]
     """
 
@@ -349,18 +351,23 @@ class BatchSpec:
         """A copy of ``batch`` whose target is ``value``."""
         return replace(batch, self.target_key_of(batch), value)
 
-    def model_inputs(self, batch: Any, arity: int | None = None) -> tuple[Any, ...]:
+    def model_inputs(self, batch: Any, forward: Sequence[str] | None = None) -> tuple[Any, ...]:
         """The positional arguments of ``model(...)`` for ``batch``.
 
+        ``forward``: the names of the positional arguments the model's forward requires
+        (:func:`forward_arguments`), or ``None`` when unknown.
+
         * ``inputs`` given: ``inputs(batch)`` (a tensor counts as one argument);
-        * ``input_key`` given, or ``arity`` ``None`` or 1: ``(input,)``;
-        * ``arity`` ``k >= 2`` (the number of positional arguments the model's forward
-          requires, see :func:`forward_arity`): the first ``k`` elements of a tuple / list
-          batch other than the target, e.g. ``(x1, x2)`` of ``(x1, x2, y)``.
+        * ``input_key`` given, or ``forward`` unknown: ``(input,)``;
+        * a mapping or dataclass batch holding every name of ``forward``: those elements, in
+          ``forward``'s order (``forward(image, mask)`` reads ``batch["image"], batch["mask"]``);
+        * one required argument: ``(input,)``;
+        * ``k >= 2`` required arguments: the first ``k`` elements of a tuple / list batch other
+          than the target, e.g. ``(x1, x2)`` of ``(x1, x2, y)``.
 
         Raises:
             ValueError: ``inputs`` returned something other than a tensor, tuple or list; the
-                batch cannot supply ``arity`` arguments (a mapping, or too few elements).
+                batch cannot supply the ``k >= 2`` arguments.
         """
         if self.inputs is not None:
             args = self.inputs(batch)
@@ -370,17 +377,24 @@ class BatchSpec:
                 raise ValueError(f"{self.owner}: inputs(batch) must return a tensor or a non-empty tuple of model "
                                  f"arguments; it returned {describe(args)} for a batch that is {describe(batch)}.")
             return tuple(args)
-        if self.input_key is not None or arity is None or arity <= 1:
+        if self.input_key is not None or not forward:
+            return (self.input(batch),)
+        if isinstance(batch, Mapping) or _is_dataclass(batch):
+            keys = list(batch) if isinstance(batch, Mapping) else _field_names(batch)
+            if all(name in keys for name in forward):
+                return tuple(get(batch, name, "input", self.owner) for name in forward)
+        if len(forward) == 1:
             return (self.input(batch),)
         if isinstance(batch, (tuple, list)):
             target = self.target_key_of(batch) if len(batch) > 1 else None
             candidates = [v for i, v in enumerate(batch) if i != target]
-            if len(candidates) >= arity:
-                return tuple(candidates[:arity])
+            if len(candidates) >= len(forward):
+                return tuple(candidates[: len(forward)])
         raise ValueError(
-            f"{self.owner}: the model's forward requires {arity} positional arguments, but the batch is "
-            f"{describe(batch)}, which does not hold {arity} inputs besides the target. Pass inputs=<callable "
-            "batch -> tuple of model arguments>, e.g. inputs=lambda b: (b['x1'], b['x2'])."
+            f"{self.owner}: the model's forward requires {len(forward)} positional arguments {list(forward)}, but "
+            f"the batch is {describe(batch)}, which does not hold them (a tuple batch needs {len(forward)} elements "
+            "besides the target, the last; a mapping needs those keys). Pass inputs=<callable batch -> tuple of "
+            "model arguments>, e.g. inputs=lambda b: (b['x1'], b['x2'])."
         )
 
     def __repr__(self) -> str:

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
-from tests.conftest import make_trainer
 
 N = 16
 
@@ -84,19 +84,31 @@ def test_fisher_monitor_mismatched_inputs_say_how_to_fix_it():
     with pytest.raises(TypeError, match=r"calling the model with a tuple of 1 elements.*inputs=<callable"):
         fisher_frame(TwoInputNet(), lc.FisherMonitor(inputs=lambda b: b[0]))
 
-    class DictBatches(TwoInputNet):
-        def train_dataloader(self) -> DataLoader:
-            xa, xb, y = two_input_data().tensors
-            rows = [{"xa": xa[i], "xb": xb[i], "y": y[i]} for i in range(N)]
-            return DataLoader(rows, batch_size=8)  # type: ignore[arg-type]  # a list is a map-style dataset
 
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            return F.cross_entropy(self(batch["xa"], batch["xb"]), batch["y"])
+class DictBatches(TwoInputNet):
+    """Batches {names[0]: xa, names[1]: xb, "y": y}."""
 
-    with pytest.raises(ValueError, match=r"forward requires 2 positional arguments.*Pass inputs="):
-        fisher_frame(DictBatches(), lc.FisherMonitor())
-    frame = fisher_frame(DictBatches(), lc.FisherMonitor(inputs=lambda b: (b["xa"], b["xb"])))
-    assert frame.value.gt(0).all()
+    def __init__(self, names: tuple[str, str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def train_dataloader(self) -> DataLoader:
+        xa, xb, y = two_input_data().tensors
+        rows = [{self.names[0]: xa[i], self.names[1]: xb[i], "y": y[i]} for i in range(N)]
+        return DataLoader(rows, batch_size=8)  # type: ignore[arg-type]  # a list is a map-style dataset
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self(batch[self.names[0]], batch[self.names[1]]), batch["y"])
+
+
+def test_fisher_monitor_reads_mapping_batches_by_the_forward_argument_names():
+    by_name = fisher_frame(DictBatches(("xa", "xb")), lc.FisherMonitor())  # forward(xa, xb)
+    explicit = fisher_frame(TwoInputNet(), lc.FisherMonitor())
+    assert by_name.value.tolist() == explicit.value.tolist()
+    with pytest.raises(ValueError, match=r"requires 2 positional arguments \['xa', 'xb'\].*Pass inputs="):
+        fisher_frame(DictBatches(("left", "right")), lc.FisherMonitor())
+    frame = fisher_frame(DictBatches(("left", "right")), lc.FisherMonitor(inputs=lambda b: (b["left"], b["right"])))
+    assert frame.value.tolist() == explicit.value.tolist()
 
 
 @pytest.mark.parametrize("input_key", [0, 1])
@@ -119,7 +131,8 @@ def test_label_shuffle_finds_the_last_element_of_a_two_input_batch():
     make_trainer(max_epochs=1, callbacks=[lc.InputDeficit("label_shuffle", window=(0, 1), seed=3)]).fit(model)
     xa, xb, y = two_input_data().tensors
     seen_y = torch.cat([s[2] for s in model.seen])
-    assert torch.equal(torch.cat([s[0] for s in model.seen]), xa) and torch.equal(torch.cat([s[1] for s in model.seen]), xb)
+    assert torch.equal(torch.cat([s[0] for s in model.seen]), xa)
+    assert torch.equal(torch.cat([s[1] for s in model.seen]), xb)
     assert not torch.equal(seen_y, y) and sorted(seen_y.tolist()) == sorted(y.tolist())
 
 

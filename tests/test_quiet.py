@@ -6,8 +6,9 @@ import logging
 import warnings
 from typing import Any
 
+from conftest import TwoBranchNet, make_trainer
+
 import lightning_critical as lc
-from tests.conftest import TwoBranchNet, make_trainer
 
 
 def fit_and_catch(callbacks: list[Any], max_epochs: int = 2) -> list[str]:
@@ -59,7 +60,9 @@ def test_demo_stages_report_each_finished_run():
         deficit_onset_sweep(depths=(2,), onsets=(0,), length=20, sgd_onsets=(30,), width=8, max_epochs=40,
                             progress=lines.append)
     assert [line.split(":")[0] for line in lines] == [
-        "early deficit, epochs [0, 20)", "late deficit, epochs [30, 50)", "onset sweep, depth 2, deficit epochs [30, 40)"]
+        "early deficit, epochs [0, 20)", "late deficit, epochs [30, 50)",
+        "onset sweep, depth 2, deficit epochs [30, 40)",
+    ]
     # the sweep's window past the end is clipped, not warned about; the explicit late run is warned once
     assert [str(w.message) for w in caught if "cut short" in str(w.message)] == [
         "PathwayDeficit[freeze/b, [30, 50) epochs] ends after max_epochs=40: it will be cut short."]

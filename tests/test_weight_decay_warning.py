@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
-from tests.conftest import make_trainer
 
 
 class Branches(pl.LightningModule):
@@ -35,7 +35,8 @@ class Branches(pl.LightningModule):
         if self.optimizer == "adamw":
             return torch.optim.AdamW(self.parameters(), lr=0.01)  # AdamW's default weight_decay is 0.01
         if self.split_groups:  # the deprived branch in a group without decay
-            groups = [{"params": self.left.parameters()}, {"params": self.right.parameters(), "weight_decay": 0.0}]
+            groups: list[dict[str, Any]] = [
+                {"params": self.left.parameters()}, {"params": self.right.parameters(), "weight_decay": 0.0}]
             return torch.optim.SGD(groups, lr=0.1, weight_decay=self.weight_decay)
         return torch.optim.SGD(self.parameters(), lr=0.1, weight_decay=self.weight_decay)
 

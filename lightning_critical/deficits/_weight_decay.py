@@ -19,7 +19,7 @@ from lightning_critical._warnings import warn_once
 
 
 def decaying_groups(optimizers: Sequence[Any], params: Iterable[Tensor]) -> list[tuple[str, float]]:
-    """``(optimizer class name, weight_decay)`` of every param group with ``weight_decay > 0`` holding one of ``params``.
+    """``(optimizer name, weight_decay)`` of every param group with ``weight_decay > 0`` holding one of ``params``.
 
     Example::
 

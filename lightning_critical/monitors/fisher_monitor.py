@@ -14,7 +14,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_critical._batch import BatchSpec, InputsFn, describe, forward_arity
+from lightning_critical._batch import BatchSpec, InputsFn, describe, forward_arguments
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import history_path, log_scalars
@@ -66,9 +66,10 @@ class FisherMonitor(Callback):
         inputs: instead of ``input_key``, a callable ``batch -> tuple of model arguments``
             for models with several inputs: the estimate calls ``model(*inputs(batch))``.
             Every argument must be a tensor whose dimension 0 is the batch. Without either,
-            a model whose ``forward`` requires ``k >= 2`` positional arguments gets the first
-            ``k`` elements of a tuple batch other than the target (the last): ``forward(x1,
-            x2)`` with ``(x1, x2, y)`` batches works as is (see :class:`~lightning_critical.BatchSpec`).
+            the model gets what its ``forward`` requires (see
+            :class:`~lightning_critical.BatchSpec`): by name from mapping batches that hold its
+            argument names, else the first ``k`` elements of a tuple batch other than the target
+            (the last), so ``forward(x1, x2)`` with ``(x1, x2, y)`` batches works as is.
         seed: seed of the label sampling (integer >= 0).
         labels: ``"sample"`` (one label per example drawn from the model's predictive
             distribution) or ``"expected"`` (every class, weighted by its probability).
@@ -114,7 +115,7 @@ class FisherMonitor(Callback):
         self.history = History()
         self._pending: list[tuple[Tensor, ...]] = []
         self._warned: set[str] = set()
-        self._arity: int | None = None
+        self._forward: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         settings = [f"every_n_epochs={self.every_n_epochs}", f"num_batches={self.num_batches}",
@@ -142,7 +143,7 @@ class FisherMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._arity = forward_arity(pl_module)
+        self._forward = forward_arguments(pl_module)
         if not fisher_layers(pl_module, self.targets):
             raise ValueError(
                 f"FisherMonitor(targets={self.targets!r}) matches no layer with trainable parameters; "
@@ -169,7 +170,7 @@ class FisherMonitor(Callback):
             self._pending = []
         if not self._due(trainer) or batch_idx >= self.num_batches:
             return
-        args = self.batch_spec.model_inputs(batch, self._arity)
+        args = self.batch_spec.model_inputs(batch, self._forward)
         if not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
             raise ValueError(f"FisherMonitor: every model argument must be a tensor with a batch dimension; got "
                              f"{describe(tuple(args))} (pass inputs=<callable batch -> tuple of tensors>).")
