@@ -223,7 +223,10 @@ class InputDeficit(WindowedDeficit):
     ``target_key`` (default: the **last** element); for mappings (``dict``, ``UserDict``,
     ``BatchEncoding``, ...) and dataclasses key ``input_key`` / ``target_key``, by default the
     first present among :data:`INPUT_KEYS` / :data:`TARGET_KEYS`
-    (``("y", "label", "labels", "target", "targets")``). The batch is copied, never modified in
+    (``("y", "label", "labels", "target", "targets")``). A model with several inputs has one
+    of them corrupted: ``input_key`` chooses it, e.g. ``InputDeficit("blur", window,
+    input_key=1)`` blurs ``x2`` of ``(x1, x2, y)`` batches (the target stays the last element);
+    to corrupt several, use one deficit per input. The batch is copied, never modified in
     place, so data held by the dataset is never corrupted. The batch's structure is checked at
     the first training batch of the fit, even when the window opens later.
 
