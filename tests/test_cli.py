@@ -30,7 +30,7 @@ def test_demo_writes_figures_tables_and_tensorboard(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Open the logs with" in printed
     # progress: one line per finished training run, with the time elapsed
-    assert [line[:7] for line in printed.splitlines() if "elapsed)" in line] == [f"[ {k}/6]" for k in range(1, 7)]
+    assert [line[:6] for line in printed.splitlines() if "elapsed)" in line] == [f"[ {k}/6]" for k in range(1, 7)]
 
 
 def test_lightningcli_config_runs(tmp_path):
