@@ -32,7 +32,7 @@ def warn_once(message: str, key: str | None = None) -> bool:
     if key in _GIVEN:
         return False
     _GIVEN.add(key)
-    pl.utilities.rank_zero_warn(message)
+    pl.utilities.rank_zero_warn(message, stacklevel=5)  # the location shown: the caller of warn_once
     return True
 
 
