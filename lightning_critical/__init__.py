@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "BatchSpec": "lightning_critical._batch",
     "FisherMonitor": "lightning_critical.monitors",
     "InputDeficit": "lightning_critical.deficits",
     "ModeDeficit": "lightning_critical.deficits",
@@ -26,12 +27,13 @@ _EXPORTS = {
 _SUBPACKAGES = ("data", "experiments", "models", "plots", "sweep", "theory")
 
 __all__ = [
-    "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "SpectralMonitor", "TaskSwitch",
+    "BatchSpec", "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "SpectralMonitor", "TaskSwitch",
     "TaskSwitchable", "Window", "data", "experiments", "models", "plots", "sweep", "theory",
 ]
 
 if TYPE_CHECKING:
     from lightning_critical import data, experiments, models, plots, sweep, theory
+    from lightning_critical._batch import BatchSpec
     from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit
     from lightning_critical.monitors import FisherMonitor, SpectralMonitor
     from lightning_critical.schedule import Window

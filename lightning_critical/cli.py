@@ -35,7 +35,7 @@ def _demo(argv: Sequence[str]) -> int:
     # These matrices are tiny: one thread avoids oversubscription overhead.
     torch.set_num_threads(1)
     _quiet_lightning()
-    paths = reproduce(args.out, quick=args.quick)
+    paths = reproduce(args.out, quick=args.quick, progress=lambda line: print(line, flush=True))
     for key, path in paths.items():
         print(f"{key:>18}: {path}")
     print(f"\nOpen the logs with:  tensorboard --logdir {paths['tensorboard']}")

@@ -18,8 +18,22 @@ Matrix views (what "the matrix" of a parameter is):
 * ``nn.Embedding`` weight ``(num_embeddings, dim)``: used as is.
 * ``nn.MultiheadAttention.in_proj_weight`` ``(3 * E, E)`` is split into three ``(E, E)``
   targets named ``<name>.q``, ``<name>.k`` and ``<name>.v``.
-* RNN/LSTM/GRU ``weight_ih_l*`` / ``weight_hh_l*``: the stacked gate matrix as is.
-* any other parameter with 2 or more dimensions: ``(shape[0], prod(shape[1:]))``.
+* Recurrent layers: every input-hidden and hidden-hidden matrix, of every layer and direction
+  (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``..._reverse``; ``weight_ih`` / ``weight_hh`` of
+  the cells), is split into one ``(hidden, in)`` matrix per gate, in PyTorch's documented
+  gate order, named by the gate: ``nn.LSTM`` / ``nn.LSTMCell`` ``(4H, in)`` ->
+  ``<name>.i``, ``.f``, ``.g``, ``.o`` (input, forget, cell, output gates); ``nn.GRU`` /
+  ``nn.GRUCell`` ``(3H, in)`` -> ``<name>.r``, ``.z``, ``.n`` (reset, update, new). E.g.
+  ``lstm.weight_ih_l0.i``, ``gru.weight_hh_l1_reverse.z``. ``nn.RNN`` has one gate: its
+  matrices are used as is; so is an LSTM's projection ``weight_hr_l{k}``.
+* 0-D and 1-D parameters (biases, norm scales, a scalar temperature) have no matrix: skipped.
+* any other parameter with 3 or more dimensions: its leading size-1 dimensions are dropped
+  first, so a ``(1, 16, 32)`` positional embedding is the ``(16, 32)`` matrix it stands for
+  (and a ``(1, 1, C)`` class token becomes a vector, skipped). What remains with 3 or more
+  dimensions is read like a convolution kernel, ``(shape[0], prod(shape[1:]))``: rows are
+  the first dimension. That is right for custom convolution kernels, not for stacks of
+  matrices such as per-head ``(heads, d, d)`` weights; ``exclude`` those, or pass their
+  slices yourself.
 
 Metric formulas, with ``s_1 >= s_2 >= ... >= 0`` the singular values of the matrix:
 
@@ -71,6 +85,8 @@ GRAM32_MIN_RATIO = 0.2
 GRAM_MIN_DIM = 128
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+RNN_GATES: dict[str, tuple[str, ...]] = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+"""Gate suffixes of split recurrent matrices, in the order PyTorch stacks the gates."""
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 Patterns = str | Sequence[str]
@@ -114,8 +130,17 @@ def check_metrics(metrics: Iterable[str], name: str = "metrics") -> tuple[str, .
 def matrix_views(name: str, param: Tensor, owner: nn.Module | None = None) -> dict[str, Tensor]:
     """The matrix (or matrices) a parameter stands for; empty for 0-D and 1-D parameters.
 
-    ``owner`` is the module holding the parameter; it decides the conv / attention views.
-    The returned tensors are views of ``param`` (no copy).
+    ``owner`` is the module holding the parameter; it decides the conv, attention and
+    recurrent views (see the module docstring). The returned tensors are views of ``param``
+    (no copy).
+
+    Example::
+
+        >>> lstm = nn.LSTM(3, 5)
+        >>> {k: tuple(v.shape) for k, v in matrix_views("weight_ih_l0", lstm.weight_ih_l0, lstm).items()}
+        {'weight_ih_l0.i': (5, 3), 'weight_ih_l0.f': (5, 3), 'weight_ih_l0.g': (5, 3), 'weight_ih_l0.o': (5, 3)}
+        >>> {k: tuple(v.shape) for k, v in matrix_views("pos", torch.zeros(1, 16, 32)).items()}
+        {'pos': (16, 32)}
     """
     if param.dim() < 2:
         return {}
@@ -123,11 +148,35 @@ def matrix_views(name: str, param: Tensor, owner: nn.Module | None = None) -> di
     if isinstance(owner, nn.MultiheadAttention) and leaf == "in_proj_weight":
         q, k, v = param.chunk(3, dim=0)
         return {f"{name}.q": q, f"{name}.k": k, f"{name}.v": v}
+    gates = _gates(owner, leaf)
+    if gates:
+        return {f"{name}.{gate}": part for gate, part in zip(gates, param.chunk(len(gates), dim=0), strict=True)}
     if isinstance(owner, _CONV_T) and leaf == "weight":
         return {name: param.transpose(0, 1).reshape(param.shape[1], -1)}
+    if isinstance(owner, _CONV) and leaf == "weight":
+        return {name: param.reshape(param.shape[0], -1)}
+    if param.dim() == 2:
+        return {name: param}
+    while param.dim() > 1 and param.shape[0] == 1:  # (1, 16, 32) -> (16, 32); (1, 1, C) -> (C,)
+        param = param[0]
+    if param.dim() < 2:
+        return {}
     if param.dim() == 2:
         return {name: param}
     return {name: param.reshape(param.shape[0], -1)}
+
+
+def _gates(owner: nn.Module | None, leaf: str) -> tuple[str, ...]:
+    """The gate names of a recurrent weight matrix, in PyTorch's stacking order (``()``: not one)."""
+    if isinstance(owner, (nn.LSTM, nn.GRU)):
+        stacked = leaf.startswith(("weight_ih_l", "weight_hh_l"))
+    elif isinstance(owner, (nn.LSTMCell, nn.GRUCell)):
+        stacked = leaf in ("weight_ih", "weight_hh")
+    else:
+        return ()
+    if not stacked:
+        return ()
+    return RNN_GATES["lstm"] if isinstance(owner, (nn.LSTM, nn.LSTMCell)) else RNN_GATES["gru"]
 
 
 def _as_patterns(value: Patterns | None) -> tuple[str, ...]:

@@ -161,6 +161,14 @@ class TaskSwitch(pl.Callback):
         self._applied: str | None = None
         self._resolved: Any = None  # the target, once setup() has checked it is TaskSwitchable
 
+    def __repr__(self) -> str:
+        settings = [f"schedule={self.schedule!r}", f"unit={self.unit!r}"]
+        if self.target is not None:
+            settings.append(f"target={type(self.target).__name__}")
+        if self.initial is not None:
+            settings.append(f"initial={self.initial!r}")
+        return f"TaskSwitch({', '.join(settings)})"
+
     @property
     @override
     def state_key(self) -> str:

@@ -153,6 +153,14 @@ def _seed(_restore_global_state: GlobalState) -> None:
     pl.seed_everything(0, verbose=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warn_once() -> None:
+    """Warnings given once per process (lightning_critical._warnings) are given again in each test."""
+    from lightning_critical._warnings import forget
+
+    forget()
+
+
 # Sweep factories shared by the sweep tests: module-level, so the process backend can pickle them.
 SWEEP_CPU = {"accelerator": "cpu", "devices": 1}
 

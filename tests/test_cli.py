@@ -27,7 +27,10 @@ def test_demo_writes_figures_tables_and_tensorboard(tmp_path, capsys):
     k_b = {e.step: e.value for e in acc.Scalars("mode_strength/b/0")}
     theory_b = {e.step: e.value for e in acc.Scalars("theory/mode_strength/b/0")}
     assert max(abs(k_b[t] - theory_b[t]) for t in k_b) < 4e-3
-    assert "Open the logs with" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Open the logs with" in printed
+    # progress: one line per finished training run, with the time elapsed
+    assert [line[:6] for line in printed.splitlines() if "elapsed)" in line] == [f"[ {k}/6]" for k in range(1, 7)]
 
 
 def test_lightningcli_config_runs(tmp_path):

@@ -91,10 +91,16 @@ def documented_views(m: Zoo) -> dict[str, torch.Tensor]:
     views["attn.in_proj_weight.k"] = ipw[e : 2 * e]
     views["attn.in_proj_weight.v"] = ipw[2 * e :]
     views["attn.out_proj.weight"] = d["attn.out_proj.weight"]
-    for rnn, layers in (("lstm", 2), ("gru", 1), ("rnn", 1)):
+    # PyTorch stacks the gates along dim 0: LSTM (i, f, g, o), GRU (r, z, n); RNN has one.
+    for rnn, layers, gates in (("lstm", 2, "ifgo"), ("gru", 1, "rzn"), ("rnn", 1, "")):
         for layer in range(layers):
             for kind in ("ih", "hh"):
-                views[f"{rnn}.weight_{kind}_l{layer}"] = d[f"{rnn}.weight_{kind}_l{layer}"]
+                w = d[f"{rnn}.weight_{kind}_l{layer}"]
+                if not gates:
+                    views[f"{rnn}.weight_{kind}_l{layer}"] = w
+                hidden = w.shape[0] // max(len(gates), 1)
+                for g, gate in enumerate(gates):
+                    views[f"{rnn}.weight_{kind}_l{layer}.{gate}"] = w[g * hidden : (g + 1) * hidden]
     views["extra"] = d["extra"].reshape(3, 8)
     return views
 

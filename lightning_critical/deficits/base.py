@@ -11,7 +11,8 @@ from typing_extensions import override
 
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, log_scalars, steps_per_epoch
-from lightning_critical._namespace import pl, rank_zero_warn
+from lightning_critical._namespace import pl
+from lightning_critical._warnings import warn_once
 from lightning_critical.deficits import _hooks
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import Window, WindowLike
@@ -145,6 +146,20 @@ class WindowedDeficit(pl.Callback):
         """
         return _hooks.forward_hook(modules, hook)
 
+    def repr_settings(self) -> dict[str, str]:
+        """The key settings :func:`repr` shows, formatted, in order (here ``{"window": "[0, 10) epochs"}``).
+
+        Subclasses override it to add theirs, e.g. ``{"pathways": "'a'", **super().repr_settings()}``;
+        a ``name`` given to the constructor is appended by ``__repr__``.
+        """
+        return {"window": str(self.window)}
+
+    def __repr__(self) -> str:
+        settings = dict(self.repr_settings())
+        if self._name is not None:
+            settings["name"] = repr(self._name)
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in settings.items())})"
+
     # -- shared behaviour ----------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -204,7 +219,7 @@ class WindowedDeficit(pl.Callback):
             what = shared_target(self.targets, other.targets)
             if what and not any(o is self for o, _ in other._unsure_overlaps):
                 # Epoch and step windows cannot be compared without the epoch's length.
-                rank_zero_warn(
+                warn_once(
                     f"{self.label} and {other.label} both act on {what} and their windows may overlap: one is in "
                     "epochs, the other in steps, and the number of optimizer steps per epoch is unknown (the "
                     "train dataloader has no length). Training stops with an error at the first step where both "
@@ -226,10 +241,11 @@ class WindowedDeficit(pl.Callback):
             what = f"the run's {limit_steps} optimizer steps"
         else:
             return
+        # Once per distinct message and process: a sweep repeats the same window in many fits.
         if w.start >= limit:
-            rank_zero_warn(f"{self.label} starts at or after {what}: it will never be active.")
+            warn_once(f"{self.label} starts at or after {what}: it will never be active.")
         elif w.end is not None and w.end > limit:
-            rank_zero_warn(f"{self.label} ends after {what}: it will be cut short.")
+            warn_once(f"{self.label} ends after {what}: it will be cut short.")
 
     @override
     def on_train_batch_start(

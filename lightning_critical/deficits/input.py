@@ -223,7 +223,10 @@ class InputDeficit(WindowedDeficit):
     ``target_key`` (default: the **last** element); for mappings (``dict``, ``UserDict``,
     ``BatchEncoding``, ...) and dataclasses key ``input_key`` / ``target_key``, by default the
     first present among :data:`INPUT_KEYS` / :data:`TARGET_KEYS`
-    (``("y", "label", "labels", "target", "targets")``). The batch is copied, never modified in
+    (``("y", "label", "labels", "target", "targets")``). A model with several inputs has one
+    of them corrupted: ``input_key`` chooses it, e.g. ``InputDeficit("blur", window,
+    input_key=1)`` blurs ``x2`` of ``(x1, x2, y)`` batches (the target stays the last element);
+    to corrupt several, use one deficit per input. The batch is copied, never modified in
     place, so data held by the dataset is never corrupted. The batch's structure is checked at
     the first training batch of the fit, even when the window opens later.
 
@@ -289,6 +292,21 @@ class InputDeficit(WindowedDeficit):
     @override
     def default_name(self) -> str:
         return f"input/{self._label()}"
+
+    @override
+    def repr_settings(self) -> dict[str, str]:
+        out = {"transform": repr(self.transform) if isinstance(self.transform, str) else self._label(),
+               **super().repr_settings()}
+        if self.transform in ("blur", "downsample"):
+            out["factor"] = str(self.factor)
+        if self.transform == "noise":
+            out["noise_std"] = f"{self.noise_std:g}"
+        for key in ("input_key", "target_key", "spatial_dims"):
+            if getattr(self, key) is not None:
+                out[key] = repr(getattr(self, key))
+        if self.seed and self.transform in ("noise", "label_shuffle"):
+            out["seed"] = str(self.seed)
+        return out
 
     # -- the transform ---------------------------------------------------------------------
     def _spatial_dims_for(self, x: Tensor) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_critical._lightning import datamodule_of
 from lightning_critical._namespace import pl
+from lightning_critical.deficits._weight_decay import warn_if_decayed
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.protocols import TaskBasis, check_task_basis, end_to_end_maps, find_task_basis, resolve_modules
 from lightning_critical.schedule import WindowLike
@@ -112,6 +113,20 @@ class ModeDeficit(WindowedDeficit):
     @override
     def default_name(self) -> str:
         return f"modes/{self.pathway}/{','.join(map(str, self.modes))}"
+
+    @override
+    def repr_settings(self) -> dict[str, str]:
+        out = {"pathway": repr(self.pathway), "modes": repr(self.modes), **super().repr_settings()}
+        if self._basis is not None:
+            out["task_basis"] = f"given (rank {self._basis[0].shape[1]})"
+        return out
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        params = [p for module in self.targets.values() for p in module.parameters()]
+        warn_if_decayed(repr(self), "the lesioned modes get no gradient", trainer.optimizers, params,
+                        freeze_hint=False)
 
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from lightning_critical._checks import check_choice, check_float, check_int, check_names, check_seed
 from lightning_critical._namespace import pl
+from lightning_critical.deficits._weight_decay import warn_if_decayed
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.schedule import WindowLike
@@ -107,6 +108,26 @@ class PathwayDeficit(WindowedDeficit):
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.targets = resolve_modules(pl_module, self.pathways)
+
+    @override
+    def repr_settings(self) -> dict[str, str]:
+        shown = self.pathways[0] if len(self.pathways) == 1 else self.pathways
+        out = {"pathways": repr(shown), **super().repr_settings(), "mode": repr(self.mode)}
+        if self.mode == "noise":
+            out["noise_std"] = f"{self.noise_std:g}"
+            if self.input_index is not None:
+                out["input_index"] = str(self.input_index)
+        if self.seed and self.mode == "noise":
+            out["seed"] = str(self.seed)
+        return out
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.mode in ("silence", "noise"):
+            what = ("its output is zeroed, so its weights get no gradient" if self.mode == "silence"
+                    else "its input is noise, so its weights get no task gradient")
+            warn_if_decayed(repr(self), what, trainer.optimizers, self._parameters())
 
     def _parameters(self) -> list[nn.Parameter]:
         seen: dict[int, nn.Parameter] = {}

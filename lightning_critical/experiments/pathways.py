@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,16 @@ from lightning_critical.theory import deprived_share, pathway_dynamics
 PUBLISHED_ONSETS: dict[str, int] = {"early": 0, "middle": 400, "late": 750}
 PHASE_WINDOWS: dict[str, tuple[int, int]] = {"early": (0, 150), "late": (750, 900)}
 """The deficit windows of the phase portraits (:func:`phase_trajectories`), in epochs."""
+ONSET_SWEEP_DEPTHS: tuple[int, ...] = (1, 2, 3, 4, 6)
+ONSET_SWEEP_SGD_ONSETS: tuple[int, ...] = (0, 300, 600, 900)
+
+Progress = Callable[[str], None]
+"""Called with one line of text after each finished training run (e.g. ``print``)."""
+
+
+def _report(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
 
 
 @dataclass
@@ -146,37 +156,43 @@ def pathway_deficit_run(
 
 
 def early_middle_late(
-    onsets: dict[str, int] = PUBLISHED_ONSETS, length: int = 150, save_dir: str | None = None, **kwargs: Any
+    onsets: dict[str, int] = PUBLISHED_ONSETS, length: int = 150, save_dir: str | None = None,
+    progress: Progress | None = None, **kwargs: Any
 ) -> pd.DataFrame:
     """The published early / middle / late deficit runs; one tidy table.
 
     Columns: those of :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode).
+    ``progress`` is called with one line per finished run.
     """
     frames = []
     for label, onset in onsets.items():
         run = pathway_deficit_run((onset, onset + length), save_dir=save_dir, name=label, **kwargs)
+        _report(progress, f"{label} deficit, epochs [{onset}, {onset + length}): {run.seconds:.1f} s")
         frames.append(run.frame.assign(label=label, onset=onset, length=length, depth=kwargs.get("depth", 4),
                                        deficit=kwargs.get("mode", "freeze")))
     return pd.concat(frames, ignore_index=True)
 
 
 def deficit_onset_sweep(
-    depths: Sequence[int] = (1, 2, 3, 4, 6),
+    depths: Sequence[int] = ONSET_SWEEP_DEPTHS,
     onsets: Sequence[int] = tuple(range(0, 901, 50)),
     length: int = 150,
-    sgd_onsets: Sequence[int] = (0, 300, 600, 900),
+    sgd_onsets: Sequence[int] = ONSET_SWEEP_SGD_ONSETS,
     max_epochs: int = 1000,
     deprived: str = "b",
     mode: str = "freeze",
     accelerator: str = "auto",
+    progress: Progress | None = None,
     **model_kwargs: Any,
 ) -> pd.DataFrame:
     """Final share of every mode held by the deprived pathway, against deficit onset and depth.
 
-    Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``.
+    Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``; a window
+    that would run past ``max_epochs`` ends there (the theory treats it the same way).
     ``model_kwargs`` (width, lr, init_scale, init_noise, init_noise_draw, independent_noise,
-    seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`. Columns:
-    depth, onset, mode, singular_value, share, source (``"theory"`` or ``"sgd"``).
+    seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`;
+    ``progress`` is called with one line per finished SGD run. Columns: depth, onset, mode,
+    singular_value, share, source (``"theory"`` or ``"sgd"``).
     """
     rows: list[dict[str, Any]] = []
     lr = model_kwargs.get("lr", 0.01)
@@ -196,9 +212,13 @@ def deficit_onset_sweep(
             rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="theory")
                         for a in range(len(s)))
         for onset in sgd_onsets:
-            run = pathway_deficit_run((onset, onset + length), depth=depth, max_epochs=max_epochs, mode=mode,
+            # Clipped at the end of training: the same run, without a "cut short" warning.
+            window = (onset, min(onset + length, max_epochs))
+            run = pathway_deficit_run(window, depth=depth, max_epochs=max_epochs, mode=mode,
                                       every_n_steps=max_epochs, deprived=deprived, accelerator=accelerator,
                                       **model_kwargs)
+            _report(progress, f"onset sweep, depth {depth}, deficit epochs [{window[0]}, {window[1]}): "
+                              f"{run.seconds:.1f} s")
             final = run.frame[run.frame.step == run.frame.step.max()]
             k = final.pivot_table(index="pathway", columns="mode", values="sgd")
             share = (k.loc[deprived] / k.sum(axis=0)).to_numpy()
@@ -241,19 +261,38 @@ def phase_trajectories(
     return pd.concat(rows, ignore_index=True)
 
 
-def reproduce(out_dir: str = "outputs/multipathway", quick: bool = False, accelerator: str = "auto") -> dict[str, str]:
+def reproduce(
+    out_dir: str = "outputs/multipathway", quick: bool = False, accelerator: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, str]:
     """The flagship demo: TensorBoard logs, CSV tables and the three PNG figures in ``out_dir``.
 
     Returns the paths written. ``quick`` shrinks the sweeps (for tests). ``accelerator``: as
-    in :func:`pathway_deficit_run`.
+    in :func:`pathway_deficit_run`. ``progress`` (e.g. ``print``) gets a line when the work
+    starts, one per finished training run (``[k/n] ..., elapsed``) and one per stage.
     """
     from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
 
     os.makedirs(out_dir, exist_ok=True)
     tb_dir = os.path.join(out_dir, "tensorboard")
-    sweep_kwargs: dict[str, Any] = dict(depths=(1, 2, 4), onsets=(0, 300, 600, 900), sgd_onsets=(0,)) if quick else {}
-    runs = early_middle_late(save_dir=tb_dir, accelerator=accelerator)
-    sweep = deficit_onset_sweep(accelerator=accelerator, **sweep_kwargs)
+    depths, sgd_onsets = ((1, 2, 4), (0,)) if quick else (ONSET_SWEEP_DEPTHS, ONSET_SWEEP_SGD_ONSETS)
+    sweep_kwargs: dict[str, Any] = dict(depths=depths, sgd_onsets=sgd_onsets)
+    if quick:
+        sweep_kwargs["onsets"] = (0, 300, 600, 900)
+    total = len(PUBLISHED_ONSETS) + len(depths) * len(sgd_onsets)
+    start = time.perf_counter()
+    done = 0
+
+    def one_run(message: str) -> None:
+        nonlocal done
+        done += 1
+        _report(progress, f"[{done:>2}/{total}] {message}  ({time.perf_counter() - start:.0f} s elapsed)")
+
+    _report(progress, f"Training {total} deep linear networks: {len(PUBLISHED_ONSETS)} early/middle/late deficit "
+                      f"runs, then {total - len(PUBLISHED_ONSETS)} for the onset sweep (depths {list(depths)}).")
+    runs = early_middle_late(save_dir=tb_dir, accelerator=accelerator, progress=one_run)
+    sweep = deficit_onset_sweep(accelerator=accelerator, progress=one_run, **sweep_kwargs)
+    _report(progress, "Phase-portrait theory, tables and figures ...")
     phases = phase_trajectories()
     paths = {"tensorboard": tb_dir}
     for key, table in (("trajectories_csv", runs), ("onset_sweep_csv", sweep), ("phase_csv", phases)):
@@ -264,4 +303,5 @@ def reproduce(out_dir: str = "outputs/multipathway", quick: bool = False, accele
                      ("phase_png", plot_phase_portraits(phases, sgd=runs))):
         paths[key] = os.path.join(out_dir, f"{key[:-4]}.png")
         fig.savefig(paths[key], dpi=130, bbox_inches="tight")
+    _report(progress, f"Done in {time.perf_counter() - start:.0f} s.")
     return paths

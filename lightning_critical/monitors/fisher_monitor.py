@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_critical._batch import BatchSpec, InputsFn, describe
+from lightning_critical._batch import BatchSpec, InputsFn, describe, forward_arguments
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import history_path, log_scalars
@@ -63,7 +63,11 @@ class FisherMonitor(pl.Callback):
             :data:`~lightning_critical._batch.INPUT_KEYS` of mappings).
         inputs: instead of ``input_key``, a callable ``batch -> tuple of model arguments``
             for models with several inputs: the estimate calls ``model(*inputs(batch))``.
-            Every argument must be a tensor whose dimension 0 is the batch.
+            Every argument must be a tensor whose dimension 0 is the batch. Without either,
+            the model gets what its ``forward`` requires (see
+            :class:`~lightning_critical.BatchSpec`): by name from mapping batches that hold its
+            argument names, else the first ``k`` elements of a tuple batch other than the target
+            (the last), so ``forward(x1, x2)`` with ``(x1, x2, y)`` batches works as is.
         seed: seed of the label sampling (integer >= 0).
         labels: ``"sample"`` (one label per example drawn from the model's predictive
             distribution) or ``"expected"`` (every class, weighted by its probability).
@@ -109,6 +113,21 @@ class FisherMonitor(pl.Callback):
         self.history = History()
         self._pending: list[tuple[Tensor, ...]] = []
         self._warned: set[str] = set()
+        self._forward: tuple[str, ...] | None = None
+
+    def __repr__(self) -> str:
+        settings = [f"every_n_epochs={self.every_n_epochs}", f"num_batches={self.num_batches}",
+                    f"labels={self.labels!r}"]
+        if self.targets is not None:
+            settings.append(f"targets={self.targets!r}")
+        if self.input_key is not None:
+            settings.append(f"input_key={self.input_key!r}")
+        if self.batch_spec.inputs is not None:
+            settings.append(f"inputs={getattr(self.batch_spec.inputs, '__name__', 'callable')}")
+        if self.seed:
+            settings.append(f"seed={self.seed}")
+        settings.append(f"history_file={self.history_file!r}")
+        return f"FisherMonitor({', '.join(settings)})"
 
     def to_frame(self) -> pd.DataFrame:
         """Everything recorded in this fit (and, after a resume, the run's earlier records) as a tidy ``DataFrame``."""
@@ -122,6 +141,7 @@ class FisherMonitor(pl.Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._forward = forward_arguments(pl_module)
         if not fisher_layers(pl_module, self.targets):
             raise ValueError(
                 f"FisherMonitor(targets={self.targets!r}) matches no layer with trainable parameters; "
@@ -148,7 +168,7 @@ class FisherMonitor(pl.Callback):
             self._pending = []
         if not self._due(trainer) or batch_idx >= self.num_batches:
             return
-        args = self.batch_spec.model_inputs(batch)
+        args = self.batch_spec.model_inputs(batch, self._forward)
         if not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
             raise ValueError(f"FisherMonitor: every model argument must be a tensor with a batch dimension; got "
                              f"{describe(tuple(args))} (pass inputs=<callable batch -> tuple of tensors>).")
@@ -183,9 +203,15 @@ class FisherMonitor(pl.Callback):
         device = args[0].device
         with probing(devices=[device]):
             gen = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
-            sums = fisher_trace(
-                pl_module, args, self.targets, generator=gen, chunk_size=self.chunk_size, labels=self.labels
-            )
+            try:
+                sums = fisher_trace(
+                    pl_module, args, self.targets, generator=gen, chunk_size=self.chunk_size, labels=self.labels
+                )
+            except TypeError as err:  # most often: the model takes other arguments than those given
+                raise TypeError(
+                    f"FisherMonitor: calling the model with {describe(args)} failed ({err}). Say how a batch becomes "
+                    "the model's positional arguments with inputs=<callable batch -> tuple of tensors> (or input_key=)."
+                ) from err
         values = {layer: total / count for layer, (total, count) in sums.items()}
         values[TOTAL] = sum(values.values())
         if not math.isfinite(values[TOTAL]) and "nonfinite" not in self._warned:

@@ -208,6 +208,19 @@ class SpectralMonitor(pl.Callback):
         self._float64_hint: set[str] = set()
 
     # -- public ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        settings = [f"targets={self.patterns or self.group!r}", f"every_n_steps={self.every_n_steps}",
+                    f"metrics={self.metrics!r}"]
+        for key in ("exclude", "top_k"):
+            if getattr(self, key) is not None:
+                settings.append(f"{key}={getattr(self, key)!r}")
+        if self.task_basis is not None:
+            settings.append(f"task_basis=given (rank {self.task_basis[0].shape[1]})")
+        if self.theory:
+            settings.append(f"theory={sorted(self.theory)}")
+        settings.append(f"history_file={self.history_file!r}")
+        return f"SpectralMonitor({', '.join(settings)})"
+
     def to_frame(self) -> pd.DataFrame:
         """Everything recorded in this process as a tidy ``DataFrame``."""
         return self.history.to_frame()
