@@ -236,6 +236,7 @@ def fisher_over_epochs(
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("trace of the Fisher information")
     ax.set_title(title or "Fisher trace per layer", fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
