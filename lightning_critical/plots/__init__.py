@@ -1,8 +1,8 @@
 """Figures: each function takes a results table (or a run directory) and returns a matplotlib Figure.
 
 The bundled experiments' figures (``plot_critical_period``, ``plot_deficit_trajectories``, ...)
-take those experiments' tables; :func:`metric_over_steps`, :func:`fisher_over_epochs`,
-:func:`spectra_at_steps` and :func:`plot_run` draw any user run from its monitors' histories.
+take those experiments' tables; those of :mod:`lightning_critical.plots.runs` (``metric_over_steps``,
+``fisher_over_epochs``, ``spectra_at_steps``, ``plot_run``) draw any user run from its monitors' histories.
 """
 
 from lightning_critical.plots.critical_period import plot_critical_period_curve

@@ -1,10 +1,11 @@
 """Figures of a user's own run: any monitor metric per layer over steps, the Fisher trace over epochs, spectra.
 
 Every function takes a monitor history table (``monitor.to_frame()``,
-:func:`~lightning_critical.monitors.history.read_history`, or a table of :func:`load_run`) or
-a run directory, and returns a matplotlib ``Figure``. Deficit windows are shaded: given as
-``windows={name: [(start, end), ...]}`` in optimizer steps, or, for a run directory, read from
-the ``deficit/<name>`` scalars of its event file (see :mod:`lightning_critical.plots.run_files`).
+:func:`~lightning_critical.monitors.history.read_history`, or a table of
+:func:`~lightning_critical.plots.run_files.load_run`) or a run directory, and returns a matplotlib
+``Figure``. Deficit windows are shaded: given as ``windows={name: [(start, end), ...]}`` in
+optimizer steps, or, for a run directory, read from the ``deficit/<name>`` scalars of its event
+file (see :mod:`lightning_critical.plots.run_files`).
 :func:`plot_run` writes every figure of a run as PNG files (``lightning-critical plot RUN_DIR``).
 """
 
@@ -113,7 +114,8 @@ def metric_over_steps(
     """One line per target (layer) of a monitor metric over optimizer steps, deficit windows shaded.
 
     Args:
-        history: a monitor history table (``SpectralMonitor.to_frame()``), a :class:`Run` or a run directory.
+        history: a monitor history table (``SpectralMonitor.to_frame()``), a
+            :class:`~lightning_critical.plots.run_files.Run` or a run directory.
         metric: e.g. ``"effective_rank"``, ``"stable_rank"``, ``"spectral_norm"``, any metric the history holds.
             For metrics with an index (``singular_values``, ``mode_strength``) every index is drawn in its
             target's colour, unless ``index`` picks one.
@@ -179,7 +181,8 @@ def fisher_over_epochs(
     """The Fisher trace of each layer over epochs (:class:`~lightning_critical.FisherMonitor`), deficit windows shaded.
 
     Args:
-        history: the Fisher monitor's history table, a :class:`Run` or a run directory.
+        history: the Fisher monitor's history table, a :class:`~lightning_critical.plots.run_files.Run` or a
+            run directory.
         windows: ``{deficit name: [(start, end), ...]}`` in optimizer steps; drawn at ``step /
             steps_per_epoch`` epochs (default: the run directory's, none for a table).
         steps_per_epoch: to place step windows on the epoch axis (default: inferred from the
@@ -265,7 +268,7 @@ def spectra_at_steps(
     legend entries say which steps fall inside a deficit window.
 
     Args:
-        history: a spectral history table, a :class:`Run` or a run directory.
+        history: a spectral history table, a :class:`~lightning_critical.plots.run_files.Run` or a run directory.
         steps: optimizer steps to draw (default: four recorded steps, evenly spread from the first to the last).
         targets: names or globs of the targets (default: all, up to ``max_targets``).
         windows: ``{deficit name: [(start, end), ...]}`` in optimizer steps, to mark steps inside them.
@@ -341,7 +344,7 @@ def plot_run(
     with singular values (:func:`spectra_at_steps`). This is ``lightning-critical plot RUN_DIR``.
 
     Args:
-        run_dir: the run's log directory (see :func:`load_run`).
+        run_dir: the run's log directory (see :func:`~lightning_critical.plots.run_files.load_run`).
         out: where the PNGs go (default: ``<run_dir>/figures``).
         metrics: the spectral metrics to draw (default: every one in the history).
         steps: the steps of ``spectra.png``.
