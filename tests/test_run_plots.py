@@ -140,3 +140,12 @@ def test_windows_from_indicator_merges_resumed_duplicates_and_several_windows():
     points = [(0, 0.0), (3, 0.0), (4, 1.0), (9, 1.0), (10, 0.0), (9, 1.0), (20, 0.0), (29, 0.0), (30, 1.0), (40, 1.0)]
     assert windows_from_indicator(points) == [(4, 10), (30, 40)]
     assert windows_from_indicator([(0, 0.0), (50, 0.0)]) == []
+
+
+def test_many_targets_get_a_note_instead_of_a_legend():
+    steps = np.repeat([0, 10], 30)
+    h = pd.DataFrame({"step": steps, "epoch": 0, "target": [f"layer{i}" for i in range(30)] * 2,
+                      "metric": "stable_rank", "index": -1, "value": np.linspace(1, 2, 60)})
+    ax = lc.plots.metric_over_steps(h, "stable_rank").axes[0]
+    assert len(ax.lines) == 30 and ax.get_legend() is None
+    assert "30 targets" in ax.texts[0].get_text()

@@ -99,6 +99,9 @@ def _legend(ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if 0 < len(handles) <= MAX_LEGEND:
         ax.legend(handles, labels, frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    elif handles:  # a legend of a hundred layers hides the plot; say how to pick a few instead
+        ax.text(1.01, 0.5, f"{len(handles)} targets:\nno legend;\npick some\nwith targets=", transform=ax.transAxes,
+                fontsize=7, va="center")
 
 
 def metric_over_steps(
