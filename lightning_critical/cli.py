@@ -8,6 +8,10 @@
   a critical-period sweep (windows x seeds x swept values) from a YAML config such as
   ``examples/configs/digits_blur_sweep.yaml``: results table, summary, curve (PNG and
   TensorBoard), resumable.
+* ``lightning-critical plot RUN_DIR [--out DIR] [--metrics M ...] [--steps S ...] [--window NAME=START:END]``:
+  figures of a run of your own from its log directory (the monitors' histories; deficit
+  windows from TensorBoard's event file): one PNG per spectral metric over steps, the Fisher
+  trace over epochs, singular-value spectra at chosen steps, in ``RUN_DIR/figures``.
 * ``lightning-critical fit --config CONFIG.yaml`` (and ``validate``/``test``/``predict``):
   LightningCLI with any LightningModule / LightningDataModule given by ``class_path``, e.g.
   the configs in ``examples/configs/``.
@@ -115,8 +119,56 @@ def _sweep(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def _window(text: str) -> tuple[str, tuple[int, int]]:
+    name, sep, span = text.rpartition("=")
+    start, colon, end = span.partition(":")
+    try:
+        if not sep or not name or not colon:
+            raise ValueError
+        return name, (int(start), int(end))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a window: give NAME=START:END in optimizer steps, e.g. freeze/b=0:400"
+        ) from None
+
+
+def _plot(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lightning-critical plot",
+        description=(
+            "Figures of a run from its log directory: each spectral metric per layer over steps and the Fisher "
+            "trace per layer over epochs (deficit windows shaded), singular-value spectra at chosen steps."
+        ),
+    )
+    parser.add_argument("run_dir", help="the run's log directory, e.g. lightning_logs/version_0")
+    parser.add_argument("--out", help="where the PNGs go (default: RUN_DIR/figures)")
+    parser.add_argument("--metrics", nargs="+", help="spectral metrics to draw (default: every one recorded)")
+    parser.add_argument("--steps", type=int, nargs="+", help="steps of the spectra (default: four, first to last)")
+    parser.add_argument("--window", type=_window, action="append", metavar="NAME=START:END",
+                        help="a deficit window in optimizer steps, repeatable; replaces the windows read from "
+                             "the deficit/<name> scalars of the run's TensorBoard event file")
+    parser.add_argument("--dpi", type=int, default=120, help="resolution (default: %(default)s)")
+    args = parser.parse_args(list(argv))
+    from lightning_critical.plots.runs import plot_run
+
+    windows: dict[str, list[tuple[int, int]]] | None = None
+    if args.window:
+        windows = {}
+        for name, span in args.window:
+            windows.setdefault(name, []).append(span)
+    try:
+        paths = plot_run(args.run_dir, out=args.out, metrics=args.metrics, steps=args.steps, windows=windows,
+                         dpi=args.dpi)
+    except ValueError as err:
+        print(f"lightning-critical plot: {err}", file=sys.stderr)
+        return 2
+    for name, path in paths.items():
+        print(f"{name:>18}: {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "demo": _demo, "matrix-completion": _matrix_completion, "sweep": _sweep,
+    "demo": _demo, "matrix-completion": _matrix_completion, "sweep": _sweep, "plot": _plot,
 }
 
 

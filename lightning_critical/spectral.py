@@ -37,21 +37,21 @@ Matrix views (what "the matrix" of a parameter is):
 
 Metric formulas, with ``s_1 >= s_2 >= ... >= 0`` the singular values of the matrix:
 
-=====================  ====================================================================
-``singular_values``    all of them (or the ``top_k`` largest), one record per index
-``spectral_norm``      ``s_1``
-``frobenius_norm``     ``sqrt(sum s_i^2)``
-``nuclear_norm``       ``sum s_i``
-``stable_rank``        ``sum s_i^2 / s_1^2``
-``effective_rank``     ``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s_j`` (Roy & Vetterli 2007)
-``participation_ratio`` ``(sum s_i^2)^2 / sum s_i^4``
-``condition_number``   ``s_1 / s_r`` with ``s_r`` the smallest singular value above
-                       ``max(m, n) * eps(dtype) * s_1`` (finite: numerically-zero values are
-                       ignored; ``1`` for a zero matrix)
-``subspace_drift``     ``1 - ||U_prev^T U_now||_F^2 / k`` for the top-``k`` left singular
-                       vectors: 0 if the subspace did not move, 1 if it became orthogonal
-``mode_strength``      ``K_a = u_a^T W v_a`` for a task basis ``(U, S, V)``
-=====================  ====================================================================
+=======================  ====================================================================
+``singular_values``      all of them (or the ``top_k`` largest), one record per index
+``spectral_norm``        ``s_1``
+``frobenius_norm``       ``sqrt(sum s_i^2)``
+``nuclear_norm``         ``sum s_i``
+``stable_rank``          ``sum s_i^2 / s_1^2``
+``effective_rank``       ``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum s_j`` (Roy & Vetterli 2007)
+``participation_ratio``  ``(sum s_i^2)^2 / sum s_i^4``
+``condition_number``     ``s_1 / s_r`` with ``s_r`` the smallest singular value above
+                         ``max(m, n) * eps(dtype) * s_1`` (finite: numerically-zero values are
+                         ignored; ``1`` for a zero matrix)
+``subspace_drift``       ``1 - ||U_prev^T U_now||_F^2 / k`` for the top-``k`` left singular
+                         vectors: 0 if the subspace did not move, 1 if it became orthogonal
+``mode_strength``        ``K_a = u_a^T W v_a`` for a task basis ``(U, S, V)``
+=======================  ====================================================================
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pandas as pd
+import pytest
 from conftest import read_tensorboard
 
 from lightning_critical.cli import main
@@ -64,3 +65,13 @@ def test_matrix_completion_switch_example_runs(tmp_path):
                     "--switch", "100", "--continue-epochs", "100", "--every", "20", "--out", str(tmp_path)])
     pngs = list(tmp_path.rglob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_plot_command_is_listed_and_documents_its_options(capsys):
+    assert main(["--help"]) == 0
+    assert "plot" in capsys.readouterr().out.split("Commands:")[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "RUN_DIR/figures" in usage and "NAME=START:END" in usage and "deficit/<name>" in usage

@@ -25,7 +25,7 @@ def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Axes | N
     Draws into ``ax`` when given (its figure's layout is left to the caller) and returns the
     top-level figure that holds it; otherwise into a new, tightly laid-out figure.
 
-    ``results``: the table of :func:`~lightning_critical.experiments.matrix_completion.matrix_completion_sweep`
+    ``results``: the table of :func:`~lightning_critical.experiments.matrix_completion_sweep`
     (columns ``switch_epoch``, ``test_loss`` and ``hue``).
 
     Example::
@@ -61,7 +61,7 @@ def plot_singular_value_trajectories(
 ) -> Figure:
     """Top singular values of ``W`` (and test loss) over training, one panel per switch epoch.
 
-    ``history``: the table of :func:`~lightning_critical.experiments.matrix_completion.matrix_completion_trajectories`
+    ``history``: the table of :func:`~lightning_critical.experiments.matrix_completion_trajectories`
     (``switch_epoch, sgd_step, test_loss, sv_0...``). ``theory``: optional table with the same
     ``switch_epoch, sgd_step, sv_*`` columns (e.g. from :mod:`lightning_critical.theory.factorization`),
     drawn dashed on top.
