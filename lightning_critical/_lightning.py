@@ -78,3 +78,25 @@ def makedirs_for(path: str) -> None:
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
+
+
+def tensorboard_loggers(trainer: pl.Trainer) -> list[Any]:
+    """Every TensorBoard logger of the trainer (either Lightning namespace), on rank zero only (else empty)."""
+    from lightning_critical import _namespace
+
+    if not trainer.is_global_zero:
+        return []
+    return [lg for lg in trainer.loggers if _namespace.instance_of(lg, "loggers.TensorBoardLogger")]
+
+
+def skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
+    """Stop Lightning's start-of-fit hparams autolog from writing an HParams session with ``hp_metric=-1``.
+
+    TensorBoard keeps the first session a run directory receives, so the one written at the end
+    of fit (with the run's deficits, schedule and final metrics) must be the only one. The
+    logger's ``_default_hp_metric`` flag is private: ``tests/test_lightning_adapter.py`` fails
+    loudly if a Lightning upgrade renames it. Call it before autolog (``setup`` / ``on_fit_start``).
+    """
+    for logger in tensorboard_loggers(trainer):
+        if getattr(logger, "_default_hp_metric", False):
+            logger._default_hp_metric = False
