@@ -100,3 +100,8 @@ def skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
     for logger in tensorboard_loggers(trainer):
         if getattr(logger, "_default_hp_metric", False):
             logger._default_hp_metric = False
+
+
+def log_every_n_steps(trainer: pl.Trainer) -> int:
+    """``trainer.log_every_n_steps``, typed: Lightning assigns it in a connector, so the class does not declare it."""
+    return int(getattr(trainer, "log_every_n_steps", 50) or 1)

@@ -148,7 +148,8 @@ def log_series(trainer: pl.Trainer, scalars: Mapping[str, float], step: int) -> 
         match = _MODE_KEY.match(key)
         if match:
             theory, name, mode = match.groups()
-            by_run.setdefault(series_run(name + ("_theory" if theory else "")), {})[f"mode_strength/mode_{mode}"] = value
+            run = series_run(name + ("_theory" if theory else ""))
+            by_run.setdefault(run, {})[f"mode_strength/mode_{mode}"] = value
     if not by_run:
         return
     for writer in tensorboard_writers(trainer):

@@ -32,7 +32,12 @@ from typing_extensions import override
 
 from lightning_critical import _tensorboard
 from lightning_critical._checks import check_int
-from lightning_critical._lightning import datamodule_of, log_scalars, skip_placeholder_hp_metric
+from lightning_critical._lightning import (
+    datamodule_of,
+    log_every_n_steps,
+    log_scalars,
+    skip_placeholder_hp_metric,
+)
 from lightning_critical.schedule import UNITS, check_unit
 
 # What TaskSwitch callbacks did to each target in this process: the task it had before a
@@ -226,7 +231,8 @@ class TaskSwitch(pl.Callback):
 
         Example::
 
-            >>> TaskSwitch({3: "target"}, initial="pretrain").hparams_for_tensorboard()  # doctest: +NORMALIZE_WHITESPACE
+            >>> switch = TaskSwitch({3: "target"}, initial="pretrain")
+            >>> switch.hparams_for_tensorboard()  # doctest: +NORMALIZE_WHITESPACE
             {'task/datamodule/schedule': 'pretrain, then target from epoch 3', 'task/datamodule/first_switch': 3,
              'task/datamodule/unit': 'epoch'}
         """
@@ -242,7 +248,8 @@ class TaskSwitch(pl.Callback):
         if name is None or name not in tasks:
             return
         key = f"task/{self.target_name}"
-        for step, value in self._series.points(trainer.global_step, float(tasks.index(name)), trainer.log_every_n_steps):
+        index = float(tasks.index(name))
+        for step, value in self._series.points(trainer.global_step, index, log_every_n_steps(trainer)):
             log_scalars(trainer, {key: value}, step)
 
     # -- validation before training -------------------------------------------------------

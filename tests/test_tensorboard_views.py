@@ -179,7 +179,8 @@ def test_mode_strength_charts_overlay_each_map_and_theory_as_separate_runs(tmp_p
                   for p in glob.glob(f"{logger.log_dir}/modes/*/events.out.tfevents.*"))
     assert runs == ["modes/a", "modes/b", "modes/b_theory"]
     for name in ("a", "b"):
-        mine = [(e.step, e.value) for e in read_tensorboard(f"{logger.log_dir}/modes/{name}").Scalars("mode_strength/mode_2")]
+        run = read_tensorboard(f"{logger.log_dir}/modes/{name}")
+        mine = [(e.step, e.value) for e in run.Scalars("mode_strength/mode_2")]
         assert mine == [(e.step, e.value) for e in acc.Scalars(f"mode_strength/{name}/2")] and len(mine) == 3
     theory_run = read_tensorboard(f"{logger.log_dir}/modes/b_theory")
     assert [e.value for e in theory_run.Scalars("mode_strength/mode_0")] == [0.0, 0.0, 0.0]

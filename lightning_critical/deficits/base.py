@@ -14,7 +14,13 @@ from typing_extensions import override
 
 from lightning_critical import _tensorboard
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import callbacks_of, log_scalars, skip_placeholder_hp_metric, steps_per_epoch
+from lightning_critical._lightning import (
+    callbacks_of,
+    log_every_n_steps,
+    log_scalars,
+    skip_placeholder_hp_metric,
+    steps_per_epoch,
+)
 from lightning_critical.deficits import _hooks
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import Window, WindowLike
@@ -267,7 +273,7 @@ class WindowedDeficit(Callback):
             return
         value = float(any(d.is_active(trainer) for d in self._scalar_group))
         key = f"deficit/{self.name}"
-        for step, logged in self._series.points(trainer.global_step, value, trainer.log_every_n_steps):
+        for step, logged in self._series.points(trainer.global_step, value, log_every_n_steps(trainer)):
             log_scalars(trainer, {key: logged}, step)
 
     # -- what TensorBoard's HParams shows ----------------------------------------------------

@@ -22,9 +22,10 @@ Design decisions that make a branched run bitwise equal to the same run trained 
   and runs with ``torch.set_num_threads(threads_per_run)`` whatever the backend.
 * **Loggers.** Each run logs to its own ``TensorBoardLogger`` (``<out>/tensorboard/<label>``,
   no ``hp_metric``); at the end it logs its window, seed, swept values and each deficit's kind,
-  target and window as hparams with its final metrics (``final/<name>``) as hparam metrics. A branched run logs from its branch
-  step on; the engine copies the parent's records before that step into its directory once
-  both have finished (:mod:`lightning_critical.sweep.logs`), so every run shows its whole run.
+  target and window as hparams with its final metrics (``final/<name>``) as hparam metrics.
+  A branched run logs from its branch step on; the engine copies the parent's records before
+  that step into its directory once both have finished (:mod:`lightning_critical.sweep.logs`),
+  so every run shows its whole run.
 * Not supported by branching (pass ``share_prefixes=False``): ``ReduceLROnPlateau`` (Lightning
   steps it after the end-of-epoch checkpoint; refused with an error) and learning-rate
   schedules that depend on ``max_epochs`` when runs differ in length.
