@@ -9,7 +9,10 @@ Four views, each a small piece of this module:
   at every step for :data:`EDGE_STEPS` steps after each change (and the step before it), and at
   every ``log_every_n_steps`` step otherwise, so the smoothed curve settles within about
   ``1 / (1 - smoothing)`` steps of each edge: a sharp step at smoothing 0.6 or 0.9 on runs of
-  a few hundred steps and more. The faded raw curve is always exact.
+  a few hundred steps and more (no spacing of points can beat an EMA at 0.99). The
+  custom-scalars category ``deficits and tasks`` also draws every indicator as a *margin* chart
+  whose value and bounds are the indicator itself (:func:`indicator_chart`): TensorBoard never
+  smooths margin charts, so that one is exact at any smoothing.
 * **Custom-scalars layout**: TensorBoard shows one layout per run directory (the last one
   written), so every callback adds its charts through :func:`add_charts`, which keeps the
   run's whole layout and rewrites it.
@@ -117,6 +120,19 @@ def add_charts(trainer: pl.Trainer, layout: Layout) -> None:
                     changed = True
         if changed:
             writer.add_custom_scalars({c: dict(charts) for c, charts in merged.items() if charts})
+
+
+def indicator_chart(tag: str, note: str = "") -> dict[str, Chart]:
+    """A custom-scalars chart that draws ``tag`` unsmoothed: a margin chart whose value, lower and
+    upper bounds are all ``tag`` (TensorBoard smooths multiline charts, never margin charts).
+
+    Example::
+
+        >>> indicator_chart("deficit/freeze/b")  # doctest: +NORMALIZE_WHITESPACE
+        {'deficit/freeze/b (exact at any smoothing)':
+         ['Margin', ['deficit/freeze/b', 'deficit/freeze/b', 'deficit/freeze/b']]}
+    """
+    return {f"{tag}{note} (exact at any smoothing)": ["Margin", [tag, tag, tag]]}
 
 
 def exact(tag: str) -> str:

@@ -306,8 +306,8 @@ class TaskSwitch(pl.Callback):
         tasks = ", ".join(f"{i} = {t}" for i, t in enumerate(self._resolved.tasks))
         chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
         _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: {_tensorboard.DEFICITS_CHART: chart}})
-        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: {
-            f"task/{self.target_name} ({tasks})": ["Multiline", [_tensorboard.exact(f"task/{self.target_name}")]]}})
+        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: _tensorboard.indicator_chart(
+            f"task/{self.target_name}", f": {tasks}")})
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.

@@ -78,12 +78,16 @@ def curve(acc: Any, tag: str) -> dict[int, float]:
     return {step: v.pop() for step, v in sorted(points.items())}
 
 
-def layout_of(acc: Any) -> dict[str, dict[str, list[str]]]:
+def layout_of(acc: Any) -> dict[str, dict[str, list[Any]]]:
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     raw = acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]  # TensorBoard shows the last
-    return {cat.title: {c.title: list(c.multiline.tag) for c in cat.chart}
-            for cat in layout_pb2.Layout.FromString(raw).category}
+    def content(chart: Any) -> list[Any]:
+        if chart.HasField("margin"):
+            return [(s.value, s.lower, s.upper) for s in chart.margin.series]
+        return list(chart.multiline.tag)
+
+    return {cat.title: {c.title: content(c) for c in cat.chart} for cat in layout_pb2.Layout.FromString(raw).category}
 
 
 def hparams_sessions(log_dir: str) -> list[tuple[dict[str, Any], list[str]]]:
@@ -140,7 +144,9 @@ def test_task_switch_logs_the_task_index_beside_the_deficits(tmp_path):
     assert {0, 3 * per_epoch - 1, 3 * per_epoch, 6 * per_epoch} <= set(task)
     charts = layout_of(acc)[_tensorboard.DEFICITS_CATEGORY]
     assert charts[_tensorboard.DEFICITS_CHART] == [r"^deficit/.*$", r"^task/.*$"]
-    assert charts["task/datamodule (0 = pretrain, 1 = target)"] == ["^task/datamodule$"]
+    # margin charts, which TensorBoard never smooths, with the indicator as value and both bounds
+    assert charts["task/datamodule: 0 = pretrain, 1 = target (exact at any smoothing)"] == [("task/datamodule",) * 3]
+    assert charts["deficit/freeze/factors (exact at any smoothing)"] == [("deficit/freeze/factors",) * 3]
     ((hp, _),) = hparams_sessions(logger.log_dir)
     assert hp["task/datamodule/schedule"] == "pretrain, then target from epoch 3"
     assert hp["task/datamodule/first_switch"] == 3 and hp["task/datamodule/unit"] == "epoch"

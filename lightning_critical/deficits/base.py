@@ -202,7 +202,8 @@ class WindowedDeficit(Callback):
         ]
         if self._scalar_group[0] is self:
             chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
-            _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: {_tensorboard.DEFICITS_CHART: chart}})
+            charts = {_tensorboard.DEFICITS_CHART: chart, **_tensorboard.indicator_chart(f"deficit/{self.name}")}
+            _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: charts})
 
     def _check_overlaps(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
         for other in callbacks_of(trainer):
