@@ -28,12 +28,12 @@ def log_scalars(trainer: pl.Trainer, metrics: Mapping[str, float], step: int) ->
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
-    """The ``SummaryWriter`` of every TensorBoard logger, on rank zero only (else empty)."""
-    if not trainer.is_global_zero:
-        return []
-    # Either namespace's TensorBoardLogger: a script on `lightning` with the package bound to
-    # `pytorch_lightning` (or the reverse) still gets its histograms and layouts.
-    return [lg.experiment for lg in trainer.loggers if instance_of(lg, "loggers.TensorBoardLogger")]  # type: ignore[attr-defined]
+    """The ``SummaryWriter`` of every TensorBoard logger, on rank zero only (else empty).
+
+    Either namespace's TensorBoardLogger: a script on `lightning` with the package bound to
+    `pytorch_lightning` (or the reverse) still gets its histograms and layouts.
+    """
+    return [lg.experiment for lg in tensorboard_loggers(trainer)]
 
 
 def run_dir(trainer: pl.Trainer) -> str:
@@ -79,3 +79,28 @@ def makedirs_for(path: str) -> None:
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
+
+
+def tensorboard_loggers(trainer: pl.Trainer) -> list[Any]:
+    """Every TensorBoard logger of the trainer (either Lightning namespace), on rank zero only (else empty)."""
+    if not trainer.is_global_zero:
+        return []
+    return [lg for lg in trainer.loggers if instance_of(lg, "loggers.TensorBoardLogger")]
+
+
+def skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
+    """Stop Lightning's start-of-fit hparams autolog from writing an HParams session with ``hp_metric=-1``.
+
+    TensorBoard keeps the first session a run directory receives, so the one written at the end
+    of fit (with the run's deficits, schedule and final metrics) must be the only one. The
+    logger's ``_default_hp_metric`` flag is private: ``tests/test_lightning_adapter.py`` fails
+    loudly if a Lightning upgrade renames it. Call it before autolog (``setup`` / ``on_fit_start``).
+    """
+    for logger in tensorboard_loggers(trainer):
+        if getattr(logger, "_default_hp_metric", False):
+            logger._default_hp_metric = False
+
+
+def log_every_n_steps(trainer: pl.Trainer) -> int:
+    """``trainer.log_every_n_steps``, typed: Lightning assigns it in a connector, so the class does not declare it."""
+    return int(getattr(trainer, "log_every_n_steps", 50) or 1)

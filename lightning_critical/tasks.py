@@ -28,8 +28,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from typing_extensions import override
 
+from lightning_critical import _tensorboard
 from lightning_critical._checks import check_int
-from lightning_critical._lightning import datamodule_of
+from lightning_critical._lightning import (
+    datamodule_of,
+    log_every_n_steps,
+    log_scalars,
+    skip_placeholder_hp_metric,
+)
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.schedule import UNITS, check_unit
 
@@ -96,6 +102,12 @@ class TaskSwitch(pl.Callback):
     4. the target's active ``task`` (what it starts on, or what the user set), else
        ``tasks[0]``.
 
+    Logging: ``task/<target>`` is the index in ``target.tasks`` of the task each step trains on
+    (``<target>`` is ``datamodule``, or the target's ``name`` or class name), logged like a
+    deficit's 0/1 scalar so that TensorBoard draws it as a step function, and charted beside the
+    deficits (custom-scalars category ``deficits and tasks``). The run's HParams session lists
+    the schedule (:meth:`hparams_for_tensorboard`).
+
     Args:
         schedule: ``{time: task_name}``; times are non-negative integers (or digit strings,
             as JSON/YAML configs may write them; ``"3"`` and ``3`` in one schedule are an error).
@@ -160,6 +172,7 @@ class TaskSwitch(pl.Callback):
         self._initial_task: str | None = initial
         self._applied: str | None = None
         self._resolved: Any = None  # the target, once setup() has checked it is TaskSwitchable
+        self._series = _tensorboard.StepSeries()
 
     def __repr__(self) -> str:
         settings = [f"schedule={self.schedule!r}", f"unit={self.unit!r}"]
@@ -211,6 +224,41 @@ class TaskSwitch(pl.Callback):
             rank_zero_info(f"TaskSwitch: training on task {name!r} from {self.unit} {self._now(trainer)}.")
         self._applied = name
 
+    # -- what TensorBoard shows -----------------------------------------------------------
+    @property
+    def target_name(self) -> str:
+        """The ``<target>`` of the ``task/<target>`` scalar: ``datamodule``, or the target's ``name`` or class name."""
+        if self.target is None:
+            return "datamodule"
+        name = getattr(self.target, "name", None)
+        return name if isinstance(name, str) and name else type(self.target).__name__
+
+    def hparams_for_tensorboard(self) -> dict[str, Any]:
+        """This switch's entries in the run's HParams session, keyed ``task/<target>/...``.
+
+        Example::
+
+            >>> switch = TaskSwitch({3: "target"}, initial="pretrain")
+            >>> switch.hparams_for_tensorboard()  # doctest: +NORMALIZE_WHITESPACE
+            {'task/datamodule/schedule': 'pretrain, then target from epoch 3', 'task/datamodule/first_switch': 3,
+             'task/datamodule/unit': 'epoch'}
+        """
+        first = self._initial_task or "the target's task"
+        steps = ", ".join(f"{name} from {self.unit} {time}" for time, name in self.schedule.items())
+        schedule = steps if self._times[0] == 0 else f"{first}, then {steps}"
+        prefix = f"task/{self.target_name}"
+        return {f"{prefix}/schedule": schedule, f"{prefix}/first_switch": self._times[0], f"{prefix}/unit": self.unit}
+
+    def _log_task(self, trainer: pl.Trainer) -> None:
+        name = self.task_at(self._now(trainer))
+        tasks = list(getattr(self._resolved, "tasks", ()))
+        if name is None or name not in tasks:
+            return
+        key = f"task/{self.target_name}"
+        index = float(tasks.index(name))
+        for step, value in self._series.points(trainer.global_step, index, log_every_n_steps(trainer)):
+            log_scalars(trainer, {key: value}, step)
+
     # -- validation before training -------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -232,6 +280,7 @@ class TaskSwitch(pl.Callback):
             raise ValueError(f"TaskSwitch initial={self.initial!r} is not a task of the target; valid tasks: {known}.")
         self._resolved = target
         self._applied = None
+        self._series.reset()
         # A checkpoint restores the initial task right after setup; a new fit chooses it at train start.
         self._initial_task = self.initial
 
@@ -256,7 +305,16 @@ class TaskSwitch(pl.Callback):
         return current if current is not None else tasks[0]
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        skip_placeholder_hp_metric(trainer)  # before Lightning's hparams autolog: one session, written at the end
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tasks = ", ".join(f"{i} = {t}" for i, t in enumerate(self._resolved.tasks))
+        chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
+        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: {_tensorboard.DEFICITS_CHART: chart}})
+        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: _tensorboard.indicator_chart(
+            f"task/{self.target_name}", f": {tasks}")})
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
@@ -268,6 +326,19 @@ class TaskSwitch(pl.Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._log_task(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._series.value is not None:
+            log_scalars(trainer, {f"task/{self.target_name}": self._series.value}, trainer.global_step)
+        if _tensorboard.writes_session(trainer, self):
+            _tensorboard.write_session(trainer)
 
     @override
     def on_train_batch_end(

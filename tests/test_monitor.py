@@ -95,16 +95,19 @@ def test_csv_history_and_tensorboard_content(tmp_path):
     assert {"singular_values/a", "singular_values/b"} <= set(tags["histograms"])
     active = {e.step: e.value for e in acc.Scalars("deficit/freeze/b")}
     assert active[0] == 0 and active[4] == 0 and active[5] == 1 and active[9] == 1 and active[10] == 0
-    # One custom-scalars chart per mode overlays both pathways and the theory.
+    # One custom-scalars chart per mode overlays both pathways and the theory (one run each).
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    raw = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    raw = acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]  # TensorBoard shows the last
     layout = layout_pb2.Layout.FromString(raw)
     charts = {
         c.title: list(c.multiline.tag) for cat in layout.category if cat.title == "mode strength" for c in cat.chart
     }
     assert len(charts) == 8
-    assert charts["mode 0"] == ["mode_strength/a/0", "mode_strength/b/0", "theory/mode_strength/a/0"]
+    assert charts["mode 0: a, b, a_theory"] == ["^mode_strength/mode_0$"]
+    runs = {name: read_tensorboard(f"{logger.log_dir}/modes/{name}") for name in ("a", "b", "a_theory")}
+    assert [e.value for e in runs["a"].Scalars("mode_strength/mode_0")] == [e.value for e in k]
+    assert [round(e.value, 6) for e in runs["a_theory"].Scalars("mode_strength/mode_3")] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def test_monitor_reports_skips_and_rejects_bad_input(tmp_path, caplog):

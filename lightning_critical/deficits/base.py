@@ -9,8 +9,15 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_critical import _tensorboard
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import callbacks_of, log_scalars, steps_per_epoch
+from lightning_critical._lightning import (
+    callbacks_of,
+    log_every_n_steps,
+    log_scalars,
+    skip_placeholder_hp_metric,
+    steps_per_epoch,
+)
 from lightning_critical._namespace import pl
 from lightning_critical._warnings import warn_once
 from lightning_critical.deficits import _hooks
@@ -38,11 +45,15 @@ class WindowedDeficit(pl.Callback):
     next training batch. Everything attached is removed at the window's end, at the end of
     ``fit``, on an exception and at teardown.
 
-    Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) at step 0, at
-    every change (with the previous value one step earlier, for a sharp edge) and at the end.
-    Deficits that share a name (e.g. two windows of one ``PathwayDeficit`` kind on one
-    pathway) share that scalar: it reads 1 while any of them is active, logged once per step
-    by the first of them in the callback list.
+    Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) so that TensorBoard
+    draws it as a step function whatever the smoothing (see :mod:`lightning_critical._tensorboard`):
+    at step 0, at every change (with the previous value one step earlier, for a vertical edge),
+    at every step for ``EDGE_STEPS`` steps after a change, at every ``log_every_n_steps`` step
+    and at the end. Deficits that share a name (e.g. two windows of one ``PathwayDeficit`` kind
+    on one pathway) share that scalar: it reads 1 while any of them is active, logged once per
+    step by the first of them in the callback list. With TensorBoard, the scalar is charted in
+    the custom-scalars category ``deficits and tasks``, and the run's HParams session lists
+    every deficit (:meth:`hparams_for_tensorboard`) with the final metrics.
 
     Extension points (override them in a subclass):
 
@@ -88,7 +99,7 @@ class WindowedDeficit(pl.Callback):
             )
         self._name = name
         self._handles: list[Any] = []
-        self._last_logged: int | None = None
+        self._series = _tensorboard.StepSeries()
         self._scalar_group: list[WindowedDeficit] = [self]
         self._unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
         self.targets: dict[str, Any] = {}
@@ -190,8 +201,9 @@ class WindowedDeficit(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         self.resolve(trainer, pl_module)
-        self._last_logged = None
+        self._series.reset()
         self._scalar_group, self._unsure_overlaps = [self], []
+        skip_placeholder_hp_metric(trainer)  # before Lightning's hparams autolog: one session, written at the end
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -201,6 +213,10 @@ class WindowedDeficit(pl.Callback):
         self._scalar_group = [
             cb for cb in callbacks_of(trainer) if isinstance(cb, WindowedDeficit) and cb.name == self.name
         ]
+        if self._scalar_group[0] is self:
+            chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
+            charts = {_tensorboard.DEFICITS_CHART: chart, **_tensorboard.indicator_chart(f"deficit/{self.name}")}
+            _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: charts})
 
     def _check_overlaps(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
         for other in callbacks_of(trainer):
@@ -270,14 +286,54 @@ class WindowedDeficit(pl.Callback):
         # so the curve never gets two values at one step.
         if self._scalar_group[0] is not self:
             return
-        value = int(any(d.is_active(trainer) for d in self._scalar_group))
-        if self._last_logged == value:
-            return
-        key, step = f"deficit/{self.name}", trainer.global_step
-        if self._last_logged is not None and step > 0:
-            log_scalars(trainer, {key: float(self._last_logged)}, step - 1)
-        log_scalars(trainer, {key: float(value)}, step)
-        self._last_logged = value
+        value = float(any(d.is_active(trainer) for d in self._scalar_group))
+        key = f"deficit/{self.name}"
+        for step, logged in self._series.points(trainer.global_step, value, log_every_n_steps(trainer)):
+            log_scalars(trainer, {key: logged}, step)
+
+    # -- what TensorBoard's HParams shows ----------------------------------------------------
+    def hparams_for_tensorboard(self) -> dict[str, Any]:
+        """This deficit's entries in the run's HParams session, keyed ``deficit/<name>/...``.
+
+        ``kind`` (class, and mode where there is one), ``target`` (what it acts on), ``window``
+        (e.g. ``[0, 150) epochs``; windows of deficits sharing the name are joined by ``+``),
+        ``window_start``, ``window_end`` (``-1``: the end of training) and ``unit``. The first
+        deficit of a shared name speaks for all of them.
+
+        Example::
+
+            >>> from lightning_critical import PathwayDeficit
+            >>> PathwayDeficit("b", (0, 150)).hparams_for_tensorboard()  # doctest: +NORMALIZE_WHITESPACE
+            {'deficit/freeze/b/kind': 'PathwayDeficit/freeze', 'deficit/freeze/b/target': 'b',
+             'deficit/freeze/b/window': '[0, 150) epochs', 'deficit/freeze/b/window_start': 0,
+             'deficit/freeze/b/window_end': 150, 'deficit/freeze/b/unit': 'epoch'}
+        """
+        group = self._scalar_group
+        if group[0] is not self:
+            return {}
+        mode = getattr(self, "mode", None)
+        kind = type(self).__name__ + (f"/{mode}" if isinstance(mode, str) else "")
+        targets = list(self.targets) or [self._describe_target()]
+        windows = [d.window for d in group]
+        end = windows[-1].end
+        prefix = f"deficit/{self.name}"
+        return {
+            f"{prefix}/kind": kind,
+            f"{prefix}/target": ", ".join(str(t) for t in targets),
+            f"{prefix}/window": " + ".join(str(w) for w in windows),
+            f"{prefix}/window_start": windows[0].start,
+            f"{prefix}/window_end": -1 if end is None else end,
+            f"{prefix}/unit": windows[0].unit,
+        }
+
+    def _describe_target(self) -> str:
+        for attr in ("pathways", "pathway", "transform"):
+            value = getattr(self, attr, None)
+            if value is not None:
+                if isinstance(value, (list, tuple)):
+                    return ", ".join(map(str, value))
+                return value if isinstance(value, str) else getattr(value, "__name__", type(value).__name__)
+        return self.name
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -285,9 +341,12 @@ class WindowedDeficit(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._last_logged is not None:
-            log_scalars(trainer, {f"deficit/{self.name}": float(self._last_logged)}, trainer.global_step)
+        last = self._series.value
+        if self._scalar_group[0] is self and last is not None:
+            log_scalars(trainer, {f"deficit/{self.name}": last}, trainer.global_step)
         self.detach()
+        if _tensorboard.writes_session(trainer, self):
+            _tensorboard.write_session(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

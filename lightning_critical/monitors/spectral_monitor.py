@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_critical import _tensorboard
 from lightning_critical._checks import check_choice, check_int, check_names
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
@@ -378,7 +380,7 @@ class SpectralMonitor(pl.Callback):
         self._last_step = None
         if self._vectors_step is not None and self._vectors_step >= step:
             self._prev_vectors, self._vectors_step = {}, None
-        self._add_layout(trainer, sorted(map_names), basis)
+        self._add_layout(trainer, sorted(map_names), basis, list(mats))
 
     @override
     def on_train_batch_start(
@@ -395,10 +397,12 @@ class SpectralMonitor(pl.Callback):
             # checkpoint saved after fit resumes exactly like the uninterrupted longer run.
             self.record(trainer, pl_module, _keep_state=False)
         self.history.close()
+        _tensorboard.close_series(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.history.close()
+        _tensorboard.close_series(trainer)
 
     # -- recording ------------------------------------------------------------------------
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, _keep_state: bool = True) -> None:
@@ -469,6 +473,7 @@ class SpectralMonitor(pl.Callback):
         logged.update(self._theory_at(step))
         self.history.extend(rows, write=trainer.is_global_zero)
         log_scalars(trainer, logged, step)
+        _tensorboard.log_series(trainer, logged, step)
         if self.histograms and "singular_values" in self.metrics:
             for writer in tensorboard_writers(trainer):
                 for name, (s, _) in spectra.items():
@@ -495,28 +500,30 @@ class SpectralMonitor(pl.Callback):
                     out.update({f"theory/{metric}/{target}/{i}": float(v) for i, v in enumerate(row)})
         return out
 
-    def _add_layout(self, trainer: pl.Trainer, maps: list[str], basis: TaskBasis | None) -> None:
-        writers = tensorboard_writers(trainer)
-        if not writers:
-            return
-        layout: dict[str, dict[str, list]] = {}
+    def _add_layout(
+        self, trainer: pl.Trainer, maps: list[str], basis: TaskBasis | None, targets: list[str] | None = None
+    ) -> None:
+        """Custom-scalars charts (TensorBoard, rank zero): one per mode overlaying every map's
+        ``K`` and its theory as separate runs (see :func:`lightning_critical._tensorboard.log_series`),
+        one per target overlaying its top singular values (and theory). Deficits and task switches add their own."""
+        layout: _tensorboard.Layout = {}
         theory_k = self.theory.get("mode_strength", {})
         if basis is not None and maps and "mode_strength" in self.metrics:
+            series = ", ".join(maps + [f"{m}_theory" for m in maps if m in theory_k])
             layout["mode strength"] = {
-                f"mode {a}": ["Multiline", [f"mode_strength/{m}/{a}" for m in maps]
-                              + [f"theory/mode_strength/{m}/{a}" for m in maps if m in theory_k]]
+                f"mode {a}: {series}": ["Multiline", [_tensorboard.exact(f"mode_strength/mode_{a}")]]
                 for a in range(basis[0].shape[1])
             }
         theory_s = self.theory.get("singular_values", {})
         if "singular_values" in self.metrics and self.log_top_k:
-            layout["singular values"] = {
-                m: ["Multiline", [rf"singular_values/{m}/\d+", rf"theory/singular_values/{m}/\d+"] if m in theory_s
-                    else [rf"singular_values/{m}/\d+"]]
-                for m in maps
-            }
-        layout["deficits"] = {"active (1) / inactive (0)": ["Multiline", [r"deficit/.*"]]}
-        for writer in writers:
-            writer.add_custom_scalars(layout)
+            charts = {}
+            for m in [*maps, *[t for t in (targets or []) if t not in maps]]:
+                tags = [f"^singular_values/{re.escape(m)}/\\d+$"]
+                if m in theory_s:
+                    tags.append(f"^theory/singular_values/{re.escape(m)}/\\d+$")
+                charts[f"{m} (top {self.log_top_k})"] = ["Multiline", tags]
+            layout["singular values"] = charts
+        _tensorboard.add_charts(trainer, layout)
 
 
 def _all_finite(mats: list[Tensor]) -> list[bool]:

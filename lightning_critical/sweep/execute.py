@@ -21,10 +21,11 @@ Design decisions that make a branched run bitwise equal to the same run trained 
 * **Every run is seeded** with ``pl.seed_everything(seed)`` before its factories are called,
   and runs with ``torch.set_num_threads(threads_per_run)`` whatever the backend.
 * **Loggers.** Each run logs to its own ``TensorBoardLogger`` (``<out>/tensorboard/<label>``,
-  no ``hp_metric``); at the end it logs its window, seed and swept values as hparams with its
-  final metrics (``final/<name>``) as hparam metrics. A branched run logs from its branch
-  step on; the engine copies the parent's records before that step into its directory once
-  both have finished (:mod:`lightning_critical.sweep.logs`), so every run shows its whole run.
+  no ``hp_metric``); at the end it logs its window, seed, swept values and each deficit's kind,
+  target and window as hparams with its final metrics (``final/<name>``) as hparam metrics.
+  A branched run logs from its branch step on; the engine copies the parent's records before
+  that step into its directory once both have finished (:mod:`lightning_critical.sweep.logs`),
+  so every run shows its whole run.
 * Not supported by branching (pass ``share_prefixes=False``): ``ReduceLROnPlateau`` (Lightning
   steps it after the end-of-epoch checkpoint; refused with an error) and learning-rate
   schedules that depend on ``max_epochs`` when runs differ in length.
@@ -51,7 +52,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from lightning_critical import _lightning
+from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import rng
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
@@ -304,6 +305,7 @@ def _fit(task: Task) -> dict[str, Any]:
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
                                    default_hp_metric=False)
+        _tensorboard.defer_session(logger)  # one session per run, written below with the sweep's values
     kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k != "logger"}}
     kwargs.update(
         max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,
@@ -324,7 +326,7 @@ def _fit(task: Task) -> dict[str, Any]:
     metrics = read_metrics(spec.metrics, trainer, model, produced)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        logger.log_hyperparams(hparams(task), metrics=final, step=int(trainer.global_step))
+        _tensorboard.write_session(trainer, extra=hparams(task), metrics=final)
         logger.finalize("success")
     if spec.save_model:
         path = os.path.join(task.out, "models", f"{task.label}.pt")

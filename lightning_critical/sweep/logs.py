@@ -4,7 +4,8 @@ A run that starts from a branch checkpoint logs from the branch step on. Once th
 parent have both finished, :func:`copy_prefix` adds, to the run's log directory,
 
 * the parent's TensorBoard events with ``step < branch_step`` (hparams excluded), in an event
-  file whose name sorts before the run's own, so TensorBoard reads them first;
+  file whose name sorts before the run's own, so TensorBoard reads them first (likewise in
+  every sub-run directory, such as the monitor's per-series runs ``modes/<map>``);
 * the parent's monitor history CSVs (``step, epoch, target, metric, index, value``) rows with
   ``step < branch_step``, ahead of the run's own rows.
 """
@@ -26,6 +27,10 @@ def copy_prefix(parent_dir: str | None, child_dir: str | None, before_step: int)
         return
     os.makedirs(child_dir, exist_ok=True)
     _copy_events(parent_dir, child_dir, before_step)
+    files = glob.glob(os.path.join(parent_dir, "**", "events.out.tfevents.*"), recursive=True)
+    for run in sorted({os.path.relpath(os.path.dirname(f), parent_dir) for f in files} - {"."}):
+        # sub-runs, e.g. the monitor's per-series runs modes/<map>
+        _copy_events(os.path.join(parent_dir, run), os.path.join(child_dir, run), before_step)
     _copy_histories(parent_dir, child_dir, before_step)
 
 
@@ -50,6 +55,7 @@ def _copy_events(parent_dir: str, child_dir: str, before_step: int) -> None:
             events.append(event)
     if not events:
         return
+    os.makedirs(child_dir, exist_ok=True)
     target = os.path.join(child_dir, PREFIX_FILE)
     tmp = target + ".tmp"
     with open(tmp, "wb") as fh:
