@@ -196,7 +196,7 @@ def test_namespace_of_and_instance_of():
 LIGHTNING_FACING = [
     "test_deficits.py", "test_monitor.py", "test_tasks.py", "test_history.py", "test_lightning_adapter.py",
     "test_input_deficit.py", "test_multipathway_model.py", "test_probe_leaves_training_alone.py",
-    "test_fisher.py", "test_sweep_outputs.py",
+    "test_fisher.py", "test_sweep_outputs.py", "test_tensorboard_views.py", "test_run_plots.py",
 ]
 
 

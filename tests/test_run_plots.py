@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TwoBranchNet, make_trainer
-from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.cli import main
 from lightning_critical.plots.run_files import windows_from_indicator
+
+TensorBoardLogger = pl.loggers.TensorBoardLogger
 
 TARGETS = ["left.0.weight", "left.2.weight", "right.0.weight", "right.2.weight", "head.weight"]
 LAYERS = ["left.0", "left.2", "right.0", "right.2", "head"]
@@ -22,7 +24,6 @@ LAYERS = ["left.0", "left.2", "right.0", "right.2", "head"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 6-epoch fit (4 steps an epoch) with the right branch frozen in epochs [2, 4) = steps [8, 16)."""
-    import pytorch_lightning as pl
 
     pl.seed_everything(0, verbose=False)
     root = tmp_path_factory.mktemp("runs")
