@@ -11,8 +11,9 @@ runs with the same cadence record at the same steps.
   doubling of the step count, i.e. for ``per_octave=2`` steps
   ``0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, ...`` (``2^e`` and ``1.5 * 2^e``). A fit of
   ``N`` steps gets about ``per_octave * log2(N)`` records, so the cost of monitoring
-  shrinks relative to training as the fit grows. ``max_every`` caps the spacing, so a long run
-  is still recorded at least every ``max_every`` steps.
+  shrinks relative to training as the fit grows. ``max_every`` caps the spacing: once the log
+  spacing would pass it, every multiple of ``max_every`` is recorded, so a long run is still
+  seen regularly.
 
 Nothing here imports Lightning.
 
@@ -84,7 +85,8 @@ class LogSpaced(Cadence):
 
     Args:
         per_octave: records per doubling of the step count: 1, 2, 4, 8, ...
-        max_every: largest spacing in steps (``None``: no cap, purely logarithmic).
+        max_every: largest spacing in steps: where ``2^e / per_octave`` exceeds it, records
+            fall on the multiples of ``max_every`` (``None``: no cap, purely logarithmic).
 
     Raises:
         ValueError: ``per_octave`` is not a power of two, or either argument is not a
@@ -132,19 +134,16 @@ def as_cadence(value: Any, name: str = "every_n_steps") -> Cadence:
         >>> as_cadence("often")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        ValueError: every_n_steps='often' is not valid: give an integer >= 1 (every n optimizer steps),
-        'log' (lightning_critical.cadence.LogSpaced()) or a lightning_critical.cadence.Cadence.
+        ValueError: every_n_steps='often' must be an integer >= 1, not str. Other choices: 'log'
+        (lightning_critical.cadence.LogSpaced()) or a lightning_critical.cadence.Cadence.
     """
     if isinstance(value, Cadence):
         return value
     if isinstance(value, str) and value in CADENCE_NAMES:
         return LogSpaced()
-    if isinstance(value, (str, bool)) or value is None:
-        raise ValueError(
-            f"{name}={value!r} is not valid: give an integer >= 1 (every n optimizer steps), 'log' "
-            "(lightning_critical.cadence.LogSpaced()) or a lightning_critical.cadence.Cadence."
-        )
     try:
         return EveryNSteps(check_int(name, value))
     except ValueError as err:
-        raise ValueError(f"{err} Other choices: 'log' or a lightning_critical.cadence.Cadence.") from None
+        raise ValueError(
+            f"{err} Other choices: 'log' (lightning_critical.cadence.LogSpaced()) or a lightning_critical.cadence.Cadence."
+        ) from None
