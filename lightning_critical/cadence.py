@@ -144,6 +144,5 @@ def as_cadence(value: Any, name: str = "every_n_steps") -> Cadence:
     try:
         return EveryNSteps(check_int(name, value))
     except ValueError as err:
-        raise ValueError(
-            f"{err} Other choices: 'log' (lightning_critical.cadence.LogSpaced()) or a lightning_critical.cadence.Cadence."
-        ) from None
+        others = "'log' (lightning_critical.cadence.LogSpaced()) or a lightning_critical.cadence.Cadence"
+        raise ValueError(f"{err} Other choices: {others}.") from None

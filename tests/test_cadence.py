@@ -48,12 +48,13 @@ def test_cadences_are_pure_functions_of_the_step():
 def test_cadence_arguments_are_checked():
     assert as_cadence(5) == EveryNSteps(5) and as_cadence("log") == LogSpaced()
     assert as_cadence(LogSpaced(8)) == LogSpaced(8)
-    for bad, message in [
+    cases: list[tuple[Any, str]] = [
         (0, "every_n_steps=0 must be an integer >= 1. Other choices: 'log'"),
         ("often", "every_n_steps='often' must be an integer >= 1, not str. Other choices: 'log'"),
         (None, "every_n_steps=None must be an integer >= 1, not NoneType"),
         (True, "every_n_steps=True must be an integer >= 1, not bool"),
-    ]:
+    ]
+    for bad, message in cases:
         with pytest.raises(ValueError, match=message):
             as_cadence(bad)
         with pytest.raises(ValueError, match=message):

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_critical._checks import check_choice, check_int, check_names
-from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
+from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
 from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
@@ -65,9 +65,10 @@ class SpectralMonitor(Callback):
     steps ``0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, ...``: every early change is seen, and a
     fit of ``N`` steps costs about ``2 * log2(N)`` records, a few percent of training time or
     less even for small models (``benchmarks/monitor_overhead.py``). An integer ``n`` records
-    every ``n`` steps, for evenly spaced curves. Each record holds, for every target matrix, the requested metrics (formulas in
-    :mod:`lightning_critical.spectral`), computed under ``torch.no_grad()`` in float32 (float64
-    for float64 weights, or ``dtype``) on the weights' device, batching matrices of equal shape.
+    every ``n`` steps, for evenly spaced curves. Each record holds, for every target matrix,
+    the requested metrics (formulas in :mod:`lightning_critical.spectral`), computed under
+    ``torch.no_grad()`` in float32 (float64 for float64 weights, or ``dtype``) on the weights'
+    device, batching matrices of equal shape.
 
     Targets: ``"auto"`` = every map of the module's ``end_to_end_maps()`` plus every weight
     matrix; ``"maps"`` or ``"weights"`` for one group; or names / globs of either, with
