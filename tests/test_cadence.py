@@ -16,7 +16,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
 from lightning_critical.cadence import EveryNSteps, LogSpaced, as_cadence
-from lightning_critical.monitors.spectral_monitor import _all_finite
+from lightning_critical.monitors.spectral_monitor import _all_finite, _to_host
 
 METRICS = ("singular_values", "mode_strength", "stable_rank", "effective_rank", "spectral_norm", "subspace_drift")
 
@@ -151,3 +151,17 @@ def test_all_finite_agrees_with_isfinite_including_sums_that_overflow():
     assert _all_finite(cases) == [bool(torch.isfinite(m).all()) for m in cases] == [
         True, True, False, True, False, False, True
     ]
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_spectra_reach_the_host_unchanged_in_one_transfer_per_dtype(device):
+    tensors = {"a": torch.rand(5, device=device), "b": torch.rand(0, device=device),
+               "c": torch.rand(7, dtype=torch.float64, device=device), "d": torch.rand(3, device=device)}
+    host = _to_host(tensors)
+    assert list(host) == list(tensors)
+    for name, t in tensors.items():
+        assert host[name].device.type == "cpu" and host[name].dtype == t.dtype
+        assert torch.equal(host[name], t.cpu()), name

@@ -441,15 +441,16 @@ class SpectralMonitor(Callback):
         scalars_wanted = [m for m in self.metrics if m in SCALAR_METRICS]
         basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
         logged: dict[str, float] = {}
+        on_host = _to_host({name: s for name, (s, _) in spectra.items()})
         for name in (spectra if needs_spectra else finite):
             s, u = spectra.get(name, (None, None))
             if s is not None:
-                s_list = s.tolist()
+                s_list = on_host[name].tolist()
                 if "singular_values" in self.metrics:
                     rows.extend((step, epoch, name, "singular_values", i, v) for i, v in enumerate(s_list))
                     logged.update({f"singular_values/{name}/{i}": v for i, v in enumerate(s_list[: self.log_top_k])})
                 if scalars_wanted:
-                    values = scalar_metrics(s, scalars_wanted, tuple(finite[name].shape))
+                    values = scalar_metrics(on_host[name], scalars_wanted, tuple(finite[name].shape))
                     if self.top_k is not None:
                         values = self._exact_norms(values, s, finite[name])
                     for metric, value in values.items():
@@ -542,6 +543,22 @@ def _all_finite(mats: list[Tensor]) -> list[bool]:
             for i, ok in zip(indices, sums, strict=True):
                 flags[i] = bool(ok) or bool(torch.isfinite(mats[i]).all())
     return flags
+
+
+def _to_host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The same tensors on the CPU, dtype kept, with one transfer (one host sync) per device and
+    dtype instead of one per tensor."""
+    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for name, t in tensors.items():
+        groups.setdefault((t.device, t.dtype), []).append(name)
+    out = dict(tensors)
+    for (device, _), names in groups.items():
+        if device.type == "cpu":
+            continue
+        flat = torch.cat([tensors[n].detach().reshape(-1) for n in names]).cpu()
+        for n, part in zip(names, flat.split([tensors[n].numel() for n in names]), strict=True):
+            out[n] = part.view(tensors[n].shape)
+    return out
 
 
 def _check_task_basis(value: Any) -> TaskBasis | None:
