@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -175,7 +176,7 @@ def measure(
         for _ in range(repeats):
             plain.append(fit(model_name, steps, root, None))
             monitored.append(fit(model_name, steps, root, lc.SpectralMonitor(**monitor_kwargs(every_n_steps))))
-    p, m = statistics.median(plain), statistics.median(monitored)
+    p, m = (statistics.median(plain), statistics.median(monitored)) if repeats else (math.nan, math.nan)
     return {
         "records": records, "hook_s": timed.seconds, "fit_s": total,
         "hook_pct": 100 * timed.seconds / (total - timed.seconds),
@@ -186,7 +187,8 @@ def measure(
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="optimizer steps per fit")
-    parser.add_argument("--repeats", type=int, default=5, help="alternated fits without / with the monitor")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="alternated fits without / with the monitor (0: hook time only)")
     parser.add_argument("--every-n-steps", type=int, default=None, help="a fixed cadence instead of the default")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--quick", action="store_true", help="a few steps, one repeat: seconds; times mean nothing")
