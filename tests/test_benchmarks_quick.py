@@ -49,7 +49,7 @@ def _restore_process_state() -> Iterator[None]:
 
 
 def test_every_benchmark_has_a_quick_mode():
-    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "spectral.py", "sweep.py"]
+    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "monitor_overhead.py", "spectral.py", "sweep.py"]
     for script in SCRIPTS:
         assert "--quick" in (BENCHMARKS / script).read_text(), f"{script} has no --quick mode"
 
@@ -104,3 +104,15 @@ def test_sweep_quick_compares_sharing_processes_and_ray(capsys: pytest.CaptureFi
         assert math.isfinite(result["c"]["ray_cold"]) and "table identical to serial" in out
     else:
         assert "c" not in result and "(c) skipped: Ray is not installed" in out
+
+
+def test_monitor_overhead_quick_measures_the_four_models(capsys: pytest.CaptureFixture[str]):
+    result = load("monitor_overhead.py").main(["--quick"])
+    assert list(result) == ["MLP", "transformer", "LSTM", "CNN"]
+    for name, r in result.items():
+        # 4 steps: the log-spaced default records at steps 0, 1, 2, 3 and at the end (4)
+        assert r["records"] == 5, name
+        assert 0 < r["hook_s"] < r["fit_s"] and math.isfinite(r["wall_pct"]), name
+        assert r["hook_pct"] == pytest.approx(100 * r["hook_s"] / (r["fit_s"] - r["hook_s"])), name
+    out = capsys.readouterr().out
+    assert "default cadence" in out and out.count("%") >= 8

@@ -19,6 +19,7 @@ from lightning_critical._checks import check_choice, check_int, check_names
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
+from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
 from lightning_critical.monitors.history import History, Record, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
@@ -55,13 +56,19 @@ Theory = Mapping[str, Mapping[str, Any]]
 
 
 class SpectralMonitor(pl.Callback):
-    """Record the spectra of a model's matrices every ``every_n_steps`` optimizer steps.
+    """Record the spectra of a model's matrices: densely early in training, then sparser.
 
     A record is taken before the first update (``step`` 0), then whenever the number of
-    optimizer steps completed is a multiple of ``every_n_steps``, and once more when training
-    ends. Each record holds, for every target matrix, the requested metrics (formulas in
-    :mod:`lightning_critical.spectral`), computed under ``torch.no_grad()`` in float32 (float64
-    for float64 weights, or ``dtype``) on the weights' device, batching matrices of equal shape.
+    optimizer steps completed is due by ``every_n_steps`` (see
+    :mod:`lightning_critical.cadence`), and once more when training ends. The default,
+    ``"log"`` (:class:`~lightning_critical.cadence.LogSpaced` ``(per_octave=2)``), records at
+    steps ``0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, ...``: every early change is seen, and a
+    fit of ``N`` steps costs about ``2 * log2(N)`` records, a few percent of training time or
+    less even for small models (``benchmarks/monitor_overhead.py``). An integer ``n`` records
+    every ``n`` steps, for evenly spaced curves. Each record holds, for every target matrix,
+    the requested metrics (formulas in :mod:`lightning_critical.spectral`), computed under
+    ``torch.no_grad()`` in float32 (float64 for float64 weights, or ``dtype``) on the weights'
+    device, batching matrices of equal shape.
 
     Targets: ``"auto"`` = every map of the module's ``end_to_end_maps()`` plus every weight
     matrix; ``"maps"`` or ``"weights"`` for one group; or names / globs of either, with
@@ -107,7 +114,10 @@ class SpectralMonitor(pl.Callback):
 
     Args:
         targets: ``"auto"``, ``"maps"``, ``"weights"`` or names/globs.
-        every_n_steps: record cadence in optimizer steps.
+        every_n_steps: when to record: ``"log"`` (default, log-spaced), an integer ``n``
+            (every ``n`` optimizer steps) or a :class:`~lightning_critical.cadence.Cadence`
+            such as ``LogSpaced(per_octave=4, max_every=500)``. Cadences depend on the step
+            alone, so a resumed fit records at the same steps as an uninterrupted one.
         metrics: names from :data:`lightning_critical.spectral.METRICS` (default
             :data:`DEFAULT_METRICS`; with ``top_k``, those that need the whole spectrum are left
             out, and asking for them is an error).
@@ -149,7 +159,7 @@ class SpectralMonitor(pl.Callback):
     def __init__(
         self,
         targets: str | Sequence[str] = "auto",
-        every_n_steps: int = 25,
+        every_n_steps: int | str | Cadence = "log",
         metrics: Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         top_k: int | None = None,
@@ -163,7 +173,12 @@ class SpectralMonitor(pl.Callback):
         randomized_min_dim: int = 2048,
         method: str = "auto",
     ) -> None:
-        self.every_n_steps = check_int("every_n_steps", every_n_steps)
+        self.cadence = as_cadence(every_n_steps, "every_n_steps")
+        # An integer stays an integer (and keeps its old state_key); a cadence is itself.
+        self.every_n_steps: int | Cadence = (
+            self.cadence.n if isinstance(self.cadence, EveryNSteps) and not isinstance(every_n_steps, Cadence)
+            else self.cadence
+        )
         self.subspace_k = check_int("subspace_k", subspace_k)
         self.log_top_k = check_int("log_top_k", log_top_k, low=0)
         self.top_k = check_int("top_k", top_k, allow_none=True)
@@ -387,7 +402,7 @@ class SpectralMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_step:
+        if step != self._last_step and self.cadence.is_due(step):
             self.record(trainer, pl_module)
 
     @override
@@ -441,15 +456,16 @@ class SpectralMonitor(pl.Callback):
         scalars_wanted = [m for m in self.metrics if m in SCALAR_METRICS]
         basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
         logged: dict[str, float] = {}
+        on_host = _to_host({name: s for name, (s, _) in spectra.items()})
         for name in (spectra if needs_spectra else finite):
             s, u = spectra.get(name, (None, None))
             if s is not None:
-                s_list = s.tolist()
+                s_list = on_host[name].tolist()
                 if "singular_values" in self.metrics:
                     rows.extend((step, epoch, name, "singular_values", i, v) for i, v in enumerate(s_list))
                     logged.update({f"singular_values/{name}/{i}": v for i, v in enumerate(s_list[: self.log_top_k])})
                 if scalars_wanted:
-                    values = scalar_metrics(s, scalars_wanted, tuple(finite[name].shape))
+                    values = scalar_metrics(on_host[name], scalars_wanted, tuple(finite[name].shape))
                     if self.top_k is not None:
                         values = self._exact_norms(values, s, finite[name])
                     for metric, value in values.items():
@@ -527,17 +543,40 @@ class SpectralMonitor(pl.Callback):
 
 
 def _all_finite(mats: list[Tensor]) -> list[bool]:
-    """``isfinite(m).all()`` for every matrix, with one host sync per device instead of one per matrix."""
+    """``isfinite(m).all()`` for every matrix, with one host sync per device instead of one per matrix.
+
+    A float64 sum is finite exactly when every entry is (NaN and Inf propagate, and float32 or
+    narrower entries cannot overflow it), and summing is ~8x cheaper than ``isfinite().all()``;
+    only a matrix whose sum is not finite is checked entry by entry (float64 weights near
+    ``1e308`` could overflow the sum).
+    """
     by_device: dict[torch.device, list[int]] = {}
     for i, m in enumerate(mats):
         by_device.setdefault(m.device, []).append(i)
     flags = [True] * len(mats)
     with torch.no_grad():
-        for indices in by_device.values():
-            values = torch.stack([torch.isfinite(mats[i]).all() for i in indices]).tolist()
-            for i, ok in zip(indices, values, strict=True):
-                flags[i] = bool(ok)
+        for device, indices in by_device.items():
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+            sums = torch.stack([mats[i].sum(dtype=dtype) for i in indices]).isfinite().tolist()
+            for i, ok in zip(indices, sums, strict=True):
+                flags[i] = bool(ok) or bool(torch.isfinite(mats[i]).all())
     return flags
+
+
+def _to_host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The same tensors on the CPU, dtype kept, with one transfer (one host sync) per device and
+    dtype instead of one per tensor."""
+    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for name, t in tensors.items():
+        groups.setdefault((t.device, t.dtype), []).append(name)
+    out = dict(tensors)
+    for (device, _), names in groups.items():
+        if device.type == "cpu":
+            continue
+        flat = torch.cat([tensors[n].detach().reshape(-1) for n in names]).cpu()
+        for n, part in zip(names, flat.split([tensors[n].numel() for n in names]), strict=True):
+            out[n] = part.view(tensors[n].shape)
+    return out
 
 
 def _check_task_basis(value: Any) -> TaskBasis | None:
