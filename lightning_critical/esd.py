@@ -131,20 +131,19 @@ def _whole_esd_fit(x: np.ndarray, log_x: np.ndarray) -> PowerLawFit:
 def _ks_distances(log_x: np.ndarray, starts: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """``D_i`` for the candidate tails starting at ``starts`` (ascending) with exponents ``alphas``.
 
-    Evaluated as a (candidates x tail points) array in chunks, each chunk only from its first
-    candidate's start on: half the work of the full square, bounded memory."""
+    Evaluated as a (candidates x tail points) array in chunks of a few candidates, each chunk
+    only from its first candidate's start on: about half the work of the full square, in cache."""
     big_n = log_x.size
     out = np.empty(starts.size)
-    rows = _CHUNK_ROWS
-    for lo in range(0, starts.size, rows):
-        i = starts[lo : lo + rows, None]
-        a = alphas[lo : lo + rows, None]
-        first = int(i[0, 0])
-        j = np.arange(first, big_n)[None, :]
+    for lo in range(0, starts.size, _CHUNK_ROWS):
+        i = starts[lo : lo + _CHUNK_ROWS, None]
+        a = alphas[lo : lo + _CHUNK_ROWS, None]
+        j = np.arange(i[0, 0], big_n)[None, :]
         n = (big_n - i).astype(np.float64)
-        # model CDF 1 - (x_j / x_i)^(1 - alpha) minus the empirical (j - i) / n
-        gap = -np.expm1((1.0 - a) * (log_x[None, first:] - log_x[i])) - (j - i) / n
-        out[lo : lo + rows] = np.where(j >= i, np.abs(gap), 0.0).max(axis=1)
+        # model CDF 1 - (x_j / x_i)^(1 - alpha) minus the empirical (j - i) / n; points below a
+        # candidate's start (clipped so that nothing overflows) are masked out
+        gap = -np.expm1((1.0 - a) * np.maximum(log_x[j] - log_x[i], 0.0)) - (j - i) / n
+        out[lo : lo + _CHUNK_ROWS] = np.where(j >= i, np.abs(gap), 0.0).max(axis=1)
     return out
 
 
