@@ -17,11 +17,11 @@ but the largest is a candidate ``xmin``; its tail ``x_i..x_N`` has ``n = N - i +
 
 and the fit is the candidate with the smallest ``D_i`` (the first on ties). For fewer than
 ``SMALL_SAMPLE`` (20) eigenvalues weightwatcher switches to a small-sample rule, reproduced too:
-only tails of at least ``SMALL_SAMPLE_MIN_TAIL`` (8) values are candidates, ``alpha_i`` uses
-``n - 1`` in place of ``n`` (bias-corrected), and the candidate minimising
-``D_i - 0.868 / sqrt(n)`` wins (when none qualifies: the whole ESD as the tail). Ties in the
-data (a tail whose values are all equal) make a candidate invalid; fewer than two positive
-eigenvalues give NaN.
+only tails of at least ``SMALL_SAMPLE_MIN_TAIL`` (8) values are candidates and ``alpha_i`` uses
+``n - 1`` in place of ``n`` (bias-corrected); the smallest ``D_i`` still wins (weightwatcher
+0.7.7 also computes ``D_i - 0.868 / sqrt(n)`` for this case, but then selects by ``D_i``), and
+when no tail qualifies the whole ESD is the tail. Ties in the data (a tail whose values are all
+equal) make a candidate invalid; fewer than two positive eigenvalues give NaN.
 
 **Marchenko-Pastur bulk** (:func:`mp_soft_rank`): for an ``n x m`` matrix (``n >= m``, aspect
 ratio ``beta = m / n``) with i.i.d. entries of variance ``sigma^2``, the eigenvalues of
@@ -48,7 +48,6 @@ from numpy.typing import ArrayLike
 
 SMALL_SAMPLE = 20  # below this many eigenvalues, weightwatcher's small-sample rule
 SMALL_SAMPLE_MIN_TAIL = 8  # the shortest tail the small-sample rule considers
-SMALL_SAMPLE_PENALTY = 0.868  # it minimises D - SMALL_SAMPLE_PENALTY / sqrt(n)
 _CHUNK_ROWS = 32  # candidates evaluated at once: small chunks stay in cache and skip most of the lower triangle
 
 
@@ -102,16 +101,10 @@ def fit_power_law(eigenvalues: ArrayLike) -> PowerLawFit:
     distances = np.ones(big_n - 1)
     fits = valid & (alphas > 1.0)
     distances[fits] = _ks_distances(log_x, candidates[fits], alphas[fits])
-    if small:
-        objective = np.where(fits, distances - SMALL_SAMPLE_PENALTY / np.sqrt(n), np.inf)
-        if not np.isfinite(objective).any():
-            return _whole_esd_fit(x, log_x)
-        best = int(np.argmin(objective))
-    else:
-        if not valid.any():
-            return NO_FIT
-        # weightwatcher keeps D = 1 for an exponent <= 1; invalid candidates never win
-        best = int(np.argmin(np.where(valid, distances, np.inf)))
+    if not valid.any():
+        return _whole_esd_fit(x, log_x) if small else NO_FIT
+    # weightwatcher keeps D = 1 for an exponent <= 1; invalid candidates never win
+    best = int(np.argmin(np.where(valid, distances, np.inf)))
     return PowerLawFit(
         alpha=float(alphas[best]), xmin=float(x[best]), ks_distance=float(distances[best]), tail_size=int(n[best])
     )

@@ -40,13 +40,10 @@ def reference_fit(eigenvalues: np.ndarray) -> tuple[float, float, float, int]:
             ks = max(abs(1 - (v / x[i]) ** (1 - alpha) - k / n) for k, v in enumerate(tail))
         else:
             ks = 1.0
-        if small and alpha <= 1:
-            continue
-        score = ks - 0.868 / math.sqrt(n) if small else ks
-        if best is None or score < best[0]:
-            best = (score, i)
+        if best is None or ks < best[0]:
+            best = (ks, i)
             result = (alpha, x[i], ks, n)
-    if best is None and small and big_n >= 2:  # small samples: the whole ESD as the tail
+    if best is None and small and big_n >= 2:  # small samples without a long enough tail: the whole ESD
         spread = sum(math.log(v / x[0]) for v in x)
         alpha = 1 + (big_n - 1) / spread
         ks = max(abs(1 - (v / x[0]) ** (1 - alpha) - k / big_n) for k, v in enumerate(x))
