@@ -10,7 +10,14 @@ widths 256..2048, ``nn.Conv2d``). Timed in the same run, each time the best of
   views), all singular values, and every scalar metric; with the default ``method="auto"``
   (on CPU float32 Gram spectra where accurate) and with ``method="gram"`` (float64 Gram
   throughout: float32-SVD accuracy guaranteed);
+* ``ours analyze()``: :func:`lightning_critical.spectral.analyze`, one row per matrix with every
+  scalar metric (weightwatcher's ``alpha``, ``alpha_weighted``, ``log_norm``,
+  ``log_spectral_norm``, the MP soft rank and numerical rank among them), with conv layers
+  flattened (the monitor's view) and as weightwatcher pools them (``conv="taps"``);
 * ``weightwatcher analyze()``: its default analysis (ESD + power-law fits) of the same model;
+  then, layer by layer, how many of the layers both analyse agree on ``alpha`` (within 0.05)
+  and the other shared metrics, for the weights as built and for heavy-tailed (Student-t)
+  weights whose ESD has a power-law tail like a trained network's;
 * ``same matrices``: the singular values of exactly the matrices weightwatcher analysed
   (its ``Wmats``: 1 per dense layer, ``k*k`` slices per conv layer), by weightwatcher's own
   ESD routine (``apply_esd``) and by ours (:func:`lightning_critical.spectral.singular_values`),
@@ -194,11 +201,11 @@ def compare_analyze(theirs: Any, ours: Any, label: str) -> float:
             fraction = float(agree.mean())
         parts.append(f"{mine} {int(agree.sum())}/{len(both)}")
     unmatched = len(theirs) - len(both)
+    factors = sorted({round(10 ** float(o), 4) for o in offset if abs(o) > 1e-6})
     print(f"    {label}: {len(both)} layers analysed by both"
           + (f" ({unmatched} of weightwatcher's are tied or not ours)" if unmatched else "")
           + f"; alpha within 0.05 on {100 * fraction:.0f}% of them; agreeing layers per metric: " + ", ".join(parts)
-          + (f" (log norms after weightwatcher's conv factors {sorted({round(10 ** float(o), 4) for o in offset if abs(o) > 1e-6})})"
-             if (offset.abs() > 1e-6).any() else ""))
+          + (f" (log norms after weightwatcher's conv factors {factors})" if factors else ""))
     return fraction
 
 
@@ -298,6 +305,12 @@ def part_one(ww: ModuleType | None, device: torch.device, quick: bool = False) -
               + ", ".join(f"{t_ww / t:.1f}x ({m!r})" for m, t in t_ours.items()))
         print("  analyze() against weightwatcher analyze(), same run: "
               + ", ".join(f"conv={c!r} {t_ww / t:.1f}x faster" for c, t in t_analyze.items()))
+        shared = sorted(set(details.longname + ".weight") & set(find_weight_matrices(model)))
+        if len(shared) < n_mats:
+            # weightwatcher skips matrices silently (e.g. over 50000 rows: GPT-2's embedding)
+            t_shared = {c: timed(functools.partial(analyze, model, include=shared, conv=c))[0] for c in CONV_VIEWS}
+            print(f"  on the {len(shared)} of our {n_mats} matrices that weightwatcher analyses: "
+                  + ", ".join(f"analyze(conv={c!r}) {t:.2f} s -> {t_ww / t:.1f}x faster" for c, t in t_shared.items()))
         for conv in CONV_VIEWS:
             compare_analyze(details, analyze(model, conv=conv), f"conv={conv!r}, weights as built")
         heavy_tailed_(model)

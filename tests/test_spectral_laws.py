@@ -177,9 +177,10 @@ def test_analyze_rows_follow_module_order_with_every_metric():
 
 def test_analyze_conv_taps_pools_one_matrix_per_kernel_position():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 24, (3, 2)), nn.Conv1d(4, 10, 1), nn.Linear(5, 7))
+    conv = nn.Conv2d(8, 24, (3, 2))
+    model = nn.Sequential(conv, nn.Conv1d(4, 10, 1), nn.Linear(5, 7))
     table = analyze(model, conv="taps", method="svd", dtype=torch.float64).set_index("target")
-    w = model[0].weight.detach().double()
+    w = conv.weight.detach().double()
     pooled = np.concatenate([esd(w[:, :, i, j]) for i in range(3) for j in range(2)])
     row = table.loc["0.weight"]
     assert (row.rows, row.cols, row.taps) == (24, 8, 6)
