@@ -568,7 +568,7 @@ def analyze(
         >>> net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         >>> table = analyze(net, metrics=["alpha", "numerical_rank"])
         >>> table[["target", "rows", "cols", "numerical_rank"]].values.tolist()
-        [['0.weight', 128, 64, 64.0], ['2.weight', 10, 128, 10.0]]
+        [['0.weight', 128, 64, 64], ['2.weight', 10, 128, 10]]
         >>> bool(table.alpha.notna().all())
         True
     """
@@ -607,7 +607,10 @@ def analyze(
             row.update(xmin=fit.xmin, ks_distance=fit.ks_distance, tail_size=fit.tail_size)
         rows.append(row)
     columns = ["target", "rows", "cols", "taps", *names] + (["xmin", "ks_distance", "tail_size"] if fitted else [])
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    if "numerical_rank" in names:
+        table["numerical_rank"] = table["numerical_rank"].astype(int)
+    return table
 
 
 def _conv_taps(module: nn.Module) -> dict[str, Tensor]:
