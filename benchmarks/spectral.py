@@ -201,7 +201,7 @@ def compare_analyze(theirs: Any, ours: Any, label: str) -> float:
             fraction = float(agree.mean())
         parts.append(f"{mine} {int(agree.sum())}/{len(both)}")
     unmatched = len(theirs) - len(both)
-    factors = sorted({round(10 ** float(o), 4) for o in offset if abs(o) > 1e-6})
+    factors = sorted({round(10 ** float(o), 4) for o in offset if abs(o) > 1e-4})
     print(f"    {label}: {len(both)} layers analysed by both"
           + (f" ({unmatched} of weightwatcher's are tied or not ours)" if unmatched else "")
           + f"; alpha within 0.05 on {100 * fraction:.0f}% of them; agreeing layers per metric: " + ", ".join(parts)
