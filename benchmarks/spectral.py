@@ -10,7 +10,14 @@ widths 256..2048, ``nn.Conv2d``). Timed in the same run, each time the best of
   views), all singular values, and every scalar metric; with the default ``method="auto"``
   (on CPU float32 Gram spectra where accurate) and with ``method="gram"`` (float64 Gram
   throughout: float32-SVD accuracy guaranteed);
+* ``ours analyze()``: :func:`lightning_critical.spectral.analyze`, one row per matrix with every
+  scalar metric (weightwatcher's ``alpha``, ``alpha_weighted``, ``log_norm``,
+  ``log_spectral_norm``, the MP soft rank and numerical rank among them), with conv layers
+  flattened (the monitor's view) and as weightwatcher pools them (``conv="taps"``);
 * ``weightwatcher analyze()``: its default analysis (ESD + power-law fits) of the same model;
+  then, layer by layer, how many of the layers both analyse agree on ``alpha`` (within 0.05)
+  and the other shared metrics, for the weights as built and for heavy-tailed (Student-t)
+  weights whose ESD has a power-law tail like a trained network's;
 * ``same matrices``: the singular values of exactly the matrices weightwatcher analysed
   (its ``Wmats``: 1 per dense layer, ``k*k`` slices per conv layer), by weightwatcher's own
   ESD routine (``apply_esd``) and by ours (:func:`lightning_critical.spectral.singular_values`),
@@ -61,7 +68,14 @@ import torch
 from torch import nn
 
 import lightning_critical as lc
-from lightning_critical.spectral import SCALAR_METRICS, find_weight_matrices, scalar_metrics, singular_values
+from lightning_critical.spectral import (
+    CONV_VIEWS,
+    SCALAR_METRICS,
+    analyze,
+    find_weight_matrices,
+    scalar_metrics,
+    singular_values,
+)
 
 
 # ---- reference architectures, built locally (no torchvision) ------------------------------
@@ -140,6 +154,59 @@ def ours_full(model: nn.Module, method: str = "auto") -> dict[str, dict[str, flo
     mats = find_weight_matrices(model)
     spectra = singular_values(mats, method=method)
     return {n: scalar_metrics(s, SCALAR_METRICS, tuple(mats[n].shape)) for n, (s, _) in spectra.items()}
+
+
+# (ours, weightwatcher's) columns compared, and the tolerance for "agrees"
+COMPARED: tuple[tuple[str, str, float], ...] = (
+    ("alpha", "alpha", 0.05), ("alpha_weighted", "alpha_weighted", 0.05), ("log_norm", "log_norm", 1e-4),
+    ("log_spectral_norm", "log_spectral_norm", 1e-4), ("numerical_rank", "matrix_rank", 0.5),
+)
+
+
+def heavy_tailed_(model: nn.Module, seed: int = 0) -> None:
+    """Give every weight matrix Student-t (3 degrees of freedom) entries at its own scale: an ESD
+    with a power-law tail, like a trained network's, rather than a random init's bulk."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                t = torch.from_numpy(rng.standard_t(3.0, tuple(p.shape))).to(p)
+                p.copy_(t * (p.std() / t.std()))
+
+
+def compare_analyze(theirs: Any, ours: Any, label: str) -> float:
+    """Print how ``analyze()`` and weightwatcher's ``analyze()`` agree, layer by layer; return
+    the fraction of shared layers whose ``alpha`` agrees within 0.05.
+
+    weightwatcher multiplies conv eigenvalues by a constant (``conv2d_norm``); the log norms
+    are compared after undoing it (the factor is read from its ``lambda_max``)."""
+    theirs = theirs.assign(target=theirs.longname + ".weight").drop_duplicates("target").set_index("target")
+    both = ours.set_index("target").join(theirs, how="inner", lsuffix="", rsuffix="_ww")
+    if both.empty:
+        print(f"    {label}: no layer analysed by both")
+        return float("nan")
+    offset = np.log10(both.lambda_max.astype(float)) - 2 * np.log10(both.spectral_norm.astype(float))
+    corrected = {
+        "log_norm": both.log_norm_ww - offset,
+        "log_spectral_norm": both.log_spectral_norm_ww - offset,
+        "alpha_weighted": both.alpha_ww * (both.log_spectral_norm_ww - offset),
+    }
+    parts = []
+    fraction = float("nan")
+    for mine, their_name, tol in COMPARED:
+        their_col = f"{their_name}_ww" if their_name in ours.columns else their_name
+        ref = corrected.get(mine, both[their_col]).astype(float)
+        agree = (both[mine].astype(float) - ref).abs() <= tol
+        if mine == "alpha":
+            fraction = float(agree.mean())
+        parts.append(f"{mine} {int(agree.sum())}/{len(both)}")
+    unmatched = len(theirs) - len(both)
+    factors = sorted({round(10 ** float(o), 4) for o in offset if abs(o) > 1e-4})
+    print(f"    {label}: {len(both)} layers analysed by both"
+          + (f" ({unmatched} of weightwatcher's are tied or not ours)" if unmatched else "")
+          + f"; alpha within 0.05 on {100 * fraction:.0f}% of them; agreeing layers per metric: " + ", ".join(parts)
+          + (f" (log norms after weightwatcher's conv factors {factors})" if factors else ""))
+    return fraction
 
 
 def worst_difference(layers: list[Any], spectra: dict[str, tuple[torch.Tensor, Any]]) -> tuple[float, set[float]]:
@@ -225,12 +292,30 @@ def part_one(ww: ModuleType | None, device: torch.device, quick: bool = False) -
             t_ours[method], _ = timed(functools.partial(ours_full, model, method))
             print(f"  ours method={method!r} (all singular values + {len(SCALAR_METRICS)} metrics, every matrix): "
                   f"{t_ours[method]:.2f} s")
+        t_analyze = {}
+        for conv in CONV_VIEWS:
+            t_analyze[conv], _ = timed(functools.partial(analyze, model, conv=conv))
+            print(f"  ours analyze(conv={conv!r}) (one row per matrix, {len(SCALAR_METRICS)} metrics + fit): "
+                  f"{t_analyze[conv]:.2f} s")
         if ww is None:
             continue
         watcher = ww.WeightWatcher(model=model)
         t_ww, details = timed(watcher.analyze)
         print(f"  weightwatcher analyze() defaults: {t_ww:.2f} s on {len(details)} layers -> ratio "
               + ", ".join(f"{t_ww / t:.1f}x ({m!r})" for m, t in t_ours.items()))
+        print("  analyze() against weightwatcher analyze(), same run: "
+              + ", ".join(f"conv={c!r} {t_ww / t:.1f}x faster" for c, t in t_analyze.items()))
+        shared = sorted(set(details.longname + ".weight") & set(find_weight_matrices(model)))
+        if len(shared) < n_mats:
+            # weightwatcher skips matrices silently (e.g. over 50000 rows: GPT-2's embedding)
+            t_shared = {c: timed(functools.partial(analyze, model, include=shared, conv=c))[0] for c in CONV_VIEWS}
+            print(f"  on the {len(shared)} of our {n_mats} matrices that weightwatcher analyses: "
+                  + ", ".join(f"analyze(conv={c!r}) {t:.2f} s -> {t_ww / t:.1f}x faster" for c, t in t_shared.items()))
+        for conv in CONV_VIEWS:
+            compare_analyze(details, analyze(model, conv=conv), f"conv={conv!r}, weights as built")
+        heavy_tailed_(model)
+        compare_analyze(ww.WeightWatcher(model=model).analyze(), analyze(model, conv="taps"),
+                        "conv='taps', heavy-tailed weights")
         compare_same_matrices(watcher, model, device)
 
 

@@ -48,6 +48,20 @@ Metric formulas, with ``s_1 >= s_2 >= ... >= 0`` the singular values of the matr
 ``condition_number``     ``s_1 / s_r`` with ``s_r`` the smallest singular value above
                          ``max(m, n) * eps(dtype) * s_1`` (finite: numerically-zero values are
                          ignored; ``1`` for a zero matrix)
+``log_norm``             ``log10(sum s_i^2)`` (weightwatcher's ``log_norm``: ``log10`` of the squared
+                         Frobenius norm)
+``log_spectral_norm``    ``log10(s_1^2)`` (weightwatcher's ``log_spectral_norm``; its
+                         ``spectral_norm`` column is ``s_1^2``, our ``spectral_norm ** 2``)
+``alpha``                exponent of the power-law tail of the ESD ``{s_i^2}``, maximum likelihood at
+                         the KS-optimal ``xmin`` as weightwatcher fits it (:mod:`lightning_critical.esd`);
+                         the numerically-zero values (those counted out of ``numerical_rank``) are
+                         left out; NaN with fewer than two others
+``alpha_weighted``       ``alpha * log10(s_1^2)``
+``mp_soft_rank``         ``lambda_+ / s_1^2`` with ``lambda_+`` the Marchenko-Pastur bulk edge fitted
+                         from the median of ``{s_i^2}`` (:func:`lightning_critical.esd.mp_soft_rank`):
+                         about 1 for a random matrix, smaller as learned directions leave the bulk
+``numerical_rank``       number of ``s_i > max(m, n) * eps(dtype) * s_1`` (``numpy.linalg.matrix_rank``'s
+                         tolerance, ``eps`` of the spectrum's dtype: float32 for float32 weights)
 ``subspace_drift``       ``1 - ||U_prev^T U_now||_F^2 / k`` for the top-``k`` left singular
                          vectors: 0 if the subspace did not move, 1 if it became orthogonal
 ``mode_strength``        ``K_a = u_a^T W v_a`` for a task basis ``(U, S, V)``
@@ -61,10 +75,17 @@ import fnmatch
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from lightning_critical._checks import check_choice
+from lightning_critical.esd import NO_FIT, PowerLawFit, fit_power_law, mp_soft_rank
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCALAR_METRICS: tuple[str, ...] = (
     "spectral_norm",
@@ -74,6 +95,12 @@ SCALAR_METRICS: tuple[str, ...] = (
     "effective_rank",
     "participation_ratio",
     "condition_number",
+    "log_norm",
+    "log_spectral_norm",
+    "alpha",
+    "alpha_weighted",
+    "mp_soft_rank",
+    "numerical_rank",
 )
 VECTOR_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "subspace_drift")
 METRICS: tuple[str, ...] = ("singular_values", "mode_strength") + SCALAR_METRICS + ("subspace_drift",)
@@ -107,7 +134,8 @@ def check_metrics(metrics: Iterable[str], name: str = "metrics") -> tuple[str, .
         ...
         ValueError: metrics=['rank'] is not valid: metric 'rank' is not known; choose from ('singular_values',
         'mode_strength', 'spectral_norm', 'frobenius_norm', 'nuclear_norm', 'stable_rank', 'effective_rank',
-        'participation_ratio', 'condition_number', 'subspace_drift').
+        'participation_ratio', 'condition_number', 'log_norm', 'log_spectral_norm', 'alpha', 'alpha_weighted',
+        'mp_soft_rank', 'numerical_rank', 'subspace_drift').
     """
     if isinstance(metrics, str):
         out: tuple = (metrics,)
@@ -446,21 +474,27 @@ def randomized_singular_values(
     return s[:, :k], (q @ u_small)[:, :, :k]
 
 
-def scalar_metrics(s: Tensor, names: Iterable[str], shape: Sequence[int]) -> dict[str, float]:
+def scalar_metrics(
+    s: Tensor, names: Iterable[str], shape: Sequence[int], fit: PowerLawFit | None = None
+) -> dict[str, float]:
     """The scalar spectral metrics of one matrix from its singular values ``s`` (descending).
 
     ``shape`` is the matrix shape (used for the numerical-rank tolerance of
-    ``condition_number``). See the module docstring for the formulas.
+    ``condition_number``, ``numerical_rank`` and ``alpha``, and the aspect ratio of
+    ``mp_soft_rank``). ``fit`` is the spectrum's :func:`power_law_fit` when the caller already
+    has it (``alpha``, ``alpha_weighted``). See the module docstring for the formulas.
 
     Example::
 
         >>> m = scalar_metrics(torch.tensor([2.0, 2.0]), ["stable_rank", "effective_rank"], (2, 2))
         >>> round(m["stable_rank"], 6), round(m["effective_rank"], 6)
         (2.0, 2.0)
+        >>> scalar_metrics(torch.tensor([10.0, 1.0, 0.0]), ["log_spectral_norm", "numerical_rank"], (3, 3))
+        {'log_spectral_norm': 2.0, 'numerical_rank': 2.0}
     """
-    eps = torch.finfo(s.dtype).eps
     # One transfer, then float64 numpy: far less per-call overhead than torch ops on short vectors.
     v = s.detach().to("cpu", torch.float64).numpy()
+    tol = _rank_tolerance(s.dtype, shape)
     out: dict[str, float] = {}
     s_max = float(v[0]) if v.size else 0.0
     sq = v * v
@@ -488,10 +522,156 @@ def scalar_metrics(s: Tensor, names: Iterable[str], shape: Sequence[int]) -> dic
             if s_max <= 0:
                 out[name] = 1.0
                 continue
-            kept = v[v > max(shape) * eps * s_max]
+            kept = v[v > tol * s_max]
             out[name] = s_max / float(kept[-1])
+        elif name == "numerical_rank":
+            out[name] = float(np.count_nonzero(v > tol * s_max)) if s_max > 0 else 0.0
+        elif name == "log_norm":
+            out[name] = math.log10(sum_sq) if sum_sq > 0 else -math.inf
+        elif name == "log_spectral_norm":
+            out[name] = math.log10(s_max**2) if s_max > 0 else -math.inf
+        elif name in ("alpha", "alpha_weighted"):
+            if fit is None:
+                fit = _fit_numpy(v, tol)
+            if name == "alpha":
+                out[name] = fit.alpha
+            else:
+                out[name] = fit.alpha * math.log10(s_max**2) if s_max > 0 else math.nan
+        elif name == "mp_soft_rank":
+            out[name] = mp_soft_rank(sq, tuple(shape))
         else:
             raise ValueError(f"{name!r} is not a scalar spectral metric; choose from {SCALAR_METRICS}.")
+    return out
+
+
+def _rank_tolerance(dtype: torch.dtype, shape: Sequence[int]) -> float:
+    """Singular values at or below this times ``s_1`` count as zero (``numpy.linalg.matrix_rank``)."""
+    return max(shape) * torch.finfo(dtype).eps if len(shape) else 0.0
+
+
+def _fit_numpy(v: np.ndarray, tol: float) -> PowerLawFit:
+    if not v.size or v[0] <= 0:
+        return NO_FIT
+    return fit_power_law(v[v > tol * v[0]] ** 2)
+
+
+def power_law_fit(s: Tensor, shape: Sequence[int]) -> PowerLawFit:
+    """Power-law fit of the tail of the ESD ``{s_i^2}`` of a matrix of ``shape`` (metric ``alpha``).
+
+    Numerically-zero singular values (at or below ``max(m, n) * eps(dtype) * s_1``) are left
+    out; the fit is :func:`lightning_critical.esd.fit_power_law`.
+
+    Example::
+
+        >>> fit = power_law_fit(torch.tensor([3.0, 2.0, 1.0, 0.0]), (4, 4))
+        >>> fit.tail_size, round(fit.alpha, 3)
+        (3, 1.558)
+    """
+    v = s.detach().to("cpu", torch.float64).numpy()
+    return _fit_numpy(v, _rank_tolerance(s.dtype, shape))
+
+
+CONV_VIEWS: tuple[str, ...] = ("flatten", "taps")
+
+
+def analyze(
+    module: nn.Module,
+    include: Patterns | None = None,
+    exclude: Patterns | None = None,
+    metrics: Sequence[str] | None = None,
+    conv: str = "flatten",
+    method: str = "auto",
+    dtype: torch.dtype | None = None,
+) -> pd.DataFrame:
+    """Spectral metrics of every weight matrix of ``module`` in one call, one row per matrix.
+
+    Like weightwatcher's ``analyze()``, with the targets, matrix views and metrics of
+    :class:`~lightning_critical.SpectralMonitor` (which tracks the same metrics over training):
+    rows in module order (that of ``named_parameters()``; a tied weight appears once), columns
+    ``target``, ``rows``, ``cols`` (the matrix shape), ``taps`` (matrices pooled into the row's
+    spectrum: 1 unless ``conv="taps"``), one column per metric and, when ``alpha`` is computed,
+    the fit's ``xmin``, ``ks_distance`` and ``tail_size`` (eigenvalues ``>= xmin``). Formulas in
+    the module docstring; spectra as :func:`singular_values` computes them (``method``,
+    ``dtype``).
+
+    Args:
+        module: any ``nn.Module``.
+        include, exclude: names or globs of targets, as in :func:`find_weight_matrices`.
+        metrics: scalar metric names (default: all of :data:`SCALAR_METRICS`).
+        conv: ``"flatten"`` (default; the monitor's view, ``(out, in/groups * prod(kernel))``)
+            or ``"taps"``, weightwatcher's convention for ``nn.Conv1d/2d/3d``: the spectrum is
+            the union of the spectra of the ``prod(kernel)`` matrices ``(out, in/groups)``, one
+            per kernel position, and ``rows``/``cols`` give that matrix's shape (weightwatcher
+            also rescales conv weights by a constant, which moves its norms, not ``alpha``).
+        method: see :func:`singular_values`.
+        dtype: computation dtype (default float32, float64 for float64 weights).
+
+    Raises:
+        ValueError: for an unknown or non-scalar metric, an unknown ``conv``, or ``include`` /
+            ``exclude`` patterns that leave no matrix.
+
+    Example::
+
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+        >>> table = analyze(net, metrics=["alpha", "numerical_rank"])
+        >>> table[["target", "rows", "cols", "numerical_rank"]].values.tolist()
+        [['0.weight', 128, 64, 64], ['2.weight', 10, 128, 10]]
+        >>> bool(table.alpha.notna().all())
+        True
+    """
+    import pandas as pd
+
+    names = SCALAR_METRICS if metrics is None else check_metrics(metrics, "metrics")
+    not_scalar = [m for m in names if m not in SCALAR_METRICS]
+    if not_scalar:
+        raise ValueError(f"metrics={list(names)!r} is not valid: {not_scalar} are not scalar metrics; "
+                         f"analyze() computes {SCALAR_METRICS}.")
+    check_choice("conv", conv, CONV_VIEWS)
+    targets = find_weight_matrices(module, include, exclude)
+    if not targets and (include is not None or exclude is not None):
+        raise ValueError(f"include={include!r}, exclude={exclude!r} leave no weight matrix of "
+                         f"{type(module).__name__}; available: {sorted(find_weight_matrices(module))[:40]}.")
+    taps = _conv_taps(module) if conv == "taps" else {}
+    mats: dict[str, Tensor] = {}
+    pooled: dict[str, list[str]] = {}
+    for target, mat in targets.items():
+        if target in taps:
+            keys = [f"{target}[{t}]" for t in range(taps[target].shape[0])]
+            mats.update(zip(keys, taps[target], strict=True))
+            pooled[target] = keys
+        else:
+            mats[target], pooled[target] = mat, [target]
+    spectra = singular_values(mats, dtype=dtype, method=method)
+    fitted = "alpha" in names or "alpha_weighted" in names
+    rows = []
+    for target, keys in pooled.items():
+        s = spectra[keys[0]][0] if len(keys) == 1 else torch.cat([spectra[k][0] for k in keys]).sort(descending=True)[0]
+        shape = tuple(mats[keys[0]].shape)
+        fit = power_law_fit(s, shape) if fitted else None
+        row: dict[str, object] = {"target": target, "rows": shape[0], "cols": shape[1], "taps": len(keys)}
+        row.update(scalar_metrics(s, names, shape, fit=fit))
+        if fit is not None:
+            row.update(xmin=fit.xmin, ks_distance=fit.ks_distance, tail_size=fit.tail_size)
+        rows.append(row)
+    columns = ["target", "rows", "cols", "taps", *names] + (["xmin", "ks_distance", "tail_size"] if fitted else [])
+    table = pd.DataFrame(rows, columns=columns)
+    if "numerical_rank" in names:
+        table["numerical_rank"] = table["numerical_rank"].astype(int)
+    return table
+
+
+def _conv_taps(module: nn.Module) -> dict[str, Tensor]:
+    """``{parameter name: (prod(kernel), out, in/groups)}`` for the weight of every ``nn.Conv1d/2d/3d``
+    with a kernel of more than one position: one matrix per kernel position (views, no copy)."""
+    out = {}
+    for mod_name, mod in module.named_modules():
+        if isinstance(mod, _CONV) and isinstance(getattr(mod, "weight", None), Tensor) and mod.weight.dim() >= 3:
+            w = mod.weight
+            if math.prod(w.shape[2:]) > 1:
+                name = f"{mod_name}.weight" if mod_name else "weight"
+                out[name] = w.flatten(2).permute(2, 0, 1)
     return out
 
 

@@ -79,6 +79,7 @@ def test_spectral_quick_runs_both_parts(capsys: pytest.CaptureFixture[str]):
         assert f"{model}: " in out
     assert out.count("ours method='auto' (all singular values") == 2
     assert out.count("ours method='gram' (all singular values") == 2
+    assert out.count("ours analyze(conv='flatten')") == 2 and out.count("ours analyze(conv='taps')") == 2
     # weightwatcher is optional: compared when installed, reported as skipped otherwise
     try:
         import weightwatcher  # noqa: F401
@@ -86,6 +87,8 @@ def test_spectral_quick_runs_both_parts(capsys: pytest.CaptureFixture[str]):
         assert "weightwatcher is not installed" in out
     else:
         assert "max |s_ours - s_ww| / s_max" in out
+        # the toy models' layers: weightwatcher's alpha reproduced on every one (its conv convention)
+        assert out.count("alpha within 0.05 on 100% of them") >= 4
     assert "with SpectralMonitor()" in out and "time inside SpectralMonitor() hooks" in out
 
 

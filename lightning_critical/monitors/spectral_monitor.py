@@ -48,9 +48,10 @@ DEFAULT_METRICS: tuple[str, ...] = (
 )
 TARGET_GROUPS: tuple[str, ...] = ("auto", "maps", "weights")
 # Metrics that need every singular value, and those still exact from the leading ones.
-FULL_SPECTRUM_METRICS: tuple[str, ...] = ("nuclear_norm", "effective_rank", "participation_ratio", "condition_number")
+FULL_SPECTRUM_METRICS: tuple[str, ...] = ("nuclear_norm", "effective_rank", "participation_ratio", "condition_number",
+                                          "log_norm", "alpha", "alpha_weighted", "mp_soft_rank", "numerical_rank")
 TOP_K_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "spectral_norm", "frobenius_norm", "stable_rank",
-                                  "subspace_drift")
+                                  "log_spectral_norm", "subspace_drift")
 
 Theory = Mapping[str, Mapping[str, Any]]
 
