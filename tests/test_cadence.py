@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.cadence import EveryNSteps, LogSpaced, as_cadence
 from lightning_critical.monitors.spectral_monitor import _all_finite, _to_host
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
+TensorBoardLogger = pl.loggers.TensorBoardLogger
 
 METRICS = ("singular_values", "mode_strength", "stable_rank", "effective_rank", "spectral_norm", "subspace_drift")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -196,7 +197,7 @@ def test_namespace_of_and_instance_of():
 LIGHTNING_FACING = [
     "test_deficits.py", "test_monitor.py", "test_tasks.py", "test_history.py", "test_lightning_adapter.py",
     "test_input_deficit.py", "test_multipathway_model.py", "test_probe_leaves_training_alone.py",
-    "test_fisher.py", "test_sweep_outputs.py", "test_tensorboard_views.py", "test_run_plots.py",
+    "test_fisher.py", "test_sweep_outputs.py", "test_tensorboard_views.py", "test_run_plots.py", "test_cadence.py",
 ]
 
 
@@ -221,3 +222,19 @@ def test_sweep_names_a_model_of_the_other_namespace(tmp_path):
         lc.sweep.run(make_model, None, deficit=lc.PathwayDeficit("x", window=(0, 1)), windows=[(0, 1)],
                      seeds=[0], metrics="loss", trainer={"max_epochs": 1}, out=str(tmp_path), backend="serial")
     assert _namespace.ENV in str(err.value)
+
+
+def test_package_and_tests_import_lightning_only_through_the_binding():
+    # A direct `import pytorch_lightning` would load a second Lightning for `lightning` users and
+    # make the other-namespace pass above test the wrong classes.
+    pattern = re.compile(r"^\s*(import|from)\s+(pytorch_lightning|lightning)(\.|\s|$)", re.M)
+    allowed = {os.path.join("lightning_critical", "_namespace.py"), os.path.join("tests", "test_lightning_namespaces.py")}
+    offenders = []
+    for folder in ("lightning_critical", "tests"):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, ROOT)
+                if name.endswith(".py") and rel not in allowed and pattern.search(open(path).read()):
+                    offenders.append(rel)
+    assert offenders == []

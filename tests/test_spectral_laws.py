@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import make_trainer, read_tensorboard
 from scipy import integrate, optimize
 from torch import nn
 
 import lightning_critical as lc
+from lightning_critical._namespace import pl
 from lightning_critical.esd import fit_power_law, marchenko_pastur_median, mp_soft_rank
 from lightning_critical.spectral import analyze, power_law_fit, scalar_metrics, singular_values
 
