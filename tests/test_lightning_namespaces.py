@@ -228,7 +228,8 @@ def test_package_and_tests_import_lightning_only_through_the_binding():
     # A direct `import pytorch_lightning` would load a second Lightning for `lightning` users and
     # make the other-namespace pass above test the wrong classes.
     pattern = re.compile(r"^\s*(import|from)\s+(pytorch_lightning|lightning)(\.|\s|$)", re.M)
-    allowed = {os.path.join("lightning_critical", "_namespace.py"), os.path.join("tests", "test_lightning_namespaces.py")}
+    allowed = {os.path.join("lightning_critical", "_namespace.py"),
+               os.path.join("tests", "test_lightning_namespaces.py")}
     offenders = []
     for folder in ("lightning_critical", "tests"):
         for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
