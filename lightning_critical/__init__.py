@@ -9,6 +9,7 @@ user has imported by the time a callback, model or experiment is first touched (
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -41,10 +42,11 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
-        value: Any = importlib.import_module(f"lightning_critical.{name}")
-    elif name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _EXPORTS:
+        value: Any = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBPACKAGES or (not name.startswith("_") and importlib.util.find_spec(f"lightning_critical.{name}")):
+        # any public submodule, as after `import lightning_critical.<name>`: lc.spectral, lc.cadence, ...
+        value = importlib.import_module(f"lightning_critical.{name}")
     else:
         raise AttributeError(f"module 'lightning_critical' has no attribute {name!r}")
     globals()[name] = value
