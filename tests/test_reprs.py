@@ -41,8 +41,8 @@ def shift(batch):
          "SpectralMonitor(targets='maps', every_n_steps=10, metrics=('singular_values',), "
          "history_file='spectral_history.csv')"),
         (lc.SpectralMonitor(targets=["a.*"], exclude="a.bias", top_k=3, metrics=("spectral_norm",)),
-         "SpectralMonitor(targets=['a.*'], every_n_steps=25, metrics=('spectral_norm',), exclude=['a.bias'], "
-         "top_k=3, history_file='spectral_history.csv')"),
+         "SpectralMonitor(targets=['a.*'], every_n_steps=LogSpaced(per_octave=2), metrics=('spectral_norm',), "
+         "exclude=['a.bias'], top_k=3, history_file='spectral_history.csv')"),
         (lc.BatchSpec(input_key="x"), "BatchSpec(input_key='x', target_key=None, inputs=None)"),
         (lc.BatchSpec(inputs=shift, target_key=2), "BatchSpec(input_key=None, target_key=2, inputs=shift)"),
     ],
