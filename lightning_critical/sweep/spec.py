@@ -215,8 +215,15 @@ def accepted_kwargs(factory: Callable[..., Any], available: Mapping[str, Any]) -
 
 
 def _takes_window_keyword(factory: Callable[..., Any]) -> bool:
+    return _names_argument(factory, "window")
+
+
+def _names_argument(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory``'s signature names ``name`` (``**kwargs`` does not count), unbound by a partial."""
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return False
     try:
-        return "window" in inspect.signature(factory).parameters
+        return name in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
 
@@ -238,6 +245,8 @@ class SweepSpec:
         steps_per_epoch: optimizer steps per epoch, if known (lets step windows share prefixes).
         save_model: write each run's final ``state_dict`` to ``<out>/models/<label>.pt``.
         tensorboard: per-run TensorBoard logs under ``<out>/tensorboard/<label>``.
+        runner: the runner when it is not the default one-fit-per-run (part of the identity:
+            a sweep's results are never mixed across runners).
     """
 
     model: Callable[..., Any]
@@ -251,6 +260,7 @@ class SweepSpec:
     steps_per_epoch: int | None = None
     save_model: bool = False
     tensorboard: bool = True
+    runner: Any = None
 
     @property
     def max_epochs(self) -> int:
@@ -258,7 +268,9 @@ class SweepSpec:
 
     def describe(self) -> dict[str, Any]:
         """What trains a run, as JSON (stored in ``<out>/sweep.json``)."""
+        runner = {} if self.runner is None else {"runner": describe(self.runner)}
         return {
+            **runner,
             "model": describe(self.model),
             "datamodule": describe(self.datamodule),
             "deficit": describe(self.deficit),
@@ -312,7 +324,10 @@ class SweepSpec:
     def build_callbacks(self, run: RunSpec) -> list[Any]:
         if self.callbacks is None:
             return []
-        made = self.callbacks(**accepted_kwargs(self.callbacks, self.factory_kwargs(run)))
+        kwargs = accepted_kwargs(self.callbacks, self.factory_kwargs(run))
+        if _names_argument(self.callbacks, "windows"):
+            kwargs["windows"] = run.windows
+        made = self.callbacks(**kwargs)
         return _as_callbacks(made, f"callbacks factory {_qualname(self.callbacks)}")
 
 
@@ -360,7 +375,7 @@ def check_params(
     """
     import itertools
 
-    reserved = {"seed", "window"}
+    reserved = {"seed", "window", "windows"}
     if params is None:
         return [()]
     if isinstance(params, Mapping):
