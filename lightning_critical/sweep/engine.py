@@ -216,7 +216,8 @@ def run(
 
         batches = make_batch = None
         if not isinstance(runner, LightningRunner):
-            units = runner.batches([make_task(n) for n in plan.nodes])
+            position = {rid: i for i, rid in enumerate(run_ids)}  # tasks in grid order: windows, params, seeds
+            units = runner.batches([make_task(n) for n in sorted(plan.nodes, key=lambda n: position[n.run_id])])
             batches = [[t.run_id for t in unit] for unit in units]
             tasks_by_id = {t.run_id: t for unit in units for t in unit}
 
