@@ -52,7 +52,12 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+    # repr only as the last resort (a partial's repr prints every bound argument, arrays included)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if name is None:
+        inner = getattr(obj, "func", None)
+        name = f"partial({_qualname(inner)})" if inner is not None else _ADDRESS.sub("", repr(obj))
+    return f"{getattr(obj, '__module__', '?')}:{name}"
 
 
 def describe(obj: Any, _depth: int = 0) -> Any:
@@ -104,6 +109,9 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a tensor
         t = obj.detach().cpu()
         return {"tensor": list(t.shape), "digest": hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:12]}
+    if hasattr(obj, "tobytes") and hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a numpy array (not its repr)
+        digest = hashlib.sha256(str(obj.dtype).encode() + obj.tobytes()).hexdigest()[:12]
+        return {"array": list(obj.shape), "digest": digest}
     attrs = getattr(obj, "__dict__", None)
     if attrs is not None:
         public = {k: v for k, v in attrs.items() if not k.startswith("_")}
@@ -318,7 +326,7 @@ class SweepSpec:
         for window in run.windows:
             for maker in makers:
                 made = make_deficit(maker, window, self.factory_kwargs(run))
-                out.extend(_as_callbacks(made, f"deficit {describe(maker)}"))
+                out.extend(_as_callbacks(made, lambda maker=maker: f"deficit {describe(maker)}"))
         return out
 
     def build_callbacks(self, run: RunSpec) -> list[Any]:
@@ -328,7 +336,7 @@ class SweepSpec:
         if _names_argument(self.callbacks, "windows"):
             kwargs["windows"] = run.windows
         made = self.callbacks(**kwargs)
-        return _as_callbacks(made, f"callbacks factory {_qualname(self.callbacks)}")
+        return _as_callbacks(made, lambda: f"callbacks factory {_qualname(self.callbacks)}")
 
 
 def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
@@ -350,13 +358,13 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
     return maker(window, **extra)
 
 
-def _as_callbacks(made: Any, what: str) -> list[Any]:
+def _as_callbacks(made: Any, what: Callable[[], str]) -> list[Any]:
     import pytorch_lightning as pl
 
     items = list(made) if isinstance(made, (list, tuple)) else [made]
     for item in items:
         if not isinstance(item, pl.Callback):
-            raise TypeError(f"{what} returned {type(item).__name__}, not a pytorch_lightning Callback.")
+            raise TypeError(f"{what()} returned {type(item).__name__}, not a pytorch_lightning Callback.")
     return items
 
 
