@@ -11,8 +11,8 @@ One Lightning fit per run would train them one by one; this runner builds one en
 seed and swept values, one member per window, and drives each member with its run's
 ``TaskSwitch`` schedule. Members share their weights until their schedules part, so the
 common pre-training trains once, and each step updates all live members as batched matrix
-products. The rows equal those of the default runner (``tests/test_sweep_ensemble_runner.py``
-checks it to 1e-9 in float64).
+products. The rows equal those of the default runner up to float32 rounding, and bitwise those
+of the ensemble built by hand (``tests/test_sweep_runners.py``).
 
 An epoch of the sweep is one full-batch SGD step (the datamodule serves one batch); the
 runner groups ``steps_per_epoch`` of them per Lightning step (default: the largest divisor,
