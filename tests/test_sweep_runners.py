@@ -126,7 +126,7 @@ def test_ensemble_runner_equals_the_ensemble_built_by_hand(tmp_path):
                          out=str(tmp_path), **QUIET)
     ens, dm, switches = build_switch_ensemble(2, [0, 20, 40], 40, pretrain_rank=3, target_rank=1, init_scale=0.1,
                                               lr=2.0, dtype=torch.float64, **SIZE)
-    pl.Trainer(max_epochs=ens.max_epochs, callbacks=switches, logger=False, enable_checkpointing=False,
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False).fit(ens, datamodule=dm)
     expected = ens.results()
     assert table["test_loss"].tolist() == expected["test_loss"].tolist()

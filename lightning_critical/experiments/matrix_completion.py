@@ -381,9 +381,8 @@ def _switch_frame(rows: pd.DataFrame, job: dict[str, Any], metrics: list[str]) -
 def _settings(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "pretrain_rank": job["pretrain_rank"] if job["pretrain_observed"] is None else job["target_rank"],
-        "target_rank": job["target_rank"], "n_observed": job["n_observed"], "pretrain_observed": job["pretrain_observed"],
-        "init_scale": job["init_scale"], "lr": job["lr"], "seed": job["seed"], "size": job["size"], "init": job["init"],
-        "continue_epochs": job["continue_epochs"],
+        **{key: job[key] for key in ("target_rank", "n_observed", "pretrain_observed", "init_scale", "lr", "seed",
+                                     "size", "init", "continue_epochs")},
     }
 
 

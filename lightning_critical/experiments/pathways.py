@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from lightning_critical._namespace import pl
-
 from lightning_critical.data import HierarchicalDataModule
 from lightning_critical.deficits import PathwayDeficit
 from lightning_critical.experiments._accelerator import accelerator_kwargs
@@ -196,6 +195,10 @@ def _window_key(windows: Sequence[Window]) -> tuple[int, int] | None:
     return (windows[0].start, int(windows[0].stop)) if windows else None
 
 
+def _key_of(window: Window | None) -> tuple[int, int] | None:
+    return _window_key((window,) if window is not None else ())
+
+
 def _fitted(window: tuple[int, int], max_epochs: int) -> Window:
     """The window as the sweep trains it: cut at the end of training (the epochs after it never come)."""
     return Window(window[0], min(window[1], max_epochs))
@@ -247,7 +250,7 @@ def _trajectory_runs(
             traj = pathway_dynamics(s, model_kwargs["depth"], k0, model_kwargs["lr"], max_epochs, deficits=deficits,
                                     mode=mode)
             full[label] = traj
-            theories[_window_key((fitted[label],) if fitted[label] is not None else ())] = {
+            theories[_key_of(fitted[label])] = {
                 p: traj[:, i] for i, p in enumerate(names)}
     unique = list(dict.fromkeys(fitted.values()))
     with tempfile.TemporaryDirectory() as out:
@@ -257,10 +260,10 @@ def _trajectory_runs(
             callbacks=functools.partial(trajectory_monitor, every_n_steps=every_n_steps, theories=theories),
             out=out, share_prefixes=False,
         )
-        logs = {_window_key((w,) if w is not None else ()): d for w, d in zip(unique, table["log_dir"], strict=True)}
+        logs = {_key_of(w): d for w, d in zip(unique, table["log_dir"], strict=True)}
         results = {}
         for label in windows:
-            key = _window_key((fitted[label],) if fitted[label] is not None else ())
+            key = _key_of(fitted[label])
             frame = _trajectory_frame(read_history(os.path.join(logs[key], _HISTORY_FILE)), s, full.get(label), names)
             log_dir = None
             if save_dir is not None:
@@ -270,7 +273,8 @@ def _trajectory_runs(
     return results
 
 
-def _trajectory_frame(records: pd.DataFrame, s: np.ndarray, theory: np.ndarray | None, names: list[str]) -> pd.DataFrame:
+def _trajectory_frame(records: pd.DataFrame, s: np.ndarray, theory: np.ndarray | None,
+                      names: list[str]) -> pd.DataFrame:
     k = records[records.metric == "mode_strength"].rename(
         columns={"target": "pathway", "index": "mode", "value": "sgd"}
     )

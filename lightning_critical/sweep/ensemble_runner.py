@@ -167,7 +167,7 @@ class FactorizationEnsembleRunner:
         return sorted(rows, key=lambda r: r["member"])
 
     @staticmethod
-    def _schedule(spec: Any, task: Any, base: str, task_switch: type) -> dict[int, str]:
+    def _schedule(spec: Any, task: Any, base: str, task_switch: Any) -> dict[int, str]:
         """The member's ``{time: task}``, starting at time 0, from its run's ``TaskSwitch`` deficits."""
         schedule: dict[int, str] = {}
         for callback in spec.build_deficits(task.run):

@@ -326,7 +326,7 @@ class SweepSpec:
         for window in run.windows:
             for maker in makers:
                 made = make_deficit(maker, window, self.factory_kwargs(run))
-                out.extend(_as_callbacks(made, lambda maker=maker: f"deficit {describe(maker)}"))
+                out.extend(_as_callbacks(made, functools.partial(_deficit_name, maker)))
         return out
 
     def build_callbacks(self, run: RunSpec) -> list[Any]:
@@ -356,6 +356,10 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
     if _takes_window_keyword(maker):
         return maker(window=window, **extra)
     return maker(window, **extra)
+
+
+def _deficit_name(maker: Any) -> str:
+    return f"deficit {describe(maker)}"
 
 
 def _as_callbacks(made: Any, what: Callable[[], str]) -> list[Any]:
