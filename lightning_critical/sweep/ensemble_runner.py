@@ -25,10 +25,12 @@ arguments (e.g. ``accelerator``) apply to the ensemble's one fit.
 Example (three switch epochs, one ensemble)::
 
     >>> import functools, tempfile, lightning_critical as lc
-    >>> from lightning_critical.experiments.matrix_completion import completion_data, pretrain_until
+    >>> def pretrain_until(window):  # the window trains on "pretrain", the rest on the datamodule's "target"
+    ...     return lc.TaskSwitch({window.start: "pretrain", window.end: "target"})
     >>> table = lc.sweep.run(
     ...     functools.partial(lc.models.DeepMatrixFactorization, size=10, depth=2, lr=0.5),
-    ...     functools.partial(completion_data, size=10, n_observed=40, pretrain_rank=3, target_rank=1),
+    ...     functools.partial(lc.data.MatrixCompletionDataModule, size=10, n_observed=40,
+    ...                       tasks={"target": 1, "pretrain": 3}),  # starts on its first task
     ...     deficit=pretrain_until, windows=lc.sweep.removal([100, 200], epochs_after=100),
     ...     metrics=["test_loss", "sgd_steps"], trainer={}, runner=lc.sweep.FactorizationEnsembleRunner(),
     ...     out=tempfile.mkdtemp(), backend="serial", tensorboard=False, plot=False)
