@@ -127,8 +127,9 @@ def early_middle_late(
 ) -> pd.DataFrame:
     """The published early / middle / late deficit runs; one tidy table.
 
-    The runs are one :func:`lightning_critical.sweep.run` over the windows (serial); ``kwargs``
-    are those of :func:`pathway_deficit_run`. With ``save_dir``, run ``label`` logs to
+    The runs are one :func:`lightning_critical.sweep.run` over the windows (serial): runs whose
+    deficits start later share their clean epochs (the middle and late runs train the first 400
+    once; bitwise the same as separate runs). ``kwargs`` are those of :func:`pathway_deficit_run`. With ``save_dir``, run ``label`` logs to
     ``<save_dir>/<label>``. Columns: those of :class:`PathwayRun` plus label, onset, length,
     depth and deficit (the mode).
     """
@@ -258,7 +259,7 @@ def _trajectory_runs(
             **_sweep_args(model_kwargs, max_epochs, mode, deprived, every_n_steps, accelerator),
             windows=_grid(unique), metrics=final_mode_strengths, seeds=[seed],
             callbacks=functools.partial(trajectory_monitor, every_n_steps=every_n_steps, theories=theories),
-            out=out, share_prefixes=False,
+            out=out,
         )
         logs = {_key_of(w): d for w, d in zip(unique, table["log_dir"], strict=True)}
         results = {}
