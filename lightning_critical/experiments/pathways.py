@@ -130,8 +130,8 @@ def early_middle_late(
     The runs are one :func:`lightning_critical.sweep.run` over the windows (serial): runs whose
     deficits start later share their clean epochs (the middle and late runs train the first 400
     once; bitwise the same as separate runs). ``kwargs`` are those of :func:`pathway_deficit_run`.
-    With ``save_dir``, run ``label`` logs to ``<save_dir>/<label>``. Columns: those of :class:`PathwayRun` plus label, onset, length,
-    depth and deficit (the mode).
+    With ``save_dir``, run ``label`` logs to ``<save_dir>/<label>``. Columns: those of
+    :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode).
     """
     unknown = sorted(set(kwargs) - set(_RUN_DEFAULTS))
     if unknown:
