@@ -19,13 +19,14 @@ script takes one more pre-training step, ``T + 1``; the difference is invisible 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
-import multiprocessing
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -37,6 +38,7 @@ from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
 from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
 from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
+from lightning_critical.schedule import Window
 from lightning_critical.tasks import TaskSwitch
 
 PAPER_SWITCH_EPOCHS: tuple[int, ...] = (0, 1000, 5000, 10000, 20000, 40000, 60000, 80000, 100000)
@@ -44,6 +46,80 @@ PAPER_DEPTHS: tuple[int, ...] = (1, 2, 3)
 SWEEP_PARAMETERS: tuple[str, ...] = (
     "depth", "pretrain_rank", "target_rank", "n_observed", "pretrain_observed", "init_scale", "lr", "seed", "size",
 )
+
+
+def _check_switch_sweep(
+    depth: int, switch: list[int], continue_epochs: int, size: int, n_observed: int, pretrain_rank: int,
+    target_rank: int, init: str, pretrain_observed: int | None, steps_per_epoch: int | None,
+) -> int:
+    """Check the arguments of one switch sweep (before any training); return the SGD steps per Lightning step."""
+    check_int("depth", depth, 1)
+    check_int("size", size, 1)
+    check_int("n_observed", n_observed, 1, size * size)
+    check_int("continue_epochs", continue_epochs, 1)
+    check_int("target_rank", target_rank, 1, size)
+    if not switch:
+        raise ValueError("switch_epochs is empty; give at least one epoch.")
+    for t in switch:
+        check_int("switch epoch", t, 0)
+    if len(set(switch)) != len(switch):
+        raise ValueError(f"switch_epochs={switch} has duplicates.")
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+    if pretrain_observed is None:
+        check_int("pretrain_rank", pretrain_rank, 1, size)
+    else:
+        check_int("pretrain_observed", pretrain_observed, 1, n_observed)
+    if steps_per_epoch is None:
+        k = chunk_size(switch + [continue_epochs])
+    else:
+        k = check_int("steps_per_epoch", steps_per_epoch, 1)
+    if any(t % k for t in switch + [continue_epochs]):
+        raise ValueError(
+            f"steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
+        )
+    return k
+
+
+def _tasks(pretrain_rank: int, target_rank: int, pretrain_observed: int | None) -> dict[str, Any]:
+    if pretrain_observed is None:
+        return {"pretrain": {"rank": pretrain_rank}, "target": {"rank": target_rank}}
+    # The "fewer examples" deficit: pre-train on a subset of the target's own observations.
+    return {"target": {"rank": target_rank}, "pretrain": {"subset_of": "target", "n_observed": pretrain_observed}}
+
+
+def completion_data(
+    size: int = 100, n_observed: int = 2000, pretrain_rank: int = 10, target_rank: int = 5,
+    pretrain_observed: int | None = None, seed: int = 0,
+) -> MatrixCompletionDataModule:
+    """The datamodule of a switch sweep, on the ``"target"`` task (what trains outside the deficit windows).
+
+    The deficit of :func:`pretrain_until` puts a window on ``"pretrain"``. Arguments as in
+    :func:`matrix_completion_sweep`.
+
+    Example::
+
+        >>> completion_data(size=10, n_observed=40, pretrain_rank=3, target_rank=1).task
+        'target'
+    """
+    dm = MatrixCompletionDataModule(size=size, n_observed=n_observed,
+                                    tasks=_tasks(pretrain_rank, target_rank, pretrain_observed), seed=seed)
+    dm.set_task("target")
+    return dm
+
+
+def pretrain_until(window: Window) -> TaskSwitch:
+    """The switch sweep's deficit: train on ``"pretrain"`` during ``window``, on ``"target"`` after it.
+
+    Example::
+
+        >>> pretrain_until(Window(0, 500)).schedule
+        {0: 'pretrain', 500: 'target'}
+    """
+    schedule = {window.start: "pretrain"}
+    if window.end is not None:
+        schedule[window.end] = "target"
+    return TaskSwitch(schedule, unit="epoch")
 
 
 def build_switch_ensemble(
@@ -67,35 +143,10 @@ def build_switch_ensemble(
     Arguments as in :func:`matrix_completion_sweep`. Fit with
     ``pl.Trainer(max_epochs=ensemble.max_epochs, callbacks=switches)``.
     """
-    check_int("depth", depth, 1)
-    check_int("size", size, 1)
-    check_int("n_observed", n_observed, 1, size * size)
-    check_int("continue_epochs", continue_epochs, 1)
-    check_int("target_rank", target_rank, 1, size)
     switch = list(switch_epochs)
-    if not switch:
-        raise ValueError("switch_epochs is empty; give at least one epoch.")
-    for t in switch:
-        check_int("switch epoch", t, 0)
-    if len(set(switch)) != len(switch):
-        raise ValueError(f"switch_epochs={switch} has duplicates.")
-    if init not in INITS:
-        raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
-    if pretrain_observed is None:
-        check_int("pretrain_rank", pretrain_rank, 1, size)
-        tasks: dict[str, Any] = {"pretrain": {"rank": pretrain_rank}, "target": {"rank": target_rank}}
-    else:
-        check_int("pretrain_observed", pretrain_observed, 1, n_observed)
-        # The "fewer examples" deficit: pre-train on a subset of the target's own observations.
-        tasks = {"target": {"rank": target_rank}, "pretrain": {"subset_of": "target", "n_observed": pretrain_observed}}
-    if steps_per_epoch is None:
-        k = chunk_size(switch + [continue_epochs])
-    else:
-        k = check_int("steps_per_epoch", steps_per_epoch, 1)
-    if any(t % k for t in switch + [continue_epochs]):
-        raise ValueError(
-            f"steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
-        )
+    k = _check_switch_sweep(depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init,
+                            pretrain_observed, steps_per_epoch)
+    tasks = _tasks(pretrain_rank, target_rank, pretrain_observed)
     dm = MatrixCompletionDataModule(size=size, n_observed=n_observed, tasks=tasks, seed=seed)
     model = DeepMatrixFactorization(size=size, depth=depth, init=init, init_scale=init_scale, lr=lr, seed=seed)
     ensemble = FactorizationEnsemble(
@@ -222,23 +273,24 @@ def matrix_completion_sweep(
     return res, hist.drop(columns=["member"])
 
 
-def _timed_sweep(kwargs: dict[str, Any]) -> tuple[pd.DataFrame, float]:
-    start = time.perf_counter()
-    frame = matrix_completion_sweep(**kwargs)
-    return frame, time.perf_counter() - start
-
-
 def matrix_completion_parameter_sweep(
-    parameter: str, values: Iterable[Any], processes: int = 1, **kwargs: Any
+    parameter: str, values: Iterable[Any], processes: int = 1, *, out: str | os.PathLike | None = None, **kwargs: Any
 ) -> pd.DataFrame:
     """Run :func:`matrix_completion_sweep` for each value of one parameter and stack the tables.
 
     ``parameter`` is one of :data:`SWEEP_PARAMETERS`: ``"pretrain_rank"`` (the rank sweep),
     ``"pretrain_observed"`` (the number-of-observations sweep), ``"init_scale"``, ``"depth"``...
     The result has the same columns as one sweep (the parameter's own column tells the runs
-    apart) plus ``seconds``, the wall time of each value's sweep. ``processes > 1`` trains
-    that many values at once in worker processes (each single-threaded, one per core is
-    best); the results are identical to ``processes=1``.
+    apart) plus ``seconds``, the wall time of each value's sweep.
+
+    It is one :func:`lightning_critical.sweep.run`: the grid is the switch epochs (a window of
+    pre-training ``[0, T)`` per switch epoch ``T``) x the values, trained by the
+    :class:`~lightning_critical.sweep.FactorizationEnsembleRunner` (one vectorized ensemble per
+    value). ``processes > 1`` trains that many values at once in the engine's worker processes
+    (each single-threaded, one per core is best); the results are identical to ``processes=1``.
+    ``out``: keep the sweep's directory there (resumable: finished values are not retrained);
+    by default a temporary one. Other keywords: those of :func:`matrix_completion_sweep`
+    (``progress``, ``logger`` and ``return_history`` are not available here).
 
     Example::
 
@@ -247,6 +299,8 @@ def matrix_completion_parameter_sweep(
         >>> sorted(df["pretrain_rank"])
         [1, 3]
     """
+    from lightning_critical import sweep
+
     if parameter not in SWEEP_PARAMETERS:
         raise ValueError(f"parameter={parameter!r} is not valid; choose one of {SWEEP_PARAMETERS}.")
     if parameter in kwargs:
@@ -255,23 +309,81 @@ def matrix_completion_parameter_sweep(
     if not values:
         raise ValueError(f"values for {parameter!r} are empty.")
     check_int("processes", processes, 1)
-    jobs = [{**kwargs, parameter: v} for v in values]
-    if processes == 1 or len(jobs) == 1:
-        done = [_timed_sweep(job) for job in jobs]
-    else:
-        # Spawned workers: a forked Lightning/torch state is not safe to reuse.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context) as pool:
-            # The costliest sweeps (deepest, longest) first, so the pool stays balanced.
-            order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
-            futures = {i: pool.submit(_timed_sweep, jobs[i]) for i in order}
-            done = [futures[i].result() for i in range(len(jobs))]
-    return pd.concat([frame.assign(seconds=seconds) for frame, seconds in done], ignore_index=True)
+    unknown = sorted(set(kwargs) - set(_SWEEP_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{unknown} are not arguments of the parameter sweep; valid: {sorted(_SWEEP_DEFAULTS)}.")
+    settings = [{**_SWEEP_DEFAULTS, **kwargs, parameter: v} for v in values]
+    switch = list(settings[0]["switch_epochs"])
+    for job in settings:  # every value's arguments are checked before anything trains
+        _check_switch_sweep(job["depth"], switch, job["continue_epochs"], job["size"], job["n_observed"],
+                            job["pretrain_rank"], job["target_rank"], job["init"], job["pretrain_observed"],
+                            job["steps_per_epoch"])
+    fixed = {k: v for k, v in settings[0].items() if k != parameter}
+    model = functools.partial(DeepMatrixFactorization, **{k: fixed[k] for k in _MODEL_ARGS if k in fixed})
+    data = functools.partial(completion_data, **{k: fixed[k] for k in _DATA_ARGS if k in fixed})
+    grid = _switch_grid(switch, fixed["continue_epochs"])
+    runner = sweep.FactorizationEnsembleRunner(steps_per_epoch=fixed["steps_per_epoch"], initial_task="pretrain",
+                                               dtype=fixed["dtype"])
+    sizes = values if parameter == "size" else [fixed["size"]]
+    top_k = min(runner.top_k, max(sizes))  # a smaller matrix has fewer: NaN, as when its table is stacked
+    metrics = ["test_loss", "train_loss", "sgd_steps"] + [f"sv_{i}" for i in range(top_k)]
+    params = None if parameter == "seed" else {parameter: values}
+    seeds = values if parameter == "seed" else [fixed["seed"]]
+    with contextlib.ExitStack() as stack:
+        directory = os.fspath(out) if out is not None else stack.enter_context(tempfile.TemporaryDirectory())
+        table = sweep.run(
+            model, data, deficit=pretrain_until, windows=grid, metrics=metrics, params=params, seeds=seeds,
+            trainer={"devices": 1, **accelerator_kwargs(fixed["accelerator"])}, runner=runner, out=directory,
+            backend="process" if processes > 1 else "serial", workers=min(processes, len(values)),
+            threads_per_run=fixed["num_threads"] or torch.get_num_threads(), progress=False, tensorboard=False,
+            plot=False, errors="raise",
+        )
+    frames = []
+    for value, job in zip(values, settings, strict=True):
+        rows = table[table["seed"] == value] if parameter == "seed" else table[table[parameter] == value]
+        frames.append(_switch_frame(rows, job, metrics).assign(seconds=float(rows["seconds"].iloc[0])))
+    return pd.concat(frames, ignore_index=True)
 
 
-def _cost(job: dict[str, Any]) -> float:
-    switches = job.get("switch_epochs", PAPER_SWITCH_EPOCHS)
-    return job.get("depth", 3) * (max(switches) + job.get("continue_epochs", 30000))
+_SWEEP_DEFAULTS: dict[str, Any] = {
+    "depth": 3, "switch_epochs": PAPER_SWITCH_EPOCHS, "continue_epochs": 30000, "size": 100, "n_observed": 2000,
+    "pretrain_rank": 10, "target_rank": 5, "init_scale": 1e-3, "lr": 0.2, "seed": 0, "init": "gaussian",
+    "pretrain_observed": None, "steps_per_epoch": None, "dtype": torch.float32, "num_threads": 1, "accelerator": "auto",
+}
+_MODEL_ARGS = ("size", "depth", "init", "init_scale", "lr")
+_DATA_ARGS = ("size", "n_observed", "pretrain_rank", "target_rank", "pretrain_observed")
+
+
+def _switch_grid(switch: Sequence[int], continue_epochs: int) -> Any:
+    """One run per switch epoch, in the order given: pre-train during ``[0, T)``, then ``continue_epochs``."""
+    from lightning_critical.sweep import GridEntry, WindowGrid
+
+    entries = [GridEntry((Window(0, t),) if t > 0 else (), t + continue_epochs) for t in switch]
+    return WindowGrid(tuple(entries), "removal")
+
+
+def _switch_frame(rows: pd.DataFrame, job: dict[str, Any], metrics: list[str]) -> pd.DataFrame:
+    """One value's rows in the columns of :func:`matrix_completion_sweep`."""
+    frame = pd.DataFrame({
+        "depth": job["depth"],
+        "switch_epoch": [0 if b else int(e) for b, e in zip(rows["baseline"], rows["window_end"], strict=True)],
+        "test_loss": rows["test_loss"].astype(float).to_numpy(),
+        "train_loss": rows["train_loss"].astype(float).to_numpy(),
+        "sgd_steps": rows["sgd_steps"].astype("int64").to_numpy(),
+    })
+    for name in metrics[3:]:
+        frame[name] = rows[name].astype(float).to_numpy()
+    for key, value in _settings(job).items():
+        frame[key] = value
+    return frame
+
+
+def _settings(job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pretrain_rank": job["pretrain_rank"] if job["pretrain_observed"] is None else job["target_rank"],
+        **{key: job[key] for key in ("target_rank", "n_observed", "pretrain_observed", "init_scale", "lr", "seed",
+                                     "size", "init", "continue_epochs")},
+    }
 
 
 def matrix_completion_figure(

@@ -1,12 +1,18 @@
 """Multi-pathway critical-period experiments, built only on the public API.
 
-Each function trains with ordinary ``pl.Trainer`` runs (bundled model + datamodule + public
-callbacks) and returns tidy ``pandas`` tables; figures live in :mod:`lightning_critical.plots`.
+Every SGD run goes through the sweep engine (:func:`lightning_critical.sweep.run`: the bundled
+model and datamodule factories, a ``PathwayDeficit`` per window, a ``SpectralMonitor`` with the
+run's theory; quiet serial Trainer runs). The trajectories are read back from each run's
+monitor history file, the final mode strengths from the engine's results table. The functions
+return tidy ``pandas`` tables; figures live in :mod:`lightning_critical.plots`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lightning_critical._namespace import pl
 from lightning_critical.data import HierarchicalDataModule
@@ -21,6 +28,8 @@ from lightning_critical.deficits import PathwayDeficit
 from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models import MultiPathwayLinearNet
 from lightning_critical.monitors import SpectralMonitor
+from lightning_critical.monitors.history import read_history
+from lightning_critical.protocols import end_to_end_maps, find_task_basis
 from lightning_critical.schedule import Window
 from lightning_critical.spectral import mode_strengths
 from lightning_critical.theory import deprived_share, pathway_dynamics
@@ -32,7 +41,7 @@ ONSET_SWEEP_DEPTHS: tuple[int, ...] = (1, 2, 3, 4, 6)
 ONSET_SWEEP_SGD_ONSETS: tuple[int, ...] = (0, 300, 600, 900)
 
 Progress = Callable[[str], None]
-"""Called with one line of text after each finished training run (e.g. ``print``)."""
+"""Called with one line of text per finished training run (e.g. ``print``)."""
 
 
 def _report(progress: Progress | None, message: str) -> None:
@@ -94,10 +103,11 @@ def pathway_deficit_run(
 ) -> PathwayRun:
     """Train the bundled two-pathway net with one pathway deprived during ``window`` (epochs).
 
-    The theory (:func:`lightning_critical.theory.pathway_dynamics`, exact for linear
-    pathways from the aligned init) is computed from the model's measured ``K(0)`` and
-    handed to the monitor, so TensorBoard overlays SGD and theory. ``window=None`` trains
-    without deficit. With ``save_dir`` the run logs to ``<save_dir>/<name>``.
+    The run is one :func:`lightning_critical.sweep.run` (one grid point, serial). The theory
+    (:func:`lightning_critical.theory.pathway_dynamics`, exact for linear pathways from the
+    aligned init) is computed from the model's measured ``K(0)`` and handed to the monitor, so
+    TensorBoard overlays SGD and theory. ``window=None`` trains without deficit. With
+    ``save_dir`` the run's logs end up in ``<save_dir>/<name>``.
     ``init_noise_draw`` and ``independent_noise`` go to the model (``"per_mode"`` reproduces
     the numbers published by this package before the paper's exact init became the default).
 
@@ -113,46 +123,13 @@ def pathway_deficit_run(
         ['mode', 'pathway', 'sgd', 'singular_value', 'step', 'theory']
     """
     start = time.perf_counter()
-    dm, model = build_pathway_model(depth=depth, width=width, lr=lr, init_scale=init_scale, init_noise=init_noise,
-                                    init_noise_draw=init_noise_draw, independent_noise=independent_noise,
-                                    nonlinearity=nonlinearity, seed=seed)
-    s = dm.task_basis()[1]
-    names = list(model.pathways)
-    if deprived not in names:
-        raise ValueError(f"deprived={deprived!r} is not a pathway; choose one of {names}.")
-    callbacks: list[pl.Callback] = []
-    theory = None
-    if window is not None:
-        callbacks.append(PathwayDeficit(deprived, window=Window.coerce(window), mode=mode))
-    if nonlinearity is None and mode in ("freeze", "silence"):
-        deficits = {names.index(deprived): [window]} if window is not None else {}
-        theory = pathway_dynamics(s.numpy(), depth, initial_mode_strengths(model, dm), lr, max_epochs,
-                                  deficits=deficits, mode=mode)
-    monitor = SpectralMonitor(
-        targets="maps", every_n_steps=every_n_steps, metrics=("singular_values", "mode_strength", "effective_rank"),
-        theory={"mode_strength": {p: theory[:, i] for i, p in enumerate(names)}} if theory is not None else None,
-        history_file="spectral_history.csv" if save_dir else None,
-    )
-    callbacks.append(monitor)
-    logger = pl.loggers.TensorBoardLogger(save_dir, name=name, version="") if save_dir else False
-    trainer = pl.Trainer(
-        max_epochs=max_epochs, callbacks=callbacks, logger=logger, devices=1, **accelerator_kwargs(accelerator),
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        num_sanity_val_steps=0, log_every_n_steps=max(1, every_n_steps),
-    )
-    trainer.fit(model, dm)
-    records = monitor.to_frame()
-    k = records[records.metric == "mode_strength"].rename(
-        columns={"target": "pathway", "index": "mode", "value": "sgd"}
-    )
-    k = k[["step", "pathway", "mode", "sgd"]].reset_index(drop=True)
-    k["singular_value"] = s.numpy()[k["mode"].to_numpy()]
-    if theory is not None:
-        k["theory"] = theory[k["step"].to_numpy(), [names.index(p) for p in k["pathway"]], k["mode"].to_numpy()]
-    else:
-        k["theory"] = np.nan
-    log_dir = logger.log_dir if isinstance(logger, pl.loggers.TensorBoardLogger) else None
-    return PathwayRun(k, theory, s.numpy(), log_dir, time.perf_counter() - start)
+    model_kwargs = dict(depth=depth, width=width, lr=lr, init_scale=init_scale, init_noise=init_noise,
+                        init_noise_draw=init_noise_draw, independent_noise=independent_noise,
+                        nonlinearity=nonlinearity)
+    runs = _trajectory_runs({name: window}, max_epochs, mode, deprived, every_n_steps, save_dir, seed, accelerator,
+                            model_kwargs)
+    frame, theory, s, log_dir, _ = runs[name]
+    return PathwayRun(frame, theory, s, log_dir, time.perf_counter() - start)
 
 
 def early_middle_late(
@@ -161,16 +138,168 @@ def early_middle_late(
 ) -> pd.DataFrame:
     """The published early / middle / late deficit runs; one tidy table.
 
-    Columns: those of :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode).
-    ``progress`` is called with one line per finished run.
+    The runs are one :func:`lightning_critical.sweep.run` over the windows (serial): runs whose
+    deficits start later share their clean epochs (the middle and late runs train the first 400
+    once; bitwise the same as separate runs). ``kwargs`` are those of :func:`pathway_deficit_run`.
+    With ``save_dir``, run ``label`` logs to ``<save_dir>/<label>``. Columns: those of
+    :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode). ``progress`` is
+    called with one line per run once they have trained.
     """
+    unknown = sorted(set(kwargs) - set(_RUN_DEFAULTS))
+    if unknown:
+        raise TypeError(f"early_middle_late() got unexpected keyword arguments {unknown}; valid: "
+                        f"{sorted(_RUN_DEFAULTS)}.")
+    args = {**_RUN_DEFAULTS, **kwargs}
+    model_kwargs = {k: args[k] for k in _MODEL_KEYS}
+    windows = {label: (onset, onset + length) for label, onset in onsets.items()}
+    runs = _trajectory_runs(windows, args["max_epochs"], args["mode"], args["deprived"], args["every_n_steps"],
+                            save_dir, args["seed"], args["accelerator"], model_kwargs)
     frames = []
     for label, onset in onsets.items():
-        run = pathway_deficit_run((onset, onset + length), save_dir=save_dir, name=label, **kwargs)
-        _report(progress, f"{label} deficit, epochs [{onset}, {onset + length}): {run.seconds:.1f} s")
-        frames.append(run.frame.assign(label=label, onset=onset, length=length, depth=kwargs.get("depth", 4),
-                                       deficit=kwargs.get("mode", "freeze")))
+        _report(progress, f"{label} deficit, epochs [{onset}, {onset + length}): {runs[label][4]:.1f} s")
+        frames.append(runs[label][0].assign(label=label, onset=onset, length=length, depth=kwargs.get("depth", 4),
+                                            deficit=kwargs.get("mode", "freeze")))
     return pd.concat(frames, ignore_index=True)
+
+
+_RUN_DEFAULTS: dict[str, Any] = dict(
+    depth=4, max_epochs=1000, mode="freeze", deprived="b", width=100, lr=0.01, init_scale=0.01, init_noise=0.1,
+    nonlinearity=None, seed=0, every_n_steps=10, init_noise_draw="per_unit", independent_noise=False,
+    accelerator="auto",
+)
+_MODEL_KEYS = ("depth", "width", "lr", "init_scale", "init_noise", "init_noise_draw", "independent_noise",
+               "nonlinearity")
+_HISTORY_FILE = "spectral_history.csv"
+
+
+def pathway_net(seed: int = 0, **model_kwargs: Any) -> MultiPathwayLinearNet:
+    """The sweep's model factory: :func:`build_pathway_model`'s net (initialised on the default task's basis)."""
+    return build_pathway_model(seed=seed, **model_kwargs)[1]
+
+
+def hierarchical_data() -> HierarchicalDataModule:
+    """The sweep's datamodule factory: the default hierarchical task (the same for every seed)."""
+    return HierarchicalDataModule()
+
+
+def trajectory_monitor(windows: tuple[Window, ...], every_n_steps: int,
+                       theories: Mapping[Any, Mapping[str, np.ndarray]]) -> list[pl.Callback]:
+    """The sweep's callbacks: a ``SpectralMonitor`` of the pathway maps, with the theory of the run's window."""
+    theory = theories.get(_window_key(windows))
+    return [SpectralMonitor(
+        targets="maps", every_n_steps=every_n_steps, metrics=("singular_values", "mode_strength", "effective_rank"),
+        theory={"mode_strength": dict(theory)} if theory is not None else None, history_file=_HISTORY_FILE,
+    )]
+
+
+def final_mode_strengths(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float]:
+    """The sweep's metric: ``K[p, a]`` of the trained net as ``K/<pathway>/<mode>`` (what the monitor would record)."""
+    basis = find_task_basis(module, getattr(trainer, "datamodule", None))
+    if basis is None:
+        raise ValueError("final_mode_strengths needs a task basis (task_basis() on the model or the datamodule).")
+    u, _, v = basis
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for name, matrix in end_to_end_maps(module).items():
+            out.update({f"K/{name}/{a}": k for a, k in enumerate(mode_strengths(matrix, u, v).tolist())})
+    return out
+
+
+def _window_key(windows: Sequence[Window]) -> tuple[int, int] | None:
+    return (windows[0].start, int(windows[0].stop)) if windows else None
+
+
+def _key_of(window: Window | None) -> tuple[int, int] | None:
+    return _window_key((window,) if window is not None else ())
+
+
+def _fitted(window: tuple[int, int], max_epochs: int) -> Window:
+    """The window as the sweep trains it: cut at the end of training (the epochs after it never come)."""
+    return Window(window[0], min(window[1], max_epochs))
+
+
+def _grid(windows: Sequence[Window | None]) -> Any:
+    """Exactly these runs (``None``: no deficit), without the sweep's extra baseline."""
+    from lightning_critical.sweep import GridEntry, WindowGrid
+
+    return WindowGrid(tuple(GridEntry((w,) if w is not None else ()) for w in windows), "explicit")
+
+
+def _sweep_args(model_kwargs: Mapping[str, Any], max_epochs: int, mode: str, deprived: str, every_n_steps: int,
+                accelerator: str) -> dict[str, Any]:
+    """What every bundled pathway sweep shares: model, data, deficit, quiet serial Trainer runs."""
+    return dict(
+        model=functools.partial(pathway_net, **model_kwargs), datamodule=hierarchical_data,
+        deficit=PathwayDeficit(deprived, window=(0, 1), mode=mode),
+        trainer={"max_epochs": max_epochs, "devices": 1, "log_every_n_steps": max(1, every_n_steps),
+                 **accelerator_kwargs(accelerator)},
+        backend="serial", threads_per_run=torch.get_num_threads(), progress=False, plot=False, errors="raise",
+    )
+
+
+def _check_deprived(model: MultiPathwayLinearNet, deprived: str) -> list[str]:
+    names = list(model.pathways)
+    if deprived not in names:
+        raise ValueError(f"deprived={deprived!r} is not a pathway; choose one of {names}.")
+    return names
+
+
+def _trajectory_runs(
+    windows: Mapping[str, tuple[int, int] | None], max_epochs: int, mode: str, deprived: str, every_n_steps: int,
+    save_dir: str | None, seed: int, accelerator: str, model_kwargs: Mapping[str, Any],
+) -> dict[str, tuple[pd.DataFrame, np.ndarray | None, np.ndarray, str | None, float]]:
+    """Train one run per window (one sweep); per name: (frame, theory, singular values, log dir, seconds)."""
+    from lightning_critical import sweep
+
+    dm, model = build_pathway_model(seed=seed, **model_kwargs)
+    s = dm.task_basis()[1].numpy()
+    names = _check_deprived(model, deprived)
+    theories: dict[Any, dict[str, np.ndarray]] = {}
+    full: dict[Any, np.ndarray | None] = {}
+    fitted = {label: (_fitted(w, max_epochs) if w is not None else None) for label, w in windows.items()}
+    if model_kwargs.get("nonlinearity") is None and mode in ("freeze", "silence"):
+        k0 = initial_mode_strengths(model, dm)
+        for label, w in windows.items():
+            deficits = {names.index(deprived): [w]} if w is not None else {}
+            traj = pathway_dynamics(s, model_kwargs["depth"], k0, model_kwargs["lr"], max_epochs, deficits=deficits,
+                                    mode=mode)
+            full[label] = traj
+            theories[_key_of(fitted[label])] = {
+                p: traj[:, i] for i, p in enumerate(names)}
+    unique = list(dict.fromkeys(fitted.values()))
+    with tempfile.TemporaryDirectory() as out:
+        table = sweep.run(
+            **_sweep_args(model_kwargs, max_epochs, mode, deprived, every_n_steps, accelerator),
+            windows=_grid(unique), metrics=final_mode_strengths, seeds=[seed],
+            callbacks=functools.partial(trajectory_monitor, every_n_steps=every_n_steps, theories=theories),
+            out=out,
+        )
+        logs = {_key_of(w): d for w, d in zip(unique, table["log_dir"], strict=True)}
+        seconds = {_key_of(w): float(t) for w, t in zip(unique, table["seconds"], strict=True)}
+        results = {}
+        for label in windows:
+            key = _key_of(fitted[label])
+            frame = _trajectory_frame(read_history(os.path.join(logs[key], _HISTORY_FILE)), s, full.get(label), names)
+            log_dir = None
+            if save_dir is not None:
+                log_dir = os.path.join(save_dir, label)
+                shutil.copytree(logs[key], log_dir, dirs_exist_ok=True)
+            results[label] = (frame, full.get(label), s, log_dir, seconds[key])
+    return results
+
+
+def _trajectory_frame(records: pd.DataFrame, s: np.ndarray, theory: np.ndarray | None,
+                      names: list[str]) -> pd.DataFrame:
+    k = records[records.metric == "mode_strength"].rename(
+        columns={"target": "pathway", "index": "mode", "value": "sgd"}
+    )
+    k = k[["step", "pathway", "mode", "sgd"]].reset_index(drop=True)
+    k["singular_value"] = s[k["mode"].to_numpy()]
+    if theory is not None:
+        k["theory"] = theory[k["step"].to_numpy(), [names.index(p) for p in k["pathway"]], k["mode"].to_numpy()]
+    else:
+        k["theory"] = np.nan
+    return k
 
 
 def deficit_onset_sweep(
@@ -187,23 +316,28 @@ def deficit_onset_sweep(
 ) -> pd.DataFrame:
     """Final share of every mode held by the deprived pathway, against deficit onset and depth.
 
-    Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``; a window
-    that would run past ``max_epochs`` ends there (the theory treats it the same way).
+    Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``: one
+    :func:`lightning_critical.sweep.run` over the onsets x depths, whose runs share their clean
+    epochs before each onset (trained once, then branched; bitwise equal to separate runs).
     ``model_kwargs`` (width, lr, init_scale, init_noise, init_noise_draw, independent_noise,
-    seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`;
-    ``progress`` is called with one line per finished SGD run. Columns: depth, onset, mode,
-    singular_value, share, source (``"theory"`` or ``"sgd"``).
+    seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`. A window
+    that would run past ``max_epochs`` ends there (the theory treats it the same way).
+    ``progress`` is called with one line per SGD run once they have trained. Columns: depth,
+    onset, mode, singular_value, share, source (``"theory"`` or ``"sgd"``).
     """
-    rows: list[dict[str, Any]] = []
+    from lightning_critical import sweep
+
     lr = model_kwargs.get("lr", 0.01)
+    seed = model_kwargs.pop("seed", 0)
+    theory_rows: dict[int, list[dict[str, Any]]] = {}
+    singular: dict[int, np.ndarray] = {}
     for depth in depths:
-        dm, model = build_pathway_model(depth=depth, **model_kwargs)
-        names = list(model.pathways)
-        if deprived not in names:
-            raise ValueError(f"deprived={deprived!r} is not a pathway; choose one of {names}.")
+        dm, model = build_pathway_model(depth=depth, seed=seed, **model_kwargs)
+        names = _check_deprived(model, deprived)
         index = names.index(deprived)
         k0 = initial_mode_strengths(model, dm)
-        s = dm.task_basis()[1].numpy()
+        s = singular[depth] = dm.task_basis()[1].numpy()
+        rows = theory_rows[depth] = []
         for onset in onsets:
             traj = pathway_dynamics(
                 s, depth, k0, lr, max_epochs, deficits={index: [(onset, onset + length)]}, mode=mode
@@ -211,20 +345,42 @@ def deficit_onset_sweep(
             share = deprived_share(traj[-1], index)
             rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="theory")
                         for a in range(len(s)))
+    # Every SGD point, all depths, in one sweep; an onset past the end of training trains without deficit.
+    fitted = {onset: (_fitted((onset, onset + length), max_epochs) if onset < max_epochs else None)
+              for onset in sgd_onsets}
+    final: dict[tuple[int, Any], dict[str, float]] = {}
+    took: dict[tuple[int, Any], float] = {}
+    if fitted and depths:
+        unique = list(dict.fromkeys(fitted.values()))
+        with tempfile.TemporaryDirectory() as out:
+            table = sweep.run(
+                **_sweep_args({k: v for k, v in model_kwargs.items() if k != "depth"}, max_epochs, mode, deprived,
+                              max_epochs, accelerator),
+                windows=_grid(unique), metrics=final_mode_strengths, seeds=[seed], params={"depth": list(depths)},
+                out=out, tensorboard=False,
+            )
+        for _, row in table.iterrows():
+            window = None if row["baseline"] else Window(int(row["window_start"]), int(row["window_end"]))
+            final[(int(row["depth"]), window)] = {k: row[k] for k in table.attrs["metrics"]}
+            took[(int(row["depth"]), window)] = float(row["seconds"])
+    for depth in depths:
         for onset in sgd_onsets:
-            # Clipped at the end of training: the same run, without a "cut short" warning.
-            window = (onset, min(onset + length, max_epochs))
-            run = pathway_deficit_run(window, depth=depth, max_epochs=max_epochs, mode=mode,
-                                      every_n_steps=max_epochs, deprived=deprived, accelerator=accelerator,
-                                      **model_kwargs)
-            _report(progress, f"onset sweep, depth {depth}, deficit epochs [{window[0]}, {window[1]}): "
-                              f"{run.seconds:.1f} s")
-            final = run.frame[run.frame.step == run.frame.step.max()]
-            k = final.pivot_table(index="pathway", columns="mode", values="sgd")
+            w = fitted[onset]
+            what = f"deficit epochs [{w.start}, {int(w.stop)})" if w is not None else f"onset {onset}: no deficit"
+            _report(progress, f"onset sweep, depth {depth}, {what}: {took[(depth, w)]:.1f} s")
+    out_rows: list[dict[str, Any]] = []
+    for depth in depths:
+        out_rows.extend(theory_rows[depth])
+        s = singular[depth]
+        for onset in sgd_onsets:
+            metrics = final[(depth, fitted[onset])]
+            k = pd.DataFrame([{"pathway": key.split("/")[1], "mode": int(key.split("/")[2]), "sgd": value}
+                              for key, value in metrics.items()]).pivot_table(index="pathway", columns="mode",
+                                                                              values="sgd")
             share = (k.loc[deprived] / k.sum(axis=0)).to_numpy()
-            rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="sgd")
-                        for a in range(len(s)))
-    return pd.DataFrame(rows)
+            out_rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="sgd")
+                            for a in range(len(s)))
+    return pd.DataFrame(out_rows)
 
 
 def phase_trajectories(

@@ -11,23 +11,30 @@ baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`ru
 
 Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
 ``execute`` (one run in this process), ``backends`` (serial, process, Executor, Ray),
-``scheduler`` (the DAG on a backend), ``store`` (the resumable directory), ``logs`` (branch
+``scheduler`` (the DAG on a backend), ``runners`` (what trains the runs: the :class:`Runner`
+interface, one Lightning fit per run by default), ``ensemble_runner`` (all runs of a seed as one
+vectorized factorization ensemble), ``store`` (the resumable directory), ``logs`` (branch
 prefixes in every run's logs), ``table`` (the tidy table and its summary), ``engine`` (``run``),
 ``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
 """
 
 from lightning_critical.sweep import metrics
 from lightning_critical.sweep.engine import load, run
+from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
 from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.plan import Plan, make_plan
+from lightning_critical.sweep.runners import LightningRunner, Runner
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
 from lightning_critical.sweep.table import summarize
 
 __all__ = [
+    "FactorizationEnsembleRunner",
     "GridEntry",
+    "LightningRunner",
     "Plan",
     "RunSpec",
+    "Runner",
     "SweepDirectoryError",
     "SweepSpec",
     "WindowGrid",

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightning_critical._checks import check_int, check_seed
+from lightning_critical._checks import check_choice, check_int, check_seed
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
+from lightning_critical.sweep.runners import Batch, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
@@ -49,6 +50,8 @@ def run(
     plot: bool | str = True,
     keep_checkpoints: bool = False,
     backend_options: Mapping[str, Any] | None = None,
+    runner: Any = None,
+    errors: str = "record",
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -82,7 +85,9 @@ def run(
         seeds: integer seeds; each run calls ``pl.seed_everything(seed)`` before its factories.
         params: other swept values: ``{"name": [values]}`` (cartesian product) or a list of
             dicts; each name must be an argument of a factory. They become table columns.
-        callbacks: factory of extra callbacks (e.g. monitors), fresh for every run.
+        callbacks: factory of extra callbacks (e.g. monitors), fresh for every run; a factory that
+            names a ``windows`` argument also receives the run's windows (``()`` for the baseline),
+            e.g. to overlay a theory that depends on them.
         test: also run ``trainer.test`` after training (for metrics such as ``test_acc``).
         out: the sweep's directory (results, per-run TensorBoard logs, checkpoints).
         backend: ``"process"`` (local worker processes, spawned), ``"serial"`` (this process),
@@ -103,6 +108,14 @@ def run(
             ``<out>/critical_period.png`` and to TensorBoard (``<out>/tensorboard/summary``).
         keep_checkpoints: keep the branch checkpoints after their runs finished.
         backend_options: keyword arguments of the backend (e.g. Ray's resources).
+        runner: what trains the runs (:mod:`lightning_critical.sweep.runners`): ``None`` fits one
+            ``pl.Trainer`` per run; ``lc.sweep.FactorizationEnsembleRunner()`` trains all runs of
+            one seed and swept values as one vectorized ensemble; or any object with the runner
+            interface. The table, store, resume and summary are the same whatever the runner.
+        errors: ``"record"`` (default): a run that raises is a ``"failed"`` row and the sweep goes
+            on; ``"raise"``: after the sweep (finished runs saved), re-raise the first failed run's
+            exception (for callers that need one run's result or an error, e.g. the bundled
+            experiments).
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
@@ -132,6 +145,8 @@ def run(
         >>> table[["window", "status", "epochs", "epochs_trained"]].values.tolist()
         [['none', 'ok', 2, 2], ['[0, 1) epochs', 'ok', 2, 2]]
     """
+    runner = check_runner(runner)
+    check_choice("errors", errors, ("record", "raise"))
     grid = as_grid(windows)
     seed_list = _check_seeds(seeds)
     combos = check_params(params)
@@ -150,6 +165,7 @@ def run(
         model=model, datamodule=datamodule, deficit=deficit, callbacks=callbacks, trainer=trainer_kwargs,
         metrics=tuple(metric_list), test=bool(test), threads_per_run=threads, steps_per_epoch=steps_per_epoch,
         save_model=bool(save_model), tensorboard=bool(tensorboard),
+        runner=None if isinstance(runner, LightningRunner) else runner,
     )
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
@@ -182,7 +198,8 @@ def run(
             r, rid = runs[i], run_ids[i]
             group = short_hash({"sweep": identity, "seed": r.seed, "params": r.encode()["params"]})
             items.append(PlanItem(rid, group, epochs[rid], schedule_tokens(r.windows, epochs[rid], steps_per_epoch)))
-        plan = make_plan(items, share_prefixes=share_prefixes, available=store.available_checkpoints())
+        sharing = bool(share_prefixes) and bool(runner.shares_prefixes)
+        plan = make_plan(items, share_prefixes=sharing, available=store.available_checkpoints() if sharing else {})
         by_id = {rid: r for r, rid in zip(runs, run_ids, strict=True)}
         kind = grid.kind
         log_dirs = {rid: (os.path.join(store.out, "tensorboard", labels[rid]) if tensorboard else None)
@@ -197,8 +214,26 @@ def run(
                 parent=node.parent, sweep_kind=kind,
             )
 
-        Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints).run()
+        batches = make_batch = None
+        if not isinstance(runner, LightningRunner):
+            position = {rid: i for i, rid in enumerate(run_ids)}  # tasks in grid order: windows, params, seeds
+            units = runner.batches([make_task(n) for n in sorted(plan.nodes, key=lambda n: position[n.run_id])])
+            batches = [[t.run_id for t in unit] for unit in units]
+            tasks_by_id = {t.run_id: t for unit in units for t in unit}
+
+            def make_batch(job: list[Any]) -> Batch:
+                return Batch(runner, [tasks_by_id[n.run_id] for n in job])
+
+        scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
+                              batches=batches, make_batch=make_batch)
+        scheduler.run()
         latest = store.latest()
+        if errors == "raise" and scheduler.first_exception is not None:
+            raise scheduler.first_exception
+        if errors == "raise":
+            failed = [latest[rid] for rid in run_ids if latest.get(rid, {}).get("status") == "failed"]
+            if failed:
+                raise RuntimeError(f"run {failed[0].get('label')} failed: {failed[0].get('error')}")
     else:
         chosen.close(cancel=False)
 
@@ -366,7 +401,7 @@ def _check_main_guard() -> None:
 
 
 def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
-    for name in ("model", "datamodule", "deficit", "callbacks", "metrics", "trainer"):
+    for name in ("model", "datamodule", "deficit", "callbacks", "metrics", "trainer", "runner"):
         value = getattr(spec, name)
         try:
             _backends.dumps(value)

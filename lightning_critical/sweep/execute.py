@@ -261,11 +261,18 @@ def hparams(task: Task) -> dict[str, Any]:
     return out
 
 
-def execute(task: Task) -> dict[str, Any]:
+def execute(task: Any) -> Any:
     """Train one run and return its result record (a failure is returned as ``status="failed"``, not raised).
 
+    A :class:`~lightning_critical.sweep.runners.Batch` is handed to its runner, which returns
+    one record per task. A failed record carries the exception under ``"exception"`` (when it
+    can be pickled) for ``lc.sweep.run(errors="raise")``; the store never sees it.
     ``KeyboardInterrupt`` (or Lightning's exit after one) propagates as ``KeyboardInterrupt``.
     """
+    from lightning_critical.sweep.runners import Batch
+
+    if isinstance(task, Batch):
+        return task.runner.run(task.tasks)
     spec = task.spec
     start = time.perf_counter()
     record: dict[str, Any] = {
@@ -284,8 +291,21 @@ def execute(task: Task) -> dict[str, Any]:
             record["fatal"] = True
         except Exception as err:
             record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
+            record["exception"] = portable(err)
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def portable(err: BaseException) -> BaseException | None:
+    """``err`` if it survives pickling (to come back from a worker process), else ``None``."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return None
+    err.__traceback__ = None  # frames hold the trainer and model; the message and type are what matter
+    return err
 
 
 def _fit(task: Task) -> dict[str, Any]:

@@ -9,6 +9,9 @@
   pool one at a time, so the run that kills its worker is found and recorded as failed and the
   others finish.
 * Ctrl-C stops the workers and re-raises; whatever finished is on disk.
+* With ``batches`` (a runner that trains several runs as one unit of work, e.g. the
+  factorization ensemble), each batch is submitted as one
+  :class:`~lightning_critical.sweep.runners.Batch` whose result is one record per run.
 * Once a branched run and its parent have both finished, the parent's logs before the branch
   are copied into the run's log directory; a checkpoint whose runs all finished is deleted.
 """
@@ -45,6 +48,8 @@ class Scheduler:
         progress: bool | None,
         keep_checkpoints: bool = False,
         poll_seconds: float = 0.05,
+        batches: list[list[str]] | None = None,
+        make_batch: Callable[[list[Node]], Any] | None = None,
     ) -> None:
         self.plan = plan
         self.make_task = make_task
@@ -55,8 +60,15 @@ class Scheduler:
         self.keep_checkpoints = keep_checkpoints
         self.poll = poll_seconds
         self.ids = {n.run_id for n in plan.nodes}
-        self.pending: list[Node] = list(plan.nodes)
-        self.running: dict[Any, Node] = {}  # concurrent.futures.Future, or any object with done() and result()
+        self.make_batch = make_batch
+        if batches is None:
+            self.pending: list[list[Node]] = [[n] for n in plan.nodes]
+        else:
+            by_id = plan.by_id()
+            self.pending = [[by_id[rid] for rid in batch] for batch in batches if batch]
+        # concurrent.futures.Future, or any object with done() and result() -> the job's nodes
+        self.running: dict[Any, list[Node]] = {}
+        self.first_exception: BaseException | None = None
         self.done: dict[str, str] = {}
         self.suspects: set[str] = set()
         self.fatal: str | None = None
@@ -77,7 +89,8 @@ class Scheduler:
                 if not self.running:
                     if self.pending and not (self.fatal or self.aborted):
                         # nothing can start: a parent vanished without its checkpoint; start from what exists
-                        self._retarget(self.pending[0])
+                        for node in self.pending[0]:
+                            self._retarget(node)
                         continue
                     break
                 for future in _wait(list(self.running), self.poll):
@@ -109,19 +122,20 @@ class Scheduler:
     def _fill(self) -> None:
         if self.fatal or self.aborted:
             return
-        if any(n.run_id in self.suspects for n in self.running.values()):
+        if any(job[0].run_id in self.suspects for job in self.running.values()):
             return  # a suspect runs alone
-        for node in list(self.pending):
+        for job in list(self.pending):
             if not self._capacity():
                 return
-            suspect = node.run_id in self.suspects
+            suspect = job[0].run_id in self.suspects
             if suspect and self.running:
                 continue
-            if not self._ready(node):
+            if not all(self._ready(node) for node in job):
                 continue
-            self.pending.remove(node)
-            future = self.backend.submit(self.make_task(node))
-            self.running[future] = node
+            self.pending.remove(job)
+            work = self.make_task(job[0]) if self.make_batch is None else self.make_batch(job)
+            future = self.backend.submit(work)
+            self.running[future] = job
             if future.done():  # the serial backend: record before starting the next run
                 self._collect(future)
                 if self.fatal:
@@ -155,34 +169,42 @@ class Scheduler:
 
     # -- results -------------------------------------------------------------------------
     def _collect(self, future: Any) -> None:
-        node = self.running.pop(future)
+        job = self.running.pop(future)
         try:
-            record = future.result()
+            result = future.result()
         except KeyboardInterrupt:
             raise
         except cf.BrokenExecutor as err:
-            self._broken(node, err)
+            self._broken(job, err)
             return
         except Exception as err:
-            record = self._failure(node, f"the backend could not run it: {type(err).__name__}: {err}")
-        self.suspects.discard(node.run_id)
-        self._record(node, record)
+            result = [self._failure(node, f"the backend could not run it: {type(err).__name__}: {err}")
+                      for node in job]
+        records = result if isinstance(result, list) else [result]
+        if len(records) != len(job):
+            records = [self._failure(node, f"the runner returned {len(records)} records for {len(job)} runs")
+                       for node in job]
+        self.suspects.discard(job[0].run_id)
+        for node, record in zip(job, records, strict=True):
+            self._record(node, record)
 
-    def _broken(self, node: Node, err: BaseException) -> None:
+    def _broken(self, job: list[Node], err: BaseException) -> None:
         """A worker died: the pool is gone with every run it held."""
-        lost = [node] + list(self.running.values())
+        lost = [job] + list(self.running.values())
         self.running.clear()
         if not self.backend.restart():
-            for lost_node in lost:
-                self._record(lost_node, self._failure(lost_node, f"the executor broke: {err!r}"))
+            for lost_job in lost:
+                for node in lost_job:
+                    self._record(node, self._failure(node, f"the executor broke: {err!r}"))
             self.aborted = f"the executor broke ({err!r}); finished runs are saved, rerun to retry the others."
             return
-        if len(lost) == 1 and node.run_id in self.suspects:
-            self.suspects.discard(node.run_id)
-            self._record(node, self._failure(node, "its worker process died (killed, out of memory, or os._exit)"))
+        if len(lost) == 1 and job[0].run_id in self.suspects:
+            self.suspects.discard(job[0].run_id)
+            for node in job:
+                self._record(node, self._failure(node, "its worker process died (killed, out of memory, or os._exit)"))
             return
-        for lost_node in lost:  # retry each alone in a fresh pool to find the one that kills its worker
-            self.suspects.add(lost_node.run_id)
+        for lost_job in lost:  # retry each alone in a fresh pool to find the one that kills its worker
+            self.suspects.add(lost_job[0].run_id)
         self.pending = lost + self.pending
 
     def _failure(self, node: Node, message: str) -> dict[str, Any]:
@@ -191,6 +213,9 @@ class Scheduler:
                 "log_dir": self.log_dirs.get(node.run_id)}
 
     def _record(self, node: Node, record: dict[str, Any]) -> None:
+        exception = record.pop("exception", None) if isinstance(record, dict) else None
+        if exception is not None and self.first_exception is None:
+            self.first_exception = exception
         full = {**self.fields[node.run_id], **record, "finished_at": time.time()}
         self.store.append(full)
         self.done[node.run_id] = full["status"]

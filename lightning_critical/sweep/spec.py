@@ -52,7 +52,12 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+    # repr only as the last resort (a partial's repr prints every bound argument, arrays included)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if name is None:
+        inner = getattr(obj, "func", None)
+        name = f"partial({_qualname(inner)})" if inner is not None else _ADDRESS.sub("", repr(obj))
+    return f"{getattr(obj, '__module__', '?')}:{name}"
 
 
 def describe(obj: Any, _depth: int = 0) -> Any:
@@ -104,6 +109,9 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a tensor
         t = obj.detach().cpu()
         return {"tensor": list(t.shape), "digest": hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:12]}
+    if hasattr(obj, "tobytes") and hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a numpy array (not its repr)
+        digest = hashlib.sha256(str(obj.dtype).encode() + obj.tobytes()).hexdigest()[:12]
+        return {"array": list(obj.shape), "digest": digest}
     attrs = getattr(obj, "__dict__", None)
     if attrs is not None:
         public = {k: v for k, v in attrs.items() if not k.startswith("_")}
@@ -215,8 +223,15 @@ def accepted_kwargs(factory: Callable[..., Any], available: Mapping[str, Any]) -
 
 
 def _takes_window_keyword(factory: Callable[..., Any]) -> bool:
+    return _names_argument(factory, "window")
+
+
+def _names_argument(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory``'s signature names ``name`` (``**kwargs`` does not count), unbound by a partial."""
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return False
     try:
-        return "window" in inspect.signature(factory).parameters
+        return name in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
 
@@ -238,6 +253,8 @@ class SweepSpec:
         steps_per_epoch: optimizer steps per epoch, if known (lets step windows share prefixes).
         save_model: write each run's final ``state_dict`` to ``<out>/models/<label>.pt``.
         tensorboard: per-run TensorBoard logs under ``<out>/tensorboard/<label>``.
+        runner: the runner when it is not the default one-fit-per-run (part of the identity:
+            a sweep's results are never mixed across runners).
     """
 
     model: Callable[..., Any]
@@ -251,6 +268,7 @@ class SweepSpec:
     steps_per_epoch: int | None = None
     save_model: bool = False
     tensorboard: bool = True
+    runner: Any = None
 
     @property
     def max_epochs(self) -> int:
@@ -258,7 +276,9 @@ class SweepSpec:
 
     def describe(self) -> dict[str, Any]:
         """What trains a run, as JSON (stored in ``<out>/sweep.json``)."""
+        runner = {} if self.runner is None else {"runner": describe(self.runner)}
         return {
+            **runner,
             "model": describe(self.model),
             "datamodule": describe(self.datamodule),
             "deficit": describe(self.deficit),
@@ -314,14 +334,17 @@ class SweepSpec:
         for window in run.windows:
             for maker in makers:
                 made = make_deficit(maker, window, self.factory_kwargs(run))
-                out.extend(_as_callbacks(made, f"deficit {describe(maker)}"))
+                out.extend(_as_callbacks(made, functools.partial(_deficit_name, maker)))
         return out
 
     def build_callbacks(self, run: RunSpec) -> list[Any]:
         if self.callbacks is None:
             return []
-        made = self.callbacks(**accepted_kwargs(self.callbacks, self.factory_kwargs(run)))
-        return _as_callbacks(made, f"callbacks factory {_qualname(self.callbacks)}")
+        kwargs = accepted_kwargs(self.callbacks, self.factory_kwargs(run))
+        if _names_argument(self.callbacks, "windows"):
+            kwargs["windows"] = run.windows
+        made = self.callbacks(**kwargs)
+        return _as_callbacks(made, lambda: f"callbacks factory {_qualname(self.callbacks)}")
 
 
 def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
@@ -343,13 +366,17 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
     return maker(window, **extra)
 
 
-def _as_callbacks(made: Any, what: str) -> list[Any]:
+def _deficit_name(maker: Any) -> str:
+    return f"deficit {describe(maker)}"
+
+
+def _as_callbacks(made: Any, what: Callable[[], str]) -> list[Any]:
     from lightning_critical._namespace import pl
 
     items = list(made) if isinstance(made, (list, tuple)) else [made]
     for item in items:
         if not isinstance(item, pl.Callback):
-            raise TypeError(f"{what} returned {type(item).__name__}, not a Lightning Callback.")
+            raise TypeError(f"{what()} returned {type(item).__name__}, not a Lightning Callback.")
     return items
 
 
@@ -368,7 +395,7 @@ def check_params(
     """
     import itertools
 
-    reserved = {"seed", "window"}
+    reserved = {"seed", "window", "windows"}
     if params is None:
         return [()]
     if isinstance(params, Mapping):

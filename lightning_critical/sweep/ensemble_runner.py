@@ -1,0 +1,184 @@
+"""A sweep runner that trains every run of one seed as one vectorized factorization ensemble.
+
+:class:`FactorizationEnsembleRunner` plugs the
+:class:`~lightning_critical.models.FactorizationEnsemble` into :func:`lightning_critical.sweep.run`
+(the runner interface is in :mod:`lightning_critical.sweep.runners`). The sweep is written as
+for any model: the model factory returns a :class:`~lightning_critical.models.DeepMatrixFactorization`,
+the datamodule factory a datamodule with tasks (e.g. ``MatrixCompletionDataModule``, on the task
+trained outside the windows), and the deficit puts each window on another task with a
+:class:`~lightning_critical.TaskSwitch` (e.g. ``TaskSwitch({w.start: "pretrain", w.end: "target"})``).
+One Lightning fit per run would train them one by one; this runner builds one ensemble per
+seed and swept values, one member per window, and drives each member with its run's
+``TaskSwitch`` schedule. Members share their weights until their schedules part, so the
+common pre-training trains once, and each step updates all live members as batched matrix
+products. The rows equal those of the default runner up to float32 rounding, and bitwise those
+of the ensemble built by hand (``tests/test_sweep_runners.py``).
+
+An epoch of the sweep is one full-batch SGD step (the datamodule serves one batch); the
+runner groups ``steps_per_epoch`` of them per Lightning step (default: the largest divisor,
+up to 1000, of every switch time and run length). Metrics are read by name from
+``FactorizationEnsemble.results()``: ``test_loss``, ``train_loss``, ``sgd_steps``, ``sv_0``...
+(``sv_i`` is NaN where the matrix has fewer than ``i + 1`` singular values).
+No per-run TensorBoard logs (``log_dir`` is empty); ``threads_per_run`` and the ``trainer``
+arguments (e.g. ``accelerator``) apply to the ensemble's one fit.
+
+Example (three switch epochs, one ensemble)::
+
+    >>> import functools, tempfile, lightning_critical as lc
+    >>> def pretrain_until(window):  # the window trains on "pretrain", the rest on the datamodule's "target"
+    ...     return lc.TaskSwitch({window.start: "pretrain", window.end: "target"})
+    >>> table = lc.sweep.run(
+    ...     functools.partial(lc.models.DeepMatrixFactorization, size=10, depth=2, lr=0.5),
+    ...     functools.partial(lc.data.MatrixCompletionDataModule, size=10, n_observed=40,
+    ...                       tasks={"target": 1, "pretrain": 3}),  # starts on its first task
+    ...     deficit=pretrain_until, windows=lc.sweep.removal([100, 200], epochs_after=100),
+    ...     metrics=["test_loss", "sgd_steps"], trainer={}, runner=lc.sweep.FactorizationEnsembleRunner(),
+    ...     out=tempfile.mkdtemp(), backend="serial", tensorboard=False, plot=False)
+    >>> table[["window", "sgd_steps", "status"]].values.tolist()
+    [['none', 100.0, 'ok'], ['[0, 100) epochs', 200.0, 'ok'], ['[0, 200) epochs', 300.0, 'ok']]
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lightning_critical._checks import check_choice, check_int
+from lightning_critical.sweep.runners import record
+
+
+class FactorizationEnsembleRunner:
+    """Train all runs of one seed and swept values as one :class:`~lightning_critical.models.FactorizationEnsemble`.
+
+    Args:
+        steps_per_epoch: SGD steps per Lightning step (default: the largest divisor, up to
+            1000, of every switch time and run length); must divide all of them.
+        initial_task: the task all members start on (members whose schedule starts elsewhere
+            fork at once); default: the task most members start on.
+        dtype: ``torch.float32`` (default) or ``torch.float64``.
+        top_k: singular values recorded per member (metrics ``sv_0`` ... ``sv_{top_k-1}``).
+
+    Raises:
+        ValueError / TypeError: bad arguments; when a run is trained, a deficit that is not a
+            ``TaskSwitch`` in epochs, or a model that is not a ``DeepMatrixFactorization``
+            (recorded as the runs' errors).
+
+    Example::
+
+        >>> FactorizationEnsembleRunner(steps_per_epoch=100).name
+        'factorization_ensemble'
+    """
+
+    name = "factorization_ensemble"
+    shares_prefixes = False  # members share their common prefix inside the ensemble
+
+    def __init__(self, steps_per_epoch: int | None = None, initial_task: str | None = None,
+                 dtype: torch.dtype = torch.float32, top_k: int = 10) -> None:
+        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
+        if initial_task is not None and (not isinstance(initial_task, str) or not initial_task):
+            raise ValueError(f"initial_task={initial_task!r} is not valid: give a task name or None.")
+        self.initial_task = initial_task
+        self.dtype = check_choice("dtype", dtype, (torch.float32, torch.float64))
+        self.top_k = check_int("top_k", top_k, low=1)
+
+    def batches(self, tasks: list[Any]) -> list[list[Any]]:
+        """One batch per seed and swept values (in the order given), the longest first."""
+        groups: dict[Any, list[Any]] = {}
+        for task in tasks:
+            groups.setdefault((task.run.seed, task.run.params), []).append(task)
+        return sorted(groups.values(), key=lambda g: -sum(t.epochs for t in g))
+
+    def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:
+        from lightning_critical.sweep.execute import isolated, portable, quiet
+
+        start = time.perf_counter()
+        spec = tasks[0].spec
+        with isolated(spec.threads_per_run), quiet():
+            try:
+                results = self._fit(list(tasks))
+            except (KeyboardInterrupt, SystemExit) as err:
+                raise KeyboardInterrupt("ensemble interrupted") from err
+            except Exception as err:
+                error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
+                seconds = time.perf_counter() - start
+                return [record(t, "failed", error=error, exception=portable(err), seconds=seconds) for t in tasks]
+        seconds = time.perf_counter() - start
+        out = []
+        for task, row in zip(tasks, results, strict=True):
+            for name in spec.metrics:  # singular values a small matrix does not have: NaN
+                if isinstance(name, str) and name.startswith("sv_") and name[3:].isdigit() and name not in row:
+                    row[name] = float("nan") if int(name[3:]) < self.top_k else None
+            missing = [m for m in spec.metrics if not isinstance(m, str) or row.get(m) is None]
+            if missing:
+                produced = sorted(k for k in row if k not in ("member", "task"))
+                error = (f"metrics: {missing} are not results of the factorization ensemble; it produced {produced}. "
+                         "Name some of them (functions of the trainer are not supported by this runner).")
+                out.append(record(task, "failed", error=error, fatal=True, seconds=seconds))
+                continue
+            out.append(record(task, metrics={m: float(row[m]) for m in spec.metrics}, seconds=seconds,
+                              global_step=int(row["sgd_steps"])))
+        return out
+
+    # -- one ensemble ----------------------------------------------------------------------
+    def _fit(self, tasks: list[Any]) -> list[dict[str, Any]]:
+        from lightning_critical._namespace import pl
+        from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
+        from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
+        from lightning_critical.sweep.execute import QUIET_TRAINER
+        from lightning_critical.tasks import TaskSwitch
+
+        spec, first = tasks[0].spec, tasks[0].run
+        pl.seed_everything(first.seed, verbose=False)
+        model = spec.build_model(first)
+        if not isinstance(model, DeepMatrixFactorization):
+            raise TypeError(f"the model factory returned {type(model).__name__}; FactorizationEnsembleRunner "
+                            "trains DeepMatrixFactorization models (use the default runner for others).")
+        dm = spec.build_datamodule(first)
+        if dm is None or not hasattr(dm, "observations"):
+            raise TypeError("FactorizationEnsembleRunner needs a datamodule with tasks, observations(name) and "
+                            "ground_truth(name), e.g. lc.data.MatrixCompletionDataModule.")
+        base = dm.task
+        schedules = [self._schedule(spec, task, base, TaskSwitch) for task in tasks]
+        initial = self.initial_task or collections.Counter(s[0] for s in schedules).most_common(1)[0][0]
+        times = [t for s in schedules for t in s] + [task.epochs for task in tasks]
+        k = self.steps_per_epoch or chunk_size(times)
+        bad = sorted({t for t in times if t % k})
+        if bad:
+            raise ValueError(f"steps_per_epoch={k} must divide every switch time and run length; it does not divide "
+                             f"{bad}.")
+        ensemble = FactorizationEnsemble(model, dm, [task.epochs for task in tasks], steps_per_epoch=k,
+                                         initial_task=initial, top_k=self.top_k, dtype=self.dtype)
+        switches = []
+        for member, schedule in zip(ensemble.members, schedules, strict=True):
+            chunks = {t // k: name for t, name in schedule.items() if not (t == 0 and name == initial)}
+            if chunks:
+                switches.append(TaskSwitch(chunks, unit="epoch", target=member))
+        kwargs = {**QUIET_TRAINER, **{key: v for key, v in spec.trainer.items() if key != "logger"}}
+        kwargs.update(max_epochs=ensemble.max_epochs, callbacks=switches, logger=False, enable_checkpointing=False)
+        trainer = pl.Trainer(**kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`")
+            trainer.fit(ensemble, datamodule=dm)
+        rows = ensemble.results().to_dict("records")
+        return sorted(rows, key=lambda r: r["member"])
+
+    @staticmethod
+    def _schedule(spec: Any, task: Any, base: str, task_switch: Any) -> dict[int, str]:
+        """The member's ``{time: task}``, starting at time 0, from its run's ``TaskSwitch`` deficits."""
+        schedule: dict[int, str] = {}
+        for callback in spec.build_deficits(task.run):
+            if not isinstance(callback, task_switch) or callback.unit != "epoch":
+                raise TypeError(
+                    f"deficit {type(callback).__name__} is not valid for FactorizationEnsembleRunner: give TaskSwitch "
+                    "callbacks in epochs (e.g. lambda w: lc.TaskSwitch({w.start: 'pretrain', w.end: 'target'})).")
+            if 0 not in callback.schedule and 0 not in schedule:
+                schedule[0] = callback.initial or base
+            schedule.update(callback.schedule)
+        schedule.setdefault(0, base)
+        return dict(sorted(schedule.items()))
