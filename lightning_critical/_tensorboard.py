@@ -86,8 +86,9 @@ class StepSeries:
     def points(self, step: int, value: float, every: int) -> list[tuple[int, float]]:
         out: list[tuple[int, float]] = []
         if self.value is None:
-            due = step == 0 or step % max(every, 1) == 0
-            self._changed_at = step if step == 0 else None
+            # The first step of every fit, resumed or branched ones included: the value may have
+            # changed while the run was away, and the plot must not carry the old one forward.
+            due, self._changed_at = True, step
         elif value != self.value:
             if step > 0 and self._last_step != step - 1:
                 out.append((step - 1, self.value))

@@ -226,3 +226,48 @@ def test_lightning_still_has_the_placeholder_flag_we_turn_off(tmp_path):
     # _lightning.skip_placeholder_hp_metric relies on this private attribute: fail loudly if it goes.
     logger = TensorBoardLogger(str(tmp_path))
     assert logger._default_hp_metric is True
+
+
+def test_the_first_step_of_a_resumed_fit_is_always_logged():
+    # A branched or resumed fit starts mid-run: without a point at its first step, the plot
+    # carried the parent's value (deficit on) forward to the next logging interval.
+    series = _tensorboard.StepSeries(edge_steps=2)
+    assert series.points(12, 0.0, every=50) == [(12, 0.0)]
+    assert series.points(13, 0.0, every=50) == [(13, 0.0)]  # dense just after it
+    assert series.points(14, 0.0, every=50) == []
+
+
+class _SweepNet(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = ((self.b(self.a(x)) - y) ** 2).mean()
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(TensorDataset(torch.randn(16, 3, generator=g), torch.randn(16, 1, generator=g)), batch_size=4)
+
+
+def _sweep_net(seed: int) -> _SweepNet:
+    return _SweepNet()
+
+
+def test_branched_sweep_runs_show_their_own_window(tmp_path):
+    from lightning_critical.plots.run_files import read_deficit_windows
+
+    table = lc.sweep.run(_sweep_net, None, deficit=lc.PathwayDeficit("a", window=(0, 1)), windows=[(0, 3), (0, 5)],
+                         seeds=[0], metrics="loss", trainer={"max_epochs": 6, "log_every_n_steps": 50},
+                         out=str(tmp_path), backend="serial", plot=False, progress=False)
+    assert table.set_index("label").loc["w0-3_seed0", "branch_epoch"] == 3  # branched from the longer run
+    labels = ("w0-3_seed0", "w0-5_seed0")
+    windows = {label: read_deficit_windows(str(tmp_path / "tensorboard" / label)) for label in labels}
+    assert windows == {"w0-3_seed0": {"freeze/a": [(0, 12)]}, "w0-5_seed0": {"freeze/a": [(0, 20)]}}
