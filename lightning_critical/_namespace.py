@@ -18,11 +18,12 @@ LightningModules and data modules do: they subclass the bound namespace's classe
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -121,3 +122,18 @@ def mismatch_message(obj: Any, what: str) -> str | None:
     return (f"{what} is a {found} {type(obj).__name__}, but lightning_critical is bound to {NAME} "
             f"(the namespace loaded when it was first used). Import {found.split('.')[0]} before using "
             f"lightning_critical, or set {ENV}={found}.")
+
+
+@contextlib.contextmanager
+def exported() -> Iterator[None]:
+    """Put the binding in the environment while the block runs, so that worker processes started in
+    it (a sweep's process pool, a user's executor) bind to the same namespace before they unpickle
+    anything; an explicit ``LIGHTNING_CRITICAL_NAMESPACE`` is left as it is."""
+    if os.environ.get(ENV):
+        yield
+        return
+    os.environ[ENV] = NAME
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV, None)

@@ -253,3 +253,67 @@ def test_every_public_submodule_is_an_attribute_after_a_bare_import():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["LogSpaced analyze lightning_critical.esd BatchSpec",
                                           "module 'lightning_critical' has no attribute 'no_such_thing'"]
+
+
+def test_sweep_workers_in_fresh_interpreters_bind_like_the_driver(tmp_path):
+    # Workers that do not re-import the user's script (Ray, submitit) imported the sweep package,
+    # and so bound to the default namespace, before unpickling a `lightning` model: every run failed.
+    (tmp_path / "user_net.py").write_text(textwrap.dedent("""
+        import lightning as L
+        import torch
+        from torch import nn
+
+
+        class Net(L.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.a = nn.Linear(3, 1)
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                loss = ((self.a(x) - y) ** 2).mean()
+                self.log("loss", loss)
+                return loss
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+            def train_dataloader(self):
+                g = torch.Generator().manual_seed(0)
+                data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))
+                return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+        def make(seed):
+            return Net()
+    """))
+    result = _python("""
+        import concurrent.futures as cf, os, pickle, subprocess, sys, tempfile
+        import lightning
+        import user_net
+        import lightning_critical as lc
+
+        class FreshInterpreters:
+            def submit(self, fn, *args):
+                folder = tempfile.mkdtemp()
+                with open(os.path.join(folder, "in"), "wb") as fh:
+                    pickle.dump(args, fh)
+                code = (f"import pickle; from {fn.__module__} import {fn.__name__} as fn; "
+                        f"r = fn(*pickle.load(open({folder + '/in'!r}, 'rb'))); "
+                        f"pickle.dump(r, open({folder + '/out'!r}, 'wb'))")
+                subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+                future = cf.Future()
+                future.set_result(pickle.load(open(os.path.join(folder, "out"), "rb")))
+                return future
+
+            def shutdown(self, wait=True, cancel_futures=False):
+                pass
+
+        table = lc.sweep.run(user_net.make, None, deficit=lc.PathwayDeficit("a", window=(0, 1)), windows=[(0, 1)],
+                             seeds=[0], metrics="loss", trainer={"max_epochs": 2}, out=tempfile.mkdtemp(),
+                             backend=FreshInterpreters(), tensorboard=False, plot=False, progress=False)
+        print(table["status"].tolist(), table["error"].dropna().tolist()[:1],
+              os.environ.get("LIGHTNING_CRITICAL_NAMESPACE"))
+    """, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "['ok', 'ok'] [] None"  # and the driver's environment is restored

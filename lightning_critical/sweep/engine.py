@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lightning_critical import _namespace
 from lightning_critical._checks import check_choice, check_int, check_seed
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
@@ -226,7 +227,8 @@ def run(
 
         scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
                               batches=batches, make_batch=make_batch)
-        scheduler.run()
+        with _namespace.exported():
+            scheduler.run()
         latest = store.latest()
         if errors == "raise" and scheduler.first_exception is not None:
             raise scheduler.first_exception

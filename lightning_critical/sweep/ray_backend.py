@@ -38,8 +38,9 @@ have to agree with ours. So a run is a task, and a Ray cluster is just more work
 Example (nothing starts until the sweep submits its first run)::
 
     >>> backend = RayBackend(workers=2, num_gpus=0.25, max_retries=1)
-    >>> backend.task_options()
-    {'num_cpus': 1.0, 'num_gpus': 0.25, 'max_retries': 1, 'retry_exceptions': False}
+    >>> options = backend.task_options()  # the Lightning namespace travels in the task's environment
+    >>> options["num_cpus"], options["num_gpus"], options["max_retries"], list(options["runtime_env"]["env_vars"])
+    (1.0, 0.25, 1, ['LIGHTNING_CRITICAL_NAMESPACE'])
 
 and in a sweep: ``lc.sweep.run(..., backend="ray", backend_options={"num_gpus": 0.25})``, or on a
 cluster ``backend_options={"address": "auto", "num_cpus": 4, "runtime_env": {"working_dir": "."}}``.
@@ -55,6 +56,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from lightning_critical import _namespace
 from lightning_critical._checks import check_float, check_int
 from lightning_critical.sweep.backends import dumps, run_payload
 
@@ -140,8 +142,10 @@ class RayBackend:
         """The ``.options(...)`` of every run's task."""
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
                                    "max_retries": self.max_retries, "retry_exceptions": False}
-        if self.runtime_env is not None:
-            options["runtime_env"] = self.runtime_env
+        # Ray workers bind to the driver's Lightning namespace before they unpickle the run.
+        runtime_env = dict(self.runtime_env or {})
+        runtime_env["env_vars"] = {_namespace.ENV: _namespace.NAME, **dict(runtime_env.get("env_vars") or {})}
+        options["runtime_env"] = runtime_env
         return options
 
     def _connect(self) -> Any:
