@@ -147,3 +147,13 @@ def test_ensemble_runner_names_what_it_cannot_train(tmp_path):
     with pytest.raises(ValueError, match=r"steps_per_epoch=0 must be an integer >= 1"):
         lc.sweep.FactorizationEnsembleRunner(steps_per_epoch=0)
     assert os.path.isdir(tmp_path / "a")
+
+
+@pytest.mark.parametrize("option", [{"callbacks": lambda: []}, {"test": True}, {"save_model": True},
+                                    {"tensorboard": True}])
+def test_ensemble_runner_refuses_what_it_would_ignore(tmp_path, option):
+    with pytest.raises(ValueError, match=f"does not support \\['{next(iter(option))}'\\]"):
+        lc.sweep.run(MODEL, DATA, deficit=pretrain_until, windows=[(0, 1)], seeds=[0], metrics="test_loss",
+                     trainer={"max_epochs": 2}, out=str(tmp_path), runner=lc.sweep.FactorizationEnsembleRunner(),
+                     backend="serial", plot=False, **option)
+    assert not os.listdir(tmp_path)  # refused before anything ran

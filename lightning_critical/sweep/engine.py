@@ -18,7 +18,7 @@ from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
-from lightning_critical.sweep.runners import Batch, LightningRunner, check_runner
+from lightning_critical.sweep.runners import RUNNER_OPTIONS, Batch, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
@@ -47,7 +47,7 @@ def run(
     steps_per_epoch: int | None = None,
     progress: bool | None = None,
     save_model: bool = False,
-    tensorboard: bool = True,
+    tensorboard: bool | None = None,
     plot: bool | str = True,
     keep_checkpoints: bool = False,
     backend_options: Mapping[str, Any] | None = None,
@@ -104,7 +104,9 @@ def run(
         progress: a progress bar over runs (default: when stderr is a terminal).
         save_model: also write every run's final weights to ``<out>/models/<label>.pt``.
         tensorboard: per-run TensorBoard logs with hparams (window, seed, swept values) and
-            final metrics, under ``<out>/tensorboard/<label>``.
+            final metrics, under ``<out>/tensorboard/<label>`` (default: when the runner supports it).
+            ``callbacks``, ``test``, ``save_model`` and ``tensorboard`` are refused with a runner
+            that does not honour them (its ``supports``), rather than ignored.
         plot: write the critical-period curve of the first metric (or of the metric named here) to
             ``<out>/critical_period.png`` and to TensorBoard (``<out>/tensorboard/summary``).
         keep_checkpoints: keep the branch checkpoints after their runs finished.
@@ -148,6 +150,15 @@ def run(
     """
     runner = check_runner(runner)
     check_choice("errors", errors, ("record", "raise"))
+    supported = getattr(runner, "supports", RUNNER_OPTIONS)
+    if tensorboard is None:
+        tensorboard = "tensorboard" in supported
+    asked = {"callbacks": callbacks is not None, "test": bool(test), "save_model": bool(save_model),
+             "tensorboard": bool(tensorboard)}
+    refused = [name for name, on in asked.items() if on and name not in supported]
+    if refused:
+        raise ValueError(f"runner {runner.name!r} does not support {refused} (it would ignore them silently); "
+                         f"it supports {sorted(supported)}. Leave them out, or use the default Lightning runner.")
     grid = as_grid(windows)
     seed_list = _check_seeds(seeds)
     combos = check_params(params)

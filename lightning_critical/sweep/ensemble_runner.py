@@ -77,6 +77,7 @@ class FactorizationEnsembleRunner:
 
     name = "factorization_ensemble"
     shares_prefixes = False  # members share their common prefix inside the ensemble
+    supports: frozenset[str] = frozenset()  # one vectorized model: no per-run callbacks, tests, logs or files
 
     def __init__(self, steps_per_epoch: int | None = None, initial_task: str | None = None,
                  dtype: torch.dtype = torch.float32, top_k: int = 10) -> None:

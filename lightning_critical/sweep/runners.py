@@ -11,6 +11,7 @@ crosses processes)::
     class Runner:
         name: str                    # shown in messages, part of the sweep's identity
         shares_prefixes: bool        # True: the engine plans shared prefixes (branch checkpoints)
+        supports: frozenset[str]     # optional: which of callbacks/test/save_model/tensorboard it honours
                                      # and submits one run at a time; False: no engine branching
         def batches(self, tasks: list[Task]) -> list[list[Task]]: ...
                                      # how the ready runs are grouped into units of work
@@ -60,6 +61,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
+RUNNER_OPTIONS: frozenset[str] = frozenset({"callbacks", "test", "save_model", "tensorboard"})
+"""The ``lc.sweep.run`` options a runner may implement; a runner lists the ones it honours in an
+optional ``supports`` attribute (all of them when it has none), and the sweep refuses the others."""
+
+
 @runtime_checkable
 class Runner(Protocol):
     """Trains planned runs and returns their records (see the module docstring)."""
@@ -83,6 +89,7 @@ class LightningRunner:
 
     name = "lightning"
     shares_prefixes = True
+    supports = RUNNER_OPTIONS
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
         return [[t] for t in tasks]
