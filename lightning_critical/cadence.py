@@ -11,9 +11,9 @@ runs with the same cadence record at the same steps.
   doubling of the step count, i.e. for ``per_octave=2`` steps
   ``0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, ...`` (``2^e`` and ``1.5 * 2^e``). A fit of
   ``N`` steps gets about ``per_octave * log2(N)`` records, so the cost of monitoring
-  shrinks relative to training as the fit grows. ``max_every`` caps the spacing: once the log
-  spacing would pass it, every multiple of ``max_every`` is recorded, so a long run is still
-  seen regularly.
+  shrinks relative to training as the fit grows. ``max_every`` caps the spacing: every
+  multiple of ``max_every`` is recorded too, so no two records of a long run are more than
+  ``max_every`` steps apart.
 
 Nothing here imports Lightning.
 
@@ -108,12 +108,18 @@ class LogSpaced(Cadence):
         self.max_every = check_int("max_every", max_every, allow_none=True)
 
     def spacing(self, step: int) -> int:
-        """Steps between records around ``step`` (``step >= 1``)."""
-        gap = max(1, (1 << (step.bit_length() - 1)) // self.per_octave)
-        return gap if self.max_every is None else min(gap, self.max_every)
+        """The logarithmic spacing of records around ``step`` (``step >= 1``), before any cap."""
+        return max(1, (1 << (step.bit_length() - 1)) // self.per_octave)
 
     def is_due(self, step: int) -> bool:
-        return step == 0 or step % self.spacing(step) == 0
+        if step == 0:
+            return True
+        gap = self.spacing(step)
+        if self.max_every is None:
+            return step % gap == 0
+        # Every multiple of the cap, plus the log-spaced steps where they are closer than it: no two
+        # consecutive records are more than max_every apart, whatever max_every is.
+        return step % self.max_every == 0 or (gap <= self.max_every and step % gap == 0)
 
     def __repr__(self) -> str:
         cap = "" if self.max_every is None else f", max_every={self.max_every}"

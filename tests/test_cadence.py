@@ -32,9 +32,12 @@ def test_log_spaced_records_every_step_then_per_octave_evenly_spaced():
             octave = [s for s in steps if (1 << e) <= s < (2 << e)]
             gap = (1 << e) // per_octave
             assert octave == list(range(1 << e, 2 << e, gap)), (per_octave, e)
-    # the cap: once the log spacing would pass max_every, every multiple of max_every is recorded
+    # the cap: every multiple of max_every is recorded too, so no gap is wider than it
     capped = LogSpaced(per_octave=2, max_every=100).steps(1000)
-    assert capped == LogSpaced(per_octave=2).steps(192) + list(range(300, 1001, 100))
+    assert capped == sorted(set(LogSpaced(per_octave=2).steps(192)) | set(range(0, 1001, 100)))
+    for per_octave, cap in ((2, 100), (4, 500), (1, 16), (2, 7), (8, 64)):
+        steps = LogSpaced(per_octave=per_octave, max_every=cap).steps(20_000)
+        assert max(b - a for a, b in zip(steps, steps[1:])) <= cap, (per_octave, cap)
 
 
 def test_cadences_are_pure_functions_of_the_step():

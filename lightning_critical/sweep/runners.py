@@ -60,7 +60,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-
 RUNNER_OPTIONS: frozenset[str] = frozenset({"callbacks", "test", "save_model", "tensorboard"})
 """The ``lc.sweep.run`` options a runner may implement; a runner lists the ones it honours in an
 optional ``supports`` attribute (all of them when it has none), and the sweep refuses the others."""
