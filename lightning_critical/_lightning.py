@@ -88,17 +88,28 @@ def tensorboard_loggers(trainer: pl.Trainer) -> list[Any]:
     return [lg for lg in trainer.loggers if instance_of(lg, "loggers.TensorBoardLogger")]
 
 
-def skip_placeholder_hp_metric(trainer: pl.Trainer) -> None:
+def skip_placeholder_hp_metric(trainer: pl.Trainer) -> list[Any]:
     """Stop Lightning's start-of-fit hparams autolog from writing an HParams session with ``hp_metric=-1``.
 
     TensorBoard keeps the first session a run directory receives, so the one written at the end
     of fit (with the run's deficits, schedule and final metrics) must be the only one. The
     logger's ``_default_hp_metric`` flag is private: ``tests/test_lightning_adapter.py`` fails
-    loudly if a Lightning upgrade renames it. Call it before autolog (``setup`` / ``on_fit_start``).
+    loudly if a Lightning upgrade renames it. Call it before autolog (``setup`` / ``on_fit_start``)
+    and give what it returns (the loggers it changed) to :func:`restore_placeholder_hp_metric`
+    when the fit ends, so the user's logger is left as it was.
     """
+    changed = []
     for logger in tensorboard_loggers(trainer):
         if getattr(logger, "_default_hp_metric", False):
             logger._default_hp_metric = False
+            changed.append(logger)
+    return changed
+
+
+def restore_placeholder_hp_metric(loggers: list[Any]) -> None:
+    """Undo :func:`skip_placeholder_hp_metric` on the loggers it changed."""
+    for logger in loggers:
+        logger._default_hp_metric = True
 
 
 def log_every_n_steps(trainer: pl.Trainer) -> int:

@@ -238,7 +238,9 @@ def write_session(
     """
     metrics = dict(final_metrics(trainer) if metrics is None else metrics)
     if not metrics:
-        return
+        # TensorBoard shows no session without a metric: a module that logs nothing still gets its
+        # row, with Lightning's placeholder.
+        metrics = {"hp_metric": -1.0}
     for logger in tensorboard_loggers(trainer):
         own = {k: v for k, v in dict(getattr(logger, "hparams", {}) or {}).items() if k != "_class_path"}
         params = {**own, **callback_hparams(trainer), **{k: hparam_value(v) for k, v in (extra or {}).items()}}

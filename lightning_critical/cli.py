@@ -186,13 +186,13 @@ def _class_paths(argv: Sequence[str]) -> list[str]:
             found.append(value)
         elif name in ("--config", "-c", "--model", "--data") and value:
             configs.append(value)
+    import yaml
+
     for path in configs:
         try:
-            import yaml
-
             with open(path) as fh:
                 loaded = yaml.safe_load(fh)
-        except (OSError, ValueError):
+        except (OSError, ValueError, yaml.YAMLError):
             continue  # LightningCLI reports unreadable configs itself
         items = [loaded] + [loaded.get(k) for k in ("model", "data")] if isinstance(loaded, dict) else []
         found += [item["class_path"] for item in items if isinstance(item, dict) and "class_path" in item]

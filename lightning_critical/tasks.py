@@ -34,6 +34,7 @@ from lightning_critical._lightning import (
     datamodule_of,
     log_every_n_steps,
     log_scalars,
+    restore_placeholder_hp_metric,
     skip_placeholder_hp_metric,
 )
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
@@ -306,7 +307,13 @@ class TaskSwitch(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        skip_placeholder_hp_metric(trainer)  # before Lightning's hparams autolog: one session, written at the end
+        # before Lightning's hparams autolog: one session, written at the end
+        self._hp_loggers = skip_placeholder_hp_metric(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        restore_placeholder_hp_metric(getattr(self, "_hp_loggers", []))
+        self._hp_loggers = []
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -75,3 +75,12 @@ def test_plot_command_is_listed_and_documents_its_options(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert "RUN_DIR/figures" in usage and "NAME=START:END" in usage and "deficit/<name>" in usage
+
+
+def test_fit_with_a_broken_yaml_config_gets_lightningclis_message(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(SystemExit) as exit_info:  # LightningCLI's parser error, not a raw yaml traceback
+        main(["fit", "--config", str(broken)])
+    assert exit_info.value.code == 2
+    assert "did not find expected" in capsys.readouterr().err  # the YAML problem, in a usage error

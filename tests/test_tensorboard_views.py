@@ -271,3 +271,16 @@ def test_branched_sweep_runs_show_their_own_window(tmp_path):
     labels = ("w0-3_seed0", "w0-5_seed0")
     windows = {label: read_deficit_windows(str(tmp_path / "tensorboard" / label)) for label in labels}
     assert windows == {"w0-3_seed0": {"freeze/a": [(0, 12)]}, "w0-5_seed0": {"freeze/a": [(0, 20)]}}
+
+
+def test_a_run_that_logs_no_metric_keeps_its_hparams_session_and_the_logger_is_left_as_it_was(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="run", version="")
+    first = lc.PathwayDeficit("left", window=(3, 4))
+    second = lc.PathwayDeficit("left", window=(0, 1))  # same name, earlier window, later in the list
+    make_trainer(max_epochs=5, logger=logger, callbacks=[first, second]).fit(TwoBranchNet())
+    assert logger._default_hp_metric is True  # what the user configured, restored after fit
+    ((hp, metrics),) = hparams_sessions(logger.log_dir)  # one session although the module logs no metric
+    assert hp["deficit/freeze/left/window_start"] == 0 and hp["deficit/freeze/left/window_end"] == 4
+    params = first.hparams_for_tensorboard()
+    assert params["deficit/freeze/left/window_start"] == 0 and params["deficit/freeze/left/window_end"] == 4
+    assert params["deficit/freeze/left/window"] == "[0, 1) epochs + [3, 4) epochs"

@@ -15,6 +15,7 @@ from lightning_critical._lightning import (
     callbacks_of,
     log_every_n_steps,
     log_scalars,
+    restore_placeholder_hp_metric,
     skip_placeholder_hp_metric,
     steps_per_epoch,
 )
@@ -203,7 +204,8 @@ class WindowedDeficit(pl.Callback):
         self.resolve(trainer, pl_module)
         self._series.reset()
         self._scalar_group, self._unsure_overlaps = [self], []
-        skip_placeholder_hp_metric(trainer)  # before Lightning's hparams autolog: one session, written at the end
+        # before Lightning's hparams autolog: one session, written at the end
+        self._hp_loggers = skip_placeholder_hp_metric(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -314,14 +316,15 @@ class WindowedDeficit(pl.Callback):
         mode = getattr(self, "mode", None)
         kind = type(self).__name__ + (f"/{mode}" if isinstance(mode, str) else "")
         targets = list(self.targets) or [self._describe_target()]
-        windows = [d.window for d in group]
-        end = windows[-1].end
+        windows = sorted((d.window for d in group), key=lambda w: w.start)  # callback order is not time order
+        ends = [w.end for w in windows]
+        end = None if any(e is None for e in ends) else max(e for e in ends if e is not None)
         prefix = f"deficit/{self.name}"
         return {
             f"{prefix}/kind": kind,
             f"{prefix}/target": ", ".join(str(t) for t in targets),
             f"{prefix}/window": " + ".join(str(w) for w in windows),
-            f"{prefix}/window_start": windows[0].start,
+            f"{prefix}/window_start": min(w.start for w in windows),
             f"{prefix}/window_end": -1 if end is None else end,
             f"{prefix}/unit": windows[0].unit,
         }
@@ -355,6 +358,8 @@ class WindowedDeficit(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.detach()
+        restore_placeholder_hp_metric(getattr(self, "_hp_loggers", []))
+        self._hp_loggers = []
 
     def detach(self) -> None:
         """Remove everything :meth:`attach` installed (safe to call at any time)."""
