@@ -296,37 +296,21 @@ class SweepSpec:
         return {"seed": run.seed, **run.params_dict}
 
     def build_model(self, run: RunSpec) -> Any:
-        from lightning_critical import _namespace
         from lightning_critical._namespace import pl
 
         model = self.model(**accepted_kwargs(self.model, self.factory_kwargs(run)))
-        mismatch = _namespace.mismatch_message(model, f"model factory {_qualname(self.model)}'s model")
-        if mismatch:
-            raise TypeError(mismatch)
-        if not isinstance(model, pl.LightningModule):
-            raise TypeError(
-                f"model factory {_qualname(self.model)} returned {type(model).__name__}, not a LightningModule; "
-                "pass a function or class that builds one (called as factory(seed=..., **params))."
-            )
-        return model
+        return _built(model, self.model, "model", pl.LightningModule,
+                      "pass a function or class that builds one (called as factory(seed=..., **params)).")
 
     def build_datamodule(self, run: RunSpec) -> Any:
-        from lightning_critical import _namespace
         from lightning_critical._namespace import pl
 
         if self.datamodule is None:
             return None
         dm = self.datamodule(**accepted_kwargs(self.datamodule, self.factory_kwargs(run)))
-        mismatch = _namespace.mismatch_message(dm, f"datamodule factory {_qualname(self.datamodule)}'s datamodule")
-        if mismatch:
-            raise TypeError(mismatch)
-        if not isinstance(dm, pl.LightningDataModule):
-            raise TypeError(
-                f"datamodule factory {_qualname(self.datamodule)} returned {type(dm).__name__}, not a "
-                "LightningDataModule; pass a function or class that builds one (or datamodule=None when the "
-                "model has its own dataloaders)."
-            )
-        return dm
+        return _built(dm, self.datamodule, "datamodule", pl.LightningDataModule,
+                      "pass a function or class that builds one (or datamodule=None when the model has its own "
+                      "dataloaders).")
 
     def build_deficits(self, run: RunSpec) -> list[Any]:
         out: list[Any] = []
@@ -364,6 +348,19 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
     if _takes_window_keyword(maker):
         return maker(window=window, **extra)
     return maker(window, **extra)
+
+
+def _built(obj: Any, factory: Any, kind: str, cls: type, hint: str) -> Any:
+    """``obj`` as a factory built it, checked: of the bound Lightning namespace and of class ``cls``."""
+    from lightning_critical import _namespace
+
+    who = f"{kind} factory {_qualname(factory)}"
+    mismatch = _namespace.mismatch_message(obj, f"{who}'s {kind}")
+    if mismatch:
+        raise TypeError(mismatch)
+    if not isinstance(obj, cls):
+        raise TypeError(f"{who} returned {type(obj).__name__}, not a {cls.__name__}; {hint}")
+    return obj
 
 
 def _deficit_name(maker: Any) -> str:
