@@ -25,8 +25,6 @@ _EXPORTS = {
     "TaskSwitchable": "lightning_critical.tasks",
     "Window": "lightning_critical.schedule",
 }
-_SUBPACKAGES = ("data", "experiments", "models", "plots", "sweep", "theory")
-
 __all__ = [
     "BatchSpec", "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "SpectralMonitor", "TaskSwitch",
     "TaskSwitchable", "Window", "data", "experiments", "models", "plots", "sweep", "theory",
@@ -44,7 +42,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value: Any = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBPACKAGES or (not name.startswith("_") and importlib.util.find_spec(f"lightning_critical.{name}")):
+    elif not name.startswith("_") and importlib.util.find_spec(f"lightning_critical.{name}") is not None:
         # any public submodule, as after `import lightning_critical.<name>`: lc.spectral, lc.cadence, ...
         value = importlib.import_module(f"lightning_critical.{name}")
     else:

@@ -132,33 +132,47 @@ def test_callbacks_drop_into_a_script_written_against_the_other_namespace(tmp_pa
     assert all(len(m._forward_pre_hooks) == 0 for m in model.modules())
 
 
+# A user's module written against `lightning`, imported by the subprocess tests below.
+USER_MODULE = textwrap.dedent("""
+    import lightning as L
+    import torch
+    from torch import nn
+
+
+    class Net(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = ((self.a(x) - y) ** 2).mean()
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))
+            return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return Net().train_dataloader()
+
+
+    def make(seed):
+        return Net()
+    """)
+
+
 def test_cli_fit_accepts_a_module_of_the_lightning_package(tmp_path):
     # `lightning-critical fit` rejected an `L.LightningModule` ("does not correspond to a
     # subclass of LightningModule"): the package now binds to the namespace of the user's classes.
-    (tmp_path / "user_net.py").write_text(textwrap.dedent("""
-        import lightning as L
-        import torch
-        from torch import nn
-
-
-        class Net(L.LightningModule):
-            def __init__(self, width: int = 3) -> None:
-                super().__init__()
-                self.layer = nn.Linear(4, width)
-
-            def training_step(self, batch, batch_idx):
-                x, y = batch
-                return nn.functional.mse_loss(self.layer(x), y)
-
-            def configure_optimizers(self):
-                return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-        class Data(L.LightningDataModule):
-            def train_dataloader(self):
-                data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randn(16, 3))
-                return torch.utils.data.DataLoader(data, batch_size=8)
-    """))
+    (tmp_path / "user_net.py").write_text(USER_MODULE)
     result = _python("""
         import sys
         from lightning_critical.cli import main
@@ -258,35 +272,7 @@ def test_every_public_submodule_is_an_attribute_after_a_bare_import():
 def test_sweep_workers_in_fresh_interpreters_bind_like_the_driver(tmp_path):
     # Workers that do not re-import the user's script (Ray, submitit) imported the sweep package,
     # and so bound to the default namespace, before unpickling a `lightning` model: every run failed.
-    (tmp_path / "user_net.py").write_text(textwrap.dedent("""
-        import lightning as L
-        import torch
-        from torch import nn
-
-
-        class Net(L.LightningModule):
-            def __init__(self) -> None:
-                super().__init__()
-                self.a = nn.Linear(3, 1)
-
-            def training_step(self, batch, batch_idx):
-                x, y = batch
-                loss = ((self.a(x) - y) ** 2).mean()
-                self.log("loss", loss)
-                return loss
-
-            def configure_optimizers(self):
-                return torch.optim.SGD(self.parameters(), lr=0.1)
-
-            def train_dataloader(self):
-                g = torch.Generator().manual_seed(0)
-                data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))
-                return torch.utils.data.DataLoader(data, batch_size=4)
-
-
-        def make(seed):
-            return Net()
-    """))
+    (tmp_path / "user_net.py").write_text(USER_MODULE)
     result = _python("""
         import concurrent.futures as cf, os, pickle, subprocess, sys, tempfile
         import lightning
