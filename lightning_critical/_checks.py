@@ -172,3 +172,23 @@ def check_key(name: str, value: Any, allow_none: bool = True) -> int | str | Non
     if isinstance(value, str) and value:
         return value
     raise ValueError(f"{name}={value!r} is not valid: it must be None, an integer index or a string key.")
+
+
+def check_float_dtype(name: str, value: Any, allow_none: bool = False) -> Any:
+    """Return ``value`` if it is ``torch.float32`` or ``torch.float64`` (or ``None`` when allowed).
+
+    Example::
+
+        >>> import torch
+        >>> check_float_dtype("dtype", torch.float64)
+        torch.float64
+        >>> check_float_dtype("dtype", torch.float16)
+        Traceback (most recent call last):
+        ...
+        ValueError: dtype=torch.float16 is not valid; choose one of (torch.float32, torch.float64).
+    """
+    import torch  # the other checks are plain Python; only this one needs torch
+
+    if value is None and allow_none:
+        return value
+    return check_choice(name, value, (torch.float32, torch.float64), extra=" or None" if allow_none else "")
