@@ -20,23 +20,24 @@ _EXPORTS = {
     "InputDeficit": "lightning_critical.deficits",
     "ModeDeficit": "lightning_critical.deficits",
     "PathwayDeficit": "lightning_critical.deficits",
+    "Schedule": "lightning_critical.schedule",
     "SpectralMonitor": "lightning_critical.monitors",
-    "TaskSwitch": "lightning_critical.tasks",
-    "TaskSwitchable": "lightning_critical.tasks",
+    "TaskSwitch": "lightning_critical.deficits",
+    "TaskSwitchable": "lightning_critical.protocols",
     "Window": "lightning_critical.schedule",
 }
 __all__ = [
-    "BatchSpec", "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "SpectralMonitor", "TaskSwitch",
-    "TaskSwitchable", "Window", "data", "experiments", "models", "plots", "sweep", "theory",
+    "BatchSpec", "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "Schedule", "SpectralMonitor",
+    "TaskSwitch", "TaskSwitchable", "Window", "data", "experiments", "models", "plots", "sweep", "theory",
 ]
 
 if TYPE_CHECKING:
     from lightning_critical import data, experiments, models, plots, sweep, theory
     from lightning_critical._batch import BatchSpec
-    from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit
+    from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit, TaskSwitch
     from lightning_critical.monitors import FisherMonitor, SpectralMonitor
-    from lightning_critical.schedule import Window
-    from lightning_critical.tasks import TaskSwitch, TaskSwitchable
+    from lightning_critical.protocols import TaskSwitchable
+    from lightning_critical.schedule import Schedule, Window
 
 
 def __getattr__(name: str) -> Any:

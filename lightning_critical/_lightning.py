@@ -88,28 +88,39 @@ def tensorboard_loggers(trainer: pl.Trainer) -> list[Any]:
     return [lg for lg in trainer.loggers if instance_of(lg, "loggers.TensorBoardLogger")]
 
 
-def skip_placeholder_hp_metric(trainer: pl.Trainer) -> list[Any]:
-    """Stop Lightning's start-of-fit hparams autolog from writing an HParams session with ``hp_metric=-1``.
+class PlaceholderHpMetric:
+    """Keeps Lightning's placeholder HParams session (``hp_metric=-1``) out of one fit, then puts the flag back.
 
     TensorBoard keeps the first session a run directory receives, so the one written at the end
-    of fit (with the run's deficits, schedule and final metrics) must be the only one. The
-    logger's ``_default_hp_metric`` flag is private: ``tests/test_lightning_adapter.py`` fails
-    loudly if a Lightning upgrade renames it. Call it before autolog (``setup`` / ``on_fit_start``)
-    and give what it returns (the loggers it changed) to :func:`restore_placeholder_hp_metric`
-    when the fit ends, so the user's logger is left as it was.
+    of fit (with the run's deficits, schedule and final metrics) must be the only one. A callback
+    that writes that session owns one of these: :meth:`skip` before Lightning's start-of-fit
+    hparams autolog (``setup`` / ``on_fit_start``), :meth:`restore` at ``teardown``, so the
+    user's logger is left as it was. The logger's ``_default_hp_metric`` flag is private:
+    ``tests/test_tensorboard_views.py`` fails loudly if a Lightning upgrade renames it.
+
+    Example::
+
+        >>> placeholder = PlaceholderHpMetric()
+        >>> placeholder.changed, placeholder.restore()
+        ([], None)
     """
-    changed = []
-    for logger in tensorboard_loggers(trainer):
-        if getattr(logger, "_default_hp_metric", False):
-            logger._default_hp_metric = False
-            changed.append(logger)
-    return changed
 
+    def __init__(self) -> None:
+        self.changed: list[Any] = []  # the loggers whose flag :meth:`skip` turned off
 
-def restore_placeholder_hp_metric(loggers: list[Any]) -> None:
-    """Undo :func:`skip_placeholder_hp_metric` on the loggers it changed."""
-    for logger in loggers:
-        logger._default_hp_metric = True
+    def skip(self, trainer: pl.Trainer) -> None:
+        """Turn the placeholder off on every TensorBoard logger of ``trainer`` that has it on."""
+        self.changed = []
+        for logger in tensorboard_loggers(trainer):
+            if getattr(logger, "_default_hp_metric", False):
+                logger._default_hp_metric = False
+                self.changed.append(logger)
+
+    def restore(self) -> None:
+        """Turn the placeholder back on where :meth:`skip` turned it off."""
+        for logger in self.changed:
+            logger._default_hp_metric = True
+        self.changed = []
 
 
 def log_every_n_steps(trainer: pl.Trainer) -> int:

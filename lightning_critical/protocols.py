@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -131,3 +131,58 @@ def check_task_basis(basis: Any, what: str = "task_basis") -> TaskBasis:
             f"give S of shape ({u.shape[1]},)."
         )
     return u, s, v
+
+
+# -- task switching --------------------------------------------------------------------------
+@runtime_checkable
+class TaskSwitchable(Protocol):
+    """What :class:`~lightning_critical.TaskSwitch` drives: ``tasks`` (names) and ``set_task(name)``.
+
+    A datamodule (or any object) is *task-switchable* when it has
+
+    * ``tasks``: the names of the tasks it can serve (a sequence of strings), and
+    * ``set_task(name)``: make ``name`` the task that the next training step uses;
+    * optionally ``task``: the name of the active task, and
+    * optionally ``initial_task``: the task a fresh run starts on, when it is not the active one.
+
+    ``set_task`` is called in the main process, before the batch of the step it concerns is
+    transferred to the device; with dataloader workers, resolve task-specific content in the
+    datamodule's transfer hooks (see :mod:`lightning_critical.deficits.task_switch`).
+
+    Example::
+
+        >>> class TwoTasks:
+        ...     tasks = ("pretrain", "target")
+        ...     task = "pretrain"
+        ...     def set_task(self, name):
+        ...         self.task = name
+        >>> isinstance(TwoTasks(), TaskSwitchable)
+        True
+    """
+
+    @property
+    def tasks(self) -> Sequence[str]: ...
+
+    def set_task(self, name: str) -> None: ...
+
+
+def check_task_switchable(obj: Any, what: str = "target") -> None:
+    """Raise ``TypeError`` naming what is missing when ``obj`` lacks the :class:`TaskSwitchable` protocol.
+
+    Example::
+
+        >>> check_task_switchable(object(), "datamodule")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: TaskSwitch needs a datamodule ... but object lacks ['tasks', 'set_task']. ...
+    """
+    missing = [n for n in ("tasks", "set_task") if not hasattr(obj, n)]
+    if not missing and not callable(obj.set_task):
+        missing = ["set_task (callable)"]
+    if missing:
+        raise TypeError(
+            f"TaskSwitch needs a {what} implementing the TaskSwitchable protocol "
+            f"(`tasks` and `set_task(name)`), but {type(obj).__name__} lacks {missing}. "
+            "Pass a datamodule that implements it to trainer.fit(..., datamodule=...) or give "
+            "TaskSwitch(target=...)."
+        )

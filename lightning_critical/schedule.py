@@ -1,20 +1,25 @@
-"""Training-time windows: when a deficit (or any scheduled intervention) is active.
+"""Training time: when a scheduled intervention acts, as pure functions of ``(epoch, step)``.
 
-A window is half-open, ``[start, end)``, counted in epochs or in optimizer steps.
-``step`` always means the number of optimizer steps completed so far (Lightning's
-``trainer.global_step``), so the update that turns step ``t`` into ``t + 1`` happens
-*inside* the window exactly when ``start <= t < end``.
+Two shapes of schedule share one unit check and one notion of an integer time:
+
+* :class:`Window`: a half-open interval ``[start, end)`` (when a deficit is active);
+* :class:`Schedule`: a piecewise-constant value ``{time: value}`` (which task trains now).
+
+Time is counted in epochs or in optimizer steps. ``step`` always means the number of optimizer
+steps completed so far (Lightning's ``trainer.global_step``), so the update that turns step
+``t`` into ``t + 1`` happens *inside* a window exactly when ``start <= t < end``.
 
 This module knows nothing about Lightning.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from lightning_critical._checks import check_choice
 
@@ -39,7 +44,135 @@ def check_unit(unit: Any, name: str = "unit") -> Unit:
     return check_choice(name, unit, UNITS)
 
 
-_check_unit = check_unit  # the name this had before it was shared
+def time_in(unit: Unit, epoch: int, step: int) -> int:
+    """The training time ``(epoch, step)`` counted in ``unit``: the epoch, or the optimizer steps completed.
+
+    Example::
+
+        >>> time_in("epoch", epoch=3, step=120), time_in("step", epoch=3, step=120)
+        (3, 120)
+    """
+    return epoch if unit == "epoch" else step
+
+
+def integer_time(value: Any) -> int | None:
+    """``value`` as an ``int`` when it is a whole number, else ``None``.
+
+    Python and numpy integers (``np.arange`` sweeps) and integral floats count; ``bool`` never
+    does. The one rule for the times of :class:`Window` and :class:`Schedule` (each says in its
+    own message what it expected).
+
+    Example::
+
+        >>> import numpy as np
+        >>> integer_time(np.int64(3)), integer_time(3.0), integer_time(2.5), integer_time(True)
+        (3, 3, None, None)
+    """
+    integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral:
+        return None
+    return int(value)
+
+
+V = TypeVar("V")
+
+
+class Schedule(Mapping[int, V], Generic[V]):
+    """A value that changes at given times and is constant in between: ``{time: value}`` in one unit.
+
+    Like Lightning's ``GradientAccumulationScheduler`` (``{epoch: factor}``), the value in force
+    is a pure function of the trainer's counters, recomputed whenever it is needed: at
+    ``(epoch, step)`` it is the value of the latest entry at or before that time (the epoch for
+    ``unit="epoch"``, the optimizer steps completed for ``unit="step"``), and ``default`` before
+    the first entry. A run resumed from a checkpoint therefore needs no saved state.
+    :class:`~lightning_critical.TaskSwitch` keeps its tasks in one.
+
+    A schedule is a read-only mapping ``{time: value}`` sorted by time.
+
+    Args:
+        changes: ``{time: value}``. Times are non-negative whole numbers (see
+            :func:`integer_time`), or digit strings as JSON/YAML configs write keys; ``"3"``
+            and ``3`` in one mapping are an error.
+        unit: ``"epoch"`` or ``"step"``.
+        name: what the mapping is called in error messages.
+        check_value: called as ``check_value(label, value)`` on every value (``label`` reads
+            e.g. ``schedule[3]``); it returns the value to keep or raises ``ValueError``.
+
+    Raises:
+        ValueError: for an unknown unit, an empty or non-mapping ``changes``, a negative or
+            non-integer time, two keys for one time, or a value ``check_value`` refuses.
+
+    Example::
+
+        >>> decay = Schedule({0: 1.0, 10: 0.1, 20: 0.01})
+        >>> [decay.value_at(epoch=e, step=0) for e in (0, 9, 10, 25)]
+        [1.0, 1.0, 0.1, 0.01]
+        >>> switch = Schedule({"400": "target"}, unit="step")  # a key as a JSON config writes it
+        >>> switch.value_at(epoch=0, step=399, default="pretrain"), switch.value_at(epoch=0, step=400)
+        ('pretrain', 'target')
+        >>> switch
+        Schedule({400: 'target'}, unit='step')
+        >>> Schedule({-1: "a"})
+        Traceback (most recent call last):
+        ...
+        ValueError: schedule time -1 must be a non-negative integer number of epochs.
+    """
+
+    def __init__(
+        self,
+        changes: Mapping[Any, V],
+        unit: str = "epoch",
+        name: str = "schedule",
+        check_value: Callable[[str, Any], V] | None = None,
+        *,
+        value_name: str = "value",
+    ) -> None:
+        self.unit: Unit = check_unit(unit)
+        if not isinstance(changes, Mapping) or not changes:
+            raise ValueError(f"{name}={changes!r} must be a non-empty mapping {{time: {value_name}}}.")
+        clean: dict[int, V] = {}
+        keys: dict[int, Any] = {}
+        for key, value in changes.items():
+            # JSON / YAML configs write mapping keys as strings
+            time = integer_time(int(key) if isinstance(key, str) and key.strip().isdecimal() else key)
+            if time is None or time < 0:
+                raise ValueError(f"{name} time {key!r} must be a non-negative integer number of {unit}s.")
+            if time in keys:
+                raise ValueError(
+                    f"{name} keys {keys[time]!r} and {key!r} both mean {unit} {time}; give each time once."
+                )
+            clean[time] = value if check_value is None else check_value(f"{name}[{time}]", value)
+            keys[time] = key
+        self._changes = dict(sorted(clean.items()))
+        self._times = list(self._changes)
+
+    def __getitem__(self, time: int) -> V:
+        return self._changes[time]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._changes)
+
+    def __len__(self) -> int:
+        return len(self._changes)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Schedule) and other.unit != self.unit:
+            return False
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a dict, so unhashable like one
+
+    def __repr__(self) -> str:
+        return f"Schedule({self._changes!r}, unit={self.unit!r})"
+
+    def at(self, time: int, default: V | None = None) -> V | None:
+        """The value in force at ``time`` (in :attr:`unit`): the latest entry at or before it, else ``default``."""
+        i = bisect.bisect_right(self._times, time)
+        return self._changes[self._times[i - 1]] if i else default
+
+    def value_at(self, epoch: int, step: int, default: V | None = None) -> V | None:
+        """The value in force for the update taken at ``(epoch, step)`` (``step``: optimizer steps completed)."""
+        return self.at(time_in(self.unit, epoch, step), default)
 
 
 @dataclass(frozen=True)
@@ -74,11 +207,10 @@ class Window:
             value = getattr(self, name)
             if value is None and name == "end":
                 continue
-            # numpy integers (np.arange sweeps) and integral floats are accepted as ints.
-            integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-            if isinstance(value, bool) or not integral:
+            time = integer_time(value)
+            if time is None:
                 raise ValueError(f"Window {name}={value!r} must be an integer number of {self.unit}s.")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, time)
         if self.start < 0:
             raise ValueError(f"Window start={self.start} must be >= 0.")
         if self.end is not None and self.end <= self.start:
@@ -117,8 +249,7 @@ class Window:
 
     def contains(self, epoch: int, step: int) -> bool:
         """Whether the update taken at ``(epoch, step)`` lies inside the window."""
-        t = epoch if self.unit == "epoch" else step
-        return self.start <= t < self.stop
+        return self.start <= time_in(self.unit, epoch, step) < self.stop
 
     def in_steps(self, steps_per_epoch: int | None) -> tuple[float, float] | None:
         """The window as ``(start, stop)`` in optimizer steps, if that can be known."""

@@ -628,3 +628,59 @@ def test_old_underscore_extension_points_still_work():
     assert sorted(narrow.targets) == ["head"]
     assert torch.equal(rec.snapshots[2]["head.weight"], rec.snapshots[0]["head.weight"])
     assert not torch.equal(rec.snapshots[2]["left.0.weight"], rec.snapshots[0]["left.0.weight"])
+
+
+class ScaledBranch(WindowedDeficit):
+    """A user's deficit written with the public extension points only: scale a branch's output in the window."""
+
+    def __init__(self, branch: str, window: Any, gain: float, unit: str = "epoch") -> None:
+        super().__init__(window, unit=unit)
+        self.branch, self.gain = branch, gain
+
+    def resolve(self, trainer, pl_module):
+        self.targets = {self.branch: pl_module.get_submodule(self.branch)}
+
+    def attach(self, trainer, pl_module):
+        gain = self.gain
+        return [self.register_forward_hook(self.targets.values(), lambda module, args, out: out * gain)]
+
+    def default_name(self):
+        return f"gain/{self.branch}"
+
+    def describe_target(self):
+        return f"branch {self.branch}"
+
+    def repr_settings(self):
+        return {"branch": repr(self.branch), **super().repr_settings(), "gain": f"{self.gain:g}"}
+
+
+def test_a_user_subclass_with_public_names_acts_in_its_window_and_leaves_nothing_attached():
+    deficit = ScaledBranch("right", (2, 5), gain=0.5, unit="step")
+    assert repr(deficit) == "ScaledBranch(branch='right', window=[2, 5) steps, gain=0.5)"
+    assert deficit.hparams_for_tensorboard()["deficit/gain/right/target"] == "branch right"  # before resolve()
+    seen: dict[int, tuple[bool, float]] = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            x = batch[0]
+            ratio = (pl_module.right(x) / right_by_hand(pl_module, x)).mean().item()
+            seen[trainer.global_step] = (deficit.attached, round(ratio, 5))
+
+    model = TwoBranchNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # public names: nothing deprecated is involved
+        make_trainer(max_steps=8, callbacks=[deficit, Probe()]).fit(model)
+    assert seen == {t: (True, 0.5) if 2 <= t < 5 else (False, 1.0) for t in range(8)}
+    assert not deficit.attached and global_hooks() == 0 and all_hooks(model) == 0
+    x = torch.randn(4, 6)
+    assert torch.equal(model.right(x), right_by_hand(model, x))
+    assert deficit.hparams_for_tensorboard()["deficit/gain/right/target"] == "right"  # resolved targets
+
+
+def test_an_old_describe_target_override_is_still_used_and_deprecated():
+    with pytest.warns(DeprecationWarning, match=r"_describe_target is deprecated: override describe_target"):
+        class OldWords(WindowedDeficit):
+            def _describe_target(self):
+                return "old words"
+
+    assert OldWords((0, 1)).hparams_for_tensorboard()["deficit/OldWords/target"] == "old words"

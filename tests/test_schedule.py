@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 
 import lightning_critical as lc
@@ -65,3 +67,61 @@ def test_mixed_units_are_comparable_only_with_the_epoch_length():
     assert not epochs.comparable(steps) and epochs.comparable(steps, steps_per_epoch=10)
     assert epochs.comparable(lc.Window(5, 6))
     assert epochs.overlaps(steps)  # unknown: they may overlap
+
+
+def test_schedule_is_a_piecewise_constant_function_of_epoch_or_step():
+    by_epoch = lc.Schedule({10: "b", 0: "a", 20: "c"})
+    assert list(by_epoch) == [0, 10, 20] and by_epoch == {0: "a", 10: "b", 20: "c"}
+    assert [by_epoch.value_at(epoch=e, step=10**6) for e in (0, 9, 10, 19, 20, 500)] == ["a", "a", "b", "b", "c", "c"]
+    by_step = lc.Schedule({"400": "target"}, unit="step")  # a JSON / YAML config's key
+    assert by_step.value_at(epoch=99, step=399, default="pretrain") == "pretrain"
+    assert by_step.value_at(epoch=0, step=400) == "target" and by_step.at(399) is None
+    assert by_step != lc.Schedule({400: "target"}) and by_step == lc.Schedule({400: "target"}, unit="step")
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({}, r"^schedule=\{\} must be a non-empty mapping \{time: value\}\.$"),
+        ([(1, "a")], r"must be a non-empty mapping"),
+        ({-1: "a"}, r"^schedule time -1 must be a non-negative integer number of epochs\.$"),
+        ({2.5: "a"}, r"schedule time 2.5 must be"),
+        ({True: "a"}, r"schedule time True must be"),
+        ({"x": "a"}, r"schedule time 'x' must be"),
+        ({"3": "a", 3: "b"}, r"schedule keys '3' and 3 both mean epoch 3; give each time once"),
+    ],
+)
+def test_bad_schedules_name_the_value(changes, match):
+    with pytest.raises(ValueError, match=match):
+        lc.Schedule(changes)
+
+
+def test_windows_and_schedules_share_the_unit_check_and_what_an_integer_time_is():
+    np = pytest.importorskip("numpy")
+    for make in (lambda u: lc.Window(0, 1, u), lambda u: lc.Schedule({1: "a"}, unit=u)):
+        with pytest.raises(ValueError, match=r"^unit='batch' is not valid; choose one of \('epoch', 'step'\)\.$"):
+            make("batch")
+    good: Any
+    for good in (np.int64(3), 3.0, 3):
+        assert lc.Window(good, 5).start == 3 and list(lc.Schedule({good: "a"})) == [3]
+    bad: Any
+    for bad in (2.5, True, "3"):
+        with pytest.raises(ValueError, match="must be an integer number"):
+            lc.Window(bad, 5)
+        if bad != "3":  # digit strings are config keys: only a schedule takes them
+            with pytest.raises(ValueError, match="must be a non-negative integer number"):
+                lc.Schedule({bad: "a"})
+    switch = lc.TaskSwitch({10: "b", 20: "c"}, unit="step", initial="a")
+    schedule = lc.Schedule({10: "b", 20: "c"}, unit="step")
+    assert [switch.task_at(t) for t in range(25)] == [schedule.at(t, "a") for t in range(25)]
+
+
+def test_schedule_checks_its_values_with_the_given_check():
+    def positive(label, value):
+        if value <= 0:
+            raise ValueError(f"{label}={value!r} must be > 0.")
+        return value
+
+    assert lc.Schedule({0: 1, 5: 2}, check_value=positive).at(7) == 2
+    with pytest.raises(ValueError, match=r"^accumulate\[5\]=0 must be > 0\.$"):
+        lc.Schedule({0: 1, 5: 0}, name="accumulate", check_value=positive)

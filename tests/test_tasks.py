@@ -11,8 +11,9 @@ import torch
 import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
+from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.models import DeepMatrixFactorization
-from lightning_critical.tasks import TaskSwitch, TaskSwitchable
+from lightning_critical.protocols import TaskSwitchable
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET: dict[str, Any] = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",

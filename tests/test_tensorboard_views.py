@@ -223,7 +223,7 @@ def test_a_driver_that_defers_the_session_writes_the_only_one(tmp_path):
 
 
 def test_lightning_still_has_the_placeholder_flag_we_turn_off(tmp_path):
-    # _lightning.skip_placeholder_hp_metric relies on this private attribute: fail loudly if it goes.
+    # _lightning.PlaceholderHpMetric relies on this private attribute: fail loudly if it goes.
     logger = TensorBoardLogger(str(tmp_path))
     assert logger._default_hp_metric is True
 

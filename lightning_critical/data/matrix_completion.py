@@ -53,7 +53,7 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
     Batches: workers yield indices of observed entries; ``on_after_batch_transfer`` (main
     process) turns them into ``{"rows", "cols", "values", "ground_truth"}`` of the *active*
     task, keeping only the entries that task observes. So a ``set_task`` call affects the very
-    next step with any ``num_workers`` (see :mod:`lightning_critical.tasks`). The default
+    next step with any ``num_workers`` (see :mod:`lightning_critical.deficits.task_switch`). The default
     ``batch_size=None`` is one full batch per epoch (an epoch is one SGD step, as in the paper).
 
     Args:

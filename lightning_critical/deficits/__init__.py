@@ -1,8 +1,9 @@
-"""Deficit callbacks: interventions that act on training inside a window."""
+"""Scheduled interventions: deficits that act on training inside a window, and task switches."""
 
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.input import InputDeficit
 from lightning_critical.deficits.mode import ModeDeficit
 from lightning_critical.deficits.pathway import PathwayDeficit
+from lightning_critical.deficits.task_switch import TaskSwitch
 
-__all__ = ["InputDeficit", "ModeDeficit", "PathwayDeficit", "WindowedDeficit"]
+__all__ = ["InputDeficit", "ModeDeficit", "PathwayDeficit", "TaskSwitch", "WindowedDeficit"]

@@ -12,11 +12,10 @@ from typing_extensions import override
 from lightning_critical import _tensorboard
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import (
+    PlaceholderHpMetric,
     callbacks_of,
     log_every_n_steps,
     log_scalars,
-    restore_placeholder_hp_metric,
-    skip_placeholder_hp_metric,
     steps_per_epoch,
 )
 from lightning_critical._namespace import pl
@@ -33,6 +32,7 @@ _RENAMED: dict[str, str] = {
     "attach": "_attach",
     "default_name": "_default_name",
     "detach": "_detach",
+    "describe_target": "_describe_target",
 }
 
 
@@ -65,10 +65,18 @@ class WindowedDeficit(pl.Callback):
       :meth:`register_forward_pre_hook` make hooks that copies of the model (``deepcopy`` by
       an EMA callback, pickling) never inherit, and that stay inert for evaluation passes.
     * :meth:`default_name` -- the ``<name>`` of the scalar when none is given.
-    * optionally any Lightning hook, e.g. ``on_before_optimizer_step``.
+    * :meth:`repr_settings` -- the settings :func:`repr` shows.
+    * :meth:`describe_target` -- what the HParams ``target`` entry says before :meth:`resolve`
+      has found :attr:`targets`.
+    * optionally any Lightning hook, e.g. ``on_before_optimizer_step`` (call ``super()`` in
+      the hooks this class implements: ``on_fit_start``, ``on_train_start``,
+      ``on_train_batch_start``, ``on_validation_start``, ``on_train_end``, ``on_exception``,
+      ``teardown``).
 
-    The underscore names these had before (``_resolve``, ``_attach``, ``_default_name``,
-    ``_detach``) still work and are deprecated.
+    A subclass calls :meth:`is_active`, :attr:`attached`, :meth:`detach`, :meth:`acts_on`,
+    :attr:`name` and :attr:`label`; everything with a leading underscore is internal. The
+    underscore names the extension points had before (``_resolve``, ``_attach``,
+    ``_default_name``, ``_detach``, ``_describe_target``) still work and are deprecated.
 
     Monitors run the model inside :func:`lightning_critical.probing.probing` to measure it;
     a deficit must not act then (it would consume its random draws or distort what is
@@ -103,6 +111,7 @@ class WindowedDeficit(pl.Callback):
         self._series = _tensorboard.StepSeries()
         self._scalar_group: list[WindowedDeficit] = [self]
         self._unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
+        self._hp_metric = PlaceholderHpMetric()
         self.targets: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -205,7 +214,7 @@ class WindowedDeficit(pl.Callback):
         self._series.reset()
         self._scalar_group, self._unsure_overlaps = [self], []
         # before Lightning's hparams autolog: one session, written at the end
-        self._hp_loggers = skip_placeholder_hp_metric(trainer)
+        self._hp_metric.skip(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -315,7 +324,7 @@ class WindowedDeficit(pl.Callback):
             return {}
         mode = getattr(self, "mode", None)
         kind = type(self).__name__ + (f"/{mode}" if isinstance(mode, str) else "")
-        targets = list(self.targets) or [self._describe_target()]
+        targets = list(self.targets) or [self.describe_target()]
         windows = sorted((d.window for d in group), key=lambda w: w.start)  # callback order is not time order
         ends = [w.end for w in windows]
         end = None if any(e is None for e in ends) else max(e for e in ends if e is not None)
@@ -329,7 +338,12 @@ class WindowedDeficit(pl.Callback):
             f"{prefix}/unit": windows[0].unit,
         }
 
-    def _describe_target(self) -> str:
+    def describe_target(self) -> str:
+        """What the deficit acts on, in words, before :meth:`resolve` has set :attr:`targets`.
+
+        By default the ``pathways``, ``pathway`` or ``transform`` attribute (names joined by
+        ``", "``, a function by its name), else :attr:`name`.
+        """
         for attr in ("pathways", "pathway", "transform"):
             value = getattr(self, attr, None)
             if value is not None:
@@ -358,8 +372,7 @@ class WindowedDeficit(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.detach()
-        restore_placeholder_hp_metric(getattr(self, "_hp_loggers", []))
-        self._hp_loggers = []
+        self._hp_metric.restore()
 
     def detach(self) -> None:
         """Remove everything :meth:`attach` installed (safe to call at any time)."""
@@ -374,6 +387,7 @@ WindowedDeficit._resolve = WindowedDeficit.resolve  # type: ignore[attr-defined]
 WindowedDeficit._attach = WindowedDeficit.attach  # type: ignore[attr-defined]
 WindowedDeficit._default_name = WindowedDeficit.default_name  # type: ignore[attr-defined]
 WindowedDeficit._detach = WindowedDeficit.detach  # type: ignore[attr-defined]
+WindowedDeficit._describe_target = WindowedDeficit.describe_target  # type: ignore[attr-defined]
 
 
 def shared_target(mine: dict[str, Any], theirs: dict[str, Any]) -> str:

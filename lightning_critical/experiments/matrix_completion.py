@@ -35,11 +35,11 @@ import torch
 from lightning_critical._checks import check_int
 from lightning_critical._namespace import pl
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
+from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
 from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
 from lightning_critical.schedule import Window
-from lightning_critical.tasks import TaskSwitch
 
 PAPER_SWITCH_EPOCHS: tuple[int, ...] = (0, 1000, 5000, 10000, 20000, 40000, 60000, 80000, 100000)
 PAPER_DEPTHS: tuple[int, ...] = (1, 2, 3)

@@ -129,10 +129,10 @@ class FactorizationEnsembleRunner:
     # -- one ensemble ----------------------------------------------------------------------
     def _fit(self, tasks: list[Any]) -> list[dict[str, Any]]:
         from lightning_critical._namespace import pl
+        from lightning_critical.deficits.task_switch import TaskSwitch
         from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
         from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
         from lightning_critical.sweep.execute import QUIET_TRAINER
-        from lightning_critical.tasks import TaskSwitch
 
         spec, first = tasks[0].spec, tasks[0].run
         pl.seed_everything(first.seed, verbose=False)

@@ -1,11 +1,8 @@
-"""Switch the training task at scheduled times: the ``TaskSwitch`` callback and its protocol.
+"""The ``TaskSwitch`` callback: switch the training task at scheduled epochs or optimizer steps.
 
-A datamodule (or any object) is *task-switchable* when it has
-
-* ``tasks``: the names of the tasks it can serve (a sequence of strings), and
-* ``set_task(name)``: make ``name`` the task that the next training step uses;
-* optionally ``task``: the name of the active task, and
-* optionally ``initial_task``: the task a fresh run starts on, when it is not the active one.
+It drives any object with the :class:`~lightning_critical.protocols.TaskSwitchable` protocol
+(``tasks`` and ``set_task(name)``; by default the datamodule), following a
+:class:`~lightning_critical.schedule.Schedule` of task names.
 
 ``TaskSwitch`` calls ``set_task`` in the main process *before the batch of the step it
 concerns is transferred to the device*: at ``on_train_start``, ``on_train_epoch_start`` and
@@ -21,66 +18,30 @@ scheduled time trains on the new task whatever the number of workers.
 
 from __future__ import annotations
 
-import bisect
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any
 
 from typing_extensions import override
 
 from lightning_critical import _tensorboard
-from lightning_critical._checks import check_int
-from lightning_critical._lightning import (
-    datamodule_of,
-    log_every_n_steps,
-    log_scalars,
-    restore_placeholder_hp_metric,
-    skip_placeholder_hp_metric,
-)
+from lightning_critical._lightning import PlaceholderHpMetric, datamodule_of, log_every_n_steps, log_scalars
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
-from lightning_critical.schedule import UNITS, check_unit
+from lightning_critical.protocols import check_task_switchable
+from lightning_critical.schedule import Schedule, time_in
 
 # What TaskSwitch callbacks did to each target in this process: the task it had before a
 # TaskSwitch first changed it, and the task a TaskSwitch set last. A later fit that finds the
 # target still on that last task knows it is a leftover of an earlier run, not a choice.
 _LEFT_BY_SWITCH: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
 
-__all__ = ["TaskSwitch", "TaskSwitchable", "UNITS", "check_task_switchable"]
+__all__ = ["TaskSwitch"]
 
 
-@runtime_checkable
-class TaskSwitchable(Protocol):
-    """What :class:`TaskSwitch` drives: ``tasks`` (names) and ``set_task(name)``.
-
-    Example::
-
-        >>> class TwoTasks:
-        ...     tasks = ("pretrain", "target")
-        ...     task = "pretrain"
-        ...     def set_task(self, name):
-        ...         self.task = name
-        >>> isinstance(TwoTasks(), TaskSwitchable)
-        True
-    """
-
-    @property
-    def tasks(self) -> Sequence[str]: ...
-
-    def set_task(self, name: str) -> None: ...
-
-
-def check_task_switchable(obj: Any, what: str = "target") -> None:
-    """Raise ``TypeError`` naming what is missing when ``obj`` lacks the protocol."""
-    missing = [n for n in ("tasks", "set_task") if not hasattr(obj, n)]
-    if not missing and not callable(obj.set_task):
-        missing = ["set_task (callable)"]
-    if missing:
-        raise TypeError(
-            f"TaskSwitch needs a {what} implementing the TaskSwitchable protocol "
-            f"(`tasks` and `set_task(name)`), but {type(obj).__name__} lacks {missing}. "
-            "Pass a datamodule that implements it to trainer.fit(..., datamodule=...) or give "
-            "TaskSwitch(target=...)."
-        )
+def _task_name(label: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{label}={value!r} must be a task name (a non-empty string).")
+    return value
 
 
 class TaskSwitch(pl.Callback):
@@ -90,7 +51,8 @@ class TaskSwitch(pl.Callback):
     or after time ``t`` (``trainer.current_epoch >= t`` for ``unit="epoch"``,
     ``trainer.global_step >= t`` optimizer steps completed for ``unit="step"``) uses
     ``schedule[t]``. The active task is recomputed from the trainer's counters at every
-    hook, so resuming from a checkpoint needs no extra state (the initial task is saved too).
+    hook (a :class:`~lightning_critical.Schedule` of task names, :meth:`task_at`), so resuming
+    from a checkpoint needs no extra state (the initial task is saved too).
 
     Before the first scheduled time a new (not resumed) fit trains on its *initial task*,
     which ``TaskSwitch`` sets when training starts. It is, in order:
@@ -145,35 +107,18 @@ class TaskSwitch(pl.Callback):
         target: Any | None = None,
         initial: str | None = None,
     ) -> None:
-        check_unit(unit)
-        if not isinstance(schedule, Mapping) or not schedule:
-            raise ValueError(f"schedule={schedule!r} must be a non-empty mapping {{time: task_name}}.")
-        clean: dict[int, str] = {}
-        keys: dict[int, Any] = {}
-        for key, name in schedule.items():
-            time = int(key) if isinstance(key, str) and key.strip().isdigit() else key  # YAML / JSON keys
-            try:
-                time = check_int("schedule time", time, low=0)
-            except ValueError:
-                raise ValueError(f"schedule time {key!r} must be a non-negative integer number of {unit}s.") from None
-            if time in keys:
-                raise ValueError(
-                    f"schedule keys {keys[time]!r} and {key!r} both mean {unit} {time}; give each time once."
-                )
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"schedule[{time}]={name!r} must be a task name (a non-empty string).")
-            clean[time], keys[time] = name, key
+        self._tasks: Schedule[str] = Schedule(schedule, unit, "schedule", _task_name, value_name="task_name")
         if initial is not None and (not isinstance(initial, str) or not initial):
             raise ValueError(f"initial={initial!r} must be None or a task name (a non-empty string).")
-        self.schedule = dict(sorted(clean.items()))
-        self.unit = unit
+        self.schedule: dict[int, str] = dict(self._tasks)
+        self.unit = self._tasks.unit
         self.target = target
         self.initial = initial
-        self._times = list(self.schedule)
         self._initial_task: str | None = initial
         self._applied: str | None = None
         self._resolved: Any = None  # the target, once setup() has checked it is TaskSwitchable
         self._series = _tensorboard.StepSeries()
+        self._hp_metric = PlaceholderHpMetric()
 
     def __repr__(self) -> str:
         settings = [f"schedule={self.schedule!r}", f"unit={self.unit!r}"]
@@ -196,11 +141,10 @@ class TaskSwitch(pl.Callback):
     # -- the schedule as a pure function of time ------------------------------------------
     def task_at(self, time: int) -> str | None:
         """The task for an update taken at ``time`` (before the first entry: the initial task, once known)."""
-        i = bisect.bisect_right(self._times, time)
-        return self.schedule[self._times[i - 1]] if i else self._initial_task
+        return self._tasks.at(time, self._initial_task)
 
     def _now(self, trainer: pl.Trainer) -> int:
-        return trainer.current_epoch if self.unit == "epoch" else trainer.global_step
+        return time_in(self._tasks.unit, trainer.current_epoch, trainer.global_step)
 
     def _set(self, name: str) -> None:
         target = self._resolved
@@ -246,9 +190,10 @@ class TaskSwitch(pl.Callback):
         """
         first = self._initial_task or "the target's task"
         steps = ", ".join(f"{name} from {self.unit} {time}" for time, name in self.schedule.items())
-        schedule = steps if self._times[0] == 0 else f"{first}, then {steps}"
+        first_switch = next(iter(self._tasks))
+        schedule = steps if first_switch == 0 else f"{first}, then {steps}"
         prefix = f"task/{self.target_name}"
-        return {f"{prefix}/schedule": schedule, f"{prefix}/first_switch": self._times[0], f"{prefix}/unit": self.unit}
+        return {f"{prefix}/schedule": schedule, f"{prefix}/first_switch": first_switch, f"{prefix}/unit": self.unit}
 
     def _log_task(self, trainer: pl.Trainer) -> None:
         name = self.task_at(self._now(trainer))
@@ -308,12 +253,11 @@ class TaskSwitch(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # before Lightning's hparams autolog: one session, written at the end
-        self._hp_loggers = skip_placeholder_hp_metric(trainer)
+        self._hp_metric.skip(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        restore_placeholder_hp_metric(getattr(self, "_hp_loggers", []))
-        self._hp_loggers = []
+        self._hp_metric.restore()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
