@@ -93,14 +93,16 @@ class Schedule(Mapping[int, V], Generic[V]):
         changes: ``{time: value}``. Times are non-negative whole numbers (see
             :func:`integer_time`), or digit strings as JSON/YAML configs write keys; ``"3"``
             and ``3`` in one mapping are an error.
-        unit: ``"epoch"`` or ``"step"``.
+        unit: ``"epoch"`` or ``"step"``; a ``Schedule`` given as ``changes`` keeps its own
+            (another ``unit`` than the default is then an error).
         name: what the mapping is called in error messages.
         check_value: called as ``check_value(label, value)`` on every value (``label`` reads
             e.g. ``schedule[3]``); it returns the value to keep or raises ``ValueError``.
 
     Raises:
-        ValueError: for an unknown unit, an empty or non-mapping ``changes``, a negative or
-            non-integer time, two keys for one time, or a value ``check_value`` refuses.
+        ValueError: for an unknown unit or one that contradicts a given ``Schedule``, an empty
+            or non-mapping ``changes``, a negative or non-integer time, two keys for one time, or
+            a value ``check_value`` refuses.
 
     Example::
 
@@ -128,6 +130,11 @@ class Schedule(Mapping[int, V], Generic[V]):
         value_name: str = "value",
     ) -> None:
         self.unit: Unit = check_unit(unit)
+        if isinstance(changes, Schedule):  # it knows its unit, as a Window does (see Window.coerce)
+            if unit != "epoch" and unit != changes.unit:
+                raise ValueError(f"unit={unit!r} contradicts the schedule {changes!r}; give the unit in one place.")
+            self.unit = changes.unit
+            unit = changes.unit
         if not isinstance(changes, Mapping) or not changes:
             raise ValueError(f"{name}={changes!r} must be a non-empty mapping {{time: {value_name}}}.")
         clean: dict[int, V] = {}

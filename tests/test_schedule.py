@@ -125,3 +125,15 @@ def test_schedule_checks_its_values_with_the_given_check():
     assert lc.Schedule({0: 1, 5: 2}, check_value=positive).at(7) == 2
     with pytest.raises(ValueError, match=r"^accumulate\[5\]=0 must be > 0\.$"):
         lc.Schedule({0: 1, 5: 0}, name="accumulate", check_value=positive)
+
+
+def test_a_schedule_keeps_its_unit_where_a_mapping_is_taken():
+    steps = lc.Schedule({400: "target"}, unit="step")
+    assert lc.Schedule(steps).unit == "step" and lc.Schedule(steps, unit="step") == steps
+    switch = lc.TaskSwitch(steps)
+    assert switch.unit == "step" and switch.schedule == {400: "target"}
+    assert repr(switch) == "TaskSwitch(schedule={400: 'target'}, unit='step')"
+    with pytest.raises(ValueError, match=r"unit='epochs' is not valid"):
+        lc.Schedule(steps, unit="epochs")
+    with pytest.raises(ValueError, match=r"^unit='step' contradicts the schedule Schedule\(\{0: 'a'\}, unit='epoch'\)"):
+        lc.TaskSwitch(lc.Schedule({0: "a"}), unit="step")

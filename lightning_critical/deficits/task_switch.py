@@ -73,7 +73,8 @@ class TaskSwitch(pl.Callback):
 
     Args:
         schedule: ``{time: task_name}``; times are non-negative integers (or digit strings,
-            as JSON/YAML configs may write them; ``"3"`` and ``3`` in one schedule are an error).
+            as JSON/YAML configs may write them; ``"3"`` and ``3`` in one schedule are an error),
+            or a :class:`~lightning_critical.Schedule` of task names, which brings its unit.
         unit: ``"epoch"`` or ``"step"``.
         target: the object to drive; by default ``trainer.datamodule``. Anything with
             ``tasks`` and ``set_task(name)`` works (e.g. one member of an ensemble).
