@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,22 @@ def test_batch_errors_come_at_the_first_batch_before_any_update(tmp_path, callba
         trainer.fit(model)
     assert model.steps == 0 and torch.equal(model.net.weight, before)
     assert "training_step" not in model.__dict__
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_fisher_monitor_checks_the_batch_when_a_resumed_fit_starts_in_an_epoch_not_due(tmp_path):
+    # Epoch 0 is always due, so only a resume can start a fit in an epoch without a record: with
+    # every_n_epochs=2 and a resume into epoch 1, the wrong key used to train the whole epoch unnoticed.
+    quiet: dict[str, Any] = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False)
+    first = Tiny(Rows(X))
+    trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path, **quiet)
+    trainer.fit(first)
+    trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed = Tiny(Rows(X))
+    monitor = lc.FisherMonitor(every_n_epochs=2, input_key=5)
+    trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path, callbacks=[monitor], **quiet)
+    with pytest.raises(ValueError, match=r"FisherMonitor: input_key=5 is not an index of the batch, which is a list"):
+        trainer.fit(resumed, ckpt_path=tmp_path / "epoch1.ckpt")
+    assert trainer.current_epoch == 1 and resumed.steps == 0
+    assert torch.equal(resumed.net.weight, first.net.weight)

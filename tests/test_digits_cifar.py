@@ -97,3 +97,21 @@ def test_small_cnn_learns_digits(tmp_path):
     trainer.fit(model, dm)
     acc = trainer.test(model, dm, verbose=False)[0]["test_acc"]
     assert acc > 0.75  # 0.85 measured with 400 training images; chance is 0.1
+
+
+@pytest.mark.parametrize("subset, match", [(-5, r"subset=-5 must be an integer >= 2 or None"),
+                                           (10.0, r"subset=10.0 must be an integer >= 2 or None, not float")])
+def test_cifar_refuses_a_subset_that_is_not_a_count(tmp_path, subset, match):
+    # Was accepted: subset=-5 silently dropped the last five training images (x[:-5]), 10.0 failed inside slicing.
+    write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(ValueError, match=match):
+        lc.data.CIFAR10DataModule(str(tmp_path), subset=subset)
+    assert len(lc.data.CIFAR10DataModule(str(tmp_path), subset=10, val_fraction=0.2).train_set) == 8
+
+
+def test_image_datamodule_lives_in_its_own_module():
+    from lightning_critical.data.images import ImageClassificationDataModule
+
+    assert lc.data.ImageClassificationDataModule is ImageClassificationDataModule
+    assert issubclass(lc.data.DigitsDataModule, ImageClassificationDataModule)
+    assert issubclass(lc.data.CIFAR10DataModule, ImageClassificationDataModule)

@@ -12,7 +12,7 @@ from torch import nn
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
-from lightning_critical.deficits.input import blur, downsample
+from lightning_critical.deficits.transforms import blur, downsample
 
 Pair = namedtuple("Pair", ["image", "label"])
 
@@ -237,10 +237,10 @@ def test_training_step_without_batch_idx_keeps_working_in_the_window(tmp_path):
 def test_wrapper_presents_the_signature_of_the_wrapped_step():
     import inspect
 
-    from lightning_critical.deficits.input import _BatchTransformHandle
+    from lightning_critical.deficits._training_step import BatchTransformHandle
 
     for model, params in ((NoBatchIdx(), ["batch"]), (Recorder(), ["batch", "batch_idx"])):
-        handle = _BatchTransformHandle(model, lambda b: b)
+        handle = BatchTransformHandle(model, lambda b: b)
         assert list(inspect.signature(model.training_step).parameters) == params
         handle.remove()
         assert "training_step" not in model.__dict__
@@ -406,7 +406,7 @@ def test_mapping_batches_user_dict(tmp_path):
 
 
 def test_transform_registry_accepts_new_entries(monkeypatch):
-    from lightning_critical.deficits.input import TRANSFORMS, Transform
+    from lightning_critical.deficits.transforms import TRANSFORMS, Transform
 
     assert set(TRANSFORMS) == {"blur", "downsample", "noise", "vflip", "label_shuffle"}
     monkeypatch.setitem(TRANSFORMS, "negate", Transform(lambda x, ctx: -x))
@@ -414,11 +414,11 @@ def test_transform_registry_accepts_new_entries(monkeypatch):
 
 
 def test_wrapper_is_inert_while_probing():
-    from lightning_critical.deficits.input import _BatchTransformHandle
+    from lightning_critical.deficits._training_step import BatchTransformHandle
     from lightning_critical.probing import probing
 
     model = Recorder()
-    handle = _BatchTransformHandle(model, lambda b: (b[0] * 0, b[1]))
+    handle = BatchTransformHandle(model, lambda b: (b[0] * 0, b[1]))
     batch = (IMAGES[:8], LABELS[:8])
     with probing():
         model.training_step(batch, 0)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_critical.data.digits import ImageClassificationDataModule
+from lightning_critical._checks import check_int
+from lightning_critical.data.images import ImageClassificationDataModule
 
 CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -80,6 +81,7 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         subset: int | None = None,
         num_workers: int = 0,
     ) -> None:
+        check_int("subset", subset, low=2, allow_none=True)
         (x, y), (tx, ty) = load_cifar10(root)
         if subset is not None:
             x, y = x[:subset], y[:subset]

@@ -77,8 +77,9 @@ class FisherMonitor(pl.Callback):
     Raises:
         ValueError: bad cadence / counts / seed / keys / targets; before training,
             ``targets`` matching no layer (the message lists the layers); at the first
-            recorded batch, an input that cannot be found (the message lists what the batch
-            holds).
+            training batch of the fit (recorded or not, e.g. after a resume into an epoch
+            that is not due), an input that cannot be found (the message lists what the
+            batch holds).
 
     Example::
 
@@ -114,6 +115,7 @@ class FisherMonitor(pl.Callback):
         self._pending: list[tuple[Tensor, ...]] = []
         self._warned: set[str] = set()
         self._forward: tuple[str, ...] | None = None
+        self._checked = False
 
     def __repr__(self) -> str:
         settings = [f"every_n_epochs={self.every_n_epochs}", f"num_batches={self.num_batches}",
@@ -138,6 +140,7 @@ class FisherMonitor(pl.Callback):
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         self._pending = []
         self._warned = set()
+        self._checked = False
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -166,15 +169,24 @@ class FisherMonitor(pl.Callback):
     ) -> None:
         if batch_idx == 0:
             self._pending = []
-        if not self._due(trainer) or batch_idx >= self.num_batches:
+        due = self._due(trainer) and batch_idx < self.num_batches
+        if not due and self._checked:
             return
+        # The first batch of the fit is read even when not due, so a wrong key fails now, not epochs later.
+        args = self._model_inputs(batch)
+        self._checked = True
+        if not due:
+            return
+        self._pending.append(tuple(a.detach() for a in args))
+        if batch_idx == self.num_batches - 1:
+            self.record(trainer, pl_module)
+
+    def _model_inputs(self, batch: Any) -> tuple[Tensor, ...]:
         args = self.batch_spec.model_inputs(batch, self._forward)
         if not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
             raise ValueError(f"FisherMonitor: every model argument must be a tensor with a batch dimension; got "
                              f"{describe(tuple(args))} (pass inputs=<callable batch -> tuple of tensors>).")
-        self._pending.append(tuple(a.detach() for a in args))
-        if batch_idx == self.num_batches - 1:
-            self.record(trainer, pl_module)
+        return args
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
