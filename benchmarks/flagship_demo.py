@@ -51,7 +51,7 @@ def toy_demo(out: str) -> dict[str, str]:
     paths = {}
     for name, fig in (("trajectories", plot_deficit_trajectories(runs, marker_every=10)),
                       ("onset_sweep", plot_deprived_share(sweep)),
-                      ("phase", plot_phase_portraits(phases, sgd=runs, grid=5))):
+                      ("phase", plot_phase_portraits(phases, measured=runs, grid=5))):
         paths[name] = os.path.join(out, f"{name}.png")
         fig.savefig(paths[name], dpi=40)
     return paths

@@ -7,7 +7,7 @@ the test loss against the active ground truth, and every 10 steps an SVD of ``W`
 singular values are kept; no printing. Its per-step cost does not depend on the switch epoch, so by default a slice of
 ``--slice-steps`` steps per depth (half before, half after a switch) is timed and extrapolated
 to the full grid; ``--full-baseline`` runs all of it instead. The fast path is
-``lightning_critical.experiments.matrix_completion.matrix_completion_figure``, timed in the same
+``lightning_critical.experiments.matrix_completion_table``, timed in the same
 process. ``--check`` also runs complete baseline runs for a few (depth, switch epoch) pairs and
 compares their final test loss with the figure's.
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
-from lightning_critical.experiments.matrix_completion import PAPER_SWITCH_EPOCHS, matrix_completion_figure
+from lightning_critical.experiments.matrix_completion import PAPER_SWITCH_EPOCHS, matrix_completion_table
 from lightning_critical.models.matrix_factorization import init_factors
 
 
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # --- fast path: the whole figure ------------------------------------------------------
     t0 = time.perf_counter()
-    figure = matrix_completion_figure(args.depths, args.switch_epochs, args.continue_epochs,
-                                      processes=args.processes, num_threads=args.threads, **common)
+    figure = matrix_completion_table(args.depths, args.switch_epochs, args.continue_epochs,
+                                     processes=args.processes, num_threads=args.threads, **common)
     fast = time.perf_counter() - t0
     for depth, seconds in figure.groupby("depth")["seconds"].first().items():
         print(f"fast  depth {depth}: {seconds:7.1f} s", flush=True)

@@ -9,18 +9,17 @@ switches (``singular_values.csv`` / ``.png``).
     python examples/matrix_completion_figure.py                       # the full figure (a few minutes)
     python examples/matrix_completion_figure.py --switch-epochs 0 5000 --continue-epochs 5000   # quick look
 
-Same as ``lightning-critical matrix-completion``; every flag of
-``lightning_critical.experiments.matrix_completion.figure_main`` is accepted.
+Same as ``lightning-critical matrix-completion``; every flag of that command is accepted.
 """
 
 from __future__ import annotations
 
 import sys
 
-from lightning_critical.experiments.matrix_completion import figure_main
+from lightning_critical.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--trajectories" not in argv:
         argv += ["--trajectories", "5000", "40000"] if "--switch-epochs" not in argv else []
-    figure_main(argv)
+    sys.exit(main(["matrix-completion", *argv]))

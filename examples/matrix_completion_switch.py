@@ -27,8 +27,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 import lightning_critical as lc
 from lightning_critical.data import MatrixCompletionDataModule
-from lightning_critical.experiments.matrix_completion import switch_theory
 from lightning_critical.models import DeepMatrixFactorization
+from lightning_critical.theory import switch_theory
 
 
 def main(argv=None):

@@ -23,6 +23,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from lightning_critical import _output
+
 
 def _demo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
@@ -57,13 +59,58 @@ def _quiet_lightning() -> None:
 
 
 def _matrix_completion(argv: Sequence[str]) -> int:
+    """``lightning-critical matrix-completion``: the paper's figure with ``reproduce_figure`` (see ``--help``).
+
+    Depths 1, 2, 3, the published switch epochs and 30k epochs after the switch by default.
+    """
     import torch
 
-    from lightning_critical.experiments.matrix_completion import figure_main
+    # Imported here, not at the top: the experiments bind the package to a Lightning namespace,
+    # which the fit / sweep commands must leave to the user's classes.
+    from lightning_critical.experiments.matrix_completion import PAPER_DEPTHS, PAPER_SWITCH_EPOCHS, reproduce_figure
 
+    parser = argparse.ArgumentParser(
+        prog="lightning-critical matrix-completion",
+        description="Final test loss against task-switch epoch for deep matrix factorizations "
+        "(Kleinman, Achille & Soatto 2024, matrix-completion figure).",
+    )
+    parser.add_argument("--depths", type=int, nargs="+", default=list(PAPER_DEPTHS))
+    parser.add_argument("--switch-epochs", type=int, nargs="+", default=list(PAPER_SWITCH_EPOCHS))
+    parser.add_argument("--continue-epochs", type=int, default=30000)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--n-observed", type=int, default=2000)
+    parser.add_argument("--pretrain-rank", type=int, default=10)
+    parser.add_argument("--target-rank", type=int, default=5)
+    parser.add_argument("--pretrain-observed", type=int, default=None,
+                        help="'fewer examples' deficit: pre-train on this many of the target's observations")
+    parser.add_argument("--init-scale", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trajectories", type=int, nargs="*", default=None,
+                        help="switch epochs whose singular-value trajectories (deepest depth) are also plotted")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="depths trained at once in worker processes (default: one per CPU core)")
+    parser.add_argument("--accelerator", default="auto",
+                        help="where to train: auto (default: Lightning's choice), cpu, gpu, mps...")
+    parser.add_argument("--out", "--out-dir", dest="out_dir", default="outputs/matrix_completion",
+                        help="output directory (default: %(default)s)")
+    args = parser.parse_args(list(argv))
     _quiet_lightning()
-    torch.set_num_threads(1)
-    return figure_main(list(argv))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: one thread is fastest (restored for in-process callers)
+    try:
+        reproduce_figure(
+            args.out_dir, args.depths, args.switch_epochs, args.continue_epochs, args.trajectories,
+            size=args.size, n_observed=args.n_observed, pretrain_rank=args.pretrain_rank,
+            target_rank=args.target_rank, pretrain_observed=args.pretrain_observed,
+            init_scale=args.init_scale, lr=args.lr, seed=args.seed, processes=args.processes,
+            accelerator=args.accelerator,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    finally:
+        torch.set_num_threads(threads)
+    return 0
 
 
 def _sweep(argv: Sequence[str]) -> int:
@@ -147,7 +194,7 @@ def _plot(argv: Sequence[str]) -> int:
     parser.add_argument("--window", type=_window, action="append", metavar="NAME=START:END",
                         help="a deficit window in optimizer steps, repeatable; replaces the windows read from "
                              "the deficit/<name> scalars of the run's TensorBoard event file")
-    parser.add_argument("--dpi", type=int, default=120, help="resolution (default: %(default)s)")
+    parser.add_argument("--dpi", type=int, default=_output.DPI, help="resolution (default: %(default)s)")
     args = parser.parse_args(list(argv))
     from lightning_critical.plots.runs import plot_run
 

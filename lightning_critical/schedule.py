@@ -297,3 +297,27 @@ class Window:
 
 WindowLike = Window | Sequence[Any]
 """A :class:`Window`, ``(start, end)`` or ``(start, end, unit)``; ``end`` may be ``None``."""
+
+
+def largest_common_divisor(times: Sequence[int], cap: int = 1000) -> int:
+    """The largest divisor of every time in ``times`` that is at most ``cap`` (1 when all are 0).
+
+    A chunk of that many steps ends exactly on every time (switch epochs, run lengths), so a
+    vectorized trainer can take that many SGD steps per Lightning step without stepping over
+    one; ``cap`` bounds the chunk (and so the spacing of what is recorded between chunks).
+
+    Example::
+
+        >>> largest_common_divisor([0, 3000, 6000, 3000])
+        1000
+        >>> largest_common_divisor([5000, 30000], cap=500)
+        500
+        >>> largest_common_divisor([0])
+        1
+    """
+    g = 0
+    for t in times:
+        g = math.gcd(g, int(t))
+    if g == 0:
+        return 1
+    return max(d for d in range(1, min(g, cap) + 1) if g % d == 0)

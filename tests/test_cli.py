@@ -19,7 +19,7 @@ def test_demo_writes_figures_tables_and_tensorboard(tmp_path, capsys):
     for name in ("trajectories.png", "onset_sweep.png", "phase.png"):
         assert (out / name).stat().st_size > 20_000, name
     runs = pd.read_csv(out / "trajectories.csv")
-    final = runs[runs.step == 1000].pivot_table(index=["label", "pathway"], columns="mode", values="sgd")
+    final = runs[runs.step == 1000].pivot_table(index=["label", "pathway"], columns="mode", values="measured")
     early = final.loc["early"]
     assert (early.loc["b"] / early.sum())[[0, 1]].max() < 0.02
     acc = read_tensorboard(str(out / "tensorboard" / "early"))

@@ -18,7 +18,8 @@ from lightning_critical.experiments.matrix_completion import (
     matrix_completion_sweep,
 )
 from lightning_critical.models import DeepMatrixFactorization
-from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
+from lightning_critical.schedule import largest_common_divisor
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 QUIET: dict[str, Any] = dict(
@@ -79,21 +80,22 @@ def test_ensemble_equals_sequential_trainer_runs():
         assert sequential.abs().max() > 1.0  # it learned something
         torch.testing.assert_close(maps[f"member{k}"], sequential, rtol=1e-9, atol=1e-9)
     # the members share the trunk: 3 members, only the two early switchers needed a fork
-    assert len(ens._slot_weights) == 3
+    assert len(ens._branch_weights) == 3
 
 
 def test_task_switch_drives_each_member():
     ens, dm, callbacks = build_switch_ensemble(2, [0, 30, 60], 30, size=10, n_observed=40, pretrain_rank=3,
                                                target_rank=1, steps_per_epoch=10)
-    assert chunk_size([0, 30, 60, 30]) == 30 and ens.steps_per_epoch == 10
+    assert largest_common_divisor([0, 30, 60, 30]) == 30 and ens.sgd_steps_per_epoch == 10
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(callbacks), **QUIET).fit(ens, datamodule=dm)
     hist = ens.history()
+    tasks = hist[hist.metric == "task"]  # the long format: the task is recorded as its index in task_names
     for member, switch in enumerate([0, 30, 60]):
-        rows = hist[(hist.member == member) & (hist.sgd_step > 0)]
+        rows = tasks[(tasks.target == f"member{member}") & (tasks.step > 0)]
         # the record at step s describes the chunk that ended there: steps [s - 10, s)
-        expected = ["target" if s - 10 >= switch else "pretrain" for s in rows.sgd_step]
-        assert rows.task.tolist() == expected
-        assert rows.sgd_step.max() == switch + 30
+        expected = ["target" if s - 10 >= switch else "pretrain" for s in rows.step]
+        assert [ens.task_names[int(v)] for v in rows.value] == expected
+        assert rows.step.max() == switch + 30
     assert [m.task for m in ens.members] == ["target"] * 3
 
 
@@ -134,7 +136,7 @@ def test_parameter_sweep_validation():
         matrix_completion_parameter_sweep("rank", [1])
     with pytest.raises(ValueError, match="member_steps"):
         dm = MatrixCompletionDataModule(size=5, n_observed=10, tasks={"a": 1, "b": 1})
-        FactorizationEnsemble(DeepMatrixFactorization(size=5, depth=1), dm, [15], steps_per_epoch=10)
+        FactorizationEnsemble(DeepMatrixFactorization(size=5, depth=1), dm, [15], sgd_steps_per_epoch=10)
 
 
 def test_reproduce_figure_writes_csv_and_pngs(tmp_path):
@@ -146,16 +148,16 @@ def test_reproduce_figure_writes_csv_and_pngs(tmp_path):
     table = pd.read_csv(paths["csv"])
     assert len(table) == 4 and {"depth", "switch_epoch", "test_loss"} <= set(table.columns)
     traj = pd.read_csv(paths["trajectories_csv"])
-    assert traj.sgd_step.max() == 400 and (traj.depth == 2).all()
+    assert traj.step.max() == 400 and (traj.depth == 2).all()
     for key in ("png", "trajectories_png"):
         assert open(paths[key], "rb").read(4) == b"\x89PNG"
 
 
 def test_figure_command_rejects_bad_arguments(capsys):
-    from lightning_critical.experiments.matrix_completion import figure_main
+    from lightning_critical.cli import main
 
     with pytest.raises(SystemExit) as err:
-        figure_main(["--depths", "0", "--out-dir", "unused"])
+        main(["matrix-completion", "--depths", "0", "--out-dir", "unused"])
     assert err.value.code == 2 and "depth=0" in capsys.readouterr().err
 
 
@@ -207,3 +209,40 @@ def test_checkpoint_of_another_ensemble_is_refused(tmp_path):
         other.on_load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match="cannot be resumed, rerun the sweep"):
         other.on_load_checkpoint({})
+
+
+def test_ensemble_history_is_the_monitors_long_format():
+    """Records go through the monitors' History: (step, epoch, target, metric, index, value), one target per member."""
+    from lightning_critical.monitors.history import COLUMNS
+
+    ens, dm, switches = build_switch_ensemble(2, [0, 20], 20, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
+                                              steps_per_epoch=10, dtype=torch.float64)
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), **QUIET).fit(ens, datamodule=dm)
+    hist = ens.history()
+    assert list(hist.columns) == list(COLUMNS)
+    assert set(hist.target) == {"member0", "member1"}
+    assert set(hist.metric) == {"test_loss", "train_loss", "task", "singular_values"}
+    assert (hist[hist.metric != "singular_values"]["index"] == -1).all()
+    # steps count SGD steps; epochs are the ensemble's Lightning epochs (10 SGD steps each)
+    assert sorted(set(hist[hist.target == "member1"].step)) == [0, 10, 20, 30, 40]
+    assert ((hist.step // 10 - 1).clip(lower=0) == hist.epoch).all()
+    final = ens.results()
+    assert list(final.columns) == list(COLUMNS) and final.target.unique().tolist() == ["member0", "member1"]
+    assert final.groupby("target").step.first().tolist() == [20, 40]
+    for k, w in enumerate(ens.end_to_end_maps().values()):
+        values = final[(final.target == f"member{k}") & (final.metric == "singular_values")].value.to_numpy()
+        torch.testing.assert_close(torch.tensor(values), torch.linalg.svdvals(w), rtol=0, atol=0)
+    wide = ens.final_metrics()
+    assert wide.member.tolist() == [0, 1] and wide.sgd_steps.tolist() == [20, 40]
+    assert wide.task.tolist() == ["target", "target"]
+    first = final[(final.metric == "singular_values") & (final["index"] == 0)]
+    assert wide["singular_values/0"].tolist() == first.value.tolist()
+
+
+def test_ensemble_fit_raises_no_optimizer_warning(recwarn):
+    """configure_optimizers returns [] (not None): Lightning's "returned None" warning cannot occur."""
+    ens, dm, switches = build_switch_ensemble(1, [0, 10], 10, size=6, n_observed=20, pretrain_rank=2, target_rank=1,
+                                              steps_per_epoch=10)
+    assert ens.configure_optimizers() == []
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), **QUIET).fit(ens, datamodule=dm)
+    assert not [w for w in recwarn if "configure_optimizers" in str(w.message)]

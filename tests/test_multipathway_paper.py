@@ -15,13 +15,13 @@ from lightning_critical.theory.pathways import DeficitKey, DeficitWindow
 
 def shares(run):
     final = run.frame[run.frame.step == run.frame.step.max()]
-    k = final.pivot_table(index="pathway", columns="mode", values="sgd")
+    k = final.pivot_table(index="pathway", columns="mode", values="measured")
     return (k.loc["b"] / k.sum(axis=0)).to_numpy()
 
 
 def assert_matches_theory(run):
     s_max = run.singular_values.max()
-    err = (run.frame.sgd - run.frame.theory).abs().max()
+    err = (run.frame.measured - run.frame.theory).abs().max()
     assert err < 1e-3 * s_max, err
     assert run.frame.step.nunique() == 101  # every 10 of 1000 steps, plus step 0
 
@@ -43,7 +43,7 @@ def test_late_deficit_changes_nothing():
 def test_silence_matches_its_theory():
     run = pathway_deficit_run((0, 100), depth=3, width=24, max_epochs=400, every_n_steps=10, mode="silence")
     assert run.theory is not None
-    assert (run.frame.sgd - run.frame.theory).abs().max() < 1e-3 * run.singular_values.max()
+    assert (run.frame.measured - run.frame.theory).abs().max() < 1e-3 * run.singular_values.max()
     # freeze and silence differ: a silenced pathway does not count towards the output.
     frozen = pathway_dynamics(run.singular_values, 3, run.theory[0], 0.01, 400, deficits={1: [(0, 100)]})
     assert np.abs(frozen[-1] - run.theory[-1]).max() > 1e-3
@@ -57,7 +57,7 @@ def test_deprivation_effect_grows_with_depth():
         if depth == 1:
             assert run.theory is not None
             # Depth 1 has no rich-get-richer: the gap opened during the deficit is all that remains.
-            k = run.frame.pivot_table(index=["step", "pathway"], columns="mode", values="sgd")
+            k = run.frame.pivot_table(index=["step", "pathway"], columns="mode", values="measured")
             gap_at_end_of_deficit = pathway_dynamics(run.singular_values, 1, run.theory[0], 0.01, 50,
                                                      deficits={1: [(0, 50)]})[-1]
             final = k.loc[1000].to_numpy()
@@ -97,7 +97,7 @@ def test_onset_sweep_theory_and_sgd_agree_for_any_deprived_pathway_and_mode():
     table = deficit_onset_sweep(depths=(2,), onsets=(0, 100), sgd_onsets=(0, 100), length=60, max_epochs=300,
                                 deprived="a", mode="silence", width=12, lr=0.02)
     pivot = table.pivot_table(index=["onset", "mode"], columns="source", values="share")
-    assert np.abs(pivot["sgd"] - pivot["theory"]).max() < 1e-3
+    assert np.abs(pivot["measured"] - pivot["theory"]).max() < 1e-3
     assert pivot.loc[0, "theory"].iloc[0] < 0.05  # pathway a, silenced from the start, loses mode 0
 
 

@@ -15,7 +15,7 @@ def test_deficit_trajectories_draws_every_pathway():
     pathways = ["a", "b", "c", "d", "e"]
     rows = [
         {"label": "early", "onset": 0, "length": 5, "deficit": "freeze", "step": step, "pathway": p, "mode": 0,
-         "singular_value": 2.0, "sgd": 0.1 * step, "theory": 0.1 * step}
+         "singular_value": 2.0, "measured": 0.1 * step, "theory": 0.1 * step}
         for p in pathways for step in range(0, 20, 10)
     ]
     fig = plot_deficit_trajectories(pd.DataFrame(rows), marker_every=10)

@@ -128,7 +128,7 @@ def test_ensemble_runner_equals_the_ensemble_built_by_hand(tmp_path):
                                               lr=2.0, dtype=torch.float64, **SIZE)
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False).fit(ens, datamodule=dm)
-    expected = ens.results()
+    expected = ens.final_metrics()
     assert table["test_loss"].tolist() == expected["test_loss"].tolist()
     assert table["train_loss"].tolist() == expected["train_loss"].tolist()
 

@@ -10,8 +10,8 @@ import pytest
 import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
-from lightning_critical.experiments.matrix_completion import switch_theory
 from lightning_critical.models import DeepMatrixFactorization
+from lightning_critical.theory import switch_theory
 from lightning_critical.theory.factorization import (
     end_to_end_velocity,
     integrate_factorization,

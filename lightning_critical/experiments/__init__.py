@@ -1,9 +1,9 @@
 """One call per published experiment, built only on the public API."""
 
 from lightning_critical.experiments.matrix_completion import (
-    matrix_completion_figure,
     matrix_completion_parameter_sweep,
     matrix_completion_sweep,
+    matrix_completion_table,
     matrix_completion_trajectories,
 )
 from lightning_critical.experiments.pathways import (
@@ -16,9 +16,9 @@ from lightning_critical.experiments.pathways import (
 __all__ = [
     "deficit_onset_sweep",
     "early_middle_late",
-    "matrix_completion_figure",
     "matrix_completion_parameter_sweep",
     "matrix_completion_sweep",
+    "matrix_completion_table",
     "matrix_completion_trajectories",
     "pathway_deficit_run",
     "phase_trajectories",

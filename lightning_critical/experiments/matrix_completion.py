@@ -14,32 +14,40 @@ batched, many SGD steps per Lightning step. The result equals one run per switch
 An "epoch" here is one full-batch SGD step, as in the paper. A switch at epoch ``T`` means
 ``T`` steps on the pre-training task, then ``continue_epochs`` steps on the target (the paper's
 script takes one more pre-training step, ``T + 1``; the difference is invisible in the figure).
+
+This module builds and trains the sweeps and returns tables; the parameter sweeps run on
+:func:`lightning_critical.sweep.run`, the theory is :func:`lightning_critical.theory.switch_theory`,
+the figures are :mod:`lightning_critical.plots.matrix_completion`, files are written by
+:mod:`lightning_critical._output` and the command line is ``lightning-critical matrix-completion``
+(:mod:`lightning_critical.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import logging
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 import torch
 
-from lightning_critical._checks import check_int
+from lightning_critical import sweep
+from lightning_critical._checks import check_choice, check_int
 from lightning_critical._namespace import pl
+from lightning_critical._output import write_outputs
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.experiments._accelerator import accelerator_kwargs
-from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
 from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
-from lightning_critical.schedule import Window
+from lightning_critical.plots.matrix_completion import plot_critical_period, plot_singular_value_trajectories
+from lightning_critical.schedule import Window, largest_common_divisor
+from lightning_critical.sweep import GridEntry, WindowGrid
 
 PAPER_SWITCH_EPOCHS: tuple[int, ...] = (0, 1000, 5000, 10000, 20000, 40000, 60000, 80000, 100000)
 PAPER_DEPTHS: tuple[int, ...] = (1, 2, 3)
@@ -64,14 +72,13 @@ def _check_switch_sweep(
         check_int("switch epoch", t, 0)
     if len(set(switch)) != len(switch):
         raise ValueError(f"switch_epochs={switch} has duplicates.")
-    if init not in INITS:
-        raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+    check_choice("init", init, INITS)
     if pretrain_observed is None:
         check_int("pretrain_rank", pretrain_rank, 1, size)
     else:
         check_int("pretrain_observed", pretrain_observed, 1, n_observed)
     if steps_per_epoch is None:
-        k = chunk_size(switch + [continue_epochs])
+        k = largest_common_divisor(switch + [continue_epochs])
     else:
         k = check_int("steps_per_epoch", steps_per_epoch, 1)
     if any(t % k for t in switch + [continue_epochs]):
@@ -150,7 +157,7 @@ def build_switch_ensemble(
     dm = MatrixCompletionDataModule(size=size, n_observed=n_observed, tasks=tasks, seed=seed)
     model = DeepMatrixFactorization(size=size, depth=depth, init=init, init_scale=init_scale, lr=lr, seed=seed)
     ensemble = FactorizationEnsemble(
-        model, dm, [t + continue_epochs for t in switch], steps_per_epoch=k, initial_task="pretrain", dtype=dtype
+        model, dm, [t + continue_epochs for t in switch], sgd_steps_per_epoch=k, initial_task="pretrain", dtype=dtype
     )
     # one member per switch epoch, in order
     members = zip(switch, ensemble.members, strict=True)
@@ -175,9 +182,7 @@ def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switch
             enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
             num_sanity_val_steps=0,
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`")
-            trainer.fit(ensemble, datamodule=dm)
+        trainer.fit(ensemble, datamodule=dm)
     finally:
         quiet.setLevel(level)
         torch.set_num_threads(threads)
@@ -225,15 +230,18 @@ def matrix_completion_sweep(
         num_threads: torch intra-op threads while training (restored afterwards); ``None``
             keeps the current setting. One thread is the robust choice for these small
             matrices; run several sweeps in parallel processes to use more cores.
-        return_history: also return the per-record history (test/train loss, singular values).
+        return_history: also return the per-record history (test/train loss, task, singular values).
         accelerator: where to train, as in ``pl.Trainer`` (one device); ``"auto"`` leaves the
             choice to Lightning (``PL_TRAINER_ACCELERATOR``, else the best available device).
 
     Returns:
         ``DataFrame`` with one row per switch epoch: ``depth, switch_epoch, test_loss,
-        train_loss, sgd_steps`` and the sweep's settings (plus ``sv_0..sv_9``, the final
-        singular values); with ``return_history`` a pair ``(results, history)`` where the history
-        has ``depth, switch_epoch, sgd_step, task, test_loss, train_loss, sv_*``.
+        train_loss, sgd_steps, singular_values/0 ... singular_values/9`` (the final singular
+        values) and the sweep's settings; with ``return_history`` a pair ``(results, history)``
+        where the history is the ensemble's records in the monitors' long format, one member per
+        switch epoch: ``depth, switch_epoch, step, metric, index, value`` with ``step`` the SGD
+        steps (epochs) done and ``metric`` one of ``test_loss``, ``train_loss``, ``task`` (the
+        index of the task trained, in the datamodule's ``tasks``) and ``singular_values``.
 
     Raises:
         ValueError: for any invalid argument, before training.
@@ -257,7 +265,7 @@ def matrix_completion_sweep(
         "init_scale": init_scale, "lr": lr, "seed": seed, "size": size, "init": init,
         "continue_epochs": continue_epochs,
     }
-    res = ensemble.results()
+    res = ensemble.final_metrics()
     res.insert(0, "switch_epoch", [switch[m] for m in res["member"]])
     res.insert(0, "depth", depth)
     res = res.drop(columns=["member", "task"])
@@ -268,9 +276,11 @@ def matrix_completion_sweep(
     if not return_history:
         return res
     hist = ensemble.history()
-    hist.insert(0, "switch_epoch", [switch[m] for m in hist["member"]])
+    members = hist["target"].str.removeprefix("member").astype(int)
+    hist.insert(0, "switch_epoch", [switch[m] for m in members])
     hist.insert(0, "depth", depth)
-    return res, hist.drop(columns=["member"])
+    # a Lightning epoch of the ensemble is a chunk of SGD steps; the paper's epochs are the steps
+    return res, hist.drop(columns=["target", "epoch"])
 
 
 def matrix_completion_parameter_sweep(
@@ -299,10 +309,7 @@ def matrix_completion_parameter_sweep(
         >>> sorted(df["pretrain_rank"])
         [1, 3]
     """
-    from lightning_critical import sweep
-
-    if parameter not in SWEEP_PARAMETERS:
-        raise ValueError(f"parameter={parameter!r} is not valid; choose one of {SWEEP_PARAMETERS}.")
+    check_choice("parameter", parameter, SWEEP_PARAMETERS)
     if parameter in kwargs:
         raise ValueError(f"{parameter!r} is swept; do not also pass it as a keyword.")
     values = list(values)
@@ -326,7 +333,7 @@ def matrix_completion_parameter_sweep(
                                                dtype=fixed["dtype"])
     sizes = values if parameter == "size" else [fixed["size"]]
     top_k = min(runner.top_k, max(sizes))  # a smaller matrix has fewer: NaN, as when its table is stacked
-    metrics = ["test_loss", "train_loss", "sgd_steps"] + [f"sv_{i}" for i in range(top_k)]
+    metrics = ["test_loss", "train_loss", "sgd_steps"] + [f"singular_values/{i}" for i in range(top_k)]
     params = None if parameter == "seed" else {parameter: values}
     seeds = values if parameter == "seed" else [fixed["seed"]]
     with contextlib.ExitStack() as stack:
@@ -356,8 +363,6 @@ _DATA_ARGS = ("size", "n_observed", "pretrain_rank", "target_rank", "pretrain_ob
 
 def _switch_grid(switch: Sequence[int], continue_epochs: int) -> Any:
     """One run per switch epoch, in the order given: pre-train during ``[0, T)``, then ``continue_epochs``."""
-    from lightning_critical.sweep import GridEntry, WindowGrid
-
     entries = [GridEntry((Window(0, t),) if t > 0 else (), t + continue_epochs) for t in switch]
     return WindowGrid(tuple(entries), "removal")
 
@@ -386,14 +391,17 @@ def _settings(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def matrix_completion_figure(
+def matrix_completion_table(
     depths: Sequence[int] = PAPER_DEPTHS,
     switch_epochs: Sequence[int] = PAPER_SWITCH_EPOCHS,
     continue_epochs: int = 30000,
     processes: int | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """The paper's matrix-completion figure as a table: one sweep per depth, stacked.
+    """The table behind the paper's matrix-completion figure: one switch sweep per depth, stacked.
+
+    Columns as in :func:`matrix_completion_parameter_sweep` (``seconds`` included); draw it with
+    :func:`lightning_critical.plots.plot_critical_period`.
 
     ``processes``: how many depths train at once (default: one per CPU core, at most one per depth).
     """
@@ -413,8 +421,8 @@ def matrix_completion_trajectories(
 ) -> pd.DataFrame:
     """Test loss and top singular values of ``W`` every ``record_every`` epochs around each switch.
 
-    Returns the history table of :func:`matrix_completion_sweep` (``depth, switch_epoch,
-    sgd_step, task, test_loss, train_loss, sv_0..sv_9``).
+    Returns the history table of :func:`matrix_completion_sweep` (long format: ``depth,
+    switch_epoch, step, metric, index, value``).
     """
     _, hist = matrix_completion_sweep(
         depth, switch_epochs, continue_epochs, steps_per_epoch=record_every, return_history=True, **kwargs
@@ -436,109 +444,26 @@ def reproduce_figure(
 
     ``trajectories``: switch epochs whose test-loss and singular-value trajectories (deepest
     depth, recorded every few hundred epochs) are written as ``singular_values.csv`` / ``.png``.
-    ``processes``: see :func:`matrix_completion_figure`. ``kwargs`` go to
+    ``processes``: see :func:`matrix_completion_table`. ``kwargs`` go to
     :func:`matrix_completion_sweep`. Returns ``{kind: path}``.
     """
-    from lightning_critical.plots.matrix_completion import (
-        plot_critical_period,
-        plot_singular_value_trajectories,
-    )
-
     say = print if verbose else (lambda *a, **k: None)
-    paths: dict[str, str] = {}
     start = time.perf_counter()
-    results = matrix_completion_figure(depths, switch_epochs, continue_epochs, processes=processes, **kwargs)
+    results = matrix_completion_table(depths, switch_epochs, continue_epochs, processes=processes, **kwargs)
     for depth, seconds in results.groupby("depth")["seconds"].first().items():
         say(f"depth {depth}: trained {len(switch_epochs)} switch epochs in {seconds:.1f} s", flush=True)
     say(f"figure trained in {time.perf_counter() - start:.1f} s", flush=True)
-    os.makedirs(out_dir, exist_ok=True)  # only once the arguments proved valid
-    paths["csv"] = os.path.join(out_dir, "matrix_completion.csv")
-    results.to_csv(paths["csv"], index=False)
-    fig = plot_critical_period(results)
-    paths["png"] = os.path.join(out_dir, "matrix_completion.png")
-    fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
+    # written before the trajectories train: the figure's hours are safe on disk if they fail
+    paths = write_outputs(out_dir, tables={"csv": ("matrix_completion.csv", results)},
+                          figures={"png": ("matrix_completion.png", plot_critical_period(results))})
     say(results.pivot(index="switch_epoch", columns="depth", values="test_loss").round(4).to_string())
     if trajectories:
-        every = chunk_size(list(trajectories) + [continue_epochs], cap=500)
+        every = largest_common_divisor(list(trajectories) + [continue_epochs], cap=500)
         hist = matrix_completion_trajectories(max(depths), trajectories, continue_epochs, record_every=every, **kwargs)
-        paths["trajectories_csv"] = os.path.join(out_dir, "singular_values.csv")
-        hist.to_csv(paths["trajectories_csv"], index=False)
-        fig = plot_singular_value_trajectories(hist)
-        paths["trajectories_png"] = os.path.join(out_dir, "singular_values.png")
-        fig.savefig(paths["trajectories_png"], dpi=150, bbox_inches="tight")
+        paths.update(write_outputs(
+            out_dir, tables={"trajectories_csv": ("singular_values.csv", hist)},
+            figures={"trajectories_png": ("singular_values.png", plot_singular_value_trajectories(hist))},
+        ))
     for key, path in paths.items():
         say(f"wrote {key}: {path}")
     return paths
-
-
-def figure_main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``lightning-critical matrix-completion [--out DIR] [...]`` (see ``--help``).
-
-    Reproduces the paper's figure (depths 1, 2, 3; the published switch epochs; 30k epochs
-    after the switch) with :func:`reproduce_figure`; returns the exit status.
-    """
-    parser = argparse.ArgumentParser(
-        prog="lightning-critical matrix-completion",
-        description="Final test loss against task-switch epoch for deep matrix factorizations "
-        "(Kleinman, Achille & Soatto 2024, matrix-completion figure).",
-    )
-    parser.add_argument("--depths", type=int, nargs="+", default=list(PAPER_DEPTHS))
-    parser.add_argument("--switch-epochs", type=int, nargs="+", default=list(PAPER_SWITCH_EPOCHS))
-    parser.add_argument("--continue-epochs", type=int, default=30000)
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--n-observed", type=int, default=2000)
-    parser.add_argument("--pretrain-rank", type=int, default=10)
-    parser.add_argument("--target-rank", type=int, default=5)
-    parser.add_argument("--pretrain-observed", type=int, default=None,
-                        help="'fewer examples' deficit: pre-train on this many of the target's observations")
-    parser.add_argument("--init-scale", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trajectories", type=int, nargs="*", default=None,
-                        help="switch epochs whose singular-value trajectories (deepest depth) are also plotted")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="depths trained at once in worker processes (default: one per CPU core)")
-    parser.add_argument("--accelerator", default="auto",
-                        help="where to train: auto (default: Lightning's choice), cpu, gpu, mps...")
-    parser.add_argument("--out", "--out-dir", dest="out_dir", default="outputs/matrix_completion",
-                        help="output directory (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        reproduce_figure(
-            args.out_dir, args.depths, args.switch_epochs, args.continue_epochs, args.trajectories,
-            size=args.size, n_observed=args.n_observed, pretrain_rank=args.pretrain_rank,
-            target_rank=args.target_rank, pretrain_observed=args.pretrain_observed,
-            init_scale=args.init_scale, lr=args.lr, seed=args.seed, processes=args.processes,
-            accelerator=args.accelerator,
-        )
-    except ValueError as err:
-        parser.error(str(err))
-    return 0
-
-
-def switch_theory(
-    model: DeepMatrixFactorization,
-    datamodule: MatrixCompletionDataModule,
-    schedule: Sequence[tuple[str, int]],
-    stride: int = 10,
-    top_k: int = 10,
-) -> Any:
-    """Gradient-flow prediction for ``model`` trained on ``datamodule``'s tasks in sequence.
-
-    ``schedule``: ``[(task_name, n_steps), ...]``, e.g. ``[("pretrain", T), ("target", 3000)]``.
-    Returns a :class:`~lightning_critical.theory.factorization.FactorizationFlow`; its
-    ``per_step()`` is the ``theory`` array ``SpectralMonitor`` overlays on the measured
-    singular values of ``end_to_end``. Exact for balanced (``init="orthogonal"``) factors.
-    """
-    from lightning_critical.theory.factorization import completion_loss_terms, integrate_factorization
-
-    segments, truths = [], []
-    for name, n_steps in schedule:
-        rows, cols, values = datamodule.observations(name)
-        weight, target = completion_loss_terms(datamodule.size, rows.numpy(), cols.numpy(), values.double().numpy())
-        segments.append((int(n_steps), weight, target))
-        truths.append(datamodule.ground_truth(name).double().numpy())
-    w0 = model.end_to_end().detach().double().cpu().numpy()
-    return integrate_factorization(
-        w0, segments, model.depth, model.lr, stride=stride, top_k=top_k, ground_truths=truths
-    )

@@ -4,7 +4,9 @@ Every SGD run goes through the sweep engine (:func:`lightning_critical.sweep.run
 model and datamodule factories, a ``PathwayDeficit`` per window, a ``SpectralMonitor`` with the
 run's theory; quiet serial Trainer runs). The trajectories are read back from each run's
 monitor history file, the final mode strengths from the engine's results table. The functions
-return tidy ``pandas`` tables; figures live in :mod:`lightning_critical.plots`.
+return tidy ``pandas`` tables (``measured`` is what the trained nets show, ``theory`` what
+the pathway ODE predicts); figures live in :mod:`lightning_critical.plots`, files are written
+by :mod:`lightning_critical._output`.
 """
 
 from __future__ import annotations
@@ -22,16 +24,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lightning_critical import sweep
+from lightning_critical._checks import check_choice
 from lightning_critical._namespace import pl
+from lightning_critical._output import write_outputs
 from lightning_critical.data import HierarchicalDataModule
 from lightning_critical.deficits import PathwayDeficit
 from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.models import MultiPathwayLinearNet
 from lightning_critical.monitors import SpectralMonitor
 from lightning_critical.monitors.history import read_history
+from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
 from lightning_critical.protocols import end_to_end_maps, find_task_basis
 from lightning_critical.schedule import Window
 from lightning_critical.spectral import mode_strengths
+from lightning_critical.sweep import GridEntry, WindowGrid
 from lightning_critical.theory import deprived_share, pathway_dynamics
 
 PUBLISHED_ONSETS: dict[str, int] = {"early": 0, "middle": 400, "late": 750}
@@ -51,9 +58,9 @@ def _report(progress: Progress | None, message: str) -> None:
 
 @dataclass
 class PathwayRun:
-    """The result of one run: mode strengths over training, SGD and theory side by side.
+    """The result of one run: mode strengths over training, measured (SGD) and theory side by side.
 
-    ``frame`` columns: step, pathway, mode, singular_value, sgd, theory (``theory`` is NaN
+    ``frame`` columns: step, pathway, mode, measured, singular_value, theory (``theory`` is NaN
     for deficits without a theory, e.g. ``"noise"``). ``log_dir`` is the TensorBoard run
     directory (``None`` without logger).
     """
@@ -120,7 +127,7 @@ def pathway_deficit_run(
 
         >>> run = pathway_deficit_run((0, 20), depth=2, width=16, max_epochs=40, every_n_steps=20)
         >>> sorted(run.frame.columns)
-        ['mode', 'pathway', 'sgd', 'singular_value', 'step', 'theory']
+        ['measured', 'mode', 'pathway', 'singular_value', 'step', 'theory']
     """
     start = time.perf_counter()
     model_kwargs = dict(depth=depth, width=width, lr=lr, init_scale=init_scale, init_noise=init_noise,
@@ -220,8 +227,6 @@ def _fitted(window: tuple[int, int], max_epochs: int) -> Window:
 
 def _grid(windows: Sequence[Window | None]) -> Any:
     """Exactly these runs (``None``: no deficit), without the sweep's extra baseline."""
-    from lightning_critical.sweep import GridEntry, WindowGrid
-
     return WindowGrid(tuple(GridEntry((w,) if w is not None else ()) for w in windows), "explicit")
 
 
@@ -239,8 +244,7 @@ def _sweep_args(model_kwargs: Mapping[str, Any], max_epochs: int, mode: str, dep
 
 def _check_deprived(model: MultiPathwayLinearNet, deprived: str) -> list[str]:
     names = list(model.pathways)
-    if deprived not in names:
-        raise ValueError(f"deprived={deprived!r} is not a pathway; choose one of {names}.")
+    check_choice("deprived", deprived, names)
     return names
 
 
@@ -249,8 +253,6 @@ def _trajectory_runs(
     save_dir: str | None, seed: int, accelerator: str, model_kwargs: Mapping[str, Any],
 ) -> dict[str, tuple[pd.DataFrame, np.ndarray | None, np.ndarray, str | None, float]]:
     """Train one run per window (one sweep); per name: (frame, theory, singular values, log dir, seconds)."""
-    from lightning_critical import sweep
-
     dm, model = build_pathway_model(seed=seed, **model_kwargs)
     s = dm.task_basis()[1].numpy()
     names = _check_deprived(model, deprived)
@@ -291,9 +293,9 @@ def _trajectory_runs(
 def _trajectory_frame(records: pd.DataFrame, s: np.ndarray, theory: np.ndarray | None,
                       names: list[str]) -> pd.DataFrame:
     k = records[records.metric == "mode_strength"].rename(
-        columns={"target": "pathway", "index": "mode", "value": "sgd"}
+        columns={"target": "pathway", "index": "mode", "value": "measured"}
     )
-    k = k[["step", "pathway", "mode", "sgd"]].reset_index(drop=True)
+    k = k[["step", "pathway", "mode", "measured"]].reset_index(drop=True)
     k["singular_value"] = s[k["mode"].to_numpy()]
     if theory is not None:
         k["theory"] = theory[k["step"].to_numpy(), [names.index(p) for p in k["pathway"]], k["mode"].to_numpy()]
@@ -323,10 +325,8 @@ def deficit_onset_sweep(
     seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`. A window
     that would run past ``max_epochs`` ends there (the theory treats it the same way).
     ``progress`` is called with one line per SGD run once they have trained. Columns: depth,
-    onset, mode, singular_value, share, source (``"theory"`` or ``"sgd"``).
+    onset, mode, singular_value, share, source (``"theory"`` or ``"measured"``: the trained nets).
     """
-    from lightning_critical import sweep
-
     lr = model_kwargs.get("lr", 0.01)
     seed = model_kwargs.pop("seed", 0)
     theory_rows: dict[int, list[dict[str, Any]]] = {}
@@ -374,12 +374,12 @@ def deficit_onset_sweep(
         s = singular[depth]
         for onset in sgd_onsets:
             metrics = final[(depth, fitted[onset])]
-            k = pd.DataFrame([{"pathway": key.split("/")[1], "mode": int(key.split("/")[2]), "sgd": value}
+            k = pd.DataFrame([{"pathway": key.split("/")[1], "mode": int(key.split("/")[2]), "measured": value}
                               for key, value in metrics.items()]).pivot_table(index="pathway", columns="mode",
-                                                                              values="sgd")
+                                                                              values="measured")
             share = (k.loc[deprived] / k.sum(axis=0)).to_numpy()
-            out_rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="sgd")
-                            for a in range(len(s)))
+            out_rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a],
+                                 source="measured") for a in range(len(s)))
     return pd.DataFrame(out_rows)
 
 
@@ -427,8 +427,6 @@ def reproduce(
     in :func:`pathway_deficit_run`. ``progress`` (e.g. ``print``) gets a line when the work
     starts, one per finished training run (``[k/n] ..., elapsed``) and one per stage.
     """
-    from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
-
     os.makedirs(out_dir, exist_ok=True)
     tb_dir = os.path.join(out_dir, "tensorboard")
     depths, sgd_onsets = ((1, 2, 4), (0,)) if quick else (ONSET_SWEEP_DEPTHS, ONSET_SWEEP_SGD_ONSETS)
@@ -447,17 +445,17 @@ def reproduce(
     _report(progress, f"Training {total} deep linear networks: {len(PUBLISHED_ONSETS)} early/middle/late deficit "
                       f"runs, then {total - len(PUBLISHED_ONSETS)} for the onset sweep (depths {list(depths)}).")
     runs = early_middle_late(save_dir=tb_dir, accelerator=accelerator, progress=one_run)
-    sweep = deficit_onset_sweep(accelerator=accelerator, progress=one_run, **sweep_kwargs)
+    onsets = deficit_onset_sweep(accelerator=accelerator, progress=one_run, **sweep_kwargs)
     _report(progress, "Phase-portrait theory, tables and figures ...")
     phases = phase_trajectories()
     paths = {"tensorboard": tb_dir}
-    for key, table in (("trajectories_csv", runs), ("onset_sweep_csv", sweep), ("phase_csv", phases)):
-        paths[key] = os.path.join(out_dir, f"{key[:-4]}.csv")
-        table.to_csv(paths[key], index=False)
-    for key, fig in (("trajectories_png", plot_deficit_trajectories(runs)),
-                     ("onset_sweep_png", plot_deprived_share(sweep)),
-                     ("phase_png", plot_phase_portraits(phases, sgd=runs))):
-        paths[key] = os.path.join(out_dir, f"{key[:-4]}.png")
-        fig.savefig(paths[key], dpi=130, bbox_inches="tight")
+    paths.update(write_outputs(
+        out_dir,
+        tables={"trajectories_csv": ("trajectories.csv", runs), "onset_sweep_csv": ("onset_sweep.csv", onsets),
+                "phase_csv": ("phase.csv", phases)},
+        figures={"trajectories_png": ("trajectories.png", plot_deficit_trajectories(runs)),
+                 "onset_sweep_png": ("onset_sweep.png", plot_deprived_share(onsets)),
+                 "phase_png": ("phase.png", plot_phase_portraits(phases, measured=runs))},
+    ))
     _report(progress, f"Done in {time.perf_counter() - start:.0f} s.")
     return paths

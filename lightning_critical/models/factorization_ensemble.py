@@ -4,14 +4,19 @@ Members start from the same initialization and each follows its own task schedul
 by ordinary :class:`~lightning_critical.TaskSwitch` callbacks (one per member, whose
 ``target`` is ``ensemble.members[k]``). Members that have seen the same tasks at the same
 times have identical weights, so they share one *branch*; a member forks its own copy of the
-weights only when its task changes. Every Lightning step runs ``steps_per_epoch`` full-batch
+weights only when its task changes. Every Lightning step runs ``sgd_steps_per_epoch`` full-batch
 SGD steps of all live branches as batched ``(B, n, n)`` matrix products with hand-written
 gradients, which amortizes Lightning's per-step overhead over many tiny updates.
+
+Records go into a :class:`~lightning_critical.monitors.history.History`, in the monitors' long
+format ``(step, epoch, target, metric, index, value)``: ``step`` counts the SGD steps done,
+``target`` is the member (``"member<k>"``), ``metric`` is ``test_loss``, ``train_loss``, ``task``
+(the index in ``task_names`` of the task of the chunk that ended at that step) or
+``singular_values`` (``index`` ``i``: the ``i``-th largest singular value of the member's ``W``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +25,10 @@ import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_choice, check_float_dtype, check_int
 from lightning_critical._namespace import pl
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
+from lightning_critical.monitors.history import History, Record
 
 
 class EnsembleMember:
@@ -38,7 +44,7 @@ class EnsembleMember:
 
     @property
     def task(self) -> str:
-        return self._ensemble._slot_task[self._ensemble._member_slot[self.index]]
+        return self._ensemble._branch_task[self._ensemble._member_branch[self.index]]
 
     def set_task(self, name: str) -> None:
         self._ensemble._set_member_task(self.index, name)
@@ -79,11 +85,13 @@ class FactorizationEnsemble(pl.LightningModule):
             its dataloader also paces training (one batch per epoch).
         member_steps: total SGD steps of each member (its length defines ``n_members``);
             a member stops, and its final weights are kept, after that many steps.
-        steps_per_epoch: SGD steps per Lightning epoch; every member's length and every
-            ``TaskSwitch`` time (given in epochs) is counted in these chunks.
+        sgd_steps_per_epoch: SGD steps per Lightning epoch (the datamodule serves one batch,
+            so one Lightning step); every member's length and every ``TaskSwitch`` time
+            (given in epochs) is counted in these chunks.
         initial_task: the task every member starts on (default: the datamodule's active task).
         top_k: number of singular values of each member's ``W`` recorded per epoch.
-        dtype: ``torch.float32`` (default) or ``torch.float64``.
+        dtype: ``torch.float32`` (default) or ``torch.float64``: the dtype of the factors
+            (``factor_dtype``), whatever the module's own ``dtype`` says.
 
     Checkpoints: ``on_save_checkpoint`` stores the branches' weights, the member-to-branch map,
     the finished members and the history, so ``trainer.fit(..., ckpt_path=...)`` on an ensemble
@@ -91,7 +99,7 @@ class FactorizationEnsemble(pl.LightningModule):
 
     Raises:
         ValueError: for bad sizes, a member length that is not a multiple of
-            ``steps_per_epoch`` or an unknown task.
+            ``sgd_steps_per_epoch`` or an unknown task.
 
     Example::
 
@@ -100,14 +108,16 @@ class FactorizationEnsemble(pl.LightningModule):
         >>> from lightning_critical.data import MatrixCompletionDataModule
         >>> dm = MatrixCompletionDataModule(size=10, n_observed=40, tasks={"pretrain": 3, "target": 1})
         >>> model = DeepMatrixFactorization(size=10, depth=2, seed=0)
-        >>> ens = FactorizationEnsemble(model, dm, member_steps=[40, 60], steps_per_epoch=20)
+        >>> ens = FactorizationEnsemble(model, dm, member_steps=[40, 60], sgd_steps_per_epoch=20)
         >>> switches = [lc.TaskSwitch({0: "target"}, target=ens.members[0]),
         ...             lc.TaskSwitch({1: "target"}, target=ens.members[1])]
         >>> pl.Trainer(max_epochs=ens.max_epochs, callbacks=switches, logger=False,
         ...            enable_checkpointing=False, enable_progress_bar=False,
         ...            enable_model_summary=False).fit(ens, datamodule=dm)
-        >>> list(ens.results()["sgd_steps"])
+        >>> list(ens.final_metrics()["sgd_steps"])
         [40, 60]
+        >>> ens.history().columns.tolist()
+        ['step', 'epoch', 'target', 'metric', 'index', 'value']
     """
 
     _anchor: Tensor  # a buffer (registered in __init__): declared for the type checker
@@ -117,28 +127,28 @@ class FactorizationEnsemble(pl.LightningModule):
         model: DeepMatrixFactorization,
         datamodule: Any,
         member_steps: Sequence[int],
-        steps_per_epoch: int = 1,
+        sgd_steps_per_epoch: int = 1,
         initial_task: str | None = None,
         top_k: int = 10,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        check_int("steps_per_epoch", steps_per_epoch)
+        check_int("sgd_steps_per_epoch", sgd_steps_per_epoch)
         steps = [int(s) for s in member_steps]
-        if not steps or any(s < 1 or s % steps_per_epoch for s in steps):
+        if not steps or any(s < 1 or s % sgd_steps_per_epoch for s in steps):
             raise ValueError(
-                f"member_steps={list(member_steps)!r} must be positive multiples of steps_per_epoch={steps_per_epoch}."
+                f"member_steps={list(member_steps)!r} must be positive multiples of "
+                f"sgd_steps_per_epoch={sgd_steps_per_epoch}."
             )
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype={dtype!r} is not valid; choose torch.float32 or torch.float64.")
+        check_float_dtype("dtype", dtype)
         self.task_names: tuple[str, ...] = tuple(datamodule.tasks)
         initial = datamodule.task if initial_task is None else initial_task
-        if initial not in self.task_names:
-            raise ValueError(f"initial_task={initial!r} is unknown; valid tasks: {list(self.task_names)}.")
+        check_choice("initial_task", initial, self.task_names)
         self.depth, self.lr, self.size = model.depth, float(model.lr), model.size
-        self.steps_per_epoch, self.member_steps, self.top_k, self.dtype_ = steps_per_epoch, steps, top_k, dtype
-        self.max_epochs = max(steps) // steps_per_epoch
+        self.sgd_steps_per_epoch, self.member_steps, self.top_k = sgd_steps_per_epoch, steps, top_k
+        self.factor_dtype = dtype
+        self.max_epochs = max(steps) // sgd_steps_per_epoch
 
         n = self.size
         self._truth, self._weight, self._target = {}, {}, {}
@@ -152,13 +162,13 @@ class FactorizationEnsemble(pl.LightningModule):
             self._weight[name], self._target[name] = weight, target
 
         init = [p.detach().to(dtype).clone() for p in model.factors]
-        self._slot_weights: list[list[Tensor]] = [init]
-        self._slot_task: list[str] = [initial]
-        self._member_slot = [0] * len(steps)
+        self._branch_weights: list[list[Tensor]] = [init]
+        self._branch_task: list[str] = [initial]
+        self._member_branch = [0] * len(steps)
         self.members = [EnsembleMember(self, k) for k in range(len(steps))]
         self.sgd_step = 0
         self._final: dict[int, dict[str, Any]] = {}
-        self._history: list[dict[str, Any]] = []
+        self._history = History()
         self.register_buffer("_anchor", torch.zeros((), dtype=dtype))  # follows the module's device
 
     # -- branches ------------------------------------------------------------------------
@@ -166,24 +176,23 @@ class FactorizationEnsemble(pl.LightningModule):
         return self.sgd_step < self.member_steps[k]
 
     def _set_member_task(self, k: int, name: str) -> None:
-        if name not in self.task_names:
-            raise ValueError(f"unknown task {name!r}; valid tasks: {list(self.task_names)}.")
-        slot = self._member_slot[k]
-        if self._slot_task[slot] == name:
+        check_choice("task", name, self.task_names)
+        branch = self._member_branch[k]
+        if self._branch_task[branch] == name:
             return
-        sharers = [j for j, s in enumerate(self._member_slot) if s == slot and j != k and self._live(j)]
+        sharers = [j for j, b in enumerate(self._member_branch) if b == branch and j != k and self._live(j)]
         if sharers:  # fork: the other members keep training the old branch
-            self._slot_weights.append([w.clone() for w in self._slot_weights[slot]])
-            self._slot_task.append(name)
-            self._member_slot[k] = len(self._slot_weights) - 1
+            self._branch_weights.append([w.clone() for w in self._branch_weights[branch]])
+            self._branch_task.append(name)
+            self._member_branch[k] = len(self._branch_weights) - 1
         else:
-            self._slot_task[slot] = name
+            self._branch_task[branch] = name
 
     def member_factors(self, k: int) -> list[Tensor]:
         """Member ``k``'s current factors (its final ones once it has stopped)."""
         if k in self._final:
             return self._final[k]["factors"]
-        return self._slot_weights[self._member_slot[k]]
+        return self._branch_weights[self._member_branch[k]]
 
     def end_to_end_maps(self) -> dict[str, Tensor]:
         """Protocol: ``{"member<k>": W_k}`` for every member."""
@@ -201,33 +210,37 @@ class FactorizationEnsemble(pl.LightningModule):
         for d in (self._truth, self._weight, self._target):
             for name in d:
                 d[name] = d[name].to(device)
-        self._slot_weights = [[w.to(device) for w in ws] for ws in self._slot_weights]
+        self._branch_weights = [[w.to(device) for w in ws] for ws in self._branch_weights]
         self._final = {k: {"factors": [w.to(device) for w in v["factors"]]} for k, v in self._final.items()}
 
     def on_train_start(self) -> None:
-        if self.sgd_step == 0 and not self._history:
+        if self.sgd_step == 0:  # a new run: its history starts empty, with the initial record
+            self._history.start(None, from_step=0)
             self._record(range(len(self.members)))
+        else:  # resumed (or fitted again): a record is taken *after* the update that reaches its step, so
+            # the records up to this step are the checkpoint's own (a monitor's, taken before it, are not)
+            self._history.start(None, from_step=self.sgd_step + 1)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         live = [k for k in range(len(self.members)) if self._live(k)]
-        slots = sorted({self._member_slot[k] for k in live})
-        if slots:
+        branches = sorted({self._member_branch[k] for k in live})
+        if branches:
             with torch.no_grad():
-                factors = [torch.stack([self._slot_weights[s][i] for s in slots]) for i in range(self.depth)]
-                tasks = [self._slot_task[s] for s in slots]
+                factors = [torch.stack([self._branch_weights[b][i] for b in branches]) for i in range(self.depth)]
+                tasks = [self._branch_task[b] for b in branches]
                 weight = torch.stack([self._weight[t] for t in tasks])
                 target = torch.stack([self._target[t] for t in tasks])
-                sgd_steps(factors, target, weight, self.lr, self.steps_per_epoch)
-                for j, s in enumerate(slots):
-                    self._slot_weights[s] = [f[j] for f in factors]
-        self.sgd_step += self.steps_per_epoch
+                sgd_steps(factors, target, weight, self.lr, self.sgd_steps_per_epoch)
+                for j, b in enumerate(branches):
+                    self._branch_weights[b] = [f[j] for f in factors]
+        self.sgd_step += self.sgd_steps_per_epoch
         test = self._record(live)
         if test is not None and self._trainer is not None and self.trainer.loggers:
             for j, k in enumerate(live):
                 self.log(f"test_loss/member{k}", test[j], on_step=False, on_epoch=True)
         for k in live:
             if not self._live(k):
-                self._final[k] = {"factors": [w.clone() for w in self._slot_weights[self._member_slot[k]]]}
+                self._final[k] = {"factors": [w.clone() for w in self._branch_weights[self._member_branch[k]]]}
         return None
 
     @torch.no_grad()
@@ -237,7 +250,7 @@ class FactorizationEnsemble(pl.LightningModule):
             return None
         maps = self.end_to_end_maps()
         w = torch.stack([maps[f"member{k}"] for k in members])
-        tasks = [self._slot_task[self._member_slot[k]] for k in members]
+        tasks = [self._branch_task[self._member_branch[k]] for k in members]
         truth = torch.stack([self._truth[t] for t in tasks])
         weight = torch.stack([self._weight[t] for t in tasks])
         target = torch.stack([self._target[t] for t in tasks])
@@ -246,11 +259,15 @@ class FactorizationEnsemble(pl.LightningModule):
         # 0.5 * mean over observed entries, written with the weights (1/m on observed entries)
         train = 0.5 * ((w * weight - target) * (w - truth)).sum(dim=(1, 2))
         svals = torch.linalg.svdvals(w)[:, : self.top_k].cpu()
+        step, epoch = self.sgd_step, self.current_epoch
+        records: list[Record] = []
         for j, k in enumerate(members):
-            self._history.append(
-                {"sgd_step": self.sgd_step, "member": k, "task": tasks[j], "test_loss": float(test[j]),
-                 "train_loss": float(train[j]), "singular_values": svals[j].tolist()}
-            )
+            target_name = f"member{k}"
+            records += [(step, epoch, target_name, "test_loss", -1, float(test[j])),
+                        (step, epoch, target_name, "train_loss", -1, float(train[j])),
+                        (step, epoch, target_name, "task", -1, float(self.task_names.index(tasks[j])))]
+            records += [(step, epoch, target_name, "singular_values", i, v) for i, v in enumerate(svals[j].tolist())]
+        self._history.extend(records, write=False)
         return test
 
     # -- checkpointing ---------------------------------------------------------------------
@@ -260,22 +277,22 @@ class FactorizationEnsemble(pl.LightningModule):
 
     def _signature(self) -> dict[str, Any]:
         return {"task_names": list(self.task_names), "member_steps": list(self.member_steps),
-                "steps_per_epoch": self.steps_per_epoch, "depth": self.depth, "size": self.size}
+                "sgd_steps_per_epoch": self.sgd_steps_per_epoch, "depth": self.depth, "size": self.size}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[self._CHECKPOINT_KEY] = {
             "signature": self._signature(),
             "sgd_step": self.sgd_step,
-            "slot_weights": [[w.detach().cpu().clone() for w in ws] for ws in self._slot_weights],
-            "slot_task": list(self._slot_task),
-            "member_slot": list(self._member_slot),
+            "branch_weights": [[w.detach().cpu().clone() for w in ws] for ws in self._branch_weights],
+            "branch_task": list(self._branch_task),
+            "member_branch": list(self._member_branch),
             "final": {k: [w.detach().cpu().clone() for w in v["factors"]] for k, v in self._final.items()},
-            "history": [dict(rec, singular_values=list(rec["singular_values"])) for rec in self._history],
+            "records": list(self._history.records),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(self._CHECKPOINT_KEY)
-        if state is None:
+        if state is None or "records" not in state:
             raise ValueError(
                 "this checkpoint holds no FactorizationEnsemble state (saved by another version or model); "
                 "it cannot be resumed, rerun the sweep."
@@ -285,15 +302,16 @@ class FactorizationEnsemble(pl.LightningModule):
                 f"checkpoint of a different ensemble: {state['signature']} != {self._signature()}; "
                 "build the ensemble with the checkpoint's settings or rerun the sweep."
             )
-        device, dtype = self._anchor.device, self.dtype_
+        device, dtype = self._anchor.device, self.factor_dtype
         self.sgd_step = int(state["sgd_step"])
-        self._slot_weights = [[w.to(device=device, dtype=dtype) for w in ws] for ws in state["slot_weights"]]
-        self._slot_task = list(state["slot_task"])
-        self._member_slot = list(state["member_slot"])
+        self._branch_weights = [[w.to(device=device, dtype=dtype) for w in ws] for ws in state["branch_weights"]]
+        self._branch_task = list(state["branch_task"])
+        self._member_branch = list(state["member_branch"])
         self._final = {
             int(k): {"factors": [w.to(device=device, dtype=dtype) for w in ws]} for k, ws in state["final"].items()
         }
-        self._history = [dict(rec) for rec in state["history"]]
+        self._history.start(None, from_step=0)
+        self._history.extend([tuple(rec) for rec in state["records"]], write=False)
 
     def configure_optimizers(self) -> list:
         # Updates are written by hand in ``sgd_steps``; an empty list (unlike ``None``) tells
@@ -302,29 +320,32 @@ class FactorizationEnsemble(pl.LightningModule):
 
     # -- results -------------------------------------------------------------------------
     def history(self) -> pd.DataFrame:
-        """One row per member and record: ``sgd_step, member, task, test_loss, train_loss``,
-        and ``sv_0 ... sv_{k-1}`` (singular values of the member's ``W``)."""
-        rows = []
-        for rec in self._history:
-            row = {key: rec[key] for key in ("sgd_step", "member", "task", "test_loss", "train_loss")}
-            row.update({f"sv_{i}": v for i, v in enumerate(rec["singular_values"])})
-            rows.append(row)
-        return pd.DataFrame(rows)
+        """Every record, in the monitors' long format: ``step, epoch, target, metric, index, value``
+        (see the module docstring; ``step`` counts SGD steps, ``target`` is ``"member<k>"``)."""
+        return self._history.to_frame()
 
     def results(self) -> pd.DataFrame:
-        """The last record of every member: ``member, sgd_steps, task, test_loss, train_loss``."""
+        """The last record of every member (member order), in the long format of :meth:`history`."""
         hist = self.history()
-        if hist.empty:
-            return hist
-        last = hist.sort_values("sgd_step").groupby("member").tail(1).sort_values("member")
-        return last.rename(columns={"sgd_step": "sgd_steps"}).reset_index(drop=True)
+        final = hist[hist["step"] == hist.groupby("target")["step"].transform("max")]
+        order = final["target"].str.removeprefix("member").astype(int)
+        return final.iloc[order.argsort(kind="stable")].reset_index(drop=True)
 
+    def final_metrics(self) -> pd.DataFrame:
+        """One row per member: ``member, sgd_steps, task, test_loss, train_loss, singular_values/<i>``.
 
-def chunk_size(times: Sequence[int], cap: int = 1000) -> int:
-    """The largest divisor of ``gcd(times)`` that is ``<= cap`` (SGD steps per Lightning epoch)."""
-    g = 0
-    for t in times:
-        g = math.gcd(g, int(t))
-    if g == 0:
-        return 1
-    return max(d for d in range(1, min(g, cap) + 1) if g % d == 0)
+        The wide view of :meth:`results` that sweeps read their metrics from (``task`` is its name).
+        """
+        rows = []
+        for target, records in self.results().groupby("target", sort=False):
+            row: dict[str, Any] = {"member": int(target.removeprefix("member")),
+                                   "sgd_steps": int(records["step"].iloc[0])}
+            for metric, index, value in zip(records["metric"], records["index"], records["value"], strict=True):
+                if metric == "task":
+                    row["task"] = self.task_names[int(value)]
+                elif index < 0:
+                    row[metric] = value
+                else:
+                    row[f"{metric}/{index}"] = value
+            rows.append(row)
+        return pd.DataFrame(rows)

@@ -56,32 +56,53 @@ def plot_critical_period(results: pd.DataFrame, hue: str = "depth", ax: Axes | N
     return fig
 
 
+def _wide(table: pd.DataFrame, metric: str, max_values: int | None = None) -> pd.DataFrame:
+    """One ``metric`` of a long table as ``(switch_epoch, step) x index`` (a column per index)."""
+    rows = table[table["metric"] == metric]
+    if max_values is not None:
+        rows = rows[rows["index"] < max_values]
+    return rows.pivot_table(index=["switch_epoch", "step"], columns="index", values="value")
+
+
 def plot_singular_value_trajectories(
     history: pd.DataFrame, theory: pd.DataFrame | None = None, max_values: int = 10
 ) -> Figure:
     """Top singular values of ``W`` (and test loss) over training, one panel per switch epoch.
 
-    ``history``: the table of :func:`~lightning_critical.experiments.matrix_completion_trajectories`
-    (``switch_epoch, sgd_step, test_loss, sv_0...``). ``theory``: optional table with the same
-    ``switch_epoch, sgd_step, sv_*`` columns (e.g. from :mod:`lightning_critical.theory.factorization`),
-    drawn dashed on top.
+    ``history``: the long table of :func:`~lightning_critical.experiments.matrix_completion_trajectories`
+    (``switch_epoch, step, metric, index, value`` with metrics ``singular_values`` and
+    ``test_loss``). ``theory``: optional table in the same format (``singular_values`` rows,
+    e.g. from :func:`lightning_critical.theory.switch_theory`), drawn dashed on top.
+
+    Example::
+
+        >>> rows = [(0, step, metric, i, 1.0 + step) for step in (0, 10)
+        ...         for metric, i in (("test_loss", -1), ("singular_values", 0), ("singular_values", 1))]
+        >>> history = pd.DataFrame(rows, columns=["switch_epoch", "step", "metric", "index", "value"])
+        >>> len(plot_singular_value_trajectories(history).axes[0].lines)
+        3
     """
-    _require(history, ["switch_epoch", "sgd_step", "test_loss", "sv_0"], "plot_singular_value_trajectories")
-    svs = [c for c in history.columns if c.startswith("sv_")][:max_values]
+    _require(history, ["switch_epoch", "step", "metric", "index", "value"], "plot_singular_value_trajectories")
+    values = _wide(history, "singular_values", max_values)
+    loss = _wide(history, "test_loss")
+    if values.empty or loss.empty:
+        raise ValueError("plot_singular_value_trajectories needs 'singular_values' and 'test_loss' records; the "
+                         f"table has metrics {sorted(set(history['metric']))}.")
+    expected = _wide(theory, "singular_values", max_values) if theory is not None else None
     switches = sorted(history["switch_epoch"].unique())
     fig, axes = subplots(2, len(switches), figsize=(3.4 * len(switches), 4.8), squeeze=False, sharex="col")
-    colors = matplotlib.colormaps["summer"](np.linspace(0, 0.9, len(svs)))
+    colors = matplotlib.colormaps["summer"](np.linspace(0, 0.9, len(values.columns)))
     for col, switch in enumerate(switches):
-        part = history[history["switch_epoch"] == switch].sort_values("sgd_step")
+        part = values.loc[switch]
         top, bottom = axes[0, col], axes[1, col]
-        for color, sv in zip(colors, svs, strict=True):
-            top.plot(part["sgd_step"], part[sv], color=color, lw=1.2)
-        if theory is not None:
-            th = theory[theory["switch_epoch"] == switch].sort_values("sgd_step")
-            for sv in svs:
-                if sv in th:
-                    top.plot(th["sgd_step"], th[sv], color="k", ls="--", lw=0.8)
-        bottom.plot(part["sgd_step"], part["test_loss"], color="tab:red")
+        for color, index in zip(colors, values.columns, strict=True):
+            top.plot(part.index, part[index], color=color, lw=1.2)
+        if expected is not None and switch in expected.index.get_level_values(0):
+            th = expected.loc[switch]
+            for index in th.columns:
+                top.plot(th.index, th[index], color="k", ls="--", lw=0.8)
+        part_loss = loss.loc[switch]
+        bottom.plot(part_loss.index, part_loss[-1], color="tab:red")
         for a in (top, bottom):
             a.axvline(switch, ls="--", color="gray", lw=0.8)
         top.set_title(f"switch at epoch {switch}", fontsize=9)

@@ -21,10 +21,10 @@ def _mode_colors(n: int) -> list:
 
 
 def plot_deficit_trajectories(frame: pd.DataFrame, deprived: str = "b", marker_every: int = 40) -> Figure:
-    """One panel per run (``label``): every mode's ``K_a`` and ``K_b``, SGD markers, theory lines.
+    """One panel per run (``label``): every mode's ``K_a`` and ``K_b``, measured (SGD) markers, theory lines.
 
     ``frame``: the table of :func:`lightning_critical.experiments.early_middle_late` (columns
-    label, onset, length, step, pathway, mode, singular_value, sgd, theory).
+    label, onset, length, step, pathway, mode, singular_value, measured, theory).
     """
     labels = list(dict.fromkeys(frame["label"]))
     modes = sorted(frame["mode"].unique())
@@ -41,7 +41,7 @@ def plot_deficit_trajectories(frame: pd.DataFrame, deprived: str = "b", marker_e
                 rows = run[(run["mode"] == a) & (run["pathway"] == pathway)].sort_values("step")
                 ax.plot(rows["step"], rows["theory"], color="k", lw=0.8, ls="--", alpha=0.6, zorder=1)
                 pick = rows[rows["step"] % marker_every == 0]
-                ax.scatter(pick["step"], pick["sgd"], color=color, marker=marker, s=22 if marker == "+" else 14,
+                ax.scatter(pick["step"], pick["measured"], color=color, marker=marker, s=22 if marker == "+" else 14,
                            lw=1, zorder=2)
         verb = DEFICIT_VERBS.get(run["deficit"].iloc[0], "deprived") if "deficit" in run else "deprived"
         ax.set_title(f"{label.capitalize()} deficit: pathway {deprived} {verb} [{onset}, {onset + length})", fontsize=9)
@@ -63,7 +63,8 @@ def plot_deprived_share(frame: pd.DataFrame) -> Figure:
     """Final share of each mode held by the deprived pathway against deficit onset, per depth.
 
     One panel per distinct singular value (degenerate modes are averaged); theory lines and
-    SGD markers. ``frame``: :func:`lightning_critical.experiments.deficit_onset_sweep`.
+    markers for the trained nets (``source`` ``"measured"``). ``frame``:
+    :func:`lightning_critical.experiments.deficit_onset_sweep`.
     """
     table = frame.assign(s=frame["singular_value"].round(6))
     groups = sorted(table["s"].unique(), reverse=True)
@@ -75,7 +76,7 @@ def plot_deprived_share(frame: pd.DataFrame) -> Figure:
         sub = table[table["s"] == s].groupby(["source", "depth", "onset"], as_index=False)["share"].mean()
         for depth in depths:
             th = sub[(sub["source"] == "theory") & (sub["depth"] == depth)]
-            sg = sub[(sub["source"] == "sgd") & (sub["depth"] == depth)]
+            sg = sub[(sub["source"] == "measured") & (sub["depth"] == depth)]
             ax.plot(th["onset"], th["share"], color=colors[depth], lw=1.5, label=f"depth {depth}")
             ax.scatter(sg["onset"], sg["share"], color=colors[depth], edgecolor="k", s=28, zorder=3)
         ax.axhline(0.5, color="0.6", ls=":", lw=1)
@@ -92,13 +93,13 @@ def plot_deprived_share(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_phase_portraits(frame: pd.DataFrame, sgd: pd.DataFrame | None = None, grid: int = 21) -> Figure:
+def plot_phase_portraits(frame: pd.DataFrame, measured: pd.DataFrame | None = None, grid: int = 21) -> Figure:
     """Phase portraits of ``(K_a, K_b)`` for one mode: rows = deficit windows, columns = depths.
 
     Arrows: the continuous-time flow without deficit; line: the theory trajectory (bold
     where pathway b is deprived). ``frame``: :func:`lightning_critical.experiments.phase_trajectories`.
-    ``sgd``: optionally the early/middle/late table, whose runs of matching depth and label
-    are drawn as markers.
+    ``measured``: optionally the early/middle/late table, whose trained runs of matching depth
+    and label are drawn as markers.
     """
     depths = sorted(frame["depth"].unique())
     labels = list(dict.fromkeys(frame["label"]))
@@ -119,9 +120,10 @@ def plot_phase_portraits(frame: pd.DataFrame, sgd: pd.DataFrame | None = None, g
             dep = tr[tr["deprived"]]
             ax.plot(dep["k_a"], dep["k_b"], color="tab:red", lw=3, alpha=0.7, label="b deprived")
             ax.scatter(tr["k_a"].iloc[-1], tr["k_b"].iloc[-1], color="tab:blue", s=25, zorder=4)
-            if sgd is not None and depth in set(sgd["depth"]):
-                run = sgd[(sgd["label"] == label) & (sgd["mode"] == mode) & (sgd["depth"] == depth)]
-                piv = run.pivot_table(index="step", columns="pathway", values="sgd")
+            if measured is not None and depth in set(measured["depth"]):
+                run = measured[(measured["label"] == label) & (measured["mode"] == mode)
+                               & (measured["depth"] == depth)]
+                piv = run.pivot_table(index="step", columns="pathway", values="measured")
                 if not piv.empty:
                     ax.scatter(piv["a"][::5], piv["b"][::5], marker="x", color="k", s=10, lw=0.7, label="SGD", zorder=5)
             ax.set_xlim(0, 1.05 * s)

@@ -17,8 +17,9 @@ of the ensemble built by hand (``tests/test_sweep_runners.py``).
 An epoch of the sweep is one full-batch SGD step (the datamodule serves one batch); the
 runner groups ``steps_per_epoch`` of them per Lightning step (default: the largest divisor,
 up to 1000, of every switch time and run length). Metrics are read by name from
-``FactorizationEnsemble.results()``: ``test_loss``, ``train_loss``, ``sgd_steps``, ``sv_0``...
-(``sv_i`` is NaN where the matrix has fewer than ``i + 1`` singular values).
+``FactorizationEnsemble.final_metrics()``: ``test_loss``, ``train_loss``, ``sgd_steps``,
+``singular_values/0``... (``singular_values/<i>`` is NaN where the matrix has fewer than
+``i + 1`` singular values).
 No per-run TensorBoard logs (``log_dir`` is empty); ``threads_per_run`` and the ``trainer``
 arguments (e.g. ``accelerator``) apply to the ensemble's one fit.
 
@@ -41,16 +42,19 @@ Example (three switch epochs, one ensemble)::
 from __future__ import annotations
 
 import collections
+import re
 import time
 import traceback
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from lightning_critical._checks import check_choice, check_int
+from lightning_critical._checks import check_float_dtype, check_int
+from lightning_critical.schedule import largest_common_divisor
 from lightning_critical.sweep.runners import record
+
+_SINGULAR_VALUE = re.compile(r"singular_values/(\d+)")
 
 
 class FactorizationEnsembleRunner:
@@ -62,7 +66,8 @@ class FactorizationEnsembleRunner:
         initial_task: the task all members start on (members whose schedule starts elsewhere
             fork at once); default: the task most members start on.
         dtype: ``torch.float32`` (default) or ``torch.float64``.
-        top_k: singular values recorded per member (metrics ``sv_0`` ... ``sv_{top_k-1}``).
+        top_k: singular values recorded per member (metrics ``singular_values/0`` ...
+            ``singular_values/<top_k - 1>``).
 
     Raises:
         ValueError / TypeError: bad arguments; when a run is trained, a deficit that is not a
@@ -85,7 +90,7 @@ class FactorizationEnsembleRunner:
         if initial_task is not None and (not isinstance(initial_task, str) or not initial_task):
             raise ValueError(f"initial_task={initial_task!r} is not valid: give a task name or None.")
         self.initial_task = initial_task
-        self.dtype = check_choice("dtype", dtype, (torch.float32, torch.float64))
+        self.dtype = check_float_dtype("dtype", dtype)
         self.top_k = check_int("top_k", top_k, low=1)
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
@@ -113,8 +118,9 @@ class FactorizationEnsembleRunner:
         out = []
         for task, row in zip(tasks, results, strict=True):
             for name in spec.metrics:  # singular values a small matrix does not have: NaN
-                if isinstance(name, str) and name.startswith("sv_") and name[3:].isdigit() and name not in row:
-                    row[name] = float("nan") if int(name[3:]) < self.top_k else None
+                match = _SINGULAR_VALUE.fullmatch(name) if isinstance(name, str) else None
+                if match and name not in row:
+                    row[name] = float("nan") if int(match.group(1)) < self.top_k else None
             missing = [m for m in spec.metrics if not isinstance(m, str) or row.get(m) is None]
             if missing:
                 produced = sorted(k for k in row if k not in ("member", "task"))
@@ -130,7 +136,7 @@ class FactorizationEnsembleRunner:
     def _fit(self, tasks: list[Any]) -> list[dict[str, Any]]:
         from lightning_critical._namespace import pl
         from lightning_critical.deficits.task_switch import TaskSwitch
-        from lightning_critical.models.factorization_ensemble import FactorizationEnsemble, chunk_size
+        from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
         from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
         from lightning_critical.sweep.execute import QUIET_TRAINER
 
@@ -148,12 +154,12 @@ class FactorizationEnsembleRunner:
         schedules = [self._schedule(spec, task, base, TaskSwitch) for task in tasks]
         initial = self.initial_task or collections.Counter(s[0] for s in schedules).most_common(1)[0][0]
         times = [t for s in schedules for t in s] + [task.epochs for task in tasks]
-        k = self.steps_per_epoch or chunk_size(times)
+        k = self.steps_per_epoch or largest_common_divisor(times)
         bad = sorted({t for t in times if t % k})
         if bad:
             raise ValueError(f"steps_per_epoch={k} must divide every switch time and run length; it does not divide "
                              f"{bad}.")
-        ensemble = FactorizationEnsemble(model, dm, [task.epochs for task in tasks], steps_per_epoch=k,
+        ensemble = FactorizationEnsemble(model, dm, [task.epochs for task in tasks], sgd_steps_per_epoch=k,
                                          initial_task=initial, top_k=self.top_k, dtype=self.dtype)
         switches = []
         for member, schedule in zip(ensemble.members, schedules, strict=True):
@@ -162,12 +168,8 @@ class FactorizationEnsembleRunner:
                 switches.append(TaskSwitch(chunks, unit="epoch", target=member))
         kwargs = {**QUIET_TRAINER, **{key: v for key, v in spec.trainer.items() if key != "logger"}}
         kwargs.update(max_epochs=ensemble.max_epochs, callbacks=switches, logger=False, enable_checkpointing=False)
-        trainer = pl.Trainer(**kwargs)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`")
-            trainer.fit(ensemble, datamodule=dm)
-        rows = ensemble.results().to_dict("records")
-        return sorted(rows, key=lambda r: r["member"])
+        pl.Trainer(**kwargs).fit(ensemble, datamodule=dm)
+        return ensemble.final_metrics().to_dict("records")
 
     @staticmethod
     def _schedule(spec: Any, task: Any, base: str, task_switch: Any) -> dict[int, str]:

@@ -1,6 +1,6 @@
 """Theory for the bundled settings: exact dynamics and closed forms (numpy/scipy, no Lightning)."""
 
-from lightning_critical.theory.factorization import integrate_factorization
+from lightning_critical.theory.factorization import integrate_factorization, switch_theory
 from lightning_critical.theory.pathways import (
     deprived_share,
     depth2_mode_strength,
@@ -16,4 +16,5 @@ __all__ = [
     "pathway_dynamics",
     "pathway_flow",
     "pathway_ode",
+    "switch_theory",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -203,4 +204,52 @@ def integrate_factorization(
             record(step, truth)
     return FactorizationFlow(
         np.asarray(steps), np.asarray(svals), np.asarray(losses), w, float(lr), depth, maps
+    )
+
+
+def _as_float64(array: Any) -> np.ndarray:
+    """A torch tensor (any device, with or without grad) or an array-like as a float64 numpy array."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array, dtype=np.float64)
+
+
+def switch_theory(
+    model: Any,
+    datamodule: Any,
+    schedule: Sequence[tuple[str, int]],
+    stride: int = 10,
+    top_k: int = 10,
+) -> FactorizationFlow:
+    """Gradient-flow prediction for ``model`` trained on ``datamodule``'s tasks in sequence.
+
+    ``model``: a deep factorization with ``end_to_end()`` (its ``W`` now), ``depth`` and ``lr``
+    (e.g. :class:`~lightning_critical.models.DeepMatrixFactorization`); ``datamodule``: the
+    completion tasks, with ``size``, ``observations(name)`` (rows, columns, values) and
+    ``ground_truth(name)`` (e.g. :class:`~lightning_critical.data.MatrixCompletionDataModule`).
+    Both are read, never trained. ``schedule``: ``[(task_name, n_steps), ...]``, e.g.
+    ``[("pretrain", T), ("target", 3000)]``. Returns a :class:`FactorizationFlow`; its
+    ``per_step()`` is the ``theory`` array ``SpectralMonitor`` overlays on the measured
+    singular values of ``end_to_end``. Exact for balanced (``init="orthogonal"``) factors.
+
+    Example::
+
+        >>> from lightning_critical.data import MatrixCompletionDataModule
+        >>> from lightning_critical.models import DeepMatrixFactorization
+        >>> dm = MatrixCompletionDataModule(size=8, n_observed=30, tasks={"pretrain": 2, "target": 1})
+        >>> model = DeepMatrixFactorization(size=8, depth=2, init="orthogonal", init_scale=0.1, lr=1.0)
+        >>> flow = switch_theory(model, dm, [("pretrain", 20), ("target", 20)], stride=5, top_k=3)
+        >>> flow.per_step().shape
+        (41, 3)
+    """
+    segments, truths = [], []
+    for name, n_steps in schedule:
+        rows, cols, values = datamodule.observations(name)
+        weight, target = completion_loss_terms(datamodule.size, np.asarray(rows), np.asarray(cols),
+                                               _as_float64(values))
+        segments.append((int(n_steps), weight, target))
+        truths.append(_as_float64(datamodule.ground_truth(name)))
+    w0 = _as_float64(model.end_to_end())
+    return integrate_factorization(
+        w0, segments, model.depth, model.lr, stride=stride, top_k=top_k, ground_truths=truths
     )
