@@ -27,6 +27,8 @@ from collections.abc import Container, Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from lightning_critical._checks import check_choice
+
 ENV = "LIGHTNING_CRITICAL_NAMESPACE"
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _ALIASES = {"lightning": "lightning.pytorch", "lightning.pytorch": "lightning.pytorch",
@@ -47,10 +49,7 @@ def choose(environ: Mapping[str, str] | None = None, loaded: Container[str] | No
     loaded = sys.modules if loaded is None else loaded
     forced = env.get(ENV, "").strip()
     if forced:
-        if forced not in _ALIASES:
-            raise ValueError(f"{ENV}={forced!r} is not a Lightning namespace; "
-                             f"valid choices: {', '.join(sorted(_ALIASES))}.")
-        return _ALIASES[forced]
+        return _ALIASES[check_choice(ENV, forced, sorted(_ALIASES), extra=" (the Lightning namespace to bind to)")]
     has_new = "lightning" in loaded or "lightning.pytorch" in loaded
     has_old = "pytorch_lightning" in loaded
     if has_new and not has_old:

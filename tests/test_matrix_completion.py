@@ -81,8 +81,8 @@ def test_same_seed_same_tasks_other_seed_differs():
     "kwargs, message",
     [
         (dict(size=0), r"size=0"),
-        (dict(n_observed=101), r"n_observed=101 must be an integer in \[1, size\*\*2=100\]"),
-        (dict(tasks={"a": 11}), r"task 'a': rank=11 must be an integer in \[1, size=10\]"),
+        (dict(n_observed=101), r"n_observed=101 must be an integer \[1, 100\]"),
+        (dict(tasks={"a": 11}), r"task 'a': rank=11 must be an integer \[1, 10\]"),
         (dict(tasks={"a": 2, "b": {"subset_of": "c", "n_observed": 3}}), r"subset_of='c' is not another task"),
         (dict(tasks={"a": 2, "b": {"subset_of": "a", "n_observed": 99}}), r"n_observed=99"),
         (dict(tasks={"a": "x"}), r"task 'a': spec 'x'"),
@@ -105,7 +105,7 @@ def test_datamodule_validation(kwargs, message):
 
 def test_set_task_unknown_name():
     dm = MatrixCompletionDataModule(size=10, n_observed=30)
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid tasks: \['pretrain', 'target'\]"):
+    with pytest.raises(ValueError, match=r"task='nope' is not valid; choose one of \('pretrain', 'target'\)"):
         dm.set_task("nope")
 
 
@@ -136,8 +136,8 @@ def test_orthogonal_init_is_balanced_and_identity_init():
     [
         (dict(depth=0), r"depth=0 must be an integer >= 1"),
         (dict(init="xavier"), r"init='xavier' is not valid; choose one of \('gaussian', 'orthogonal', 'identity'\)"),
-        (dict(init_scale=0.0), r"init_scale=0.0 must be > 0"),
-        (dict(lr=-1.0), r"lr=-1.0 must be > 0"),
+        (dict(init_scale=0.0), r"init_scale=0.0 is not valid: it must be a finite number > 0"),
+        (dict(lr=-1.0), r"lr=-1.0 is not valid: it must be a finite number > 0"),
     ],
 )
 def test_model_validation(kwargs, message):

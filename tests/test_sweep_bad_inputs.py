@@ -72,7 +72,7 @@ CASES: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
                                         r"params\['depth'\] is not an argument of any factory"),
     "params with an object value": (dict(params={"seed_": [object()]}), ValueError, "swept values must be numbers"),
     "plot names no metric": (dict(plot="val_acc"), ValueError,
-                             r"plot='val_acc' is not one of metrics=\['train_loss'\]"),
+                             r"plot='val_acc' is not valid; choose one of \('train_loss',\) \(the sweep's metrics\)"),
     "threads_per_run zero": (dict(threads_per_run=0), ValueError, "threads_per_run=0 must be an integer >= 1"),
 }
 

@@ -49,7 +49,7 @@ def test_flow_field_is_the_continuous_time_derivative():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(mode="gate"), "mode='gate'"),
     (dict(depth=0), "depth=0"),
-    (dict(deficits={3: [(0, 1)]}), "pathway index 3"),
+    (dict(deficits={3: [(0, 1)]}), r"deficit pathway index=3 must be an integer \[0, 1\]"),
     (dict(deficits={0: [(5, 2)]}), "0 <= start < end"),
     (dict(k0=-1.0), "k0 must be positive"),
 ])

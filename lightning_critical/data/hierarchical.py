@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_float, check_int
 from lightning_critical._namespace import pl
 from lightning_critical.protocols import TaskBasis
 
@@ -75,16 +75,15 @@ class HierarchicalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if not feature_noise >= 0:
-            raise ValueError(f"feature_noise={feature_noise!r} must be >= 0.")
+        check_float("feature_noise", feature_noise, low=0)
         y = hierarchical_features(branching, levels)
         if feature_noise > 0:
             gen = torch.Generator().manual_seed(seed)
             y = y + feature_noise * torch.randn(y.shape, generator=gen)
         self.features = y
         n_items = y.shape[1]
-        if batch_size is not None and not 1 <= batch_size <= n_items:
-            raise ValueError(f"batch_size={batch_size!r} must be between 1 and the {n_items} items.")
+        # at most the number of items; an int, since the DataLoader refuses numpy integers
+        batch_size = check_int("batch_size", batch_size, high=n_items, allow_none=True)
         self.batch_size = batch_size or n_items
         self.num_workers = num_workers
         self._basis = task_svd(y)

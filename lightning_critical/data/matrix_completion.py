@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_choice, check_int
 from lightning_critical._namespace import pl
 
 TaskSpec: TypeAlias = int | Mapping[str, Any]
@@ -91,9 +92,8 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        check_int("size", size)
-        if isinstance(n_observed, bool) or not isinstance(n_observed, int) or not 1 <= n_observed <= size * size:
-            raise ValueError(f"n_observed={n_observed!r} must be an integer in [1, size**2={size * size}].")
+        size = check_int("size", size)
+        n_observed = check_int("n_observed", n_observed, high=size * size)  # positions of a size x size matrix
         check_int("batch_size", batch_size, allow_none=True)  # None: full batch
         check_int("num_workers", num_workers, 0)
         specs = dict(DEFAULT_TASKS if tasks is None else tasks)
@@ -141,23 +141,20 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
     def _parse_spec(self, name: str, spec: TaskSpec, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise ValueError(f"task name {name!r} must be a non-empty string.")
-        if isinstance(spec, int) and not isinstance(spec, bool):
+        if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
             spec = {"rank": spec}
         if not isinstance(spec, Mapping):
             raise ValueError(f"task {name!r}: spec {spec!r} must be a rank or a mapping with 'rank' or 'subset_of'.")
         spec = dict(spec)
         if "rank" in spec:
-            rank = spec["rank"]
-            if set(spec) != {"rank"} or not isinstance(rank, int) or not 1 <= rank <= self.size:
-                raise ValueError(f"task {name!r}: rank={rank!r} must be an integer in [1, size={self.size}].")
+            if set(spec) != {"rank"}:
+                raise ValueError(f"task {name!r}: spec {spec!r} has keys besides 'rank'; give {{'rank': r}} alone.")
+            spec["rank"] = check_int(f"task {name!r}: rank", spec["rank"], high=self.size)
         elif "subset_of" in spec:
-            parent, count = spec.get("subset_of"), spec.get("n_observed")
+            parent = spec.get("subset_of")
             if parent not in specs or parent == name:
                 raise ValueError(f"task {name!r}: subset_of={parent!r} is not another task; tasks: {list(specs)}.")
-            if not isinstance(count, int) or not 1 <= count <= self.n_observed:
-                raise ValueError(
-                    f"task {name!r}: n_observed={count!r} must be an integer in [1, {self.n_observed}]."
-                )
+            spec["n_observed"] = check_int(f"task {name!r}: n_observed", spec.get("n_observed"), high=self.n_observed)
         else:
             raise ValueError(f"task {name!r}: spec {spec!r} needs 'rank' or 'subset_of' + 'n_observed'.")
         return spec
@@ -175,16 +172,11 @@ class MatrixCompletionDataModule(pl.LightningDataModule):
 
     def set_task(self, name: str) -> None:
         """Make ``name`` the task of the next batch (takes effect in ``on_after_batch_transfer``)."""
-        if name not in self.task_specs:
-            raise ValueError(f"unknown task {name!r}; valid tasks: {list(self.tasks)}.")
-        self._task = name
+        self._task = check_choice("task", name, self.tasks)
 
     # -- task data (public: the ensemble and users read tasks through these) --------------
     def _name(self, name: str | None) -> str:
-        name = self._task if name is None else name
-        if name not in self.task_specs:
-            raise ValueError(f"unknown task {name!r}; valid tasks: {list(self.tasks)}.")
-        return name
+        return self._task if name is None else check_choice("task", name, self.tasks)
 
     def ground_truth(self, name: str | None = None) -> Tensor:
         """The ``size x size`` ground truth of ``name`` (default: the active task)."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_choice, check_float, check_int
 from lightning_critical._namespace import pl
 
 INITS: tuple[str, ...] = ("gaussian", "orthogonal", "identity")
@@ -26,8 +26,7 @@ def init_factors(
     :mod:`lightning_critical.theory.factorization` assumes balance. ``identity``:
     ``init_scale**(1/N)`` times the identity.
     """
-    if init not in INITS:
-        raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+    check_choice("init", init, INITS)
     shapes = [(width if i < depth - 1 else size, size if i == 0 else width) for i in range(depth)]
     factors = []
     for out_dim, in_dim in shapes:
@@ -90,12 +89,9 @@ class DeepMatrixFactorization(pl.LightningModule):
         width = size if width is None else width
         for name, value in (("size", size), ("depth", depth), ("width", width)):
             check_int(name, value)
-        if init not in INITS:
-            raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale={init_scale!r} must be > 0.")
-        if not lr > 0:
-            raise ValueError(f"lr={lr!r} must be > 0.")
+        check_choice("init", init, INITS)
+        check_float("init_scale", init_scale, low=0, low_inclusive=False)
+        check_float("lr", lr, low=0, low_inclusive=False)
         self.save_hyperparameters()
         self.size, self.depth, self.width, self.lr = size, depth, width, lr
         generator = None if seed is None else torch.Generator().manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import string
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, cast
@@ -9,7 +10,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from lightning_critical._checks import check_choice, check_int
+from lightning_critical._checks import check_choice, check_float, check_int
 from lightning_critical._namespace import pl
 from lightning_critical.protocols import TaskBasis, find_task_basis
 
@@ -19,10 +20,8 @@ NONLINEARITIES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 def _pathway_names(pathways: int | Sequence[str]) -> list[str]:
-    if isinstance(pathways, int) and not isinstance(pathways, bool):
-        if not 1 <= pathways <= 26:
-            raise ValueError(f"pathways={pathways} must be between 1 and 26 (or a list of names).")
-        return list(string.ascii_lowercase[:pathways])
+    if isinstance(pathways, numbers.Integral) and not isinstance(pathways, bool):  # a count: one letter each
+        return list(string.ascii_lowercase[: check_int("pathways", pathways, high=26)])
     names: list[Any] = list(pathways) if isinstance(pathways, Iterable) else []  # True, 2.0: refused below
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise ValueError(f"pathways={pathways!r} must be a count or distinct identifier names like ['a', 'b'].")
@@ -124,17 +123,12 @@ class MultiPathwayLinearNet(pl.LightningModule):
             ("in_features", in_features), ("out_features", out_features), ("depth", depth), ("width", width)
         ):
             check_int(name, value)
-        if init not in INITS:
-            raise ValueError(f"init={init!r} is not valid; choose one of {INITS}.")
+        check_choice("init", init, INITS)
         check_choice("init_noise_draw", init_noise_draw, INIT_NOISE_DRAWS)
-        if nonlinearity is not None and nonlinearity not in NONLINEARITIES:
-            raise ValueError(
-                f"nonlinearity={nonlinearity!r} is not valid; choose None or one of {tuple(NONLINEARITIES)}."
-            )
-        if not lr > 0:
-            raise ValueError(f"lr={lr!r} must be > 0.")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale={init_scale!r} must be > 0.")
+        if nonlinearity is not None:
+            check_choice("nonlinearity", nonlinearity, tuple(NONLINEARITIES), extra=" or None")
+        check_float("lr", lr, low=0, low_inclusive=False)
+        check_float("init_scale", init_scale, low=0, low_inclusive=False)
         self.save_hyperparameters(ignore=["task_basis"])
         names = _pathway_names(pathways)
         self.pathways = nn.ModuleDict({n: self._make_pathway() for n in names})

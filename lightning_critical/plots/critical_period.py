@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lightning_critical._checks import check_choice
 from lightning_critical.plots._figure import root_figure, subplots
 from lightning_critical.sweep.table import summarize
 
@@ -79,8 +80,7 @@ def plot_critical_period_curve(
     metric = summary.attrs["metric"]
     if x is None:
         x = _default_x(table)
-    if x not in X_CHOICES:
-        raise ValueError(f"x={x!r} is not valid; choose one of {X_CHOICES}.")
+    check_choice("x", x, X_CHOICES)
     keys = list(table.attrs.get("params", []) if by is None else by)
     fig, ax = (subplots(figsize=(5.0, 3.6)) if ax is None else (root_figure(ax), ax))
     groups = list(summary.groupby(keys, sort=True)) if keys else [((), summary)]

@@ -23,6 +23,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lightning_critical._checks import check_choice
+from lightning_critical._output import DPI, write_outputs
 from lightning_critical.monitors.history import COLUMNS
 from lightning_critical.plots._figure import root_figure, subplots
 from lightning_critical.plots.run_files import FISHER_METRIC, Run, Windows, load_run
@@ -52,9 +54,7 @@ def _resolve(
 
 
 def _select(table: pd.DataFrame, metric: str, targets: str | Sequence[str] | None, what: str) -> pd.DataFrame:
-    metrics = sorted(table["metric"].unique())
-    if metric not in metrics:
-        raise ValueError(f"metric={metric!r} is not in the {what} history; it has {metrics}.")
+    check_choice("metric", metric, sorted(table["metric"].unique()), extra=f" (the metrics of the {what} history)")
     rows = table[table["metric"] == metric]
     if targets is not None:
         names = list(dict.fromkeys(rows["target"]))
@@ -338,7 +338,7 @@ def plot_run(
     metrics: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
     windows: Windows | None = None,
-    dpi: int = 120,
+    dpi: int = DPI,
 ) -> dict[str, str]:
     """Write every figure of a run directory as PNG files; return ``{figure name: path}``.
 
@@ -371,10 +371,4 @@ def plot_run(
         figures[FISHER_METRIC] = fisher_over_epochs(run)
     if "singular_values" in available:
         figures["spectra"] = spectra_at_steps(run, steps=steps)
-    os.makedirs(directory, exist_ok=True)
-    paths = {}
-    for name, fig in figures.items():
-        path = os.path.join(directory, f"{name}.png")
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        paths[name] = path
-    return paths
+    return write_outputs(directory, figures={name: (f"{name}.png", fig) for name, fig in figures.items()}, dpi=dpi)

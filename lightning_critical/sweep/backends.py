@@ -37,6 +37,8 @@ import pickle
 import signal
 from typing import Any, Protocol
 
+from lightning_critical._checks import check_choice
+
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 
 
@@ -204,10 +206,7 @@ def resolve_backend(
             "executor whose submit(fn, *args) returns a job with done() and result(), e.g. submitit's), or an object "
             "with the Backend interface (see lightning_critical.sweep.backends)."
         )
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"backend={backend!r} is not valid; choose one of {BACKENDS} or a concurrent.futures.Executor."
-        )
+    check_choice("backend", backend, BACKENDS, extra=" or a concurrent.futures.Executor")
     if backend == "serial":
         return SerialBackend()
     if backend == "process":

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from lightning_critical._checks import check_choice
 from lightning_critical.sweep import grids
 
 RUN_KEYS = (
@@ -98,8 +99,7 @@ def _windows(value: Any) -> Any:
         (kind, args), = value.items()
         makers: dict[str, Callable[..., grids.WindowGrid]] = {
             "removal": grids.removal, "sliding": grids.sliding, "explicit": grids.windows}
-        if kind not in makers:
-            raise ValueError(f"windows: {kind!r} is not valid; choose one of {tuple(makers)}.")
+        check_choice("windows", kind, tuple(makers))
         if isinstance(args, Mapping):
             try:
                 return makers[kind](**args)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from lightning_critical import _namespace
 from lightning_critical._checks import check_choice, check_int, check_seed
+from lightning_critical._output import save_figure
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
@@ -170,8 +171,8 @@ def run(
     check_int("workers", workers, low=1, allow_none=True)
     check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
     _check_windows_fit(grid, trainer_kwargs["max_epochs"], steps_per_epoch)  # _check_trainer sets it
-    if isinstance(plot, str) and all(isinstance(m, str) for m in metric_list) and plot not in metric_list:
-        raise ValueError(f"plot={plot!r} is not one of metrics={metric_list}; name one of them, or plot=True / False.")
+    if isinstance(plot, str) and all(isinstance(m, str) for m in metric_list):
+        check_choice("plot", plot, metric_list, extra=" (the sweep's metrics) or True / False")
     _check_callables(model, datamodule, deficit, callbacks)
     spec = SweepSpec(
         model=model, datamodule=datamodule, deficit=deficit, callbacks=callbacks, trainer=trainer_kwargs,
@@ -321,11 +322,9 @@ def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
             f"trainer= may not set {reserved}: the sweep owns them (pass extra callbacks with callbacks=; "
             "every run writes under <out>)."
         )
-    if kwargs.get("logger", True) not in (True, False):
-        raise ValueError(
-            f"trainer['logger']={kwargs['logger']!r} is not valid: every run logs to its own TensorBoard directory "
-            "under <out>/tensorboard; give True, False (or tensorboard=False)."
-        )
+    check_choice("trainer['logger']", kwargs.get("logger", True), (True, False),
+                 extra=" (every run logs to its own TensorBoard directory under <out>/tensorboard; "
+                       "or pass tensorboard=False)")
     for key in ("enable_checkpointing", "enable_autolog_hparams"):
         kwargs.pop(key, None)  # set by the sweep (branch checkpoints; hparams logged once at the end)
     for key in ("max_steps", "max_time"):
@@ -481,7 +480,7 @@ def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool)
     if not np.isfinite(values).any():
         return
     fig = plot_critical_period_curve(table, metric)
-    fig.savefig(os.path.join(out, "critical_period.png"), dpi=120, bbox_inches="tight")
+    save_figure(fig, os.path.join(out, "critical_period.png"))
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 

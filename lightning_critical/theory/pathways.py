@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.integrate import solve_ivp
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_choice, check_int
 
 DEFICIT_MODES: tuple[str, ...] = ("freeze", "silence")
 
@@ -65,17 +65,15 @@ def _deficit_masks(
     t = np.arange(steps)
     for key, windows in (deficits or {}).items():
         p, modes = (key[0], [key[1]]) if isinstance(key, tuple) else (key, list(range(n_modes)))
-        if not 0 <= p < n_pathways:
-            raise ValueError(f"deficit pathway index {p} is out of range: there are {n_pathways} pathways.")
-        if any(not 0 <= a < n_modes for a in modes):
-            raise ValueError(f"deficit mode index {modes} is out of range: there are {n_modes} modes.")
+        # integers only: a bool would index the masks as a boolean array and deprive every pathway
+        p = check_int("deficit pathway index", p, low=0, high=n_pathways - 1)
+        modes = [check_int("deficit mode index", a, low=0, high=n_modes - 1) for a in modes]
         # A single-mode lesion removes the mode from the map: it behaves like "silence".
         default = "silence" if isinstance(key, tuple) else mode
         for window in windows:
             start, end, how = (*window, default) if len(window) == 2 else window
             end = np.inf if end is None else end
-            if how not in DEFICIT_MODES:
-                raise ValueError(f"deficit mode {how!r} is not valid; choose one of {DEFICIT_MODES}.")
+            check_choice("deficit mode", how, DEFICIT_MODES)
             if not end > start >= 0:
                 raise ValueError(f"deficit window ({start}, {end}) must satisfy 0 <= start < end.")
             inside = (t >= start) & (t < end)
@@ -120,8 +118,7 @@ def pathway_dynamics(
         >>> round(float(K[-1].sum()), 4)
         2.0
     """
-    if mode not in DEFICIT_MODES:
-        raise ValueError(f"mode={mode!r} is not valid; choose one of {DEFICIT_MODES}.")
+    check_choice("mode", mode, DEFICIT_MODES)
     check_int("depth", depth)
     s = np.asarray(singular_values, dtype=float)
     k = np.asarray(k0, dtype=float)
@@ -164,8 +161,7 @@ def pathway_ode(
 
     Returns ``K`` of shape ``(len(times), P, M)``. Deficit windows are in the same time unit.
     """
-    if mode not in DEFICIT_MODES:
-        raise ValueError(f"mode={mode!r} is not valid; choose one of {DEFICIT_MODES}.")
+    check_choice("mode", mode, DEFICIT_MODES)
     s = np.asarray(singular_values, dtype=float)
     k = np.asarray(k0, dtype=float)
     n_pathways = k.shape[0] if k.ndim == 2 else n_pathways
