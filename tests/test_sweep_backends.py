@@ -163,9 +163,9 @@ def test_a_thread_pool_is_refused(tmp_path):
 def test_unpicklable_factories_are_refused_before_training_for_worker_backends(tmp_path, monkeypatch):
     import pickle
 
-    import lightning_critical.sweep.backends as backends
+    import lightning_critical.sweep.units as units
 
-    monkeypatch.setattr(backends, "dumps", pickle.dumps)  # as without cloudpickle
+    monkeypatch.setattr(units, "dumps", pickle.dumps)  # as without cloudpickle
     with pytest.raises(TypeError, match="model=.*cannot be sent to the process backend"):
         _sweep(tmp_path, "x", "process", workers=2, model=lambda seed: cnn_model(seed))
     assert not (tmp_path / "x" / "results.jsonl").exists()

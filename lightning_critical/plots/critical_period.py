@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lightning_critical._checks import check_choice
+from lightning_critical.curve import summarize
 from lightning_critical.plots._figure import root_figure, subplots
-from lightning_critical.sweep.table import summarize
 
 X_CHOICES: tuple[str, ...] = ("window_end", "window_start")
 

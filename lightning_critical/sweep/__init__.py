@@ -18,6 +18,7 @@ prefixes in every run's logs), ``table`` (the tidy table and its summary), ``eng
 ``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
 """
 
+from lightning_critical.curve import summarize
 from lightning_critical.sweep import metrics
 from lightning_critical.sweep.engine import load, run
 from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
@@ -26,7 +27,6 @@ from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import LightningRunner, Runner
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
-from lightning_critical.sweep.table import summarize
 
 __all__ = [
     "FactorizationEnsembleRunner",

@@ -12,9 +12,10 @@ run may start when, results, retries); a backend only executes runs that are rea
         def restart(self) -> bool: ... # after a worker died: start afresh (False: cannot)
         def close(self, cancel: bool) -> None: ...
 
-``submit`` must eventually run :func:`lightning_critical.sweep.execute.execute` on the task
-(or :func:`run_payload` on :func:`dumps` of it, in another process) and resolve the future with
-the returned record. ``execute`` never raises for a failing run (it returns
+``submit`` must eventually run :func:`lightning_critical.sweep.units.run_unit` on the unit
+(or :func:`~lightning_critical.sweep.units.run_payload` on
+:func:`~lightning_critical.sweep.units.dumps` of it, in another process) and resolve the future
+with the returned records. A runner never raises for a failing run (it returns
 ``status="failed"``); a future that raises means the worker itself died or was interrupted.
 
 How the DAG reaches the backend: a run is submitted only once it is ready, i.e. once the
@@ -33,11 +34,12 @@ import concurrent.futures as cf
 import importlib.util
 import multiprocessing
 import os
-import pickle
 import signal
 from typing import Any, Protocol
 
 from lightning_critical._checks import check_choice
+from lightning_critical.sweep.ray_backend import RayBackend  # imports Ray itself only when a run is submitted
+from lightning_critical.sweep.units import dumps, run_payload, run_unit
 
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 
@@ -52,22 +54,6 @@ class Backend(Protocol):
     def restart(self) -> bool: ...
 
     def close(self, cancel: bool) -> None: ...
-
-
-def dumps(obj: Any) -> bytes:
-    """Pickle with cloudpickle when it is installed (lambdas, notebook functions), else with pickle."""
-    try:
-        import cloudpickle
-    except ImportError:  # pragma: no cover - depends on the environment
-        return pickle.dumps(obj)
-    return cloudpickle.dumps(obj)
-
-
-def run_payload(payload: bytes) -> dict[str, Any]:
-    """Worker entry point: unpickle a task and execute it."""
-    from lightning_critical.sweep.execute import execute
-
-    return execute(pickle.loads(payload))
 
 
 def default_workers() -> int:
@@ -96,10 +82,8 @@ class SerialBackend:
     needs_pickling = False
 
     def submit(self, task: Any) -> cf.Future[dict[str, Any]]:
-        from lightning_critical.sweep.execute import execute
-
         future: cf.Future = cf.Future()
-        future.set_result(execute(task))  # KeyboardInterrupt propagates to the engine
+        future.set_result(run_unit(task))  # KeyboardInterrupt propagates to the engine
         return future
 
     def restart(self) -> bool:
@@ -213,6 +197,5 @@ def resolve_backend(
         return ProcessBackend(workers, threads_per_run, **options)
     if not ray_available():
         raise ImportError('backend="ray" needs Ray, which is not installed: pip install "lightning-critical[ray]"')
-    from lightning_critical.sweep.ray_backend import RayBackend  # imports Ray only when a run is submitted
 
     return RayBackend(workers=workers, threads_per_run=threads_per_run, **options)

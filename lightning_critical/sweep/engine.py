@@ -15,15 +15,18 @@ import pandas as pd
 from lightning_critical import _namespace
 from lightning_critical._checks import check_choice, check_int, check_seed
 from lightning_critical._output import save_figure
+from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
+from lightning_critical.sweep import units
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
-from lightning_critical.sweep.runners import RUNNER_OPTIONS, Batch, LightningRunner, check_runner
+from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
 from lightning_critical.sweep.table import run_fields, to_table
+from lightning_critical.sweep.units import Batch
 
 MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
@@ -416,7 +419,7 @@ def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
     for name in ("model", "datamodule", "deficit", "callbacks", "metrics", "trainer", "runner"):
         value = getattr(spec, name)
         try:
-            _backends.dumps(value)
+            units.dumps(value)
         except Exception as err:
             raise TypeError(
                 f"{name}={value!r} cannot be sent to the {backend_name} backend's worker processes "
@@ -473,9 +476,6 @@ def _totals(table: pd.DataFrame) -> dict[str, int]:
 
 
 def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool) -> None:
-    # The one place the sweep reaches up to plots: the agreed design has the engine write the curve.
-    from lightning_critical.plots.critical_period import plot_critical_period_curve
-
     values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
     if not np.isfinite(values).any():
         return

@@ -264,15 +264,10 @@ def hparams(task: Task) -> dict[str, Any]:
 def execute(task: Any) -> Any:
     """Train one run and return its result record (a failure is returned as ``status="failed"``, not raised).
 
-    A :class:`~lightning_critical.sweep.runners.Batch` is handed to its runner, which returns
-    one record per task. A failed record carries the exception under ``"exception"`` (when it
+    A failed record carries the exception under ``"exception"`` (when it
     can be pickled) for ``lc.sweep.run(errors="raise")``; the store never sees it.
     ``KeyboardInterrupt`` (or Lightning's exit after one) propagates as ``KeyboardInterrupt``.
     """
-    from lightning_critical.sweep.runners import Batch
-
-    if isinstance(task, Batch):
-        return task.runner.run(task.tasks)
     spec = task.spec
     start = time.perf_counter()
     record: dict[str, Any] = {

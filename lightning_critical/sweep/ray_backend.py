@@ -58,7 +58,7 @@ from typing import Any
 
 from lightning_critical import _namespace
 from lightning_critical._checks import check_float, check_int
-from lightning_critical.sweep.backends import dumps, run_payload
+from lightning_critical.sweep.units import dumps, run_payload
 
 OPTIONS = ("address", "num_cpus", "num_gpus", "max_retries", "runtime_env", "init_options")
 """What ``backend_options`` may hold for ``backend="ray"``."""

@@ -57,8 +57,9 @@ Example (a runner that trains nothing, to show the contract)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from lightning_critical.sweep.execute import execute
 
 RUNNER_OPTIONS: frozenset[str] = frozenset({"callbacks", "test", "save_model", "tensorboard"})
 """The ``lc.sweep.run`` options a runner may implement; a runner lists the ones it honours in an
@@ -94,8 +95,6 @@ class LightningRunner:
         return [[t] for t in tasks]
 
     def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:
-        from lightning_critical.sweep.execute import execute
-
         return [execute(t) for t in tasks]
 
     def __eq__(self, other: object) -> bool:
@@ -103,14 +102,6 @@ class LightningRunner:
 
     def __hash__(self) -> int:
         return hash(LightningRunner)
-
-
-@dataclass
-class Batch:
-    """A unit of work a backend executes: ``runner.run(tasks)`` (picklable when the runner and tasks are)."""
-
-    runner: Any
-    tasks: list[Any]
 
 
 def record(task: Any, status: str = "ok", metrics: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@
 * Ctrl-C stops the workers and re-raises; whatever finished is on disk.
 * With ``batches`` (a runner that trains several runs as one unit of work, e.g. the
   factorization ensemble), each batch is submitted as one
-  :class:`~lightning_critical.sweep.runners.Batch` whose result is one record per run.
+  :class:`~lightning_critical.sweep.units.Batch` whose result is one record per run.
 * Once a branched run and its parent have both finished, the parent's logs before the branch
   are copied into the run's log directory; a checkpoint whose runs all finished is deleted.
 """
@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.store import Store
@@ -109,8 +110,6 @@ class Scheduler:
                 self.bar.close()
         self.backend.close(cancel=False)
         if self.fatal:
-            from lightning_critical.sweep.execute import MetricNotFound
-
             raise MetricNotFound(self.fatal)
         if self.aborted:
             raise SweepAborted(self.aborted)
