@@ -258,7 +258,8 @@ def test_package_and_tests_import_lightning_only_through_the_binding():
 def test_every_public_submodule_is_an_attribute_after_a_bare_import():
     result = _python("""
         import lightning_critical as lc
-        print(lc.cadence.LogSpaced.__name__, lc.spectral.analyze.__name__, lc.spectral.esd.__name__, lc.BatchSpec.__name__)
+        print(lc.cadence.LogSpaced.__name__, lc.spectral.analyze.__name__, lc.spectral.esd.__name__,
+              lc.BatchSpec.__name__)
         try:
             lc.no_such_thing
         except AttributeError as err:

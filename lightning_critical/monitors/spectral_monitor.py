@@ -54,7 +54,7 @@ class SpectralMonitor(pl.Callback):
     fit of ``N`` steps costs about ``2 * log2(N)`` records, a few percent of training time or
     less even for small models (``benchmarks/monitor_overhead.py``). An integer ``n`` records
     every ``n`` steps, for evenly spaced curves. Each record holds, for every target matrix,
-    the requested metrics (formulas in :mod:`lightning_critical.spectral`), computed under
+    the requested metrics (formulas in :mod:`lightning_critical.spectral.metrics`), computed under
     ``torch.no_grad()`` in float32 (float64 for float64 weights, or ``dtype``) on the weights'
     device, batching matrices of equal shape.
 
@@ -106,8 +106,8 @@ class SpectralMonitor(pl.Callback):
             (every ``n`` optimizer steps) or a :class:`~lightning_critical.cadence.Cadence`
             such as ``LogSpaced(per_octave=4, max_every=500)``. Cadences depend on the step
             alone, so a resumed fit records at the same steps as an uninterrupted one.
-        metrics: registered metric names (:data:`lightning_critical.spectral.METRICS` and any
-            added by :func:`lightning_critical.spectral.register_metric`; default
+        metrics: registered metric names (:data:`lightning_critical.spectral.metrics.METRICS` and any
+            added by :func:`lightning_critical.spectral.metrics.register_metric`; default
             :data:`DEFAULT_METRICS`; with ``top_k``, those that need the whole spectrum are left
             out, and asking for them is an error).
         exclude: names/globs of targets to leave out.
@@ -124,7 +124,7 @@ class SpectralMonitor(pl.Callback):
         randomized_min_dim: see ``top_k``.
         method: how full spectra are computed: ``"auto"``, ``"gram"``, ``"gram32"`` or
             ``"svd"``, all float32-SVD accurate except ``"svd"`` on GPUs; see
-            :func:`lightning_critical.spectral.singular_values`. With ``"auto"``/``"gram32"`` a
+            :func:`lightning_critical.spectral.svd.singular_values`. With ``"auto"``/``"gram32"`` a
             CPU target found too ill-conditioned for the float32 Gram route at one record goes
             straight to the float64 one at the next.
 

@@ -39,7 +39,8 @@ def analyze(
     Args:
         module: any ``nn.Module``.
         include, exclude: names or globs of targets, as in :func:`find_weight_matrices`.
-        metrics: scalar metric names (default: every registered one, :func:`~lightning_critical.spectral.metrics.scalar_metric_names`).
+        metrics: scalar metric names (default: every registered one,
+            :func:`~lightning_critical.spectral.metrics.scalar_metric_names`).
         conv: ``"flatten"`` (default; the monitor's view, ``(out, in/groups * prod(kernel))``)
             or ``"taps"``, weightwatcher's convention for ``nn.Conv1d/2d/3d``: the spectrum is
             the union of the spectra of the ``prod(kernel)`` matrices ``(out, in/groups)``, one

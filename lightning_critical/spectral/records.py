@@ -33,7 +33,7 @@ Theory = Mapping[str, Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class RecordSettings:
-    """What a record computes: ``metrics`` (registered names) and how (see :class:`~lightning_critical.SpectralMonitor`)."""
+    """What a record computes (registered ``metrics``) and how; see :class:`~lightning_critical.SpectralMonitor`."""
 
     metrics: tuple[str, ...]
     top_k: int | None = None
@@ -88,8 +88,9 @@ def spectral_record(
 
         >>> rec = spectral_record({"w": torch.diag(torch.tensor([3.0, 1.0]))}, step=0, epoch=0,
         ...                       settings=RecordSettings(("singular_values", "spectral_norm")))
-        >>> rec.rows
-        [(0, 0, 'w', 'singular_values', 0, 3.0), (0, 0, 'w', 'singular_values', 1, 1.0), (0, 0, 'w', 'spectral_norm', -1, 3.0)]
+        >>> rec.rows  # doctest: +NORMALIZE_WHITESPACE
+        [(0, 0, 'w', 'singular_values', 0, 3.0), (0, 0, 'w', 'singular_values', 1, 1.0),
+         (0, 0, 'w', 'spectral_norm', -1, 3.0)]
     """
     metrics = [REGISTRY[m] for m in settings.metrics]
     spectrum_vectors = [m for m in metrics if m.needs == "spectrum" and m.vector]
@@ -159,7 +160,8 @@ def compute_spectra(
     spectra = {**singular_values(rest, method=settings.method, **kw), **singular_values(hinted, method="gram", **kw)}
     for name, (s, _) in spectra.items():
         m = matrices[name]
-        if m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM and s.numel() and not bool(float32_gram_accepts(s[None])):
+        gram_sized = m.device.type == "cpu" and min(m.shape) >= GRAM_MIN_DIM
+        if gram_sized and s.numel() and not bool(float32_gram_accepts(s[None])):
             float64_hint.add(name)
         else:
             float64_hint.discard(name)
