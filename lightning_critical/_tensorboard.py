@@ -1,6 +1,7 @@
-"""How the package's records read in TensorBoard: step-function scalars, chart layout, per-series runs, HParams.
+"""How the package's records read in TensorBoard: step-function scalars, charts, per-series runs, histograms, HParams.
 
-Four views, each a small piece of this module:
+Everything TensorBoard-specific that the callbacks write goes through here (supporting another
+logger touches this module only). Five views, each a small piece of this module:
 
 * **0/1 indicators** (``deficit/<name>``, ``task/<target>``): TensorBoard smooths a scalar by
   an exponential moving average over its *logged points*, whatever their spacing. A curve with
@@ -21,6 +22,7 @@ Four views, each a small piece of this module:
   ``mode_strength/mode_<a>`` into sub-runs ``modes/<map>`` and ``modes/<map>_theory`` of the
   run directory (what ``SummaryWriter.add_scalars`` does); each mode gets one chart whose lines
   are told apart by colour and by name (``early/modes/a``, ``early/modes/b_theory``, ...).
+* **Histograms**: the singular values of every target at every record (:func:`add_histograms`).
 * **HParams**: one session per run, written when fit ends (:func:`write_session`), holding the
   module's hyperparameters, what every callback adds (``hparams_for_tensorboard()``: each
   deficit's kind, target and window, the task schedule) and the final value of every scalar
@@ -35,9 +37,11 @@ import math
 import os
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from numbers import Number
 from typing import Any
+
+from torch import Tensor
 
 from lightning_critical._lightning import callbacks_of, tensorboard_loggers, tensorboard_writers
 from lightning_critical._namespace import pl
@@ -123,6 +127,36 @@ def add_charts(trainer: pl.Trainer, layout: Layout) -> None:
             writer.add_custom_scalars({c: dict(charts) for c, charts in merged.items() if charts})
 
 
+def add_spectral_charts(
+    trainer: pl.Trainer, maps: Sequence[str], targets: Sequence[str], modes: int, singular_values: int,
+    theory: Mapping[str, Collection[str]],
+) -> None:
+    """The spectral monitor's charts: one per mode overlaying every map's ``K`` (and its theory) as
+    separate runs (see :func:`log_series`), one per target overlaying its top ``singular_values``
+    (and theory).
+
+    ``modes``: how many modes are recorded (0: none); ``singular_values``: how many leading values
+    are logged (0: none); ``theory``: ``{metric: targets with a theory}``.
+    """
+    layout: Layout = {}
+    theory_k = theory.get("mode_strength", ())
+    if modes and maps:
+        series = ", ".join([*maps, *[f"{m}_theory" for m in maps if m in theory_k]])
+        layout["mode strength"] = {
+            f"mode {a}: {series}": ["Multiline", [exact(f"mode_strength/mode_{a}")]] for a in range(modes)
+        }
+    theory_s = theory.get("singular_values", ())
+    if singular_values:
+        charts = {}
+        for m in [*maps, *[t for t in targets if t not in maps]]:
+            tags = [f"^singular_values/{re.escape(m)}/\\d+$"]
+            if m in theory_s:
+                tags.append(f"^theory/singular_values/{re.escape(m)}/\\d+$")
+            charts[f"{m} (top {singular_values})"] = ["Multiline", tags]
+        layout["singular values"] = charts
+    add_charts(trainer, layout)
+
+
 def indicator_chart(tag: str, note: str = "") -> dict[str, Chart]:
     """A custom-scalars chart that draws ``tag`` unsmoothed: a margin chart whose value, lower and
     upper bounds are all ``tag`` (TensorBoard smooths multiline charts, never margin charts).
@@ -183,6 +217,14 @@ def close_series(trainer: pl.Trainer) -> None:
     for writer in tensorboard_writers(trainer):
         for sub in _SERIES.pop(writer, {}).values():
             sub.close()
+
+
+# -- histograms ------------------------------------------------------------------------------
+def add_histograms(trainer: pl.Trainer, values: Mapping[str, Tensor], step: int) -> None:
+    """Write ``{tag: values}`` as histograms at ``step`` to every TensorBoard logger (rank zero)."""
+    for writer in tensorboard_writers(trainer):
+        for tag, v in values.items():
+            writer.add_histogram(tag, v.float().cpu(), step)
 
 
 # -- HParams -----------------------------------------------------------------------------------

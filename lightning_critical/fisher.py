@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from lightning_critical._checks import check_choice
-from lightning_critical.spectral import name_matches
+from lightning_critical.spectral.matrices import name_matches
 
 LABELS: tuple[str, ...] = ("sample", "expected")
 

@@ -14,12 +14,13 @@ Nothing here imports Lightning.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from lightning_critical.spectral.matrices import name_matches
 
 TaskBasis = tuple[Tensor, Tensor, Tensor]
 
@@ -60,7 +61,7 @@ def resolve_modules(module: nn.Module, spec: str | Sequence[str]) -> dict[str, n
             continue
         except AttributeError:
             pass
-        matched = sorted(n for n in qualified.values() if n and fnmatch.fnmatchcase(n, pattern))
+        matched = sorted(n for n in qualified.values() if n and name_matches(n, pattern))
         outermost = [n for n in matched if not any(n.startswith(m + ".") for m in matched)]
         if not outermost:
             raise ValueError(

@@ -14,7 +14,7 @@ from conftest import make_trainer
 import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.cadence import EveryNSteps, LogSpaced, as_cadence
-from lightning_critical.monitors.spectral_monitor import _all_finite, _to_host
+from lightning_critical.spectral.records import all_finite, to_host
 
 ModelCheckpoint = pl.callbacks.ModelCheckpoint
 TensorBoardLogger = pl.loggers.TensorBoardLogger
@@ -152,7 +152,7 @@ def test_all_finite_agrees_with_isfinite_including_sums_that_overflow():
     both = torch.zeros(3, 3)
     both[0, 0], both[1, 1] = math.inf, -math.inf  # sums to NaN
     cases += [bad_inf, both, torch.full((2, 2), 6e4).half()]  # half entries near their max: float64 sum is fine
-    assert _all_finite(cases) == [bool(torch.isfinite(m).all()) for m in cases] == [
+    assert all_finite(cases) == [bool(torch.isfinite(m).all()) for m in cases] == [
         True, True, False, True, False, False, True
     ]
 
@@ -164,7 +164,7 @@ def test_all_finite_agrees_with_isfinite_including_sums_that_overflow():
 def test_spectra_reach_the_host_unchanged_in_one_transfer_per_dtype(device):
     tensors = {"a": torch.rand(5, device=device), "b": torch.rand(0, device=device),
                "c": torch.rand(7, dtype=torch.float64, device=device), "d": torch.rand(3, device=device)}
-    host = _to_host(tensors)
+    host = to_host(tensors)
     assert list(host) == list(tensors)
     for name, t in tensors.items():
         assert host[name].device.type == "cpu" and host[name].dtype == t.dtype

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
-import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+import lightning_critical.spectral.records as spectral_records
 from lightning_critical._namespace import pl
 from lightning_critical.spectral import find_weight_matrices, singular_values
 
@@ -73,7 +73,7 @@ def test_spectra_on_the_weights_device_in_float32_or_better(tmp_path, monkeypatc
         returned.extend((s.device.type, s.dtype) for s, _ in out.values())
         return out
 
-    monkeypatch.setattr(spectral_monitor_module, "singular_values", spy)
+    monkeypatch.setattr(spectral_records, "singular_values", spy)
     model = Mixed()
     monitor = lc.SpectralMonitor(every_n_steps=2, metrics=("singular_values", "stable_rank", "condition_number"),
                                  history_file=None)

@@ -150,12 +150,12 @@ def test_mode_strength_is_silent_without_a_basis_unless_asked_for(tmp_path, monk
 
 
 def test_mode_strength_alone_computes_no_spectrum(tmp_path, monkeypatch):
-    import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+    import lightning_critical.spectral.records as spectral_records
 
     def no_spectra(*args, **kwargs):
         raise AssertionError("a spectrum was computed although no metric needs one")
 
-    monkeypatch.setattr(spectral_monitor_module, "singular_values", no_spectra)
+    monkeypatch.setattr(spectral_records, "singular_values", no_spectra)
     dm, net = small_net()
     monitor = lc.SpectralMonitor(targets="maps", every_n_steps=4, metrics=("mode_strength",), history_file=None)
     make_trainer(tmp_path, max_epochs=5, callbacks=[monitor]).fit(net, dm)

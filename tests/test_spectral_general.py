@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import lightning_critical as lc
-import lightning_critical.monitors.spectral_monitor as spectral_monitor_module
+import lightning_critical.spectral.records as spectral_records
 from lightning_critical._namespace import pl
 from lightning_critical.spectral import (
     find_weight_matrices,
@@ -427,13 +427,13 @@ class TwoMaps(Wide):
 
 def spy_on_spectra(monkeypatch) -> list:
     calls = []
-    real = spectral_monitor_module.singular_values
+    real = spectral_records.singular_values
 
     def spy(matrices, method="auto", **kw):
         calls.append((method, tuple(sorted(matrices))))
         return real(matrices, method=method, **kw)
 
-    monkeypatch.setattr(spectral_monitor_module, "singular_values", spy)
+    monkeypatch.setattr(spectral_records, "singular_values", spy)
     return calls
 
 

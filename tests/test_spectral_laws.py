@@ -16,8 +16,8 @@ from torch import nn
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
-from lightning_critical.esd import fit_power_law, marchenko_pastur_median, mp_soft_rank
 from lightning_critical.spectral import analyze, power_law_fit, scalar_metrics, singular_values
+from lightning_critical.spectral.esd import fit_power_law, marchenko_pastur_median, mp_soft_rank
 
 NEW_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "mp_soft_rank", "numerical_rank")
 

@@ -1,42 +1,36 @@
-"""SpectralMonitor: singular values and spectral metrics of a model's matrices over training."""
+"""SpectralMonitor: when to record the spectra of a model's matrices, and where the records go.
+
+The callback schedules records, keeps the state between them and hands the rows to the
+history and the loggers; what a record holds is computed by the pure
+:func:`lightning_critical.spectral.records.spectral_record`, and how it reads in TensorBoard
+(histograms, charts) by :mod:`lightning_critical._tensorboard`.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_critical import _tensorboard
-from lightning_critical._checks import check_choice, check_int, check_names
+from lightning_critical._checks import check_choice, check_float_dtype, check_int, check_names
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import callbacks_of, history_path, log_scalars, tensorboard_writers
+from lightning_critical._lightning import callbacks_of, history_path, log_scalars
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
-from lightning_critical.monitors.history import History, Record, check_history_file
+from lightning_critical.monitors.history import History, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
-from lightning_critical.spectral import (
-    GRAM_MIN_DIM,
-    SCALAR_METRICS,
-    SVD_METHODS,
-    check_basis_fits,
-    check_metrics,
-    find_weight_matrices,
-    float32_gram_accepts,
-    mode_strengths,
-    name_matches,
-    scalar_metrics,
-    singular_values,
-    subspace_drift,
-)
+from lightning_critical.spectral.matrices import find_weight_matrices, name_matches
+from lightning_critical.spectral.metrics import check_basis_fits, check_metrics, metric_names, needs_full_spectrum
+from lightning_critical.spectral.records import RecordSettings, Theory, spectral_record, theory_at
+from lightning_critical.spectral.svd import SVD_METHODS
 
 DEFAULT_METRICS: tuple[str, ...] = (
     "singular_values",
@@ -47,13 +41,6 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "frobenius_norm",
 )
 TARGET_GROUPS: tuple[str, ...] = ("auto", "maps", "weights")
-# Metrics that need every singular value, and those still exact from the leading ones.
-FULL_SPECTRUM_METRICS: tuple[str, ...] = ("nuclear_norm", "effective_rank", "participation_ratio", "condition_number",
-                                          "log_norm", "alpha", "alpha_weighted", "mp_soft_rank", "numerical_rank")
-TOP_K_METRICS: tuple[str, ...] = ("singular_values", "mode_strength", "spectral_norm", "frobenius_norm", "stable_rank",
-                                  "log_spectral_norm", "subspace_drift")
-
-Theory = Mapping[str, Mapping[str, Any]]
 
 
 class SpectralMonitor(pl.Callback):
@@ -67,7 +54,7 @@ class SpectralMonitor(pl.Callback):
     fit of ``N`` steps costs about ``2 * log2(N)`` records, a few percent of training time or
     less even for small models (``benchmarks/monitor_overhead.py``). An integer ``n`` records
     every ``n`` steps, for evenly spaced curves. Each record holds, for every target matrix,
-    the requested metrics (formulas in :mod:`lightning_critical.spectral`), computed under
+    the requested metrics (formulas in :mod:`lightning_critical.spectral.metrics`), computed under
     ``torch.no_grad()`` in float32 (float64 for float64 weights, or ``dtype``) on the weights'
     device, batching matrices of equal shape.
 
@@ -119,7 +106,8 @@ class SpectralMonitor(pl.Callback):
             (every ``n`` optimizer steps) or a :class:`~lightning_critical.cadence.Cadence`
             such as ``LogSpaced(per_octave=4, max_every=500)``. Cadences depend on the step
             alone, so a resumed fit records at the same steps as an uninterrupted one.
-        metrics: names from :data:`lightning_critical.spectral.METRICS` (default
+        metrics: registered metric names (:data:`lightning_critical.spectral.metrics.METRICS` and any
+            added by :func:`lightning_critical.spectral.metrics.register_metric`; default
             :data:`DEFAULT_METRICS`; with ``top_k``, those that need the whole spectrum are left
             out, and asking for them is an error).
         exclude: names/globs of targets to leave out.
@@ -136,7 +124,7 @@ class SpectralMonitor(pl.Callback):
         randomized_min_dim: see ``top_k``.
         method: how full spectra are computed: ``"auto"``, ``"gram"``, ``"gram32"`` or
             ``"svd"``, all float32-SVD accurate except ``"svd"`` on GPUs; see
-            :func:`lightning_critical.spectral.singular_values`. With ``"auto"``/``"gram32"`` a
+            :func:`lightning_critical.spectral.svd.singular_values`. With ``"auto"``/``"gram32"`` a
             CPU target found too ill-conditioned for the float32 Gram route at one record goes
             straight to the float64 one at the next.
 
@@ -187,16 +175,17 @@ class SpectralMonitor(pl.Callback):
         # mode_strength among the defaults is recorded when a basis exists, silently skipped otherwise.
         self._asked_for_modes = metrics is not None
         if metrics is None:  # the defaults, less those that a truncated spectrum cannot give
-            metrics = tuple(m for m in DEFAULT_METRICS if top_k is None or m not in FULL_SPECTRUM_METRICS)
+            metrics = tuple(m for m in DEFAULT_METRICS if top_k is None or not needs_full_spectrum(m))
         self.metrics = check_metrics(metrics, "metrics")
-        needs_all = sorted(set(self.metrics) & set(FULL_SPECTRUM_METRICS)) if top_k is not None else []
+        needs_all = sorted(m for m in self.metrics if needs_full_spectrum(m)) if top_k is not None else []
         if needs_all:
+            with_top_k = tuple(m for m in metric_names() if not needs_full_spectrum(m))
             raise ValueError(
                 f"top_k={top_k} keeps only the leading singular values, but metrics {needs_all} need all of "
-                f"them; drop those metrics or top_k (with top_k: {TOP_K_METRICS})."
+                f"them; drop those metrics or top_k (with top_k: {with_top_k})."
             )
         self.method = check_choice("method", method, SVD_METHODS)
-        self.dtype = check_choice("dtype", dtype, (None, torch.float32, torch.float64))
+        self.dtype = check_float_dtype("dtype", dtype, allow_none=True)
         if isinstance(targets, str) and targets in TARGET_GROUPS:
             self.group, self.patterns = targets, None
         else:
@@ -271,35 +260,6 @@ class SpectralMonitor(pl.Callback):
         self._vectors_step = state_dict.get("vectors_step")
         self._prev_vectors = dict(state_dict.get("vectors", {}))
         self._float64_hint = set(state_dict.get("float64_hint", ()))
-
-    # -- spectra ---------------------------------------------------------------------------
-    def _spectra(
-        self, mats: dict[str, Tensor], want_vectors: bool, update_hints: bool = True
-    ) -> dict[str, tuple[Tensor, Tensor | None]]:
-        """``singular_values`` of every target. A CPU matrix whose last spectrum was too
-        ill-conditioned for the float32 Gram route goes straight to the float64 one: the
-        conditioning of a layer changes slowly, so this saves the wasted float32 pass."""
-        kw = dict(
-            dtype=self.dtype, top_k=self.top_k, with_vectors=want_vectors, randomized_min_dim=self.randomized_min_dim
-        )
-        if self.method not in ("auto", "gram32") or want_vectors or self.top_k is not None:
-            return singular_values(mats, method=self.method, **kw)
-        hinted = {n: m for n, m in mats.items() if n in self._float64_hint}
-        rest = {n: m for n, m in mats.items() if n not in self._float64_hint}
-        spectra = {**singular_values(rest, method=self.method, **kw), **singular_values(hinted, method="gram", **kw)}
-        if update_hints:
-            for name, (s, _) in spectra.items():
-                m = mats[name]
-                if (
-                    m.device.type == "cpu"
-                    and min(m.shape) >= GRAM_MIN_DIM
-                    and s.numel()
-                    and not bool(float32_gram_accepts(s[None]))
-                ):
-                    self._float64_hint.add(name)
-                else:
-                    self._float64_hint.discard(name)
-        return {n: spectra[n] for n in mats}
 
     # -- target discovery -----------------------------------------------------------------
     def collect(self, pl_module: torch.nn.Module) -> tuple[dict[str, Tensor], set[str]]:
@@ -396,7 +356,12 @@ class SpectralMonitor(pl.Callback):
         self._last_step = None
         if self._vectors_step is not None and self._vectors_step >= step:
             self._prev_vectors, self._vectors_step = {}, None
-        self._add_layout(trainer, sorted(map_names), basis, list(mats))
+        _tensorboard.add_spectral_charts(
+            trainer, sorted(map_names), list(mats),
+            modes=basis[0].shape[1] if basis is not None and "mode_strength" in self.metrics else 0,
+            singular_values=self.log_top_k if "singular_values" in self.metrics else 0,
+            theory={m: list(by_target) for m, by_target in self.theory.items()},
+        )
 
     @override
     def on_train_batch_start(
@@ -434,151 +399,31 @@ class SpectralMonitor(pl.Callback):
         step, epoch = trainer.global_step, trainer.current_epoch
         self._last_step = step
         mats, map_names = self.collect(pl_module)
-        finite, broken = {}, []
-        for name, ok in zip(mats, _all_finite(list(mats.values())), strict=True):
-            if ok:
-                finite[name] = mats[name]
-            else:
-                broken.append(name)
-        rows: list[Record] = []
-        for name in broken:
-            # Reported once per target; its scalar metrics read NaN while it stays non-finite.
+        settings = RecordSettings(
+            metrics=self.metrics, top_k=self.top_k, subspace_k=self.subspace_k, log_top_k=self.log_top_k,
+            dtype=self.dtype, method=self.method, randomized_min_dim=self.randomized_min_dim,
+        )
+        basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
+        record = spectral_record(mats, step, epoch, settings, maps=map_names, basis=basis,
+                                 previous_vectors=self._prev_vectors, float64_hint=self._float64_hint)
+        for name in record.nonfinite:
+            # Reported once per target and fit.
             if f"nonfinite:{name}" not in self._reported:
                 self._reported.add(f"nonfinite:{name}")
                 rank_zero_warn(f"SpectralMonitor: {name!r} has NaN or Inf entries at step {step}; "
                                "its metrics are recorded as NaN while that lasts (training continues).")
-            rows.extend((step, epoch, name, m, -1, float("nan")) for m in self.metrics if m in SCALAR_METRICS)
-            if keep_state:
-                self._prev_vectors.pop(name, None)
-        want_vectors = "subspace_drift" in self.metrics
-        # mode_strength alone needs no spectrum.
-        needs_spectra = any(m != "mode_strength" for m in self.metrics)
-        spectra = self._spectra(finite, want_vectors, update_hints=keep_state) if needs_spectra else {}
-        scalars_wanted = [m for m in self.metrics if m in SCALAR_METRICS]
-        basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
-        logged: dict[str, float] = {}
-        on_host = _to_host({name: s for name, (s, _) in spectra.items()})
-        for name in (spectra if needs_spectra else finite):
-            s, u = spectra.get(name, (None, None))
-            if s is not None:
-                s_list = on_host[name].tolist()
-                if "singular_values" in self.metrics:
-                    rows.extend((step, epoch, name, "singular_values", i, v) for i, v in enumerate(s_list))
-                    logged.update({f"singular_values/{name}/{i}": v for i, v in enumerate(s_list[: self.log_top_k])})
-                if scalars_wanted:
-                    values = scalar_metrics(on_host[name], scalars_wanted, tuple(finite[name].shape))
-                    if self.top_k is not None:
-                        values = self._exact_norms(values, s, finite[name])
-                    for metric, value in values.items():
-                        rows.append((step, epoch, name, metric, -1, value))
-                        logged[f"{metric}/{name}"] = value
-            if want_vectors and u is not None:
-                k = min(self.subspace_k, u.shape[1])
-                prev = self._prev_vectors.get(name)
-                if prev is not None and prev.shape[0] == u.shape[0]:
-                    drift = subspace_drift(prev.to(u.device), u[:, :k])
-                    rows.append((step, epoch, name, "subspace_drift", -1, drift))
-                    logged[f"subspace_drift/{name}"] = drift
-                if keep_state:
-                    self._prev_vectors[name] = u[:, :k].clone()
-            if basis is not None and name in map_names:
-                strengths = mode_strengths(finite[name], basis[0], basis[2], dtype=self.dtype).tolist()
-                rows.extend((step, epoch, name, "mode_strength", a, v) for a, v in enumerate(strengths))
-                logged.update({f"mode_strength/{name}/{a}": v for a, v in enumerate(strengths)})
-        if keep_state and want_vectors:
-            self._vectors_step = step
-        logged.update(self._theory_at(step))
-        self.history.extend(rows, write=trainer.is_global_zero)
-        log_scalars(trainer, logged, step)
-        _tensorboard.log_series(trainer, logged, step)
+        if keep_state:
+            self._prev_vectors, self._float64_hint = record.vectors, record.float64_hint
+            if "subspace_drift" in self.metrics:
+                self._vectors_step = step
+        scalars = {**record.scalars, **theory_at(self.theory, step)}
+        self.history.extend(record.rows, write=trainer.is_global_zero)
+        log_scalars(trainer, scalars, step)
+        _tensorboard.log_series(trainer, scalars, step)
         if self.histograms and "singular_values" in self.metrics:
-            for writer in tensorboard_writers(trainer):
-                for name, (s, _) in spectra.items():
-                    writer.add_histogram(f"singular_values/{name}", s.float().cpu(), step)
-
-    def _exact_norms(self, values: dict[str, float], s: Tensor, mat: Tensor) -> dict[str, float]:
-        # With top_k only the leading singular values are known; the Frobenius norm (and
-        # the stable rank built on it) is exact from the entries themselves.
-        fro = float(torch.linalg.matrix_norm(mat.detach().to(s.dtype)))
-        if "frobenius_norm" in values:
-            values["frobenius_norm"] = fro
-        if "stable_rank" in values:
-            s1 = float(s[0]) if s.numel() else 0.0
-            values["stable_rank"] = fro**2 / s1**2 if s1 > 0 else 0.0
-        return values
-
-    def _theory_at(self, step: int) -> dict[str, float]:
-        out = {}
-        for metric, by_target in self.theory.items():
-            for target, values in by_target.items():
-                arr = np.asarray(values)
-                if step < arr.shape[0]:
-                    row = np.atleast_1d(arr[step])
-                    out.update({f"theory/{metric}/{target}/{i}": float(v) for i, v in enumerate(row)})
-        return out
-
-    def _add_layout(
-        self, trainer: pl.Trainer, maps: list[str], basis: TaskBasis | None, targets: list[str] | None = None
-    ) -> None:
-        """Custom-scalars charts (TensorBoard, rank zero): one per mode overlaying every map's
-        ``K`` and its theory as separate runs (see :func:`lightning_critical._tensorboard.log_series`),
-        one per target overlaying its top singular values (and theory). Deficits and task switches add their own."""
-        layout: _tensorboard.Layout = {}
-        theory_k = self.theory.get("mode_strength", {})
-        if basis is not None and maps and "mode_strength" in self.metrics:
-            series = ", ".join(maps + [f"{m}_theory" for m in maps if m in theory_k])
-            layout["mode strength"] = {
-                f"mode {a}: {series}": ["Multiline", [_tensorboard.exact(f"mode_strength/mode_{a}")]]
-                for a in range(basis[0].shape[1])
-            }
-        theory_s = self.theory.get("singular_values", {})
-        if "singular_values" in self.metrics and self.log_top_k:
-            charts = {}
-            for m in [*maps, *[t for t in (targets or []) if t not in maps]]:
-                tags = [f"^singular_values/{re.escape(m)}/\\d+$"]
-                if m in theory_s:
-                    tags.append(f"^theory/singular_values/{re.escape(m)}/\\d+$")
-                charts[f"{m} (top {self.log_top_k})"] = ["Multiline", tags]
-            layout["singular values"] = charts
-        _tensorboard.add_charts(trainer, layout)
-
-
-def _all_finite(mats: list[Tensor]) -> list[bool]:
-    """``isfinite(m).all()`` for every matrix, with one host sync per device instead of one per matrix.
-
-    A float64 sum is finite exactly when every entry is (NaN and Inf propagate, and float32 or
-    narrower entries cannot overflow it), and summing is ~8x cheaper than ``isfinite().all()``;
-    only a matrix whose sum is not finite is checked entry by entry (float64 weights near
-    ``1e308`` could overflow the sum).
-    """
-    by_device: dict[torch.device, list[int]] = {}
-    for i, m in enumerate(mats):
-        by_device.setdefault(m.device, []).append(i)
-    flags = [True] * len(mats)
-    with torch.no_grad():
-        for device, indices in by_device.items():
-            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-            sums = torch.stack([mats[i].sum(dtype=dtype) for i in indices]).isfinite().tolist()
-            for i, ok in zip(indices, sums, strict=True):
-                flags[i] = bool(ok) or bool(torch.isfinite(mats[i]).all())
-    return flags
-
-
-def _to_host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The same tensors on the CPU, dtype kept, with one transfer (one host sync) per device and
-    dtype instead of one per tensor."""
-    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-    for name, t in tensors.items():
-        groups.setdefault((t.device, t.dtype), []).append(name)
-    out = dict(tensors)
-    for (device, _), names in groups.items():
-        if device.type == "cpu":
-            continue
-        flat = torch.cat([tensors[n].detach().reshape(-1) for n in names]).cpu()
-        for n, part in zip(names, flat.split([tensors[n].numel() for n in names]), strict=True):
-            out[n] = part.view(tensors[n].shape)
-    return out
-
+            _tensorboard.add_histograms(
+                trainer, {f"singular_values/{name}": s for name, s in record.spectra.items()}, step
+            )
 
 def _check_task_basis(value: Any) -> TaskBasis | None:
     """``None`` or ``(U, S, V)`` tensors with ``U`` (out x r), ``S`` (r,), ``V`` (in x r)."""

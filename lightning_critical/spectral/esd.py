@@ -1,7 +1,8 @@
 """Laws of a weight matrix's empirical spectral density (ESD): power-law tail and Marchenko-Pastur bulk.
 
-Plain numpy, no Lightning, no torch. The ESD of an ``m x n`` matrix ``W`` is the set of the
-eigenvalues ``lambda_i = s_i^2`` of ``W^T W`` (or ``W W^T``, whichever is smaller), ``s_i`` its
+Plain numpy, no Lightning, no torch; the metrics ``alpha`` and ``mp_soft_rank`` of
+:mod:`lightning_critical.spectral.metrics` are built on it. The ESD of an ``m x n`` matrix ``W``
+is the set of the eigenvalues ``lambda_i = s_i^2`` of ``W^T W`` (or ``W W^T``, whichever is smaller), ``s_i`` its
 singular values, unnormalised, as weightwatcher (Martin & Mahoney 2021) takes it.
 
 **Power-law tail** (:func:`fit_power_law`): the density of the largest eigenvalues is fitted by
