@@ -37,7 +37,7 @@ from lightning_critical.monitors.history import read_history
 from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
 from lightning_critical.protocols import end_to_end_maps, find_task_basis
 from lightning_critical.schedule import Window
-from lightning_critical.spectral import mode_strengths
+from lightning_critical.spectral import join_theory, mode_strengths
 from lightning_critical.sweep import GridEntry, WindowGrid
 from lightning_critical.theory import deprived_share, pathway_dynamics
 
@@ -292,15 +292,11 @@ def _trajectory_runs(
 
 def _trajectory_frame(records: pd.DataFrame, s: np.ndarray, theory: np.ndarray | None,
                       names: list[str]) -> pd.DataFrame:
-    k = records[records.metric == "mode_strength"].rename(
-        columns={"target": "pathway", "index": "mode", "value": "measured"}
-    )
-    k = k[["step", "pathway", "mode", "measured"]].reset_index(drop=True)
-    k["singular_value"] = s[k["mode"].to_numpy()]
-    if theory is not None:
-        k["theory"] = theory[k["step"].to_numpy(), [names.index(p) for p in k["pathway"]], k["mode"].to_numpy()]
-    else:
-        k["theory"] = np.nan
+    by_pathway = {} if theory is None else {p: theory[:, i] for i, p in enumerate(names)}
+    k = join_theory(records[records.metric == "mode_strength"], {"mode_strength": by_pathway})
+    k = k.rename(columns={"target": "pathway", "index": "mode", "value": "measured"})
+    k = k[["step", "pathway", "mode", "measured", "theory"]].reset_index(drop=True)
+    k.insert(4, "singular_value", s[k["mode"].to_numpy()])
     return k
 
 

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from lightning_critical._checks import check_float
+
 SMALL_SAMPLE = 20  # below this many eigenvalues, weightwatcher's small-sample rule
 SMALL_SAMPLE_MIN_TAIL = 8  # the shortest tail the small-sample rule considers
 _CHUNK_ROWS = 32  # candidates evaluated at once: small chunks stay in cache and skip most of the lower triangle
@@ -161,8 +163,7 @@ def marchenko_pastur_median(beta: float) -> float:
         >>> round(marchenko_pastur_median(1.0), 4)
         0.6528
     """
-    if not 0 < beta <= 1:
-        raise ValueError(f"beta={beta!r} must be in (0, 1].")
+    check_float("beta", beta, low=0, low_inclusive=False, high=1)
     c, r = 1.0 + beta, 2.0 * math.sqrt(beta)
     nodes, weights = np.polynomial.legendre.leggauss(96)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightning_critical._checks import check_choice, check_int
-from lightning_critical.schedule import UNITS, Unit, Window
+from lightning_critical._checks import check_int
+from lightning_critical.schedule import Window, check_unit
 
 Kind = Literal["removal", "sliding", "explicit"]
 Schedule = tuple[Window, ...]
@@ -70,10 +70,6 @@ class WindowGrid:
         return iter(self.entries)
 
 
-def _check_unit(unit: Any) -> Unit:
-    return check_choice("unit", unit, UNITS)
-
-
 def _check_points(name: str, values: Any, low: int) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(values, "__iter__"):
         raise ValueError(f"{name}={values!r} is not valid: give a list of integers.")
@@ -110,7 +106,7 @@ def removal(ends: Iterable[int], unit: str = "epoch", epochs_after: int | None =
         >>> [e.max_epochs for e in removal([0, 10], epochs_after=30)]
         [30, 40]
     """
-    unit = _check_unit(unit)
+    unit = check_unit(unit)
     points = _check_points("ends", ends, low=0)
     if epochs_after is not None:
         check_int("epochs_after", epochs_after, low=1)
@@ -133,7 +129,7 @@ def sliding(onsets: Iterable[int], length: int, unit: str = "epoch") -> WindowGr
         >>> [e.label() for e in sliding([0, 10], length=5)]
         ['baseline', 'w0-5', 'w10-15']
     """
-    unit = _check_unit(unit)
+    unit = check_unit(unit)
     points = _check_points("onsets", onsets, low=0)
     check_int("length", length, low=1)
     entries = [GridEntry(())] + [GridEntry((Window(k, k + int(length), unit),)) for k in points]
@@ -192,7 +188,7 @@ def windows(entries: Sequence[WindowSpec], unit: str = "epoch") -> WindowGrid:
         ValueError: an empty grid, a malformed entry, overlapping windows inside one run,
             repeated entries or mixed units.
     """
-    unit = _check_unit(unit)
+    unit = check_unit(unit)
     if isinstance(entries, (str, bytes, Window)) or not isinstance(entries, Sequence):
         raise ValueError(f"windows={entries!r} is not valid: give a list of windows (one per run).")
     if not entries:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_critical._checks import check_int
+from lightning_critical._checks import check_float, check_int
 
 
 def completion_loss_terms(
@@ -161,8 +161,7 @@ def integrate_factorization(
         True
     """
     check_int("depth", depth)
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be > 0.")
+    check_float("lr", lr, low=0, low_inclusive=False)
     check_int("stride", stride)
     w = np.array(w0, dtype=np.float64)
     for i, (n, weight, target) in enumerate(segments):
