@@ -167,6 +167,9 @@ def register_metric(name: str, formula: Callable[[Spectrum], Any], full_spectrum
             ``top_k`` largest values.
         vector: one record per index (``index`` 0, 1, ...; the first ``log_top_k`` are logged).
 
+    The registry belongs to the process: register at the top level of the module that defines
+    your model or script, so that sweep workers (processes, Ray) importing it know the metric.
+
     Raises:
         ValueError: for a name already registered or not a non-empty string, or a formula that
             is not callable.
