@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,12 @@ from torch import nn
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
-from lightning_critical.deficits.transforms import TRANSFORMS, TransformContext, register_transform
+from lightning_critical.deficits.transforms import (
+    TRANSFORMS,
+    TransformContext,
+    register_transform,
+    unregister_transform,
+)
 
 IMAGES = torch.rand(16, 1, 4, 4)
 LABELS = torch.arange(16) % 4
@@ -47,7 +53,7 @@ def registered() -> Iterator[list[TransformContext]]:
 
     register_transform("shift_by_factor", shift_by_factor, spatial=True, floating=True)
     yield contexts
-    del TRANSFORMS["shift_by_factor"]
+    unregister_transform("shift_by_factor")
 
 
 def test_a_registered_transform_is_applied_by_name_inside_its_window(tmp_path, registered):
@@ -77,7 +83,7 @@ def test_a_registered_transform_gets_the_checks_its_metadata_asks_for(registered
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
-        (("blur", lambda x, c: x), {}, r"name='blur' is already a transform \(\['blur', 'downsample'"),
+        (("blur", lambda x, c: x), {}, r"name='blur' is a built-in transform \(\['blur', 'downsample'"),
         (("", lambda x, c: x), {}, r"name='' is not valid: it must be a non-empty string"),
         ((3, lambda x, c: x), {}, r"name=3 is not valid"),
         (("mine", "not callable"), {}, r"fn='not callable' is not valid: it must be a callable"),
@@ -94,3 +100,37 @@ def test_register_transform_rejects(args, kwargs, match):
 def test_an_unknown_name_lists_the_registered_ones(registered):
     with pytest.raises(ValueError, match=r"transform='shift' is not valid; choose one of \(.*'shift_by_factor'\)"):
         lc.InputDeficit("shift", (0, 1))
+
+
+def _times_seven(x, ctx):
+    return x * 0 + 7
+
+
+def _plus_two(x, ctx):
+    return x + 2
+
+
+def test_a_deficit_keeps_the_transform_it_was_built_with():
+    """A sweep worker unpickles the deficit with a registry of its own: the deficit must carry its
+    entry, or a changed registry would silently apply another transform."""
+    register_transform("plus_two", _plus_two)
+    try:
+        deficit = lc.InputDeficit("plus_two", window=(0, 5))
+        unregister_transform("plus_two")
+        register_transform("plus_two", _times_seven)  # another function under the same name
+        copy = pickle.loads(pickle.dumps(deficit))
+        x = torch.zeros(1, 1, 2, 2)
+        for d in (deficit, copy):
+            assert torch.equal(d.apply((x, torch.tensor([0])))[0], x + 2)
+    finally:
+        unregister_transform("plus_two")
+
+
+def test_built_in_transforms_cannot_be_replaced_and_pickle_without_cloudpickle():
+    with pytest.raises(ValueError, match=r"name='blur' is a built-in transform"):
+        register_transform("blur", _times_seven)
+    with pytest.raises(ValueError, match=r"only registered transforms can be removed"):
+        unregister_transform("blur")
+    for name in ("blur", "downsample", "noise", "vflip", "label_shuffle"):
+        deficit = pickle.loads(pickle.dumps(lc.InputDeficit(name, window=(0, 1))))
+        assert deficit.transform_spec == TRANSFORMS[name]

@@ -138,13 +138,17 @@ class InputDeficit(WindowedDeficit):
         if isinstance(transform, str) or not callable(transform):
             check_choice("transform", transform, TRANSFORMS, " or a callable batch -> batch")
         self.transform = transform
+        # Resolved now, so the deficit carries its transform (into sweep workers too, whose
+        # registry holds only what their imports registered) and later registry edits do not
+        # change an experiment already set up.
+        self.transform_spec: Transform | None = TRANSFORMS[transform] if isinstance(transform, str) else None
         self.factor = check_int("factor", factor, 2)
         self.noise_std = check_float("noise_std", noise_std, low=0)
         self.batch_spec = BatchSpec(input_key, target_key, owner=f"InputDeficit({self._label()!r})")
         self.input_key, self.target_key = self.batch_spec.input_key, self.batch_spec.target_key
         self.seed = check_seed("seed", seed)
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        if self.spatial_dims is not None and not (isinstance(transform, str) and TRANSFORMS[transform].spatial):
+        if self.spatial_dims is not None and not (self.transform_spec is not None and self.transform_spec.spatial):
             spatial = [n for n, t in TRANSFORMS.items() if t.spatial]
             raise ValueError(f"spatial_dims={spatial_dims!r} is only used by the transforms {spatial}, "
                              f"not by transform={self._label()!r}; leave it None.")
@@ -192,8 +196,8 @@ class InputDeficit(WindowedDeficit):
 
     def check_batch(self, batch: Any) -> None:
         """Raise the ``ValueError`` that :meth:`apply` would raise on ``batch``, without transforming it."""
-        if isinstance(self.transform, str):
-            self._element(batch, TRANSFORMS[self.transform])
+        if self.transform_spec is not None:
+            self._element(batch, self.transform_spec)
 
     def apply(self, batch: Any, step: int = 0, batch_idx: int = 0, rank: int = 0) -> Any:
         """The corrupted copy of ``batch`` (``batch`` is not modified).
@@ -201,9 +205,9 @@ class InputDeficit(WindowedDeficit):
         ``step`` (optimizer steps done), ``batch_idx`` (index of the batch in its epoch) and
         ``rank`` (global rank) select the random draw, with :attr:`seed`.
         """
-        if callable(self.transform):
-            return self.transform(batch)
-        spec = TRANSFORMS[self.transform]
+        spec = self.transform_spec
+        if spec is None:
+            return self.transform(batch)  # type: ignore[operator]  # only a callable has no spec
         key, tensor, dims = self._element(batch, spec)
         seed = _mixed_seed(self.seed, step, batch_idx, rank)
         ctx = TransformContext(

@@ -18,8 +18,8 @@ Built in:
   single spatial dimension);
 * ``"label_shuffle"``: permute the targets within the batch.
 
-A new name is one :func:`register_transform` call (or one entry in :data:`TRANSFORMS`); from
-then on ``InputDeficit("<name>", window)`` applies it.
+A new name is one :func:`register_transform` call; from then on
+``InputDeficit("<name>", window)`` applies it.
 
 Example::
 
@@ -54,6 +54,7 @@ __all__ = [
     "check_spatial_dims",
     "downsample",
     "register_transform",
+    "unregister_transform",
     "spatial_dims_of",
 ]
 
@@ -204,6 +205,14 @@ class Transform:
     floating: bool = False
 
 
+def _blur(x: Tensor, ctx: TransformContext) -> Tensor:
+    return blur(x, ctx.factor, ctx.spatial_dims)
+
+
+def _downsample(x: Tensor, ctx: TransformContext) -> Tensor:
+    return downsample(x, ctx.factor, ctx.spatial_dims)
+
+
 def _noise(x: Tensor, ctx: TransformContext) -> Tensor:
     gen = ctx.generator(x.device)
     return x + ctx.noise_std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -220,13 +229,15 @@ def _label_shuffle(y: Tensor, ctx: TransformContext) -> Tensor:
 
 
 TRANSFORMS: dict[str, Transform] = {
-    "blur": Transform(lambda x, c: blur(x, c.factor, c.spatial_dims), spatial=True, floating=True),
-    "downsample": Transform(lambda x, c: downsample(x, c.factor, c.spatial_dims), spatial=True, floating=True),
+    # Module-level functions, so a deficit holding its entry pickles (sweep workers) without cloudpickle.
+    "blur": Transform(_blur, spatial=True, floating=True),
+    "downsample": Transform(_downsample, spatial=True, floating=True),
     "noise": Transform(_noise, floating=True),
     "vflip": Transform(_vflip, spatial=True),
     "label_shuffle": Transform(_label_shuffle, acts_on="target"),
 }
 """Named transforms of :class:`~lightning_critical.InputDeficit`; a new entry makes a new ``transform=`` name."""
+_BUILT_IN = frozenset(TRANSFORMS)
 
 
 def register_transform(
@@ -242,7 +253,10 @@ def register_transform(
     :class:`TransformContext`, and returns the tensor that replaces it in a copy of the batch;
     it must not modify its argument. Random draws must come from ``context.generator(device)``
     (seeded per micro-batch, so runs repeat and the global RNG is untouched). Register before
-    constructing the deficit; ``del TRANSFORMS[name]`` removes the entry.
+    constructing the deficit, at the top level of your module, so that sweep workers importing it
+know the name too; the deficit keeps the entry it was built with. Built-in names cannot be
+replaced (a worker would silently apply the built-in); :func:`unregister_transform` removes
+a registered one.
 
     Args:
         name: the new ``transform=`` name (a non-empty string not yet registered).
@@ -267,15 +281,31 @@ def register_transform(
         >>> lc.InputDeficit("invert", window=(0, 5)).apply((torch.zeros(2, 3), torch.tensor([0, 1])))[0]
         tensor([[1., 1., 1.],
                 [1., 1., 1.]])
-        >>> del TRANSFORMS["invert"]
+        >>> unregister_transform("invert")
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r} is not valid: it must be a non-empty string.")
+    if name in _BUILT_IN:
+        raise ValueError(f"name={name!r} is a built-in transform ({sorted(_BUILT_IN)}); choose another name.")
     if name in TRANSFORMS:
         raise ValueError(f"name={name!r} is already a transform ({sorted(TRANSFORMS)}); choose another name, "
-                         f"or `del TRANSFORMS[{name!r}]` first to replace it.")
+                         f"or unregister_transform({name!r}) first to replace it.")
     if not callable(fn):
         raise ValueError(f"fn={fn!r} is not valid: it must be a callable (tensor, TransformContext) -> tensor.")
     entry = Transform(fn, check_choice("acts_on", acts_on, ACTS_ON), bool(spatial), bool(floating))
     TRANSFORMS[name] = entry
     return entry
+
+
+def unregister_transform(name: str) -> None:
+    """Forget a transform added by :func:`register_transform` (built-in transforms stay).
+
+    Deficits already built keep the entry they were built with.
+
+    Raises:
+        ValueError: for a built-in or unknown name.
+    """
+    if name in _BUILT_IN or name not in TRANSFORMS:
+        raise ValueError(f"name={name!r} is not valid: only registered transforms can be removed; registered: "
+                         f"{sorted(set(TRANSFORMS) - _BUILT_IN)}.")
+    del TRANSFORMS[name]
