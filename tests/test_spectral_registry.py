@@ -100,3 +100,28 @@ def test_theory_joined_to_records_equals_the_logged_theory(tmp_path):
         logged = {e.step: e.value for e in events.Scalars(f"theory/mode_strength/a/{row.index}")}
         assert logged[row.step] == pytest.approx(row.theory, rel=1e-6)
     assert joined[joined.target == "b"].theory.isna().all()
+
+
+def _nuclear_over_top(sp):
+    return nuclear_over_top(sp.values)
+
+
+def test_a_monitor_carries_its_user_metrics_to_a_process_whose_registry_lacks_them(tmp_path, user_metrics):
+    """A sweep worker unpickles the monitor with only the built-in metrics registered."""
+    import pickle
+
+    user_metrics("nuclear_over_top_2", _nuclear_over_top)
+    monitor = lc.SpectralMonitor(every_n_steps=2, metrics=["singular_values", "nuclear_over_top_2"])
+    payload = pickle.dumps(monitor)
+    unregister_metric("nuclear_over_top_2")
+    try:
+        copy = pickle.loads(payload)
+        make_trainer(tmp_path, max_epochs=1, callbacks=[copy]).fit(TwoBranchNet())
+    finally:
+        register_metric("nuclear_over_top_2", _nuclear_over_top)  # the fixture removes it
+    frame = copy.to_frame()
+    mine = frame[frame.metric == "nuclear_over_top_2"].sort_values(["step", "target"])
+    assert len(mine) == 15  # 5 matrices x steps 0, 2, 4
+    for row in mine.itertuples():
+        s = frame[(frame.step == row.step) & (frame.target == row.target) & (frame.metric == "singular_values")]
+        assert row.value == pytest.approx(nuclear_over_top(s.sort_values("index").value.to_numpy()), rel=1e-12)

@@ -28,7 +28,13 @@ from lightning_critical.monitors.history import History, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
 from lightning_critical.spectral.matrices import find_weight_matrices, name_matches
-from lightning_critical.spectral.metrics import check_basis_fits, check_metrics, metric_names, needs_full_spectrum
+from lightning_critical.spectral.metrics import (
+    check_basis_fits,
+    check_metrics,
+    metric_names,
+    needs_full_spectrum,
+    user_metrics,
+)
 from lightning_critical.spectral.records import RecordSettings, Theory, spectral_record, theory_at
 from lightning_critical.spectral.svd import SVD_METHODS
 
@@ -177,6 +183,7 @@ class SpectralMonitor(pl.Callback):
         if metrics is None:  # the defaults, less those that a truncated spectrum cannot give
             metrics = tuple(m for m in DEFAULT_METRICS if top_k is None or not needs_full_spectrum(m))
         self.metrics = check_metrics(metrics, "metrics")
+        self._user_metrics = user_metrics(self.metrics)  # kept: a sweep worker's registry may lack them
         needs_all = sorted(m for m in self.metrics if needs_full_spectrum(m)) if top_k is not None else []
         if needs_all:
             with_top_k = tuple(m for m in metric_names() if not needs_full_spectrum(m))
@@ -401,7 +408,8 @@ class SpectralMonitor(pl.Callback):
         mats, map_names = self.collect(pl_module)
         settings = RecordSettings(
             metrics=self.metrics, top_k=self.top_k, subspace_k=self.subspace_k, log_top_k=self.log_top_k,
-            dtype=self.dtype, method=self.method, randomized_min_dim=self.randomized_min_dim,
+            registered=self._user_metrics, dtype=self.dtype, method=self.method,
+            randomized_min_dim=self.randomized_min_dim,
         )
         basis = self._basis(trainer, pl_module) if "mode_strength" in self.metrics else None
         record = spectral_record(mats, step, epoch, settings, maps=map_names, basis=basis,

@@ -207,6 +207,11 @@ def unregister_metric(name: str) -> None:
     del REGISTRY[name]
 
 
+def user_metrics(names: Iterable[str]) -> dict[str, Metric]:
+    """The registered (not built-in) metrics among ``names``: what a monitor carries with it."""
+    return {name: REGISTRY[name] for name in names if name in REGISTRY and name not in _BUILT_IN}
+
+
 def metric_names() -> tuple[str, ...]:
     """Every registered metric name: :data:`METRICS`, then those added by :func:`register_metric`."""
     return tuple(REGISTRY)

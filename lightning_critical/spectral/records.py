@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from lightning_critical.spectral.metrics import REGISTRY, Spectrum
+from lightning_critical.spectral.metrics import REGISTRY, Metric, Spectrum
 from lightning_critical.spectral.svd import GRAM_MIN_DIM, float32_gram_accepts, singular_values
 
 Row = tuple[int, int, str, str, int, float]
@@ -37,6 +37,8 @@ class RecordSettings:
 
     metrics: tuple[str, ...]
     top_k: int | None = None
+    registered: Mapping[str, Metric] = field(default_factory=dict)
+    """User metrics resolved when the monitor was built (they travel with it to sweep workers)."""
     subspace_k: int = 5
     log_top_k: int = 4
     dtype: torch.dtype | None = None
@@ -92,7 +94,7 @@ def spectral_record(
         [(0, 0, 'w', 'singular_values', 0, 3.0), (0, 0, 'w', 'singular_values', 1, 1.0),
          (0, 0, 'w', 'spectral_norm', -1, 3.0)]
     """
-    metrics = [REGISTRY[m] for m in settings.metrics]
+    metrics = [settings.registered.get(m) or REGISTRY[m] for m in settings.metrics]
     spectrum_vectors = [m for m in metrics if m.needs == "spectrum" and m.vector]
     scalars = [m for m in metrics if m.is_scalar]
     out = SpectralRecord(vectors=dict(previous_vectors or {}), float64_hint=set(float64_hint))
