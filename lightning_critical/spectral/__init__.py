@@ -10,7 +10,7 @@ Plain torch and numpy, no Lightning, nothing of the callbacks. One room per job:
   :func:`register_metric` to add one.
 * :mod:`~lightning_critical.spectral.esd`: the laws of the ESD (power-law tail, Marchenko-Pastur bulk).
 * :mod:`~lightning_critical.spectral.records`: one monitor record as tidy rows, and the theory beside them.
-* :mod:`~lightning_critical.spectral.analyze`: :func:`analyze`, every metric of every matrix as one table.
+* :mod:`~lightning_critical.spectral.analysis`: :func:`analyze`, every metric of every matrix as one table.
 
 Every public name of these modules used from outside is importable from here too
 (``lc.spectral.analyze``, ``lc.spectral.singular_values``, ...).
@@ -25,7 +25,7 @@ Example::
 """
 
 from lightning_critical.spectral import esd
-from lightning_critical.spectral.analyze import CONV_VIEWS, analyze
+from lightning_critical.spectral.analysis import CONV_VIEWS, analyze
 from lightning_critical.spectral.matrices import (
     RNN_GATES,
     Patterns,
