@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_critical"
 NO_LIGHTNING = ("_checks", "_output", "probing", "schedule", "cadence", "curve", "spectral", "fisher", "theory",
-                "protocols", "_batch")
+                "protocols", "_batch", "history")
 
 
 def _module_name(path: Path) -> str:

@@ -213,7 +213,7 @@ def test_checkpoint_of_another_ensemble_is_refused(tmp_path):
 
 def test_ensemble_history_is_the_monitors_long_format():
     """Records go through the monitors' History: (step, epoch, target, metric, index, value), one target per member."""
-    from lightning_critical.monitors.history import COLUMNS
+    from lightning_critical.history import COLUMNS
 
     ens, dm, switches = build_switch_ensemble(2, [0, 20], 20, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
                                               steps_per_epoch=10, dtype=torch.float64)

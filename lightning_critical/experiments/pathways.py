@@ -31,9 +31,9 @@ from lightning_critical._output import write_outputs
 from lightning_critical.data import HierarchicalDataModule
 from lightning_critical.deficits import PathwayDeficit
 from lightning_critical.experiments._accelerator import accelerator_kwargs
+from lightning_critical.history import read_history
 from lightning_critical.models import MultiPathwayLinearNet
 from lightning_critical.monitors import SpectralMonitor
-from lightning_critical.monitors.history import read_history
 from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
 from lightning_critical.protocols import end_to_end_maps, find_task_basis
 from lightning_critical.schedule import Window

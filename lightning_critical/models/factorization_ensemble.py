@@ -8,7 +8,7 @@ weights only when its task changes. Every Lightning step runs ``sgd_steps_per_ep
 SGD steps of all live branches as batched ``(B, n, n)`` matrix products with hand-written
 gradients, which amortizes Lightning's per-step overhead over many tiny updates.
 
-Records go into a :class:`~lightning_critical.monitors.history.History`, in the monitors' long
+Records go into a :class:`~lightning_critical.history.History`, in the monitors' long
 format ``(step, epoch, target, metric, index, value)``: ``step`` counts the SGD steps done,
 ``target`` is the member (``"member<k>"``), ``metric`` is ``test_loss``, ``train_loss``, ``task``
 (the index in ``task_names`` of the task of the chunk that ended at that step) or
@@ -27,8 +27,8 @@ from torchmetrics.functional import mean_squared_error
 
 from lightning_critical._checks import check_choice, check_float_dtype, check_int
 from lightning_critical._namespace import pl
+from lightning_critical.history import History, Record
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
-from lightning_critical.monitors.history import History, Record
 
 
 class EnsembleMember:

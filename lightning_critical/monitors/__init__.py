@@ -1,7 +1,7 @@
 """Monitor callbacks: what the network has learned, recorded over training."""
 
+from lightning_critical.history import read_history
 from lightning_critical.monitors.fisher_monitor import FisherMonitor
-from lightning_critical.monitors.history import read_history
 from lightning_critical.monitors.spectral_monitor import SpectralMonitor
 
 __all__ = ["FisherMonitor", "SpectralMonitor", "read_history"]

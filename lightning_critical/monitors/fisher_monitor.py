@@ -17,7 +17,7 @@ from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import history_path, log_scalars
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.fisher import LABELS, fisher_layers, fisher_trace
-from lightning_critical.monitors.history import History, Record, check_history_file
+from lightning_critical.history import History, Record, check_history_file
 from lightning_critical.probing import probing
 
 TOTAL = "total"
@@ -52,7 +52,7 @@ class FisherMonitor(pl.Callback):
     ``fisher_trace/<layer>`` on every rank with identical keys (each rank estimates on its
     own batches); ``<log dir>/<history_file>`` on rank zero, only with a logger (without one,
     nothing is written; the records stay in memory). History semantics (one fit, one
-    history; resume continues it): :mod:`lightning_critical.monitors.history`.
+    history; resume continues it): :mod:`lightning_critical.history`.
 
     Args:
         every_n_epochs: record cadence (epoch 0 is always recorded).

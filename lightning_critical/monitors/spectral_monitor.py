@@ -24,7 +24,7 @@ from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, history_path, log_scalars
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
-from lightning_critical.monitors.history import History, check_history_file
+from lightning_critical.history import History, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
 from lightning_critical.spectral.matrices import find_weight_matrices, name_matches
@@ -78,7 +78,7 @@ class SpectralMonitor(pl.Callback):
     deficit hooks stay inert, dropout draws nothing, BatchNorm statistics do not move and every
     random-number stream is restored; a run with the monitor ends bitwise equal to one without.
 
-    Histories (see :mod:`lightning_critical.monitors.history`): one fit, one history.
+    Histories (see :mod:`lightning_critical.history`): one fit, one history.
     A fit from step 0 starts empty (a monitor reused for a second ``fit`` forgets the first,
     and a file left in the same log directory by an earlier run is replaced, with a warning);
     a fit resumed from a checkpoint keeps the records taken before the checkpoint's step and

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lightning_critical.monitors.history import COLUMNS, read_history
+from lightning_critical.history import COLUMNS, read_history
 
 FISHER_METRIC = "fisher_trace"
 DEFAULT_FILES: tuple[str, ...] = ("spectral_history.csv", "fisher_history.csv")

@@ -1,7 +1,7 @@
 """Figures of a user's own run: any monitor metric per layer over steps, the Fisher trace over epochs, spectra.
 
 Every function takes a monitor history table (``monitor.to_frame()``,
-:func:`~lightning_critical.monitors.history.read_history`, or a table of
+:func:`~lightning_critical.history.read_history`, or a table of
 :func:`~lightning_critical.plots.run_files.load_run`) or a run directory, and returns a matplotlib
 ``Figure``. Deficit windows are shaded: given as ``windows={name: [(start, end), ...]}`` in
 optimizer steps, or, for a run directory, read from the ``deficit/<name>`` scalars of its event
@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lightning_critical._checks import check_choice
 from lightning_critical._output import DPI, write_outputs
-from lightning_critical.monitors.history import COLUMNS
+from lightning_critical.history import COLUMNS
 from lightning_critical.plots._figure import root_figure, subplots
 from lightning_critical.plots.run_files import FISHER_METRIC, Run, Windows, load_run
 from lightning_critical.spectral import name_matches

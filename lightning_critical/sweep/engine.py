@@ -14,7 +14,9 @@ import pandas as pd
 
 from lightning_critical import _namespace
 from lightning_critical._checks import check_choice, check_int, check_seed
+from lightning_critical._namespace import pl
 from lightning_critical._output import save_figure
+from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import units
@@ -360,8 +362,6 @@ def _check_windows_fit(grid: WindowGrid, max_epochs: int, steps_per_epoch: int |
 
 
 def _check_callables(model: Any, datamodule: Any, deficit: Any, callbacks: Any) -> None:
-    from lightning_critical.deficits.base import WindowedDeficit
-
     if not callable(model) or _is_instance_of_lightning(model):
         raise TypeError(
             f"model={model!r} is not valid: give a factory (a LightningModule class or a function returning one), "
@@ -389,8 +389,6 @@ def _check_callables(model: Any, datamodule: Any, deficit: Any, callbacks: Any) 
 
 
 def _is_instance_of_lightning(obj: Any) -> bool:
-    from lightning_critical._namespace import pl
-
     return isinstance(obj, (pl.LightningModule, pl.LightningDataModule))
 
 

@@ -51,7 +51,12 @@ from typing import Any
 import torch
 
 from lightning_critical._checks import check_float_dtype, check_int
+from lightning_critical._namespace import pl
+from lightning_critical.deficits.task_switch import TaskSwitch
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
+from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
 from lightning_critical.schedule import largest_common_divisor
+from lightning_critical.sweep.execute import QUIET_TRAINER, isolated, portable, quiet
 from lightning_critical.sweep.runners import record
 
 _SINGULAR_VALUE = re.compile(r"singular_values/(\d+)")
@@ -101,8 +106,6 @@ class FactorizationEnsembleRunner:
         return sorted(groups.values(), key=lambda g: -sum(t.epochs for t in g))
 
     def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:
-        from lightning_critical.sweep.execute import isolated, portable, quiet
-
         start = time.perf_counter()
         spec = tasks[0].spec
         with isolated(spec.threads_per_run), quiet():
@@ -134,12 +137,6 @@ class FactorizationEnsembleRunner:
 
     # -- one ensemble ----------------------------------------------------------------------
     def _fit(self, tasks: list[Any]) -> list[dict[str, Any]]:
-        from lightning_critical._namespace import pl
-        from lightning_critical.deficits.task_switch import TaskSwitch
-        from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
-        from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
-        from lightning_critical.sweep.execute import QUIET_TRAINER
-
         spec, first = tasks[0].spec, tasks[0].run
         pl.seed_everything(first.seed, verbose=False)
         model = spec.build_model(first)

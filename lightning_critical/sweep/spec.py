@@ -25,6 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_critical import _namespace
+from lightning_critical._namespace import pl
+from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
 from lightning_critical.sweep.grids import GridEntry, Schedule
 
@@ -296,15 +299,11 @@ class SweepSpec:
         return {"seed": run.seed, **run.params_dict}
 
     def build_model(self, run: RunSpec) -> Any:
-        from lightning_critical._namespace import pl
-
         model = self.model(**accepted_kwargs(self.model, self.factory_kwargs(run)))
         return _built(model, self.model, "model", pl.LightningModule,
                       "pass a function or class that builds one (called as factory(seed=..., **params)).")
 
     def build_datamodule(self, run: RunSpec) -> Any:
-        from lightning_critical._namespace import pl
-
         if self.datamodule is None:
             return None
         dm = self.datamodule(**accepted_kwargs(self.datamodule, self.factory_kwargs(run)))
@@ -333,7 +332,6 @@ class SweepSpec:
 
 def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
     """One deficit for ``window``: copy a ``WindowedDeficit`` template, or call a factory."""
-    from lightning_critical.deficits.base import WindowedDeficit
 
     if isinstance(maker, WindowedDeficit):
         made = copy.deepcopy(maker)
@@ -352,7 +350,6 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
 
 def _built(obj: Any, factory: Any, kind: str, cls: type, hint: str) -> Any:
     """``obj`` as a factory built it, checked: of the bound Lightning namespace and of class ``cls``."""
-    from lightning_critical import _namespace
 
     who = f"{kind} factory {_qualname(factory)}"
     mismatch = _namespace.mismatch_message(obj, f"{who}'s {kind}")
@@ -368,8 +365,6 @@ def _deficit_name(maker: Any) -> str:
 
 
 def _as_callbacks(made: Any, what: Callable[[], str]) -> list[Any]:
-    from lightning_critical._namespace import pl
-
     items = list(made) if isinstance(made, (list, tuple)) else [made]
     for item in items:
         if not isinstance(item, pl.Callback):

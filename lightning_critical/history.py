@@ -1,4 +1,6 @@
-"""A tidy table of monitor records, kept in memory and mirrored to a CSV file.
+"""The long-format record table (step, epoch, target, metric, index, value), in memory and in a CSV file.
+
+Monitors and the factorization ensemble write their records through it; plots read it back.
 
 Semantics (shared by every monitor):
 
