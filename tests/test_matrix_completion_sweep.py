@@ -66,7 +66,7 @@ def test_ensemble_equals_sequential_trainer_runs():
     """Each member == one Trainer run of DeepMatrixFactorization with its own TaskSwitch."""
     size, depth, cont, switches = 12, 3, 40, [0, 20, 40]
     kw: dict[str, Any] = dict(size=size, n_observed=60, pretrain_rank=4, target_rank=2, init_scale=0.1, lr=5.0, seed=0)
-    ens, dm, callbacks = build_switch_ensemble(depth, switches, cont, steps_per_epoch=20, dtype=torch.float64, **kw)
+    ens, dm, callbacks = build_switch_ensemble(depth, switches, cont, sgd_steps_per_epoch=20, dtype=torch.float64, **kw)
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(callbacks), **QUIET).fit(ens, datamodule=dm)
     maps = ens.end_to_end_maps()
     for k, switch in enumerate(switches):
@@ -85,7 +85,7 @@ def test_ensemble_equals_sequential_trainer_runs():
 
 def test_task_switch_drives_each_member():
     ens, dm, callbacks = build_switch_ensemble(2, [0, 30, 60], 30, size=10, n_observed=40, pretrain_rank=3,
-                                               target_rank=1, steps_per_epoch=10)
+                                               target_rank=1, sgd_steps_per_epoch=10)
     assert largest_common_divisor([0, 30, 60, 30]) == 30 and ens.sgd_steps_per_epoch == 10
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(callbacks), **QUIET).fit(ens, datamodule=dm)
     hist = ens.history()
@@ -119,10 +119,10 @@ def test_fewer_examples_deficit_and_parameter_sweeps():
         (dict(switch_epochs=[-1]), r"switch epoch=-1"),
         (dict(pretrain_rank=11), r"pretrain_rank=11 must be an integer \[1, 10\]"),
         (dict(init="he"), r"init='he' is not valid"),
-        (dict(steps_per_epoch=7), r"steps_per_epoch=7 must divide"),
-        (dict(steps_per_epoch=0), r"steps_per_epoch=0 must be an integer >= 1"),
-        (dict(steps_per_epoch=-10), r"steps_per_epoch=-10 must be an integer >= 1"),
-        (dict(steps_per_epoch=2.5), r"steps_per_epoch=2.5 must be an integer >= 1"),
+        (dict(sgd_steps_per_epoch=7), r"sgd_steps_per_epoch=7 must divide"),
+        (dict(sgd_steps_per_epoch=0), r"sgd_steps_per_epoch=0 must be an integer >= 1"),
+        (dict(sgd_steps_per_epoch=-10), r"sgd_steps_per_epoch=-10 must be an integer >= 1"),
+        (dict(sgd_steps_per_epoch=2.5), r"sgd_steps_per_epoch=2.5 must be an integer >= 1"),
     ],
 )
 def test_sweep_validation(kwargs, message):
@@ -173,7 +173,7 @@ def test_worker_processes_give_the_same_table():
 
 def _resume_setup():
     return build_switch_ensemble(2, [0, 20, 40], 40, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
-                                 init_scale=0.1, lr=2.0, steps_per_epoch=10, dtype=torch.float64)
+                                 init_scale=0.1, lr=2.0, sgd_steps_per_epoch=10, dtype=torch.float64)
 
 
 def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path):
@@ -204,7 +204,7 @@ def test_checkpoint_of_another_ensemble_is_refused(tmp_path):
     checkpoint: dict[str, Any] = {}
     ens.on_save_checkpoint(checkpoint)
     other, _, _ = build_switch_ensemble(2, [0, 30], 30, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
-                                        steps_per_epoch=10)
+                                        sgd_steps_per_epoch=10)
     with pytest.raises(ValueError, match="checkpoint of a different ensemble"):
         other.on_load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match="cannot be resumed, rerun the sweep"):
@@ -216,7 +216,7 @@ def test_ensemble_history_is_the_monitors_long_format():
     from lightning_critical.history import COLUMNS
 
     ens, dm, switches = build_switch_ensemble(2, [0, 20], 20, size=8, n_observed=30, pretrain_rank=3, target_rank=1,
-                                              steps_per_epoch=10, dtype=torch.float64)
+                                              sgd_steps_per_epoch=10, dtype=torch.float64)
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), **QUIET).fit(ens, datamodule=dm)
     hist = ens.history()
     assert list(hist.columns) == list(COLUMNS)
@@ -242,7 +242,7 @@ def test_ensemble_history_is_the_monitors_long_format():
 def test_ensemble_fit_raises_no_optimizer_warning(recwarn):
     """configure_optimizers returns [] (not None): Lightning's "returned None" warning cannot occur."""
     ens, dm, switches = build_switch_ensemble(1, [0, 10], 10, size=6, n_observed=20, pretrain_rank=2, target_rank=1,
-                                              steps_per_epoch=10)
+                                              sgd_steps_per_epoch=10)
     assert ens.configure_optimizers() == []
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), **QUIET).fit(ens, datamodule=dm)
     assert not [w for w in recwarn if "configure_optimizers" in str(w.message)]

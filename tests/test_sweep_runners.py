@@ -144,8 +144,8 @@ def test_ensemble_runner_names_what_it_cannot_train(tmp_path):
         lc.sweep.run(MODEL, DATA, deficit=pretrain_until, windows=[(0, 2)], metrics="val_acc",
                      trainer={"max_epochs": 4}, runner=lc.sweep.FactorizationEnsembleRunner(),
                      out=str(tmp_path / "b"), **QUIET)
-    with pytest.raises(ValueError, match=r"steps_per_epoch=0 must be an integer >= 1"):
-        lc.sweep.FactorizationEnsembleRunner(steps_per_epoch=0)
+    with pytest.raises(ValueError, match=r"sgd_steps_per_epoch=0 must be an integer >= 1"):
+        lc.sweep.FactorizationEnsembleRunner(sgd_steps_per_epoch=0)
     assert os.path.isdir(tmp_path / "a")
 
 

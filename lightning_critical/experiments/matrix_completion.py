@@ -58,7 +58,7 @@ SWEEP_PARAMETERS: tuple[str, ...] = (
 
 def _check_switch_sweep(
     depth: int, switch: list[int], continue_epochs: int, size: int, n_observed: int, pretrain_rank: int,
-    target_rank: int, init: str, pretrain_observed: int | None, steps_per_epoch: int | None,
+    target_rank: int, init: str, pretrain_observed: int | None, sgd_steps_per_epoch: int | None,
 ) -> int:
     """Check the arguments of one switch sweep (before any training); return the SGD steps per Lightning step."""
     check_int("depth", depth, 1)
@@ -77,13 +77,13 @@ def _check_switch_sweep(
         check_int("pretrain_rank", pretrain_rank, 1, size)
     else:
         check_int("pretrain_observed", pretrain_observed, 1, n_observed)
-    if steps_per_epoch is None:
+    if sgd_steps_per_epoch is None:
         k = largest_common_divisor(switch + [continue_epochs])
     else:
-        k = check_int("steps_per_epoch", steps_per_epoch, 1)
+        k = check_int("sgd_steps_per_epoch", sgd_steps_per_epoch, 1)
     if any(t % k for t in switch + [continue_epochs]):
         raise ValueError(
-            f"steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
+            f"sgd_steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
         )
     return k
 
@@ -142,7 +142,7 @@ def build_switch_ensemble(
     seed: int = 0,
     init: str = "gaussian",
     pretrain_observed: int | None = None,
-    steps_per_epoch: int | None = None,
+    sgd_steps_per_epoch: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[FactorizationEnsemble, MatrixCompletionDataModule, list[TaskSwitch]]:
     """The ensemble, datamodule and per-member ``TaskSwitch`` callbacks of one sweep.
@@ -152,7 +152,7 @@ def build_switch_ensemble(
     """
     switch = list(switch_epochs)
     k = _check_switch_sweep(depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init,
-                            pretrain_observed, steps_per_epoch)
+                            pretrain_observed, sgd_steps_per_epoch)
     tasks = _tasks(pretrain_rank, target_rank, pretrain_observed)
     dm = MatrixCompletionDataModule(size=size, n_observed=n_observed, tasks=tasks, seed=seed)
     model = DeepMatrixFactorization(size=size, depth=depth, init=init, init_scale=init_scale, lr=lr, seed=seed)
@@ -202,7 +202,7 @@ def matrix_completion_sweep(
     *,
     init: str = "gaussian",
     pretrain_observed: int | None = None,
-    steps_per_epoch: int | None = None,
+    sgd_steps_per_epoch: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     logger: Any = False,
@@ -222,7 +222,7 @@ def matrix_completion_sweep(
         pretrain_observed: if given, the "fewer examples" deficit replaces the pre-training
             task: pre-train on the first ``pretrain_observed`` observations of the target
             (``pretrain_rank`` is then unused).
-        steps_per_epoch: SGD steps per Lightning step (default: the largest divisor of all
+        sgd_steps_per_epoch: SGD steps per Lightning step (default: the largest divisor of all
             times up to 1000).
         dtype: float32 (default) or float64.
         progress: show Lightning's progress bar.
@@ -256,7 +256,7 @@ def matrix_completion_sweep(
     switch = list(switch_epochs)
     ensemble, dm, switches = build_switch_ensemble(
         depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init_scale, lr, seed,
-        init, pretrain_observed, steps_per_epoch, dtype,
+        init, pretrain_observed, sgd_steps_per_epoch, dtype,
     )
     _fit(ensemble, dm, switches, progress, logger, num_threads, accelerator)
     settings = {
@@ -324,13 +324,13 @@ def matrix_completion_parameter_sweep(
     for job in settings:  # every value's arguments are checked before anything trains
         _check_switch_sweep(job["depth"], switch, job["continue_epochs"], job["size"], job["n_observed"],
                             job["pretrain_rank"], job["target_rank"], job["init"], job["pretrain_observed"],
-                            job["steps_per_epoch"])
+                            job["sgd_steps_per_epoch"])
     fixed = {k: v for k, v in settings[0].items() if k != parameter}
     model = functools.partial(DeepMatrixFactorization, **{k: fixed[k] for k in _MODEL_ARGS if k in fixed})
     data = functools.partial(completion_data, **{k: fixed[k] for k in _DATA_ARGS if k in fixed})
     grid = _switch_grid(switch, fixed["continue_epochs"])
-    runner = sweep.FactorizationEnsembleRunner(steps_per_epoch=fixed["steps_per_epoch"], initial_task="pretrain",
-                                               dtype=fixed["dtype"])
+    runner = sweep.FactorizationEnsembleRunner(sgd_steps_per_epoch=fixed["sgd_steps_per_epoch"],
+                                               initial_task="pretrain", dtype=fixed["dtype"])
     sizes = values if parameter == "size" else [fixed["size"]]
     top_k = min(runner.top_k, max(sizes))  # a smaller matrix has fewer: NaN, as when its table is stacked
     metrics = ["test_loss", "train_loss", "sgd_steps"] + [f"singular_values/{i}" for i in range(top_k)]
@@ -355,7 +355,8 @@ def matrix_completion_parameter_sweep(
 _SWEEP_DEFAULTS: dict[str, Any] = {
     "depth": 3, "switch_epochs": PAPER_SWITCH_EPOCHS, "continue_epochs": 30000, "size": 100, "n_observed": 2000,
     "pretrain_rank": 10, "target_rank": 5, "init_scale": 1e-3, "lr": 0.2, "seed": 0, "init": "gaussian",
-    "pretrain_observed": None, "steps_per_epoch": None, "dtype": torch.float32, "num_threads": 1, "accelerator": "auto",
+    "pretrain_observed": None, "sgd_steps_per_epoch": None, "dtype": torch.float32, "num_threads": 1,
+    "accelerator": "auto",
 }
 _MODEL_ARGS = ("size", "depth", "init", "init_scale", "lr")
 _DATA_ARGS = ("size", "n_observed", "pretrain_rank", "target_rank", "pretrain_observed")
@@ -425,7 +426,7 @@ def matrix_completion_trajectories(
     switch_epoch, step, metric, index, value``).
     """
     _, hist = matrix_completion_sweep(
-        depth, switch_epochs, continue_epochs, steps_per_epoch=record_every, return_history=True, **kwargs
+        depth, switch_epochs, continue_epochs, sgd_steps_per_epoch=record_every, return_history=True, **kwargs
     )
     return hist
 

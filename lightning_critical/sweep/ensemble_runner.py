@@ -15,7 +15,7 @@ products. The rows equal those of the default runner up to float32 rounding, and
 of the ensemble built by hand (``tests/test_sweep_runners.py``).
 
 An epoch of the sweep is one full-batch SGD step (the datamodule serves one batch); the
-runner groups ``steps_per_epoch`` of them per Lightning step (default: the largest divisor,
+runner groups ``sgd_steps_per_epoch`` of them per Lightning step (default: the largest divisor,
 up to 1000, of every switch time and run length). Metrics are read by name from
 ``FactorizationEnsemble.final_metrics()``: ``test_loss``, ``train_loss``, ``sgd_steps``,
 ``singular_values/0``... (``singular_values/<i>`` is NaN where the matrix has fewer than
@@ -66,7 +66,7 @@ class FactorizationEnsembleRunner:
     """Train all runs of one seed and swept values as one :class:`~lightning_critical.models.FactorizationEnsemble`.
 
     Args:
-        steps_per_epoch: SGD steps per Lightning step (default: the largest divisor, up to
+        sgd_steps_per_epoch: SGD steps per Lightning step (default: the largest divisor, up to
             1000, of every switch time and run length); must divide all of them.
         initial_task: the task all members start on (members whose schedule starts elsewhere
             fork at once); default: the task most members start on.
@@ -81,7 +81,7 @@ class FactorizationEnsembleRunner:
 
     Example::
 
-        >>> FactorizationEnsembleRunner(steps_per_epoch=100).name
+        >>> FactorizationEnsembleRunner(sgd_steps_per_epoch=100).name
         'factorization_ensemble'
     """
 
@@ -89,9 +89,9 @@ class FactorizationEnsembleRunner:
     shares_prefixes = False  # members share their common prefix inside the ensemble
     supports: frozenset[str] = frozenset()  # one vectorized model: no per-run callbacks, tests, logs or files
 
-    def __init__(self, steps_per_epoch: int | None = None, initial_task: str | None = None,
+    def __init__(self, sgd_steps_per_epoch: int | None = None, initial_task: str | None = None,
                  dtype: torch.dtype = torch.float32, top_k: int = 10) -> None:
-        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, low=1, allow_none=True)
+        self.sgd_steps_per_epoch = check_int("sgd_steps_per_epoch", sgd_steps_per_epoch, low=1, allow_none=True)
         if initial_task is not None and (not isinstance(initial_task, str) or not initial_task):
             raise ValueError(f"initial_task={initial_task!r} is not valid: give a task name or None.")
         self.initial_task = initial_task
@@ -151,11 +151,11 @@ class FactorizationEnsembleRunner:
         schedules = [self._schedule(spec, task, base, TaskSwitch) for task in tasks]
         initial = self.initial_task or collections.Counter(s[0] for s in schedules).most_common(1)[0][0]
         times = [t for s in schedules for t in s] + [task.epochs for task in tasks]
-        k = self.steps_per_epoch or largest_common_divisor(times)
+        k = self.sgd_steps_per_epoch or largest_common_divisor(times)
         bad = sorted({t for t in times if t % k})
         if bad:
-            raise ValueError(f"steps_per_epoch={k} must divide every switch time and run length; it does not divide "
-                             f"{bad}.")
+            raise ValueError(f"sgd_steps_per_epoch={k} must divide every switch time and run length; it does not "
+                             f"divide {bad}.")
         ensemble = FactorizationEnsemble(model, dm, [task.epochs for task in tasks], sgd_steps_per_epoch=k,
                                          initial_task=initial, top_k=self.top_k, dtype=self.dtype)
         switches = []
