@@ -72,7 +72,8 @@ class TaskSwitch(pl.Callback):
     the schedule (:meth:`hparams_for_tensorboard`).
 
     Args:
-        schedule: ``{time: task_name}``; times are non-negative integers (or digit strings,
+        schedule: ``{time: task_name}``; times are non-negative integers (whole-number floats
+            such as ``3.0`` count, as for :class:`~lightning_critical.Window`; or digit strings,
             as JSON/YAML configs may write them; ``"3"`` and ``3`` in one schedule are an error),
             or a :class:`~lightning_critical.Schedule` of task names, which brings its unit.
         unit: ``"epoch"`` or ``"step"``.

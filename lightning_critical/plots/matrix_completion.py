@@ -71,8 +71,9 @@ def plot_singular_value_trajectories(
 
     ``history``: the long table of :func:`~lightning_critical.experiments.matrix_completion_trajectories`
     (``switch_epoch, step, metric, index, value`` with metrics ``singular_values`` and
-    ``test_loss``). ``theory``: optional table in the same format (``singular_values`` rows,
-    e.g. from :func:`lightning_critical.theory.switch_theory`), drawn dashed on top.
+    ``test_loss``). ``theory``: optional table in the same format (``singular_values`` rows, e.g.
+    the ``singular_values`` of :func:`lightning_critical.theory.switch_theory`'s flow, one row per
+    step and index), drawn dashed on top.
 
     Example::
 
