@@ -254,9 +254,9 @@ def register_transform(
     it must not modify its argument. Random draws must come from ``context.generator(device)``
     (seeded per micro-batch, so runs repeat and the global RNG is untouched). Register before
     constructing the deficit, at the top level of your module, so that sweep workers importing it
-know the name too; the deficit keeps the entry it was built with. Built-in names cannot be
-replaced (a worker would silently apply the built-in); :func:`unregister_transform` removes
-a registered one.
+    know the name too; the deficit keeps the entry it was built with. Built-in names cannot be
+    replaced (a worker would silently apply the built-in); :func:`unregister_transform` removes
+    a registered one.
 
     Args:
         name: the new ``transform=`` name (a non-empty string not yet registered).

@@ -11,11 +11,11 @@ baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`ru
 
 Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
 ``execute`` (one run in this process), ``units`` (a unit of work and how a worker runs it),
-``backends`` (serial, process, Executor, Ray),
-``scheduler`` (the DAG on a backend), ``runners`` (what trains the runs: the :class:`Runner`
-interface, one Lightning fit per run by default), ``ensemble_runner`` (all runs of a seed as one
-vectorized factorization ensemble), ``store`` (the resumable directory), ``logs`` (branch
-prefixes in every run's logs), ``table`` (the tidy table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
+``backends`` (serial, process, Executor, Ray), ``scheduler`` (the DAG on a backend), ``runners``
+(what trains the runs: the :class:`Runner` interface, one Lightning fit per run by default),
+``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
+(the resumable directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
+table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
 ``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
 """
 
