@@ -20,7 +20,7 @@ from lightning_critical._checks import check_int
 from lightning_critical.schedule import Window, check_unit
 
 Kind = Literal["removal", "sliding", "explicit"]
-Schedule = tuple[Window, ...]
+RunWindows = tuple[Window, ...]
 """The windows of one run, sorted by start; ``()`` is the no-deficit baseline."""
 
 
@@ -31,7 +31,7 @@ class GridEntry:
     ``max_epochs`` is ``None`` when the run trains for the sweep's ``max_epochs``.
     """
 
-    windows: Schedule
+    windows: RunWindows
     max_epochs: int | None = None
 
     @property
@@ -147,7 +147,7 @@ def _is_single(value: Any) -> bool:
     return numeric and (len(value) == 2 or isinstance(value[2], str))
 
 
-def _entry(value: Any, unit: str, position: int) -> Schedule:
+def _entry(value: Any, unit: str, position: int) -> RunWindows:
     if value is None:
         return ()
     try:
@@ -197,7 +197,7 @@ def windows(entries: Sequence[WindowSpec], unit: str = "epoch") -> WindowGrid:
     units = {w.unit for s in schedules for w in s}
     if len(units) > 1:
         raise ValueError(f"windows mixes units {sorted(units)}; use one unit per grid.")
-    seen: list[Schedule] = []
+    seen: list[RunWindows] = []
     for i, s in enumerate(schedules):
         if s in seen and s:
             raise ValueError(f"windows[{i}]={entries[i]!r} repeats an earlier entry: give each run once.")

@@ -29,7 +29,7 @@ from lightning_critical import _namespace
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
-from lightning_critical.sweep.grids import GridEntry, Schedule
+from lightning_critical.sweep.grids import GridEntry, RunWindows
 
 Metric = str | Callable[..., Mapping[str, float]]
 Params = tuple[tuple[str, Any], ...]
@@ -157,7 +157,7 @@ class RunSpec:
         (Window(start=0, end=5, unit='epoch'), False, 'w0-5_seed1_lr=0.1')
     """
 
-    windows: Schedule
+    windows: RunWindows
     seed: int
     params: Params = ()
     max_epochs: int | None = None
