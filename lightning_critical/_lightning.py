@@ -75,12 +75,6 @@ def steps_per_epoch(trainer: pl.Trainer) -> int | None:
     return max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
 
 
-def makedirs_for(path: str) -> None:
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-
-
 def tensorboard_loggers(trainer: pl.Trainer) -> list[Any]:
     """Every TensorBoard logger of the trainer (either Lightning namespace), on rank zero only (else empty)."""
     if not trainer.is_global_zero:

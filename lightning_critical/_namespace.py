@@ -81,11 +81,6 @@ def submodule(path: str) -> ModuleType:
     return importlib.import_module(f"{NAME}.{path}")
 
 
-def loaded_namespaces() -> list[ModuleType]:
-    """The Lightning namespaces imported in this process (never imports one)."""
-    return [sys.modules[name] for name in NAMESPACES if name in sys.modules]
-
-
 def instance_of(obj: Any, path: str) -> bool:
     """Whether ``obj`` is an instance of ``<namespace>.<path>`` in any loaded namespace.
 
