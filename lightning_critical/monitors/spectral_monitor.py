@@ -433,6 +433,7 @@ class SpectralMonitor(pl.Callback):
                 trainer, {f"singular_values/{name}": s for name, s in record.spectra.items()}, step
             )
 
+
 def _check_task_basis(value: Any) -> TaskBasis | None:
     """``None`` or ``(U, S, V)`` tensors with ``U`` (out x r), ``S`` (r,), ``V`` (in x r)."""
     if value is None:
