@@ -34,12 +34,14 @@ import concurrent.futures as cf
 import importlib.util
 import multiprocessing
 import os
-import signal
+import shutil
+import tempfile
 from typing import Any, Protocol
 
 from lightning_critical._checks import check_choice
 from lightning_critical.sweep.ray_backend import RayBackend  # imports Ray itself only when a run is submitted
 from lightning_critical.sweep.units import dumps, run_payload, run_unit
+from lightning_critical.sweep.workers import REPORT_ENV, WorkerStartupError, explain_death, init_worker
 
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 
@@ -64,16 +66,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker(threads: int) -> None:
-    # The parent handles Ctrl-C and stops the workers; a worker must not die half-way through a write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 class SerialBackend:
     """Runs each task in this process when it is submitted."""
 
@@ -94,7 +86,12 @@ class SerialBackend:
 
 
 class ProcessBackend:
-    """Spawned local worker processes (a ``ProcessPoolExecutor``), one per core by default."""
+    """Spawned local worker processes (a ``ProcessPoolExecutor``), one per core by default.
+
+    Workers die with this process (:func:`~lightning_critical.sweep.workers.init_worker`), and a
+    worker that dies is named with its cause (:meth:`explain_broken`): a start-up failure stops
+    the sweep at once, since no run could succeed.
+    """
 
     name = "process"
     needs_pickling = True
@@ -104,21 +101,40 @@ class ProcessBackend:
         self.max_in_flight = self.workers
         self.threads = threads_per_run
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._reports: str | None = None  # where starting workers write their errors
+        self._old_env: str | None = None
+        self._processes: dict[int, Any] = {}
+        self._startup_failed = False
 
     def _executor(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
+            # spawned workers inherit the environment when they start (before they import anything of ours)
+            self._reports = tempfile.mkdtemp(prefix="lightning-critical-workers-")
+            self._old_env = os.environ.get(REPORT_ENV)
+            os.environ[REPORT_ENV] = self._reports
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.threads,),
+                initializer=init_worker, initargs=(self.threads, os.getpid()),
             )
         return self._pool
 
     def submit(self, task: Any) -> cf.Future[dict[str, Any]]:
-        return self._executor().submit(run_payload, dumps(task))
+        future = self._executor().submit(run_payload, dumps(task))
+        # keep the Process objects: their exit codes name the cause once the pool has broken
+        self._processes.update(getattr(self._pool, "_processes", None) or {})
+        return future
+
+    def explain_broken(self, err: BaseException) -> BaseException:
+        """The broken pool's error with its cause: a worker's start-up error, or its exit code / signal."""
+        for process in self._processes.values():
+            process.join(timeout=1)  # the pool has already stopped them; make their exit codes readable
+        explained = explain_death(err, self._reports, list(self._processes.values()))
+        self._startup_failed = isinstance(explained, WorkerStartupError)
+        return explained
 
     def restart(self) -> bool:
         self.close(cancel=True)
-        return True
+        return not self._startup_failed  # every fresh worker would fail the same way
 
     def close(self, cancel: bool) -> None:
         pool, self._pool = self._pool, None
@@ -127,6 +143,14 @@ class ProcessBackend:
         if cancel:
             _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=cancel)
+        self._processes.clear()
+        if self._old_env is None:
+            os.environ.pop(REPORT_ENV, None)
+        else:
+            os.environ[REPORT_ENV] = self._old_env
+        if self._reports is not None:
+            shutil.rmtree(self._reports, ignore_errors=True)
+            self._reports = None
 
 
 def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
@@ -150,6 +174,7 @@ class ExecutorBackend:
     max_in_flight: int | None = None
 
     def __init__(self, executor: Any) -> None:
+        _check_usable(executor)
         self.executor = executor
         self.name = type(executor).__name__
         workers = getattr(executor, "_max_workers", None)
@@ -164,6 +189,22 @@ class ExecutorBackend:
 
     def close(self, cancel: bool) -> None:
         pass  # the caller owns the executor
+
+
+def _check_usable(executor: Any) -> None:
+    """Refuse an executor that is shut down or broken now, rather than at its first run."""
+    name = type(executor).__name__
+    broken = getattr(executor, "_broken", False)
+    if broken:
+        raise ValueError(
+            f"backend={name} is broken ({broken}): it cannot run anything. Create a new executor, or use "
+            "backend='process'."
+        )
+    if getattr(executor, "_shutdown_thread", False) or getattr(executor, "_shutdown", False) is True:
+        raise ValueError(
+            f"backend={name} is already shut down (its `with` block ended, or shutdown() was called): it cannot "
+            "run anything. Call lc.sweep.run inside the executor's `with` block, or use backend='process'."
+        )
 
 
 def ray_available() -> bool:

@@ -20,6 +20,7 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import units
+from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
@@ -202,6 +203,7 @@ def run(
     chosen = _backends.resolve_backend(backend, n_workers, threads, dict(backend_options or {}))
     if chosen.needs_pickling:
         _check_main_guard()
+        _workers.check_main_guard(chosen)
         _check_picklable(spec, chosen.name)
     _check_builds(spec, runs)
     _claim(store, identity, spec.describe())

@@ -29,6 +29,7 @@ from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.store import Store
+from lightning_critical.sweep.workers import WorkerDied, WorkerStartupError
 
 
 class SweepAborted(RuntimeError):
@@ -189,18 +190,22 @@ class Scheduler:
 
     def _broken(self, job: list[Node], err: BaseException) -> None:
         """A worker died: the pool is gone with every run it held."""
+        explain = getattr(self.backend, "explain_broken", None)  # the backend may know how it died
+        err = explain(err) if explain is not None else err
         lost = [job] + list(self.running.values())
         self.running.clear()
         if not self.backend.restart():
             for lost_job in lost:
                 for node in lost_job:
-                    self._record(node, self._failure(node, f"the executor broke: {err!r}"))
-            self.aborted = f"the executor broke ({err!r}); finished runs are saved, rerun to retry the others."
+                    self._record(node, self._failure(node, f"the executor broke: {_describe(err)}"))
+            self.aborted = f"the executor broke ({_describe(err)}); finished runs are saved, rerun to retry the others."
             return
         if len(lost) == 1 and job[0].run_id in self.suspects:
             self.suspects.discard(job[0].run_id)
+            died = str(err) if isinstance(err, WorkerDied) else \
+                "its worker process died (killed, out of memory, or os._exit)"
             for node in job:
-                self._record(node, self._failure(node, "its worker process died (killed, out of memory, or os._exit)"))
+                self._record(node, self._failure(node, died))
             return
         for lost_job in lost:  # retry each alone in a fresh pool to find the one that kills its worker
             self.suspects.add(lost_job[0].run_id)
@@ -251,6 +256,10 @@ class Scheduler:
         self.log_final.add(node.run_id)
         for child, child_record in self.log_waiting.pop(node.run_id, []):
             self._copy_logs(child, child_record)
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, WorkerStartupError) else repr(err)
 
 
 def _wait(futures: list[Any], timeout: float) -> list[Any]:
