@@ -19,10 +19,27 @@ RESULT_COLUMNS = ["status", "error", "seconds", "epochs", "epochs_trained", "bra
 """Columns a run's result adds (besides its metrics)."""
 
 
+COUNT_COLUMNS = ["n", "n_failed", "n_nonfinite"]
+"""Per group of :func:`summarize`: runs in it, runs not ``"ok"`` (failed or not finished), ok runs whose
+metric is NaN or infinite. ``n_seeds = n - n_failed - n_nonfinite`` values are averaged."""
+
+
+def _finite_values(group: pd.DataFrame, metric: str) -> tuple[np.ndarray, dict[str, int]]:
+    """The finite metric values of a group's ok runs, and how many runs it has, failed, or gave non-finite."""
+    ok = group["status"] == "ok"
+    values = pd.to_numeric(group.loc[ok, metric], errors="coerce").to_numpy(dtype=float)
+    finite = np.isfinite(values)
+    counts = {"n": len(group), "n_failed": int((~ok).sum()), "n_nonfinite": int((~finite).sum())}
+    return values[finite], counts
+
+
 def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, standard error and number of seeds per window (and swept values), with the drop versus the baseline.
 
-    Only runs with ``status == "ok"`` count. ``drop = baseline mean - mean`` (positive when the
+    Means and errors are over the runs with ``status == "ok"`` and a finite metric (``n_seeds``);
+    the others are counted, never dropped silently: ``n`` runs per group, ``n_failed`` not ok
+    (failed or not finished), ``n_nonfinite`` ok with a NaN or infinite metric (a window whose runs
+    all failed is a row with a NaN mean). ``drop = baseline mean - mean`` (positive when the
     deficit lowers the metric), ``drop_sem`` its standard error (the two means' errors added in
     quadrature); the baseline is the no-deficit run with the same swept values.
 
@@ -40,22 +57,24 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
         >>> s = summarize(t, "acc")
         >>> s[["window", "mean", "n_seeds", "drop"]].round(3).values.tolist()
         [['none', 0.85, 2, 0.0], ['[0, 5) epochs', 0.55, 2, 0.3]]
+        >>> t.loc[3, "acc"] = float("nan")  # a diverged seed: flagged, not averaged away
+        >>> summarize(t, "acc")[["window", "n_seeds", "n", "n_failed", "n_nonfinite"]].values.tolist()
+        [['none', 2, 2, 0, 0], ['[0, 5) epochs', 1, 2, 0, 1]]
     """
     metric = metric or (table.attrs.get("metrics") or [None])[0]
     if metric is None or metric not in table.columns:
         known = table.attrs.get("metrics") or [c for c in table.columns if c not in RUN_COLUMNS + RESULT_COLUMNS]
         raise ValueError(f"metric={metric!r} is not a column of the sweep table; choose one of {known}.")
     by = list(table.attrs.get("params", []) if by is None else by)
-    ok = table[table["status"] == "ok"].copy()
     keys = by + ["baseline", "window", "window_start", "window_end"]
     rows = []
-    for key, group in ok.groupby(keys, dropna=False, sort=False):
-        values = pd.to_numeric(group[metric], errors="coerce").dropna().to_numpy(dtype=float)
+    for key, group in table.groupby(keys, dropna=False, sort=False):  # every run: failures are counted, not lost
+        values, counts = _finite_values(group, metric)
         n = len(values)
         sem = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
         mean = float(values.mean()) if n else math.nan
-        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "sem": sem, "n_seeds": n})
-    out = pd.DataFrame(rows, columns=keys + ["mean", "sem", "n_seeds"])
+        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "sem": sem, "n_seeds": n, **counts})
+    out = pd.DataFrame(rows, columns=keys + ["mean", "sem", "n_seeds", *COUNT_COLUMNS])
     base = out[out["baseline"]].set_index(by)[["mean", "sem"]] if by else out[out["baseline"]][["mean", "sem"]]
     drops, errors = [], []
     for _, row in out.iterrows():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -39,6 +40,35 @@ def _curve_label(summary: pd.DataFrame, x: str) -> str:
     return "deficit"
 
 
+def _mark_failures(ax: Axes, summary: pd.DataFrame, x: str) -> bool:
+    """Mark windows with failed or non-finite runs (at their mean, or on the axis when none is left) and count them."""
+    bad = summary["n_failed"] + summary["n_nonfinite"] if "n_failed" in summary else pd.Series(0, summary.index)
+    flagged = summary[bad > 0]
+    if flagged.empty:
+        return False
+    total = int(bad.sum())
+    windows = flagged[~flagged["baseline"]]
+    in_base = int(bad[summary["baseline"]].sum())
+    where = f" ({in_base} in the baseline)" if in_base else ""
+    label = f"{total} run{'s' if total != 1 else ''} failed or NaN{where}: not in the means"
+    style: dict[str, Any] = {"marker": "X", "s": 60, "color": "crimson", "zorder": 5, "linewidths": 0.5,
+                             "edgecolors": "white"}
+    xs = windows[x].to_numpy(float)
+    means = windows["mean"].to_numpy(float)
+    finite = np.isfinite(means)
+    ax.scatter(xs[finite], means[finite], label=label, **style)
+    if (~finite).any():  # every run of the window failed: mark it on the x axis
+        ax.scatter(xs[~finite], np.full((~finite).sum(), 0.02), transform=ax.get_xaxis_transform(),
+                   clip_on=False, label=None if finite.any() else label, **style)
+    for xv, yv, k in zip(xs, means, bad[flagged.index][~flagged["baseline"]], strict=True):
+        y, transform = (yv, ax.transData) if np.isfinite(yv) else (0.02, ax.get_xaxis_transform())
+        ax.annotate(f"{int(k)}", (xv, y), xycoords=transform, textcoords="offset points", xytext=(5, 4),
+                    fontsize=7, color="crimson")
+    if in_base and windows.empty:
+        ax.scatter([], [], label=label, **style)
+    return True
+
+
 def plot_critical_period_curve(
     table: pd.DataFrame,
     metric: str | None = None,
@@ -50,11 +80,14 @@ def plot_critical_period_curve(
     """Mean final ``metric`` against the window's end (removal) or start (sliding), ± one standard error over seeds.
 
     The no-deficit baseline is drawn as a horizontal line with its own band. With swept
-    values (``by``, default the table's swept parameters), one line per combination.
+    values (``by``, default the table's swept parameters), one line per combination. Windows
+    with failed runs or a NaN / infinite metric are marked (a red cross with the count, on the
+    x axis when no run of the window is left) and the legend says how many runs are missing
+    from the means.
 
     Args:
-        table: a sweep table (:func:`lightning_critical.sweep.run` or ``load``); only runs with
-            ``status == "ok"`` are drawn.
+        table: a sweep table (:func:`lightning_critical.sweep.run` or ``load``); the means are over
+            runs with ``status == "ok"`` and a finite metric, the others are marked.
         metric: the metric column (default: the table's first metric).
         x: ``"window_end"`` (removal curves: when the deficit is removed) or ``"window_start"``
             (sliding curves: the deficit's onset); default from the grid's kind.
@@ -93,6 +126,7 @@ def plot_critical_period_curve(
         key = key if isinstance(key, tuple) else (key,)
         name = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
         curve = part[~part["baseline"]].sort_values(x)
+        curve = curve[np.isfinite(curve["mean"].to_numpy(float))]  # windows left without a value are marked below
         xs, mean = curve[x].to_numpy(float), curve["mean"].to_numpy(float)
         sem = np.nan_to_num(curve["sem"].to_numpy(float))
         ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{what}{' (' + name + ')' if name else ''}")
@@ -102,12 +136,18 @@ def plot_critical_period_curve(
             b_mean, b_sem = float(base["mean"].iloc[0]), float(np.nan_to_num(base["sem"].iloc[0]))
             ax.axhline(b_mean, color=color, ls="--", lw=1, label=f"no deficit{' (' + name + ')' if name else ''}")
             ax.axhspan(b_mean - b_sem, b_mean + b_sem, color=color, alpha=0.12, lw=0)
+    flagged = _mark_failures(ax, summary, x)
     n_seeds = int(summary["n_seeds"].max()) if len(summary) else 0
+    fewest = int(summary["n_seeds"][summary["n_seeds"] > 0].min()) if (summary["n_seeds"] > 0).any() else 0
+    seeds = f"{fewest}-{n_seeds} seeds" if fewest != n_seeds else f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     ax.set_xlabel(f"{'deficit removed at' if x == 'window_end' else 'deficit onset'} ({unit})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_ylabel(f"final {metric}")
-    ax.set_title(title or f"Critical period: mean ± s.e. over {n_seeds} seed{'s' if n_seeds != 1 else ''}", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title or f"Critical period: mean ± s.e. over {seeds}", fontsize=9)
+    if flagged:  # below the axes: the marks sit anywhere, the x axis included
+        ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    else:
+        ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

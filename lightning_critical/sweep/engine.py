@@ -19,6 +19,7 @@ from lightning_critical._output import save_figure
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
+from lightning_critical.sweep import failures as _failures
 from lightning_critical.sweep import units
 from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
@@ -250,17 +251,20 @@ def run(
             scheduler.run()
         latest = store.latest()
         if errors == "raise" and scheduler.first_exception is not None:
-            raise scheduler.first_exception
+            raise _failures.materialize(scheduler.first_exception)
         if errors == "raise":
             failed = [latest[rid] for rid in run_ids if latest.get(rid, {}).get("status") == "failed"]
             if failed:
-                raise RuntimeError(f"run {failed[0].get('label')} failed: {failed[0].get('error')}")
+                raise _failures.RunFailed(f"run {failed[0].get('label')} failed: {failed[0].get('error')}")
     else:
         chosen.close(cancel=False)
 
     records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
     table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
     table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out)
+    report = _failures.failure_report(table)
+    if report is not None:
+        warnings.warn(report, _failures.FailedRunsWarning, stacklevel=2)
     if all(table["status"] == "ok") and not keep_checkpoints:
         store.remove_all_checkpoints()
     if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:

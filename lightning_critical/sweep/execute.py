@@ -286,21 +286,16 @@ def execute(task: Any) -> Any:
             record["fatal"] = True
         except Exception as err:
             record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
-            record["exception"] = portable(err)
+            record["exception"] = portable(err, task.label)
     record["seconds"] = time.perf_counter() - start
     return record
 
 
-def portable(err: BaseException) -> BaseException | None:
-    """``err`` if it survives pickling (to come back from a worker process), else ``None``."""
-    import pickle
+def portable(err: BaseException, label: str | None = None) -> Any:
+    """``err`` as it can come back from a worker process as itself (:func:`lightning_critical.sweep.failures.carry`)."""
+    from lightning_critical.sweep.failures import carry
 
-    try:
-        pickle.loads(pickle.dumps(err))
-    except Exception:
-        return None
-    err.__traceback__ = None  # frames hold the trainer and model; the message and type are what matter
-    return err
+    return carry(err, label)
 
 
 def _fit(task: Task) -> dict[str, Any]:

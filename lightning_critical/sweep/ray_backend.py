@@ -51,6 +51,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import math
+import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -70,6 +71,68 @@ def _run_task(payload: bytes, paths: list[str]) -> dict[str, Any]:
         if path not in sys.path:
             sys.path.append(path)
     return run_payload(payload)
+
+
+PROBE_SECONDS = 5.0
+"""How long a TCP connection to ``backend_options['address']`` may take before the sweep is refused."""
+CONNECT_WARNING_SECONDS = 30.0
+
+_CONNECT_HELP = (
+    "Check that the Ray cluster is running there (`ray status` on its head node; `ray start --head` starts one), "
+    "that host and port are right (the head's GCS port, 6379 by default, or 'ray://host:10001' for Ray Client) and "
+    "that no firewall blocks it; or leave the address out for a local Ray."
+)
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address, ``None`` for ``"auto"`` / ``"local"``; ``ValueError`` when malformed.
+
+    Example::
+
+        >>> parse_address("ray://head:10001"), parse_address("10.0.0.5:6379"), parse_address("auto")
+        (('head', 10001), ('10.0.0.5', 6379), None)
+    """
+    if address in ("auto", "local"):
+        return None
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or "/" in rest or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"backend_options['address']={address!r} is not a Ray address: give 'host:port' (the head node's GCS "
+            "port, e.g. '10.0.0.5:6379'), 'ray://host:10001' (Ray Client), 'auto' (the cluster this node belongs "
+            "to), or leave it out (None) for a local Ray."
+        )
+    return host, int(port)
+
+
+def check_address(address: Any, timeout: float | None = None) -> None:
+    """Refuse, within seconds, a Ray address that is malformed or that nothing answers on (a TCP connection)."""
+    import socket
+
+    if address is None:
+        return
+    if not isinstance(address, str) or not address:
+        raise ValueError(
+            f"backend_options['address']={address!r} is not valid: give a Ray address such as 'auto' or "
+            "'ray://head:10001', or None for a local Ray."
+        )
+    target = parse_address(address)
+    if target is None:
+        return
+    seconds = PROBE_SECONDS if timeout is None else timeout
+    try:
+        socket.create_connection(target, timeout=seconds).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"backend_options['address']={address!r} cannot be reached: a TCP connection to {target[0]}:{target[1]} "
+            f"failed within {seconds:g} s ({type(err).__name__}: {err}). {_CONNECT_HELP}"
+        ) from None
+
+
+def _still_connecting(address: str | None) -> None:
+    print(f"lightning-critical: ray.init(address={address!r}) has not connected after {CONNECT_WARNING_SECONDS:g} s "
+          f"(backend_options['address']); it may hang. {_CONNECT_HELP}", file=sys.stderr, flush=True)
 
 
 def _caller_started_ray() -> bool:
@@ -115,11 +178,7 @@ class RayBackend:
             )
         self.workers = check_int("workers", workers, low=1, allow_none=True)
         self.threads = check_int("threads_per_run", threads_per_run, low=1)
-        if address is not None and (not isinstance(address, str) or not address):
-            raise ValueError(
-                f"backend_options['address']={address!r} is not valid: give a Ray address such as 'auto' or "
-                "'ray://head:10001', or None for a local Ray."
-            )
+        check_address(address)
         self.address = address
         cpus = self.threads if num_cpus is None else num_cpus
         self.num_cpus = check_float("backend_options['num_cpus']", cpus, low=0)
@@ -158,7 +217,14 @@ class RayBackend:
             if self.address is None:
                 kwargs["num_cpus"] = max(1, math.ceil((self.workers or 1) * max(self.num_cpus, 1)))
             kwargs.update(self.init_options)
-            ray.init(address=self.address, **kwargs)
+            # reachable by TCP (checked when the backend was made) yet no answer: say so rather than hang silently
+            watchdog = threading.Timer(CONNECT_WARNING_SECONDS, _still_connecting, (self.address,))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                ray.init(address=self.address, **kwargs)
+            finally:
+                watchdog.cancel()
             self.started = True
             if self.address is None and self.num_gpus > 0 and not ray.cluster_resources().get("GPU"):
                 self.close(cancel=True)
@@ -173,7 +239,9 @@ class RayBackend:
 
     def submit(self, task: Any) -> cf.Future:
         remote = self._connect()
-        ref = remote.options(**self.task_options()).remote(dumps(task), list(sys.path))
+        # absolute: Ray's workers run in another directory, where '' or 'src' would name other folders
+        paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        ref = remote.options(**self.task_options()).remote(dumps(task), paths)
         future: cf.Future = ref.future()
         with self._lock:
             self._refs[future] = ref

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning_critical.sweep.execute import MetricNotFound
+from lightning_critical.sweep.failures import carry
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.store import Store
@@ -177,9 +178,9 @@ class Scheduler:
         except cf.BrokenExecutor as err:
             self._broken(job, err)
             return
-        except Exception as err:
-            result = [self._failure(node, f"the backend could not run it: {type(err).__name__}: {err}")
-                      for node in job]
+        except Exception as err:  # e.g. the worker could not import the run's code: that error, as itself
+            result = [{**self._failure(node, f"the backend could not run it: {type(err).__name__}: {err}"),
+                       "exception": carry(err)} for node in job]
         records = result if isinstance(result, list) else [result]
         if len(records) != len(job):
             records = [self._failure(node, f"the runner returned {len(records)} records for {len(job)} runs")
