@@ -194,7 +194,7 @@ def test_a_worker_that_fails_while_starting_stops_the_sweep_with_that_error(tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "RAISED SweepAborted" in out
-    assert "a worker process failed while starting, before it ran any run: RuntimeError: settings.yaml is missing" in out
+    assert "failed while starting, before it ran any run: RuntimeError: settings.yaml is missing" in out
     assert 'study.py", line 19' in out  # the traceback of the user's line, not multiprocessing's
     table = out.split("TABLE", 1)[1]
     assert "settings.yaml is missing in the worker" in table and "worker process died" not in table
