@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 import warnings
+from typing import Any
 
 import matplotlib
 import pytest
@@ -72,9 +73,10 @@ class BlurThenRaise:
 
 
 def _sweep(out, **kw):
-    args = dict(model=tiny_model, datamodule=tiny_data, deficit=lc.InputDeficit("blur", window=(0, 1), factor=4),
-                windows=lc.sweep.removal([1]), metrics="val_loss", trainer={"max_epochs": 1, **CPU}, out=str(out),
-                backend="serial", tensorboard=False, plot=False, progress=False)
+    args: dict[str, Any] = dict(
+        model=tiny_model, datamodule=tiny_data, deficit=lc.InputDeficit("blur", window=(0, 1), factor=4),
+        windows=lc.sweep.removal([1]), metrics="val_loss", trainer={"max_epochs": 1, **CPU}, out=str(out),
+        backend="serial", tensorboard=False, plot=False, progress=False)
     args.update(kw)
     return lc.sweep.run(**args)
 
@@ -288,15 +290,14 @@ def test_workers_die_with_a_parent_killed_by_sigkill(tmp_path):
     ("serial", "my"), ("serial", "two-args"), ("process", "my"), ("executor", "two-args"),
 ], ids=["serial-own-type", "serial-unpicklable", "process-own-type", "process-pool-unpicklable"])
 def test_errors_raise_gives_the_runs_own_exception_type(tmp_path, backend, kind):
-    if backend == "executor":
-        pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    chosen = pool if backend == "executor" else backend
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) if backend == "executor" else None
+    chosen = pool or backend
     expected = MyError if kind == "my" else NeedsTwoArgs
     try:
         with pytest.raises(expected) as info:
             _sweep(tmp_path / "out", deficit=BlurThenRaise(kind), backend=chosen, workers=2, errors="raise")
     finally:
-        if backend == "executor":
+        if pool is not None:
             pool.shutdown()
     err = info.value
     assert "the loss diverged" in str(err)
@@ -304,10 +305,11 @@ def test_errors_raise_gives_the_runs_own_exception_type(tmp_path, backend, kind)
         assert type(err) is expected and err.__traceback__ is not None  # the very exception, with its frames
     elif kind == "my":
         assert type(err) is MyError
-        assert any("Traceback where the run executed" in n for n in err.__notes__)  # the worker's traceback text
+        notes = getattr(err, "__notes__", [])
+        assert any("Traceback where the run executed" in n for n in notes)  # the worker's traceback text
     else:  # could not be unpickled: a RunFailed that still is the user's type
         assert isinstance(err, RunFailed) and err.type_name == f"{__name__}.NeedsTwoArgs"
-        assert "raise MyError" in err.traceback and str(err) == "lr=5: the loss diverged"
+        assert "raise MyError" in (err.traceback or "") and str(err) == "lr=5: the loss diverged"
     table = lc.sweep.load(tmp_path / "out")
     assert table.set_index("window").status.to_dict() == {"none": "ok", "[0, 1) epochs": "failed"}
 
@@ -325,7 +327,7 @@ def nan_for_seed_1(trainer, module):
 
 class FailSeed2:
     def __call__(self, window):
-        callbacks = [lc.InputDeficit("blur", window=window, factor=4)]
+        callbacks: list[pl.Callback] = [lc.InputDeficit("blur", window=window, factor=4)]
         if torch.initial_seed() == 2:
             callbacks.append(Raise("my"))
         return callbacks
@@ -347,6 +349,8 @@ def test_failed_and_nan_runs_are_counted_in_the_summary_and_marked_in_the_figure
     assert "2 finished runs gave a NaN or infinite score" in messages[0]
     assert (tmp_path / "out" / "critical_period.png").stat().st_size > 0
     fig = lc.plots.plot_critical_period_curve(table, "score")
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    legend_box = fig.axes[0].get_legend()
+    assert legend_box is not None
+    legend = [t.get_text() for t in legend_box.get_texts()]
     assert "3 runs failed or NaN (1 in the baseline): not in the means" in legend
     assert "1-2 seeds" in fig.axes[0].get_title()
