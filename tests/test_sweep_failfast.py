@@ -354,3 +354,20 @@ def test_failed_and_nan_runs_are_counted_in_the_summary_and_marked_in_the_figure
     legend = [t.get_text() for t in legend_box.get_texts()]
     assert "3 runs failed or NaN (1 in the baseline): not in the means" in legend
     assert "1-2 seeds" in fig.axes[0].get_title()
+
+
+@pytest.mark.skipif(not ray_available(), reason="Ray is not installed (the ray extra)")
+def test_errors_raise_gives_the_runs_own_exception_type_on_ray(tmp_path):
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        with pytest.raises(MyError, match="the loss diverged at lr=5") as info:
+            _sweep(tmp_path / "out", deficit=BlurThenRaise("my"), backend="ray", errors="raise")
+    finally:
+        ray.shutdown()
+    assert type(info.value) is MyError
+    assert lc.sweep.load(tmp_path / "out").set_index("window").status.to_dict() == {
+        "none": "ok", "[0, 1) epochs": "failed"}

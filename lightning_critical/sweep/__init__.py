@@ -16,13 +16,16 @@ Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the
 ``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
 (the resumable directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
 table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
-``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
+``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``workers`` (worker
+start-up, the ``__main__`` guard, dying with the parent), ``failures`` (a failed run's exception
+brought back as itself).
 """
 
 from lightning_critical.curve import summarize
 from lightning_critical.sweep import metrics
 from lightning_critical.sweep.engine import load, run
 from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
+from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
 from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import LightningRunner, Runner
@@ -31,10 +34,12 @@ from lightning_critical.sweep.store import SweepDirectoryError
 
 __all__ = [
     "FactorizationEnsembleRunner",
+    "FailedRunsWarning",
     "GridEntry",
     "LightningRunner",
     "Plan",
     "RunSpec",
+    "RunFailed",
     "Runner",
     "SweepDirectoryError",
     "SweepSpec",

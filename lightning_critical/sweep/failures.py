@@ -135,7 +135,14 @@ def carry(err: BaseException, label: str | None = None) -> CarriedError:
 
 
 def materialize(carried: Any) -> BaseException:
-    """The exception to raise for a failed run's carried exception (or an exception itself)."""
+    """The exception to raise for a failed run's carried exception (or an exception itself).
+
+    Example (in this process the very exception comes back; pickled, one of the same type)::
+
+        >>> carried = carry(KeyError("lr"), label="w0-2_seed0")
+        >>> materialize(carried) is carried.err, type(materialize(pickle.loads(pickle.dumps(carried))))
+        (True, <class 'KeyError'>)
+    """
     if isinstance(carried, CarriedError):
         return carried.err
     if isinstance(carried, BaseException):

@@ -109,7 +109,14 @@ def unguarded_main_line() -> tuple[str, int] | None:
 
 
 def imports_main(backend: Any) -> bool:
-    """Whether ``backend``'s workers import the main script again (spawned or forkserver processes)."""
+    """Whether ``backend``'s workers import the main script again (spawned or forkserver processes).
+
+    Example::
+
+        >>> from lightning_critical.sweep.backends import ProcessBackend, SerialBackend
+        >>> imports_main(ProcessBackend(2)), imports_main(SerialBackend())
+        (True, False)
+    """
     if getattr(backend, "name", None) == "process":
         return True
     context = getattr(getattr(backend, "executor", None), "_mp_context", None)
