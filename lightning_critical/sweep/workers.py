@@ -209,6 +209,8 @@ def _die_with_parent(parent: int) -> None:
 
 def init_worker(threads: int, parent: int | None = None) -> None:
     """Initializer of the process backend's workers: die with the parent, ignore Ctrl-C, limit threads, say ready."""
+    if sys.excepthook is _report_startup_failure:
+        sys.excepthook = sys.__excepthook__  # started: later errors are the runs', reported in their records
     if parent is not None:
         _die_with_parent(parent)
     # The parent handles Ctrl-C and stops the workers; a worker must not die half-way through a write.
