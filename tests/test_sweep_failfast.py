@@ -287,8 +287,8 @@ def test_workers_die_with_a_parent_killed_by_sigkill(tmp_path):
 
 # -- 4. errors="raise" gives the run's own exception -------------------------------------------
 @pytest.mark.parametrize("backend, kind", [
-    ("serial", "my"), ("serial", "two-args"), ("process", "my"), ("executor", "two-args"),
-], ids=["serial-own-type", "serial-unpicklable", "process-own-type", "process-pool-unpicklable"])
+    ("serial", "my"), ("serial", "two-args"), ("executor", "two-args"),
+], ids=["serial-own-type", "serial-unpicklable", "process-pool-unpicklable"])
 def test_errors_raise_gives_the_runs_own_exception_type(tmp_path, backend, kind):
     pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) if backend == "executor" else None
     chosen = pool or backend
@@ -312,6 +312,38 @@ def test_errors_raise_gives_the_runs_own_exception_type(tmp_path, backend, kind)
         assert "raise MyError" in (err.traceback or "") and str(err) == "lr=5: the loss diverged"
     table = lc.sweep.load(tmp_path / "out")
     assert table.set_index("window").status.to_dict() == {"none": "ok", "[0, 1) epochs": "failed"}
+
+
+def test_errors_raise_gives_a_class_of_the_main_script_back_as_itself_from_worker_processes(tmp_path):
+    body = SCRIPT_HEAD + """
+    from lightning_critical._namespace import pl
+
+
+    class Diverged(ValueError):
+        pass
+
+
+    class Boom(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            raise Diverged("loss is nan at lr=5")
+
+
+    def deficit(window):
+        return [lc.InputDeficit("blur", window=window, factor=4), Boom()]
+
+
+    if __name__ == "__main__":
+        try:
+            lc.sweep.run(model, data, deficit=deficit, windows=lc.sweep.removal([1]), metrics="val_loss",
+                         trainer={"max_epochs": 1, "accelerator": "cpu"}, out=sys.argv[1], backend="process",
+                         workers=2, tensorboard=False, plot=False, progress=False, errors="raise")
+        except Diverged as err:
+            print("CAUGHT", type(err) is Diverged, err)
+            print("NOTES", getattr(err, "__notes__", []))
+    """
+    done, _ = _python(_script(tmp_path, "study.py", body), str(tmp_path / "out"))
+    assert "CAUGHT True loss is nan at lr=5" in done.stdout, (done.stdout[-2000:], done.stderr[-3000:])
+    assert "Traceback where the run executed" in done.stdout and "in on_train_epoch_start" in done.stdout
 
 
 def test_a_thread_pool_is_refused_before_training_rather_than_raising_differently(tmp_path):
