@@ -209,6 +209,8 @@ def _die_with_parent(parent: int) -> None:
 
 def init_worker(threads: int, parent: int | None = None) -> None:
     """Initializer of the process backend's workers: die with the parent, ignore Ctrl-C, limit threads, say ready."""
+    ready = _report_path("ready")
+    os.environ.pop(REPORT_ENV, None)  # the run's own subprocesses (e.g. loader workers) are not ours to report
     if sys.excepthook is _report_startup_failure:
         sys.excepthook = sys.__excepthook__  # started: later errors are the runs', reported in their records
     if parent is not None:
@@ -220,7 +222,7 @@ def init_worker(threads: int, parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _write(_report_path("ready"), "")
+    _write(ready, "")
 
 
 # -- in the parent ------------------------------------------------------------------------------
