@@ -32,6 +32,14 @@ have to agree with ours. So a run is a task, and a Ray cluster is just more work
   factories in the caller's own modules are found as with the ``"process"`` backend; on a
   cluster, ship code that is not installed on every node with ``runtime_env`` (e.g.
   ``{"working_dir": "."}``), passed through to every task.
+* **Failing fast:** ``address`` is checked when the sweep starts, before training: a malformed
+  one is a ``ValueError``, one where nothing accepts a TCP connection within
+  :data:`PROBE_SECONDS` a ``ConnectionError`` naming ``backend_options['address']``, what was
+  tried and what to do (``ray.init`` itself would retry for minutes without a word). If
+  ``ray.init`` still has not connected after 30 s, a message says so.
+* **A driver killed with SIGKILL:** the local Ray this backend started stops its runs by itself
+  (measured: the training workers were gone within 5 s); Ray's idle ``DashboardAgent`` and
+  ``RuntimeEnvAgent`` processes were still there 30 s later (``ray stop`` ends them).
 * Ctrl-C (or any error in the driver) cancels the runs in flight (``ray.cancel(force=True)``)
   before the Ray this backend started is shut down; finished runs are saved.
 
@@ -223,6 +231,10 @@ class RayBackend:
             watchdog.start()
             try:
                 ray.init(address=self.address, **kwargs)
+            except ConnectionError as err:  # e.g. "auto" with no cluster running on this node
+                raise ConnectionError(
+                    f"backend_options['address']={self.address!r}: Ray could not connect ({err}). {_CONNECT_HELP}"
+                ) from err
             finally:
                 watchdog.cancel()
             self.started = True
