@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-RUN_COLUMNS = ["run_id", "label", "window", "window_start", "window_end", "unit", "baseline", "seed"]
+RUN_COLUMNS = ["run_id", "label", "window", "window_start", "window_end", "unit", "baseline", "seed",
+               "deficit_seed"]
 """Columns that describe a run of a sweep table."""
 RESULT_COLUMNS = ["status", "error", "seconds", "epochs", "epochs_trained", "branch_epoch", "parent", "log_dir"]
 """Columns a run's result adds (besides its metrics)."""

@@ -19,6 +19,7 @@ from lightning_critical._output import save_figure
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
+from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
@@ -59,6 +60,7 @@ def run(
     backend_options: Mapping[str, Any] | None = None,
     runner: Any = None,
     errors: str = "record",
+    preflight: bool = True,
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -125,6 +127,12 @@ def run(
             on; ``"raise"``: after the sweep (finished runs saved), re-raise the first failed run's
             exception (for callers that need one run's result or an error, e.g. the bundled
             experiments).
+        preflight: check before training what would otherwise fail or mislead only after it
+            (:mod:`lightning_critical.sweep.preflight`): ``test=True`` without ``test_step`` or test
+            dataloader, a deficit that ignores its window, and metric names, by a trial fit of one
+            run for one training and one validation batch (isolated: it changes no run's numbers;
+            skipped when every run has finished). ``False`` skips these checks (e.g. for a metric
+            logged only later in training).
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
@@ -138,7 +146,8 @@ def run(
     Raises:
         ValueError / TypeError: bad arguments, before any training (the message names the
             argument and what is valid); an out directory holding a different sweep; a metric
-            name the first finished run did not produce (the message lists what it produced).
+            name the pre-flight trial fit (or, with ``preflight=False``, the first finished run)
+            did not produce (the message lists what it produced).
         ImportError: ``backend="ray"`` without Ray installed.
         KeyboardInterrupt: on Ctrl-C, after stopping the workers (finished runs are saved).
 
@@ -204,6 +213,8 @@ def run(
         _check_main_guard()
         _check_picklable(spec, chosen.name)
     _check_builds(spec, runs)
+    if preflight:
+        _preflight.preflight(spec, runs, trial=bool(todo))
     _claim(store, identity, spec.describe())
     latest = store.latest()
 

@@ -13,7 +13,6 @@ the run's swept parameters (all of them if they take ``**kwargs``); keywords bou
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import inspect
@@ -331,21 +330,73 @@ class SweepSpec:
 
 
 def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
-    """One deficit for ``window``: copy a ``WindowedDeficit`` template, or call a factory."""
+    """One deficit for ``window``: a ``WindowedDeficit`` template rebuilt for it, or a factory's callbacks.
 
+    The seed rule (the same for every form, so a template, a factory and the CLI's YAML give
+    one table): a deficit draws its random numbers with the run's seed (``kwargs["seed"]``)
+    unless its seed was fixed explicitly. A template is rebuilt with
+    :meth:`~lightning_critical.deficits.base.WindowedDeficit.with_window`, with ``seed=`` the
+    run's seed when its class takes a ``seed`` and the template was built without one. A
+    factory is called with the run's seed when it names a ``seed`` argument (one bound by
+    ``functools.partial`` stays bound); a deficit it returns that takes a ``seed`` but was built
+    without one is rebuilt with the run's seed. "Fixed explicitly" is ``seed=`` given to the
+    deficit's constructor (or bound by a partial).
+
+    Example::
+
+        >>> from lightning_critical import InputDeficit, Window
+        >>> make_deficit(InputDeficit("noise", (0, 1)), Window(0, 3), {"seed": 7}).seed
+        7
+        >>> make_deficit(InputDeficit("noise", (0, 1), seed=0), Window(0, 3), {"seed": 7}).seed
+        0
+    """
+
+    seed = kwargs.get("seed")
     if isinstance(maker, WindowedDeficit):
-        made = copy.deepcopy(maker)
-        made.window = window
-        return made
+        return maker.with_window(window, **_run_seed(maker, seed))
     if not callable(maker):
         raise TypeError(
             f"deficit={maker!r} is not valid: give a WindowedDeficit (used as a template), a callable "
             "window -> Callback | list[Callback], or a list of these."
         )
     extra = {k: v for k, v in accepted_kwargs(maker, kwargs).items() if k != "window"}
-    if _takes_window_keyword(maker):
-        return maker(window=window, **extra)
-    return maker(window, **extra)
+    made = maker(window=window, **extra) if _takes_window_keyword(maker) else maker(window, **extra)
+    if isinstance(made, (list, tuple)):
+        return type(made)(_seeded(item, seed) for item in made)
+    return _seeded(made, seed)
+
+
+def _run_seed(deficit: WindowedDeficit, seed: Any) -> dict[str, Any]:
+    """``{"seed": seed}`` when ``deficit`` takes a seed that was not given explicitly, else ``{}``."""
+    if seed is None or "seed" not in inspect.signature(type(deficit)).parameters:
+        return {}
+    return {} if "seed" in deficit.init_arguments else {"seed": seed}
+
+
+def _seeded(made: Any, seed: Any) -> Any:
+    if not isinstance(made, WindowedDeficit):
+        return made
+    override = _run_seed(made, seed)
+    return made.with_window(made.window, **override) if override else made
+
+
+def deficit_seed(callbacks: Sequence[Any]) -> int | str | None:
+    """The seed(s) a run's deficit callbacks draw with: one integer when they agree (the usual case),
+    ``"a + b"`` in callback order when they differ, ``None`` when none has a ``seed``.
+
+    Example::
+
+        >>> from lightning_critical import InputDeficit, PathwayDeficit
+        >>> deficit_seed([InputDeficit("noise", (0, 1), seed=3), PathwayDeficit("b", (0, 1), seed=3)])
+        3
+        >>> deficit_seed([InputDeficit("noise", (0, 1), seed=3), PathwayDeficit("b", (0, 1), seed=4)])
+        '3 + 4'
+    """
+    seeds = [int(s) for s in (getattr(cb, "seed", None) for cb in callbacks)
+             if isinstance(s, numbers.Integral) and not isinstance(s, bool)]
+    if not seeds:
+        return None
+    return seeds[0] if len(set(seeds)) == 1 else " + ".join(map(str, seeds))
 
 
 def _built(obj: Any, factory: Any, kind: str, cls: type, hint: str) -> Any:

@@ -36,6 +36,10 @@ def to_table(records: Iterable[dict[str, Any]], params: Sequence[str] | None = N
              metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per run: run columns, swept values, metric values, then status and bookkeeping.
 
+    ``deficit_seed`` is the seed the run's deficits drew with (see
+    :func:`lightning_critical.sweep.spec.deficit_seed`; ``<NA>`` for the baseline and for deficits
+    without one), beside ``seed``, the run's own.
+
     ``records`` are result records (or run fields with ``status="pending"``).
     """
     rows = []
@@ -63,6 +67,8 @@ def to_table(records: Iterable[dict[str, Any]], params: Sequence[str] | None = N
         table[name] = pd.to_numeric(table[name], errors="coerce").astype("Int64")
     for name in ("epochs_trained", "branch_epoch"):
         table[name] = pd.to_numeric(table[name], errors="coerce").astype("Int64")
+    if not any(isinstance(v, str) for v in table["deficit_seed"]):  # "a + b" when a run's deficits differ
+        table["deficit_seed"] = pd.to_numeric(table["deficit_seed"], errors="coerce").astype("Int64")
     table["baseline"] = table["baseline"].astype(bool)
     table.attrs["params"] = param_names
     table.attrs["metrics"] = metric_names
