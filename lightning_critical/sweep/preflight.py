@@ -11,8 +11,9 @@ before the first run, and refuses the sweep (nothing trained, nothing written) w
   change with the window (other callback types are not checked);
 * a metric name cannot be produced: a **trial fit** of one run (the first run with a deficit,
   else the first run) on freshly built objects, for one training batch and one validation
-  batch (``max_epochs=1``, ``limit_train_batches=1``, ``limit_val_batches=1``, then one test
-  batch with ``test=True``), must put every metric name of ``metrics=`` into
+  batch (``max_epochs=1``, ``limit_train_batches=1``, ``limit_val_batches=1``,
+  ``log_every_n_steps=1`` for models that log only on logging steps, then one test batch with
+  ``test=True``), must put every metric name of ``metrics=`` into
   ``trainer.callback_metrics``; the message lists what it produced. An exception of the
   trial fit itself (a wrong pathway name, a shape error) is raised too, naming the run.
 
@@ -176,7 +177,7 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
         kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k not in _TRIAL_DROPS + ("logger",)}}
         kwargs.update(
             max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1, val_check_interval=1.0,
-            check_val_every_n_epoch=1, num_sanity_val_steps=0, callbacks=callbacks, logger=logger,
+            check_val_every_n_epoch=1, log_every_n_steps=1, num_sanity_val_steps=0, callbacks=callbacks, logger=logger,
             enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
             enable_autolog_hparams=False, default_root_dir=root,
         )
