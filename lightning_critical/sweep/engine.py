@@ -79,9 +79,12 @@ def run(
         datamodule: factory of the ``LightningDataModule`` (same rule), or ``None`` when the
             model has its own dataloaders.
         deficit: what to put in each window: a ``WindowedDeficit`` used as a template (e.g.
-            ``lc.InputDeficit("blur", window=(0, 1))``, copied with each run's window), a
-            callable ``window -> Callback | list[Callback]`` (e.g. returning a ``TaskSwitch``),
-            or a list of these.
+            ``lc.InputDeficit("blur", window=(0, 1))``, rebuilt for each run's window with
+            ``with_window``), a callable ``window -> Callback | list[Callback]`` (e.g. returning a
+            ``TaskSwitch``), or a list of these. Seed rule, the same for every form (and the
+            CLI): a deficit draws with the run's seed unless ``seed=`` was fixed explicitly (given
+            to its constructor, or bound by a ``functools.partial``); see
+            :func:`~lightning_critical.sweep.spec.make_deficit`.
         windows: a grid from :func:`~lightning_critical.sweep.removal`,
             :func:`~lightning_critical.sweep.sliding` or :func:`~lightning_critical.sweep.windows`,
             or a list of windows; the no-deficit baseline is always included.
@@ -136,7 +139,8 @@ def run(
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
-        window_start, window_end (NaN for the baseline), unit, baseline, seed, the swept values,
+        window_start, window_end (NaN for the baseline), unit, baseline, seed, deficit_seed (the
+        seed its deficits drew with; ``<NA>`` for the baseline), the swept values,
         the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
         (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
         ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
