@@ -400,3 +400,42 @@ def test_labels_stay_distinct_directories_inside_out(tmp_path):
         assert SAFE.fullmatch(label) and len(label) <= 127
         assert os.path.dirname(log_dir) == os.path.join(str(tmp_path), "tensorboard") and os.path.isdir(log_dir)
     assert sorted(os.listdir(tmp_path / "models")) == sorted(f"{label}.pt" for label in labels)
+
+
+def test_nonfinite_swept_values_are_strict_json_and_group_apart(tmp_path):
+    table = _sweep(tmp_path, model=pathway_kwargs, params={"max_norm": [math.nan, math.inf, 1.0, 2]},
+                   windows=lc.sweep.removal([1]))
+    assert (table.status == "ok").all() and len(_strict(tmp_path / "results.jsonl")) == 8
+    loaded = lc.sweep.load(tmp_path)
+    assert loaded.max_norm.tolist()[1:4] == [math.inf, 1.0, 2.0] and math.isnan(loaded.max_norm[0])
+    summary = lc.sweep.summarize(loaded, "norm_b")
+    assert len(summary) == 8 and (summary.n_seeds == 1).all() and summary["drop"].notna().all()
+    assert str(loaded.max_norm.dtype) == "float64"  # distinct numbers keep a numeric column
+
+
+def test_without_flock_the_lock_file_alone_decides(tmp_path, monkeypatch, capsys):
+    """A file system that refuses flock (e.g. Lustre without -o flock): the pid and host in the file decide."""
+    import errno
+
+    from lightning_critical.sweep import lock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_flock)
+    path = tmp_path / ".lock"
+    here = socket.gethostname()
+    path.write_text(json.dumps({"pid": os.getppid(), "host": here, "started": "x"}))  # alive on this host
+    with pytest.raises(lock.SweepLockedError, match=f"pid {os.getppid()} on host {re.escape(here)}"):
+        lock.SweepLock(tmp_path).acquire()
+    path.write_text(json.dumps({"pid": 4242, "host": "node-17", "started": "x"}))  # cannot be checked from here
+    with pytest.raises(lock.SweepLockedError, match="pid 4242 on host node-17"):
+        lock.SweepLock(tmp_path).acquire()
+    path.write_text(json.dumps({"pid": 2**22 + 12345, "host": here, "started": "x"}))  # gone from this host
+    with lock.SweepLock(tmp_path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(lock.SweepLockedError, match=f"pid {os.getpid()}"):
+            lock.SweepLock(tmp_path).acquire()  # a second sweep of this very process
+    err = capsys.readouterr().err
+    assert "does not support flock" in err and "took over a stale lock" in err
+    assert not path.exists()

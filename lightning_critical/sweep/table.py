@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from lightning_critical.curve import RESULT_COLUMNS, RUN_COLUMNS
+from lightning_critical.curve import RESULT_COLUMNS, RUN_COLUMNS, json_key
 from lightning_critical.sweep.spec import RunSpec, canonical_json
 
 AXES = ("windows", "params", "seeds")
@@ -83,10 +83,11 @@ def to_table(records: Iterable[dict[str, Any]], params: Sequence[str] | None = N
     for name in ("epochs_trained", "branch_epoch"):
         table[name] = pd.to_numeric(table[name], errors="coerce").astype("Int64")
     table["baseline"] = table["baseline"].astype(bool)
-    for name in param_names:  # 1 and 1.0 (or True) are different runs: keep mixed types as they are
-        kinds = {type(row[name]) for row in rows if row.get(name) is not None}
-        if len(kinds) > 1:
-            table[name] = pd.Series([row.get(name) for row in rows], index=table.index, dtype=object)
+    for name in param_names:  # 1, 1.0 and True are different runs: keep them apart (pandas would merge them)
+        values = [row.get(name) for row in rows]
+        plain = [v for v in values if isinstance(v, (bool, int, float, str)) and v == v]  # v == v: not NaN
+        if len({json_key(v) for v in plain}) != len(set(plain)):
+            table[name] = pd.Series(values, index=table.index, dtype=object)
     table.attrs["params"] = param_names
     table.attrs["metrics"] = metric_names
     if renamed:
