@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -180,10 +182,17 @@ def test_preflight_changes_no_run_numbers(tmp_path):
         pd.testing.assert_frame_equal(on, off, check_exact=True)  # bitwise: metrics, seeds, every column
 
 
+def _files(root) -> list[str]:
+    names = (os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+    return sorted(n.split("events.out.tfevents")[0] for n in names)  # event files are named by time and pid
+
+
 def test_preflight_writes_nothing_but_the_sweep(tmp_path):
-    out = tmp_path / "out"
-    lc.sweep.run(**{**GOOD, "out": str(out)})
-    assert sorted(os.listdir(out)) == ["results.jsonl", "sweep.json"]
+    trials = len(glob.glob(os.path.join(tempfile.gettempdir(), "lc-preflight-*")))
+    for flag in (True, False):
+        lc.sweep.run(**{**GOOD, "tensorboard": True, "out": str(tmp_path / str(flag)), "preflight": flag})
+    assert _files(tmp_path / "True") == _files(tmp_path / "False")
+    assert len(glob.glob(os.path.join(tempfile.gettempdir(), "lc-preflight-*"))) == trials  # its own folder is gone
 
 
 def test_the_cli_config_can_turn_preflight_off(tmp_path):

@@ -13,6 +13,7 @@ the run's swept parameters (all of them if they take ``**kwargs``); keywords bou
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import inspect
