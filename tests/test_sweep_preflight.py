@@ -112,6 +112,15 @@ def test_a_test_metric_is_checked_after_a_trial_test(tmp_path):
     assert (table.status == "ok").all()
 
 
+def test_the_trial_keeps_a_loop_the_sweep_turned_off(tmp_path):
+    # limit_val_batches=0: no run logs val_acc, so the trial (which would otherwise validate one batch) must not
+    small: dict[str, Any] = dict(model=lambda seed: lc.models.SmallCNN(channels=(4, 8), seed=seed),
+                                 datamodule=lambda: lc.data.DigitsDataModule(subset=64, batch_size=32),
+                                 deficit=lc.InputDeficit("blur", (0, 1)), seeds=[0])
+    _refused(tmp_path, ValueError, r"\['val_acc'\] not in .*it produced \['train_acc', 'train_loss'\]",
+             metrics=["val_acc"], trainer={"max_epochs": 2, "accelerator": "cpu", "limit_val_batches": 0}, **small)
+
+
 def test_a_trial_that_raises_names_the_run_before_training(tmp_path):
     _refused(tmp_path, PreflightError, r"trial fit of run w0-1_seed0 .* raised ValueError: .*'nope'",
              deficit=lambda window: lc.PathwayDeficit("nope", window))

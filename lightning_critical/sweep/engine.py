@@ -175,6 +175,8 @@ def run(
             argument and what is valid); an out directory holding a different sweep; a metric
             name the pre-flight trial fit (or, with ``preflight=False``, the first finished run)
             did not produce (the message lists what it produced).
+        lightning_critical.sweep.preflight.PreflightError: the pre-flight trial fit raised (its
+            exception is the cause), before any run trained.
         ImportError: ``backend="ray"`` without Ray installed.
         KeyboardInterrupt: on Ctrl-C, after stopping the workers (finished runs are saved).
 

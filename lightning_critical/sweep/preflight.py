@@ -175,8 +175,10 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
             logger = pl.loggers.TensorBoardLogger(root, name="trial", version="", default_hp_metric=False)
             _tensorboard.defer_session(logger)
         kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k not in _TRIAL_DROPS + ("logger",)}}
+        # one batch of each loop, unless the sweep turned a loop off (then the runs produce nothing there either)
+        limits = {k: 0 if spec.trainer.get(k) == 0 else 1 for k in ("limit_val_batches", "limit_test_batches")}
         kwargs.update(
-            max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1, val_check_interval=1.0,
+            max_epochs=1, limit_train_batches=1, **limits, val_check_interval=1.0,
             check_val_every_n_epoch=1, log_every_n_steps=1, num_sanity_val_steps=0, callbacks=callbacks, logger=logger,
             enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
             enable_autolog_hparams=False, default_root_dir=root,
