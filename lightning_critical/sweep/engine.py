@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
+import inspect
 import multiprocessing
 import os
 import warnings
@@ -20,21 +22,41 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import failures as _failures
+from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
 from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
+from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
-from lightning_critical.sweep.table import run_fields, to_table
+from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
 from lightning_critical.sweep.units import Batch
 
 MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
 
+def _holding_the_lock(sweep: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """Hold ``out``'s :class:`~lightning_critical.sweep.lock.SweepLock` for the whole call (one live sweep per out)."""
+    signature = inspect.signature(sweep)
+
+    @functools.wraps(sweep)
+    def locked(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return sweep(*args, **kwargs)  # let the call raise its own TypeError
+        bound.apply_defaults()
+        with SweepLock(bound.arguments["out"]):
+            return sweep(*args, **kwargs)
+
+    return locked
+
+
+@_holding_the_lock
 def run(
     model: Callable[..., Any],
     datamodule: Callable[..., Any] | None = None,
@@ -61,6 +83,7 @@ def run(
     backend_options: Mapping[str, Any] | None = None,
     runner: Any = None,
     errors: str = "record",
+    preflight: bool = True,
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -79,9 +102,12 @@ def run(
         datamodule: factory of the ``LightningDataModule`` (same rule), or ``None`` when the
             model has its own dataloaders.
         deficit: what to put in each window: a ``WindowedDeficit`` used as a template (e.g.
-            ``lc.InputDeficit("blur", window=(0, 1))``, copied with each run's window), a
-            callable ``window -> Callback | list[Callback]`` (e.g. returning a ``TaskSwitch``),
-            or a list of these.
+            ``lc.InputDeficit("blur", window=(0, 1))``, rebuilt for each run's window with
+            ``with_window``), a callable ``window -> Callback | list[Callback]`` (e.g. returning a
+            ``TaskSwitch``), or a list of these. Seed rule, the same for every form (and the
+            CLI): a deficit draws with the run's seed unless ``seed=`` was fixed explicitly (given
+            to its constructor, or bound by a ``functools.partial``); see
+            :func:`~lightning_critical.sweep.spec.make_deficit`.
         windows: a grid from :func:`~lightning_critical.sweep.removal`,
             :func:`~lightning_critical.sweep.sliding` or :func:`~lightning_critical.sweep.windows`,
             or a list of windows; the no-deficit baseline is always included.
@@ -98,7 +124,9 @@ def run(
             names a ``windows`` argument also receives the run's windows (``()`` for the baseline),
             e.g. to overlay a theory that depends on them.
         test: also run ``trainer.test`` after training (for metrics such as ``test_acc``).
-        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints).
+        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints). One live
+            sweep per directory: a second call on an ``out`` in use is refused at once, naming
+            the owner's pid and host (:mod:`lightning_critical.sweep.lock`).
         backend: ``"process"`` (local worker processes, spawned), ``"serial"`` (this process),
             ``"ray"`` (``pip install "lightning-critical[ray]"``), or any
             ``concurrent.futures.Executor`` (e.g. ``submitit.AutoExecutor`` for SLURM; ``out``
@@ -127,10 +155,17 @@ def run(
             on; ``"raise"``: after the sweep (finished runs saved), re-raise the first failed run's
             exception (for callers that need one run's result or an error, e.g. the bundled
             experiments).
+        preflight: check before training what would otherwise fail or mislead only after it
+            (:mod:`lightning_critical.sweep.preflight`): ``test=True`` without ``test_step`` or test
+            dataloader, a deficit that ignores its window, and metric names, by a trial fit of one
+            run for one training and one validation batch (isolated: it changes no run's numbers;
+            skipped when every run has finished). ``False`` skips these checks (e.g. for a metric
+            logged only later in training).
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
-        window_start, window_end (NaN for the baseline), unit, baseline, seed, the swept values,
+        window_start, window_end (NaN for the baseline), unit, baseline, seed, deficit_seed (the
+        seed its deficits drew with; ``<NA>`` for the baseline), the swept values,
         the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
         (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
         ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
@@ -140,7 +175,10 @@ def run(
     Raises:
         ValueError / TypeError: bad arguments, before any training (the message names the
             argument and what is valid); an out directory holding a different sweep; a metric
-            name the first finished run did not produce (the message lists what it produced).
+            name the pre-flight trial fit (or, with ``preflight=False``, the first finished run)
+            did not produce (the message lists what it produced).
+        lightning_critical.sweep.preflight.PreflightError: the pre-flight trial fit raised (its
+            exception is the cause), before any run trained.
         ImportError: ``backend="ray"`` without Ray installed.
         KeyboardInterrupt: on Ctrl-C, after stopping the workers (finished runs are saved).
 
@@ -171,6 +209,7 @@ def run(
     seed_list = _check_seeds(seeds)
     combos = check_params(params)
     metric_list = _check_metrics(metrics)
+    check_columns(sorted({k for combo in combos for k, _ in combo}), [m for m in metric_list if isinstance(m, str)])
     trainer_kwargs = _check_trainer(trainer, grid)
     if trainer_kwargs.get("logger") is False:
         tensorboard = False
@@ -207,6 +246,8 @@ def run(
         _workers.check_main_guard(chosen)
         _check_picklable(spec, chosen.name)
     _check_builds(spec, runs)
+    if preflight:
+        _preflight.preflight(spec, runs, trial=bool(todo))
     _claim(store, identity, spec.describe())
     latest = store.latest()
 
@@ -214,6 +255,7 @@ def run(
               for r, rid in zip(runs, run_ids, strict=True)}
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
     if pending:
+        store.note_plan(plan_axes([fields[rid] for rid in run_ids]), identity)  # load() returns rows in this order
         items = []
         for i in pending:
             r, rid = runs[i], run_ids[i]
@@ -279,7 +321,11 @@ def run(
 
 
 def load(out: str | os.PathLike) -> pd.DataFrame:
-    """The table of every run recorded in a sweep directory (the latest result of each run).
+    """The table of every run recorded in a sweep directory (the latest result of each run), in plan order.
+
+    Plan order is the grid order of the calls that trained the runs (windows, swept values,
+    seeds; see :mod:`lightning_critical.sweep.table`). Needs no lock: it can read a sweep
+    while another process runs it.
 
     Example::
 
@@ -289,6 +335,7 @@ def load(out: str | os.PathLike) -> pd.DataFrame:
     """
     store = Store(os.fspath(out))
     records = list(store.latest().values())
+    records = order_records(records, store.plans({str(r.get("sweep")) for r in records}))
     table = to_table(records)
     table.attrs.update(_totals(table), out=store.out)
     return table
@@ -456,9 +503,10 @@ def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
     labels = [r.label() for r in runs]
+    folded = [label.casefold() for label in labels]  # "A" and "a" are one directory on macOS and Windows
     out = {}
-    for label, rid in zip(labels, run_ids, strict=True):
-        out[rid] = label if labels.count(label) == 1 else f"{label}_{rid[:6]}"
+    for label, fold, rid in zip(labels, folded, run_ids, strict=True):
+        out[rid] = label if folded.count(fold) == 1 else f"{label}_{rid[:6]}"
     return out
 
 

@@ -55,7 +55,7 @@ from typing_extensions import override
 from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import rng
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
 
 QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
@@ -310,7 +310,8 @@ def _fit(task: Task) -> dict[str, Any]:
         task.save_paths, info={"run_id": task.run_id, "label": task.label, "log_dir": log_dir},
         steps_per_epoch=spec.steps_per_epoch if run.windows and run.windows[0].unit == "step" else None,
     )
-    callbacks = spec.build_deficits(run) + spec.build_callbacks(run) + [branching]
+    deficits = spec.build_deficits(run)
+    callbacks = deficits + spec.build_callbacks(run) + [branching]
     logger: Any = False
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
@@ -349,6 +350,7 @@ def _fit(task: Task) -> dict[str, Any]:
         "epochs_trained": int(trainer.current_epoch) - task.branch_epoch,
         "branch_step": branch_step,
         "global_step": int(trainer.global_step),
+        "deficit_seed": deficit_seed(deficits),
     }
 
 
