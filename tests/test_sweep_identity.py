@@ -19,7 +19,8 @@ import torch
 from conftest import SWEEP_CPU as CPU
 
 import lightning_critical as lc
-from lightning_critical.sweep import identity
+from lightning_critical.sweep import identity, source
+from lightning_critical.sweep.config import load_config
 
 SOURCE = '''
 """A user's study module."""
@@ -262,6 +263,13 @@ def test_without_source_the_bytecode_is_hashed_and_docstrings_still_do_not_count
     exec("def f(x):\n    'Doc.'\n    return x + 1\n", scope)
     exec("def g(x):\n    return x + 1\n", scope)
     exec("def h(x):\n    return x + 2\n", scope)
-    f, g, h = identity.function_digest(scope["f"]), identity.function_digest(scope["g"]), \
-        identity.function_digest(scope["h"])
+    f, g, h = (source.function_digest(scope[name]) for name in "fgh")
     assert f.startswith("bytecode:") and f == g != h
+
+
+def test_the_yaml_config_accepts_resume(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("model: lightning_critical.models.SmallCNN\ndeficit: lightning_critical.InputDeficit\n"
+                      "windows: {removal: [1]}\nmetrics: [val_acc]\ntrainer: {max_epochs: 2}\nresume: reuse\n")
+    assert load_config(str(config))["resume"] == "reuse"
+    assert load_config(str(config), {"resume": "rerun"})["resume"] == "rerun"  # --set resume=rerun

@@ -31,6 +31,7 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
 from lightning_critical.sweep import identity as ident
+from lightning_critical.sweep import source
 from lightning_critical.sweep.grids import GridEntry, RunWindows
 
 Metric = str | Callable[..., Mapping[str, float]]
@@ -69,7 +70,7 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     """A JSON-able description of a factory, callback or value, stable across processes and sessions.
 
     Functions are named by module and qualified name plus a digest of their code (docstrings,
-    comments and formatting aside: :func:`~lightning_critical.sweep.identity.function_digest`),
+    comments and formatting aside: :func:`~lightning_critical.sweep.source.function_digest`),
     defaults and closure (so editing a lambda's body changes the sweep); classes by name (their
     code is in :meth:`SweepSpec.describe`'s ``code``);
     ``functools.partial`` by function and bound arguments; other objects by class and public
@@ -109,7 +110,7 @@ def describe(obj: Any, _depth: int = 0) -> Any:
         return {"method": _qualname(obj.__func__), "self": describe(obj.__self__, d)}
     if inspect.isfunction(obj):
         closure = [describe(c.cell_contents, d) for c in (obj.__closure__ or ()) if _has_contents(c)]
-        body = [ident.function_digest(obj), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
+        body = [source.function_digest(obj), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
         return {"function": _qualname(obj), "code": short_hash(body)}
     if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a tensor
         t = obj.detach().cpu()
