@@ -28,9 +28,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import lightning_critical as lc
+import UTILS as utils
 from lightning_critical._namespace import pl
 
 SCALE = 1.0
+NOISE = 0.5
+SHRINK = 1.0
 
 
 def helper(loss):
@@ -49,8 +53,10 @@ class Data(pl.LightningDataModule):
 
 
 class Base(pl.LightningModule):
+    LR = 0.1
+
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        return torch.optim.SGD(self.parameters(), lr=self.LR)
 
 
 class Net(Base):
@@ -64,7 +70,17 @@ class Net(Base):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.mse_loss(self.layer(x), y)
-        return helper(loss)
+        return helper(utils.clip(loss))
+
+
+class Shrink(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        with torch.no_grad():
+            pl_module.layer.weight.mul_(SHRINK)
+
+
+def make_deficit(window):
+    return lc.InputDeficit("noise", window, noise_std=NOISE)
 
 
 def weight_norm(trainer, module):
@@ -72,29 +88,42 @@ def weight_norm(trainer, module):
 
 
 make_model = lambda seed: Net(seed)  # noqa: E731
+make_callbacks = lambda: [Shrink()]  # noqa: E731
+'''
+
+UTILS = '''
+def clip(loss):
+    return loss.clamp(max=100.0)
 '''
 
 
 class UserModule:
-    """The module file in ``tmp_path``; ``edit`` rewrites it and reimports it under the same name."""
+    """The study module and its utils module in ``tmp_path``; ``edit`` rewrites one and reimports both."""
 
     def __init__(self, root: Any) -> None:
+        self.root = str(root)
         self.name = f"user_study_{uuid.uuid4().hex[:8]}"
-        self.path = os.path.join(str(root), f"{self.name}.py")
-        self.source = SOURCE
+        self.utils = f"{self.name}_utils"
+        self.sources = {self.name: SOURCE.replace("UTILS", self.utils), self.utils: UTILS}
         self._write()
 
     def _write(self) -> None:
-        with open(self.path, "w") as fh:
-            fh.write(self.source)
-        sys.modules.pop(self.name, None)
+        for name, text in self.sources.items():
+            with open(os.path.join(self.root, f"{name}.py"), "w") as fh:
+                fh.write(text)
+            sys.modules.pop(name, None)
         importlib.invalidate_caches()
         self.module = importlib.import_module(self.name)
 
-    def edit(self, old: str, new: str) -> None:
-        assert self.source.count(old) == 1, old
-        self.source = self.source.replace(old, new)
+    def edit(self, old: str, new: str, utils: bool = False) -> None:
+        name = self.utils if utils else self.name
+        assert self.sources[name].count(old) == 1, old
+        self.sources[name] = self.sources[name].replace(old, new)
         self._write()
+
+    def forget(self) -> None:
+        for name in self.sources:
+            sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -103,13 +132,13 @@ def user(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no stale .pyc within the same second
     made = UserModule(tmp_path)
     yield made
-    sys.modules.pop(made.name, None)
+    made.forget()
 
 
 def _sweep(user: UserModule, out: Any, **kw: Any) -> Any:
     mod = user.module
     args: dict[str, Any] = dict(
-        model=mod.make_model, datamodule=mod.Data, deficit=lc.InputDeficit("noise", window=(0, 1), noise_std=0.5),
+        model=mod.make_model, datamodule=mod.Data, deficit=mod.make_deficit, callbacks=mod.make_callbacks,
         windows=lc.sweep.removal([1]), metrics=mod.weight_norm, trainer={"max_epochs": 2, **CPU}, out=str(out),
         backend="serial", tensorboard=False, plot=False, progress=False)
     args.update(kw)
@@ -121,25 +150,33 @@ def _lines(out: Any) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh]
 
 
-EDITS = {
-    # id: (old text, new text, refused?, the diff line that must name it)
-    "training_step": ("        return helper(loss)\n", "        return helper(loss * 2)\n", True,
+EDITS: dict[str, tuple[str, str, bool, str]] = {
+    # id: (old text, new text, refused?, the diff line that must name it); "utils:" edits the second module
+    "training_step": ("return helper(utils.clip(loss))\n", "return helper(utils.clip(loss)) * 2\n", True,
                       "code.model: {m}:Net.training_step changed"),
     "helper_function": ("    return loss * SCALE\n", "    return loss * SCALE * 3\n", True,
                         "code.model: {m}:helper changed"),
     "module_constant": ("SCALE = 1.0\n", "SCALE = 2.0\n", True, "code.model: {m}:SCALE changed"),
-    "user_base_class": ("lr=0.1)", "lr=0.2)", True, "code.model: {m}:Base.configure_optimizers changed"),
+    "function_in_another_user_module": ("utils:max=100.0", "max=0.01", True, "code.model: {m}_utils:clip changed"),
+    "user_base_class_method": ("lr=self.LR)", "lr=self.LR, momentum=0.5)", True,
+                               "code.model: {m}:Base.configure_optimizers changed"),
+    "class_attribute": ("    LR = 0.1\n", "    LR = 0.2\n", True, "code.model: {m}:Base changed"),
     "datamodule_class": ("batch_size=8)", "batch_size=4)", True, "code.datamodule: {m}:Data.train_dataloader changed"),
+    "callback_class": ("mul_(SHRINK)", "mul_(SHRINK * 0.5)", True,
+                       "code.callbacks: {m}:Shrink.on_train_epoch_end changed"),
+    "deficit_factory_constant": ("NOISE = 0.5\n", "NOISE = 0.9\n", True, "code.deficit: {m}:NOISE changed"),
     "metric_function": ('{"norm": float(', '{"norm": 2 * float(', True, "code.metrics: {m}:weight_norm changed"),
     "factory_lambda_body": ("lambda seed: Net(seed)", "lambda seed: Net(seed + 1)", True,
                             "code.model: {m}:<lambda> changed"),
     "new_method_on_class": ("    def training_step(", "    def on_fit_start(self):\n        self.seen = 1\n\n"
                             "    def training_step(", True, "code.model: {m}:Net.on_fit_start added"),
-    "docstring_comment_blank_lines": (
+    "class_docstring_comment_blank_lines": (
         '    """A tiny regression net."""\n\n    def __init__(self, seed=0):\n',
         '    """A tiny regression net, documented at length.\n\n    It has one layer.\n    """\n\n\n'
         '    def __init__(self, seed=0):  # the seed sets the initial weights\n', False, ""),
-    "function_docstring_added": ("def helper(loss):\n", 'def helper(loss):\n    """Scale the loss."""\n', False, ""),
+    "helper_docstring_added": ("def helper(loss):\n", 'def helper(loss):\n    """Scale the loss."""\n', False, ""),
+    "metric_function_docstring": ("def weight_norm(trainer, module):\n",
+                                  'def weight_norm(trainer, module):\n    """The weight norm."""\n', False, ""),
     "reformatted_code": ("loss = nn.functional.mse_loss(self.layer(x), y)",
                          "loss = nn.functional.mse_loss(\n            self.layer(x),\n            y,\n        )",
                          False, ""),
@@ -148,13 +185,20 @@ EDITS = {
 }
 
 
+def _edit(user: UserModule, case: str, undo: bool = False) -> None:
+    old, new = EDITS[case][:2]
+    utils = old.startswith("utils:")
+    old = old.removeprefix("utils:")
+    user.edit(*((new, old) if undo else (old, new)), utils=utils)
+
+
 @pytest.mark.parametrize("case", list(EDITS), ids=list(EDITS))
 def test_an_edit_of_the_user_code_is_refused_exactly_when_it_changes_what_runs(tmp_path, user, case, capsys):
-    old, new, refused, line = EDITS[case]
+    refused, line = EDITS[case][2:]
     out = tmp_path / "sweep"
     first = _sweep(user, out)
     assert (first.status == "ok").all()
-    user.edit(old, new)
+    _edit(user, case)
     capsys.readouterr()
     if refused:
         with pytest.raises(lc.sweep.SweepDirectoryError) as err:
@@ -175,7 +219,7 @@ def test_an_edit_of_the_user_code_is_refused_exactly_when_it_changes_what_runs(t
 def test_rerun_retrains_with_the_new_code_and_sets_the_old_results_aside(tmp_path, user, capsys):
     out = tmp_path / "sweep"
     old = _sweep(user, out)
-    user.edit(*EDITS["training_step"][:2])
+    _edit(user, "training_step")
     capsys.readouterr()
     new = _sweep(user, out, resume="rerun")
     err = capsys.readouterr().err
@@ -196,7 +240,7 @@ def test_rerun_retrains_with_the_new_code_and_sets_the_old_results_aside(tmp_pat
 def test_reuse_keeps_the_old_numbers_flagged_and_recorded(tmp_path, user, capsys):
     out = tmp_path / "sweep"
     first = _sweep(user, out)
-    user.edit(*EDITS["training_step"][:2])
+    _edit(user, "training_step")
     capsys.readouterr()
     # the old sweep has seed 0; this call also asks for seed 1, which trains with the new code
     kept = _sweep(user, out, resume="reuse", seeds=[0, 1])
