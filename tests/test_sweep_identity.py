@@ -223,8 +223,8 @@ def test_rerun_retrains_with_the_new_code_and_sets_the_old_results_aside(tmp_pat
     capsys.readouterr()
     new = _sweep(user, out, resume="rerun")
     err = capsys.readouterr().err
-    assert f"0 of 2 runs already done (resume='rerun': the results of identity {old.attrs['sweep']} were set aside" \
-           in err and err.strip().endswith("training 2")
+    assert f"0 of 2 runs already done (the results of identity {old.attrs['sweep']} were set aside in " \
+           f"{out / 'replaced' / old.attrs['sweep']}), training 2" in err
     scratch = _sweep(user, tmp_path / "scratch")  # the edited code, from scratch
     assert new.norm.tolist() == scratch.norm.tolist()
     assert new.norm.tolist() != old.norm.tolist()
@@ -266,6 +266,18 @@ def test_reuse_keeps_the_old_numbers_flagged_and_recorded(tmp_path, user, capsys
     again = _sweep(user, out, seeds=[0, 1])
     assert again.norm.tolist() == kept.norm.tolist() and again.attrs["runs_done"] == 4
     assert len(lc.sweep.load(out)) == 4
+
+
+def test_reuse_is_refused_when_more_than_code_and_versions_changed(tmp_path, user):
+    out = tmp_path / "sweep"
+    _sweep(user, out)
+    _edit(user, "training_step")
+    with pytest.raises(lc.sweep.SweepDirectoryError, match=r"resume='reuse' keeps(.|\n)*trainer.max_epochs: 2 -> 3"):
+        _sweep(user, out, resume="reuse", trainer={"max_epochs": 3, **CPU})
+    assert len(_lines(out)) == 2 and not (out / "replaced").exists()  # nothing moved
+    with pytest.raises(lc.sweep.SweepDirectoryError) as err:  # the default names only the choices that apply
+        _sweep(user, out, trainer={"max_epochs": 3, **CPU})
+    assert "resume='rerun'" in str(err.value) and "resume='reuse'" not in str(err.value)
 
 
 def test_a_change_of_library_version_is_refused_with_the_versions_diff(tmp_path, user, monkeypatch):

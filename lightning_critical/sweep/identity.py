@@ -279,14 +279,18 @@ def _version(module: str) -> str:
 
 
 def versions(namespace: str) -> dict[str, str]:
-    """The versions of torch, the Lightning ``namespace`` in use, numpy and this package.
+    """The versions of torch, the Lightning ``namespace`` in use, numpy, this package and Python (major.minor).
+
+    Python's minor version is there because the syntax trees hashed by :func:`code_digest` change
+    with it: an upgrade then reads as one line, not as every function changed.
 
     Example::
 
         >>> sorted(versions("pytorch_lightning"))
-        ['lightning_critical', 'numpy', 'pytorch_lightning', 'torch']
+        ['lightning_critical', 'numpy', 'python', 'pytorch_lightning', 'torch']
     """
-    return {name: _version(name) for name in ("torch", namespace, "numpy", _PACKAGE)}
+    found = {name: _version(name) for name in ("torch", namespace, "numpy", _PACKAGE)}
+    return {**found, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
 
 
 # -- what changed ------------------------------------------------------------------------------
@@ -318,6 +322,27 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         else:
             out += _differences(before, after, key)
     return out
+
+
+def changes_besides_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two descriptions other than code and versions (what ``resume="reuse"`` may not cross).
+
+    Example::
+
+        >>> changes_besides_code({"trainer": {"max_epochs": 2}, "model": {"function": "m:f", "code": "1"}},
+        ...                      {"trainer": {"max_epochs": 3}, "model": {"function": "m:f", "code": "2"}})
+        ['trainer.max_epochs: 2 -> 3']
+    """
+    return changes(_without_code(old), _without_code(new))
+
+
+def _without_code(value: Any, top: bool = True) -> Any:
+    if isinstance(value, Mapping):
+        drop = {"code", "versions"} if top else ({"code"} if "function" in value else set())
+        return {k: _without_code(v, False) for k, v in value.items() if k not in drop}
+    if isinstance(value, list):
+        return [_without_code(v, False) for v in value]
+    return value
 
 
 def _code_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ def report_reuse(out: str, identity: str, runs: int, to_train: int, takeover: Ta
             source = (f"{takeover.reused} reused from identity {takeover.previous} by resume='reuse', now identity "
                       f"{identity}; the old sweep is kept in {aside}")
         else:
-            source = f"resume='rerun': the results of identity {takeover.previous} were set aside in {aside}"
+            source = f"the results of identity {takeover.previous} were set aside in {aside}"
     print(f"lightning-critical: sweep {out}: {done} of {runs} runs already done ({source}), training {to_train}",
           file=sys.stderr)
     return {"runs_done": done, "runs_to_train": to_train, "reused_from": reused_from}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_critical._checks import check_choice
-from lightning_critical.sweep.identity import changes
+from lightning_critical.sweep.identity import changes, changes_besides_code
 
 RESULTS = "results.jsonl"
 IDENTITY = "sweep.json"
@@ -105,7 +105,9 @@ class Store:
         checkpoints deleted) and starts afresh. ``"reuse"`` sets it aside too, but carries its
         finished runs over as this sweep's: ``rekey(old_identity)`` maps old run ids to the new
         runs' fields; each carried record gets ``reused_from`` (the old identity) and
-        ``reused_run_id``. Both record the takeover in ``sweep.json``'s ``history``.
+        ``reused_run_id``. Only code and versions may differ for ``"reuse"``: results of other
+        arguments (Trainer, deficit, metrics) are another experiment, refused. Both record the
+        takeover in ``sweep.json``'s ``history``.
         Returns the :class:`Takeover`, or ``None`` when nothing was taken over.
         """
         check_choice("resume", resume, RESUME)
@@ -126,16 +128,25 @@ class Store:
         diff = changes(stored.get("description") or {}, description)
         if replace:
             resume = "rerun"
+        besides = changes_besides_code(stored.get("description") or {}, description)
         if resume == "refuse":
             shown = diff[:12] + ([f"... and {len(diff) - 12} more"] if len(diff) > 12 else [])
             details = "\n  ".join(shown) or "(the descriptions match but were written by another version)"
+            reuse = "" if besides else (
+                "resume='reuse' (keep the stored results as this sweep's; their rows are marked reused_from), ")
             raise SweepDirectoryError(
                 f"out={self.out!r} holds a different sweep (identity {old}, this one is {identity}); "
                 f"what differs (stored -> this call):\n  {details}\n"
                 "Its results may not be what this call would compute. Choose: resume='rerun' (train again; the "
-                f"stored results are set aside in {REPLACED}/{old}/), resume='reuse' (keep the stored results as "
-                "this sweep's; their rows are marked reused_from), or another out= directory."
+                f"stored results are set aside in {REPLACED}/{old}/), {reuse}or another out= directory."
             )
+        if resume == "reuse":
+            if besides:
+                raise SweepDirectoryError(
+                    f"out={self.out!r}: resume='reuse' keeps stored results across changes of code and library "
+                    f"versions only, and this call also changes:\n  " + "\n  ".join(besides[:12]) + "\n"
+                    "Its stored runs are results of another experiment: use resume='rerun' or another out= directory."
+                )
         carried = self._carried(old, identity, rekey) if resume == "reuse" else []
         aside = self._set_aside(old)
         self.remove_all_checkpoints()  # keyed by the old identity: never used again
