@@ -268,6 +268,20 @@ def test_reuse_keeps_the_old_numbers_flagged_and_recorded(tmp_path, user, capsys
     assert len(lc.sweep.load(out)) == 4
 
 
+def test_a_file_edited_but_not_reloaded_is_hashed_from_the_code_that_runs(tmp_path, user):
+    out = tmp_path / "sweep"
+    first = _sweep(user, out)
+    path = os.path.join(user.root, f"{user.name}.py")
+    with open(path, "w") as fh:  # edited on disk; the loaded Net still runs the old training_step
+        fh.write(user.sources[user.name].replace(*EDITS["training_step"][:2]))
+    assert source.function_digest(user.module.Net.training_step).startswith("bytecode:")
+    with pytest.raises(lc.sweep.SweepDirectoryError, match=r"Net.training_step changed \(hashed from the loaded "
+                                                           r"bytecode(.|\n)*reload the module"):
+        _sweep(user, out)
+    rerun = _sweep(user, out, resume="rerun")  # what runs is the old code: the old numbers, under its own digest
+    assert rerun.norm.tolist() == first.norm.tolist()
+
+
 def test_reuse_is_refused_when_more_than_code_and_versions_changed(tmp_path, user):
     out = tmp_path / "sweep"
     _sweep(user, out)

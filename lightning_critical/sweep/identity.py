@@ -355,7 +355,8 @@ def _code_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             elif name not in after:
                 out.append(f"code.{role}: {name} removed")
             elif before[name] != after[name]:
-                how = " (source no longer found: hashed from bytecode)" if str(after[name]).startswith("bytecode:") \
+                how = (" (hashed from the loaded bytecode: its source is missing or differs from it; after editing "
+                       "a file, reload the module)") if str(after[name]).startswith("bytecode:") \
                     and not str(before[name]).startswith("bytecode:") else ""
                 out.append(f"code.{role}: {name} changed{how}")
     return out

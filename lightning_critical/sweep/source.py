@@ -4,7 +4,8 @@ Functions are hashed from their syntax tree with docstrings removed (so docstrin
 and formatting do not count), plus their defaults and simple closure values; classes from
 their ``class`` statement without the methods (bases, decorators, class attributes). Without
 source (an interactive session, generated code, a file edited since the import), the bytecode
-minus the docstring is hashed instead and the digest says ``bytecode:``.
+minus the docstring is hashed instead and the digest says ``bytecode:``. The source is used only
+when it compiles to the loaded bytecode, so the digest is always that of the code that runs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import inspect
 import json
 import linecache
 import sys
-import textwrap
 import types
+from collections.abc import Iterator
 from typing import Any
 
 SIMPLE = (type(None), bool, int, float, complex, str, bytes)
@@ -38,47 +39,70 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
     return node
 
 
-def _parse_block(lines: list[str]) -> ast.stmt | None:
-    """The first statement of a source block cut out of a file (indented or not)."""
-    text = "".join(lines)
-    try:
-        if lines and lines[0][:1] in (" ", "\t"):  # a method or nested def: parse inside a block
-            return ast.parse("if True:\n" + text).body[0].body[0]  # type: ignore[attr-defined]
-        tree = ast.parse(textwrap.dedent(text))
-    except (SyntaxError, ValueError, IndexError):
-        return None
-    return tree.body[0] if tree.body else None
+class _File:
+    """One source file as read now: its syntax tree, its definitions by line, and its code objects compiled."""
+
+    def __init__(self, filename: str, text: str) -> None:
+        self.text = text
+        self.tree = ast.parse(text, filename)
+        self.defs: dict[int, list[ast.AST]] = {}
+        for node in ast.walk(self.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                lines = {node.lineno} | {d.lineno for d in getattr(node, "decorator_list", [])}
+                for line in lines:
+                    self.defs.setdefault(line, []).append(node)
+        self.codes: dict[tuple[str, int], list[types.CodeType]] = {}
+        for code in _all_codes(compile(text, filename, "exec", dont_inherit=True)):
+            self.codes.setdefault((code.co_name, code.co_firstlineno), []).append(code)
+
+    def loaded(self, code: types.CodeType) -> bool:
+        """Whether ``code`` is what this text compiles to at its line (the file was not edited since)."""
+        mine = _bytecode(code)
+        return any(_bytecode(c) == mine for c in self.codes.get((code.co_name, code.co_firstlineno), ()))
 
 
-_FILES: dict[str, tuple[str, ast.Module]] = {}
+def _all_codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            yield from _all_codes(const)
 
 
-def _file_tree(filename: str) -> ast.Module | None:
+_FILES: dict[str, _File] = {}
+
+
+def _file(filename: str) -> _File | None:
     linecache.checkcache(filename)
     text = "".join(linecache.getlines(filename))
     if not text:
         return None
     cached = _FILES.get(filename)
-    if cached is not None and cached[0] == text:
-        return cached[1]
+    if cached is not None and cached.text == text:
+        return cached
     try:
-        tree = ast.parse(text)
+        _FILES[filename] = _File(filename, text)
     except (SyntaxError, ValueError):
         return None
-    _FILES[filename] = (text, tree)
-    return tree
+    return _FILES[filename]
 
 
-def _lambda_node(code: types.CodeType) -> ast.AST | None:
-    tree = _file_tree(code.co_filename)
-    if tree is None:
+def _function_node(fn: types.FunctionType) -> ast.AST | None:
+    """The syntax tree of ``fn``, or ``None`` when its source is missing or is not the code that runs."""
+    code = fn.__code__
+    source = _file(code.co_filename)
+    if source is None or not source.loaded(code):
         return None
-    found = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno]
-    positions = getattr(code, "co_positions", None)  # Python >= 3.11
-    if len(found) > 1 and positions is not None:  # several lambdas on one line: the one holding the code's start
-        start = next(((line, col) for line, end_line, col, end in positions()
-                      if None not in (line, col) and (end_line, end) != (line, col)), None)  # not RESUME's (0, 0)
-        found = [n for n in found if start is not None and _span_holds(n, start)]
+    found: list[ast.AST]
+    if fn.__name__ == "<lambda>":
+        found = [n for n in source.defs.get(code.co_firstlineno, []) if isinstance(n, ast.Lambda)]
+        positions = getattr(code, "co_positions", None)  # Python >= 3.11
+        if len(found) > 1 and positions is not None:  # several lambdas on one line: the one holding the code
+            start = next(((line, col) for line, end_line, col, end in positions()
+                          if None not in (line, col) and (end_line, end) != (line, col)), None)  # not RESUME's
+            found = [n for n in found if start is not None and _span_holds(n, start)]
+    else:
+        found = [n for n in source.defs.get(code.co_firstlineno, [])
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == fn.__name__]
     return found[0] if len(found) == 1 else None
 
 
@@ -86,40 +110,6 @@ def _span_holds(node: ast.AST, position: tuple[int, int]) -> bool:
     first = (node.lineno, node.col_offset)  # type: ignore[attr-defined]
     last = (node.end_lineno or node.lineno, node.end_col_offset or 0)  # type: ignore[attr-defined]
     return first <= position <= last
-
-
-def _argument_names(node: ast.AST) -> list[str]:
-    args: ast.arguments = node.args  # type: ignore[attr-defined]
-    names = [a.arg for a in args.posonlyargs + args.args]
-    names += [args.vararg.arg] if args.vararg else []
-    names += [a.arg for a in args.kwonlyargs]
-    return names + ([args.kwarg.arg] if args.kwarg else [])
-
-
-def _code_arguments(code: types.CodeType) -> list[str]:
-    n = code.co_argcount + code.co_kwonlyargcount
-    n += bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
-    names = list(code.co_varnames[:n])
-    if code.co_flags & inspect.CO_VARARGS:  # the code keeps *args after the keyword-only names; the tree before
-        star = names.pop(code.co_argcount + code.co_kwonlyargcount)
-        names.insert(code.co_argcount, star)
-    return names
-
-
-def _function_node(fn: types.FunctionType) -> ast.AST | None:
-    """The syntax tree of ``fn``, or ``None`` when its source is missing or no longer matches it."""
-    code = fn.__code__
-    if fn.__name__ == "<lambda>":
-        node = _lambda_node(code)
-    else:
-        try:
-            node = _parse_block(inspect.getsourcelines(fn)[0])
-        except (OSError, TypeError):
-            return None
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name != fn.__name__:
-            return None
-    # a file edited since the function was defined has other lines there: compare the signature
-    return node if node is not None and _argument_names(node) == _code_arguments(code) else None
 
 
 def _skip_first_const(code: types.CodeType) -> bool:
@@ -188,12 +178,12 @@ def function_digest(fn: Any) -> str:
 def _class_node(cls: type) -> ast.ClassDef | None:
     """The class statement of ``cls`` in its module's file, found by qualified name (``None``: not found)."""
     try:
-        tree = _file_tree(inspect.getsourcefile(cls) or "")
+        source = _file(inspect.getsourcefile(cls) or "")
     except (OSError, TypeError):
         return None
-    if tree is None:
+    if source is None:
         return None
-    nodes: list[ast.AST] = [tree]
+    nodes: list[ast.AST] = [source.tree]
     parts = cls.__qualname__.split(".")
     for i, part in enumerate(parts):
         if part == "<locals>":
@@ -209,11 +199,25 @@ def _class_node(cls: type) -> ast.ClassDef | None:
     if first is not None:
         nodes = [n for n in nodes if first in (n.lineno, *(d.lineno for d in n.decorator_list))]  # type: ignore[attr-defined]
     node = nodes[0] if len(nodes) == 1 and isinstance(nodes[0], ast.ClassDef) else None
-    # a file edited since the class was defined: every method of the source must exist on the class
-    if node is None or any(isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name not in vars(cls)
-                           for s in node.body):
-        return None
-    return node
+    return node if node is not None and _matches_class(node, cls) else None
+
+
+def _matches_class(node: ast.ClassDef, cls: type) -> bool:
+    """Whether the class statement still describes ``cls`` (its methods exist, its literal attributes agree)."""
+    attrs = vars(cls)
+    for stmt in node.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name not in attrs:
+            return False
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else \
+            stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None
+        if isinstance(target, ast.Name) and target.id in attrs:
+            try:
+                literal = ast.literal_eval(stmt.value)  # type: ignore[attr-defined]
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if constant(literal) != constant(attrs[target.id]):
+                return False
+    return True
 
 
 def class_digest(cls: type) -> str:
