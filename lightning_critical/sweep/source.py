@@ -11,7 +11,6 @@ when it compiles to the loaded bytecode, so the digest is always that of the cod
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import inspect
 import json
@@ -35,7 +34,7 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
             body = item.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
-                item.body = body[1:] or [ast.Pass()]
+                item.body = body[1:] or [ast.Pass()]  # a function of only a docstring returns None, as `pass`
     return node
 
 
@@ -45,6 +44,7 @@ class _File:
     def __init__(self, filename: str, text: str) -> None:
         self.text = text
         self.tree = ast.parse(text, filename)
+        _strip_docstrings(self.tree)  # the tree serves hashing only
         self.defs: dict[int, list[ast.AST]] = {}
         for node in ast.walk(self.tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -57,8 +57,8 @@ class _File:
 
     def loaded(self, code: types.CodeType) -> bool:
         """Whether ``code`` is what this text compiles to at its line (the file was not edited since)."""
-        mine = _bytecode(code)
-        return any(_bytecode(c) == mine for c in self.codes.get((code.co_name, code.co_firstlineno), ()))
+        same = [c for c in self.codes.get((code.co_name, code.co_firstlineno), ()) if c.co_code == code.co_code]
+        return bool(same) and any(_bytecode(c) == _bytecode(code) for c in same)
 
 
 def _all_codes(code: types.CodeType) -> Iterator[types.CodeType]:
@@ -169,10 +169,11 @@ def function_digest(fn: Any) -> str:
     values = json.dumps(_values(fn))
     if node is None:
         return "bytecode:" + digest(json.dumps(_bytecode(fn.__code__)) + values)
-    node = copy.deepcopy(node)
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        node.name = ""  # the entry's key names it; renaming is not a code change
-    return "ast:" + digest(ast.dump(_strip_docstrings(node)) + values)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # all but the name (the entry's key names it)
+        parts: list[ast.AST | None] = [node.args, *node.decorator_list, *node.body, node.returns]
+        text = "|".join(ast.dump(p) if p is not None else "" for p in parts)
+        return "ast:" + digest(f"{type(node).__name__}|{text}{values}")
+    return "ast:" + digest(ast.dump(node) + values)
 
 
 def _class_node(cls: type) -> ast.ClassDef | None:
@@ -224,9 +225,9 @@ def class_digest(cls: type) -> str:
     """The class statement without its methods (bases, decorators, class attributes) or, without source, those."""
     node = _class_node(cls)
     if node is not None:
-        node = copy.copy(node)
-        node.body = [s for s in node.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        return "ast:" + digest(ast.dump(_strip_docstrings(copy.deepcopy(node))))
+        body = [s for s in node.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        parts = [*node.bases, *node.keywords, *node.decorator_list, *body]
+        return "ast:" + digest("|".join(ast.dump(p) for p in parts))
     attrs = {k: constant(v) for k, v in vars(cls).items() if is_value(v) and k != "__doc__"}
     bases = [f"{b.__module__}:{b.__qualname__}" for b in cls.__bases__]
     return "bytecode:" + digest(json.dumps([bases, sorted(attrs.items())]))
