@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import linecache
 import os
 import sys
 import uuid
@@ -328,6 +329,14 @@ def test_the_code_digest_follows_user_code_only():
     assert f"{__name__}:UserModule" not in entries  # a type annotation is not a call
 
 
+def test_the_main_module_is_user_code_even_when_a_kernel_launcher_from_site_packages_runs_it(monkeypatch):
+    kernel = type(sys)("__main__")
+    kernel.__file__ = os.path.join(os.path.dirname(pytest.__file__), "ipykernel_launcher.py")  # site-packages
+    monkeypatch.setitem(sys.modules, "__main__", kernel)
+    assert identity.is_user_module("__main__")
+    assert not identity.is_user_module("pytest")
+
+
 def test_without_source_the_bytecode_is_hashed_and_docstrings_still_do_not_count():
     scope: dict[str, Any] = {"__name__": "interactive_session"}
     exec("def f(x):\n    'Doc.'\n    return x + 1\n", scope)
@@ -335,6 +344,20 @@ def test_without_source_the_bytecode_is_hashed_and_docstrings_still_do_not_count
     exec("def h(x):\n    return x + 2\n", scope)
     f, g, h = (source.function_digest(scope[name]) for name in "fgh")
     assert f.startswith("bytecode:") and f == g != h
+
+
+def test_a_notebook_cell_is_hashed_from_its_source(monkeypatch):
+    def cell(text: str) -> Any:  # what IPython does: the cell's text in linecache, code compiled under that name
+        filename = f"/tmp/ipykernel_0/{uuid.uuid4().hex}.py"
+        monkeypatch.setitem(linecache.cache, filename, (len(text), None, text.splitlines(True), filename))
+        scope: dict[str, Any] = {"__name__": "__main__"}
+        exec(compile(text, filename, "exec"), scope)
+        return scope["f"]
+
+    plain = source.function_digest(cell("def f(x):\n    return x + 1\n"))
+    documented = source.function_digest(cell("def f(x):\n    'Add one.'\n    # a comment\n\n    return x + 1\n"))
+    changed = source.function_digest(cell("def f(x):\n    return x + 2\n"))
+    assert plain.startswith("ast:") and plain == documented != changed
 
 
 def test_the_yaml_config_accepts_resume(tmp_path):

@@ -77,6 +77,8 @@ def is_user_module(name: str | None) -> bool:
     """
     if not name:
         return False
+    if name in ("__main__", "__mp_main__"):  # the script or session itself (a notebook's runs from a kernel file)
+        return True
     top = name.split(".")[0]
     if top == _PACKAGE or top in sys.stdlib_module_names or top in sys.builtin_module_names:
         return False
