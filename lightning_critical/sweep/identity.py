@@ -11,12 +11,14 @@ factories, deficit, Trainer arguments and metrics. This module adds what those n
   docstrings removed, so docstrings, comments and formatting do not count; where no source is
   available (an interactive session, generated code) its bytecode minus the docstring is
   hashed instead, and the entry says ``bytecode:`` (:mod:`~lightning_critical.sweep.source`).
-* :func:`versions`: torch, the Lightning namespace in use, numpy and this package.
+* :func:`versions`: torch, the Lightning namespace in use, numpy, this package, Python (minor).
 * :func:`changes`: what differs between two descriptions, readably
   (``code.model: mymodule:Net.training_step changed``, ``versions: torch 2.12.0 -> 2.13.0``).
 
 Pure Python (``inspect``, ``ast``, ``dis``, ``hashlib``); imports neither Lightning nor torch.
-The source hashed is the file on disk: after editing a module, reload it before rerunning.
+What is hashed is the code that runs: a source file edited since its module was imported no
+longer compiles to the loaded bytecode, so that bytecode is hashed (reload the module to use
+the edit).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import os
 import sys
 import sysconfig
 import types
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lightning_critical.sweep.source import (
     SIMPLE,
+    all_codes,
     cell_filled,
     class_digest,
     constant,
@@ -50,6 +53,8 @@ MAX_ENTRIES = 400
 """Entries per role; beyond that the digest says it was truncated."""
 _MAX_ITEMS = 200  # elements of one container looked at for code
 _PACKAGE = "lightning_critical"
+
+
 # -- which code is the user's ------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _library_dirs() -> tuple[str, ...]:
@@ -107,7 +112,7 @@ def _references(code: types.CodeType) -> tuple[set[str], set[tuple[str, ...]], s
     globals_: set[str] = set()
     chains: set[tuple[str, ...]] = set()
     imports: set[tuple[str, str]] = set()
-    for item in _codes(code):
+    for item in all_codes(code):
         chain: list[str] = []
         module = ""
         for ins in dis.get_instructions(item):
@@ -126,13 +131,6 @@ def _references(code: types.CodeType) -> tuple[set[str], set[tuple[str, ...]], s
             elif ins.opname == "IMPORT_FROM" and module:
                 imports.add((module, ins.argval))
     return globals_, chains, imports
-
-
-def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
-    yield code
-    for const in code.co_consts:
-        if inspect.iscode(const):
-            yield from _codes(const)
 
 
 # -- the walk ---------------------------------------------------------------------------------

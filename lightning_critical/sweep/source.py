@@ -52,7 +52,7 @@ class _File:
                 for line in lines:
                     self.defs.setdefault(line, []).append(node)
         self.codes: dict[tuple[str, int], list[types.CodeType]] = {}
-        for code in _all_codes(compile(text, filename, "exec", dont_inherit=True)):
+        for code in all_codes(compile(text, filename, "exec", dont_inherit=True)):
             self.codes.setdefault((code.co_name, code.co_firstlineno), []).append(code)
 
     def loaded(self, code: types.CodeType) -> bool:
@@ -61,11 +61,12 @@ class _File:
         return bool(same) and any(_bytecode(c) == _bytecode(code) for c in same)
 
 
-def _all_codes(code: types.CodeType) -> Iterator[types.CodeType]:
+def all_codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    """``code`` and every code object nested in it (functions, lambdas, comprehensions, class bodies)."""
     yield code
     for const in code.co_consts:
         if inspect.iscode(const):
-            yield from _all_codes(const)
+            yield from all_codes(const)
 
 
 _FILES: dict[str, _File] = {}
