@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
+import inspect
 import multiprocessing
 import os
 import warnings
@@ -22,6 +24,7 @@ from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import units
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
+from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
@@ -36,12 +39,30 @@ from lightning_critical.sweep.spec import (
     short_hash,
 )
 from lightning_critical.sweep.store import IDENTITY, RESUME, Store, SweepDirectoryError, Takeover
-from lightning_critical.sweep.table import run_fields, to_table
+from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
 from lightning_critical.sweep.units import Batch
 
 MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
 
+def _holding_the_lock(sweep: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """Hold ``out``'s :class:`~lightning_critical.sweep.lock.SweepLock` for the whole call (one live sweep per out)."""
+    signature = inspect.signature(sweep)
+
+    @functools.wraps(sweep)
+    def locked(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return sweep(*args, **kwargs)  # let the call raise its own TypeError
+        bound.apply_defaults()
+        with SweepLock(bound.arguments["out"]):
+            return sweep(*args, **kwargs)
+
+    return locked
+
+
+@_holding_the_lock
 def run(
     model: Callable[..., Any],
     datamodule: Callable[..., Any] | None = None,
@@ -106,7 +127,9 @@ def run(
             names a ``windows`` argument also receives the run's windows (``()`` for the baseline),
             e.g. to overlay a theory that depends on them.
         test: also run ``trainer.test`` after training (for metrics such as ``test_acc``).
-        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints).
+        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints). One live
+            sweep per directory: a second call on an ``out`` in use is refused at once, naming
+            the owner's pid and host (:mod:`lightning_critical.sweep.lock`).
         backend: ``"process"`` (local worker processes, spawned), ``"serial"`` (this process),
             ``"ray"`` (``pip install "lightning-critical[ray]"``), or any
             ``concurrent.futures.Executor`` (e.g. ``submitit.AutoExecutor`` for SLURM; ``out``
@@ -189,6 +212,7 @@ def run(
     seed_list = _check_seeds(seeds)
     combos = check_params(params)
     metric_list = _check_metrics(metrics)
+    check_columns(sorted({k for combo in combos for k, _ in combo}), [m for m in metric_list if isinstance(m, str)])
     trainer_kwargs = _check_trainer(trainer, grid)
     if trainer_kwargs.get("logger") is False:
         tensorboard = False
@@ -235,6 +259,7 @@ def run(
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
     reuse_note = report_reuse(os.fspath(out), identity, len(runs), len(pending), takeover)
     if pending:
+        store.note_plan(plan_axes([fields[rid] for rid in run_ids]), identity)  # load() returns rows in this order
         items = []
         for i in pending:
             r, rid = runs[i], run_ids[i]
@@ -297,7 +322,11 @@ def run(
 
 
 def load(out: str | os.PathLike) -> pd.DataFrame:
-    """The table of every run recorded in a sweep directory (the latest result of each run).
+    """The table of every run recorded in a sweep directory (the latest result of each run), in plan order.
+
+    Plan order is the grid order of the calls that trained the runs (windows, swept values,
+    seeds; see :mod:`lightning_critical.sweep.table`). Needs no lock: it can read a sweep
+    while another process runs it.
 
     Example::
 
@@ -307,6 +336,7 @@ def load(out: str | os.PathLike) -> pd.DataFrame:
     """
     store = Store(os.fspath(out))
     records = list(store.latest().values())
+    records = order_records(records, store.plans({str(r.get("sweep")) for r in records}))
     table = to_table(records)
     table.attrs.update(_totals(table), out=store.out)
     return table
@@ -479,9 +509,10 @@ def _claim(store: Store, identity: str, description: dict[str, Any], resume: str
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
     labels = [r.label() for r in runs]
+    folded = [label.casefold() for label in labels]  # "A" and "a" are one directory on macOS and Windows
     out = {}
-    for label, rid in zip(labels, run_ids, strict=True):
-        out[rid] = label if labels.count(label) == 1 else f"{label}_{rid[:6]}"
+    for label, fold, rid in zip(labels, folded, run_ids, strict=True):
+        out[rid] = label if folded.count(fold) == 1 else f"{label}_{rid[:6]}"
     return out
 
 
