@@ -186,11 +186,9 @@ EDITS: dict[str, tuple[str, str, bool, str]] = {
 }
 
 
-def _edit(user: UserModule, case: str, undo: bool = False) -> None:
+def _edit(user: UserModule, case: str) -> None:
     old, new = EDITS[case][:2]
-    utils = old.startswith("utils:")
-    old = old.removeprefix("utils:")
-    user.edit(*((new, old) if undo else (old, new)), utils=utils)
+    user.edit(old.removeprefix("utils:"), new, utils=old.startswith("utils:"))
 
 
 @pytest.mark.parametrize("case", list(EDITS), ids=list(EDITS))
