@@ -27,10 +27,19 @@ from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, q
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
+from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
-from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
+from lightning_critical.sweep.spec import (
+    RunSpec,
+    SweepSpec,
+    accepted_kwargs,
+    check_params,
+    describe,
+    identity_of,
+    short_hash,
+)
+from lightning_critical.sweep.store import IDENTITY, RESUME, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
 from lightning_critical.sweep.units import Batch
 
@@ -82,6 +91,7 @@ def run(
     runner: Any = None,
     errors: str = "record",
     preflight: bool = True,
+    resume: str = "refuse",
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -159,15 +169,24 @@ def run(
             run for one training and one validation batch (isolated: it changes no run's numbers;
             skipped when every run has finished). ``False`` skips these checks (e.g. for a metric
             logged only later in training).
+        resume: what to do when ``out`` holds results of a sweep whose identity differs (its
+            arguments, the user code it ran, e.g. an edited model class, or the versions of torch,
+            Lightning, numpy or this package): ``"refuse"`` (default) raises, listing what changed;
+            ``"rerun"`` trains every run again (the old results are set aside in
+            ``<out>/replaced/<old identity>/``); ``"reuse"`` keeps the old finished runs as this
+            sweep's results (their rows say ``reused_from``; ``sweep.json`` records the takeover).
+            Every call prints on stderr how many runs were already done and from where.
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
         window_start, window_end (NaN for the baseline), unit, baseline, seed, deficit_seed (the
         seed its deficits drew with; ``<NA>`` for the baseline), the swept values,
         the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
-        (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
+        (after the branch point), branch_epoch, parent, log_dir, reused_from. ``table.attrs`` holds
         ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
-        would cost). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
+        would cost), ``runs_done`` (runs of this call already done before it: reused),
+        ``runs_to_train`` and ``reused_from`` (the identity whose results were taken over, or
+        ``None``). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
         and drops versus the baseline.
 
     Raises:
@@ -194,6 +213,7 @@ def run(
     """
     runner = check_runner(runner)
     check_choice("errors", errors, ("record", "raise"))
+    check_choice("resume", resume, RESUME, extra=" (what to do with results of a sweep whose identity differs)")
     supported = getattr(runner, "supports", RUNNER_OPTIONS)
     if tensorboard is None:
         tensorboard = "tensorboard" in supported
@@ -227,7 +247,8 @@ def run(
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
     _check_params_used(spec, combos)
-    identity = spec.identity()
+    description = spec.describe(_check_builds(spec, runs))  # the built classes' code is part of the identity
+    identity = identity_of(description)
     run_ids = [r.run_id(identity) for r in runs]
     labels = _labels(runs, run_ids)
     epochs = {rid: (r.max_epochs or spec.max_epochs) for r, rid in zip(runs, run_ids, strict=True)}
@@ -242,15 +263,18 @@ def run(
     if chosen.needs_pickling:
         _check_main_guard()
         _check_picklable(spec, chosen.name)
-    _check_builds(spec, runs)
     if preflight:
         _preflight.preflight(spec, runs, trial=bool(todo))
-    _claim(store, identity, spec.describe())
-    latest = store.latest()
-
     fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity}
               for r, rid in zip(runs, run_ids, strict=True)}
+
+    def rekey(old_identity: str) -> dict[str, dict[str, Any]]:  # resume="reuse": old run id -> this run's fields
+        return {r.run_id(old_identity): fields[rid] for r, rid in zip(runs, run_ids, strict=True)}
+
+    takeover = _claim(store, identity, description, resume, rekey)
+    latest = store.latest()
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
+    reuse_note = report_reuse(os.fspath(out), identity, len(runs), len(pending), takeover)
     if pending:
         store.note_plan(plan_axes([fields[rid] for rid in run_ids]), identity)  # load() returns rows in this order
         items = []
@@ -300,7 +324,7 @@ def run(
 
     records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
     table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
-    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out)
+    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out, **reuse_note)
     if all(table["status"] == "ok") and not keep_checkpoints:
         store.remove_all_checkpoints()
     if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:
@@ -473,26 +497,31 @@ def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
             ) from None
 
 
-def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> None:
-    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training."""
+def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> dict[str, list[type]]:
+    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training.
+
+    Returns the built objects' classes per role (their code joins the sweep's identity).
+    """
     with isolated(spec.threads_per_run), quiet():
-        spec.build_model(runs[0])
-        spec.build_datamodule(runs[0])
-        spec.build_callbacks(runs[0])
+        built = {"model": [type(spec.build_model(runs[0]))],
+                 "datamodule": [type(spec.build_datamodule(runs[0]))],
+                 "callbacks": [type(c) for c in spec.build_callbacks(runs[0])]}
         with_window = next((r for r in runs if r.windows), None)
         if with_window is not None:
-            spec.build_deficits(with_window)
+            built["deficit"] = [type(c) for c in spec.build_deficits(with_window)]
+    return built
 
 
-def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
+def _claim(store: Store, identity: str, description: dict[str, Any], resume: str,
+           rekey: Callable[[str], Mapping[str, Mapping[str, Any]]]) -> Takeover | None:
     try:
-        store.claim(identity, description)
+        return store.claim(identity, description, resume=resume, rekey=rekey)
     except SweepDirectoryError:
         if not os.path.exists(os.path.join(store.out, IDENTITY)) or any(
                 r.get("status") == "ok" for r in store.latest().values()):
             raise
         # only failed runs there (e.g. a metric name that did not exist): the corrected sweep takes over
-        store.claim(identity, description, replace=True)
+        return store.claim(identity, description, resume="rerun")
 
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
