@@ -20,6 +20,7 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import units
+from lightning_critical.sweep.audit import Audit, check_verify
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
@@ -59,6 +60,7 @@ def run(
     backend_options: Mapping[str, Any] | None = None,
     runner: Any = None,
     errors: str = "record",
+    verify: bool | int | str = "first",
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -125,14 +127,23 @@ def run(
             on; ``"raise"``: after the sweep (finished runs saved), re-raise the first failed run's
             exception (for callers that need one run's result or an error, e.g. the bundled
             experiments).
+        verify: the exactness audit (:mod:`lightning_critical.sweep.audit`): retrain branched
+            runs from scratch and compare final weights (bitwise on CPU, a relative tolerance on
+            accelerators). ``"first"`` (default): the first branched run of the sweep; an
+            integer ``n``: the first ``n``; ``"all"``; ``False`` / ``"none"``: no audit. An
+            audit done in an earlier call on the same ``out`` counts. A difference stops sharing
+            for the rest of the sweep, the audited row takes the from-scratch results, and a
+            warning names the run and the first differing tensor.
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
         window_start, window_end (NaN for the baseline), unit, baseline, seed, the swept values,
-        the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
-        (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
-        ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
-        would cost). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
+        the metrics, status (``"ok"`` / ``"failed"``), error, audit (``None``, ``"equal"`` or
+        ``"differs: ..."``), branch_refused (why a run that could have branched trained from
+        scratch), seconds, epochs, epochs_trained (after the branch point), branch_epoch,
+        parent, log_dir. ``table.attrs`` holds ``epochs_trained`` and ``epochs_independent``
+        (what training every run from scratch would cost) and ``audit`` (runs audited, passed,
+        seconds spent, whether sharing stopped). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
         and drops versus the baseline.
 
     Raises:
@@ -156,6 +167,7 @@ def run(
     """
     runner = check_runner(runner)
     check_choice("errors", errors, ("record", "raise"))
+    audit_limit = check_verify(verify)
     supported = getattr(runner, "supports", RUNNER_OPTIONS)
     if tensorboard is None:
         tensorboard = "tensorboard" in supported
@@ -206,6 +218,7 @@ def run(
     _check_builds(spec, runs)
     _claim(store, identity, spec.describe())
     latest = store.latest()
+    auditor = Audit(audit_limit if isinstance(runner, LightningRunner) else 0, store.out, latest)
 
     fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity}
               for r, rid in zip(runs, run_ids, strict=True)}
@@ -243,7 +256,7 @@ def run(
                 return Batch(runner, [tasks_by_id[n.run_id] for n in job])
 
         scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
-                              batches=batches, make_batch=make_batch)
+                              batches=batches, make_batch=make_batch, audit=auditor)
         with _namespace.exported():
             scheduler.run()
         latest = store.latest()
@@ -258,7 +271,9 @@ def run(
 
     records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
     table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
-    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out)
+    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out,
+                       audit=auditor.summary(records, verify))
+    auditor.report(table.attrs["audit"])
     if all(table["status"] == "ok") and not keep_checkpoints:
         store.remove_all_checkpoints()
     if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:
