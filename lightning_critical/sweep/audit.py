@@ -282,6 +282,7 @@ class Audit:
         """The audited run's final record, once its twin has finished (also decides whether sharing stops)."""
         rid = twin.run_id
         held = self.held.pop(rid)
+        _remove(self.path(rid, "branched", "json"))
         self.seconds += float(record.get("seconds") or 0.0)
         label = held.get("label", rid)
         if record.get("status") != "ok":  # nothing to compare: the row keeps its result, another run is audited
@@ -307,7 +308,6 @@ class Audit:
         else:
             _remove(self.path(rid, "branched"), self.path(rid, "scratch"))
             self._drop_twin_files(label, record.get("log_dir"))
-        _remove(self.path(rid, "branched", "json"))
         return final
 
     def _compare(self, rid: str, held: Mapping[str, Any], record: Mapping[str, Any]) -> str:
@@ -335,12 +335,13 @@ class Audit:
             target = os.path.join(self.out, "models", f"{label}.pt")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(model, target)
+        self._drop_twin_files(label, None)
 
     def _drop_twin_files(self, label: str, twin_logs: str | None) -> None:
         if twin_logs:
             shutil.rmtree(twin_logs, ignore_errors=True)
         _remove(os.path.join(self.dir, "scratch", "models", f"{label}.pt"))
-        for folder in ("scratch/models", "scratch/tensorboard", "scratch/runs", "scratch", ""):
+        for folder in ("scratch/models", "scratch/tensorboard", "scratch/runs", "scratch", ""):  # only if empty
             try:
                 os.rmdir(os.path.join(self.dir, folder))
             except OSError:
@@ -376,7 +377,9 @@ class Audit:
             what = "off (verify=False): branched runs are not compared with runs trained from scratch"
         else:
             what = "no branched run to audit"
-        stop = f" Sharing is off: {self.stopped}." if self.stopped else ""
+        found = any(v.startswith(DIFFERS) for v in self.verdicts.values())
+        stop = " Sharing stopped for the rest of the sweep." if found else (
+            f" Sharing is off ({self.stopped})." if self.stopped else "")
         print(f"lightning-critical: audit: {what}.{stop}", file=sys.stderr)
 
 
