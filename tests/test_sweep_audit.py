@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -72,9 +73,10 @@ class Interrupt(pl.Callback):
 
 
 def _sweep(out, model=tiny, **kw):
-    args = dict(deficit=lc.InputDeficit("noise", window=(0, 1), noise_std=0.5), windows=lc.sweep.removal([1, 2, 3]),
-                metrics="train_loss", trainer={"max_epochs": 4, **CPU}, out=str(out), backend="serial",
-                tensorboard=False, plot=False, progress=False, save_model=True)
+    args: dict[str, Any] = dict(
+        deficit=lc.InputDeficit("noise", window=(0, 1), noise_std=0.5), windows=lc.sweep.removal([1, 2, 3]),
+        metrics="train_loss", trainer={"max_epochs": 4, **CPU}, out=str(out), backend="serial", tensorboard=False,
+        plot=False, progress=False, save_model=True)
     args.update(kw)
     return lc.sweep.run(model, **args)
 
