@@ -15,7 +15,8 @@ How an audit runs (the scheduler calls :class:`Audit` at each step):
 * :func:`compare_states` compares every tensor: bitwise (``torch.equal``) when the run trained
   on CPU, else within :func:`tolerance` (relative to each tensor's largest magnitude:
   ``1e-4`` for 32/64-bit precision, ``1e-2`` for 16-bit and mixed precision, because
-  accelerator kernels reduce in an unspecified order); on CPU the metrics must be equal too;
+  accelerator kernels reduce in an unspecified order); the verdict is the weights' (a metric
+  that differs with equal weights, e.g. a pid or a duration, is only noted);
 * **equal**: the run's row says ``audit="equal"`` and its weights files are deleted;
 * **not verified** (the twin failed, e.g. its worker died): the row keeps its result and says
   so, and the next branched run is audited instead;
@@ -180,14 +181,18 @@ def compare_states(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float | Non
     return Comparison(len(names), differing, first_diff if differing else largest, rtol)
 
 
-def _same_metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
-    """The first metric that differs (bitwise; NaN equals NaN), or ``None``."""
+def _metric_note(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """A note naming the first metric that differs (NaN equals NaN), or ``""``.
+
+    Only a note: a metric may legitimately differ between two runs with equal weights (a pid,
+    a duration), so the verdict is the weights'.
+    """
     for name in list(a) + [k for k in b if k not in a]:
         x, y = a.get(name), b.get(name)
         both_nan = isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
         if x != y and not both_nan:
-            return f"{DIFFERS}: metric {name} {x!r} (branched) vs {y!r} (from scratch), weights bitwise equal"
-    return None
+            return f" (weights; metric {name} differs: {x!r} branched, {y!r} from scratch)"
+    return ""
 
 
 class Twin(Node):
@@ -319,9 +324,7 @@ class Audit:
         rtol = tolerance(str(a.get("device")), str(a.get("precision")))
         comparison = compare_states(a["state_dict"], b["state_dict"], rtol)
         if comparison.equal and rtol is None:
-            metric = _same_metrics(held.get("metrics") or {}, record.get("metrics") or {})
-            if metric is not None:
-                return metric
+            return comparison.verdict() + _metric_note(held.get("metrics") or {}, record.get("metrics") or {})
         return comparison.verdict()
 
     def _adopt_twin(self, label: str, run_logs: str | None, twin_logs: str | None) -> None:
