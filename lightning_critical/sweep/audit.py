@@ -376,6 +376,8 @@ class Audit:
                     f"compared final weights: {items}")
         elif summary["audited"]:
             what = f"{summary['audited']} run(s) audited in an earlier call, {summary['passed']} passed"
+        elif self.limit == 0 and check_verify(summary["verify"]) != 0:
+            what = "not available with this runner (only the default Lightning runner's branched runs are audited)"
         elif self.limit == 0:
             what = "off (verify=False): branched runs are not compared with runs trained from scratch"
         else:

@@ -260,15 +260,15 @@ class Scheduler:
 
     def _record(self, node: Node, record: dict[str, Any]) -> None:
         exception = record.pop("exception", None) if isinstance(record, dict) else None
-        if exception is not None and self.first_exception is None:
-            self.first_exception = exception
-        if isinstance(node, Twin):
+        if isinstance(node, Twin):  # a twin's failure is the audit's business, not errors="raise"'s
             final = self.audit.on_twin(node, record)
             self.done[node.run_id] = str(final.get("status"))
             self._store(final)
             if self.audit.stopped and not self.sharing_off:
                 self._stop_sharing()
             return
+        if exception is not None and self.first_exception is None:
+            self.first_exception = exception
         if record.get("status") == "refused":
             self._refused(node, record)
             return
