@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import json
 import os
+import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import SWEEP_CPU as CPU
@@ -72,10 +75,10 @@ class Interrupt(pl.Callback):
             raise KeyboardInterrupt
 
 
-def _sweep(out, model=tiny, **kw):
+def _sweep(out, model=tiny, datamodule=None, **kw):
     args: dict[str, Any] = dict(
-        deficit=lc.InputDeficit("noise", window=(0, 1), noise_std=0.5), windows=lc.sweep.removal([1, 2, 3]),
-        metrics="train_loss", trainer={"max_epochs": 4, **CPU}, out=str(out), backend="serial", tensorboard=False,
+        datamodule=datamodule, deficit=lc.InputDeficit("noise", window=(0, 1), noise_std=0.5),
+        windows=lc.sweep.removal([1, 2, 3]), metrics="train_loss", trainer={"max_epochs": 4, **CPU}, out=str(out), backend="serial", tensorboard=False,
         plot=False, progress=False, save_model=True)
     args.update(kw)
     return lc.sweep.run(model, **args)
@@ -176,6 +179,62 @@ def test_an_interrupted_audit_is_finished_by_the_next_call_without_retraining_th
     assert FITS == ["twin", "run"]  # the twin, then the baseline; the audited run is not retrained
     assert table[table.branch_epoch > 0].audit.tolist() == ["equal"]
     assert len(_lines(tmp_path / "s")) == 3
+
+
+class AugmentingData(pl.LightningDataModule):
+    """Noise augmentation from the datamodule's own ``np.random.default_rng`` (``numpy``) or a loader whose
+    shuffling uses its own ``torch.Generator`` (``loader``): state that lives outside the global generators."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.rng = np.random.default_rng(0)
+        g = torch.Generator().manual_seed(7)
+        self.x = torch.randn(48, 6, generator=g)
+        self.y = self.x.sum(1, keepdim=True).sin()
+
+    def train_dataloader(self):
+        if self.how == "loader":
+            gen = torch.Generator().manual_seed(3)  # PyTorch's reproducibility recipe
+            return DataLoader(TensorDataset(self.x, self.y), batch_size=12, shuffle=True, generator=gen)
+        noise = torch.from_numpy(self.rng.normal(0.0, 0.3, size=(48, 6)).astype("float32"))
+        return DataLoader(TensorDataset(self.x + noise, self.y), batch_size=12, shuffle=True)
+
+
+class CosineTiny(Tiny):
+    """A learning-rate schedule built from ``trainer.max_epochs`` (runs of different lengths differ in it)."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)]
+
+
+ADVERSARIAL = {
+    "global_generator": dict(model=hidden),
+    "datamodule_numpy_rng": dict(datamodule=functools.partial(AugmentingData, "numpy"),
+                                 trainer={"max_epochs": 4, "reload_dataloaders_every_n_epochs": 1, **CPU}),
+    "loader_generator": dict(datamodule=functools.partial(AugmentingData, "loader")),
+    "lr_schedule_from_max_epochs": dict(model=CosineTiny, windows=lc.sweep.removal([1, 2], epochs_after=2)),
+    # stops after the first epoch, the one whose end writes the branch checkpoint: children trained on
+    "user_early_stopping": dict(callbacks=lambda: [pl.callbacks.EarlyStopping("train_loss", stopping_threshold=1e9)]),
+}
+
+
+@pytest.mark.parametrize("case", list(ADVERSARIAL))
+def test_whatever_the_engine_misses_the_default_audit_leaves_no_wrong_number(tmp_path, case):
+    # Each pattern keeps state a branch point may not carry. Whether the engine captures it, refuses the
+    # branch or the audit catches it, the table must equal the same runs trained from scratch.
+    kw = ADVERSARIAL[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AuditWarning)
+        table = _sweep(tmp_path / "s", **kw)
+    reference = _sweep(tmp_path / "scratch", share_prefixes=False, verify=False, **kw)
+    assert table.train_loss.tolist() == reference.train_loss.tolist()
+    for label in table.label:
+        a, b = _weights(table, label), _weights(reference, label)
+        assert all(torch.equal(a[k], b[k]) for k in a), label
+    said = table.audit.fillna("").str.startswith("differs").any() or table.branch_refused.notna().any()
+    assert said or table.audit.fillna("").str.startswith("equal").any()  # every branch was checked or refused
 
 
 @pytest.mark.parametrize("verify", ["second", "ALL", -1, 1.5, [1], "true"], ids=repr)
