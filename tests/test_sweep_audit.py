@@ -78,8 +78,8 @@ class Interrupt(pl.Callback):
 def _sweep(out, model=tiny, datamodule=None, **kw):
     args: dict[str, Any] = dict(
         datamodule=datamodule, deficit=lc.InputDeficit("noise", window=(0, 1), noise_std=0.5),
-        windows=lc.sweep.removal([1, 2, 3]), metrics="train_loss", trainer={"max_epochs": 4, **CPU}, out=str(out), backend="serial", tensorboard=False,
-        plot=False, progress=False, save_model=True)
+        windows=lc.sweep.removal([1, 2, 3]), metrics="train_loss", trainer={"max_epochs": 4, **CPU}, out=str(out),
+        backend="serial", tensorboard=False, plot=False, progress=False, save_model=True)
     args.update(kw)
     return lc.sweep.run(model, **args)
 
