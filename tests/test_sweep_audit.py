@@ -206,10 +206,10 @@ class CosineTiny(Tiny):
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)]
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(self.trainer.max_epochs or 1))]
 
 
-ADVERSARIAL = {
+ADVERSARIAL: dict[str, dict[str, Any]] = {
     "global_generator": dict(model=hidden),
     "datamodule_numpy_rng": dict(datamodule=functools.partial(AugmentingData, "numpy"),
                                  trainer={"max_epochs": 4, "reload_dataloaders_every_n_epochs": 1, **CPU}),
