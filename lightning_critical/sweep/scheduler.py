@@ -263,6 +263,9 @@ class Scheduler:
         if isinstance(node, Twin):  # a twin's failure is the audit's business, not errors="raise"'s
             final = self.audit.on_twin(node, record)
             self.done[node.run_id] = str(final.get("status"))
+            if not final.get("branch_epoch"):  # its logs are now the twin's whole run: no prefix to copy in
+                for waiting in self.log_waiting.values():
+                    waiting[:] = [(n, r) for n, r in waiting if n.run_id != node.run_id]
             self._store(final)
             if self.audit.stopped and not self.sharing_off:
                 self._stop_sharing()
