@@ -208,6 +208,8 @@ def test_branched_runs_finished_before_a_mismatch_are_retrained(tmp_path):
     retrained = [rid for rid in "xyz" if latest[rid].get("branch_refused")]
     audited = [rid for rid in "xyz" if latest[rid].get("audit")]
     assert len(audited) == 1 and sorted(retrained + audited) == ["x", "y", "z"]
+    for rid in retrained:  # they had finished as branched runs (the twin sleeps), then trained again
+        assert (rid, 1, False) in runner.calls and (rid, 0, False) in runner.calls
 
 
 def test_a_mismatch_recorded_earlier_keeps_sharing_off(tmp_path):
