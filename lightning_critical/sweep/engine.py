@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
+import inspect
 import multiprocessing
 import os
 import warnings
@@ -23,17 +25,36 @@ from lightning_critical.sweep import units
 from lightning_critical.sweep.audit import Audit, check_verify
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
+from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
-from lightning_critical.sweep.table import run_fields, to_table
+from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
 from lightning_critical.sweep.units import Batch
 
 MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
 
+def _holding_the_lock(sweep: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """Hold ``out``'s :class:`~lightning_critical.sweep.lock.SweepLock` for the whole call (one live sweep per out)."""
+    signature = inspect.signature(sweep)
+
+    @functools.wraps(sweep)
+    def locked(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return sweep(*args, **kwargs)  # let the call raise its own TypeError
+        bound.apply_defaults()
+        with SweepLock(bound.arguments["out"]):
+            return sweep(*args, **kwargs)
+
+    return locked
+
+
+@_holding_the_lock
 def run(
     model: Callable[..., Any],
     datamodule: Callable[..., Any] | None = None,
@@ -98,7 +119,9 @@ def run(
             names a ``windows`` argument also receives the run's windows (``()`` for the baseline),
             e.g. to overlay a theory that depends on them.
         test: also run ``trainer.test`` after training (for metrics such as ``test_acc``).
-        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints).
+        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints). One live
+            sweep per directory: a second call on an ``out`` in use is refused at once, naming
+            the owner's pid and host (:mod:`lightning_critical.sweep.lock`).
         backend: ``"process"`` (local worker processes, spawned), ``"serial"`` (this process),
             ``"ray"`` (``pip install "lightning-critical[ray]"``), or any
             ``concurrent.futures.Executor`` (e.g. ``submitit.AutoExecutor`` for SLURM; ``out``
@@ -181,6 +204,7 @@ def run(
     seed_list = _check_seeds(seeds)
     combos = check_params(params)
     metric_list = _check_metrics(metrics)
+    check_columns(sorted({k for combo in combos for k, _ in combo}), [m for m in metric_list if isinstance(m, str)])
     trainer_kwargs = _check_trainer(trainer, grid)
     if trainer_kwargs.get("logger") is False:
         tensorboard = False
@@ -224,6 +248,7 @@ def run(
               for r, rid in zip(runs, run_ids, strict=True)}
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
     if pending:
+        store.note_plan(plan_axes([fields[rid] for rid in run_ids]), identity)  # load() returns rows in this order
         items = []
         for i in pending:
             r, rid = runs[i], run_ids[i]
@@ -288,7 +313,11 @@ def run(
 
 
 def load(out: str | os.PathLike) -> pd.DataFrame:
-    """The table of every run recorded in a sweep directory (the latest result of each run).
+    """The table of every run recorded in a sweep directory (the latest result of each run), in plan order.
+
+    Plan order is the grid order of the calls that trained the runs (windows, swept values,
+    seeds; see :mod:`lightning_critical.sweep.table`). Needs no lock: it can read a sweep
+    while another process runs it.
 
     Example::
 
@@ -298,6 +327,7 @@ def load(out: str | os.PathLike) -> pd.DataFrame:
     """
     store = Store(os.fspath(out))
     records = list(store.latest().values())
+    records = order_records(records, store.plans({str(r.get("sweep")) for r in records}))
     table = to_table(records)
     table.attrs.update(_totals(table), out=store.out)
     return table
@@ -465,9 +495,10 @@ def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
     labels = [r.label() for r in runs]
+    folded = [label.casefold() for label in labels]  # "A" and "a" are one directory on macOS and Windows
     out = {}
-    for label, rid in zip(labels, run_ids, strict=True):
-        out[rid] = label if labels.count(label) == 1 else f"{label}_{rid[:6]}"
+    for label, fold, rid in zip(labels, folded, run_ids, strict=True):
+        out[rid] = label if folded.count(fold) == 1 else f"{label}_{rid[:6]}"
     return out
 
 

@@ -38,6 +38,7 @@ from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.store import Store
+from lightning_critical.sweep.table import refuse_colliding_metrics
 
 
 class SweepAborted(RuntimeError):
@@ -276,6 +277,7 @@ class Scheduler:
             self._refused(node, record)
             return
         full = {**self.fields[node.run_id], **record, "finished_at": time.time()}
+        refuse_colliding_metrics(full)  # a metric function's name that would overwrite a column stops the sweep
         if node.run_id in self.refused:
             full["branch_refused"] = self.refused[node.run_id]
         self.done[node.run_id] = full["status"]

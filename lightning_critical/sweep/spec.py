@@ -131,7 +131,7 @@ def _has_contents(cell: Any) -> bool:
 
 
 def _json_value(name: str, value: Any) -> Any:
-    """A swept value as plain JSON (numpy scalars become Python numbers); refuse anything else."""
+    """A swept value as plain JSON (numpy scalars become Python numbers, tuples lists); refuse anything else."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
@@ -140,9 +140,16 @@ def _json_value(name: str, value: Any) -> Any:
         return float(value)
     if isinstance(value, (list, tuple)):
         return [_json_value(name, v) for v in value]
+    if isinstance(value, Mapping):
+        keys = [k for k in value if not isinstance(k, str)]
+        if keys:
+            raise ValueError(
+                f"params[{name!r}] value {value!r} is not valid: a swept dict needs string keys (JSON objects do), "
+                f"not {keys[0]!r}.")
+        return {k: _json_value(name, v) for k, v in value.items()}
     raise ValueError(
         f"params[{name!r}] value {value!r} is not valid: swept values must be numbers, strings, booleans, None "
-        f"or lists of them (they become table columns and TensorBoard hparams), not {type(value).__name__}."
+        f"or lists and dicts of them (they become table columns and TensorBoard hparams), not {type(value).__name__}."
     )
 
 
@@ -173,7 +180,8 @@ class RunSpec:
 
     @property
     def params_dict(self) -> dict[str, Any]:
-        return dict(self.params)
+        """The swept values, copied: a factory that changes a list it was given cannot change other runs."""
+        return {k: copy.deepcopy(v) for k, v in self.params}
 
     def encode(self) -> dict[str, Any]:
         return {
@@ -188,15 +196,29 @@ class RunSpec:
         return short_hash({"sweep": sweep_identity, "run": self.encode()})
 
     def label(self) -> str:
-        """A readable, file-system safe name (unique within a sweep)."""
+        """A readable, file-system safe name (ASCII letters, digits and ``.+-_=``, at most 120 characters).
+
+        Characters outside that set become ``-``; a longer name keeps its first 100 characters
+        plus a hash of the whole. Distinct runs may share a label (values differing only in
+        replaced characters or in case); the engine appends the run id to those.
+        """
         parts = [GridEntry(self.windows).label(), f"seed{self.seed}"]
-        parts += [f"{k}={_label_value(v)}" for k, v in self.params]
+        parts += [f"{_label_value(k)}={_label_value(v)}" for k, v in self.params]
         if self.max_epochs is not None and self.baseline:
             parts.append(f"{self.max_epochs}ep")
-        return "_".join(parts)
+        label = "_".join(parts).rstrip(".")  # a trailing dot vanishes on Windows file systems
+        if len(label) > LABEL_LENGTH:
+            label = f"{label[:LABEL_LENGTH - 20].rstrip('.-')}~{short_hash(label, 12)}"
+        return label
+
+
+LABEL_LENGTH = 120
+"""The longest run label (a file and directory name under ``<out>``); longer ones are cut and hashed."""
 
 
 def _label_value(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return json.dumps(value)  # digits, ".eE+-", Infinity, NaN: all safe, the sign kept
     text = json.dumps(value) if not isinstance(value, str) else value
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
@@ -407,12 +429,14 @@ def check_params(
     else:
         raise ValueError(f"params={params!r} is not valid: give a dict name -> list of values, or a list of dicts.")
     out: list[Params] = []
+    seen: set[str] = set()
     for combo in combos:
         bad = sorted(reserved & set(combo))
         if bad:
             raise ValueError(f"params may not contain {bad}: seeds go in seeds=..., windows in windows=....")
         item = tuple(sorted((str(k), _json_value(str(k), v)) for k, v in combo.items()))
-        if item in out:
+        if canonical_json(dict(item)) in seen:  # by JSON value: 1, 1.0, True and "1" are different values
             raise ValueError(f"params repeats the combination {dict(item)}: give each once.")
+        seen.add(canonical_json(dict(item)))
         out.append(item)
     return out

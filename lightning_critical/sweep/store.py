@@ -5,8 +5,14 @@ Layout of ``<out>``:
 * ``sweep.json``: what trains the runs (the sweep's identity). A directory holding a
   different sweep is refused with both descriptions' differences.
 * ``results.jsonl``: one JSON line per finished (or failed) run, appended, flushed and
-  fsynced at once; the last line of a run id wins (a failed run retried successfully). A line
-  cut short by a crash is skipped when reading, so the table is always readable.
+  fsynced at once; the last line of a run id wins (a failed run retried successfully).
+  Strictly valid JSON (:mod:`lightning_critical.sweep.records`): a NaN or infinite number is
+  written as ``null`` and named in the line's ``"nonfinite"`` map, and read back as the number.
+  A line cut short by a crash is skipped when reading; before the next append it is moved to
+  ``results.jsonl.torn`` (with a note on stderr) so the new line starts on a line of its own.
+* ``plans.jsonl``: the grid order of each call that trained runs, one line per call, so that
+  ``load()`` returns rows in plan order (:func:`~lightning_critical.sweep.table.order_records`).
+* ``.lock``: the live sweep's pid, host and start time (:mod:`lightning_critical.sweep.lock`).
 * ``checkpoints/<key>.ckpt``: branch points shared between runs (written atomically), with
   ``<key>.json`` naming the run that wrote it.
 * ``tensorboard/<label>/``: each run's logs. ``models/<label>.pt``: final weights (optional).
@@ -16,12 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from lightning_critical.sweep.records import decode_line, encode_line
 from lightning_critical.sweep.spec import canonical_json
 
 RESULTS = "results.jsonl"
+TORN = RESULTS + ".torn"
+PLANS = "plans.jsonl"
 IDENTITY = "sweep.json"
 CHECKPOINTS = "checkpoints"
 
@@ -113,28 +123,81 @@ class Store:
 
     # -- results ---------------------------------------------------------------------------
     def append(self, record: dict[str, Any]) -> None:
-        """Append one run's result and make it durable before returning."""
-        line = json.dumps(record, sort_keys=True, allow_nan=True, default=str)
-        with open(self.results_path, "a") as fh:
-            fh.write(line + "\n")
+        """Append one run's result (strict JSON) and make it durable before returning.
+
+        A last line cut short by an earlier crash is moved aside first (:meth:`repair`).
+        """
+        self._append_line(encode_line(record), self.results_path)
+
+    def note_plan(self, plan: dict[str, Any], sweep: str) -> None:
+        """Record a call's grid order (``{"windows": [...], "params": [...], "seeds": [...]}``) for ``sweep``."""
+        self._append_line(encode_line({"plan": plan, "sweep": sweep}), os.path.join(self.out, PLANS))
+
+    def _append_line(self, line: str, path: str) -> None:
+        self.repair(path)
+        with open(path, "ab") as fh:  # one write of one whole line
+            fh.write(line.encode("utf-8") + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Every readable line of ``results.jsonl``, in order (lines cut short by a crash are skipped)."""
-        if not os.path.exists(self.results_path):
+    def repair(self, path: str | None = None) -> None:
+        """End ``results.jsonl`` (or ``path``) on a complete line: a last line without its newline is a crash mid-write.
+
+        If that line is a whole record, only its newline was lost and it is kept; otherwise it is
+        appended to ``<file>.torn`` and cut off, with a note on stderr. Never glues the next line
+        to a fragment. Needs the sweep's lock (one writer).
+        """
+        path = path or self.results_path
+        try:
+            fh = open(path, "r+b")
+        except FileNotFoundError:
             return
-        with open(self.results_path) as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and "run_id" in record:
-                    yield record
+        with fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            start = _last_line_start(fh, size)
+            fh.seek(start)
+            tail = fh.read()
+            if decode_line(tail) is not None:
+                fh.seek(size)
+                fh.write(b"\n")
+            else:
+                with open(path + ".torn", "ab") as torn:
+                    torn.write(tail + b"\n")
+                    torn.flush()
+                    os.fsync(torn.fileno())
+                fh.truncate(start)
+                print(f"lightning-critical: the last line of {path} was cut short ({len(tail)} bytes, "
+                      f"a crash mid-write); moved it to {os.path.basename(path)}.torn and continued after the last "
+                      "complete line.",
+                      file=sys.stderr)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _lines(self, path: str) -> Iterator[dict[str, Any]]:
+        if not os.path.exists(path):
+            return
+        with open(path, "rb") as fh:
+            for raw in fh:
+                value = decode_line(raw)
+                if value is not None:
+                    yield value
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every readable run record of ``results.jsonl``, in file order (a line cut short by a crash is skipped)."""
+        for value in self._lines(self.results_path):
+            if "run_id" in value:
+                yield value
+
+    def plans(self, sweeps: Iterable[str]) -> list[dict[str, Any]]:
+        """The grid orders :meth:`note_plan` recorded for the given sweep identities, oldest first."""
+        wanted = set(sweeps)
+        return [v["plan"] for v in self._lines(os.path.join(self.out, PLANS))
+                if isinstance(v.get("plan"), dict) and v.get("sweep") in wanted]
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The last record of every run id."""
@@ -189,3 +252,17 @@ class Store:
             os.rmdir(self.checkpoint_dir)
         except OSError:
             pass
+
+
+def _last_line_start(fh: Any, size: int, chunk: int = 65536) -> int:
+    """The offset just after the last newline before ``size`` (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        fh.seek(start)
+        block = fh.read(end - start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
