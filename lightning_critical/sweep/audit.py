@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import shutil
 import sys
@@ -75,7 +76,7 @@ def check_verify(verify: Any) -> int | None:
         return 0
     if verify == "all":
         return None
-    if isinstance(verify, int) and not isinstance(verify, bool) and verify >= 0:
+    if isinstance(verify, numbers.Integral) and not isinstance(verify, bool) and int(verify) >= 0:  # numpy ints too
         return int(verify)
     raise ValueError(
         f"verify={verify!r} is not valid: choose 'first' (default), 'all', 'none' / False or an integer n >= 0."
