@@ -305,8 +305,8 @@ def test_every_call_prints_what_it_reused(tmp_path, user, capsys):
     out = tmp_path / "sweep"
     table = _sweep(user, out)
     sweep = table.attrs["sweep"]
-    assert capsys.readouterr().err.strip().endswith(
-        f"lightning-critical: sweep {out}: 0 of 2 runs already done (new runs, identity {sweep}), training 2")
+    assert (f"lightning-critical: sweep {out}: 0 of 2 runs already done (new runs, identity {sweep}), training 2"
+            in capsys.readouterr().err.splitlines())
     more = _sweep(user, out, seeds=[0, 1])
     assert f"sweep {out}: 2 of 4 runs already done (results.jsonl, identity {sweep}), training 2" \
         in capsys.readouterr().err

@@ -23,6 +23,7 @@ from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
+from lightning_critical.sweep.audit import Audit, check_verify
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.lock import SweepLock
@@ -92,6 +93,7 @@ def run(
     errors: str = "record",
     preflight: bool = True,
     resume: str = "refuse",
+    verify: bool | int | str = "first",
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
@@ -176,18 +178,27 @@ def run(
             ``<out>/replaced/<old identity>/``); ``"reuse"`` keeps the old finished runs as this
             sweep's results (their rows say ``reused_from``; ``sweep.json`` records the takeover).
             Every call prints on stderr how many runs were already done and from where.
+        verify: the exactness audit (:mod:`lightning_critical.sweep.audit`): retrain branched
+            runs from scratch and compare final weights (bitwise on CPU, a relative tolerance on
+            accelerators). ``"first"`` (default): the first branched run of the sweep; an
+            integer ``n``: the first ``n``; ``"all"``; ``False`` / ``"none"``: no audit. An
+            audit done in an earlier call on the same ``out`` counts. A difference stops sharing
+            for the rest of the sweep, the audited row takes the from-scratch results, and a
+            warning names the run and the first differing tensor.
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
         window_start, window_end (NaN for the baseline), unit, baseline, seed, deficit_seed (the
         seed its deficits drew with; ``<NA>`` for the baseline), the swept values,
-        the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
-        (after the branch point), branch_epoch, parent, log_dir, reused_from. ``table.attrs`` holds
-        ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
-        would cost), ``runs_done`` (runs of this call already done before it: reused),
-        ``runs_to_train`` and ``reused_from`` (the identity whose results were taken over, or
-        ``None``). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
-        and drops versus the baseline.
+        the metrics, status (``"ok"`` / ``"failed"``), error, audit (``None``, ``"equal"`` or
+        ``"differs: ..."``), branch_refused (why a run that could have branched trained from
+        scratch), seconds, epochs, epochs_trained (after the branch point), branch_epoch,
+        parent, log_dir, reused_from. ``table.attrs`` holds ``epochs_trained`` and
+        ``epochs_independent`` (what training every run from scratch would cost), ``runs_done``
+        (runs of this call already done before it: reused), ``runs_to_train``, ``reused_from``
+        (the identity whose results were taken over, or ``None``) and ``audit`` (runs audited,
+        passed, seconds spent, whether sharing stopped). :func:`~lightning_critical.sweep.summarize`
+        adds means, standard errors and drops versus the baseline.
 
     Raises:
         ValueError / TypeError: bad arguments, before any training (the message names the
@@ -214,6 +225,7 @@ def run(
     runner = check_runner(runner)
     check_choice("errors", errors, ("record", "raise"))
     check_choice("resume", resume, RESUME, extra=" (what to do with results of a sweep whose identity differs)")
+    audit_limit = check_verify(verify)
     supported = getattr(runner, "supports", RUNNER_OPTIONS)
     if tensorboard is None:
         tensorboard = "tensorboard" in supported
@@ -273,6 +285,7 @@ def run(
 
     takeover = _claim(store, identity, description, resume, rekey)
     latest = store.latest()
+    auditor = Audit(audit_limit if isinstance(runner, LightningRunner) else 0, store.out, latest)
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
     reuse_note = report_reuse(os.fspath(out), identity, len(runs), len(pending), takeover)
     if pending:
@@ -309,7 +322,7 @@ def run(
                 return Batch(runner, [tasks_by_id[n.run_id] for n in job])
 
         scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
-                              batches=batches, make_batch=make_batch)
+                              batches=batches, make_batch=make_batch, audit=auditor)
         with _namespace.exported():
             scheduler.run()
         latest = store.latest()
@@ -324,7 +337,9 @@ def run(
 
     records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
     table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
-    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out, **reuse_note)
+    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out, **reuse_note,
+                       audit=auditor.summary(records, verify))
+    auditor.report(table.attrs["audit"])
     if all(table["status"] == "ok") and not keep_checkpoints:
         store.remove_all_checkpoints()
     if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:

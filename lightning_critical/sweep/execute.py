@@ -54,7 +54,7 @@ from typing_extensions import override
 
 from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
-from lightning_critical.sweep import rng
+from lightning_critical.sweep import audit, rng
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
 
 QUIET_TRAINER: dict[str, Any] = {
@@ -89,6 +89,7 @@ class Task:
     save_paths: dict[int, str] | None = None
     parent: str | None = None
     sweep_kind: str = "explicit"
+    audit_path: str | None = None  # the exactness audit: write the final weights there
 
     @property
     def log_dir(self) -> str | None:
@@ -340,6 +341,8 @@ def _fit(task: Task) -> dict[str, Any]:
         trainer.test(model, **data_kwargs, verbose=False)
         produced.update(trainer.callback_metrics)
     metrics = read_metrics(spec.metrics, trainer, model, produced)
+    if task.audit_path is not None:
+        audit.save_weights(task.audit_path, model, trainer)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
         _tensorboard.write_session(trainer, extra=hparams(task), metrics=final)
