@@ -45,7 +45,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ from typing_extensions import override
 from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import rng
+from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files, unwrap
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
 
 QUIET_TRAINER: dict[str, Any] = {
@@ -96,20 +97,29 @@ class Task:
 
 
 class Branching(pl.callbacks.Checkpoint):
-    """Saves the branch checkpoints of a run and carries every random state through them.
+    """Saves the branch checkpoints of a run and carries every random state and decision through them.
 
     Args:
         save_paths: ``{epochs_done: path}``: after that many epochs, write a checkpoint to ``path``.
         info: extra fields for the ``<path>.json`` written next to each checkpoint.
         steps_per_epoch: the epoch length the plan assumed (step windows), checked at train start.
+        deficits: the sweep's deficit callbacks of this run (left out of the branch comparison:
+            they differ by window by design).
+
+    A run resumed from a branch checkpoint raises :class:`BranchRefused` before its first step
+    when it would not end as the same run trained from scratch (see
+    :mod:`lightning_critical.sweep.branch_state`).
     """
 
     def __init__(self, save_paths: Mapping[int, str] | None = None, info: dict[str, Any] | None = None,
-                 steps_per_epoch: int | None = None) -> None:
+                 steps_per_epoch: int | None = None, deficits: Sequence[Any] = ()) -> None:
         self.save_paths = dict(save_paths or {})
         self.info = dict(info or {})
         self.steps_per_epoch = steps_per_epoch
         self.restored = False
+        self.lineage = Lineage(exclude={id(self), *(id(d) for d in deficits)})
+        self._trainer: Any = None
+        self._saving = False
 
     @property
     @override
@@ -117,26 +127,47 @@ class Branching(pl.callbacks.Checkpoint):
         return "lightning_critical.sweep.Branching"
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer  # Lightning calls every callback's setup before it restores a checkpoint
+        self.lineage.setup(trainer)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng.capture()}
+        state: dict[str, Any] = {"rng": rng.capture()}
+        if self._saving:
+            state["branch"] = self.lineage.capture(self._trainer)
+        return state
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # before any callback's load_state_dict: a ModelCheckpoint then restores a state pointing at its own files
+        branch = ((checkpoint.get("callbacks") or {}).get(self.state_key) or {}).get("branch")
+        if branch:
+            place_checkpoint_files(trainer, branch.get("model_checkpoints", []), checkpoint)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "rng" in state_dict:
             rng.restore(state_dict["rng"])
             self.restored = True
+        if "branch" not in state_dict:
+            raise BranchRefused("the checkpoint carries no branch state (written by an older version of this package)")
+        self.lineage.load(self._trainer, state_dict["branch"])
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # optimizers and schedulers exist as configured; Lightning restores their states after this hook
+        self.lineage.fit_start(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.save_paths and not self.restored:
-            return
-        for config in trainer.lr_scheduler_configs:
-            if config.reduce_on_plateau:
-                raise ValueError(
-                    "ReduceLROnPlateau cannot be branched exactly (Lightning steps it after the end-of-epoch "
-                    "checkpoint): pass share_prefixes=False to lc.sweep.run."
-                )
-        if self.steps_per_epoch is not None:
+        if self.restored:
+            for i, config in enumerate(trainer.lr_scheduler_configs):
+                if config.reduce_on_plateau:
+                    raise BranchRefused(f"lr_schedulers[{i}]: ReduceLROnPlateau is stepped after the end-of-epoch "
+                                        "checkpoint with metrics no checkpoint holds")
+        if (self.save_paths or self.restored) and self.steps_per_epoch is not None:
             actual = _lightning.steps_per_epoch(trainer)
             if actual != self.steps_per_epoch:
                 raise ValueError(
@@ -144,16 +175,21 @@ class Branching(pl.callbacks.Checkpoint):
                     "optimizer steps per epoch; give the right value "
                     "(or None: step windows then do not share prefixes)."
                 )
+        self.lineage.train_start(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = trainer.current_epoch + 1
         path = self.save_paths.get(done)
-        if path is None or trainer.sanity_checking:
-            return
+        if path is None or trainer.sanity_checking or trainer.should_stop:
+            return  # a run about to stop hands out no branch: its children would train on where it stops
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes once
+        self._saving = True
+        try:
+            trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes once
+        finally:
+            self._saving = False
         if not trainer.is_global_zero:
             return
         info = {**self.info, "epoch": done, "step": int(trainer.global_step)}
@@ -162,6 +198,13 @@ class Branching(pl.callbacks.Checkpoint):
             fh.write(canonical_json(info))
         os.replace(sidecar + ".tmp", sidecar)
         os.replace(tmp, path)  # the sidecar first: a checkpoint that exists is complete and described
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for name in ("train_dataloader", "val_dataloader"):
+            for obj in (_lightning.datamodule_of(trainer), pl_module):
+                if obj is not None:
+                    unwrap(obj, name)
 
 
 @contextlib.contextmanager
@@ -284,6 +327,10 @@ def execute(task: Any) -> Any:
         except MetricNotFound as err:
             record["error"] = str(err)
             record["fatal"] = True
+        except BranchRefused as err:  # the scheduler trains this run from scratch and records why
+            record["status"] = "refused"
+            record["refused"] = err.reason
+            record["error"] = str(err)
         except Exception as err:
             record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
             record["exception"] = portable(err)
@@ -311,11 +358,13 @@ def _fit(task: Task) -> dict[str, Any]:
     pl.seed_everything(run.seed, verbose=False)
     model = spec.build_model(run)
     datamodule = spec.build_datamodule(run)
+    deficits = spec.build_deficits(run)
     branching = Branching(
         task.save_paths, info={"run_id": task.run_id, "label": task.label, "log_dir": log_dir},
         steps_per_epoch=spec.steps_per_epoch if run.windows and run.windows[0].unit == "step" else None,
+        deficits=deficits,
     )
-    callbacks = spec.build_deficits(run) + spec.build_callbacks(run) + [branching]
+    callbacks = deficits + spec.build_callbacks(run) + [branching]
     logger: Any = False
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
