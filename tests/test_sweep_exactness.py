@@ -86,7 +86,7 @@ class Halve(pl.Callback):
 
 def sweep(tmp_path: Any, share: bool, model: Any, grid: Any = None, epochs: int = 3, **kw: Any) -> Any:
     trainer = {"max_epochs": epochs, **CPU, **kw.pop("trainer", {})}
-    return lc.sweep.run(model=model, deficit=Halve, windows=grid or lc.sweep.removal([1, 2]),
+    return lc.sweep.run(model=model, deficit=kw.pop("deficit", Halve), windows=grid or lc.sweep.removal([1, 2]),
                         metrics=kw.pop("metrics", ["train_loss"]), trainer=trainer,
                         out=str(tmp_path / ("shared" if share else "independent")), backend="serial",
                         share_prefixes=share, save_model=True, tensorboard=False, plot=False, progress=False, **kw)
@@ -118,17 +118,19 @@ def assert_exact(tmp_path: Any, model: Any, metrics: tuple[Any, ...] = ("train_l
 
 
 def branch_fit(tmp_path: Any, make_model: Any, *, parent_epochs: int, child_epochs: int, at: int,
-               callbacks: Any = list, datamodule: Any = None, **trainer_kw: Any) -> tuple[Any, Any, Any]:
+               callbacks: Any = list, child_callbacks: Any = None, datamodule: Any = None,
+               **trainer_kw: Any) -> tuple[Any, Any, Any]:
     """Fit a parent that writes a branch checkpoint after ``at`` epochs, then a child that resumes from it."""
     path = str(tmp_path / "branch.ckpt")
     kw = {**QUIET_TRAINER, "logger": False, "enable_checkpointing": True, **CPU, **trainer_kw}
     fits = []
-    for epochs, branching, root in ((parent_epochs, Branching({at: path}), "parent"),
-                                    (child_epochs, Branching(), "child")):
+    for epochs, branching, root, make_callbacks in (
+            (parent_epochs, Branching({at: path}), "parent", callbacks),
+            (child_epochs, Branching(), "child", child_callbacks or callbacks)):
         pl.seed_everything(0, verbose=False)
         model = make_model()
         dm = {"datamodule": datamodule()} if datamodule else {}
-        trainer = pl.Trainer(max_epochs=epochs, callbacks=[*callbacks(), branching],
+        trainer = pl.Trainer(max_epochs=epochs, callbacks=[*make_callbacks(), branching],
                              default_root_dir=str(tmp_path / root), **kw)
         fits.append((trainer, model, dm))
     (parent, model, dm), (child, child_model, child_dm) = fits
@@ -162,6 +164,8 @@ def test_early_stopping_in_the_branch_epoch(tmp_path):
                          callbacks=lambda: [pl.callbacks.EarlyStopping("flat", patience=1,
                                                                        check_on_train_epoch_end=True)])
     assert (table["epochs_trained"] + table["branch_epoch"] <= 2).all()
+    # (0,2) was planned to branch after 2 epochs; its parent stopped there, so it started from the earlier branch
+    assert table.loc[table["label"].str.startswith("w0-2"), "branch_epoch"].tolist() == [1]
 
 
 SEQ = [3.0, 2.0, 2.0, 2.0, 2.0, 2.0]
@@ -299,6 +303,18 @@ class Jitter(pl.Callback):
                 p.add_(torch.from_numpy(self.rs.normal(0, 0.01, size=tuple(p.shape)).astype(np.float32)))
 
 
+class NoisyHalve(Halve):
+    """A deficit with its own generator: noisy inputs while active."""
+
+    def __init__(self, window: Any) -> None:
+        super().__init__(window)
+        self.gen = torch.Generator().manual_seed(11)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.window.start <= trainer.current_epoch < self.window.stop:
+            batch[0].add_(0.1 * torch.randn(batch[0].shape, generator=self.gen))
+
+
 class WorkerNoise(Dataset):
     def __len__(self) -> int:
         return len(X)
@@ -322,6 +338,8 @@ class Workers(Net):
     pytest.param({"model": SubmoduleRandomState}, id="submodule_randomstate"),
     pytest.param({"model": Net, "callbacks": lambda: [Jitter()]}, id="callback_randomstate"),
     pytest.param({"model": Workers}, id="num_workers_2"),
+    pytest.param({"model": Net, "deficit": NoisyHalve, "grid": lc.sweep.removal([1, 2, 3]), "epochs": 4},
+                 id="deficit_generator"),
 ])
 def test_generators_are_carried_through_the_branch(tmp_path, case):
     assert_exact(tmp_path, **case)
@@ -404,6 +422,12 @@ class UserEMA(pl.Callback):
                 e.mul_(0.5).add_(0.5 * p)
 
 
+class GeneratorIfLong(Net):
+    def setup(self, stage: str) -> None:
+        if (self.trainer.max_epochs or 0) > 4:
+            self.gen = torch.Generator().manual_seed(1)
+
+
 class Persistent(Net):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(X, Y), batch_size=8, shuffle=True, num_workers=1, persistent_workers=True)
@@ -421,6 +445,11 @@ class Persistent(Net):
     pytest.param({"make_model": LoaderGenerator, "parent_epochs": 3, "child_epochs": 3,
                   "reload_dataloaders_every_n_epochs": 1}, "reload_dataloaders_every_n_epochs",
                  id="reloaded_loader_with_generator"),
+    pytest.param({"make_model": GeneratorIfLong, "parent_epochs": 5, "child_epochs": 4},
+                 "model.gen: the parent held a random generator", id="generator_only_in_parent"),
+    pytest.param({"make_model": Net, "parent_epochs": 3, "child_epochs": 3,
+                  "callbacks": lambda: [Jitter()], "child_callbacks": list},
+                 "callbacks[0:", id="callback_only_in_one_run"),
     pytest.param({"make_model": Persistent, "parent_epochs": 3, "child_epochs": 3}, "persistent_workers=True",
                  id="persistent_workers"),
     pytest.param({"make_model": Plateaus, "parent_epochs": 3, "child_epochs": 3}, "ReduceLROnPlateau",
