@@ -11,7 +11,8 @@ baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`ru
 
 Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
 ``execute`` (one run in this process), ``branch_state`` / ``branch_compare`` / ``branch_rngs``
-(what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit of work and how a worker runs it),
+(what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit
+of work and how a worker runs it),
 ``backends`` (serial, process, Executor, Ray), ``scheduler`` (the DAG on a backend), ``runners``
 (what trains the runs: the :class:`Runner` interface, one Lightning fit per run by default),
 ``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
