@@ -332,6 +332,7 @@ class Workers(Net):
     pytest.param({"model": LoaderGenerator}, id="loader_generator"),
     pytest.param({"model": SamplerGenerator}, id="sampler_generator"),
     pytest.param({"model": ShuffledVal, "metrics": ("train_loss", "val_loss")}, id="val_loader_generator"),
+    pytest.param({"model": ShuffledVal, "trainer": {"num_sanity_val_steps": 2}}, id="sanity_check_val_generator"),
     pytest.param({"model": Net, "datamodule": AugmentingData}, id="datamodule_numpy_rng"),
     pytest.param({"model": DatasetRandom}, id="dataset_python_random"),
     pytest.param({"model": OwnDropout}, id="model_dropout_generator"),
@@ -385,6 +386,23 @@ class Warmup(Net):
         total = float(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (0.1 * total)))
         return [opt], [{"scheduler": sched, "interval": "step"}]
+
+
+class Step(Net):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param({"model": Cosine}, id="cosine_same_length"),
+    pytest.param({"model": Warmup}, id="warmup_same_length"),
+    pytest.param({"model": Step, "grid": lc.sweep.removal([1, 2], epochs_after=2), "epochs": 4},
+                 id="steplr_runs_of_different_lengths"),
+])
+def test_schedules_that_do_not_differ_are_shared(tmp_path, case):
+    # no false refusals: a schedule from max_epochs is fine when runs have one length, StepLR whatever the length
+    assert_exact(tmp_path, **case)
 
 
 class TotalEpochs(Net):

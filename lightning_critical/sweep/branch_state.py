@@ -25,6 +25,8 @@ trained from scratch:
   after building them and before restoring their states), loader settings (``on_train_start``).
   A child whose fingerprint differs from its parent's is refused before its first step, e.g.
   ``lr_schedulers[0].T_max: 6 -> 4`` (a schedule built from ``max_epochs``).
+* **Decisions**: a run about to stop writes no branch checkpoint (see ``Branching``); a child
+  skips Lightning's sanity check, which its parent ran before the prefix.
 * **ModelCheckpoint files**: the files a user ``ModelCheckpoint`` tracks (best k, last) travel
   inside the branch checkpoint and are written into the child's own ``dirpath``, whose state
   then points at them, so the child ends with the best model of its whole run.
@@ -197,6 +199,9 @@ class Lineage:
     def load(self, trainer: pl.Trainer, state: dict[str, Any]) -> None:
         """Start a child: restore what exists now, and each loader's generators when it is made."""
         self.parent = state
+        # the parent ran its sanity check before the prefix; a run from scratch would not run one at the branch
+        # epoch (Lightning runs it on resume: its validation would draw from the val loader's generator)
+        trainer.num_sanity_val_steps = 0
         self.pending = dict(state.get("rngs", {}))
         self._restore(rng_roots(trainer, self.exclude, self.deficits))
         for name in ("train_dataloader", "val_dataloader"):
@@ -219,7 +224,10 @@ class Lineage:
             self.restored[path] = (gen, saved)
 
     def fit_start(self, trainer: pl.Trainer) -> None:
-        """Fingerprint the optimizers and schedulers as configured; a child compares what it has so far."""
+        """Fingerprint the optimizers and schedulers as configured; a child compares what it has so far.
+
+        (Strategies that restore after ``on_fit_start`` leave the whole comparison to :meth:`train_start`.)
+        """
         self.fingerprint.update(optim_fingerprint(trainer))
         if self.parent is not None:
             loaders = ("train_dataloader", "val_dataloader")
@@ -237,12 +245,9 @@ class Lineage:
             self.fresh = plain_state(named, run_dir)
             self.hidden_fresh = hidden_state(named)
             return
-        for dl in ("train_dataloader", "val_dataloader"):
-            mine = {k: v for k, v in self.fingerprint.items() if k.startswith(dl)}
-            theirs = {k: v for k, v in self.parent["fingerprint"].items() if k.startswith(dl)}
-            reason = compare(theirs, mine)
-            if reason:
-                raise BranchRefused(reason)
+        reason = compare(self.parent["fingerprint"], self.fingerprint)  # all of it (with the loaders) this time
+        if reason:
+            raise BranchRefused(reason)
         reason = unsupported(trainer)
         if reason:
             raise BranchRefused(reason)
