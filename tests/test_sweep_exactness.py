@@ -373,6 +373,13 @@ def test_state_and_trainer_features(tmp_path, case):
     assert_exact(tmp_path, **case)
 
 
+def test_chained_branches(tmp_path):
+    # runs of different lengths: (0,2) branches from (0,1), (0,3) from (0,2) which itself resumed
+    table = assert_exact(tmp_path, Counter, grid=lc.sweep.removal([1, 2, 3], epochs_after=1), epochs=4)
+    parents = dict(zip(table["run_id"], table["parent"], strict=True))
+    assert any(p in parents and isinstance(parents[p], str) for p in parents.values()), table[["label", "parent"]]
+
+
 # -- refused: what the child configures differs, or what the parent holds cannot be carried -----------
 class Cosine(Net):
     def configure_optimizers(self) -> Any:

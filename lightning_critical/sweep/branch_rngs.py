@@ -72,7 +72,7 @@ def _walk(obj: Any, path: str, depth: int, found: dict[str, Any], seen: set[int]
     if is_rng(obj):
         found[path] = obj
         return
-    if depth > MAX_DEPTH or isinstance(obj, pl.Trainer) or hasattr(obj, "__next__"):
+    if depth > MAX_DEPTH or isinstance(obj, pl.Trainer) or hasattr(type(obj), "__next__"):
         return  # iterators (a loader's live iterator, generator functions) are not state we can carry
     if isinstance(obj, torch.nn.Module):
         for key, value in vars(obj).items():
@@ -91,7 +91,10 @@ def _walk(obj: Any, path: str, depth: int, found: dict[str, Any], seen: set[int]
             for i, value in enumerate(obj):
                 _walk(value, f"{path}[{i}]", depth + 1, found, seen)
         return
-    attrs = getattr(obj, "__dict__", None)
+    try:  # only the instance dictionary: no property or __getattr__ of user code runs
+        attrs = object.__getattribute__(obj, "__dict__")
+    except (AttributeError, TypeError):
+        return
     if isinstance(attrs, dict):
         for key, value in list(attrs.items()):
             _walk(value, f"{path}.{key}", depth + 1, found, seen)
