@@ -6,7 +6,7 @@ the rest and refuses (:class:`BranchRefused`) where the child would not end as t
 trained from scratch:
 
 * **Random generator objects** (:mod:`~lightning_critical.sweep.branch_rngs`) held by the
-  model, datamodule, callbacks and the train / val loaders (their generator, sampler, dataset)
+  model, datamodule, callbacks, deficits and the train / val loaders (generator, sampler, dataset)
   are saved by path at the branch point and restored in the child before their first draw:
   those of the model, datamodule and callbacks while Lightning restores the checkpoint, those
   of a loader the moment ``train_dataloader()`` / ``val_dataloader()`` returns it (before its
@@ -18,7 +18,8 @@ trained from scratch:
   model, datamodule and callbacks: one the parent changed during the prefix (an epoch
   counter) is set in the child to the parent's value unless the checkpoint already restored
   it; one the parent did not change must equal the child's own (else the two are configured
-  differently).
+  differently). A callback without ``state_dict`` whose tensors or modules changed during the
+  prefix (a hand-written weight average) is refused: no checkpoint holds them.
 * **Fingerprints** of what each run configures for itself: trainer limits and the plain
   attributes of model, datamodule and callbacks before any restore (``setup``), optimizers and
   LR schedulers as ``configure_optimizers`` built them (``on_fit_start``, which Lightning calls
@@ -29,7 +30,8 @@ trained from scratch:
   skips Lightning's sanity check, which its parent ran before the prefix.
 * **ModelCheckpoint files**: the files a user ``ModelCheckpoint`` tracks (best k, last) travel
   inside the branch checkpoint and are written into the child's own ``dirpath``, whose state
-  then points at them, so the child ends with the best model of its whole run.
+  then points at them, so the child ends with the best model of its whole run (the branch
+  checkpoint grows by their size).
 
 Paths under a run's own directory (``trainer.default_root_dir``) are compared relative to it.
 The sweep's deficit callbacks are left out: they differ by window by design, and the plan
@@ -93,6 +95,7 @@ def rng_roots(trainer: pl.Trainer, exclude: set[int], deficits: Sequence[int] = 
     loaders.update(extra or {})
     roots.update({k: v for k, v in loaders.items() if v is not None})
     return roots
+
 
 # -- ModelCheckpoint files ---------------------------------------------------------------------
 def _tracked_files(cb: Any) -> set[str]:
