@@ -512,12 +512,31 @@ def test_refused_child_is_retrained_from_scratch(tmp_path):
             assert torch.equal(a[label][name], b[label][name]), (label, name)
 
 
+class AllKinds(OwnDropout):
+    """Holds one generator of every kind (all drawn from during training)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.kinds = {"np": np.random.default_rng(1), "legacy": np.random.RandomState(2), "py": random.Random(3),
+                      "bits": np.random.PCG64(4)}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        k = self.kinds
+        shift = k["np"].random() + k["legacy"].rand() + k["py"].random() + k["bits"].random_raw() % 7
+        return super().training_step(batch, batch_idx) * (1 + 0.01 * float(shift))
+
+
 def test_branch_state_loads_with_weights_only(tmp_path):
-    _, fit, _ = branch_fit(tmp_path, OwnDropout, parent_epochs=3, child_epochs=3, at=1,
-                               callbacks=lambda: [pl.callbacks.ModelCheckpoint(monitor="train_loss")])
+    _, fit, _ = branch_fit(tmp_path, AllKinds, parent_epochs=3, child_epochs=3, at=1,
+                           callbacks=lambda: [pl.callbacks.ModelCheckpoint(monitor="train_loss")])
     checkpoint = torch.load(str(tmp_path / "branch.ckpt"), weights_only=False)
     state = checkpoint["callbacks"]["lightning_critical.sweep.Branching"]
     torch.save(state, str(tmp_path / "state.pt"))
     loaded = torch.load(str(tmp_path / "state.pt"), weights_only=True)
-    assert "model.gen" in loaded["branch"]["rngs"] and loaded["branch"]["model_checkpoints"][0]["files"]
+    kinds = {"model.gen", "model.kinds['np']", "model.kinds['legacy']", "model.kinds['py']", "model.kinds['bits']"}
+    assert kinds <= set(loaded["branch"]["rngs"]) and loaded["branch"]["model_checkpoints"][0]["files"]
     fit()  # and the child resumes
+
+
+def test_every_generator_kind_is_exact(tmp_path):
+    assert_exact(tmp_path, AllKinds)
