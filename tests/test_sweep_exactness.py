@@ -517,8 +517,8 @@ class AllKinds(OwnDropout):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
-        self.kinds = {"np": np.random.default_rng(1), "legacy": np.random.RandomState(2), "py": random.Random(3),
-                      "bits": np.random.PCG64(4)}
+        self.kinds: dict[str, Any] = {"np": np.random.default_rng(1), "legacy": np.random.RandomState(2),
+                                      "py": random.Random(3), "bits": np.random.PCG64(4)}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         k = self.kinds
