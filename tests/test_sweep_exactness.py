@@ -311,8 +311,9 @@ class NoisyHalve(Halve):
         self.gen = torch.Generator().manual_seed(11)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        noise = torch.randn(batch[0].shape, generator=self.gen)  # drawn in every batch, used while active
         if self.window.start <= trainer.current_epoch < self.window.stop:
-            batch[0].add_(0.1 * torch.randn(batch[0].shape, generator=self.gen))
+            batch[0].add_(0.1 * noise)
 
 
 class WorkerNoise(Dataset):
@@ -340,7 +341,7 @@ class Workers(Net):
     pytest.param({"model": Net, "callbacks": lambda: [Jitter()]}, id="callback_randomstate"),
     pytest.param({"model": Workers}, id="num_workers_2"),
     pytest.param({"model": Net, "deficit": NoisyHalve, "grid": lc.sweep.removal([1, 2, 3]), "epochs": 4},
-                 id="deficit_generator"),
+                 id="deficit_generator_removal"),
 ])
 def test_generators_are_carried_through_the_branch(tmp_path, case):
     assert_exact(tmp_path, **case)
@@ -371,6 +372,24 @@ class Counter(Net):
 ])
 def test_state_and_trainer_features(tmp_path, case):
     assert_exact(tmp_path, **case)
+
+
+def test_deficit_generator_across_a_sliding_branch(tmp_path):
+    # (2,3) branches after epoch 0 from (1,2): its deficit's generator drew in epoch 0 and is used in epoch 2.
+    # The baseline would branch from (2,3), whose deficit holds a generator the baseline lacks: refused.
+    kw: dict[str, Any] = dict(deficit=NoisyHalve, grid=lc.sweep.sliding([1, 2], length=1))
+    shared = sweep(tmp_path, True, Net, **kw).set_index("label")
+    independent = sweep(tmp_path, False, Net, **kw).set_index("label")
+    assert shared.loc["w2-3_seed0", "parent"] == shared.loc["w1-2_seed0", "run_id"]
+    base = shared.loc["baseline_seed0"]
+    why = f"{base.get('error')} {base.get('branch_refused')}"  # before / after the scheduler's fallback
+    assert base["status"] == "ok" or "deficits[0:NoisyHalve].gen" in why, why
+    ok = shared[shared["status"] == "ok"].reset_index()
+    assert "w2-3_seed0" in set(ok["label"])
+    a, b = models(ok), models(independent.reset_index())
+    for label in a:
+        for name in a[label]:
+            assert torch.equal(a[label][name], b[label][name]), (label, name)
 
 
 def test_chained_branches(tmp_path):
