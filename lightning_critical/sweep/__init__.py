@@ -16,7 +16,8 @@ of work and how a worker runs it),
 ``backends`` (serial, process, Executor, Ray), ``scheduler`` (the DAG on a backend), ``runners``
 (what trains the runs: the :class:`Runner` interface, one Lightning fit per run by default),
 ``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
-(the resumable directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
+(the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live sweep per
+directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
 table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
 ``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics).
 """
@@ -27,6 +28,7 @@ from lightning_critical.sweep.branch_state import BranchRefused
 from lightning_critical.sweep.engine import load, run
 from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
 from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
+from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import LightningRunner, Runner
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
@@ -41,6 +43,7 @@ __all__ = [
     "RunSpec",
     "Runner",
     "SweepDirectoryError",
+    "SweepLockedError",
     "SweepSpec",
     "WindowGrid",
     "load",

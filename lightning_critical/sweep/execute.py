@@ -60,7 +60,7 @@ from lightning_critical._namespace import pl
 from lightning_critical.sweep import rng
 from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files
 from lightning_critical.sweep.isolation import isolated, quiet
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
 
 QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
@@ -353,6 +353,7 @@ def _fit(task: Task) -> dict[str, Any]:
         "epochs_trained": int(trainer.current_epoch) - task.branch_epoch,
         "branch_step": branch_step,
         "global_step": int(trainer.global_step),
+        "deficit_seed": deficit_seed(deficits),
     }
 
 

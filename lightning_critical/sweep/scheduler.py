@@ -29,6 +29,7 @@ from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.store import Store
+from lightning_critical.sweep.table import refuse_colliding_metrics
 
 
 class SweepAborted(RuntimeError):
@@ -216,6 +217,7 @@ class Scheduler:
         if exception is not None and self.first_exception is None:
             self.first_exception = exception
         full = {**self.fields[node.run_id], **record, "finished_at": time.time()}
+        refuse_colliding_metrics(full)  # a metric function's name that would overwrite a column stops the sweep
         self.store.append(full)
         self.done[node.run_id] = full["status"]
         if full.get("fatal"):
