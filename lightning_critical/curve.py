@@ -19,7 +19,8 @@ import pandas as pd
 RUN_COLUMNS = ["run_id", "label", "window", "window_start", "window_end", "unit", "baseline", "seed",
                "deficit_seed"]
 """Columns that describe a run of a sweep table."""
-RESULT_COLUMNS = ["status", "error", "seconds", "epochs", "epochs_trained", "branch_epoch", "parent", "log_dir"]
+RESULT_COLUMNS = ["status", "error", "audit", "branch_refused", "seconds", "epochs", "epochs_trained", "branch_epoch",
+                  "parent", "log_dir", "reused_from"]
 """Columns a run's result adds (besides its metrics)."""
 
 

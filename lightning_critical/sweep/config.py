@@ -41,7 +41,7 @@ from lightning_critical.sweep import grids
 RUN_KEYS = (
     "seeds", "params", "trainer", "test", "out", "backend", "workers", "threads_per_run", "share_prefixes",
     "steps_per_epoch", "progress", "save_model", "tensorboard", "plot", "keep_checkpoints", "backend_options",
-    "preflight",
+    "preflight", "resume",
 )
 KEYS = ("model", "data", "deficit", "windows", "metrics", "callbacks") + RUN_KEYS
 

@@ -25,14 +25,24 @@ from lightning_critical.sweep import failures as _failures
 from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
 from lightning_critical.sweep import workers as _workers
+from lightning_critical.sweep.audit import Audit, check_verify
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
+from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
-from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
+from lightning_critical.sweep.spec import (
+    RunSpec,
+    SweepSpec,
+    accepted_kwargs,
+    check_params,
+    describe,
+    identity_of,
+    short_hash,
+)
+from lightning_critical.sweep.store import IDENTITY, RESUME, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
 from lightning_critical.sweep.units import Batch
 
@@ -84,16 +94,18 @@ def run(
     runner: Any = None,
     errors: str = "record",
     preflight: bool = True,
+    resume: str = "refuse",
+    verify: bool | int | str = "first",
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
     Every argument is checked before anything trains. Runs whose schedules agree up to epoch
     ``k`` share that prefix: it trains once and the others branch from its checkpoint, ending
-    bitwise equal to a run trained from scratch (on CPU with ``num_workers=0``; see
-    :mod:`lightning_critical.sweep.execute` for what makes it exact). Results are appended to
-    ``<out>/results.jsonl`` as runs finish: calling ``run`` again with the same arguments skips
-    finished runs and retries failed ones, and adding seeds, windows or swept values runs only
-    the new runs.
+    bitwise equal to a run trained from scratch on CPU, or refusing the branch before training
+    (see :mod:`lightning_critical.sweep.branch_state` for what is carried, compared and refused).
+    Results are appended to ``<out>/results.jsonl`` as runs finish: calling ``run`` again with
+    the same arguments skips finished runs and retries failed ones, and adding seeds, windows or
+    swept values runs only the new runs.
 
     Args:
         model: factory of the ``LightningModule`` (a class or function), called with the
@@ -161,16 +173,34 @@ def run(
             run for one training and one validation batch (isolated: it changes no run's numbers;
             skipped when every run has finished). ``False`` skips these checks (e.g. for a metric
             logged only later in training).
+        resume: what to do when ``out`` holds results of a sweep whose identity differs (its
+            arguments, the user code it ran, e.g. an edited model class, or the versions of torch,
+            Lightning, numpy or this package): ``"refuse"`` (default) raises, listing what changed;
+            ``"rerun"`` trains every run again (the old results are set aside in
+            ``<out>/replaced/<old identity>/``); ``"reuse"`` keeps the old finished runs as this
+            sweep's results (their rows say ``reused_from``; ``sweep.json`` records the takeover).
+            Every call prints on stderr how many runs were already done and from where.
+        verify: the exactness audit (:mod:`lightning_critical.sweep.audit`): retrain branched
+            runs from scratch and compare final weights (bitwise on CPU, a relative tolerance on
+            accelerators). ``"first"`` (default): the first branched run of the sweep; an
+            integer ``n``: the first ``n``; ``"all"``; ``False`` / ``"none"``: no audit. An
+            audit done in an earlier call on the same ``out`` counts. A difference stops sharing
+            for the rest of the sweep, the audited row takes the from-scratch results, and a
+            warning names the run and the first differing tensor.
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
         window_start, window_end (NaN for the baseline), unit, baseline, seed, deficit_seed (the
         seed its deficits drew with; ``<NA>`` for the baseline), the swept values,
-        the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
-        (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
-        ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
-        would cost). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
-        and drops versus the baseline.
+        the metrics, status (``"ok"`` / ``"failed"``), error, audit (``None``, ``"equal"`` or
+        ``"differs: ..."``), branch_refused (why a run that could have branched trained from
+        scratch), seconds, epochs, epochs_trained (after the branch point), branch_epoch,
+        parent, log_dir, reused_from. ``table.attrs`` holds ``epochs_trained`` and
+        ``epochs_independent`` (what training every run from scratch would cost), ``runs_done``
+        (runs of this call already done before it: reused), ``runs_to_train``, ``reused_from``
+        (the identity whose results were taken over, or ``None``) and ``audit`` (runs audited,
+        passed, seconds spent, whether sharing stopped). :func:`~lightning_critical.sweep.summarize`
+        adds means, standard errors and drops versus the baseline.
 
     Raises:
         ValueError / TypeError: bad arguments, before any training (the message names the
@@ -196,6 +226,8 @@ def run(
     """
     runner = check_runner(runner)
     check_choice("errors", errors, ("record", "raise"))
+    check_choice("resume", resume, RESUME, extra=" (what to do with results of a sweep whose identity differs)")
+    audit_limit = check_verify(verify)
     supported = getattr(runner, "supports", RUNNER_OPTIONS)
     if tensorboard is None:
         tensorboard = "tensorboard" in supported
@@ -229,7 +261,8 @@ def run(
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
     _check_params_used(spec, combos)
-    identity = spec.identity()
+    description = spec.describe(_check_builds(spec, runs))  # the built classes' code is part of the identity
+    identity = identity_of(description)
     run_ids = [r.run_id(identity) for r in runs]
     labels = _labels(runs, run_ids)
     epochs = {rid: (r.max_epochs or spec.max_epochs) for r, rid in zip(runs, run_ids, strict=True)}
@@ -245,15 +278,19 @@ def run(
         _check_main_guard()
         _workers.check_main_guard(chosen)
         _check_picklable(spec, chosen.name)
-    _check_builds(spec, runs)
     if preflight:
         _preflight.preflight(spec, runs, trial=bool(todo))
-    _claim(store, identity, spec.describe())
-    latest = store.latest()
-
     fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity}
               for r, rid in zip(runs, run_ids, strict=True)}
+
+    def rekey(old_identity: str) -> dict[str, dict[str, Any]]:  # resume="reuse": old run id -> this run's fields
+        return {r.run_id(old_identity): fields[rid] for r, rid in zip(runs, run_ids, strict=True)}
+
+    takeover = _claim(store, identity, description, resume, rekey)
+    latest = store.latest()
+    auditor = Audit(audit_limit if isinstance(runner, LightningRunner) else 0, store.out, latest)
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
+    reuse_note = report_reuse(os.fspath(out), identity, len(runs), len(pending), takeover)
     if pending:
         store.note_plan(plan_axes([fields[rid] for rid in run_ids]), identity)  # load() returns rows in this order
         items = []
@@ -288,7 +325,7 @@ def run(
                 return Batch(runner, [tasks_by_id[n.run_id] for n in job])
 
         scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
-                              batches=batches, make_batch=make_batch)
+                              batches=batches, make_batch=make_batch, audit=auditor)
         with _namespace.exported():
             scheduler.run()
         latest = store.latest()
@@ -303,7 +340,9 @@ def run(
 
     records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
     table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
-    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out)
+    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out, **reuse_note,
+                       audit=auditor.summary(records, verify))
+    auditor.report(table.attrs["audit"])
     report = _failures.failure_report(table)
     if report is not None:
         warnings.warn(report, _failures.FailedRunsWarning, stacklevel=2)
@@ -479,26 +518,31 @@ def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
             ) from None
 
 
-def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> None:
-    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training."""
+def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> dict[str, list[type]]:
+    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training.
+
+    Returns the built objects' classes per role (their code joins the sweep's identity).
+    """
     with isolated(spec.threads_per_run), quiet():
-        spec.build_model(runs[0])
-        spec.build_datamodule(runs[0])
-        spec.build_callbacks(runs[0])
+        built = {"model": [type(spec.build_model(runs[0]))],
+                 "datamodule": [type(spec.build_datamodule(runs[0]))],
+                 "callbacks": [type(c) for c in spec.build_callbacks(runs[0])]}
         with_window = next((r for r in runs if r.windows), None)
         if with_window is not None:
-            spec.build_deficits(with_window)
+            built["deficit"] = [type(c) for c in spec.build_deficits(with_window)]
+    return built
 
 
-def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
+def _claim(store: Store, identity: str, description: dict[str, Any], resume: str,
+           rekey: Callable[[str], Mapping[str, Mapping[str, Any]]]) -> Takeover | None:
     try:
-        store.claim(identity, description)
+        return store.claim(identity, description, resume=resume, rekey=rekey)
     except SweepDirectoryError:
         if not os.path.exists(os.path.join(store.out, IDENTITY)) or any(
                 r.get("status") == "ok" for r in store.latest().values()):
             raise
         # only failed runs there (e.g. a metric name that did not exist): the corrected sweep takes over
-        store.claim(identity, description, replace=True)
+        return store.claim(identity, description, resume="rerun")
 
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:

@@ -3,7 +3,8 @@
 A run is ``RunSpec(windows, seed, params, max_epochs)``; its ``run_id`` is a short hash of the
 sweep's identity and those fields, in a canonical JSON encoding, so the same run has the same
 id in every process and every session. The sweep's identity describes what trains a run
-(factories, deficit, callbacks, Trainer arguments, metrics), not which runs exist: adding
+(factories, deficit, callbacks, Trainer arguments, metrics, the user code they run and the
+library versions: :mod:`~lightning_critical.sweep.identity`), not which runs exist: adding
 seeds, windows or swept values to a finished sweep runs only the new runs.
 
 Factories are called with the keyword arguments their signature names, out of ``seed`` and
@@ -29,6 +30,8 @@ from lightning_critical import _namespace
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
+from lightning_critical.sweep import identity as ident
+from lightning_critical.sweep import source
 from lightning_critical.sweep.grids import GridEntry, RunWindows
 
 Metric = str | Callable[..., Mapping[str, float]]
@@ -66,8 +69,10 @@ def _qualname(obj: Any) -> str:
 def describe(obj: Any, _depth: int = 0) -> Any:
     """A JSON-able description of a factory, callback or value, stable across processes and sessions.
 
-    Functions are named by module and qualified name plus a digest of their code, constants,
-    defaults and closure (so editing a lambda's body changes the sweep); classes by name;
+    Functions are named by module and qualified name plus a digest of their code (docstrings,
+    comments and formatting aside: :func:`~lightning_critical.sweep.source.function_digest`),
+    defaults and closure (so editing a lambda's body changes the sweep); classes by name (their
+    code is in :meth:`SweepSpec.describe`'s ``code``);
     ``functools.partial`` by function and bound arguments; other objects by class and public
     attributes. Memory addresses never enter.
 
@@ -104,10 +109,8 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     if inspect.ismethod(obj):
         return {"method": _qualname(obj.__func__), "self": describe(obj.__self__, d)}
     if inspect.isfunction(obj):
-        code = obj.__code__
         closure = [describe(c.cell_contents, d) for c in (obj.__closure__ or ()) if _has_contents(c)]
-        body = [code.co_code.hex(), describe([c for c in code.co_consts if not inspect.iscode(c)], d),
-                list(code.co_names), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
+        body = [source.function_digest(obj), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
         return {"function": _qualname(obj), "code": short_hash(body)}
     if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a tensor
         t = obj.detach().cpu()
@@ -261,6 +264,11 @@ def _names_argument(factory: Callable[..., Any], name: str) -> bool:
         return False
 
 
+def identity_of(description: Mapping[str, Any]) -> str:
+    """The sweep identity of a description (:meth:`SweepSpec.describe`)."""
+    return short_hash(description, 16)
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """Everything that trains one run of a sweep (the grid and the seeds live in the plan).
@@ -299,9 +307,24 @@ class SweepSpec:
     def max_epochs(self) -> int:
         return int(self.trainer["max_epochs"])
 
-    def describe(self) -> dict[str, Any]:
-        """What trains a run, as JSON (stored in ``<out>/sweep.json``)."""
+    def describe(self, built: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+        """What trains a run, as JSON (stored in ``<out>/sweep.json``).
+
+        ``code`` holds the digest of the user code each part runs
+        (:func:`~lightning_critical.sweep.identity.code_digest`), from the factories and from
+        ``built``: the classes the factories built, per role (``{"model": [Net], ...}``, known
+        once the first run's objects are built). ``versions``: torch, Lightning, numpy, this package.
+        """
         runner = {} if self.runner is None else {"runner": describe(self.runner)}
+        extra = built or {}
+        roles = {
+            "model": [self.model, *extra.get("model", ())],
+            "datamodule": [self.datamodule, *extra.get("datamodule", ())],
+            "deficit": [self.deficit, *extra.get("deficit", ())],
+            "callbacks": [self.callbacks, *extra.get("callbacks", ())],
+            "metrics": list(self.metrics),
+            "runner": [self.runner],
+        }
         return {
             **runner,
             "model": describe(self.model),
@@ -311,10 +334,13 @@ class SweepSpec:
             "trainer": describe(dict(self.trainer)),
             "metrics": describe(list(self.metrics)),
             "test": self.test,
+            "code": ident.code_digest(roles),
+            "versions": ident.versions(_namespace.NAME),
         }
 
-    def identity(self) -> str:
-        return short_hash(self.describe(), 16)
+    def identity(self, built: Mapping[str, Sequence[Any]] | None = None) -> str:
+        """A 16-character hash of :meth:`describe`."""
+        return identity_of(self.describe(built))
 
     # -- building one run ------------------------------------------------------------------
     def factory_kwargs(self, run: RunSpec) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Layout of ``<out>``:
 
-* ``sweep.json``: what trains the runs (the sweep's identity). A directory holding a
-  different sweep is refused with both descriptions' differences.
+* ``sweep.json``: what trains the runs (the sweep's identity: arguments, user code, library
+  versions) and the history of takeovers. A directory holding a different sweep is refused
+  with what changed, unless ``resume=`` says to rerun or reuse; either way the old sweep is
+  set aside in ``replaced/<old identity>/``, never deleted.
 * ``results.jsonl``: one JSON line per finished (or failed) run, appended, flushed and
   fsynced at once; the last line of a run id wins (a failed run retried successfully).
   Strictly valid JSON (:mod:`lightning_critical.sweep.records`): a NaN or infinite number is
@@ -20,24 +22,40 @@ Layout of ``<out>``:
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from lightning_critical._checks import check_choice
+from lightning_critical.sweep.identity import changes, changes_besides_code
 from lightning_critical.sweep.records import decode_line, encode_line
-from lightning_critical.sweep.spec import canonical_json
 
 RESULTS = "results.jsonl"
 TORN = RESULTS + ".torn"
 PLANS = "plans.jsonl"
 IDENTITY = "sweep.json"
 CHECKPOINTS = "checkpoints"
+REPLACED = "replaced"
+RESUME = ("refuse", "rerun", "reuse")
 
 
 class SweepDirectoryError(ValueError):
     """The output directory holds a different sweep."""
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """A directory's sweep of another identity, taken over by :meth:`Store.claim` (``rerun`` or ``reuse``)."""
+
+    previous: str
+    resume: str
+    reused: int
+    changed: list[str]
+    set_aside: str
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -47,17 +65,6 @@ def _atomic_write(path: str, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-        return out
-    if canonical_json(old) != canonical_json(new):
-        return [f"{prefix}: {canonical_json(old)[:200]} -> {canonical_json(new)[:200]}"]
-    return []
 
 
 class Store:
@@ -79,47 +86,113 @@ class Store:
         self.checkpoint_dir = os.path.join(self.out, CHECKPOINTS)
 
     # -- identity --------------------------------------------------------------------------
-    def claim(self, identity: str, description: dict[str, Any], replace: bool = False) -> None:
-        """Mark the directory as this sweep's, or raise :class:`SweepDirectoryError` if it holds another.
-
-        ``replace=True`` takes over a directory holding another sweep: its description and
-        results are renamed to ``*.replaced`` and its checkpoints deleted.
-        """
+    def stored(self) -> dict[str, Any] | None:
+        """The content of ``sweep.json`` (``None`` when absent); an unreadable one is refused."""
         path = os.path.join(self.out, IDENTITY)
-        if replace and os.path.exists(path):
-            for name in (IDENTITY, RESULTS):
-                old = os.path.join(self.out, name)
-                if os.path.exists(old):
-                    os.replace(old, old + ".replaced")
-            self.remove_all_checkpoints()
-            text = json.dumps({"identity": identity, "description": description}, indent=1, sort_keys=True)
-            _atomic_write(path, text)
-            return
-        if os.path.exists(path):
-            try:
-                with open(path) as fh:
-                    old = json.load(fh)
-            except (OSError, ValueError) as err:
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as fh:
+                stored = json.load(fh)
+        except (OSError, ValueError) as err:
+            raise SweepDirectoryError(
+                f"{path} is not a readable sweep description ({err}); choose another out=.") from None
+        if not isinstance(stored, dict):
+            raise SweepDirectoryError(f"{path} is not a sweep description; choose another out=.")
+        return stored
+
+    def claim(self, identity: str, description: dict[str, Any], replace: bool = False, resume: str = "refuse",
+              rekey: Callable[[str], Mapping[str, Mapping[str, Any]]] | None = None) -> Takeover | None:
+        """Mark the directory as this sweep's; decide with ``resume`` if it holds a sweep of another identity.
+
+        ``resume="refuse"`` raises :class:`SweepDirectoryError` naming what changed (code,
+        versions, arguments) and the choices. ``"rerun"`` (or ``replace=True``) sets the stored
+        sweep aside (``sweep.json`` and ``results.jsonl`` moved to ``replaced/<old identity>/``,
+        checkpoints deleted) and starts afresh. ``"reuse"`` sets it aside too, but carries its
+        finished runs over as this sweep's: ``rekey(old_identity)`` maps old run ids to the new
+        runs' fields; each carried record gets ``reused_from`` (the old identity) and
+        ``reused_run_id``. Only code and versions may differ for ``"reuse"``: results of other
+        arguments (Trainer, deficit, metrics) are another experiment, refused. Both record the
+        takeover in ``sweep.json``'s ``history``.
+        Returns the :class:`Takeover`, or ``None`` when nothing was taken over.
+        """
+        check_choice("resume", resume, RESUME)
+        stored = self.stored()
+        if stored is None:
+            if os.path.isdir(self.out) and any(n for n in os.listdir(self.out) if not n.startswith(".")):
+                if not os.path.exists(self.results_path):
+                    raise SweepDirectoryError(
+                        f"out={self.out!r} exists and is not a sweep directory (no {IDENTITY}); "
+                        "choose an empty or new directory."
+                    )
+            os.makedirs(self.out, exist_ok=True)
+            self._write_identity({"identity": identity, "description": description})
+            return None
+        old = str(stored.get("identity"))
+        if old == identity:
+            return None
+        diff = changes(stored.get("description") or {}, description)
+        if replace:
+            resume = "rerun"
+        besides = changes_besides_code(stored.get("description") or {}, description)
+        if resume == "refuse":
+            shown = diff[:12] + ([f"... and {len(diff) - 12} more"] if len(diff) > 12 else [])
+            details = "\n  ".join(shown) or "(the descriptions match but were written by another version)"
+            reuse = "" if besides else (
+                "resume='reuse' (keep the stored results as this sweep's; their rows are marked reused_from), ")
+            raise SweepDirectoryError(
+                f"out={self.out!r} holds a different sweep (identity {old}, this one is {identity}); "
+                f"what differs (stored -> this call):\n  {details}\n"
+                "Its results may not be what this call would compute. Choose: resume='rerun' (train again; the "
+                f"stored results are set aside in {REPLACED}/{old}/), {reuse}or another out= directory."
+            )
+        if resume == "reuse":
+            if besides:
                 raise SweepDirectoryError(
-                    f"{path} is not a readable sweep description ({err}); choose another out=.") from None
-            if old.get("identity") != identity:
-                diff = _differences(old.get("description", {}), description)
-                details = "\n  ".join(diff[:10]) or "(the descriptions match but were written by another version)"
-                raise SweepDirectoryError(
-                    f"out={self.out!r} holds a different sweep (identity {old.get('identity')}, "
-                    f"this one is {identity}); "
-                    f"what differs (stored -> this call):\n  {details}\n"
-                    "Choose another out= directory, or delete the old one to start over."
+                    f"out={self.out!r}: resume='reuse' keeps stored results across changes of code and library "
+                    f"versions only, and this call also changes:\n  " + "\n  ".join(besides[:12]) + "\n"
+                    "Its stored runs are results of another experiment: use resume='rerun' or another out= directory."
                 )
-            return
-        if os.path.isdir(self.out) and any(n for n in os.listdir(self.out) if not n.startswith(".")):
-            if not os.path.exists(self.results_path):
-                raise SweepDirectoryError(
-                    f"out={self.out!r} exists and is not a sweep directory (no {IDENTITY}); "
-                    "choose an empty or new directory."
-                )
-        os.makedirs(self.out, exist_ok=True)
-        _atomic_write(path, json.dumps({"identity": identity, "description": description}, indent=1, sort_keys=True))
+        carried = self._carried(old, identity, rekey) if resume == "reuse" else []
+        aside = self._set_aside(old)
+        self.remove_all_checkpoints()  # keyed by the old identity: never used again
+        if carried:
+            _atomic_write(self.results_path, "".join(encode_line(r) + "\n" for r in carried))
+        entry = {"resume": resume, "from": old, "to": identity, "set_aside": os.path.relpath(aside, self.out),
+                 "reused": len(carried), "changed": diff,
+                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        history = [*(stored.get("history") or []), entry]
+        self._write_identity({"identity": identity, "description": description, "history": history})
+        return Takeover(old, resume, len(carried), diff, aside)
+
+    def _carried(self, old: str, identity: str,
+                 rekey: Callable[[str], Mapping[str, Mapping[str, Any]]] | None) -> list[dict[str, Any]]:
+        mapping = rekey(old) if rekey is not None else {}
+        latest = self.latest()
+        out = []
+        for old_id, fields in mapping.items():
+            record = latest.get(old_id)
+            if record is not None and record.get("status") == "ok":
+                parent = mapping.get(record.get("parent") or "", {}).get("run_id", record.get("parent"))
+                out.append({**record, **fields, "parent": parent, "sweep": identity, "reused_from": old,
+                            "reused_run_id": old_id})
+        return out
+
+    def _set_aside(self, old: str) -> str:
+        aside = os.path.join(self.out, REPLACED, old)
+        n = 1
+        while os.path.exists(aside):  # the same identity set aside before (a -> b -> a -> b)
+            n += 1
+            aside = os.path.join(self.out, REPLACED, f"{old}-{n}")
+        os.makedirs(aside)
+        for name in (RESULTS, IDENTITY):
+            path = os.path.join(self.out, name)
+            if os.path.exists(path):
+                os.replace(path, os.path.join(aside, name))
+        return aside
+
+    def _write_identity(self, content: dict[str, Any]) -> None:
+        _atomic_write(os.path.join(self.out, IDENTITY), json.dumps(content, indent=1, sort_keys=True))
 
     # -- results ---------------------------------------------------------------------------
     def append(self, record: dict[str, Any]) -> None:
