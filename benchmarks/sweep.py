@@ -20,6 +20,9 @@
     (start-up included: Ray's ``ray.init`` and the workers' imports; a new process pool) and
     for a warm one (a second sweep on the same running Ray / the same ``ProcessPoolExecutor``).
     Skipped when Ray is not installed.
+(d) **The exactness audit** (``verify=``): the removal sweep of (a) with the default audit
+    (``verify="first"``: the first branched run is retrained from scratch and its final weights
+    compared) against ``verify=False``. Identical tables; the audit must pass.
 
 Times are wall-clock seconds on this machine; every comparison is made within one run, so the
 ratios, not the seconds, are what carries over to another machine. A busy machine lowers them.
@@ -82,7 +85,7 @@ def part_a(root: str, quick: bool) -> dict[str, dict[str, float]]:
     }
     results = {}
     for name, grid in grids.items():
-        shared, t_shared = sweep(f"{root}/a-{name}-shared", grid, epochs, [0], tiny=quick)
+        shared, t_shared = sweep(f"{root}/a-{name}-shared", grid, epochs, [0], tiny=quick, verify=False)  # (d): audit
         independent, t_indep = sweep(f"{root}/a-{name}-independent", grid, epochs, [0], tiny=quick,
                                      share_prefixes=False)
         same(shared, independent, f"(a) {name}")
@@ -170,6 +173,22 @@ def part_c(root: str, quick: bool, workers: int) -> dict[str, float]:
     return out
 
 
+def part_d(root: str, quick: bool) -> dict[str, float]:
+    epochs = 3 if quick else 12
+    grid = lc.sweep.removal([1, 2] if quick else list(range(3, 11)))
+    off, t_off = sweep(f"{root}/d-off", grid, epochs, [0], tiny=quick, verify=False)
+    on, t_on = sweep(f"{root}/d-on", grid, epochs, [0], tiny=quick)
+    same(on, off, "(d) audit on vs off")
+    audit = on.attrs["audit"]
+    if (audit["audited"], audit["passed"]) != (1, 1):
+        raise AssertionError(f"(d) the audit did not pass: {audit}")
+    extra = t_on / t_off - 1
+    print(f"(d) removal, {len(on)} runs x {epochs} epochs ({on.attrs['epochs_trained']} epochs trained): "
+          f"verify='first' {t_on:.1f} s, verify=False {t_off:.1f} s -> the audit adds {extra * 100:.0f}% "
+          f"({audit['seconds']:.1f} s retraining one run from scratch); audit passed, tables identical")
+    return {"seconds_audit": t_on, "seconds_no_audit": t_off, "extra": extra, "audit_seconds": audit["seconds"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny grids (seconds): checks that it runs")
@@ -186,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sweep(f"{root}/warmup", lc.sweep.removal([1]), 2, [0], tiny=True)
         result["a"] = part_a(root, args.quick)
         result["b"] = part_b(root, args.quick, args.workers, seeds)
+        result["d"] = part_d(root, args.quick)
         if args.no_ray:
             print("(c) skipped (--no-ray)")
         elif not ray_available():

@@ -7,16 +7,68 @@ is :func:`summarize` of it, which both the sweep (its ``critical_period.png``) a
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-RUN_COLUMNS = ["run_id", "label", "window", "window_start", "window_end", "unit", "baseline", "seed"]
+RUN_COLUMNS = ["run_id", "label", "window", "window_start", "window_end", "unit", "baseline", "seed",
+               "deficit_seed"]
 """Columns that describe a run of a sweep table."""
-RESULT_COLUMNS = ["status", "error", "seconds", "epochs", "epochs_trained", "branch_epoch", "parent", "log_dir"]
+RESULT_COLUMNS = ["status", "error", "audit", "branch_refused", "seconds", "epochs", "epochs_trained", "branch_epoch",
+                  "parent", "log_dir", "reused_from"]
 """Columns a run's result adds (besides its metrics)."""
+
+
+def json_key(value: Any) -> str:
+    """A hashable canonical form of a swept value, for grouping: equal JSON values give equal keys.
+
+    Types stay apart as in the sweep's run ids (``1``, ``1.0``, ``True`` and ``"1"`` are four
+    values); lists and dicts, which pandas cannot group on, become their canonical JSON.
+
+    Example::
+
+        >>> json_key([1, {"b": None, "a": 2.5}]), json_key(True) == json_key(1)
+        ('[1,{"a":2.5,"b":null}]', False)
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=json_key)
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "tolist"):  # numpy arrays
+        return value.tolist()
+    return repr(value)
+
+
+def _value_ranks(values: pd.Series) -> pd.Series:
+    """Sort ranks of a column's values: by value when they are all numbers (or all strings, or all
+    booleans), else in order of first appearance (the sweep's grid order)."""
+    keys = values.map(json_key)
+    first: dict[str, Any] = {}
+    for key, value in zip(keys, values, strict=True):
+        first.setdefault(key, value)
+    items = list(first.values())
+    order: list[str] = list(first)
+    if all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in items):
+        order = sorted(first, key=lambda k: (math.isnan(float(first[k])), float(first[k])))
+    elif all(isinstance(v, str) for v in items) or all(isinstance(v, (bool, np.bool_)) for v in items):
+        order = sorted(first, key=lambda k: first[k])
+    rank = {k: i for i, k in enumerate(order)}
+    return keys.map(rank)
 
 
 def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
@@ -47,23 +99,27 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
         raise ValueError(f"metric={metric!r} is not a column of the sweep table; choose one of {known}.")
     by = list(table.attrs.get("params", []) if by is None else by)
     ok = table[table["status"] == "ok"].copy()
-    keys = by + ["baseline", "window", "window_start", "window_end"]
-    rows = []
-    for key, group in ok.groupby(keys, dropna=False, sort=False):
+    # swept values of any JSON type: group on their canonical JSON, show the values themselves
+    hashed = [f"__json_key__{b}" for b in by]
+    for name, column in zip(hashed, by, strict=True):
+        ok[name] = ok[column].map(json_key)
+    windows = ["baseline", "window", "window_start", "window_end"]
+    keys = by + windows
+    rows, group_keys = [], []
+    for key, group in ok.groupby(hashed + windows, dropna=False, sort=False):
         values = pd.to_numeric(group[metric], errors="coerce").dropna().to_numpy(dtype=float)
         n = len(values)
         sem = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
         mean = float(values.mean()) if n else math.nan
-        rows.append({**dict(zip(keys, key, strict=True)), "mean": mean, "sem": sem, "n_seeds": n})
+        shown = {b: group[b].iloc[0] for b in by}
+        rows.append({**shown, **dict(zip(windows, key[len(by):], strict=True)), "mean": mean, "sem": sem,
+                     "n_seeds": n})
+        group_keys.append(key[:len(by)])
     out = pd.DataFrame(rows, columns=keys + ["mean", "sem", "n_seeds"])
-    base = out[out["baseline"]].set_index(by)[["mean", "sem"]] if by else out[out["baseline"]][["mean", "sem"]]
+    base = {k: row for k, (_, row) in zip(group_keys, out.iterrows(), strict=True) if row["baseline"]}
     drops, errors = [], []
-    for _, row in out.iterrows():
-        if by:
-            idx = tuple(row[b] for b in by) if len(by) > 1 else row[by[0]]
-            ref = base.loc[idx] if idx in base.index else None
-        else:
-            ref = base.iloc[0] if len(base) else None
+    for k, (_, row) in zip(group_keys, out.iterrows(), strict=True):
+        ref = base.get(k)
         if ref is None:
             drops.append(math.nan)
             errors.append(math.nan)
@@ -72,7 +128,11 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
         errors.append(0.0 if row["baseline"] else float(math.sqrt(ref["sem"] ** 2 + row["sem"] ** 2)))
     out["drop"] = drops
     out["drop_sem"] = errors
-    out = out.sort_values(by + ["baseline", "window_start", "window_end"],
-                          ascending=[True] * len(by) + [False, True, True], kind="stable").reset_index(drop=True)
+    ranks = [f"__rank__{b}" for b in by]
+    for name, column in zip(ranks, by, strict=True):
+        out[name] = _value_ranks(out[column]) if len(out) else pd.Series(dtype=int)
+    out = out.sort_values(ranks + ["baseline", "window_start", "window_end"],
+                          ascending=[True] * len(by) + [False, True, True], kind="stable")
+    out = out.drop(columns=ranks).reset_index(drop=True)
     out.attrs["metric"] = metric
     return out

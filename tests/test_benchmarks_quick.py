@@ -101,8 +101,9 @@ def test_sweep_quick_compares_sharing_processes_and_ray(capsys: pytest.CaptureFi
         assert a["epoch_ratio"] == a["epochs_independent"] / a["epochs_shared"]
         assert math.isfinite(a["wall_ratio"]) and a["wall_ratio"] > 0
     assert result["b"]["runs"] == 2 * 3 and result["b"]["speedup"] > 0
+    assert math.isfinite(result["d"]["extra"]) and result["d"]["audit_seconds"] > 0  # (d) the audit ran and passed
     out = capsys.readouterr().out
-    assert out.count("tables identical") == 3
+    assert out.count("tables identical") == 4
     if ray_available():  # (c) needs Ray; without it the script says so and goes on
         assert math.isfinite(result["c"]["ray_cold"]) and "table identical to serial" in out
     else:

@@ -97,11 +97,20 @@ def test_ray_backend_without_ray_says_how_to_install_it(tmp_path):
         lc.sweep.run(**{**GOOD, "out": str(tmp_path), "backend": "ray"})
 
 
-def test_unknown_metric_stops_after_the_first_run_and_lists_what_it_produced(tmp_path):
+def test_unknown_metric_is_refused_before_training_and_lists_what_the_trial_produced(tmp_path):
+    out = tmp_path / "out"
+    produced = r"\['val_accuracy'\] not in trainer.callback_metrics after a trial fit.*it produced \['train_loss'\]"
+    with pytest.raises(ValueError, match=produced):
+        lc.sweep.run(**{**GOOD, "out": str(out), "metrics": ["val_accuracy"], "windows": lc.sweep.removal([1, 2])})
+    assert not os.path.exists(out / "results.jsonl") and not os.path.exists(out / "sweep.json")
+
+
+def test_unknown_metric_stops_after_the_first_run_without_preflight(tmp_path):
     out = tmp_path / "out"
     produced = r"'val_accuracy' is not in trainer.callback_metrics; this run produced \['train_loss'\]"
     with pytest.raises(ValueError, match=produced):
-        lc.sweep.run(**{**GOOD, "out": str(out), "metrics": ["val_accuracy"], "windows": lc.sweep.removal([1, 2])})
+        lc.sweep.run(**{**GOOD, "out": str(out), "metrics": ["val_accuracy"], "windows": lc.sweep.removal([1, 2]),
+                        "preflight": False})
     with open(out / "results.jsonl") as fh:
         assert len(fh.readlines()) == 1  # no further run trained
     # fixing the name in the same directory is allowed: only failed runs were there

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -21,8 +21,11 @@ from lightning_critical._lightning import (
 from lightning_critical._namespace import pl
 from lightning_critical._warnings import warn_once
 from lightning_critical.deficits import _hooks
+from lightning_critical.deficits._arguments import bound_call, rebuild, recording_arguments
 from lightning_critical.probing import is_probing
 from lightning_critical.schedule import Window, WindowLike
+
+_Deficit = TypeVar("_Deficit", bound="WindowedDeficit")
 
 # Extension points and the underscore names they had before they became public. Both names
 # stay bound to the same function on every class (see ``__init_subclass__``), so old
@@ -116,6 +119,9 @@ class WindowedDeficit(pl.Callback):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        own_init = cls.__dict__.get("__init__")
+        if own_init is not None and not getattr(own_init, "_records_arguments", False):
+            cls.__init__ = recording_arguments(own_init)  # type: ignore[method-assign]
         for public, old in _RENAMED.items():
             own = cls.__dict__
             if old in own and public not in own:
@@ -180,6 +186,58 @@ class WindowedDeficit(pl.Callback):
         if self._name is not None:
             settings["name"] = repr(self._name)
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in settings.items())})"
+
+    # -- the same deficit for another window ------------------------------------------------
+    @property
+    def init_arguments(self) -> dict[str, Any]:
+        """The arguments the constructor was called with, by parameter name, as given (defaults left out).
+
+        Recorded by every subclass's ``__init__`` (the outermost one, for a subclass that calls
+        ``super().__init__``), so :meth:`with_window` can build the same deficit again and a
+        sweep can tell a ``seed`` given explicitly from a default.
+
+        Example::
+
+            >>> from lightning_critical import InputDeficit
+            >>> InputDeficit("noise", (0, 5), seed=3).init_arguments
+            {'transform': 'noise', 'window': (0, 5), 'seed': 3}
+
+        Raises:
+            TypeError: the arguments were not recorded (the instance was not built by calling its
+                class, e.g. ``__init__`` replaced after the class was created).
+        """
+        return dict(bound_call(self).arguments)
+
+    def with_window(self: _Deficit, window: WindowLike, **overrides: Any) -> _Deficit:
+        """A new deficit of the same kind and settings for ``window``, built through the constructor.
+
+        The recorded constructor arguments (:attr:`init_arguments`, deep-copied) are passed again
+        with ``window`` and ``overrides`` replacing theirs, so whatever ``__init__`` checks and
+        derives is checked and derived again (a ``unit`` given to the original follows the new
+        ``Window``'s unit). Works for every subclass whose constructor has a ``window``
+        parameter. Sweeps use it to place a template deficit in each run's windows.
+
+        Args:
+            window: the new window (``lc.Window`` or ``(start, end)``, as the constructor takes it).
+            overrides: other constructor arguments to change, e.g. ``seed=1``.
+
+        Raises:
+            TypeError: the constructor has no ``window`` parameter (or takes it through
+                ``*args``), an override names no parameter, or the arguments were not recorded.
+            ValueError: a public attribute was changed after construction (the rebuilt deficit
+                would silently lack that change; set it through the constructor instead).
+
+        Example::
+
+            >>> from lightning_critical import InputDeficit
+            >>> blur = InputDeficit("blur", window=(0, 5), factor=2)
+            >>> later = blur.with_window((5, 10))
+            >>> later.window, later.factor
+            (Window(start=5, end=10, unit='epoch'), 2)
+            >>> blur.with_window((0, 5), factor=4).factor
+            4
+        """
+        return rebuild(self, window, overrides)
 
     # -- shared behaviour ----------------------------------------------------------------
     @property
@@ -380,6 +438,8 @@ class WindowedDeficit(pl.Callback):
             handle.remove()
         self._handles = []
 
+
+WindowedDeficit.__init__ = recording_arguments(WindowedDeficit.__init__)  # type: ignore[method-assign]
 
 # The deprecated names (_RENAMED) are bound outside the class body so that type checkers and
 # the API docs see only the public ones; hence the ignores.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -12,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lightning_critical._checks import check_choice
-from lightning_critical.curve import summarize
+from lightning_critical.curve import json_key, summarize
 from lightning_critical.plots._figure import root_figure, subplots
 
 X_CHOICES: tuple[str, ...] = ("window_end", "window_start")
@@ -26,6 +27,22 @@ def _default_x(table: pd.DataFrame) -> str:
         return "window_start"
     starts = pd.to_numeric(table.loc[~table["baseline"].astype(bool), "window_start"], errors="coerce").dropna()
     return "window_end" if len(starts) and (starts == 0).all() else "window_start"
+
+
+def _groups(summary: pd.DataFrame, keys: list[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+    """The summary's lines, in its order: one per combination of ``keys``' values (lists and dicts too)."""
+    if not keys:
+        return [((), summary)]
+    hashed = summary[keys].apply(lambda row: tuple(json_key(v) for v in row), axis=1) if len(summary) else []
+    parts: dict[Any, list[int]] = {}
+    for i, key in enumerate(hashed):
+        parts.setdefault(key, []).append(i)
+    return [(tuple(summary[k].iloc[rows[0]] for k in keys), summary.iloc[rows]) for rows in parts.values()]
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _curve_label(summary: pd.DataFrame, x: str) -> str:
@@ -83,15 +100,14 @@ def plot_critical_period_curve(
     check_choice("x", x, X_CHOICES)
     keys = list(table.attrs.get("params", []) if by is None else by)
     fig, ax = (subplots(figsize=(5.0, 3.6)) if ax is None else (root_figure(ax), ax))
-    groups = list(summary.groupby(keys, sort=True)) if keys else [((), summary)]
+    groups = _groups(summary, keys)
     colors = matplotlib.colormaps["viridis"](np.linspace(0.05, 0.8, max(len(groups), 1)))
     units = table.loc[~table["baseline"].astype(bool), "unit"] if "unit" in table.columns else pd.Series(dtype=object)
     unit = units.iloc[0] if len(units) else "epoch"
     what = _curve_label(summary, x)
     # one spare color when there are no groups, hence not strict
     for color, (key, part) in zip(colors, groups, strict=False):
-        key = key if isinstance(key, tuple) else (key,)
-        name = ", ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
+        name = ", ".join(f"{k}={_shown(v)}" for k, v in zip(keys, key, strict=True))
         curve = part[~part["baseline"]].sort_values(x)
         xs, mean = curve[x].to_numpy(float), curve["mean"].to_numpy(float)
         sem = np.nan_to_num(curve["sem"].to_numpy(float))

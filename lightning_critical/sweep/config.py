@@ -18,9 +18,11 @@
     out: outputs/sweep
 
 Every other key of :func:`lightning_critical.sweep.run` may appear too (``share_prefixes``,
-``threads_per_run``, ``steps_per_epoch``, ``save_model``, ``tensorboard``...). The deficit's
-class is called with ``window=`` for each window; factories are ``functools.partial`` of the
-classes, so every backend can send them to its workers.
+``threads_per_run``, ``steps_per_epoch``, ``save_model``, ``tensorboard``, ``preflight``...).
+The deficit's class is called with ``window=`` for each window and, when it takes one, the run's
+``seed`` (unless ``init_args`` fixes it): the same seed rule as a template deficit in Python, so
+both give one table. Factories are ``functools.partial`` of the classes, so every backend can
+send them to its workers.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from lightning_critical.sweep import grids
 RUN_KEYS = (
     "seeds", "params", "trainer", "test", "out", "backend", "workers", "threads_per_run", "share_prefixes",
     "steps_per_epoch", "progress", "save_model", "tensorboard", "plot", "keep_checkpoints", "backend_options",
+    "preflight", "resume",
 )
 KEYS = ("model", "data", "deficit", "windows", "metrics", "callbacks") + RUN_KEYS
 

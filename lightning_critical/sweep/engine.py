@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
+import inspect
 import multiprocessing
 import os
 import warnings
@@ -19,20 +21,50 @@ from lightning_critical._output import save_figure
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
+from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
+from lightning_critical.sweep.audit import Audit, check_verify
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
+from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
+from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
 from lightning_critical.sweep.scheduler import Scheduler
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe, short_hash
-from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError
-from lightning_critical.sweep.table import run_fields, to_table
+from lightning_critical.sweep.spec import (
+    RunSpec,
+    SweepSpec,
+    accepted_kwargs,
+    check_params,
+    describe,
+    identity_of,
+    short_hash,
+)
+from lightning_critical.sweep.store import IDENTITY, RESUME, Store, SweepDirectoryError, Takeover
+from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
 from lightning_critical.sweep.units import Batch
 
 MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
 
+def _holding_the_lock(sweep: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """Hold ``out``'s :class:`~lightning_critical.sweep.lock.SweepLock` for the whole call (one live sweep per out)."""
+    signature = inspect.signature(sweep)
+
+    @functools.wraps(sweep)
+    def locked(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return sweep(*args, **kwargs)  # let the call raise its own TypeError
+        bound.apply_defaults()
+        with SweepLock(bound.arguments["out"]):
+            return sweep(*args, **kwargs)
+
+    return locked
+
+
+@_holding_the_lock
 def run(
     model: Callable[..., Any],
     datamodule: Callable[..., Any] | None = None,
@@ -59,16 +91,19 @@ def run(
     backend_options: Mapping[str, Any] | None = None,
     runner: Any = None,
     errors: str = "record",
+    preflight: bool = True,
+    resume: str = "refuse",
+    verify: bool | int | str = "first",
 ) -> pd.DataFrame:
     """Train ``model`` once per window x seed x swept values and return one tidy row per run.
 
     Every argument is checked before anything trains. Runs whose schedules agree up to epoch
     ``k`` share that prefix: it trains once and the others branch from its checkpoint, ending
-    bitwise equal to a run trained from scratch (on CPU with ``num_workers=0``; see
-    :mod:`lightning_critical.sweep.execute` for what makes it exact). Results are appended to
-    ``<out>/results.jsonl`` as runs finish: calling ``run`` again with the same arguments skips
-    finished runs and retries failed ones, and adding seeds, windows or swept values runs only
-    the new runs.
+    bitwise equal to a run trained from scratch on CPU, or refusing the branch before training
+    (see :mod:`lightning_critical.sweep.branch_state` for what is carried, compared and refused).
+    Results are appended to ``<out>/results.jsonl`` as runs finish: calling ``run`` again with
+    the same arguments skips finished runs and retries failed ones, and adding seeds, windows or
+    swept values runs only the new runs.
 
     Args:
         model: factory of the ``LightningModule`` (a class or function), called with the
@@ -77,9 +112,12 @@ def run(
         datamodule: factory of the ``LightningDataModule`` (same rule), or ``None`` when the
             model has its own dataloaders.
         deficit: what to put in each window: a ``WindowedDeficit`` used as a template (e.g.
-            ``lc.InputDeficit("blur", window=(0, 1))``, copied with each run's window), a
-            callable ``window -> Callback | list[Callback]`` (e.g. returning a ``TaskSwitch``),
-            or a list of these.
+            ``lc.InputDeficit("blur", window=(0, 1))``, rebuilt for each run's window with
+            ``with_window``), a callable ``window -> Callback | list[Callback]`` (e.g. returning a
+            ``TaskSwitch``), or a list of these. Seed rule, the same for every form (and the
+            CLI): a deficit draws with the run's seed unless ``seed=`` was fixed explicitly (given
+            to its constructor, or bound by a ``functools.partial``); see
+            :func:`~lightning_critical.sweep.spec.make_deficit`.
         windows: a grid from :func:`~lightning_critical.sweep.removal`,
             :func:`~lightning_critical.sweep.sliding` or :func:`~lightning_critical.sweep.windows`,
             or a list of windows; the no-deficit baseline is always included.
@@ -96,7 +134,9 @@ def run(
             names a ``windows`` argument also receives the run's windows (``()`` for the baseline),
             e.g. to overlay a theory that depends on them.
         test: also run ``trainer.test`` after training (for metrics such as ``test_acc``).
-        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints).
+        out: the sweep's directory (results, per-run TensorBoard logs, checkpoints). One live
+            sweep per directory: a second call on an ``out`` in use is refused at once, naming
+            the owner's pid and host (:mod:`lightning_critical.sweep.lock`).
         backend: ``"process"`` (local worker processes, spawned), ``"serial"`` (this process),
             ``"ray"`` (``pip install "lightning-critical[ray]"``), or any
             ``concurrent.futures.Executor`` (e.g. ``submitit.AutoExecutor`` for SLURM; ``out``
@@ -125,20 +165,48 @@ def run(
             on; ``"raise"``: after the sweep (finished runs saved), re-raise the first failed run's
             exception (for callers that need one run's result or an error, e.g. the bundled
             experiments).
+        preflight: check before training what would otherwise fail or mislead only after it
+            (:mod:`lightning_critical.sweep.preflight`): ``test=True`` without ``test_step`` or test
+            dataloader, a deficit that ignores its window, and metric names, by a trial fit of one
+            run for one training and one validation batch (isolated: it changes no run's numbers;
+            skipped when every run has finished). ``False`` skips these checks (e.g. for a metric
+            logged only later in training).
+        resume: what to do when ``out`` holds results of a sweep whose identity differs (its
+            arguments, the user code it ran, e.g. an edited model class, or the versions of torch,
+            Lightning, numpy or this package): ``"refuse"`` (default) raises, listing what changed;
+            ``"rerun"`` trains every run again (the old results are set aside in
+            ``<out>/replaced/<old identity>/``); ``"reuse"`` keeps the old finished runs as this
+            sweep's results (their rows say ``reused_from``; ``sweep.json`` records the takeover).
+            Every call prints on stderr how many runs were already done and from where.
+        verify: the exactness audit (:mod:`lightning_critical.sweep.audit`): retrain branched
+            runs from scratch and compare final weights (bitwise on CPU, a relative tolerance on
+            accelerators). ``"first"`` (default): the first branched run of the sweep; an
+            integer ``n``: the first ``n``; ``"all"``; ``False`` / ``"none"``: no audit. An
+            audit done in an earlier call on the same ``out`` counts. A difference stops sharing
+            for the rest of the sweep, the audited row takes the from-scratch results, and a
+            warning names the run and the first differing tensor.
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,
-        window_start, window_end (NaN for the baseline), unit, baseline, seed, the swept values,
-        the metrics, status (``"ok"`` / ``"failed"``), error, seconds, epochs, epochs_trained
-        (after the branch point), branch_epoch, parent, log_dir. ``table.attrs`` holds
-        ``epochs_trained`` and ``epochs_independent`` (what training every run from scratch
-        would cost). :func:`~lightning_critical.sweep.summarize` adds means, standard errors
-        and drops versus the baseline.
+        window_start, window_end (NaN for the baseline), unit, baseline, seed, deficit_seed (the
+        seed its deficits drew with; ``<NA>`` for the baseline), the swept values,
+        the metrics, status (``"ok"`` / ``"failed"``), error, audit (``None``, ``"equal"`` or
+        ``"differs: ..."``), branch_refused (why a run that could have branched trained from
+        scratch), seconds, epochs, epochs_trained (after the branch point), branch_epoch,
+        parent, log_dir, reused_from. ``table.attrs`` holds ``epochs_trained`` and
+        ``epochs_independent`` (what training every run from scratch would cost), ``runs_done``
+        (runs of this call already done before it: reused), ``runs_to_train``, ``reused_from``
+        (the identity whose results were taken over, or ``None``) and ``audit`` (runs audited,
+        passed, seconds spent, whether sharing stopped). :func:`~lightning_critical.sweep.summarize`
+        adds means, standard errors and drops versus the baseline.
 
     Raises:
         ValueError / TypeError: bad arguments, before any training (the message names the
             argument and what is valid); an out directory holding a different sweep; a metric
-            name the first finished run did not produce (the message lists what it produced).
+            name the pre-flight trial fit (or, with ``preflight=False``, the first finished run)
+            did not produce (the message lists what it produced).
+        lightning_critical.sweep.preflight.PreflightError: the pre-flight trial fit raised (its
+            exception is the cause), before any run trained.
         ImportError: ``backend="ray"`` without Ray installed.
         KeyboardInterrupt: on Ctrl-C, after stopping the workers (finished runs are saved).
 
@@ -156,6 +224,8 @@ def run(
     """
     runner = check_runner(runner)
     check_choice("errors", errors, ("record", "raise"))
+    check_choice("resume", resume, RESUME, extra=" (what to do with results of a sweep whose identity differs)")
+    audit_limit = check_verify(verify)
     supported = getattr(runner, "supports", RUNNER_OPTIONS)
     if tensorboard is None:
         tensorboard = "tensorboard" in supported
@@ -169,6 +239,7 @@ def run(
     seed_list = _check_seeds(seeds)
     combos = check_params(params)
     metric_list = _check_metrics(metrics)
+    check_columns(sorted({k for combo in combos for k, _ in combo}), [m for m in metric_list if isinstance(m, str)])
     trainer_kwargs = _check_trainer(trainer, grid)
     if trainer_kwargs.get("logger") is False:
         tensorboard = False
@@ -188,7 +259,8 @@ def run(
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
     _check_params_used(spec, combos)
-    identity = spec.identity()
+    description = spec.describe(_check_builds(spec, runs))  # the built classes' code is part of the identity
+    identity = identity_of(description)
     run_ids = [r.run_id(identity) for r in runs]
     labels = _labels(runs, run_ids)
     epochs = {rid: (r.max_epochs or spec.max_epochs) for r, rid in zip(runs, run_ids, strict=True)}
@@ -203,14 +275,21 @@ def run(
     if chosen.needs_pickling:
         _check_main_guard()
         _check_picklable(spec, chosen.name)
-    _check_builds(spec, runs)
-    _claim(store, identity, spec.describe())
-    latest = store.latest()
-
+    if preflight:
+        _preflight.preflight(spec, runs, trial=bool(todo))
     fields = {rid: {**run_fields(r, rid, labels[rid], epochs[rid]), "sweep": identity}
               for r, rid in zip(runs, run_ids, strict=True)}
+
+    def rekey(old_identity: str) -> dict[str, dict[str, Any]]:  # resume="reuse": old run id -> this run's fields
+        return {r.run_id(old_identity): fields[rid] for r, rid in zip(runs, run_ids, strict=True)}
+
+    takeover = _claim(store, identity, description, resume, rekey)
+    latest = store.latest()
+    auditor = Audit(audit_limit if isinstance(runner, LightningRunner) else 0, store.out, latest)
     pending = [i for i in range(len(runs)) if latest.get(run_ids[i], {}).get("status") != "ok"]
+    reuse_note = report_reuse(os.fspath(out), identity, len(runs), len(pending), takeover)
     if pending:
+        store.note_plan(plan_axes([fields[rid] for rid in run_ids]), identity)  # load() returns rows in this order
         items = []
         for i in pending:
             r, rid = runs[i], run_ids[i]
@@ -243,7 +322,7 @@ def run(
                 return Batch(runner, [tasks_by_id[n.run_id] for n in job])
 
         scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
-                              batches=batches, make_batch=make_batch)
+                              batches=batches, make_batch=make_batch, audit=auditor)
         with _namespace.exported():
             scheduler.run()
         latest = store.latest()
@@ -258,7 +337,9 @@ def run(
 
     records = [latest.get(rid, {**fields[rid], "status": "pending"}) for rid in run_ids]
     table = to_table(records, params=[k for k, _ in combos[0]], metrics=_metric_names(metric_list, records))
-    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out)
+    table.attrs.update(_totals(table), sweep=identity, kind=grid.kind, out=store.out, **reuse_note,
+                       audit=auditor.summary(records, verify))
+    auditor.report(table.attrs["audit"])
     if all(table["status"] == "ok") and not keep_checkpoints:
         store.remove_all_checkpoints()
     if plot and (table["status"] == "ok").any() and table.attrs["metrics"]:
@@ -273,7 +354,11 @@ def run(
 
 
 def load(out: str | os.PathLike) -> pd.DataFrame:
-    """The table of every run recorded in a sweep directory (the latest result of each run).
+    """The table of every run recorded in a sweep directory (the latest result of each run), in plan order.
+
+    Plan order is the grid order of the calls that trained the runs (windows, swept values,
+    seeds; see :mod:`lightning_critical.sweep.table`). Needs no lock: it can read a sweep
+    while another process runs it.
 
     Example::
 
@@ -283,6 +368,7 @@ def load(out: str | os.PathLike) -> pd.DataFrame:
     """
     store = Store(os.fspath(out))
     records = list(store.latest().values())
+    records = order_records(records, store.plans({str(r.get("sweep")) for r in records}))
     table = to_table(records)
     table.attrs.update(_totals(table), out=store.out)
     return table
@@ -426,33 +512,39 @@ def _check_picklable(spec: SweepSpec, backend_name: str) -> None:
             ) from None
 
 
-def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> None:
-    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training."""
+def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> dict[str, list[type]]:
+    """Build the first run's model, datamodule, deficits and callbacks once, to catch wrong types before training.
+
+    Returns the built objects' classes per role (their code joins the sweep's identity).
+    """
     with isolated(spec.threads_per_run), quiet():
-        spec.build_model(runs[0])
-        spec.build_datamodule(runs[0])
-        spec.build_callbacks(runs[0])
+        built = {"model": [type(spec.build_model(runs[0]))],
+                 "datamodule": [type(spec.build_datamodule(runs[0]))],
+                 "callbacks": [type(c) for c in spec.build_callbacks(runs[0])]}
         with_window = next((r for r in runs if r.windows), None)
         if with_window is not None:
-            spec.build_deficits(with_window)
+            built["deficit"] = [type(c) for c in spec.build_deficits(with_window)]
+    return built
 
 
-def _claim(store: Store, identity: str, description: dict[str, Any]) -> None:
+def _claim(store: Store, identity: str, description: dict[str, Any], resume: str,
+           rekey: Callable[[str], Mapping[str, Mapping[str, Any]]]) -> Takeover | None:
     try:
-        store.claim(identity, description)
+        return store.claim(identity, description, resume=resume, rekey=rekey)
     except SweepDirectoryError:
         if not os.path.exists(os.path.join(store.out, IDENTITY)) or any(
                 r.get("status") == "ok" for r in store.latest().values()):
             raise
         # only failed runs there (e.g. a metric name that did not exist): the corrected sweep takes over
-        store.claim(identity, description, replace=True)
+        return store.claim(identity, description, resume="rerun")
 
 
 def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
     labels = [r.label() for r in runs]
+    folded = [label.casefold() for label in labels]  # "A" and "a" are one directory on macOS and Windows
     out = {}
-    for label, rid in zip(labels, run_ids, strict=True):
-        out[rid] = label if labels.count(label) == 1 else f"{label}_{rid[:6]}"
+    for label, fold, rid in zip(labels, folded, run_ids, strict=True):
+        out[rid] = label if folded.count(fold) == 1 else f"{label}_{rid[:6]}"
     return out
 
 

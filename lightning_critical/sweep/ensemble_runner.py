@@ -58,6 +58,7 @@ from lightning_critical.models.matrix_factorization import DeepMatrixFactorizati
 from lightning_critical.schedule import largest_common_divisor
 from lightning_critical.sweep.execute import QUIET_TRAINER, isolated, portable, quiet
 from lightning_critical.sweep.runners import record
+from lightning_critical.sweep.spec import canonical_json
 
 _SINGULAR_VALUE = re.compile(r"singular_values/(\d+)")
 
@@ -102,7 +103,8 @@ class FactorizationEnsembleRunner:
         """One batch per seed and swept values (in the order given), the longest first."""
         groups: dict[Any, list[Any]] = {}
         for task in tasks:
-            groups.setdefault((task.run.seed, task.run.params), []).append(task)
+            key = canonical_json({"seed": task.run.seed, "params": task.run.encode()["params"]})  # lists: unhashable
+            groups.setdefault(key, []).append(task)
         return sorted(groups.values(), key=lambda g: -sum(t.epochs for t in g))
 
     def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:

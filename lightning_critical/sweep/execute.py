@@ -1,23 +1,34 @@
 """Execute one run of a sweep in the current process: build, fit (maybe from a branch checkpoint), measure.
 
 Design decisions that make a branched run bitwise equal to the same run trained from scratch
-(on CPU, ``num_workers=0``):
+(on CPU), or refuse it (:class:`BranchRefused`: :func:`execute` returns ``status="refused"``
+with the reason, and the scheduler trains the run from scratch):
 
 * **Where branch checkpoints are taken.** :class:`Branching` is a Lightning ``Checkpoint``
   callback (so Lightning runs it after every other callback and after the LightningModule's
   ``on_train_epoch_end``, like ``ModelCheckpoint``) and saves with ``trainer.save_checkpoint``
-  in ``on_train_epoch_end`` of the epoch before the branch, after that epoch's validation and
-  its epoch-interval learning-rate step. Lightning resumes such a checkpoint at the start of
-  the next epoch (model, optimizers, schedulers, loop counters, every callback's
-  ``state_dict``). Files are written to a temporary name and renamed, so a checkpoint that
-  exists is complete.
-* **Random states.** ``Branching.state_dict`` stores the torch (CPU and CUDA), numpy and
-  Python states as tensors and plain values at that moment; ``load_state_dict`` restores them
-  while Lightning restores the checkpoint, before the next epoch's data iterator is created
-  (restoring in ``on_train_start`` would be too late: the shuffled order is already drawn).
-  Hooks that run once per ``fit`` (``on_fit_start``, ``on_train_start``) and
-  ``on_train_epoch_start`` must not draw from the global random generators for the
-  equality to hold (the package's callbacks draw from their own seeded generators).
+  in ``on_train_epoch_end`` of the epoch before the branch, after that epoch's validation.
+  Lightning resumes such a checkpoint at the start of the next epoch (model, optimizers,
+  schedulers, loop counters, every callback's ``state_dict``). A run about to stop
+  (``trainer.should_stop``, e.g. a user ``EarlyStopping``) writes none: its children start
+  from an earlier branch or from scratch. Files are written to a temporary name and renamed,
+  so a checkpoint that exists is complete.
+* **Global random states.** ``Branching.state_dict`` stores the torch (CPU and CUDA), numpy
+  and Python states as tensors and plain values; ``load_state_dict`` restores them while
+  Lightning restores the checkpoint, before the next epoch's data iterator is created.
+  Hooks that run once per ``fit`` (``on_fit_start``, ``on_train_start``) must not draw from
+  any generator for the equality to hold (a draw from a carried generator there is refused).
+* **Everything else the parent carries across the branch point**
+  (:mod:`~lightning_critical.sweep.branch_state`): generator objects of the model,
+  datamodule, callbacks, deficits and train / val loaders (restored before their first draw),
+  plain attributes the parent changed during the prefix, the files a ``ModelCheckpoint``
+  tracks. Refused: state it cannot carry (a callback without ``state_dict`` whose tensors
+  changed, persistent loader workers, a rebuilt loader holding a generator, ``ReduceLROnPlateau``).
+* **Branch compatibility.** Each run fingerprints what it configures for itself (trainer
+  limits, attributes of model, datamodule and callbacks before any restore, optimizers and
+  schedulers as ``configure_optimizers`` built them, loader settings); a child whose
+  fingerprint differs from its parent's (a schedule built from ``max_epochs``) is refused
+  before its first step.
 * **Every run is seeded** with ``pl.seed_everything(seed)`` before its factories are called,
   and runs with ``torch.set_num_threads(threads_per_run)`` whatever the backend.
 * **Loggers.** Each run logs to its own ``TensorBoardLogger`` (``<out>/tensorboard/<label>``,
@@ -26,26 +37,18 @@ Design decisions that make a branched run bitwise equal to the same run trained 
   A branched run logs from its branch step on; the engine copies the parent's records before
   that step into its directory once both have finished (:mod:`lightning_critical.sweep.logs`),
   so every run shows its whole run.
-* Not supported by branching (pass ``share_prefixes=False``): ``ReduceLROnPlateau`` (Lightning
-  steps it after the end-of-epoch checkpoint; refused with an error) and learning-rate
-  schedules that depend on ``max_epochs`` when runs differ in length.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import numbers
 import os
 import shutil
-import signal
-import threading
 import time
 import traceback
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +57,10 @@ from typing_extensions import override
 
 from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
-from lightning_critical.sweep import rng
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
+from lightning_critical.sweep import audit, rng
+from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files
+from lightning_critical.sweep.isolation import isolated, quiet
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
 
 QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
@@ -89,6 +94,7 @@ class Task:
     save_paths: dict[int, str] | None = None
     parent: str | None = None
     sweep_kind: str = "explicit"
+    audit_path: str | None = None  # the exactness audit: write the final weights there
 
     @property
     def log_dir(self) -> str | None:
@@ -96,20 +102,29 @@ class Task:
 
 
 class Branching(pl.callbacks.Checkpoint):
-    """Saves the branch checkpoints of a run and carries every random state through them.
+    """Saves the branch checkpoints of a run and carries every random state and decision through them.
 
     Args:
         save_paths: ``{epochs_done: path}``: after that many epochs, write a checkpoint to ``path``.
         info: extra fields for the ``<path>.json`` written next to each checkpoint.
         steps_per_epoch: the epoch length the plan assumed (step windows), checked at train start.
+        deficits: the sweep's deficit callbacks of this run (left out of the branch comparison:
+            they differ by window by design).
+
+    A run resumed from a branch checkpoint raises :class:`BranchRefused` before its first step
+    when it would not end as the same run trained from scratch (see
+    :mod:`lightning_critical.sweep.branch_state`).
     """
 
     def __init__(self, save_paths: Mapping[int, str] | None = None, info: dict[str, Any] | None = None,
-                 steps_per_epoch: int | None = None) -> None:
+                 steps_per_epoch: int | None = None, deficits: Sequence[Any] = ()) -> None:
         self.save_paths = dict(save_paths or {})
         self.info = dict(info or {})
         self.steps_per_epoch = steps_per_epoch
         self.restored = False
+        self.lineage = Lineage({id(self), *(id(d) for d in deficits)}, deficits=tuple(id(d) for d in deficits))
+        self._trainer: Any = None
+        self._saving = False
 
     @property
     @override
@@ -117,26 +132,42 @@ class Branching(pl.callbacks.Checkpoint):
         return "lightning_critical.sweep.Branching"
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer  # Lightning calls every callback's setup before it restores a checkpoint
+        self.lineage.setup(trainer)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng.capture()}
+        state: dict[str, Any] = {"rng": rng.capture()}
+        if self._saving:
+            state["branch"] = self.lineage.capture(self._trainer)
+        return state
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # before any callback's load_state_dict: a ModelCheckpoint then restores a state pointing at its own files
+        branch = ((checkpoint.get("callbacks") or {}).get(self.state_key) or {}).get("branch")
+        if branch:
+            place_checkpoint_files(trainer, branch.get("model_checkpoints", []), checkpoint)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "rng" in state_dict:
             rng.restore(state_dict["rng"])
             self.restored = True
+        if "branch" not in state_dict:
+            raise BranchRefused("the checkpoint carries no branch state (written by an older version of this package)")
+        self.lineage.load(self._trainer, state_dict["branch"])
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # optimizers and schedulers exist as configured; Lightning restores their states after this hook
+        self.lineage.fit_start(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.save_paths and not self.restored:
-            return
-        for config in trainer.lr_scheduler_configs:
-            if config.reduce_on_plateau:
-                raise ValueError(
-                    "ReduceLROnPlateau cannot be branched exactly (Lightning steps it after the end-of-epoch "
-                    "checkpoint): pass share_prefixes=False to lc.sweep.run."
-                )
-        if self.steps_per_epoch is not None:
+        if (self.save_paths or self.restored) and self.steps_per_epoch is not None:
             actual = _lightning.steps_per_epoch(trainer)
             if actual != self.steps_per_epoch:
                 raise ValueError(
@@ -144,16 +175,21 @@ class Branching(pl.callbacks.Checkpoint):
                     "optimizer steps per epoch; give the right value "
                     "(or None: step windows then do not share prefixes)."
                 )
+        self.lineage.train_start(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = trainer.current_epoch + 1
         path = self.save_paths.get(done)
-        if path is None or trainer.sanity_checking:
-            return
+        if path is None or trainer.sanity_checking or trainer.should_stop:
+            return  # a run about to stop hands out no branch: its children would train on where it stops
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes once
+        self._saving = True
+        try:
+            trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes once
+        finally:
+            self._saving = False
         if not trainer.is_global_zero:
             return
         info = {**self.info, "epoch": done, "step": int(trainer.global_step)}
@@ -163,51 +199,9 @@ class Branching(pl.callbacks.Checkpoint):
         os.replace(sidecar + ".tmp", sidecar)
         os.replace(tmp, path)  # the sidecar first: a checkpoint that exists is complete and described
 
-
-@contextlib.contextmanager
-def isolated(threads: int) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads and give the caller back its threads, random states and Ctrl-C handler."""
-    from threadpoolctl import threadpool_limits
-
-    old_threads = torch.get_num_threads()
-    old_rng = rng.capture()
-    old_seed = os.environ.get("PL_GLOBAL_SEED")
-    main = threading.current_thread() is threading.main_thread()
-    old_handler = signal.getsignal(signal.SIGINT) if main else None
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(old_threads)
-        rng.restore(old_rng)
-        if old_seed is None:
-            os.environ.pop("PL_GLOBAL_SEED", None)
-        else:
-            os.environ["PL_GLOBAL_SEED"] = old_seed
-        if main and old_handler is not None:
-            # Lightning ignores SIGINT after catching a KeyboardInterrupt; give Ctrl-C back.
-            signal.signal(signal.SIGINT, old_handler)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence Lightning's per-run chatter (info logs, known warnings) for the duration of a run."""
-    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                        ".*GPU available but not used.*", ".*LeafSpec.*", ".*callbacks used to create the checkpoint.*",
-                        ".*that has no `state_key`.*", ".*is not a state_dict.*"):
-            warnings.filterwarnings("ignore", pattern)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.lineage.teardown(trainer)
 
 
 def read_metrics(metrics: Any, trainer: pl.Trainer, module: pl.LightningModule,
@@ -284,6 +278,10 @@ def execute(task: Any) -> Any:
         except MetricNotFound as err:
             record["error"] = str(err)
             record["fatal"] = True
+        except BranchRefused as err:  # the scheduler trains this run from scratch and records why
+            record["status"] = "refused"
+            record["refused"] = err.reason
+            record["error"] = str(err)
         except Exception as err:
             record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
             record["exception"] = portable(err)
@@ -311,11 +309,13 @@ def _fit(task: Task) -> dict[str, Any]:
     pl.seed_everything(run.seed, verbose=False)
     model = spec.build_model(run)
     datamodule = spec.build_datamodule(run)
+    deficits = spec.build_deficits(run)
     branching = Branching(
         task.save_paths, info={"run_id": task.run_id, "label": task.label, "log_dir": log_dir},
         steps_per_epoch=spec.steps_per_epoch if run.windows and run.windows[0].unit == "step" else None,
+        deficits=deficits,
     )
-    callbacks = spec.build_deficits(run) + spec.build_callbacks(run) + [branching]
+    callbacks = deficits + spec.build_callbacks(run) + [branching]
     logger: Any = False
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
@@ -339,6 +339,8 @@ def _fit(task: Task) -> dict[str, Any]:
         trainer.test(model, **data_kwargs, verbose=False)
         produced.update(trainer.callback_metrics)
     metrics = read_metrics(spec.metrics, trainer, model, produced)
+    if task.audit_path is not None:
+        audit.save_weights(task.audit_path, model, trainer)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
         _tensorboard.write_session(trainer, extra=hparams(task), metrics=final)
@@ -354,6 +356,7 @@ def _fit(task: Task) -> dict[str, Any]:
         "epochs_trained": int(trainer.current_epoch) - task.branch_epoch,
         "branch_step": branch_step,
         "global_step": int(trainer.global_step),
+        "deficit_seed": deficit_seed(deficits),
     }
 
 

@@ -14,6 +14,14 @@
   :class:`~lightning_critical.sweep.units.Batch` whose result is one record per run.
 * Once a branched run and its parent have both finished, the parent's logs before the branch
   are copied into the run's log directory; a checkpoint whose runs all finished is deleted.
+* A run whose record says ``status="refused"`` (it cannot branch exactly from its parent,
+  e.g. its own configuration differs) is not a result: it is retrained from scratch and its
+  row's ``branch_refused`` says why (each reason is printed once). Every child is checked on
+  its own (the check is per run and costs a model build, not training).
+* The exactness audit (:class:`~lightning_critical.sweep.audit.Audit`) marks branched runs to
+  audit, holds their records until their from-scratch twins (run first, as soon as queued)
+  have been compared, and may stop sharing: then no run branches any more and branched runs
+  finished without a passed audit are retrained from scratch.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lightning_critical.sweep.audit import Audit, Twin
 from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.store import Store
+from lightning_critical.sweep.table import refuse_colliding_metrics
 
 
 class SweepAborted(RuntimeError):
@@ -51,6 +61,7 @@ class Scheduler:
         poll_seconds: float = 0.05,
         batches: list[list[str]] | None = None,
         make_batch: Callable[[list[Node]], Any] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.plan = plan
         self.make_task = make_task
@@ -81,6 +92,22 @@ class Scheduler:
         self.log_final: set[str] = set()
         self.log_waiting: dict[str, list[tuple[Node, dict[str, Any]]]] = {}
         self.bar = _progress_bar(len(plan.nodes), progress)
+        self.audit = audit if audit is not None else Audit(0, store.out)
+        self.refused: dict[str, str] = {}  # run id -> why it did not branch
+        self.reasons: set[str] = set()
+        self.branched_done: list[Node] = []  # branched runs stored without a passed audit
+        self.sharing_off = False
+        self.jumped = False  # work was put first in line: _fill starts a new pass
+        if make_batch is None:
+            for job in list(self.pending):  # audits interrupted in an earlier call: only their twins remain
+                twin = self.audit.resume(job[0])
+                if twin is not None:
+                    self.pending.remove(job)
+                    self.done[twin.run_id] = "ok"
+                    self.log_final.add(twin.run_id)
+                    self.pending.insert(0, [twin])
+        if self.audit.stopped:
+            self._stop_sharing()
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -119,28 +146,48 @@ class Scheduler:
         return limit is None or len(self.running) < limit
 
     def _fill(self) -> None:
+        while self._fill_pass():
+            pass
+
+    def _fill_pass(self) -> bool:
+        """Submit every ready job; ``True`` when a result put work first in line (start a new pass)."""
         if self.fatal or self.aborted:
-            return
+            return False
         if any(job[0].run_id in self.suspects for job in self.running.values()):
-            return  # a suspect runs alone
+            return False  # a suspect runs alone
         for job in list(self.pending):
             if not self._capacity():
-                return
+                return False
             suspect = job[0].run_id in self.suspects
             if suspect and self.running:
                 continue
-            if not all(self._ready(node) for node in job):
+            if job not in self.pending or not all(self._ready(node) for node in job):
                 continue
             self.pending.remove(job)
-            work = self.make_task(job[0]) if self.make_batch is None else self.make_batch(job)
-            future = self.backend.submit(work)
+            future = self.backend.submit(self._work(job))
             self.running[future] = job
             if future.done():  # the serial backend: record before starting the next run
                 self._collect(future)
                 if self.fatal:
-                    return
+                    return False
+                if self.jumped:
+                    self.jumped = False
+                    return True
             if suspect:
-                return
+                return False
+        return False
+
+    def _work(self, job: list[Node]) -> Any:
+        if self.make_batch is not None:
+            return self.make_batch(job)
+        node = job[0]
+        if isinstance(node, Twin):
+            return self.audit.twin_task(self.make_task(node))
+        return self.audit.prepare(node, self.make_task(node))
+
+    def _first(self, job: list[Node]) -> None:
+        self.pending.insert(0, job)
+        self.jumped = True
 
     def _ready(self, node: Node) -> bool:
         if node.resume_key is None:
@@ -157,8 +204,9 @@ class Scheduler:
         old = node.resume_key
         if old is not None:
             self.consumers.get(old, set()).discard(node.run_id)
-        depth = max((d for d in range(1, node.epochs) if d < len(node.prefix_keys)
-                     and os.path.exists(self.store.checkpoint_path(node.prefix_keys[d]))), default=0)
+        depth = 0 if self.sharing_off else max(
+            (d for d in range(1, node.epochs) if d < len(node.prefix_keys)
+             and os.path.exists(self.store.checkpoint_path(node.prefix_keys[d]))), default=0)
         if depth:
             node.branch_epoch, node.resume_key = depth, node.prefix_keys[depth]
             node.parent = self.store.checkpoint_info(node.resume_key).get("run_id")
@@ -213,10 +261,25 @@ class Scheduler:
 
     def _record(self, node: Node, record: dict[str, Any]) -> None:
         exception = record.pop("exception", None) if isinstance(record, dict) else None
+        if isinstance(node, Twin):  # a twin's failure is the audit's business, not errors="raise"'s
+            final = self.audit.on_twin(node, record)
+            self.done[node.run_id] = str(final.get("status"))
+            if not final.get("branch_epoch"):  # its logs are now the twin's whole run: no prefix to copy in
+                for waiting in self.log_waiting.values():
+                    waiting[:] = [(n, r) for n, r in waiting if n.run_id != node.run_id]
+            self._store(final)
+            if self.audit.stopped and not self.sharing_off:
+                self._stop_sharing()
+            return
         if exception is not None and self.first_exception is None:
             self.first_exception = exception
+        if record.get("status") == "refused":
+            self._refused(node, record)
+            return
         full = {**self.fields[node.run_id], **record, "finished_at": time.time()}
-        self.store.append(full)
+        refuse_colliding_metrics(full)  # a metric function's name that would overwrite a column stops the sweep
+        if node.run_id in self.refused:
+            full["branch_refused"] = self.refused[node.run_id]
         self.done[node.run_id] = full["status"]
         if full.get("fatal"):
             self.fatal = full["error"]
@@ -226,10 +289,73 @@ class Scheduler:
             users.discard(node.run_id)
             if not users and not self.keep_checkpoints:
                 self.store.remove_checkpoint(node.resume_key)
+        if self.sharing_off and full.get("branch_epoch"):  # it branched before the audit stopped sharing
+            self.audit.release(node)
+            self._to_scratch(node, str(self.audit.stopped))
+            self._first([node])
+            return
+        twin = self.audit.on_result(node, full)
+        if twin is not None:
+            self._first([twin])  # the audit's verdict before more runs branch
+            return
+        self._store(full)
+        if full["status"] == "ok" and full.get("branch_epoch") and self.make_batch is None:
+            self.branched_done.append(node)
+
+    def _store(self, full: dict[str, Any]) -> None:
+        self.store.append(full)
         if self.bar is not None:
             failed = sum(1 for s in self.done.values() if s != "ok")
             self.bar.set_postfix_str(f"failed={failed}" if failed else "", refresh=False)
             self.bar.update(1)
+
+    # -- refused branches and the audit's stop -------------------------------------------------
+    def _to_scratch(self, node: Node, reason: str) -> None:
+        if node.resume_key is not None:
+            self.consumers.get(node.resume_key, set()).discard(node.run_id)
+        node.branch_epoch, node.resume_key, node.parent = 0, None, None
+        self.refused[node.run_id] = reason
+
+    def _refused(self, node: Node, record: dict[str, Any]) -> None:
+        """``node`` cannot branch exactly (said before training): retrain it from scratch."""
+        reason = str(record.get("refused") or "no reason given")
+        if node.resume_key is None:  # nothing left to refuse: a runner's error, not a loop
+            self._record(node, self._failure(node, f"refused although it trains from scratch: {reason}"))
+            return
+        if reason not in self.reasons:
+            self.reasons.add(reason)
+            label = self.fields[node.run_id].get("label", node.run_id)
+            parent = self.fields.get(node.parent or "", {}).get("label", node.parent)
+            print(f"lightning-critical: run {label} cannot branch exactly from run {parent}: {reason}. It trains "
+                  "from scratch (table column branch_refused); other runs refused for this reason say so there.",
+                  file=sys.stderr)
+        self.audit.release(node)
+        self._to_scratch(node, reason)
+        self._first([node])
+
+    def _stop_sharing(self) -> None:
+        """After an audit found a difference: nothing branches any more; unverified branched runs retrain."""
+        self.sharing_off = True
+        reason = str(self.audit.stopped)
+        for job in self.pending:
+            for node in job:
+                node.save_keys = {}
+                if node.resume_key is not None:
+                    self._to_scratch(node, reason)
+        again = list(self.branched_done)
+        self.branched_done.clear()
+        queued = {n.run_id for job in self.pending for n in job} | {n.run_id for job in self.running.values()
+                                                                    for n in job}
+        if self.make_batch is None:
+            again += [Node(rid, epochs) for rid, epochs in self.audit.unverified()
+                      if rid in self.fields and rid not in queued and rid not in self.done]
+        for node in again:
+            self._to_scratch(node, reason)
+            self.ids.add(node.run_id)
+            self.done.pop(node.run_id, None)
+            self.pending.append([node])
+            if self.bar is not None:
+                self.bar.total += 1
 
     def _finish_logs(self, node: Node, record: dict[str, Any]) -> None:
         parent = node.parent

@@ -3,7 +3,8 @@
 A run is ``RunSpec(windows, seed, params, max_epochs)``; its ``run_id`` is a short hash of the
 sweep's identity and those fields, in a canonical JSON encoding, so the same run has the same
 id in every process and every session. The sweep's identity describes what trains a run
-(factories, deficit, callbacks, Trainer arguments, metrics), not which runs exist: adding
+(factories, deficit, callbacks, Trainer arguments, metrics, the user code they run and the
+library versions: :mod:`~lightning_critical.sweep.identity`), not which runs exist: adding
 seeds, windows or swept values to a finished sweep runs only the new runs.
 
 Factories are called with the keyword arguments their signature names, out of ``seed`` and
@@ -29,6 +30,8 @@ from lightning_critical import _namespace
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
+from lightning_critical.sweep import identity as ident
+from lightning_critical.sweep import source
 from lightning_critical.sweep.grids import GridEntry, RunWindows
 
 Metric = str | Callable[..., Mapping[str, float]]
@@ -66,8 +69,10 @@ def _qualname(obj: Any) -> str:
 def describe(obj: Any, _depth: int = 0) -> Any:
     """A JSON-able description of a factory, callback or value, stable across processes and sessions.
 
-    Functions are named by module and qualified name plus a digest of their code, constants,
-    defaults and closure (so editing a lambda's body changes the sweep); classes by name;
+    Functions are named by module and qualified name plus a digest of their code (docstrings,
+    comments and formatting aside: :func:`~lightning_critical.sweep.source.function_digest`),
+    defaults and closure (so editing a lambda's body changes the sweep); classes by name (their
+    code is in :meth:`SweepSpec.describe`'s ``code``);
     ``functools.partial`` by function and bound arguments; other objects by class and public
     attributes. Memory addresses never enter.
 
@@ -104,10 +109,8 @@ def describe(obj: Any, _depth: int = 0) -> Any:
     if inspect.ismethod(obj):
         return {"method": _qualname(obj.__func__), "self": describe(obj.__self__, d)}
     if inspect.isfunction(obj):
-        code = obj.__code__
         closure = [describe(c.cell_contents, d) for c in (obj.__closure__ or ()) if _has_contents(c)]
-        body = [code.co_code.hex(), describe([c for c in code.co_consts if not inspect.iscode(c)], d),
-                list(code.co_names), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
+        body = [source.function_digest(obj), describe(obj.__defaults__, d), describe(obj.__kwdefaults__, d), closure]
         return {"function": _qualname(obj), "code": short_hash(body)}
     if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a tensor
         t = obj.detach().cpu()
@@ -131,7 +134,7 @@ def _has_contents(cell: Any) -> bool:
 
 
 def _json_value(name: str, value: Any) -> Any:
-    """A swept value as plain JSON (numpy scalars become Python numbers); refuse anything else."""
+    """A swept value as plain JSON (numpy scalars become Python numbers, tuples lists); refuse anything else."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
@@ -140,9 +143,16 @@ def _json_value(name: str, value: Any) -> Any:
         return float(value)
     if isinstance(value, (list, tuple)):
         return [_json_value(name, v) for v in value]
+    if isinstance(value, Mapping):
+        keys = [k for k in value if not isinstance(k, str)]
+        if keys:
+            raise ValueError(
+                f"params[{name!r}] value {value!r} is not valid: a swept dict needs string keys (JSON objects do), "
+                f"not {keys[0]!r}.")
+        return {k: _json_value(name, v) for k, v in value.items()}
     raise ValueError(
         f"params[{name!r}] value {value!r} is not valid: swept values must be numbers, strings, booleans, None "
-        f"or lists of them (they become table columns and TensorBoard hparams), not {type(value).__name__}."
+        f"or lists and dicts of them (they become table columns and TensorBoard hparams), not {type(value).__name__}."
     )
 
 
@@ -173,7 +183,8 @@ class RunSpec:
 
     @property
     def params_dict(self) -> dict[str, Any]:
-        return dict(self.params)
+        """The swept values, copied: a factory that changes a list it was given cannot change other runs."""
+        return {k: copy.deepcopy(v) for k, v in self.params}
 
     def encode(self) -> dict[str, Any]:
         return {
@@ -188,15 +199,29 @@ class RunSpec:
         return short_hash({"sweep": sweep_identity, "run": self.encode()})
 
     def label(self) -> str:
-        """A readable, file-system safe name (unique within a sweep)."""
+        """A readable, file-system safe name (ASCII letters, digits and ``.+-_=``, at most 120 characters).
+
+        Characters outside that set become ``-``; a longer name keeps its first 100 characters
+        plus a hash of the whole. Distinct runs may share a label (values differing only in
+        replaced characters or in case); the engine appends the run id to those.
+        """
         parts = [GridEntry(self.windows).label(), f"seed{self.seed}"]
-        parts += [f"{k}={_label_value(v)}" for k, v in self.params]
+        parts += [f"{_label_value(k)}={_label_value(v)}" for k, v in self.params]
         if self.max_epochs is not None and self.baseline:
             parts.append(f"{self.max_epochs}ep")
-        return "_".join(parts)
+        label = "_".join(parts).rstrip(".")  # a trailing dot vanishes on Windows file systems
+        if len(label) > LABEL_LENGTH:
+            label = f"{label[:LABEL_LENGTH - 20].rstrip('.-')}~{short_hash(label, 12)}"
+        return label
+
+
+LABEL_LENGTH = 120
+"""The longest run label (a file and directory name under ``<out>``); longer ones are cut and hashed."""
 
 
 def _label_value(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return json.dumps(value)  # digits, ".eE+-", Infinity, NaN: all safe, the sign kept
     text = json.dumps(value) if not isinstance(value, str) else value
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
@@ -239,6 +264,11 @@ def _names_argument(factory: Callable[..., Any], name: str) -> bool:
         return False
 
 
+def identity_of(description: Mapping[str, Any]) -> str:
+    """The sweep identity of a description (:meth:`SweepSpec.describe`)."""
+    return short_hash(description, 16)
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """Everything that trains one run of a sweep (the grid and the seeds live in the plan).
@@ -277,9 +307,24 @@ class SweepSpec:
     def max_epochs(self) -> int:
         return int(self.trainer["max_epochs"])
 
-    def describe(self) -> dict[str, Any]:
-        """What trains a run, as JSON (stored in ``<out>/sweep.json``)."""
+    def describe(self, built: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+        """What trains a run, as JSON (stored in ``<out>/sweep.json``).
+
+        ``code`` holds the digest of the user code each part runs
+        (:func:`~lightning_critical.sweep.identity.code_digest`), from the factories and from
+        ``built``: the classes the factories built, per role (``{"model": [Net], ...}``, known
+        once the first run's objects are built). ``versions``: torch, Lightning, numpy, this package.
+        """
         runner = {} if self.runner is None else {"runner": describe(self.runner)}
+        extra = built or {}
+        roles = {
+            "model": [self.model, *extra.get("model", ())],
+            "datamodule": [self.datamodule, *extra.get("datamodule", ())],
+            "deficit": [self.deficit, *extra.get("deficit", ())],
+            "callbacks": [self.callbacks, *extra.get("callbacks", ())],
+            "metrics": list(self.metrics),
+            "runner": [self.runner],
+        }
         return {
             **runner,
             "model": describe(self.model),
@@ -289,10 +334,13 @@ class SweepSpec:
             "trainer": describe(dict(self.trainer)),
             "metrics": describe(list(self.metrics)),
             "test": self.test,
+            "code": ident.code_digest(roles),
+            "versions": ident.versions(_namespace.NAME),
         }
 
-    def identity(self) -> str:
-        return short_hash(self.describe(), 16)
+    def identity(self, built: Mapping[str, Sequence[Any]] | None = None) -> str:
+        """A 16-character hash of :meth:`describe`."""
+        return identity_of(self.describe(built))
 
     # -- building one run ------------------------------------------------------------------
     def factory_kwargs(self, run: RunSpec) -> dict[str, Any]:
@@ -331,21 +379,73 @@ class SweepSpec:
 
 
 def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
-    """One deficit for ``window``: copy a ``WindowedDeficit`` template, or call a factory."""
+    """One deficit for ``window``: a ``WindowedDeficit`` template rebuilt for it, or a factory's callbacks.
 
+    The seed rule (the same for every form, so a template, a factory and the CLI's YAML give
+    one table): a deficit draws its random numbers with the run's seed (``kwargs["seed"]``)
+    unless its seed was fixed explicitly. A template is rebuilt with
+    :meth:`~lightning_critical.deficits.base.WindowedDeficit.with_window`, with ``seed=`` the
+    run's seed when its class takes a ``seed`` and the template was built without one. A
+    factory is called with the run's seed when it names a ``seed`` argument (one bound by
+    ``functools.partial`` stays bound); a deficit it returns that takes a ``seed`` but was built
+    without one is rebuilt with the run's seed. "Fixed explicitly" is ``seed=`` given to the
+    deficit's constructor (or bound by a partial).
+
+    Example::
+
+        >>> from lightning_critical import InputDeficit, Window
+        >>> make_deficit(InputDeficit("noise", (0, 1)), Window(0, 3), {"seed": 7}).seed
+        7
+        >>> make_deficit(InputDeficit("noise", (0, 1), seed=0), Window(0, 3), {"seed": 7}).seed
+        0
+    """
+
+    seed = kwargs.get("seed")
     if isinstance(maker, WindowedDeficit):
-        made = copy.deepcopy(maker)
-        made.window = window
-        return made
+        return maker.with_window(window, **_run_seed(maker, seed))
     if not callable(maker):
         raise TypeError(
             f"deficit={maker!r} is not valid: give a WindowedDeficit (used as a template), a callable "
             "window -> Callback | list[Callback], or a list of these."
         )
     extra = {k: v for k, v in accepted_kwargs(maker, kwargs).items() if k != "window"}
-    if _takes_window_keyword(maker):
-        return maker(window=window, **extra)
-    return maker(window, **extra)
+    made = maker(window=window, **extra) if _takes_window_keyword(maker) else maker(window, **extra)
+    if isinstance(made, (list, tuple)):
+        return type(made)(_seeded(item, seed) for item in made)
+    return _seeded(made, seed)
+
+
+def _run_seed(deficit: WindowedDeficit, seed: Any) -> dict[str, Any]:
+    """``{"seed": seed}`` when ``deficit`` takes a seed that was not given explicitly, else ``{}``."""
+    if seed is None or "seed" not in inspect.signature(type(deficit)).parameters:
+        return {}
+    return {} if "seed" in deficit.init_arguments else {"seed": seed}
+
+
+def _seeded(made: Any, seed: Any) -> Any:
+    if not isinstance(made, WindowedDeficit):
+        return made
+    override = _run_seed(made, seed)
+    return made.with_window(made.window, **override) if override else made
+
+
+def deficit_seed(callbacks: Sequence[Any]) -> int | str | None:
+    """The seed(s) a run's deficit callbacks draw with: one integer when they agree (the usual case),
+    ``"a + b"`` in callback order when they differ, ``None`` when none has a ``seed``.
+
+    Example::
+
+        >>> from lightning_critical import InputDeficit, PathwayDeficit
+        >>> deficit_seed([InputDeficit("noise", (0, 1), seed=3), PathwayDeficit("b", (0, 1), seed=3)])
+        3
+        >>> deficit_seed([InputDeficit("noise", (0, 1), seed=3), PathwayDeficit("b", (0, 1), seed=4)])
+        '3 + 4'
+    """
+    seeds = [int(s) for s in (getattr(cb, "seed", None) for cb in callbacks)
+             if isinstance(s, numbers.Integral) and not isinstance(s, bool)]
+    if not seeds:
+        return None
+    return seeds[0] if len(set(seeds)) == 1 else " + ".join(map(str, seeds))
 
 
 def _built(obj: Any, factory: Any, kind: str, cls: type, hint: str) -> Any:
@@ -407,12 +507,14 @@ def check_params(
     else:
         raise ValueError(f"params={params!r} is not valid: give a dict name -> list of values, or a list of dicts.")
     out: list[Params] = []
+    seen: set[str] = set()
     for combo in combos:
         bad = sorted(reserved & set(combo))
         if bad:
             raise ValueError(f"params may not contain {bad}: seeds go in seeds=..., windows in windows=....")
         item = tuple(sorted((str(k), _json_value(str(k), v)) for k, v in combo.items()))
-        if item in out:
+        if canonical_json(dict(item)) in seen:  # by JSON value: 1, 1.0, True and "1" are different values
             raise ValueError(f"params repeats the combination {dict(item)}: give each once.")
+        seen.add(canonical_json(dict(item)))
         out.append(item)
     return out

@@ -1,0 +1,373 @@
+"""What a sweep's results depend on besides its arguments: the user's code and the library versions.
+
+A sweep's identity (:meth:`~lightning_critical.sweep.spec.SweepSpec.describe`) names its
+factories, deficit, Trainer arguments and metrics. This module adds what those names hide:
+
+* :func:`code_digest`: a digest of every function, class and simple module constant of the
+  user's own modules that the sweep runs, found by following the factories, the classes they
+  build (their methods and user base classes) and the globals those read, recursively. "User
+  module" means neither the standard library, nor site-packages / dist-packages, nor this
+  package (covered by its version). Each function is hashed from its syntax tree with
+  docstrings removed, so docstrings, comments and formatting do not count; where no source is
+  available (an interactive session, generated code) its bytecode minus the docstring is
+  hashed instead, and the entry says ``bytecode:`` (:mod:`~lightning_critical.sweep.source`).
+* :func:`versions`: torch, the Lightning namespace in use, numpy, this package, Python (minor).
+* :func:`changes`: what differs between two descriptions, readably
+  (``code.model: mymodule:Net.training_step changed``, ``versions: torch 2.12.0 -> 2.13.0``).
+
+Pure Python (``inspect``, ``ast``, ``dis``, ``hashlib``); imports neither Lightning nor torch.
+What is hashed is the code that runs: a source file edited since its module was imported no
+longer compiles to the loaded bytecode, so that bytecode is hashed (reload the module to use
+the edit).
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+import sys
+import sysconfig
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lightning_critical.sweep.source import (
+    SIMPLE,
+    all_codes,
+    cell_filled,
+    class_digest,
+    constant,
+    digest,
+    function_digest,
+    is_value,
+)
+
+MAX_DEPTH = 8
+"""References followed from a factory (factory -> class -> method -> helper -> ...)."""
+MAX_ENTRIES = 400
+"""Entries per role; beyond that the digest says it was truncated."""
+_MAX_ITEMS = 200  # elements of one container looked at for code
+_PACKAGE = "lightning_critical"
+
+
+# -- which code is the user's ------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib") if k in paths} | {os.path.dirname(os.__file__)}
+    return tuple(os.path.realpath(d) + os.sep for d in dirs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_file(file: str) -> bool:
+    path = os.path.realpath(file)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not path.startswith(_library_dirs())
+
+
+def is_user_module(name: str | None) -> bool:
+    """Whether code of module ``name`` is the user's: not stdlib, site-packages or this package.
+
+    Example::
+
+        >>> is_user_module("json"), is_user_module("lightning_critical.sweep.spec")
+        (False, False)
+    """
+    if not name:
+        return False
+    if name in ("__main__", "__mp_main__"):  # the script or session itself (a notebook's runs from a kernel file)
+        return True
+    top = name.split(".")[0]
+    if top == _PACKAGE or top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return False
+    file = getattr(sys.modules.get(name), "__file__", None)
+    return True if file is None else _user_file(file)  # no file: __main__ of a session, exec'd code
+
+
+def _module_of(obj: Any) -> str | None:
+    if isinstance(obj, types.FunctionType):
+        return obj.__globals__.get("__name__") or obj.__module__
+    return getattr(obj, "__module__", None)
+
+
+def _array_digest(value: Any) -> str | None:
+    """A digest of a module-level tensor or numpy array (duck-typed: no torch import)."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        value = value.detach().cpu().contiguous().numpy()
+    if hasattr(value, "tobytes") and hasattr(value, "dtype") and hasattr(value, "shape"):
+        return "value:" + hashlib.sha256(f"{value.dtype}{value.shape}".encode() + value.tobytes()).hexdigest()[:12]
+    return None
+
+
+# -- what a function refers to -------------------------------------------------------------------
+def _references(code: types.CodeType) -> tuple[set[str], set[tuple[str, ...]], set[tuple[str, str]]]:
+    """Globals a code object loads, attribute chains on them (``mod.fn``) and names imported inside it."""
+    globals_: set[str] = set()
+    chains: set[tuple[str, ...]] = set()
+    imports: set[tuple[str, str]] = set()
+    for item in all_codes(code):
+        chain: list[str] = []
+        module = ""
+        for ins in dis.get_instructions(item):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                globals_.add(ins.argval)
+                chain = [ins.argval]
+                continue
+            if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
+                chain.append(ins.argval)
+                chains.add(tuple(chain))
+                continue
+            chain = []
+            if ins.opname == "IMPORT_NAME":
+                module = ins.argval
+                imports.add((module, ""))
+            elif ins.opname == "IMPORT_FROM" and module:
+                imports.add((module, ins.argval))
+    return globals_, chains, imports
+
+
+# -- the walk ---------------------------------------------------------------------------------
+class _Walk:
+    """Collects ``{"module:qualname": digest}`` for the user code reachable from some objects."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, str] = {}
+        self.seen: dict[int, Any] = {}  # id -> object, kept alive so ids stay unique during the walk
+        self.truncated = False
+
+    def add(self, key: str, digest: str) -> None:
+        if len(self.entries) >= MAX_ENTRIES:
+            self.truncated = True
+            return
+        name, n = key, 1
+        while name in self.entries and self.entries[name] != digest:  # two lambdas of one scope
+            n += 1
+            name = f"{key}#{n}"
+        self.entries[name] = digest
+
+    def visit(self, obj: Any, depth: int, root: bool = False) -> None:
+        if depth > MAX_DEPTH:
+            self.truncated = True
+            return
+        if id(obj) in self.seen or isinstance(obj, SIMPLE) or inspect.ismodule(obj):
+            return
+        self.seen[id(obj)] = obj
+        if isinstance(obj, functools.partial):
+            self.visit_all([obj.func, *obj.args, *obj.keywords.values()], depth, root)
+        elif inspect.ismethod(obj):
+            self.visit(obj.__func__, depth)
+            self.visit(obj.__self__, depth + 1)
+        elif isinstance(obj, (staticmethod, classmethod)):
+            self.visit(obj.__func__, depth)
+        elif isinstance(obj, property):
+            self.visit_all([obj.fget, obj.fset, obj.fdel], depth)
+        elif isinstance(obj, types.FunctionType):
+            self.visit_function(obj, depth)
+        elif inspect.isclass(obj):
+            self.visit_class(obj, depth)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            self.visit_all(list(obj)[:_MAX_ITEMS], depth, root)
+        elif isinstance(obj, Mapping):
+            self.visit_all(list(obj.values())[:_MAX_ITEMS], depth, root)
+        else:  # an instance: its class, and what its attributes hold (a callable object, a deficit template)
+            user = is_user_module(_module_of(type(obj)))
+            if user:
+                self.visit(type(obj), depth + 1)
+            if user or root:
+                attrs = getattr(obj, "__dict__", None)
+                if isinstance(attrs, dict):
+                    self.visit_all(list(attrs.values())[:_MAX_ITEMS], depth + 1)
+
+    def visit_all(self, objs: Iterable[Any], depth: int, root: bool = False) -> None:
+        for obj in objs:
+            if obj is not None:
+                self.visit(obj, depth, root)
+
+    def visit_function(self, fn: types.FunctionType, depth: int) -> None:
+        module = _module_of(fn)
+        if not is_user_module(module):
+            return
+        self.add(f"{module}:{fn.__qualname__}", function_digest(fn))
+        names, chains, imports = _references(fn.__code__)
+        scope = fn.__globals__
+        for name in sorted(names):
+            if name in scope:
+                self.visit_global(module or "?", name, scope[name], depth + 1)
+        for chain in sorted(chains):  # mymodule.helper(...): follow attributes of user modules
+            value: Any = scope.get(chain[0])
+            for attr in chain[1:]:
+                if not inspect.ismodule(value) or not is_user_module(value.__name__):
+                    break
+                owner, value = value.__name__, getattr(value, attr, None)
+                self.visit_global(owner, attr, value, depth + 1)
+        for module_name, attr in sorted(imports):
+            imported = sys.modules.get(module_name)
+            if imported is not None and attr and is_user_module(module_name):
+                self.visit_global(module_name, attr, getattr(imported, attr, None), depth + 1)
+        self.visit_all([c.cell_contents for c in (fn.__closure__ or ()) if cell_filled(c)], depth + 1)
+        self.visit_all([*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()], depth + 1)
+
+    def visit_global(self, module: str, name: str, value: Any, depth: int) -> None:
+        """A name a user function reads from its module: code is followed, constants are recorded."""
+        if value is None or inspect.ismodule(value):
+            return
+        if isinstance(value, (types.FunctionType, functools.partial)) or inspect.isclass(value):
+            self.visit(value, depth)
+        elif is_value(value):
+            self.add(f"{module}:{name}", "value:" + digest(json.dumps(constant(value))))
+        elif (array := _array_digest(value)) is not None:
+            self.add(f"{module}:{name}", array)
+        elif is_user_module(_module_of(type(value))):  # a module-level config object of a user class
+            attrs = {k: constant(v) for k, v in getattr(value, "__dict__", {}).items() if is_value(v)}
+            self.add(f"{module}:{name}", "value:" + digest(json.dumps(sorted(attrs.items()))))
+            self.visit(value, depth)
+
+    def visit_class(self, cls: type, depth: int) -> None:
+        module = _module_of(cls)
+        if not is_user_module(module):
+            return
+        self.add(f"{module}:{cls.__qualname__}", class_digest(cls))
+        for value in vars(cls).values():
+            if isinstance(value, (types.FunctionType, staticmethod, classmethod, property)) or inspect.isclass(value):
+                self.visit(value, depth)
+            elif isinstance(value, functools.cached_property):
+                self.visit(value.func, depth)
+        self.visit_all(cls.__bases__, depth + 1)
+
+
+def code_digest(roles: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """For each role (``"model"``, ...), the digest of every user function, class and constant it reaches.
+
+    Example::
+
+        >>> code_digest({"metrics": [len]})  # a builtin: no user code
+        {}
+    """
+    out: dict[str, dict[str, str]] = {}
+    for role, objs in roles.items():
+        walk = _Walk()
+        walk.visit(objs, 0, root=True)
+        entries = dict(sorted(walk.entries.items()))
+        if walk.truncated:
+            entries["(truncated)"] = f"only the first {MAX_ENTRIES} entries, {MAX_DEPTH} references deep"
+        if entries:
+            out[role] = entries
+    return out
+
+
+# -- versions ---------------------------------------------------------------------------------
+_DISTRIBUTIONS = {"lightning.pytorch": "lightning", "pytorch_lightning": "pytorch-lightning",
+                  "lightning_critical": "lightning-critical"}
+
+
+def _version(module: str) -> str:
+    loaded = sys.modules.get(module)
+    version = getattr(loaded, "__version__", None)
+    if version is not None:
+        return str(version)
+    try:
+        return importlib.metadata.version(_DISTRIBUTIONS.get(module, module))
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions(namespace: str) -> dict[str, str]:
+    """The versions of torch, the Lightning ``namespace`` in use, numpy, this package and Python (major.minor).
+
+    Python's minor version is there because the syntax trees hashed by :func:`code_digest` change
+    with it: an upgrade then reads as one line, not as every function changed.
+
+    Example::
+
+        >>> sorted(versions("pytorch_lightning"))
+        ['lightning_critical', 'numpy', 'python', 'pytorch_lightning', 'torch']
+    """
+    found = {name: _version(name) for name in ("torch", namespace, "numpy", _PACKAGE)}
+    return {**found, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+# -- what changed ------------------------------------------------------------------------------
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two sweep descriptions, one readable line per difference.
+
+    Example::
+
+        >>> changes({"versions": {"torch": "2.12"}, "code": {"model": {"m:Net.step": "ast:1"}}},
+        ...         {"versions": {"torch": "2.13"}, "code": {"model": {"m:Net.step": "ast:2"}}})
+        ['code.model: m:Net.step changed', 'versions: torch 2.12 -> 2.13']
+    """
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if key in ("code", "versions") and (before is None or after is None) and before != after:
+            out.append(f"{key}: not recorded in the stored sweep (written by an older lightning-critical)"
+                       if before is None else f"{key}: not recorded by this call")
+        elif key == "code":
+            out += _code_changes(before or {}, after or {})
+        elif key == "versions":
+            old_v, new_v = before or {}, after or {}
+            out += [f"versions: {name} {old_v.get(name)} -> {new_v.get(name)}"
+                    for name in sorted(set(old_v) | set(new_v)) if old_v.get(name) != new_v.get(name)]
+        else:
+            out += _differences(before, after, key)
+    return out
+
+
+def changes_besides_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two descriptions other than code and versions (what ``resume="reuse"`` may not cross).
+
+    Example::
+
+        >>> changes_besides_code({"trainer": {"max_epochs": 2}, "model": {"function": "m:f", "code": "1"}},
+        ...                      {"trainer": {"max_epochs": 3}, "model": {"function": "m:f", "code": "2"}})
+        ['trainer.max_epochs: 2 -> 3']
+    """
+    return changes(_without_code(old), _without_code(new))
+
+
+def _without_code(value: Any, top: bool = True) -> Any:
+    if isinstance(value, Mapping):
+        drop = {"code", "versions"} if top else ({"code"} if "function" in value else set())
+        return {k: _without_code(v, False) for k, v in value.items() if k not in drop}
+    if isinstance(value, list):
+        return [_without_code(v, False) for v in value]
+    return value
+
+
+def _code_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    out = []
+    for role in sorted(set(old) | set(new)):
+        before, after = old.get(role) or {}, new.get(role) or {}
+        for name in sorted(set(before) | set(after)):
+            if name not in before:
+                out.append(f"code.{role}: {name} added")
+            elif name not in after:
+                out.append(f"code.{role}: {name} removed")
+            elif before[name] != after[name]:
+                how = (" (hashed from the loaded bytecode: its source is missing or differs from it; after editing "
+                       "a file, reload the module)") if str(after[name]).startswith("bytecode:") \
+                    and not str(before[name]).startswith("bytecode:") else ""
+                out.append(f"code.{role}: {name} changed{how}")
+    return out
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}")
+        return out
+    if _canonical(old) != _canonical(new):
+        return [f"{prefix}: {_canonical(old)[:200]} -> {_canonical(new)[:200]}"]
+    return []

@@ -1,0 +1,229 @@
+"""Pre-flight: what a sweep would otherwise find only after training, checked before any run trains.
+
+:func:`preflight` runs after the argument checks of :func:`lightning_critical.sweep.run` and
+before the first run, and refuses the sweep (nothing trained, nothing written) when:
+
+* ``test=True`` and the model has no ``test_step``, or neither the datamodule nor the model
+  has a ``test_dataloader`` (the message names the classes);
+* a deficit ignores its window: each deficit (template or factory) is built for two of the
+  sweep's windows and every ``WindowedDeficit`` it returns must carry the window it was given;
+  a ``TaskSwitch`` must schedule a switch at the window's start or end and its schedule must
+  change with the window (other callback types are not checked);
+* a metric name cannot be produced: a **trial fit** of one run (the first run with a deficit,
+  else the first run) on freshly built objects, for one training batch and one validation
+  batch (``max_epochs=1``, ``limit_train_batches=1``, ``limit_val_batches=1``,
+  ``log_every_n_steps=1`` for models that log only on logging steps, then one test batch with
+  ``test=True``), must put every metric name of ``metrics=`` into
+  ``trainer.callback_metrics``; the message lists what it produced. An exception of the
+  trial fit itself (a wrong pathway name, a shape error) is raised too, naming the run.
+
+The trial cannot change any run's numbers: it builds its own model, datamodule and callbacks
+through the factories (after ``pl.seed_everything`` of that run's seed, like a run), writes
+only to a temporary directory, and runs under :func:`~lightning_critical.sweep.execute.isolated`,
+which gives back the global random states, the thread counts and ``PL_GLOBAL_SEED``; the
+package's once-per-process warnings are restored too, so the real runs still give them. When the
+model or datamodule factory returns the same object on every call (an object the runs share),
+the trial is skipped with a warning, since training it would touch what the runs use. It is
+also skipped when every run has finished already (resume), for custom runners, and when all
+metrics are functions. Its cost is one short fit (about a second for a small model on CPU).
+
+A metric logged only later in training (say, every 5 epochs from epoch 4) is refused by the
+trial: pass ``preflight=False`` to :func:`lightning_critical.sweep.run` to skip every check here
+(a wrong name is then found when the first run finishes).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from lightning_critical import _tensorboard, _warnings
+from lightning_critical._namespace import pl
+from lightning_critical.deficits.base import WindowedDeficit
+from lightning_critical.deficits.task_switch import TaskSwitch
+from lightning_critical.schedule import Window
+from lightning_critical.sweep.execute import QUIET_TRAINER, MetricNotFound, isolated, quiet
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, make_deficit
+
+__all__ = ["PreflightError", "preflight", "check_deficit_windows", "check_test_setup", "trial_metrics"]
+
+# Trainer arguments a one-batch trial must not inherit: they would stop it early or skip its validation.
+_TRIAL_DROPS = ("min_epochs", "min_steps", "overfit_batches", "max_steps", "max_time")
+
+
+class PreflightError(RuntimeError):
+    """The trial fit of a sweep's pre-flight raised (its exception is the ``__cause__``)."""
+
+
+def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -> None:
+    """Refuse, before training, a sweep that could only fail or mislead after training (see the module).
+
+    Args:
+        spec: what trains a run.
+        runs: the sweep's runs, in grid order.
+        trial: run the trial fit for metric names (``False`` when every run has finished).
+
+    Raises:
+        ValueError: ``test=True`` without a ``test_step`` / test dataloader; a deficit that ignores
+            its window; a metric name the trial fit did not produce
+            (:class:`~lightning_critical.sweep.execute.MetricNotFound`).
+        PreflightError: the trial fit raised.
+    """
+    if not runs:
+        return
+    check_deficit_windows(spec, runs)
+    if spec.runner is not None:  # a custom runner trains its own way: no Lightning fit to try
+        return
+    run = next((r for r in runs if r.windows), runs[0])
+    names = [m for m in spec.metrics if isinstance(m, str)]
+    with isolated(spec.threads_per_run), quiet():
+        pl.seed_everything(run.seed, verbose=False)
+        model, datamodule = spec.build_model(run), spec.build_datamodule(run)
+        if spec.test:
+            check_test_setup(model, datamodule)
+        if not (trial and names):
+            return
+        shared = _shared_objects(spec, run, model, datamodule)
+        if shared:
+            warnings.warn(f"sweep pre-flight: no trial fit, the {shared} factory returns the same object on every "
+                          "call (the runs share it; a trial would train it). Metric names are checked when the "
+                          "first run finishes.", stacklevel=3)
+            return
+        produced = trial_metrics(spec, run, model, datamodule)
+    missing = [n for n in names if n not in produced]
+    if missing:
+        test = ", then 1 test batch" if spec.test else ""
+        raise MetricNotFound(
+            f"metrics: {missing} not in trainer.callback_metrics after a trial fit of run {run.label()} "
+            f"(1 training batch, 1 validation batch{test}); it produced {sorted(produced)}. Use one of those names, "
+            "or a function (trainer, module) -> dict of numbers; for a metric logged only later in training, "
+            "pass preflight=False."
+        )
+
+
+def check_deficit_windows(spec: SweepSpec, runs: Sequence[RunSpec]) -> None:
+    """Build each deficit for two of the sweep's windows; refuse one whose callbacks do not carry them."""
+    windows: list[Window] = []
+    for r in runs:
+        windows += [w for w in r.windows if w not in windows]
+    if not windows:
+        return
+    windows = windows[:2]
+    run = next(r for r in runs if r.windows)
+    makers = spec.deficit if isinstance(spec.deficit, (list, tuple)) else [spec.deficit]
+    with isolated(spec.threads_per_run), quiet():
+        for maker in makers:
+            schedules = []
+            for window in windows:
+                made = make_deficit(maker, window, spec.factory_kwargs(run))
+                items = list(made) if isinstance(made, (list, tuple)) else [made]
+                for item in items:
+                    _check_carries(maker, window, item)
+                schedules.append([(item.schedule, item.unit) for item in items if isinstance(item, TaskSwitch)])
+            if len(windows) == 2 and schedules[0] and schedules[0] == schedules[1]:
+                raise ValueError(
+                    f"deficit {_name(maker)} ignores its window: for windows {windows[0]} and {windows[1]} it returned "
+                    f"TaskSwitch callbacks with the same schedule {schedules[0][0][0]}; it must switch tasks at the "
+                    "window it is given, or every run would train the same way."
+                )
+
+
+def _check_carries(maker: Any, window: Window, item: Any) -> None:
+    if isinstance(item, WindowedDeficit):
+        if item.window != window:
+            raise ValueError(
+                f"deficit {_name(maker)} ignores its window: given window {window} it returned {item!r}, whose window "
+                f"is {item.window}. A deficit factory must build its callbacks for the window it is given "
+                "(window -> Callback); the table would show windows the runs did not train with."
+            )
+    elif isinstance(item, TaskSwitch) and item.unit == window.unit:
+        bounds = {window.start} | ({window.end} if window.end is not None else set())
+        if not bounds & set(item.schedule):
+            raise ValueError(
+                f"deficit {_name(maker)} ignores its window: given window {window} it returned {item!r}, which "
+                f"switches at {sorted(item.schedule)}, neither the window's start nor its end."
+            )
+
+
+def check_test_setup(model: Any, datamodule: Any) -> None:
+    """Refuse ``test=True`` for a model without ``test_step`` or with no test dataloader anywhere."""
+    if not _overridden(model, "test_step", pl.LightningModule):
+        raise ValueError(
+            f"test=True but model {type(model).__qualname__} has no test_step: every run would train, then fail "
+            "in trainer.test. Give the model a test_step, or pass test=False (and read validation metrics)."
+        )
+    in_data = datamodule is not None and _overridden(datamodule, "test_dataloader", pl.LightningDataModule)
+    if not in_data and not _overridden(model, "test_dataloader", pl.LightningModule):
+        where = f"datamodule {type(datamodule).__qualname__}" if datamodule is not None else "no datamodule"
+        raise ValueError(
+            f"test=True but neither {where} nor model {type(model).__qualname__} defines test_dataloader: "
+            "every run would train, then fail in trainer.test. Add a test_dataloader, or pass test=False."
+        )
+
+
+def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> dict[str, Any]:
+    """``trainer.callback_metrics`` after one training and one validation batch of ``run`` (and one test batch)."""
+    callbacks = spec.build_deficits(run) + spec.build_callbacks(run)
+    root = tempfile.mkdtemp(prefix="lc-preflight-")
+    given = set(_warnings._GIVEN)  # the real runs still warn once
+    try:
+        logger: Any = False
+        if spec.tensorboard and spec.trainer.get("logger", True) is not False:
+            logger = pl.loggers.TensorBoardLogger(root, name="trial", version="", default_hp_metric=False)
+            _tensorboard.defer_session(logger)
+        kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k not in _TRIAL_DROPS + ("logger",)}}
+        # one batch of each loop, unless the sweep turned a loop off (then the runs produce nothing there either)
+        limits = {k: 0 if spec.trainer.get(k) == 0 else 1 for k in ("limit_val_batches", "limit_test_batches")}
+        kwargs.update(
+            max_epochs=1, limit_train_batches=1, **limits, val_check_interval=1.0,
+            check_val_every_n_epoch=1, log_every_n_steps=1, num_sanity_val_steps=0, callbacks=callbacks, logger=logger,
+            enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+            enable_autolog_hparams=False, default_root_dir=root,
+        )
+        data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one-batch artefacts ("few batches", "window never active")
+            try:
+                trainer = pl.Trainer(**kwargs)
+                trainer.fit(model, **data_kwargs)
+                produced = dict(trainer.callback_metrics)
+                if spec.test:
+                    trainer.test(model, **data_kwargs, verbose=False)
+                    produced.update(trainer.callback_metrics)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:
+                raise PreflightError(
+                    f"sweep pre-flight: a trial fit of run {run.label()} (1 training batch, 1 validation batch) raised "
+                    f"{type(err).__name__}: {err}. Every run would fail the same way; fix it, or pass preflight=False "
+                    "if it only fails in the trial."
+                ) from err
+        return produced
+    finally:
+        _warnings._GIVEN.clear()
+        _warnings._GIVEN.update(given)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _shared_objects(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> str:
+    """``"model"`` / ``"datamodule"`` when that factory returned ``model`` / ``datamodule`` again."""
+    if spec.build_model(run) is model:
+        return "model"
+    if datamodule is not None and spec.build_datamodule(run) is datamodule:
+        return "datamodule"
+    return ""
+
+
+def _overridden(obj: Any, name: str, base: type) -> bool:
+    # An instance attribute counts too (LightningDataModule.from_datasets sets the loaders on the instance).
+    return name in vars(obj) or getattr(type(obj), name, None) is not getattr(base, name, None)
+
+
+def _name(maker: Any) -> str:
+    if isinstance(maker, WindowedDeficit):
+        return f"template {maker!r}"
+    func = getattr(maker, "func", maker)
+    return f"factory {getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', repr(func))}"

@@ -1,0 +1,275 @@
+"""The scheduler's handling of refused branches and of the exactness audit, driven with fake runs (no training).
+
+A fake run "trains" by writing its branch checkpoints (empty files) and, when the audit asks,
+its final weights: one tensor whose value is a function of the run, so a test decides whether
+a branched run ends as its from-scratch twin (an exact engine) or not.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+
+from lightning_critical.sweep.audit import Audit, AuditWarning, compare_states, tolerance
+from lightning_critical.sweep.plan import PlanItem, make_plan
+from lightning_critical.sweep.scheduler import Scheduler
+from lightning_critical.sweep.store import Store
+
+
+@dataclass
+class FakeTask:
+    run_id: str
+    label: str
+    out: str
+    epochs: int
+    branch_epoch: int = 0
+    resume_path: str | None = None
+    save_paths: dict[int, str] = field(default_factory=dict)
+    parent: str | None = None
+    audit_path: str | None = None
+
+
+class FakeRunner:
+    """Runs fake tasks; ``refuse``: run ids refused (once each) when they branch; ``drift``: what branching adds."""
+
+    def __init__(self, refuse: dict[str, str] | None = None, drift: float = 0.0, twin_sleep: float = 0.0,
+                 interrupt_twins: bool = False, fail_twins: bool = False) -> None:
+        self.refuse = dict(refuse or {})
+        self.drift, self.twin_sleep = drift, twin_sleep
+        self.interrupt_twins, self.fail_twins = interrupt_twins, fail_twins
+        self.calls: list[tuple[str, int, bool]] = []  # (run id, branch epoch, is a twin)
+
+    def __call__(self, task: FakeTask) -> dict[str, Any]:
+        twin = f"{os.sep}audit{os.sep}" in task.out + os.sep
+        self.calls.append((task.run_id, task.branch_epoch, twin))
+        if twin:
+            if self.interrupt_twins:
+                raise KeyboardInterrupt
+            time.sleep(self.twin_sleep)
+        base = {"run_id": task.run_id, "label": task.label, "error": None, "epochs": task.epochs,
+                "branch_epoch": task.branch_epoch, "parent": task.parent, "log_dir": None, "seconds": 0.01,
+                "epochs_trained": task.epochs - task.branch_epoch}
+        if task.resume_path and task.run_id in self.refuse:
+            return {**base, "status": "refused", "refused": self.refuse.pop(task.run_id), "epochs_trained": 0}
+        if twin and self.fail_twins:
+            return {**base, "status": "failed", "error": "RuntimeError: out of luck"}
+        for epoch, path in (task.save_paths or {}).items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path[: -len(".ckpt")] + ".json", "w") as fh:
+                json.dump({"run_id": task.run_id, "epoch": epoch}, fh)
+            open(path, "w").close()
+        value = float(sum(map(ord, task.run_id))) + (self.drift if task.branch_epoch else 0.0)
+        if task.audit_path:
+            os.makedirs(os.path.dirname(task.audit_path), exist_ok=True)
+            torch.save({"state_dict": {"layer.weight": torch.full((2,), value), "layer.bias": torch.zeros(1)},
+                        "device": "cpu", "precision": "32-true"}, task.audit_path)
+        return {**base, "status": "ok", "metrics": {"m": value}}
+
+
+class FakeBackend:
+    """Runs each task at submission (``threads``: on a thread pool instead, results arriving later)."""
+
+    name, needs_pickling = "fake", False
+
+    def __init__(self, runner: FakeRunner, threads: int = 0) -> None:
+        self.runner = runner
+        self.max_in_flight = None
+        self.pool = cf.ThreadPoolExecutor(threads) if threads else None
+
+    def submit(self, task: Any) -> cf.Future:
+        if self.pool is not None:
+            return self.pool.submit(self.runner, task)
+        future: cf.Future = cf.Future()
+        future.set_result(self.runner(task))
+        return future
+
+    def restart(self) -> bool:
+        return False
+
+    def close(self, cancel: bool) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+# a: trains [1, 1, 1, 1, 0] from scratch; b branches from a after 3 epochs; c branches from b after 4
+# (c's schedule leaves b's only in its last epoch); d is another group (from scratch).
+# STAR: x, y and z all branch from root after 1 epoch.
+ITEMS = [("a", "g", [1, 1, 1, 1, 0]), ("b", "g", [1, 1, 1, 0, 2]), ("c", "g", [1, 1, 1, 0, 0]),
+         ("d", "h", [0, 0, 0, 0, 0])]
+STAR = [("root", "s", [1, 3, 3]), ("x", "s", [1, 0, 0]), ("y", "s", [1, 1, 1]), ("z", "s", [1, 2, 2])]
+
+
+def _run(out: Any, runner: FakeRunner, verify: int | None = 1, items: list = ITEMS, threads: int = 0,
+         keep: bool = False) -> tuple[Scheduler, dict[str, dict[str, Any]]]:
+    store = Store(str(out))
+    os.makedirs(store.out, exist_ok=True)
+    latest = store.latest()
+    todo = [PlanItem(rid, g, len(t), t) for rid, g, t in items if latest.get(rid, {}).get("status") != "ok"]
+    plan = make_plan(todo, available=store.available_checkpoints())
+
+    def make_task(node: Any) -> FakeTask:
+        return FakeTask(node.run_id, node.run_id, store.out, node.epochs, node.branch_epoch,
+                        store.checkpoint_path(node.resume_key) if node.resume_key else None,
+                        {k: store.checkpoint_path(key) for k, key in node.save_keys.items()}, node.parent)
+
+    fields = {rid: {"run_id": rid, "label": rid} for rid, _, _ in items}
+    scheduler = Scheduler(plan, make_task, store, FakeBackend(runner, threads), fields, dict.fromkeys(fields),
+                          progress=False, keep_checkpoints=keep, audit=Audit(verify, store.out, latest))
+    scheduler.run()
+    return scheduler, store.latest()
+
+
+def _lines(out: Any) -> list[dict[str, Any]]:
+    with open(os.path.join(str(out), "results.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_the_plan_the_fakes_rely_on():
+    plan = make_plan([PlanItem(rid, g, len(t), t) for rid, g, t in ITEMS])
+    assert {n.run_id: (n.parent, n.branch_epoch) for n in plan.nodes} == {
+        "a": (None, 0), "b": ("a", 3), "c": ("b", 4), "d": (None, 0)}
+
+
+def test_a_refused_branch_retrains_from_scratch_and_its_children_keep_their_plan(tmp_path, capsys):
+    runner = FakeRunner(refuse={"b": "its LR schedule is built from max_epochs"})
+    _, latest = _run(tmp_path, runner, verify=0)
+    assert [(rid, be) for rid, be, _ in runner.calls] == [("a", 0), ("b", 3), ("b", 0), ("c", 4), ("d", 0)]
+    assert latest["b"]["status"] == "ok" and latest["b"]["branch_epoch"] == 0
+    assert latest["b"]["branch_refused"] == "its LR schedule is built from max_epochs"
+    assert latest["c"]["branch_epoch"] == 4 and latest["c"]["parent"] == "b"  # b still wrote c's checkpoint
+    assert "branch_refused" not in latest["c"] and "branch_refused" not in latest["a"]
+    assert len(_lines(tmp_path)) == 4  # a refusal is not a result
+    assert "run b cannot branch exactly from run a: its LR schedule" in capsys.readouterr().err
+
+
+def test_each_reason_is_printed_once_and_every_refused_child_says_why(tmp_path, capsys):
+    reason = "a callback configured from max_epochs"
+    runner = FakeRunner(refuse={"x": reason, "y": reason, "z": "another reason"})
+    _, latest = _run(tmp_path, runner, verify=0, items=STAR)
+    assert {rid: latest[rid].get("branch_refused") for rid in "xyz"} == {"x": reason, "y": reason,
+                                                                        "z": "another reason"}
+    assert all(latest[rid]["branch_epoch"] == 0 for rid in "xyz")
+    err = capsys.readouterr().err
+    assert err.count(reason) == 1 and err.count("another reason") == 1
+
+
+def test_a_refusal_of_a_run_that_does_not_branch_is_a_failure_not_a_loop(tmp_path):
+    class AlwaysRefuses(FakeRunner):
+        def __call__(self, task):
+            self.calls.append((task.run_id, task.branch_epoch, False))
+            return {"run_id": task.run_id, "status": "refused", "refused": "never happy"}
+
+    runner = AlwaysRefuses()
+    _, latest = _run(tmp_path, runner, verify=0, items=STAR[:2])
+    assert latest["root"]["status"] == "failed" and "never happy" in latest["root"]["error"]
+    assert latest["x"]["status"] == "failed" and len(runner.calls) == 2  # x: no checkpoint, so from scratch
+
+
+def test_an_audit_that_passes(tmp_path, capsys):
+    runner = FakeRunner()
+    scheduler, latest = _run(tmp_path, runner, verify=1)
+    assert latest["b"]["audit"] == "equal" and latest["b"]["branch_epoch"] == 3
+    assert [c for c in runner.calls if c[2]] == [("b", 0, True)]  # one twin, from scratch, right after b
+    assert runner.calls.index(("b", 0, True)) == runner.calls.index(("b", 3, False)) + 1
+    assert "audit" not in latest["c"]  # verify=1: the first branched run only
+    assert latest["c"]["branch_epoch"] == 4  # sharing goes on
+    assert len(_lines(tmp_path)) == 4
+    assert not os.listdir(tmp_path / "audit") if (tmp_path / "audit").exists() else True
+
+
+def test_an_audit_mismatch_stops_sharing_and_the_row_takes_the_from_scratch_results(tmp_path):
+    runner = FakeRunner(drift=0.5)
+    with pytest.warns(AuditWarning, match=r"run b branched at epoch 3 did not end as(.|\n)*layer.weight"):
+        scheduler, latest = _run(tmp_path, runner, verify=1)
+    assert latest["b"]["audit"].startswith("differs: layer.weight max|diff|=0.5 (1 of 2 tensors differ")
+    assert latest["b"]["metrics"]["m"] == float(sum(map(ord, "b")))  # the twin's metric, not the drifted one
+    assert latest["b"]["branch_epoch"] == 0
+    assert latest["c"]["branch_epoch"] == 0 and latest["c"]["branch_refused"].startswith(
+        "sharing stopped: the audit of b found differs")
+    assert ("c", 4, False) not in runner.calls  # c never branched
+    assert os.path.exists(tmp_path / "audit" / "b.branched.pt")  # kept as evidence
+    assert scheduler.sharing_off
+
+
+def test_branched_runs_finished_before_a_mismatch_are_retrained(tmp_path):
+    # x is audited; y and z finish (branched) while x's twin still trains
+    runner = FakeRunner(drift=0.5, twin_sleep=0.3)
+    with pytest.warns(AuditWarning):
+        _, latest = _run(tmp_path, runner, verify=1, items=STAR, threads=4)
+    assert all(latest[rid]["branch_epoch"] == 0 for rid in "xyz")
+    assert all(latest[rid]["metrics"]["m"] == float(sum(map(ord, rid))) for rid in "xyz")  # all the truth
+    retrained = [rid for rid in "xyz" if latest[rid].get("branch_refused")]
+    audited = [rid for rid in "xyz" if latest[rid].get("audit")]
+    assert len(audited) == 1 and sorted(retrained + audited) == ["x", "y", "z"]
+    for rid in retrained:  # they had finished as branched runs (the twin sleeps), then trained again
+        assert (rid, 1, False) in runner.calls and (rid, 0, False) in runner.calls
+
+
+def test_a_mismatch_recorded_earlier_keeps_sharing_off(tmp_path):
+    with pytest.warns(AuditWarning):
+        _run(tmp_path, FakeRunner(drift=0.5), verify=1, items=STAR[:2])
+    runner = FakeRunner(drift=0.5)
+    _, latest = _run(tmp_path, runner, verify=0, items=STAR)
+    assert [c[1] for c in runner.calls] == [0, 0]  # y and z trained from scratch
+    assert latest["y"]["branch_refused"].startswith("sharing stopped")
+
+
+def test_an_earlier_unaudited_branch_is_retrained_after_a_mismatch(tmp_path):
+    _run(tmp_path, FakeRunner(drift=0.5), verify=0, items=STAR[:2], keep=True)  # x branched, not audited
+    runner = FakeRunner(drift=0.5)
+    with pytest.warns(AuditWarning):
+        _, latest = _run(tmp_path, runner, verify=1, items=STAR[:3])  # y is audited and differs
+    assert latest["x"]["branch_epoch"] == 0 and latest["x"]["metrics"]["m"] == float(ord("x"))
+    assert latest["x"]["branch_refused"].startswith("sharing stopped: the audit of y")
+
+
+def test_an_interrupted_audit_resumes_with_its_twin_only(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, FakeRunner(interrupt_twins=True), verify=1)
+    assert "b" not in Store(str(tmp_path)).latest()  # held back until its audit
+    assert os.path.exists(tmp_path / "audit" / "b.branched.json")
+    runner = FakeRunner()
+    _, latest = _run(tmp_path, runner, verify=1)
+    assert ("b", 3, False) not in runner.calls and ("b", 0, True) in runner.calls  # b itself did not retrain
+    assert latest["b"]["audit"] == "equal" and latest["b"]["branch_epoch"] == 3
+    assert not os.path.exists(tmp_path / "audit" / "b.branched.json")
+    # an audit done is not redone: a new branched run in a later call is not audited under verify=1
+    more = ITEMS + [("e", "k", [5, 5, 5, 0]), ("f", "k", [5, 5, 0, 0])]
+    runner = FakeRunner()
+    _, latest = _run(tmp_path, runner, verify=1, items=more)
+    assert [c for c in runner.calls if c[2]] == [] and latest["f"]["branch_epoch"] == 2
+    assert "audit" not in latest["f"]
+
+
+def test_verify_all_audits_every_branched_run(tmp_path):
+    runner = FakeRunner()
+    _, latest = _run(tmp_path, runner, verify=None)
+    assert {rid: latest[rid].get("audit") for rid in "abcd"} == {"a": None, "b": "equal", "c": "equal", "d": None}
+
+
+def test_a_twin_that_fails_leaves_the_row_unverified_and_audits_the_next_branch(tmp_path):
+    runner = FakeRunner(fail_twins=True)
+    _, latest = _run(tmp_path, runner, verify=1)
+    assert latest["b"]["audit"].startswith("not verified: the from-scratch run failed (RuntimeError: out of luck")
+    assert latest["b"]["status"] == "ok"
+    assert latest["c"]["audit"].startswith("not verified")  # the next branched run was audited instead
+
+
+def test_compare_states_tolerance_and_special_values():
+    a = {"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3)}
+    assert compare_states(a, {"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3)}).equal
+    assert not compare_states(a, {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}).equal
+    assert compare_states({"w": torch.tensor([0.0])}, {"w": torch.tensor([-0.0])}).equal
+    assert not compare_states(a, {"w": a["w"]}).equal  # a missing tensor differs
+    near = {"w": torch.tensor([1.0, 100.0])}, {"w": torch.tensor([1.001, 100.0])}
+    assert not compare_states(*near).equal
+    assert compare_states(*near, rtol=tolerance("cuda", "32-true")).equal  # 1e-3 <= 1e-4 * 100
+    assert not compare_states(*near, rtol=1e-6).equal
+    assert compare_states({"s": torch.ones(2, dtype=torch.int64)}, {"s": torch.ones(2, dtype=torch.int32)}).differing
