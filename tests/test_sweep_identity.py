@@ -7,6 +7,7 @@ same name and runs the sweep again into the same ``out``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import linecache
@@ -306,6 +307,14 @@ def test_code_picked_at_run_time_is_covered_too(tmp_path, user, case):
     else:
         again = _sweep(user, out, model=user.tricky.make_tricky)
         assert again.run_id.tolist() == first.run_id.tolist() and again.attrs["runs_to_train"] == 0
+
+
+def test_a_user_module_held_as_a_value_is_hashed_whole(user):
+    losses = sys.modules[f"{user.name}_losses"]
+    entries = identity.code_digest({"model": functools.partial(user.module.helper, {"loss": losses})})["model"]
+    assert f"{user.name}_losses (whole module: held as a value)" in entries
+    assert {f"{user.name}_losses:mse", f"{user.name}_losses:l1", f"{user.name}:helper"} <= set(entries)
+    assert identity.code_digest({"model": [json]}) == {}  # the standard library: its version only
 
 
 def test_rerun_retrains_with_the_new_code_and_sets_the_old_results_aside(tmp_path, user, capsys):

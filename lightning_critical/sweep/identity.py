@@ -130,6 +130,8 @@ def _layout(value: Any, depth: int = 0) -> Any:
     if isinstance(value, functools.partial):
         return ["partial", _layout(value.func, depth + 1), _layout(value.args, depth + 1),
                 _layout(value.keywords, depth + 1)]
+    if isinstance(value, _CONTAINERS) and len(value) > 10_000:
+        return f"<{len(value)} items>"
     if isinstance(value, (list, tuple)):
         return [_layout(v, depth + 1) for v in value]
     if isinstance(value, (set, frozenset)):
@@ -165,6 +167,8 @@ class _Walk:
         if depth > MAX_DEPTH:
             self.truncated = True
             return
+        if inspect.ismodule(obj) and is_user_module(obj.__name__):  # a module held as a value: any attribute
+            self.visit_namespace(obj.__name__, vars(obj), "held as a value", depth + 1)
         if id(obj) in self.seen or isinstance(obj, SIMPLE) or inspect.ismodule(obj):
             return
         self.seen[id(obj)] = obj
