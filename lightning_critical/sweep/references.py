@@ -106,15 +106,17 @@ def references(code: types.CodeType) -> References:
                 chain = []
             if ins.opname in ("PUSH_NULL", "CACHE"):
                 continue
+            how = "reached through getattr" if previous in _DYNAMIC else "used as a value"
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                 out.globals.add(ins.argval)
                 chain, local = [ins.argval], False
             elif ins.opname.startswith(("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE")):
                 loaded = _names(ins.argval)
-                out.chains.update((True, (n,), "used as a value") for n in loaded[:-1] if n in out.imports)
+                out.chains.update((True, (n,), how if i == 0 else "used as a value")
+                                  for i, n in enumerate(loaded[:-1]) if n in out.imports)
                 if loaded[-1] in out.imports:
                     chain, local = [loaded[-1]], True
-            how = "reached through getattr" if previous in _DYNAMIC else "used as a value"
+                    how = how if len(loaded) == 1 else "used as a value"
             previous = ins.argval if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else ""
         if chain:
             out.chains.add((local, tuple(chain), how))
