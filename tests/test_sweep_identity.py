@@ -317,6 +317,39 @@ def test_a_user_module_held_as_a_value_is_hashed_whole(user):
     assert identity.code_digest({"model": [json]}) == {}  # the standard library: its version only
 
 
+IMPORT_FORMS = {  # id: (function body, the entries of the sub package it must reach)
+    "relative_from_import": ("from .sub import f\n    return f()", ["sub:f"]),
+    "import_as": ("import PKG.sub as s\n    return s.f()", ["sub:f"]),
+    "dotted_import": ("import PKG.sub\n    return PKG.sub.f()", ["sub:f"]),
+    "from_import_not_loaded_yet": ("from PKG.lazy import k\n    return k()", ["lazy:k"]),
+    "getattr_on_a_local_import": ("import PKG.sub as s\n    return getattr(s, 'f')()",
+                                  ["sub (whole module: reached through getattr)", "sub:f", "sub:g"]),
+    "globals_lookup": ("return globals()['helper']()", ["main (whole module: reached through globals())",
+                                                        "main:helper", "main:run"]),
+}
+
+
+@pytest.mark.parametrize("form", list(IMPORT_FORMS), ids=list(IMPORT_FORMS))
+def test_every_form_of_import_inside_a_function_is_followed(tmp_path, monkeypatch, form):
+    body, expected = IMPORT_FORMS[form]
+    pkg = f"user_pkg_{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp_path / pkg)
+    files = {"__init__": "", "sub": "def f():\n    return 1\n\n\ndef g():\n    return 2\n",
+             "lazy": "def k():\n    return 3\n",
+             "main": f"def helper():\n    return 4\n\n\ndef run():\n    {body.replace('PKG', pkg)}\n"}
+    for name, text in files.items():
+        (tmp_path / pkg / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    main = importlib.import_module(f"{pkg}.main")
+    try:
+        entries = identity.code_digest({"model": main.run})["model"]
+        assert sorted(k.removeprefix(f"{pkg}.") for k in entries if k != f"{pkg}.main:run") == \
+            sorted(e for e in expected if e != "main:run")
+    finally:
+        for name in [m for m in sys.modules if m.startswith(pkg)]:
+            del sys.modules[name]
+
+
 def test_rerun_retrains_with_the_new_code_and_sets_the_old_results_aside(tmp_path, user, capsys):
     out = tmp_path / "sweep"
     old = _sweep(user, out)

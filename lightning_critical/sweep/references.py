@@ -31,6 +31,8 @@ class Binding:
     module: str
     level: int
     attr: str
+    loads: str = ""
+    """``a.b`` for ``import a.b`` (which binds ``a``)."""
 
 
 @dataclass
@@ -65,7 +67,7 @@ def _imports(codes: list[types.CodeType]) -> dict[str, Binding]:
                 attr = ins.argval
             elif ins.opname.startswith("STORE_") and module is not None:
                 if as_form and not attr:  # `import a.b` binds `a`
-                    out[_names(ins.argval)[0]] = Binding(module.split(".")[0], level, "")
+                    out[_names(ins.argval)[0]] = Binding(module.split(".")[0], level, "", module)
                 elif as_form:  # `import a.b as x` binds `a.b`
                     out[_names(ins.argval)[0]] = Binding(module, level, "")
                 else:  # `from a import b`
@@ -131,6 +133,8 @@ def imported(binding: Binding, package: str | None, load: Callable[[str], Any]) 
             name = importlib.util.resolve_name("." * binding.level + name, package)
         except (ImportError, ValueError):
             return None
+    if binding.loads and binding.loads not in sys.modules:
+        load(binding.loads)
     module = sys.modules.get(name) or load(name)
     if module is None or not binding.attr:
         return module
