@@ -7,6 +7,7 @@ same name and runs the sweep again into the same ``out``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import linecache
@@ -97,6 +98,54 @@ def clip(loss):
     return loss.clamp(max=100.0)
 '''
 
+# a model that picks its code at run time: a loss by name (getattr on a module), a helper module
+# imported inside the method, an activation from a module-level registry
+LOSSES = '''
+"""Losses, picked by name."""
+
+
+def mse(a, b):
+    return ((a - b) ** 2).mean()
+
+
+def l1(a, b):
+    return (a - b).abs().mean()
+'''
+
+SCALING = '''
+def factor():
+    return 1.0
+
+
+def other():
+    return 0
+'''
+
+TRICKY = '''
+import LOSSES as losses
+from MAIN import Net
+
+
+def act(t):
+    return t
+
+
+ACTS = {"act": act, "gain": 1.0}
+
+
+class Tricky(Net):
+    LOSS = "mse"
+
+    def training_step(self, batch, batch_idx):
+        import SCALING as scaling
+        x, y = batch
+        loss = getattr(losses, self.LOSS)(ACTS["act"](self.layer(x)), y)
+        return loss * scaling.factor() * ACTS["gain"]
+
+
+make_tricky = lambda seed: Tricky(seed)  # noqa: E731
+'''
+
 
 class UserModule:
     """The study module and its utils module in ``tmp_path``; ``edit`` rewrites one and reimports both."""
@@ -105,7 +154,10 @@ class UserModule:
         self.root = str(root)
         self.name = f"user_study_{uuid.uuid4().hex[:8]}"
         self.utils = f"{self.name}_utils"
-        self.sources = {self.name: SOURCE.replace("UTILS", self.utils), self.utils: UTILS}
+        self.sources = {self.name: SOURCE.replace("UTILS", self.utils), self.utils: UTILS,
+                        f"{self.name}_losses": LOSSES, f"{self.name}_scaling": SCALING,
+                        f"{self.name}_tricky": TRICKY.replace("LOSSES", f"{self.name}_losses")
+                        .replace("MAIN", self.name).replace("SCALING", f"{self.name}_scaling")}
         self._write()
 
     def _write(self) -> None:
@@ -115,9 +167,10 @@ class UserModule:
             sys.modules.pop(name, None)
         importlib.invalidate_caches()
         self.module = importlib.import_module(self.name)
+        self.tricky = importlib.import_module(f"{self.name}_tricky")  # imports {name}_losses, not {name}_scaling
 
-    def edit(self, old: str, new: str, utils: bool = False) -> None:
-        name = self.utils if utils else self.name
+    def edit(self, old: str, new: str, utils: bool | str = False) -> None:
+        name = f"{self.name}_{utils}" if isinstance(utils, str) else self.utils if utils else self.name
         assert self.sources[name].count(old) == 1, old
         self.sources[name] = self.sources[name].replace(old, new)
         self._write()
@@ -213,6 +266,88 @@ def test_an_edit_of_the_user_code_is_refused_exactly_when_it_changes_what_runs(t
         assert again.attrs["runs_done"] == 2 and again.attrs["runs_to_train"] == 0
         assert len(_lines(out)) == 2  # nothing trained again
         assert "2 of 2 runs already done (results.jsonl" in capsys.readouterr().err
+
+
+DYNAMIC_EDITS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    # id: (module, old text, new text, the diff lines that must name it; none: reused)
+    "getattr_on_a_module": ("losses", "return ((a - b) ** 2).mean()", "return ((a - b) ** 2).mean() * 3",
+                            ("code.model: {m}_losses (whole module: reached through getattr) changed",
+                             "code.model: {m}_losses:mse changed")),
+    "getattr_on_a_module_other_function": (  # conservative: any function of it could be picked
+        "losses", "return (a - b).abs().mean()", "return (a - b).abs().sum()",
+        ("code.model: {m}_losses (whole module: reached through getattr) changed",
+         "code.model: {m}_losses:l1 changed")),
+    "getattr_on_a_module_docstring_comment": (
+        "losses", "def mse(a, b):\n", 'def mse(a, b):\n    """Mean squared error."""\n    # a comment\n', ()),
+    "module_imported_inside_the_method": ("scaling", "return 1.0", "return 0.5",
+                                          ("code.model: {m}_scaling:factor changed",)),
+    "module_imported_inside_the_method_unused_function": ("scaling", "return 0\n", "return 1\n", ()),
+    "function_in_a_module_level_dict": ("tricky", "    return t\n", "    return t * 2\n",
+                                        ("code.model: {m}_tricky:act changed",)),
+    "constant_in_a_module_level_dict": ("tricky", '"gain": 1.0', '"gain": 2.0',
+                                        ("code.model: {m}_tricky:ACTS changed",)),
+}
+
+
+@pytest.mark.parametrize("case", list(DYNAMIC_EDITS), ids=list(DYNAMIC_EDITS))
+def test_code_picked_at_run_time_is_covered_too(tmp_path, user, case):
+    module, old, new, lines = DYNAMIC_EDITS[case]
+    out = tmp_path / "sweep"
+    assert f"{user.name}_scaling" not in sys.modules  # imported inside the method: not loaded before the sweep
+    first = _sweep(user, out, model=user.tricky.make_tricky)
+    user.edit(old, new, utils=module)
+    if lines:
+        with pytest.raises(lc.sweep.SweepDirectoryError) as err:
+            _sweep(user, out, model=user.tricky.make_tricky)
+        for line in lines:
+            assert line.format(m=user.name) in str(err.value)
+        scratch = _sweep(user, tmp_path / "scratch", model=user.tricky.make_tricky)
+        if "other_function" not in case:  # the edit changes what runs: the stored numbers were stale
+            assert scratch.norm.tolist() != first.norm.tolist()
+    else:
+        again = _sweep(user, out, model=user.tricky.make_tricky)
+        assert again.run_id.tolist() == first.run_id.tolist() and again.attrs["runs_to_train"] == 0
+
+
+def test_a_user_module_held_as_a_value_is_hashed_whole(user):
+    losses = sys.modules[f"{user.name}_losses"]
+    entries = identity.code_digest({"model": functools.partial(user.module.helper, {"loss": losses})})["model"]
+    assert f"{user.name}_losses (whole module: held as a value)" in entries
+    assert {f"{user.name}_losses:mse", f"{user.name}_losses:l1", f"{user.name}:helper"} <= set(entries)
+    assert identity.code_digest({"model": [json]}) == {}  # the standard library: its version only
+
+
+IMPORT_FORMS = {  # id: (function body, the entries of the sub package it must reach)
+    "relative_from_import": ("from .sub import f\n    return f()", ["sub:f"]),
+    "import_as": ("import PKG.sub as s\n    return s.f()", ["sub:f"]),
+    "dotted_import": ("import PKG.sub\n    return PKG.sub.f()", ["sub:f"]),
+    "from_import_not_loaded_yet": ("from PKG.lazy import k\n    return k()", ["lazy:k"]),
+    "getattr_on_a_local_import": ("import PKG.sub as s\n    return getattr(s, 'f')()",
+                                  ["sub (whole module: reached through getattr)", "sub:f", "sub:g"]),
+    "globals_lookup": ("return globals()['helper']()", ["main (whole module: reached through globals())",
+                                                        "main:helper", "main:run"]),
+}
+
+
+@pytest.mark.parametrize("form", list(IMPORT_FORMS), ids=list(IMPORT_FORMS))
+def test_every_form_of_import_inside_a_function_is_followed(tmp_path, monkeypatch, form):
+    body, expected = IMPORT_FORMS[form]
+    pkg = f"user_pkg_{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp_path / pkg)
+    files = {"__init__": "", "sub": "def f():\n    return 1\n\n\ndef g():\n    return 2\n",
+             "lazy": "def k():\n    return 3\n",
+             "main": f"def helper():\n    return 4\n\n\ndef run():\n    {body.replace('PKG', pkg)}\n"}
+    for name, text in files.items():
+        (tmp_path / pkg / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    main = importlib.import_module(f"{pkg}.main")
+    try:
+        entries = identity.code_digest({"model": main.run})["model"]
+        assert sorted(k.removeprefix(f"{pkg}.") for k in entries if k != f"{pkg}.main:run") == \
+            sorted(e for e in expected if e != "main:run")
+    finally:
+        for name in [m for m in sys.modules if m.startswith(pkg)]:
+            del sys.modules[name]
 
 
 def test_rerun_retrains_with_the_new_code_and_sets_the_old_results_aside(tmp_path, user, capsys):

@@ -5,7 +5,12 @@ factories, deficit, Trainer arguments and metrics. This module adds what those n
 
 * :func:`code_digest`: a digest of every function, class and simple module constant of the
   user's own modules that the sweep runs, found by following the factories, the classes they
-  build (their methods and user base classes) and the globals those read, recursively. "User
+  build (their methods and user base classes) and the globals those read, recursively, through
+  attributes of user modules (``losses.mse``), modules imported inside a function, and
+  containers (a registry ``{"relu": my_relu}``). A user module whose attributes are picked at
+  run time (``getattr(losses, name)``, ``globals()[name]``, the module passed on as a value) is
+  hashed whole: every function, class and constant of it (``losses (whole module: reached
+  through getattr)``), so an edit of any of them changes the identity. "User
   module" means neither the standard library, nor site-packages / dist-packages, nor this
   package (covered by its version). Each function is hashed from its syntax tree with
   docstrings removed, so docstrings, comments and formatting do not count; where no source is
@@ -23,22 +28,22 @@ the edit).
 
 from __future__ import annotations
 
-import dis
 import functools
 import hashlib
 import importlib.metadata
 import inspect
 import json
 import os
+import re
 import sys
 import sysconfig
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lightning_critical.sweep.references import imported, load_user_module, references, resolved
 from lightning_critical.sweep.source import (
     SIMPLE,
-    all_codes,
     cell_filled,
     class_digest,
     constant,
@@ -53,6 +58,8 @@ MAX_ENTRIES = 400
 """Entries per role; beyond that the digest says it was truncated."""
 _MAX_ITEMS = 200  # elements of one container looked at for code
 _PACKAGE = "lightning_critical"
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_HIDDEN = re.compile(r"^(__\w+__|_+|_i+|_i?\d+|_[iod]h|In|Out|get_ipython|exit|quit)$")  # IPython's history too
 
 
 # -- which code is the user's ------------------------------------------------------------------
@@ -106,31 +113,34 @@ def _array_digest(value: Any) -> str | None:
     return None
 
 
-# -- what a function refers to -------------------------------------------------------------------
-def _references(code: types.CodeType) -> tuple[set[str], set[tuple[str, ...]], set[tuple[str, str]]]:
-    """Globals a code object loads, attribute chains on them (``mod.fn``) and names imported inside it."""
-    globals_: set[str] = set()
-    chains: set[tuple[str, ...]] = set()
-    imports: set[tuple[str, str]] = set()
-    for item in all_codes(code):
-        chain: list[str] = []
-        module = ""
-        for ins in dis.get_instructions(item):
-            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-                globals_.add(ins.argval)
-                chain = [ins.argval]
-                continue
-            if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
-                chain.append(ins.argval)
-                chains.add(tuple(chain))
-                continue
-            chain = []
-            if ins.opname == "IMPORT_NAME":
-                module = ins.argval
-                imports.add((module, ""))
-            elif ins.opname == "IMPORT_FROM" and module:
-                imports.add((module, ins.argval))
-    return globals_, chains, imports
+def _load(name: str) -> Any:
+    return load_user_module(name, _user_file)
+
+
+def _attributes(value: Any) -> list[Any]:
+    return sorted((k, constant(v)) for k, v in getattr(value, "__dict__", {}).items() if is_value(v))
+
+
+def _layout(value: Any, depth: int = 0) -> Any:
+    """A container's constants, with the code in it by name (the code itself is hashed as entries)."""
+    if depth > MAX_DEPTH:
+        return "..."
+    if isinstance(value, (types.FunctionType, type)):
+        return f"{_module_of(value)}:{value.__qualname__}"
+    if isinstance(value, functools.partial):
+        return ["partial", _layout(value.func, depth + 1), _layout(value.args, depth + 1),
+                _layout(value.keywords, depth + 1)]
+    if isinstance(value, _CONTAINERS) and len(value) > 10_000:
+        return f"<{len(value)} items>"
+    if isinstance(value, (list, tuple)):
+        return [_layout(v, depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_layout(v, depth + 1) for v in value), key=repr)
+    if isinstance(value, dict):
+        return sorted(([_layout(k, depth + 1), _layout(v, depth + 1)] for k, v in value.items()), key=repr)
+    if not isinstance(value, SIMPLE) and is_user_module(_module_of(type(value))):
+        return [f"{_module_of(type(value))}:{type(value).__qualname__}", _attributes(value)]
+    return constant(value)
 
 
 # -- the walk ---------------------------------------------------------------------------------
@@ -140,6 +150,7 @@ class _Walk:
     def __init__(self) -> None:
         self.entries: dict[str, str] = {}
         self.seen: dict[int, Any] = {}  # id -> object, kept alive so ids stay unique during the walk
+        self.whole: set[str] = set()  # modules hashed whole
         self.truncated = False
 
     def add(self, key: str, digest: str) -> None:
@@ -156,6 +167,8 @@ class _Walk:
         if depth > MAX_DEPTH:
             self.truncated = True
             return
+        if inspect.ismodule(obj) and is_user_module(obj.__name__):  # a module held as a value: any attribute
+            self.visit_namespace(obj.__name__, vars(obj), "held as a value", depth + 1)
         if id(obj) in self.seen or isinstance(obj, SIMPLE) or inspect.ismodule(obj):
             return
         self.seen[id(obj)] = obj
@@ -195,24 +208,44 @@ class _Walk:
         if not is_user_module(module):
             return
         self.add(f"{module}:{fn.__qualname__}", function_digest(fn))
-        names, chains, imports = _references(fn.__code__)
-        scope = fn.__globals__
-        for name in sorted(names):
+        refs = references(fn.__code__)
+        scope, package = fn.__globals__, fn.__globals__.get("__package__")
+        for name in sorted(refs.globals):
             if name in scope:
                 self.visit_global(module or "?", name, scope[name], depth + 1)
-        for chain in sorted(chains):  # mymodule.helper(...): follow attributes of user modules
-            value: Any = scope.get(chain[0])
+        if "globals" in refs.globals and "globals" not in scope:  # globals()[name]: any name of the module
+            self.visit_namespace(module or "?", scope, "reached through globals()", depth + 1)
+        locals_ = {name: imported(b, package, _load) for name, b in sorted(refs.imports.items())}
+        for name, binding in sorted(refs.imports.items()):  # `from mymodule import helper` inside the function
+            owner = resolved(binding, package, _load)
+            if binding.attr and is_user_module(owner):
+                self.visit_global(owner, binding.attr, locals_[name], depth + 1)
+        for local, chain, how in sorted(refs.chains):  # mymodule.helper(...): follow attributes of user modules
+            value: Any = locals_.get(chain[0]) if local else scope.get(chain[0])
             for attr in chain[1:]:
                 if not inspect.ismodule(value) or not is_user_module(value.__name__):
                     break
                 owner, value = value.__name__, getattr(value, attr, None)
                 self.visit_global(owner, attr, value, depth + 1)
-        for module_name, attr in sorted(imports):
-            imported = sys.modules.get(module_name)
-            if imported is not None and attr and is_user_module(module_name):
-                self.visit_global(module_name, attr, getattr(imported, attr, None), depth + 1)
+            if inspect.ismodule(value) and is_user_module(value.__name__):  # getattr(mymodule, name), or passed on
+                self.visit_namespace(value.__name__, vars(value), how, depth + 1)
         self.visit_all([c.cell_contents for c in (fn.__closure__ or ()) if cell_filled(c)], depth + 1)
         self.visit_all([*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()], depth + 1)
+
+    def visit_namespace(self, module: str, scope: Mapping[str, Any], how: str, depth: int) -> None:
+        """Every function, class and constant of a module whose attributes the code picks at run time.
+
+        Conservative: an edit of any of them changes the identity, and the change names the module
+        and why (``code.model: losses (whole module: reached through getattr) changed``).
+        """
+        if module in self.whole:
+            return
+        self.whole.add(module)
+        for name, value in sorted(scope.items()):
+            if not inspect.ismodule(value) and not _HIDDEN.match(name):
+                self.visit_global(module, name, value, depth)
+        members = sorted((k, v) for k, v in self.entries.items() if k.startswith(f"{module}:"))
+        self.add(f"{module} (whole module: {how})", "module:" + digest(json.dumps(members)))
 
     def visit_global(self, module: str, name: str, value: Any, depth: int) -> None:
         """A name a user function reads from its module: code is followed, constants are recorded."""
@@ -224,9 +257,11 @@ class _Walk:
             self.add(f"{module}:{name}", "value:" + digest(json.dumps(constant(value))))
         elif (array := _array_digest(value)) is not None:
             self.add(f"{module}:{name}", array)
+        elif isinstance(value, _CONTAINERS):  # a registry: {"relu": my_relu, ...}; its functions are followed
+            self.add(f"{module}:{name}", "value:" + digest(json.dumps(_layout(value))))
+            self.visit(value, depth)
         elif is_user_module(_module_of(type(value))):  # a module-level config object of a user class
-            attrs = {k: constant(v) for k, v in getattr(value, "__dict__", {}).items() if is_value(v)}
-            self.add(f"{module}:{name}", "value:" + digest(json.dumps(sorted(attrs.items()))))
+            self.add(f"{module}:{name}", "value:" + digest(json.dumps(_attributes(value))))
             self.visit(value, depth)
 
     def visit_class(self, cls: type, depth: int) -> None:
@@ -239,6 +274,8 @@ class _Walk:
                 self.visit(value, depth)
             elif isinstance(value, functools.cached_property):
                 self.visit(value.func, depth)
+            elif isinstance(value, _CONTAINERS) and not is_value(value):  # a registry held by the class
+                self.visit(value, depth)
         self.visit_all(cls.__bases__, depth + 1)
 
 
