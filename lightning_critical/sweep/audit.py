@@ -32,10 +32,10 @@ How an audit runs (the scheduler calls :class:`Audit` at each step):
   so, and the next branched run is audited instead;
 * **differs**: the row takes the twin's results (the truth: metrics, logs, saved model), says
   ``audit="differs: <tensor> max|diff|=..."`` (or ``"differs: metric <name>: ..."``), an
-  :class:`AuditWarning` names the run and the difference, and sharing stops for the rest of the sweep (and for later calls on the same
-  ``out``): runs still to train start from scratch, and branched runs already finished
-  without a passed audit are retrained from scratch (their ``branch_refused`` column says why).
-  Both weights files are kept for inspection.
+  :class:`AuditWarning` names the run and the difference, and sharing stops for the rest of
+  the sweep (and for later calls on the same ``out``): runs still to train start from scratch,
+  and branched runs already finished without a passed audit are retrained from scratch (their
+  ``branch_refused`` column says why). Both weights files are kept for inspection.
 
 An audit done in an earlier call counts towards ``verify`` and is not redone.
 """
