@@ -8,10 +8,11 @@ branched runs are audited: ``"first"`` (default: one), an integer ``n``, ``"all"
 (:func:`~lightning_critical.sweep.audit_order.audit_order`): the runs most at risk, i.e. the
 deepest branch points first (state a branch point misses may matter only late in training),
 then runs whose length differs from their parent's, then grid order. When a chosen run is
-refused, retargeted to another checkpoint, or fails, the next in that order is audited: runs
-that branch while the choice may still change save their final weights on standby (deleted once
-it is made), so the next one is audited even if it has already finished (its row is then stored
-again with its verdict).
+refused, retargeted to another checkpoint, or fails, the next in that order is audited: the
+next few in that order (as many again as are chosen) save their final weights on standby while
+the choice may still change (deleted once it is made), so the next one is audited even if it
+has already finished (its row is then stored again with its verdict); a run that trained
+without them is passed over.
 
 How an audit runs (the scheduler calls :class:`Audit` at each step):
 
@@ -154,11 +155,17 @@ class Audit:
     def _room(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.count)
 
-    def _next(self) -> list[str]:
-        """The runs to audit next: the first candidates in risk order, as many as there is room for."""
+    def _next(self, reserve: bool = False) -> list[str]:
+        """The runs to audit next: the first candidates in risk order, as many as there is room for.
+
+        With ``reserve``, also the ones after them that keep their weights on standby: as many
+        again as there are runs chosen or being audited (bounding the weights kept on disk).
+        """
         room = self._room()
         left = [rid for rid in self.order if rid not in self.tried]
-        return left if room is None else left[:room]
+        if room is None:
+            return left
+        return left[:2 * (room + len(self.marked) + len(self.held))] if reserve else left[:room]
 
     def _open(self) -> bool:
         """Whether the choice may still change (a run already chosen may yet drop out)."""
@@ -184,9 +191,10 @@ class Audit:
             self.marked.add(rid)
             self.tried.add(rid)
             self.count += 1
-        elif self._open():
+        elif self._open() and rid in self._next(reserve=True):
             self.standby.add(rid)
         else:
+            self.tried.add(rid)  # trained without its final weights saved: it cannot be audited
             return task
         return dataclasses.replace(task, audit_path=self.path(rid, "branched"))
 
