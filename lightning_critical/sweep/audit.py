@@ -378,7 +378,7 @@ class Audit:
         if self.verdicts:
             items = "; ".join(f"{label}: {v}" for label, v in self.verdicts.items())
             what = (f"retrained {len(self.verdicts)} branched run(s) from scratch in {self.seconds:.1f} s and "
-                    f"compared final weights: {items}")
+                    f"compared final weights and metrics: {items}")
         elif summary["audited"]:
             what = f"{summary['audited']} run(s) audited in an earlier call, {summary['passed']} passed"
         elif self.limit == 0 and check_verify(summary["verify"]) != 0:
