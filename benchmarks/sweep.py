@@ -21,8 +21,8 @@
     for a warm one (a second sweep on the same running Ray / the same ``ProcessPoolExecutor``).
     Skipped when Ray is not installed.
 (d) **The exactness audit** (``verify=``): the removal sweep of (a) with the default audit
-    (``verify="first"``: the first branched run is retrained from scratch and its final weights
-    compared) against ``verify=False``. Identical tables; the audit must pass.
+    (``verify="first"``: the deepest branched run is retrained from scratch and its final weights
+    and metrics compared) against ``verify=False``. Identical tables; the audit must pass.
 
 Times are wall-clock seconds on this machine; every comparison is made within one run, so the
 ratios, not the seconds, are what carries over to another machine. A busy machine lowers them.

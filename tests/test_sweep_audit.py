@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -244,3 +245,63 @@ def test_bad_verify_values_are_refused_before_training(tmp_path, verify):
     with pytest.raises(ValueError, match=r"verify=.* is not valid: choose 'first' \(default\), 'all', 'none'"):
         _sweep(tmp_path / "s", verify=verify)
     assert not os.path.exists(tmp_path / "s")
+
+
+# State kept outside the model, keyed by the model object: no capture of a branch point can see it, and
+# a branched run starts it afresh. Each test below lets it matter in one way only.
+OUTSIDE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class Counting(Tiny):
+    """Counts its training steps outside the model; the count is reported by a metric, never used in training."""
+
+    def training_step(self, batch, batch_idx):
+        OUTSIDE[self] = OUTSIDE.get(self, 0) + 1
+        return super().training_step(batch, batch_idx)
+
+
+def steps_counted(trainer, module):
+    return {"steps_counted": float(OUTSIDE.get(module, 0))}
+
+
+def test_a_metric_that_differs_with_equal_weights_fails_the_audit(tmp_path):
+    # the weights of every branched run are right; the reported number of the audited one is not
+    with pytest.warns(AuditWarning, match=r"metric steps_counted: 8\.0 branched, 16\.0 from scratch"):
+        table = _sweep(tmp_path / "s", model=Counting, metrics=["train_loss", steps_counted])
+    reference = _sweep(tmp_path / "scratch", model=Counting, metrics=["train_loss", steps_counted],
+                       share_prefixes=False, verify=False)
+    audited = table[table.audit.notna()]
+    assert audited.audit.item().startswith("differs: metric steps_counted") and "weights equal" in audited.audit.item()
+    assert table.steps_counted.tolist() == reference.steps_counted.tolist() == [16.0] * 4  # every row the truth
+    assert table.train_loss.tolist() == reference.train_loss.tolist()
+    assert (table.branch_epoch == 0).all() and table.attrs["audit"]["sharing_stopped"]
+
+
+class LateCurriculum(Tiny):
+    """Halves its input scale (kept outside the model) at the end of every epoch from epoch 2 on.
+
+    A run branched after 1 or 2 epochs halves it itself and ends right; only a run branched after
+    3 epochs starts with the wrong scale.
+    """
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return super().training_step((x * OUTSIDE.get(self, 1.0), y), batch_idx)
+
+    def on_train_epoch_end(self):
+        if self.current_epoch >= 2:
+            OUTSIDE[self] = OUTSIDE.get(self, 1.0) * 0.5
+
+
+def test_the_default_audit_retrains_the_deepest_branch(tmp_path):
+    # a sliding grid over 5 epochs: [2, 3) branches after 1 epoch (and finishes first), [3, 4) after 2, the
+    # baseline after 3: the baseline is audited, catches the late state and every row ends the truth
+    kw = dict(model=LateCurriculum, windows=lc.sweep.sliding([0, 1, 2, 3], 1), trainer={"max_epochs": 5, **CPU})
+    with pytest.warns(AuditWarning, match=r"run baseline\S* branched at epoch 3"):
+        table = _sweep(tmp_path / "s", **kw)
+    reference = _sweep(tmp_path / "scratch", share_prefixes=False, verify=False, **kw)
+    assert table.set_index("window").audit.dropna().str[:8].to_dict() == {"none": "differs:"}
+    assert table.train_loss.tolist() == reference.train_loss.tolist()
+    for label in table.label:
+        a, b = _weights(table, label), _weights(reference, label)
+        assert all(torch.equal(a[k], b[k]) for k in a), label

@@ -26,8 +26,14 @@ def cnn_data():
     return lc.data.DigitsDataModule(batch_size=16, subset=64, val_fraction=0.25)
 
 
+# Set in the test process and inherited by Ray's workers. A metric must be a function of the training (the
+# audit compares a branched run's metrics with its from-scratch twin's, which may run in another worker):
+# whether the run trained in a worker is, its process id is not.
+MAIN_PID = int(os.environ.setdefault("LC_TEST_MAIN_PID", str(os.getpid())))
+
+
 def where(trainer, module):
-    return {"pid": os.getpid()}
+    return {"in_worker": float(os.getpid() != MAIN_PID)}
 
 
 class DieAtEpoch(pl.Callback):
@@ -141,7 +147,7 @@ def test_ray_gives_the_serial_table_shares_prefixes_and_leaves_no_process(tmp_pa
     assert table["parent"].notna().sum() == 2  # [0, 1) branches from [0, 2) after 1 epoch, for each seed
     assert table.attrs["epochs_trained"] == serial.attrs["epochs_trained"] == 2 * (3 + 3 + 2)
     # in Ray's worker processes, and the Ray this sweep started is gone with all its processes
-    assert os.getpid() not in set(table["pid"])
+    assert set(table["in_worker"]) == {1.0} and set(serial["in_worker"]) == {0.0}
     assert not ray.is_initialized()
     assert watch.seen, "no Ray process was ever seen: the test watched nothing"
     assert watch.alive_after(30) == {}
@@ -165,7 +171,7 @@ def test_a_ray_the_caller_started_is_used_and_runs_whose_worker_dies_are_retried
     assert os.path.exists(tmp_path / "died-once")
     ok = table["status"] == "ok"
     assert table.loc[ok, "val_loss"].tolist() == serial.loc[ok, "val_loss"].tolist()
-    assert os.getpid() not in set(table.loc[ok, "pid"])
+    assert set(table.loc[ok, "in_worker"]) == {1.0}
     # killed on every attempt: recorded as failed (after max_retries) and the sweep went on
     error = table.loc[table["window_end"] == 2, "error"].iloc[0]
     assert error.startswith("the backend could not run it: WorkerCrashedError"), error

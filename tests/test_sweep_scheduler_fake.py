@@ -175,26 +175,30 @@ def test_a_refusal_of_a_run_that_does_not_branch_is_a_failure_not_a_loop(tmp_pat
 def test_an_audit_that_passes(tmp_path, capsys):
     runner = FakeRunner()
     scheduler, latest = _run(tmp_path, runner, verify=1)
-    assert latest["b"]["audit"] == "equal" and latest["b"]["branch_epoch"] == 3
-    assert [c for c in runner.calls if c[2]] == [("b", 0, True)]  # one twin, from scratch, right after b
-    assert runner.calls.index(("b", 0, True)) == runner.calls.index(("b", 3, False)) + 1
-    assert "audit" not in latest["c"]  # verify=1: the first branched run only
-    assert latest["c"]["branch_epoch"] == 4  # sharing goes on
+    # c is audited: branched deepest (after 4 epochs), although b branched and finished first
+    assert latest["c"]["audit"] == "equal" and latest["c"]["branch_epoch"] == 4
+    assert [c for c in runner.calls if c[2]] == [("c", 0, True)]  # one twin, from scratch, right after c
+    assert runner.calls.index(("c", 0, True)) == runner.calls.index(("c", 4, False)) + 1
+    assert "audit" not in latest["b"]  # verify=1: the deepest branched run only
+    assert latest["b"]["branch_epoch"] == 3  # sharing goes on
     assert len(_lines(tmp_path)) == 4
-    assert not os.listdir(tmp_path / "audit") if (tmp_path / "audit").exists() else True
+    assert not os.listdir(tmp_path / "audit") if (tmp_path / "audit").exists() else True  # b's standby weights too
 
 
 def test_an_audit_mismatch_stops_sharing_and_the_row_takes_the_from_scratch_results(tmp_path):
     runner = FakeRunner(drift=0.5)
-    with pytest.warns(AuditWarning, match=r"run b branched at epoch 3 did not end as(.|\n)*layer.weight"):
+    with pytest.warns(AuditWarning, match=r"run c branched at epoch 4 did not end as(.|\n)*layer.weight"):
         scheduler, latest = _run(tmp_path, runner, verify=1)
-    assert latest["b"]["audit"].startswith("differs: layer.weight max|diff|=0.5 (1 of 2 tensors differ")
-    assert latest["b"]["metrics"]["m"] == float(sum(map(ord, "b")))  # the twin's metric, not the drifted one
-    assert latest["b"]["branch_epoch"] == 0
-    assert latest["c"]["branch_epoch"] == 0 and latest["c"]["branch_refused"].startswith(
-        "sharing stopped: the audit of b found differs")
-    assert ("c", 4, False) not in runner.calls  # c never branched
-    assert os.path.exists(tmp_path / "audit" / "b.branched.pt")  # kept as evidence
+    assert latest["c"]["audit"].startswith("differs: layer.weight max|diff|=0.5 (1 of 2 tensors differ")
+    assert latest["c"]["metrics"]["m"] == float(sum(map(ord, "c")))  # the twin's metric, not the drifted one
+    assert latest["c"]["branch_epoch"] == 0
+    # b had finished branched, unaudited: retrained from scratch
+    assert latest["b"]["branch_epoch"] == 0 and latest["b"]["branch_refused"].startswith(
+        "sharing stopped: the audit of c found differs")
+    assert ("b", 3, False) in runner.calls and ("b", 0, False) in runner.calls
+    assert latest["b"]["metrics"]["m"] == float(sum(map(ord, "b")))
+    assert os.path.exists(tmp_path / "audit" / "c.branched.pt")  # kept as evidence
+    assert not os.path.exists(tmp_path / "audit" / "b.branched.pt")  # b's standby weights are not
     assert scheduler.sharing_off
 
 
@@ -233,13 +237,13 @@ def test_an_earlier_unaudited_branch_is_retrained_after_a_mismatch(tmp_path):
 def test_an_interrupted_audit_resumes_with_its_twin_only(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, FakeRunner(interrupt_twins=True), verify=1)
-    assert "b" not in Store(str(tmp_path)).latest()  # held back until its audit
-    assert os.path.exists(tmp_path / "audit" / "b.branched.json")
+    assert "c" not in Store(str(tmp_path)).latest()  # held back until its audit
+    assert os.path.exists(tmp_path / "audit" / "c.branched.json")
     runner = FakeRunner()
     _, latest = _run(tmp_path, runner, verify=1)
-    assert ("b", 3, False) not in runner.calls and ("b", 0, True) in runner.calls  # b itself did not retrain
-    assert latest["b"]["audit"] == "equal" and latest["b"]["branch_epoch"] == 3
-    assert not os.path.exists(tmp_path / "audit" / "b.branched.json")
+    assert ("c", 4, False) not in runner.calls and ("c", 0, True) in runner.calls  # c itself did not retrain
+    assert latest["c"]["audit"] == "equal" and latest["c"]["branch_epoch"] == 4
+    assert not os.path.exists(tmp_path / "audit" / "c.branched.json")
     # an audit done is not redone: a new branched run in a later call is not audited under verify=1
     more = ITEMS + [("e", "k", [5, 5, 5, 0]), ("f", "k", [5, 5, 0, 0])]
     runner = FakeRunner()
@@ -257,9 +261,12 @@ def test_verify_all_audits_every_branched_run(tmp_path):
 def test_a_twin_that_fails_leaves_the_row_unverified_and_audits_the_next_branch(tmp_path):
     runner = FakeRunner(fail_twins=True)
     _, latest = _run(tmp_path, runner, verify=1)
-    assert latest["b"]["audit"].startswith("not verified: the from-scratch run failed (RuntimeError: out of luck")
-    assert latest["b"]["status"] == "ok"
-    assert latest["c"]["audit"].startswith("not verified")  # the next branched run was audited instead
+    assert latest["c"]["audit"].startswith("not verified: the from-scratch run failed (RuntimeError: out of luck")
+    assert latest["c"]["status"] == "ok"
+    # the next in risk order is audited instead, although it had finished (and was stored) before c
+    assert latest["b"]["audit"].startswith("not verified")
+    assert [c for c in runner.calls if c[2]] == [("c", 0, True), ("b", 0, True)]
+    assert [r["run_id"] for r in _lines(tmp_path)].count("b") == 2  # stored, then stored again with its verdict
 
 
 def test_compare_states_tolerance_and_special_values():
@@ -273,3 +280,56 @@ def test_compare_states_tolerance_and_special_values():
     assert compare_states(*near, rtol=tolerance("cuda", "32-true")).equal  # 1e-3 <= 1e-4 * 100
     assert not compare_states(*near, rtol=1e-6).equal
     assert compare_states({"s": torch.ones(2, dtype=torch.int64)}, {"s": torch.ones(2, dtype=torch.int32)}).differing
+
+
+# RISK, in grid order: D trains [1, 1, 1, 3] from scratch; A, B and C branch from it after 3 epochs (C runs
+# 5 epochs, its parent 4), E after 1. Planned (and submitted) D, A, B, E, C.
+RISK = [("E", "g", [1, 0, 0, 0]), ("D", "g", [1, 1, 1, 3]), ("B", "g", [1, 1, 1, 0]), ("C", "g", [1, 1, 1, 2, 2]),
+        ("A", "g", [1, 1, 1, 1])]
+
+
+def test_the_audited_runs_are_the_deepest_branches_then_other_lengths_then_grid_order(tmp_path):
+    runner = FakeRunner()
+    scheduler, latest = _run(tmp_path, runner, verify=2, items=RISK)
+    assert scheduler.audit.order == ["C", "B", "A", "E"]
+    assert [rid for rid, _, twin in runner.calls if twin] == ["B", "C"]  # in the order they finished
+    assert {rid: latest[rid].get("audit") for rid in "ABCDE"} == {"A": None, "B": "equal", "C": "equal", "D": None,
+                                                                    "E": None}
+    assert not os.listdir(tmp_path / "audit")  # A's and E's standby weights deleted once the choice was made
+
+
+def test_the_same_runs_are_audited_whatever_order_they_finish_in(tmp_path):
+    # on a thread pool the branched runs finish in any order; the audited ones do not change
+    runner = FakeRunner()
+    _, latest = _run(tmp_path, runner, verify=1, items=RISK, threads=4)
+    assert {rid for rid in "ABCDE" if latest[rid].get("audit")} == {"C"}
+
+
+def test_when_the_chosen_run_is_refused_the_next_in_risk_order_is_audited(tmp_path):
+    # c (after 4 epochs) is chosen and refused; e (branched from f after 4 epochs too, later in grid order) is
+    # next, not b (after 3 epochs), although b finished first
+    items = ITEMS + [("e", "k", [5, 5, 5, 5, 0]), ("f", "k", [5, 5, 5, 5, 1])]
+    runner = FakeRunner(refuse={"c": "its own configuration differs"})
+    scheduler, latest = _run(tmp_path, runner, verify=1, items=items)
+    assert scheduler.audit.order == ["c", "e", "b"]
+    assert latest["c"]["branch_refused"] == "its own configuration differs" and "audit" not in latest["c"]
+    assert latest["e"]["audit"] == "equal" and latest["e"]["branch_epoch"] == 4
+    assert "audit" not in latest["b"] and latest["b"]["branch_epoch"] == 3
+    assert [rid for rid, _, twin in runner.calls if twin] == ["e"]
+
+
+def test_when_the_chosen_run_fails_a_stored_standby_run_is_audited_and_can_stop_sharing(tmp_path):
+    # c is chosen and fails; b, next in risk order, had finished and been stored: its twin runs now, and
+    # its difference gives its row the truth
+    class FailC(FakeRunner):
+        def __call__(self, task):
+            record = super().__call__(task)
+            return {**record, "status": "failed", "error": "boom"} if task.run_id == "c" else record
+
+    runner = FailC(drift=0.5)
+    with pytest.warns(AuditWarning, match="run b branched at epoch 3"):
+        _, latest = _run(tmp_path, runner, verify=1)
+    assert ("c", 4, False) in runner.calls  # c was chosen, and trained branched, before b's audit
+    assert latest["b"]["audit"].startswith("differs: layer.weight") and latest["b"]["branch_epoch"] == 0
+    assert latest["b"]["metrics"]["m"] == float(sum(map(ord, "b")))
+    assert ("b", 0, False) not in runner.calls  # its twin's results were adopted: it is not trained a third time

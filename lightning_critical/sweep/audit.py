@@ -1,10 +1,18 @@
-"""The exactness audit: retrain some branched runs from scratch and compare final weights (pure torch).
+"""The exactness audit: retrain some branched runs from scratch and compare final weights and metrics (pure torch).
 
 A branched run is meant to end as the same run trained from scratch would. The engine captures
 what it knows of (:mod:`lightning_critical.sweep.execute`), but a model may hold state the
-engine cannot see; the audit is the safety net. ``lc.sweep.run(verify=...)`` chooses which
-branched runs are audited: ``"first"`` (default, the first branched run of the sweep), an
-integer ``n`` (the first ``n``), ``"all"``, or ``False`` / ``"none"``.
+engine cannot see; the audit is the safety net. ``lc.sweep.run(verify=...)`` chooses how many
+branched runs are audited: ``"first"`` (default: one), an integer ``n``, ``"all"``, or
+``False`` / ``"none"``. Which ones comes from the plan, never from which run finishes first
+(:func:`~lightning_critical.sweep.audit_order.audit_order`): the runs most at risk, i.e. the
+deepest branch points first (state a branch point misses may matter only late in training),
+then runs whose length differs from their parent's, then grid order. When a chosen run is
+refused, retargeted to another checkpoint, or fails, the next in that order is audited: the
+next few in that order (as many again as are chosen) save their final weights on standby while
+the choice may still change (deleted once it is made), so the next one is audited even if it
+has already finished (its row is then stored again with its verdict); a run that trained
+without them is passed over.
 
 How an audit runs (the scheduler calls :class:`Audit` at each step):
 
@@ -15,17 +23,20 @@ How an audit runs (the scheduler calls :class:`Audit` at each step):
 * :func:`compare_states` compares every tensor: bitwise (``torch.equal``) when the run trained
   on CPU, else within :func:`tolerance` (relative to each tensor's largest magnitude:
   ``1e-4`` for 32/64-bit precision, ``1e-2`` for 16-bit and mixed precision, because
-  accelerator kernels reduce in an unspecified order); the verdict is the weights' (a metric
-  that differs with equal weights, e.g. a pid or a duration, is only noted);
+  accelerator kernels reduce in an unspecified order), then every metric the row reports,
+  under the same rule (:func:`~lightning_critical.sweep.audit_compare.compare_metrics`; NaN
+  equals NaN): a metric that differs is a difference even when the weights are equal. Metrics
+  must be functions of the training: a process id or a duration differs between two runs from
+  scratch and fails the audit;
 * **equal**: the run's row says ``audit="equal"`` and its weights files are deleted;
 * **not verified** (the twin failed, e.g. its worker died): the row keeps its result and says
   so, and the next branched run is audited instead;
 * **differs**: the row takes the twin's results (the truth: metrics, logs, saved model), says
-  ``audit="differs: <tensor> max|diff|=..."``, an :class:`AuditWarning` names the run and the
-  tensor, and sharing stops for the rest of the sweep (and for later calls on the same
-  ``out``): runs still to train start from scratch, and branched runs already finished
-  without a passed audit are retrained from scratch (their ``branch_refused`` column says why).
-  Both weights files are kept for inspection.
+  ``audit="differs: <tensor> max|diff|=..."`` (or ``"differs: metric <name>: ..."``), an
+  :class:`AuditWarning` names the run and the difference, and sharing stops for the rest of
+  the sweep (and for later calls on the same ``out``): runs still to train start from scratch,
+  and branched runs already finished without a passed audit are retrained from scratch (their
+  ``branch_refused`` column says why). Both weights files are kept for inspection.
 
 An audit done in an earlier call counts towards ``verify`` and is not redone.
 """
@@ -34,23 +45,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import os
 import shutil
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from lightning_critical.sweep.audit_compare import (  # noqa: F401  # Comparison: re-exported
+    DIFFERS,
+    EQUAL,
+    Comparison,
+    compare_metrics,
+    compare_states,
+    tolerance,
+)
+from lightning_critical.sweep.audit_order import audit_order
 from lightning_critical.sweep.plan import Node
 
 AUDIT_DIR = "audit"
-EQUAL = "equal"
-DIFFERS = "differs"
 NOT_VERIFIED = "not verified"
 
 
@@ -83,19 +99,6 @@ def check_verify(verify: Any) -> int | None:
     )
 
 
-def tolerance(device: str, precision: str) -> float | None:
-    """The relative tolerance of the comparison (``None``: bitwise) for a run's device type and precision.
-
-    Example::
-
-        >>> tolerance("cpu", "32-true"), tolerance("cuda", "32-true"), tolerance("cuda", "bf16-mixed")
-        (None, 0.0001, 0.01)
-    """
-    if device == "cpu":
-        return None
-    return 1e-2 if "16" in str(precision) else 1e-4
-
-
 def save_weights(path: str, module: Any, trainer: Any) -> None:
     """Write ``module``'s final ``state_dict`` (on CPU) with the device and precision it trained with."""
     device = getattr(getattr(module, "device", None), "type", "cpu")
@@ -105,95 +108,6 @@ def save_weights(path: str, module: Any, trainer: Any) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(payload, tmp)
     os.replace(tmp, path)
-
-
-@dataclass
-class Comparison:
-    """The outcome of comparing two state dicts (see :func:`compare_states`)."""
-
-    tensors: int
-    differing: list[str]
-    max_diff: float
-    rtol: float | None
-
-    @property
-    def equal(self) -> bool:
-        return not self.differing
-
-    def verdict(self) -> str:
-        """The table's ``audit`` value."""
-        if self.equal:
-            return EQUAL if self.rtol is None else f"{EQUAL} within rtol={self.rtol:g} (max|diff|={self.max_diff:.3g})"
-        how = "bitwise" if self.rtol is None else f"rtol={self.rtol:g}"
-        return (f"{DIFFERS}: {self.differing[0]} max|diff|={self.max_diff:.3g} "
-                f"({len(self.differing)} of {self.tensors} tensors differ, {how})")
-
-
-def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    if not (a.is_floating_point() or a.is_complex()):
-        return float((a.long() - b.long()).abs().max()) if a.numel() else 0.0
-    nan = torch.isnan(a) | torch.isnan(b)
-    if not torch.equal(torch.isnan(a), torch.isnan(b)):
-        return math.inf
-    d = (a.double() - b.double()).abs().masked_fill(nan, 0.0)
-    return float(d.nan_to_num(nan=math.inf).max()) if d.numel() else 0.0  # inf - inf is nan: a real difference
-
-
-def compare_states(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float | None = None) -> Comparison:
-    """Compare every entry of two state dicts: bitwise (``rtol=None``; NaN equals NaN) or within ``rtol``.
-
-    Within ``rtol`` means ``max|a - b| <= rtol * max|b|`` per tensor; integer tensors are always exact.
-    ``max_diff`` is the largest absolute difference of the first differing tensor (or of all, when equal).
-
-    Example::
-
-        >>> import torch
-        >>> x = {"w": torch.ones(2), "b": torch.zeros(1)}
-        >>> compare_states(x, {"w": torch.ones(2), "b": torch.zeros(1)}).verdict()
-        'equal'
-        >>> compare_states(x, {"w": torch.tensor([1.0, 1.5]), "b": torch.zeros(1)}).verdict()
-        'differs: w max|diff|=0.5 (1 of 2 tensors differ, bitwise)'
-    """
-    differing: list[str] = []
-    first_diff, largest = 0.0, 0.0
-    names = list(a) + [k for k in b if k not in a]
-    for name in names:
-        if name not in a or name not in b:
-            diff, same = math.inf, False
-        else:
-            x, y = a[name], b[name]
-            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-                diff, same = (0.0, True) if x == y else (math.inf, False)
-            elif x.shape != y.shape or x.dtype != y.dtype:
-                diff, same = math.inf, False
-            else:
-                diff = _diff(x, y)
-                exact = rtol is None or not (x.is_floating_point() or x.is_complex())
-                if exact:
-                    same = diff == 0.0
-                else:
-                    scale = float(y.double().abs().nan_to_num(0.0).max()) if y.numel() else 0.0
-                    same = diff <= rtol * scale  # type: ignore[operator]  # rtol is a float here
-        largest = max(largest, diff)
-        if not same:
-            if not differing:
-                first_diff = diff
-            differing.append(name)
-    return Comparison(len(names), differing, first_diff if differing else largest, rtol)
-
-
-def _metric_note(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """A note naming the first metric that differs (NaN equals NaN), or ``""``.
-
-    Only a note: a metric may legitimately differ between two runs with equal weights (a pid,
-    a duration), so the verdict is the weights'.
-    """
-    for name in list(a) + [k for k in b if k not in a]:
-        x, y = a.get(name), b.get(name)
-        both_nan = isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
-        if x != y and not both_nan:
-            return f" (weights; metric {name} differs: {x!r} branched, {y!r} from scratch)"
-    return ""
 
 
 class Twin(Node):
@@ -225,7 +139,12 @@ class Audit:
         self.count = len(earlier)  # audits done or under way in this out
         self.stopped: str | None = next((_stop_reason(r) for r in earlier if str(r["audit"]).startswith(DIFFERS)),
                                         None)
-        self.marked: set[str] = set()
+        self.marked: set[str] = set()  # chosen and running: their twins follow
+        self.standby: set[str] = set()  # running with their weights saved, in case a run chosen before them drops out
+        self.standby_done: dict[str, dict[str, Any]] = {}  # finished standby runs (stored), by run id
+        self.tried: set[str] = set()  # audited, under audit, or out of the running (refused, retargeted, failed)
+        self.order: list[str] = []  # the branched runs of this call, most at risk first
+        self.depth: dict[str, int] = {}  # their planned branch epochs
         self.held: dict[str, dict[str, Any]] = {}
         self.verdicts: dict[str, str] = {}  # this call's, by label
         self.seconds = 0.0
@@ -233,35 +152,117 @@ class Audit:
     def path(self, run_id: str, which: str, ext: str = "pt") -> str:
         return os.path.join(self.dir, f"{run_id}.{which}.{ext}")
 
-    def _room(self) -> bool:
-        return self.limit is None or self.count < self.limit
+    def _room(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.count)
+
+    def _next(self, reserve: bool = False) -> list[str]:
+        """The runs to audit next: the first candidates in risk order, as many as there is room for.
+
+        With ``reserve``, also the ones after them that keep their weights on standby: as many
+        again as there are runs chosen or being audited (bounding the weights kept on disk).
+        """
+        room = self._room()
+        left = [rid for rid in self.order if rid not in self.tried]
+        if room is None:
+            return left
+        return left[:2 * (room + len(self.marked) + len(self.held))] if reserve else left[:room]
+
+    def _open(self) -> bool:
+        """Whether the choice may still change (a run already chosen may yet drop out)."""
+        return not self.stopped and self.limit != 0 and (bool(self.marked or self.held) or self._room() != 0) \
+            and any(rid not in self.tried for rid in self.order)
 
     # -- the scheduler's calls -------------------------------------------------------------
+    def rank(self, nodes: Sequence[Node], grid_order: Sequence[str]) -> None:
+        """Know the plan: which branched runs to audit first (:func:`~.audit_order.audit_order`)."""
+        self.order = audit_order(nodes, grid_order)
+        self.depth = {n.run_id: n.branch_epoch for n in nodes if n.resume_key is not None}
+
     def prepare(self, node: Node, task: Any) -> Any:
-        """``task``, told to save its final weights when ``node`` is a branched run to audit."""
-        if self.limit == 0 or self.stopped or node.resume_key is None or not self._room():
+        """``task``, told to save its final weights when ``node`` is a branched run to audit (or on standby)."""
+        rid = node.run_id
+        if self.limit == 0 or self.stopped or node.resume_key is None or rid in self.tried:
             return task
-        self.marked.add(node.run_id)
-        self.count += 1
-        return dataclasses.replace(task, audit_path=self.path(node.run_id, "branched"))
+        if rid not in self.depth or node.branch_epoch != self.depth[rid]:  # retargeted: not the run planned
+            self.tried.add(rid)
+            self._settle()
+            return task
+        if rid in self._next():
+            self.marked.add(rid)
+            self.tried.add(rid)
+            self.count += 1
+        elif self._open() and rid in self._next(reserve=True):
+            self.standby.add(rid)
+        else:
+            self.tried.add(rid)  # trained without its final weights saved: it cannot be audited
+            return task
+        return dataclasses.replace(task, audit_path=self.path(rid, "branched"))
 
     def release(self, node: Node) -> None:
         """``node`` will not be audited after all (it failed, was refused, or retrains from scratch)."""
-        if node.run_id in self.marked:
-            self.marked.discard(node.run_id)
+        rid = node.run_id
+        self.tried.add(rid)
+        if rid in self.marked:
+            self.marked.discard(rid)
             self.count -= 1
+        if rid in self.standby:
+            self.standby.discard(rid)
+            _remove(self.path(rid, "branched"))
+        self._settle()
 
     def on_result(self, node: Node, record: dict[str, Any]) -> Twin | None:
         """The twin to run when ``record`` is an audited run's result (its record is then held back)."""
-        if node.run_id not in self.marked:
+        rid = node.run_id
+        if rid in self.standby:
+            self.standby.discard(rid)
+            ok = record.get("status") == "ok" and record.get("branch_epoch")
+            if ok and rid in self._next():  # a run chosen before it dropped out: this one is audited now
+                self.marked.add(rid)
+                self.tried.add(rid)
+                self.count += 1
+            elif ok and self._open():
+                self.standby_done[rid] = record
+                return None
+            else:
+                self.tried.add(rid)
+                _remove(self.path(rid, "branched"))
+                return None
+        if rid not in self.marked:
             return None
         if record.get("status") != "ok" or not record.get("branch_epoch"):
             self.release(node)
             return None
-        self.marked.discard(node.run_id)
-        self.held[node.run_id] = record
-        _write_json(self.path(node.run_id, "branched", "json"), record)
-        return Twin(node.run_id, node.epochs)
+        self.marked.discard(rid)
+        self.held[rid] = record
+        _write_json(self.path(rid, "branched", "json"), record)
+        self._settle()
+        return Twin(rid, node.epochs)
+
+    def fallbacks(self) -> list[Twin]:
+        """Twins of finished standby runs that are now to be audited (a run chosen before them dropped out).
+
+        Their rows were stored as they finished; the twin's verdict stores them again.
+        """
+        twins = []
+        for rid in self._next():
+            record = self.standby_done.pop(rid, None)
+            if record is None:
+                continue
+            self.tried.add(rid)
+            self.count += 1
+            self.held[rid] = record
+            _write_json(self.path(rid, "branched", "json"), record)
+            twins.append(Twin(rid, int(record.get("epochs") or 0)))
+        self._settle()
+        return twins
+
+    def _settle(self) -> None:
+        """Once the choice is made, standby weights are no longer needed."""
+        if self._open():
+            return
+        for rid in list(self.standby_done):
+            _remove(self.path(rid, "branched"))
+        self.standby_done.clear()
 
     def resume(self, node: Node) -> Twin | None:
         """The twin of ``node`` when an earlier call trained it and was interrupted during its audit."""
@@ -277,6 +278,7 @@ class Audit:
         except (OSError, ValueError):
             return None
         self.count += 1
+        self.tried.add(node.run_id)
         return Twin(node.run_id, node.epochs)
 
     def twin_task(self, task: Any) -> Any:
@@ -314,6 +316,7 @@ class Audit:
         else:
             _remove(self.path(rid, "branched"), self.path(rid, "scratch"))
             self._drop_twin_files(label, record.get("log_dir"))
+        self._settle()
         return final
 
     def _compare(self, rid: str, held: Mapping[str, Any], record: Mapping[str, Any]) -> str:
@@ -324,9 +327,10 @@ class Audit:
             return f"{DIFFERS}: the final weights could not be read ({type(err).__name__}: {err})"
         rtol = tolerance(str(a.get("device")), str(a.get("precision")))
         comparison = compare_states(a["state_dict"], b["state_dict"], rtol)
-        if comparison.equal and rtol is None:
-            return comparison.verdict() + _metric_note(held.get("metrics") or {}, record.get("metrics") or {})
-        return comparison.verdict()
+        if not comparison.equal:
+            return comparison.verdict()
+        metric = compare_metrics(held.get("metrics") or {}, record.get("metrics") or {}, rtol)  # what the row reports
+        return f"{DIFFERS}: {metric} (final weights {comparison.verdict()})" if metric else comparison.verdict()
 
     def _adopt_twin(self, label: str, run_logs: str | None, twin_logs: str | None) -> None:
         """The twin's logs and saved model replace the branched run's (they hold the truth)."""
@@ -374,7 +378,7 @@ class Audit:
         if self.verdicts:
             items = "; ".join(f"{label}: {v}" for label, v in self.verdicts.items())
             what = (f"retrained {len(self.verdicts)} branched run(s) from scratch in {self.seconds:.1f} s and "
-                    f"compared final weights: {items}")
+                    f"compared final weights and metrics: {items}")
         elif summary["audited"]:
             what = f"{summary['audited']} run(s) audited in an earlier call, {summary['passed']} passed"
         elif self.limit == 0 and check_verify(summary["verify"]) != 0:

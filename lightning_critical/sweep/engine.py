@@ -181,12 +181,15 @@ def run(
             sweep's results (their rows say ``reused_from``; ``sweep.json`` records the takeover).
             Every call prints on stderr how many runs were already done and from where.
         verify: the exactness audit (:mod:`lightning_critical.sweep.audit`): retrain branched
-            runs from scratch and compare final weights (bitwise on CPU, a relative tolerance on
-            accelerators). ``"first"`` (default): the first branched run of the sweep; an
-            integer ``n``: the first ``n``; ``"all"``; ``False`` / ``"none"``: no audit. An
-            audit done in an earlier call on the same ``out`` counts. A difference stops sharing
-            for the rest of the sweep, the audited row takes the from-scratch results, and a
-            warning names the run and the first differing tensor.
+            runs from scratch and compare final weights and metrics (bitwise on CPU, a relative
+            tolerance on accelerators). ``"first"`` (default): the branched run most at risk,
+            chosen from the plan: the deepest branch point, then a run whose length differs
+            from its parent's, then grid order (the next in that order if it is refused or
+            fails); an integer ``n``: the ``n`` most at risk; ``"all"``; ``False`` /
+            ``"none"``: no audit. An audit done in an earlier call on the same ``out`` counts. A
+            difference (a tensor or a metric: metrics must be functions of the training) stops
+            sharing for the rest of the sweep, the audited row takes the from-scratch results,
+            and a warning names the run and the difference.
 
     Returns:
         A ``DataFrame`` with one row per run of this call, in grid order: run_id, label, window,

@@ -19,9 +19,11 @@
   row's ``branch_refused`` says why (each reason is printed once). Every child is checked on
   its own (the check is per run and costs a model build, not training).
 * The exactness audit (:class:`~lightning_critical.sweep.audit.Audit`) marks branched runs to
-  audit, holds their records until their from-scratch twins (run first, as soon as queued)
-  have been compared, and may stop sharing: then no run branches any more and branched runs
-  finished without a passed audit are retrained from scratch.
+  audit (chosen from the plan, most at risk first: :mod:`~lightning_critical.sweep.audit_order`;
+  when one is refused, retargeted or fails, the next in that order), holds their records until
+  their from-scratch twins (run first, as soon as queued) have been compared, and may stop
+  sharing: then no run branches any more and branched runs finished without a passed audit are
+  retrained from scratch.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Scheduler:
         self.branched_done: list[Node] = []  # branched runs stored without a passed audit
         self.sharing_off = False
         self.jumped = False  # work was put first in line: _fill starts a new pass
+        self.audit.rank(plan.nodes, list(fields))  # which branched runs to audit: from the plan, most at risk first
         if make_batch is None:
             for job in list(self.pending):  # audits interrupted in an earlier call: only their twins remain
                 twin = self.audit.resume(job[0])
@@ -276,6 +279,7 @@ class Scheduler:
             self._store(final)
             if self.audit.stopped and not self.sharing_off:
                 self._stop_sharing()
+            self._fallbacks()
             return
         if exception is not None and self.first_exception is None:
             self.first_exception = exception
@@ -307,6 +311,15 @@ class Scheduler:
         self._store(full)
         if full["status"] == "ok" and full.get("branch_epoch") and self.make_batch is None:
             self.branched_done.append(node)
+        self._fallbacks()
+
+    def _fallbacks(self) -> None:
+        """A run chosen for the audit dropped out: audit the next one, even when it is already stored."""
+        for twin in self.audit.fallbacks():
+            self.branched_done = [n for n in self.branched_done if n.run_id != twin.run_id]
+            self._first([twin])
+            if self.bar is not None:
+                self.bar.total += 1  # its row is stored again with the verdict
 
     def _store(self, full: dict[str, Any]) -> None:
         self.store.append(full)
@@ -338,6 +351,7 @@ class Scheduler:
         self.audit.release(node)
         self._to_scratch(node, reason)
         self._first([node])
+        self._fallbacks()
 
     def _stop_sharing(self) -> None:
         """After an audit found a difference: nothing branches any more; unverified branched runs retrain."""
