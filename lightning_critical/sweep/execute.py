@@ -57,7 +57,7 @@ from typing_extensions import override
 
 from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
-from lightning_critical.sweep import audit, rng
+from lightning_critical.sweep import audit, branch_length, rng
 from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files
 from lightning_critical.sweep.isolation import isolated, quiet
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
@@ -122,6 +122,7 @@ class Branching(pl.callbacks.Checkpoint):
         self.info = dict(info or {})
         self.steps_per_epoch = steps_per_epoch
         self.restored = False
+        self.stepped = False  # a training step started (before it, any failure of a branched run is a refusal)
         self.lineage = Lineage({id(self), *(id(d) for d in deficits)}, deficits=tuple(id(d) for d in deficits))
         self._trainer: Any = None
         self._saving = False
@@ -176,6 +177,11 @@ class Branching(pl.callbacks.Checkpoint):
                     "(or None: step windows then do not share prefixes)."
                 )
         self.lineage.train_start(trainer)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.stepped = True
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -321,12 +327,19 @@ def _fit(task: Task) -> dict[str, Any]:
         max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,
         enable_autolog_hparams=False, default_root_dir=log_dir or os.path.join(task.out, "runs", task.label),
     )
-    trainer = pl.Trainer(**kwargs)
+    trainer = branch_length.watch(pl.Trainer(**kwargs))  # notes user code that reads the run's length
     data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
     branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
     if task.resume_path is not None:
-        # our own files: no need for weights_only's restrictions on what the user's hparams hold
-        trainer.fit(model, **data_kwargs, ckpt_path=task.resume_path, weights_only=False)
+        try:  # our own files: no need for weights_only's restrictions on what the user's hparams hold
+            trainer.fit(model, **data_kwargs, ckpt_path=task.resume_path, weights_only=False)
+        except Exception as err:
+            if isinstance(err, BranchRefused) or branching.stepped:
+                raise
+            # e.g. a module whose structure the prefix changed (torch.nn.utils.prune): a run from scratch may not fail
+            message = " ".join(str(err).split())
+            raise BranchRefused(f"resuming from the branch checkpoint failed before the first step: "
+                                f"{type(err).__name__}: {message[:200]}") from err
     else:
         trainer.fit(model, **data_kwargs)
     produced = dict(trainer.callback_metrics)
