@@ -9,7 +9,8 @@ its own ``on_train_start`` hooks) by the child; an entry that differs refuses th
   a torchmetrics state), tensor attributes of any size (a pruning mask), ``hparams`` entries,
   and plain values (numbers, strings, lists / tuples / dicts of them) under any name,
   private ``_`` names included, except the names a bare ``nn.Module`` / ``LightningModule``
-  has (Lightning's own);
+  has (Lightning's own) and the private names of this package's own classes (bundled models
+  and datamodules carry what they need, e.g. in ``state_dict``; their caches are not state);
 * the same for the datamodule and for user callbacks (callbacks of ``lightning``,
   ``pytorch_lightning`` and this package are left out: their ``state_dict`` is trusted).
 
@@ -86,14 +87,19 @@ def _feed(h: Any, value: Any, budget: list[int]) -> bool:
 def digest(value: Any) -> str | None:
     """A short hash of a plain value or tensor (``None``: neither)."""
     h = hashlib.sha1()
-    return h.hexdigest()[:16] if _feed(h, value, [_LIMIT]) else None
+    try:
+        return h.hexdigest()[:16] if _feed(h, value, [_LIMIT]) else None
+    except (RuntimeError, TypeError, ValueError):  # a tensor subclass or layout without plain bytes: not compared
+        return None
 
 
 def _entries(obj: Any) -> Iterator[tuple[str, Any]]:
     """The attributes of one object that no checkpoint carries (``" (tensor)"`` marks tensors)."""
     base = _bare_of(obj) | {"_hparams", "_hparams_initial"}  # hparams: entry by entry below
-    for key, value in vars(obj).items():
-        if key in base or isinstance(value, torch.nn.Parameter):
+    ours = type(obj).__module__.startswith("lightning_critical.")  # this package's classes carry what they need
+    attrs = getattr(obj, "__dict__", {})
+    for key, value in attrs.items():
+        if key in base or isinstance(value, torch.nn.Parameter) or (ours and key.startswith("_")):
             continue
         yield (f"{key} (tensor)" if isinstance(value, torch.Tensor) else key), value
     if isinstance(obj, torch.nn.Module):
@@ -101,7 +107,7 @@ def _entries(obj: Any) -> Iterator[tuple[str, Any]]:
             buffer = obj._buffers.get(key)
             if buffer is not None:
                 yield f"{key} (tensor)", buffer
-    hp = vars(obj).get("_hparams")
+    hp = attrs.get("_hparams")
     if isinstance(hp, Mapping) and isinstance(obj, (pl.LightningModule, pl.LightningDataModule)):
         for key, value in hp.items():
             yield f"hparams.{key}", value

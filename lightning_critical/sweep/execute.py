@@ -29,6 +29,17 @@ with the reason, and the scheduler trains the run from scratch):
   schedulers as ``configure_optimizers`` built them, loader settings); a child whose
   fingerprint differs from its parent's (a schedule built from ``max_epochs``) is refused
   before its first step.
+* **Whatever is not carried is compared** (:mod:`~lightning_critical.sweep.branch_digest`):
+  the parent digests what no checkpoint holds (non-persistent buffers, tensor attributes of
+  any size, ``hparams`` entries, plain attributes including private names, of the model and its
+  submodules, the datamodule and user callbacks) at the branch point; the child digests the same
+  after restoring and after its module's ``on_train_start`` (before any epoch hook and step), and
+  is refused naming the entries that differ (``model._epochs_done``, ``model.mask (tensor)``).
+* **Runs of different lengths**: the sweep's ``Trainer`` notes reads of ``max_epochs`` /
+  ``estimated_stepping_batches`` by user code (:mod:`~lightning_critical.sweep.branch_length`);
+  a child of another length than a parent whose prefix read them, or whose parent changed its
+  own ``fit_loop.max_epochs``, is refused. A child that fails while resuming its checkpoint
+  (before its first step: e.g. a module pruned during the prefix) is refused, not failed.
 * **Every run is seeded** with ``pl.seed_everything(seed)`` before its factories are called,
   and runs with ``torch.set_num_threads(threads_per_run)`` whatever the backend.
 * **Loggers.** Each run logs to its own ``TensorBoardLogger`` (``<out>/tensorboard/<label>``,
