@@ -751,3 +751,10 @@ def test_refused_and_retrained_from_scratch(tmp_path, case, reason):
     for label in a:
         for name in a[label]:
             assert torch.equal(a[label][name], b[label][name]), (label, name)
+
+
+def test_lightning_callbacks_with_a_logger_are_not_refused(tmp_path):
+    # LearningRateMonitor needs a logger (the sweep's helper above runs without one)
+    _, fit, _ = branch_fit(tmp_path, ScheduledNet, parent_epochs=4, child_epochs=4, at=2, logger=True,
+                           callbacks=lambda: [pl.callbacks.LearningRateMonitor(), *lightning_callbacks()])
+    fit()  # no BranchRefused

@@ -26,6 +26,12 @@ trained from scratch:
   after building them and before restoring their states), loader settings (``on_train_start``).
   A child whose fingerprint differs from its parent's is refused before its first step, e.g.
   ``lr_schedulers[0].T_max: 6 -> 4`` (a schedule built from ``max_epochs``).
+* **State no checkpoint carries** (:mod:`~lightning_critical.sweep.branch_digest`): digested
+  by the parent at the branch point and by the child after its module's ``on_train_start``;
+  an entry that differs refuses the child (``model._epochs_done``, ``model.mask (tensor)``).
+* **Length**: a parent whose prefix read ``trainer.max_epochs`` in user code
+  (:mod:`~lightning_critical.sweep.branch_length`), or changed its own ``fit_loop.max_epochs``,
+  refuses children of another length.
 * **Decisions**: a run about to stop writes no branch checkpoint (see ``Branching``); a child
   skips Lightning's sanity check, which its parent ran before the prefix.
 * **ModelCheckpoint files**: the files a user ``ModelCheckpoint`` tracks (best k, last) travel
@@ -334,7 +340,10 @@ def _built_loaders(parent: Mapping[str, str], child: Mapping[str, str]) -> tuple
 
     if has(parent) and has(child):
         return dict(parent), dict(child)
-    return ({k: v for k, v in fp.items() if not k.startswith("val_dataloader[")} for fp in (parent, child))  # type: ignore[return-value]
+    def without(fp: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in fp.items() if not k.startswith("val_dataloader[")}
+
+    return without(parent), without(child)
 
 
 def length_reason(parent: Mapping[str, Any], max_epochs: int | None) -> str | None:
