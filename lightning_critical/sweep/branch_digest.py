@@ -9,8 +9,9 @@ its own ``on_train_start`` hooks) by the child; an entry that differs refuses th
   a torchmetrics state), tensor attributes of any size (a pruning mask), ``hparams`` entries,
   and plain values (numbers, strings, lists / tuples / dicts of them) under any name,
   private ``_`` names included, except the names a bare ``nn.Module`` / ``LightningModule``
-  has (Lightning's own) and the private names of this package's own classes (bundled models
-  and datamodules carry what they need, e.g. in ``state_dict``; their caches are not state);
+  has (Lightning's own) and the private names of objects whose class is (or derives from) one of
+  Lightning, torch or this package beyond those bases (a ``ModelCheckpoint`` subclass, a bundled
+  datamodule: they carry what they need in ``state_dict``; their caches and timers are not state);
 * the same for the datamodule and for user callbacks (callbacks of ``lightning``,
   ``pytorch_lightning`` and this package are left out: their ``state_dict`` is trusted).
 
@@ -60,6 +61,17 @@ def _bare_of(obj: Any) -> frozenset[str]:
     return frozenset()
 
 
+@functools.cache
+def _bases() -> frozenset[type]:
+    return frozenset(k for base in (pl.LightningModule, pl.LightningDataModule, pl.Callback) for k in base.__mro__)
+
+
+@functools.cache
+def _framework_class(kind: Any) -> bool:
+    """``kind`` is or derives from a class of Lightning, torch or this package (beyond the bare base classes)."""
+    return any(k not in _bases() and k.__module__.startswith(TRUSTED) for k in kind.__mro__)
+
+
 def _feed(h: Any, value: Any, budget: list[int]) -> bool:
     """Feed ``value`` into the hash ``h``; ``False`` where it is not a plain value or tensor."""
     budget[0] -= 1
@@ -96,7 +108,7 @@ def digest(value: Any) -> str | None:
 def _entries(obj: Any) -> Iterator[tuple[str, Any]]:
     """The attributes of one object that no checkpoint carries (``" (tensor)"`` marks tensors)."""
     base = _bare_of(obj) | {"_hparams", "_hparams_initial"}  # hparams: entry by entry below
-    ours = type(obj).__module__.startswith("lightning_critical.")  # this package's classes carry what they need
+    ours = _framework_class(type(obj))  # Lightning's, torch's or this package's classes carry what they need
     attrs = getattr(obj, "__dict__", {})
     for key, value in attrs.items():
         if key in base or isinstance(value, torch.nn.Parameter) or (ours and key.startswith("_")):
