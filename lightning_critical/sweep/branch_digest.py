@@ -66,8 +66,7 @@ def _bases() -> frozenset[type]:
     return frozenset(k for base in (pl.LightningModule, pl.LightningDataModule, pl.Callback) for k in base.__mro__)
 
 
-@functools.cache
-def _framework_class(kind: Any) -> bool:
+def _framework_class(kind: type) -> bool:
     """``kind`` is or derives from a class of Lightning, torch or this package (beyond the bare base classes)."""
     return any(k not in _bases() and k.__module__.startswith(TRUSTED) for k in kind.__mro__)
 
