@@ -561,3 +561,204 @@ def test_branch_state_loads_with_weights_only(tmp_path):
 
 def test_every_generator_kind_is_exact(tmp_path):
     assert_exact(tmp_path, AllKinds)
+
+
+# -- 6. state no checkpoint carries: compared, refused where it differs -------------------------
+class HparamsCurriculum(Net):
+    """A curriculum kept in ``self.hparams`` (Lightning does not restore hparams on resume)."""
+
+    def __init__(self, seed: int = 0, scale: float = 1.0) -> None:
+        super().__init__(seed)
+        self.save_hyperparameters()
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return F.mse_loss(self(x * self.hparams["scale"]), y)
+
+    def on_train_epoch_end(self) -> None:
+        if self.current_epoch >= 1:
+            self.hparams["scale"] = self.hparams["scale"] * 0.5
+
+
+class MaskAttribute(Net):
+    """A pruning mask of 1200 elements kept as a plain tensor attribute."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.first, self.last = nn.Linear(4, 300), nn.Linear(300, 1)
+        self.mask = torch.ones(300, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(torch.tanh(F.linear(x, self.first.weight * self.mask, self.first.bias)))
+
+    def on_train_epoch_end(self) -> None:
+        if self.current_epoch == 1:
+            w = self.first.weight.detach().abs()
+            self.mask = (w > w.median()).float()
+
+
+class BufferCounter(Net):
+    """A step counter in a non-persistent buffer (no state_dict holds it)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.register_buffer("seen", torch.zeros(()), persistent=False)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        seen: torch.Tensor = self.seen  # type: ignore[assignment]
+        seen += 1
+        return super().training_step(batch, batch_idx) * (1 + 0.1 * torch.clamp(seen - 12, min=0))
+
+
+class PrivateCounter(Net):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self._epochs_done = 0
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return super().loss(batch) * (1 + self._epochs_done)
+
+    def on_train_epoch_end(self) -> None:
+        self._epochs_done += 1
+
+
+class PartialState(pl.Callback):
+    """Halves a weight every 3rd epoch; its state_dict leaves out the private counter that decides when."""
+
+    def __init__(self) -> None:
+        self._calls = 0
+        self.sigma = 0.05
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sigma": self.sigma}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sigma = state_dict["sigma"]
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._calls += 1
+        if self._calls % 3 == 0:
+            with torch.no_grad():
+                pl_module.net[0].weight.mul_(0.5)
+
+
+class RunningMean(Net):
+    """A torchmetrics MeanMetric never reset (its states are non-persistent)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        import torchmetrics
+
+        self.running = torchmetrics.MeanMetric()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.running.update(loss.detach())
+        return loss
+
+
+class Extend(pl.Callback):
+    """Decides the run's length during the run."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            trainer.fit_loop.max_epochs = int(trainer.fit_loop.max_epochs or 0) + 1
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    pytest.param({"make_model": HparamsCurriculum}, "model.hparams.scale", id="curriculum_in_hparams"),
+    pytest.param({"make_model": MaskAttribute}, "model.mask (tensor)", id="large_tensor_attribute"),
+    pytest.param({"make_model": BufferCounter}, "model.seen (tensor)", id="non_persistent_buffer"),
+    pytest.param({"make_model": PrivateCounter}, "model._epochs_done", id="private_model_attribute"),
+    pytest.param({"make_model": Net, "callbacks": lambda: [PartialState()]}, "callbacks[0:PartialState]._calls",
+                 id="callback_private_counter_partial_state_dict"),
+    pytest.param({"make_model": RunningMean}, "model.running.mean_value (tensor)", id="torchmetrics_never_reset"),
+    pytest.param({"make_model": Net, "callbacks": lambda: [Extend()]}, "trainer.fit_loop.max_epochs: changed",
+                 id="callback_extends_max_epochs"),
+])
+def test_uncarried_state_that_differs_is_refused(tmp_path, case, reason):
+    assert_refused(tmp_path, at=2, parent_epochs=4, child_epochs=4, **case, reason=reason)
+
+
+class LoggedMetric(Net):
+    """torchmetrics objects logged with self.log: Lightning resets them every epoch (nothing to refuse)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        import torchmetrics
+
+        self.mean = torchmetrics.MeanMetric()
+        self.mse = torchmetrics.MeanSquaredError()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.mean.update(loss.detach())
+        self.log("mean", self.mean, on_step=False, on_epoch=True)
+        self.mse(self(batch[0]).detach(), batch[1])
+        self.log("mse", self.mse, on_step=True, on_epoch=False)
+        return loss
+
+
+class ScheduledNet(Net):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)]
+
+
+class OwnCheckpoint(pl.callbacks.ModelCheckpoint):
+    """A user subclass: its private timers (``_last_time_checked``) are Lightning's, not state to compare."""
+
+
+def lightning_callbacks() -> list[Any]:
+    return [pl.callbacks.ModelCheckpoint(monitor="train_loss", save_top_k=2),
+            pl.callbacks.EarlyStopping("train_loss", patience=10), OwnCheckpoint(monitor="val_loss")]
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param({"model": LoggedMetric, "metrics": ("train_loss", "mean")}, id="logged_torchmetrics"),
+    pytest.param({"model": ScheduledNet, "callbacks": lightning_callbacks}, id="lightning_callbacks"),
+    pytest.param({"model": Net, "grid": lc.sweep.removal([1, 3]), "epochs": 4, "metrics": ("val_loss",),
+                  "trainer": {"check_val_every_n_epoch": 2}}, id="val_loader_not_built_at_the_branch"),
+])
+def test_no_false_refusal_of_uncarried_state(tmp_path, case):
+    shared = assert_exact(tmp_path, **case)
+    assert shared["branch_refused"].isna().all(), shared["branch_refused"].tolist()
+
+
+class Anneal(Net):
+    """A loss weight annealed over ``trainer.max_epochs``, read in the loss (no configuration shows it)."""
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return super().loss(batch) * (1 + self.current_epoch / int(self.trainer.max_epochs or 1))
+
+
+class Prune(Net):
+    """torch.nn.utils.prune at epoch 1: the module's parameters change names (weight -> weight_orig)."""
+
+    def on_train_epoch_end(self) -> None:
+        if self.current_epoch == 1:
+            torch.nn.utils.prune.l1_unstructured(self.net[0], "weight", amount=0.5)
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    pytest.param({"model": Anneal, "grid": lc.sweep.removal([1, 2], epochs_after=2), "epochs": 4},
+                 "Anneal.loss reads trainer.max_epochs", id="loss_reads_max_epochs_runs_of_different_lengths"),
+    pytest.param({"model": Prune, "grid": lc.sweep.sliding([0, 1, 2], 1), "epochs": 4},
+                 "resuming from the branch checkpoint failed before the first step", id="pruned_module_structure"),
+])
+def test_refused_and_retrained_from_scratch(tmp_path, case, reason):
+    shared = sweep(tmp_path, True, **case)
+    independent = sweep(tmp_path, False, **case)
+    assert (shared["status"] == "ok").all(), shared["error"].tolist()
+    assert shared["branch_refused"].fillna("").str.contains(reason, regex=False).any(), shared["branch_refused"]
+    a, b = models(shared), models(independent)
+    for label in a:
+        for name in a[label]:
+            assert torch.equal(a[label][name], b[label][name]), (label, name)
+
+
+def test_lightning_callbacks_with_a_logger_are_not_refused(tmp_path):
+    # LearningRateMonitor needs a logger (the sweep's helper above runs without one)
+    _, fit, _ = branch_fit(tmp_path, ScheduledNet, parent_epochs=4, child_epochs=4, at=2, logger=True,
+                           callbacks=lambda: [pl.callbacks.LearningRateMonitor(), *lightning_callbacks()])
+    fit()  # no BranchRefused

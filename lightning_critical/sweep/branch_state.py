@@ -26,6 +26,12 @@ trained from scratch:
   after building them and before restoring their states), loader settings (``on_train_start``).
   A child whose fingerprint differs from its parent's is refused before its first step, e.g.
   ``lr_schedulers[0].T_max: 6 -> 4`` (a schedule built from ``max_epochs``).
+* **State no checkpoint carries** (:mod:`~lightning_critical.sweep.branch_digest`): digested
+  by the parent at the branch point and by the child after its module's ``on_train_start``;
+  an entry that differs refuses the child (``model._epochs_done``, ``model.mask (tensor)``).
+* **Length**: a parent whose prefix read ``trainer.max_epochs`` in user code
+  (:mod:`~lightning_critical.sweep.branch_length`), or changed its own ``fit_loop.max_epochs``,
+  refuses children of another length.
 * **Decisions**: a run about to stop writes no branch checkpoint (see ``Branching``); a child
   skips Lightning's sanity check, which its parent ran before the prefix.
 * **ModelCheckpoint files**: the files a user ``ModelCheckpoint`` tracks (best k, last) travel
@@ -50,7 +56,7 @@ import torch
 
 from lightning_critical import _lightning
 from lightning_critical._namespace import pl
-from lightning_critical.sweep import branch_rngs
+from lightning_critical.sweep import branch_digest, branch_length, branch_rngs
 from lightning_critical.sweep.branch_compare import apply as apply_updates
 from lightning_critical.sweep.branch_compare import (
     compare,
@@ -182,9 +188,20 @@ class Lineage:
     parent: dict[str, Any] | None = None
     pending: dict[str, Any] = field(default_factory=dict)
     restored: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    max_epochs: int | None = None  # as configured, before any callback changes it
 
     def setup(self, trainer: pl.Trainer) -> None:
         self.fingerprint.update(setup_fingerprint(trainer, self.exclude))
+        if self.max_epochs is None:
+            self.max_epochs = trainer.fit_loop.max_epochs
+
+    def _length(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """The run's length, who read it so far (its ancestors' prefixes included), and whether it changed it."""
+        inherited = (self.parent or {}).get("length", {})
+        now = trainer.fit_loop.max_epochs
+        changed = inherited.get("changed") or (f"{self.max_epochs} -> {now}" if now != self.max_epochs else None)
+        return {"max_epochs": self.max_epochs, "reads": {**branch_length.reads(trainer), **inherited.get("reads", {})},
+                "changed": changed}
 
     def capture(self, trainer: pl.Trainer) -> dict[str, Any]:
         """The branch state at this point: fingerprint, generators, plain attributes, ModelCheckpoint files."""
@@ -197,6 +214,8 @@ class Lineage:
             "hidden_fresh": dict(self.hidden_fresh or {}),
             "hidden": hidden_state(parts(trainer, self.exclude)),
             "model_checkpoints": carry_checkpoint_files(trainer),
+            **self._uncarried(trainer),
+            "length": self._length(trainer),
         }
 
     def load(self, trainer: pl.Trainer, state: dict[str, Any]) -> None:
@@ -248,7 +267,10 @@ class Lineage:
             self.fresh = plain_state(named, run_dir)
             self.hidden_fresh = hidden_state(named)
             return
-        reason = compare(self.parent["fingerprint"], self.fingerprint)  # all of it (with the loaders) this time
+        reason = compare(*_built_loaders(self.parent["fingerprint"], self.fingerprint))  # with the loaders this time
+        if reason:
+            raise BranchRefused(reason)
+        reason = length_reason(self.parent.get("length", {}), trainer.fit_loop.max_epochs)
         if reason:
             raise BranchRefused(reason)
         reason = unsupported(trainer)
@@ -264,13 +286,32 @@ class Lineage:
         if reason:
             raise BranchRefused(reason)
         apply_updates(named, updates, run_dir)
+        # the rest is compared once the module's own on_train_start (which Lightning calls after the callbacks') ran
+        wrap_hook(trainer.lightning_module, "on_train_start", lambda _: self._check_uncarried(trainer))
+
+    def _uncarried(self, trainer: pl.Trainer, skip: Sequence[str] = ()) -> dict[str, Any]:
+        named = parts(trainer, self.exclude)
+        skip = sorted({*skip, *branch_digest.logged_metrics(trainer, named)})
+        digests = branch_digest.uncarried(named, str(trainer.default_root_dir), skip)
+        return {"uncarried": digests, "uncarried_skip": skip}
+
+    def _check_uncarried(self, trainer: pl.Trainer) -> None:
+        assert self.parent is not None
+        if "uncarried" not in self.parent:
+            raise BranchRefused("the checkpoint carries no digests of uncarried state (written by an older version)")
+        mine = self._uncarried(trainer, self.parent.get("uncarried_skip", ()))["uncarried"]
+        reason = branch_digest.reason(self.parent["uncarried"], mine)
+        if reason:
+            raise BranchRefused(reason)
 
     def teardown(self, trainer: pl.Trainer) -> None:
-        """Remove the loader hooks that were not called."""
+        """Remove the hooks that were not called."""
         for name in ("train_dataloader", "val_dataloader"):
             for obj in (_lightning.datamodule_of(trainer), trainer.lightning_module):
                 if obj is not None:
                     unwrap(obj, name)
+        if trainer.lightning_module is not None:
+            unwrap(trainer.lightning_module, "on_train_start")
 
     def _check_rngs(self, trainer: pl.Trainer) -> None:
         found = branch_rngs.find(rng_roots(trainer, self.exclude, self.deficits))
@@ -290,6 +331,38 @@ class Lineage:
             if id(gen) not in drawn_by_iter and not branch_rngs.same_state(branch_rngs.state(gen), saved):
                 raise BranchRefused(f"{path}: drawn from before the first training step (in on_fit_start or "
                                     "on_train_start?); the parent made these draws once, before its prefix")
+
+
+def _built_loaders(parent: Mapping[str, str], child: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Both fingerprints, without the val loader where one run had not built it yet (``check_val_every_n_epoch``)."""
+    def has(fp: Mapping[str, str]) -> bool:
+        return any(k.startswith("val_dataloader[") for k in fp)
+
+    if has(parent) and has(child):
+        return dict(parent), dict(child)
+    def without(fp: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in fp.items() if not k.startswith("val_dataloader[")}
+
+    return without(parent), without(child)
+
+
+def length_reason(parent: Mapping[str, Any], max_epochs: int | None) -> str | None:
+    """Why a child of this length cannot share its parent's prefix (``None``: it can).
+
+    Example::
+
+        >>> length_reason({"max_epochs": 6, "reads": {"trainer.max_epochs": "Anneal.loss"}}, 5)
+        "Anneal.loss reads trainer.max_epochs (6 -> 5): the prefix was computed for the parent's length"
+    """
+    if parent.get("changed"):
+        return (f"trainer.fit_loop.max_epochs: changed during the parent's prefix ({parent['changed']}); "
+                "a run that sets its own length cannot hand its prefix to another")
+    reads = parent.get("reads") or {}
+    if reads and parent.get("max_epochs") != max_epochs:
+        key = sorted(reads)[0]
+        return (f"{reads[key]} reads {key} ({parent.get('max_epochs')} -> {max_epochs}): the prefix was computed "
+                "for the parent's length")
+    return None
 
 
 def unsupported(trainer: pl.Trainer) -> str | None:

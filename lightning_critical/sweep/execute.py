@@ -29,6 +29,17 @@ with the reason, and the scheduler trains the run from scratch):
   schedulers as ``configure_optimizers`` built them, loader settings); a child whose
   fingerprint differs from its parent's (a schedule built from ``max_epochs``) is refused
   before its first step.
+* **Whatever is not carried is compared** (:mod:`~lightning_critical.sweep.branch_digest`):
+  the parent digests what no checkpoint holds (non-persistent buffers, tensor attributes of
+  any size, ``hparams`` entries, plain attributes including private names, of the model and its
+  submodules, the datamodule and user callbacks) at the branch point; the child digests the same
+  after restoring and after its module's ``on_train_start`` (before any epoch hook and step), and
+  is refused naming the entries that differ (``model._epochs_done``, ``model.mask (tensor)``).
+* **Runs of different lengths**: the sweep's ``Trainer`` notes reads of ``max_epochs`` /
+  ``estimated_stepping_batches`` by user code (:mod:`~lightning_critical.sweep.branch_length`);
+  a child of another length than a parent whose prefix read them, or whose parent changed its
+  own ``fit_loop.max_epochs``, is refused. A child that fails while resuming its checkpoint
+  (before its first step: e.g. a module pruned during the prefix) is refused, not failed.
 * **Every run is seeded** with ``pl.seed_everything(seed)`` before its factories are called,
   and runs with ``torch.set_num_threads(threads_per_run)`` whatever the backend.
 * **Loggers.** Each run logs to its own ``TensorBoardLogger`` (``<out>/tensorboard/<label>``,
@@ -57,7 +68,7 @@ from typing_extensions import override
 
 from lightning_critical import _lightning, _tensorboard
 from lightning_critical._namespace import pl
-from lightning_critical.sweep import audit, rng
+from lightning_critical.sweep import audit, branch_length, rng
 from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files
 from lightning_critical.sweep.isolation import isolated, quiet
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
@@ -122,6 +133,7 @@ class Branching(pl.callbacks.Checkpoint):
         self.info = dict(info or {})
         self.steps_per_epoch = steps_per_epoch
         self.restored = False
+        self.stepped = False  # a training step started (before it, any failure of a branched run is a refusal)
         self.lineage = Lineage({id(self), *(id(d) for d in deficits)}, deficits=tuple(id(d) for d in deficits))
         self._trainer: Any = None
         self._saving = False
@@ -176,6 +188,11 @@ class Branching(pl.callbacks.Checkpoint):
                     "(or None: step windows then do not share prefixes)."
                 )
         self.lineage.train_start(trainer)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.stepped = True
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -321,12 +338,19 @@ def _fit(task: Task) -> dict[str, Any]:
         max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,
         enable_autolog_hparams=False, default_root_dir=log_dir or os.path.join(task.out, "runs", task.label),
     )
-    trainer = pl.Trainer(**kwargs)
+    trainer = branch_length.watch(pl.Trainer(**kwargs))  # notes user code that reads the run's length
     data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
     branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
     if task.resume_path is not None:
-        # our own files: no need for weights_only's restrictions on what the user's hparams hold
-        trainer.fit(model, **data_kwargs, ckpt_path=task.resume_path, weights_only=False)
+        try:  # our own files: no need for weights_only's restrictions on what the user's hparams hold
+            trainer.fit(model, **data_kwargs, ckpt_path=task.resume_path, weights_only=False)
+        except Exception as err:
+            if isinstance(err, BranchRefused) or branching.stepped:
+                raise
+            # e.g. a module whose structure the prefix changed (torch.nn.utils.prune): a run from scratch may not fail
+            message = " ".join(str(err).split())
+            raise BranchRefused(f"resuming from the branch checkpoint failed before the first step: "
+                                f"{type(err).__name__}: {message[:200]}") from err
     else:
         trainer.fit(model, **data_kwargs)
     produced = dict(trainer.callback_metrics)
