@@ -167,15 +167,23 @@ def _table(tmp_path, name: str, **change: Any) -> pd.DataFrame:
     return table.drop(columns=["seconds", "log_dir"]).reset_index(drop=True)
 
 
+class PlainData(lc.data.HierarchicalDataModule):
+    """No generator of its own: sharing it between runs changes nothing."""
+
+
+PLAIN: list[PlainData] = []
+
+
+def plain_data() -> PlainData:
+    return PLAIN[0]
+
+
 def test_preflight_changes_no_run_numbers(tmp_path):
-    SHARED[:] = [NoisyData()]
-    shared = SHARED[0]
+    PLAIN[:] = [PlainData()]
     cases: dict[str, dict[str, Any]] = {
         "fresh": {}, "pathway_noise": {"deficit": lc.PathwayDeficit("b", (0, 1), mode="noise")},
-        "shared_datamodule": {"datamodule": shared_data}}
+        "shared_datamodule": {"datamodule": plain_data}}
     for name, change in cases.items():
-        if name == "shared_datamodule":
-            shared.rng.manual_seed(0)
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -184,14 +192,22 @@ def test_preflight_changes_no_run_numbers(tmp_path):
         if name == "shared_datamodule":
             assert any("no trial fit, the datamodule factory returns the same object" in str(w.message)
                        for w in caught)
-            shared.rng.manual_seed(0)
         start = time.perf_counter()
         off = _table(tmp_path, f"{name}_off", preflight=False, **change)
         print(f"{name}: preflight on {seconds_on:.2f} s, off {time.perf_counter() - start:.2f} s")
-        if name == "shared_datamodule":
-            # the shared object is part of the identity and was used (and so changed) by the first call
-            on, off = on.drop(columns="run_id"), off.drop(columns="run_id")
+        if name == "shared_datamodule":  # the shared object is part of the identity, and the first call used it
+            on, off = on.drop(columns=["run_id", "parent"]), off.drop(columns=["run_id", "parent"])
         pd.testing.assert_frame_equal(on, off, check_exact=True)  # bitwise: metrics, seeds, every column
+
+
+def test_a_shared_object_holding_generators_is_refused_before_training(tmp_path):
+    # One datamodule for every run, drawing augmentation noise from its own generator: each run's
+    # numbers would depend on the runs trained before it, so two calls (or two backends) would differ.
+    SHARED[:] = [NoisyData()]
+    with pytest.raises(ValueError, match=r"the datamodule factory returns the same object on every call, and that "
+                                         r"object holds random generators \(datamodule\.rng\)"):
+        lc.sweep.run(**{**GOOD, "out": str(tmp_path / "s"), "datamodule": shared_data})
+    assert not (tmp_path / "s" / "results.jsonl").exists()
 
 
 def _files(root) -> list[str]:

@@ -23,7 +23,9 @@ only to a temporary directory, and runs under :func:`~lightning_critical.sweep.e
 which gives back the global random states, the thread counts and ``PL_GLOBAL_SEED``; the
 package's once-per-process warnings are restored too, so the real runs still give them. When the
 model or datamodule factory returns the same object on every call (an object the runs share),
-the trial is skipped with a warning, since training it would touch what the runs use. It is
+the trial is skipped with a warning, since training it would touch what the runs use; a shared
+object that holds random generators is refused (the runs would draw from them in turn, so each
+run's numbers would depend on the runs trained before it). The trial is
 also skipped when every run has finished already (resume), for custom runners, and when all
 metrics are functions. Its cost is one short fit (about a second for a small model on CPU).
 
@@ -45,6 +47,7 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
+from lightning_critical.sweep import branch_rngs
 from lightning_critical.sweep.execute import QUIET_TRAINER, MetricNotFound, isolated, quiet
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, make_deficit
 
@@ -68,7 +71,8 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
 
     Raises:
         ValueError: ``test=True`` without a ``test_step`` / test dataloader; a deficit that ignores
-            its window; a metric name the trial fit did not produce
+            its window; a model or datamodule shared by every run that holds random generators; a
+            metric name the trial fit did not produce
             (:class:`~lightning_critical.sweep.execute.MetricNotFound`).
         PreflightError: the trial fit raised.
     """
@@ -84,9 +88,11 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
         model, datamodule = spec.build_model(run), spec.build_datamodule(run)
         if spec.test:
             check_test_setup(model, datamodule)
+        shared = _shared_objects(spec, run, model, datamodule) if trial else ""
+        if shared:
+            _refuse_shared_generators(shared, model if shared == "model" else datamodule)
         if not (trial and names):
             return
-        shared = _shared_objects(spec, run, model, datamodule)
         if shared:
             warnings.warn(f"sweep pre-flight: no trial fit, the {shared} factory returns the same object on every "
                           "call (the runs share it; a trial would train it). Metric names are checked when the "
@@ -215,6 +221,18 @@ def _shared_objects(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) 
     if datamodule is not None and spec.build_datamodule(run) is datamodule:
         return "datamodule"
     return ""
+
+
+def _refuse_shared_generators(kind: str, obj: Any) -> None:
+    """Refuse one object shared by every run when it holds random generators (its draws would follow run order)."""
+    generators = sorted(branch_rngs.find({kind: obj}))
+    if generators:
+        raise ValueError(
+            f"the {kind} factory returns the same object on every call, and that object holds random generators "
+            f"({', '.join(generators[:3])}): the runs would draw from them in turn, so each run's numbers would "
+            "depend on which runs trained before it (and on the backend). Return a fresh object from every call "
+            "(pass the class, or a function that builds one)."
+        )
 
 
 def _overridden(obj: Any, name: str, base: type) -> bool:
