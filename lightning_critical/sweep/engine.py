@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import inspect
-import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -278,7 +277,6 @@ def run(
         backend = "serial"  # one worker: no process to spawn, same results
     chosen = _backends.resolve_backend(backend, n_workers, threads, dict(backend_options or {}))
     if chosen.needs_pickling:
-        _check_main_guard()
         _workers.check_main_guard(chosen)
         _check_picklable(spec, chosen.name)
     if preflight:
@@ -498,14 +496,6 @@ def _check_params_used(spec: SweepSpec, combos: list[Any]) -> None:
                 f"params[{name!r}] is not an argument of any factory (model {describe(spec.model)}, datamodule "
                 f"{describe(spec.datamodule)}, deficit, callbacks): a swept value must reach the run."
             )
-
-
-def _check_main_guard() -> None:
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise RuntimeError(
-            "lc.sweep.run was called while a worker process was starting: in a script, call it under "
-            "`if __name__ == '__main__':` (worker processes import the script), or use backend='serial'."
-        )
 
 
 def _check_picklable(spec: SweepSpec, backend_name: str) -> None:

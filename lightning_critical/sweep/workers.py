@@ -125,7 +125,16 @@ def imports_main(backend: Any) -> bool:
 
 
 def check_main_guard(backend: Any) -> None:
-    """Refuse, before anything starts, a sweep reached from a script's unguarded module level (module docstring)."""
+    """Refuse, before anything starts, a sweep reached from a script's unguarded module level (module docstring).
+
+    Also refused: a sweep started while this process is itself a worker starting up (it is importing
+    the script), which no reading of the script's source can see (e.g. a script given on stdin).
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "lc.sweep.run was called while a worker process was starting: in a script, call it under "
+            "`if __name__ == '__main__':` (worker processes import the script), or use backend='serial'."
+        )
     if not imports_main(backend):
         return
     found = unguarded_main_line()
