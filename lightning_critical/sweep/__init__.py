@@ -36,9 +36,14 @@ from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import LightningRunner, Runner
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
+from lightning_critical.sweep.study import Execution, Output, Study, run_study
 
 __all__ = [
     "BranchRefused",
+    "Execution",
+    "Output",
+    "Study",
+    "run_study",
     "FactorizationEnsembleRunner",
     "FailedRunsWarning",
     "GridEntry",
