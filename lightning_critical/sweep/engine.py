@@ -25,9 +25,11 @@ from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
 from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.audit import Audit, check_verify
+from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.lock import SweepLock
+from lightning_critical.sweep.params import accepted_kwargs, check_params
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
@@ -35,8 +37,6 @@ from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import (
     RunSpec,
     SweepSpec,
-    accepted_kwargs,
-    check_params,
     describe,
     identity_of,
     short_hash,
@@ -118,7 +118,7 @@ def run(
             ``TaskSwitch``), or a list of these. Seed rule, the same for every form (and the
             CLI): a deficit draws with the run's seed unless ``seed=`` was fixed explicitly (given
             to its constructor, or bound by a ``functools.partial``); see
-            :func:`~lightning_critical.sweep.spec.make_deficit`.
+            :func:`~lightning_critical.sweep.build.make_deficit`.
         windows: a grid from :func:`~lightning_critical.sweep.removal`,
             :func:`~lightning_critical.sweep.sliding` or :func:`~lightning_critical.sweep.windows`,
             or a list of windows; the no-deficit baseline is always included.
@@ -263,7 +263,8 @@ def run(
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
     _check_params_used(spec, combos)
-    description = spec.describe(_check_builds(spec, runs))  # the built classes' code is part of the identity
+    # the built classes' code is part of the identity
+    description = spec.describe(_check_builds(spec, runs), namespace=_namespace.NAME)
     identity = identity_of(description)
     run_ids = [r.run_id(identity) for r in runs]
     labels = _labels(runs, run_ids)
@@ -517,12 +518,12 @@ def _check_builds(spec: SweepSpec, runs: list[RunSpec]) -> dict[str, list[type]]
     Returns the built objects' classes per role (their code joins the sweep's identity).
     """
     with isolated(spec.threads_per_run), quiet():
-        built = {"model": [type(spec.build_model(runs[0]))],
-                 "datamodule": [type(spec.build_datamodule(runs[0]))],
-                 "callbacks": [type(c) for c in spec.build_callbacks(runs[0])]}
+        built = {"model": [type(build_model(spec, runs[0]))],
+                 "datamodule": [type(build_datamodule(spec, runs[0]))],
+                 "callbacks": [type(c) for c in build_callbacks(spec, runs[0])]}
         with_window = next((r for r in runs if r.windows), None)
         if with_window is not None:
-            built["deficit"] = [type(c) for c in spec.build_deficits(with_window)]
+            built["deficit"] = [type(c) for c in build_deficits(spec, with_window)]
     return built
 
 

@@ -48,8 +48,9 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
 from lightning_critical.sweep import branch_rngs
+from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, make_deficit
 from lightning_critical.sweep.execute import QUIET_TRAINER, MetricNotFound, isolated, quiet
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, make_deficit
+from lightning_critical.sweep.spec import RunSpec, SweepSpec
 
 __all__ = ["PreflightError", "preflight", "check_deficit_windows", "check_test_setup", "trial_metrics"]
 
@@ -85,7 +86,7 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
     names = [m for m in spec.metrics if isinstance(m, str)]
     with isolated(spec.threads_per_run), quiet():
         pl.seed_everything(run.seed, verbose=False)
-        model, datamodule = spec.build_model(run), spec.build_datamodule(run)
+        model, datamodule = build_model(spec, run), build_datamodule(spec, run)
         if spec.test:
             check_test_setup(model, datamodule)
         shared = _shared_objects(spec, run, model, datamodule) if trial else ""
@@ -172,7 +173,7 @@ def check_test_setup(model: Any, datamodule: Any) -> None:
 
 def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> dict[str, Any]:
     """``trainer.callback_metrics`` after one training and one validation batch of ``run`` (and one test batch)."""
-    callbacks = spec.build_deficits(run) + spec.build_callbacks(run)
+    callbacks = build_deficits(spec, run) + build_callbacks(spec, run)
     root = tempfile.mkdtemp(prefix="lc-preflight-")
     given = set(_warnings._GIVEN)  # the real runs still warn once
     try:
@@ -216,9 +217,9 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
 
 def _shared_objects(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> str:
     """``"model"`` / ``"datamodule"`` when that factory returned ``model`` / ``datamodule`` again."""
-    if spec.build_model(run) is model:
+    if build_model(spec, run) is model:
         return "model"
-    if datamodule is not None and spec.build_datamodule(run) is datamodule:
+    if datamodule is not None and build_datamodule(spec, run) is datamodule:
         return "datamodule"
     return ""
 
