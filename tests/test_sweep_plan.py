@@ -10,8 +10,8 @@ import pytest
 import lightning_critical as lc
 from lightning_critical.schedule import Window
 from lightning_critical.sweep.grids import removal, sliding, windows
-from lightning_critical.sweep.plan import PlanItem, make_plan, prefix_keys, schedule_tokens
 from lightning_critical.sweep.params import accepted_kwargs, check_params
+from lightning_critical.sweep.plan import PlanItem, make_plan, prefix_keys, schedule_tokens
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, describe
 
 

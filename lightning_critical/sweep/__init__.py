@@ -9,7 +9,8 @@ metrics="val_acc", trainer={"max_epochs": ...}, seeds=[0, 1, 2])`` trains every 
 one tidy row per run; :func:`summarize` adds means, standard errors and drops versus the
 baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`run`.
 
-Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
+Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``build`` (a run's objects),
+``plan`` (the prefix tree),
 ``execute`` (one run in this process), ``branch_state`` / ``branch_compare`` / ``branch_rngs``
 (what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit
 of work and how a worker runs it),

@@ -263,8 +263,7 @@ def run(
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
     _check_params_used(spec, combos)
-    # the built classes' code is part of the identity
-    description = spec.describe(_check_builds(spec, runs), namespace=_namespace.NAME)
+    description = spec.describe(_check_builds(spec, runs), namespace=_namespace.NAME)  # + the built classes' code
     identity = identity_of(description)
     run_ids = [r.run_id(identity) for r in runs]
     labels = _labels(runs, run_ids)
