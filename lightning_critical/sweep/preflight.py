@@ -29,6 +29,11 @@ run's numbers would depend on the runs trained before it). The trial is
 also skipped when every run has finished already (resume), for custom runners, and when all
 metrics are functions. Its cost is one short fit (about a second for a small model on CPU).
 
+The trial's model and datamodule are the ones the session built for the sweep's identity
+(:func:`build_seeded`, passed as ``first=``), so the start-up builds the first run's objects once,
+plus once more per factory to see whether it returns a shared object; a factory that is a plain
+class (or a ``functools.partial`` of one) always makes a new object and is not built again.
+
 A metric logged only later in training (say, every 5 epochs from epoch 4) is refused by the
 trial: pass ``preflight=False`` to :func:`lightning_critical.sweep.run` to skip every check here
 (a wrong name is then found when the first run finishes).
