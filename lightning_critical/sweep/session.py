@@ -85,6 +85,16 @@ class Session:
 
     The groups are checked again (a field may have changed since the group was made), with the
     checks that need two groups at once (:func:`~lightning_critical.sweep.study.check_together`).
+    The steps may be taken one by one, e.g. to see a sweep's runs without training any:
+
+        >>> import tempfile, lightning_critical as lc
+        >>> study = lc.sweep.Study(
+        ...     lc.models.MultiPathwayLinearNet, deficit=lambda window: lc.PathwayDeficit("b", window),
+        ...     windows=lc.sweep.removal([1, 2]), metrics="train_loss", trainer={"max_epochs": 3}, seeds=[0, 1])
+        >>> session = Session(study, Execution(backend="serial"), Output(out=tempfile.mkdtemp()))
+        >>> session.identify()
+        >>> [session.labels[rid] for rid in session.run_ids][:3]
+        ['baseline_seed0', 'baseline_seed1', 'w0-1_seed0']
     """
 
     def __init__(self, study: Study, execution: Execution, output: Output) -> None:
