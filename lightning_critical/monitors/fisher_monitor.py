@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_critical._batch import BatchSpec, InputsFn, describe, forward_arguments
+from lightning_critical._batch import InputsFn, describe
+from lightning_critical._batch_spec import BatchSpec, forward_arguments
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
 from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import history_path, log_scalars

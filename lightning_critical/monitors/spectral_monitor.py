@@ -27,9 +27,9 @@ from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
 from lightning_critical.history import History, check_history_file
 from lightning_critical.probing import probing
 from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
+from lightning_critical.spectral.formulas import check_basis_fits
 from lightning_critical.spectral.matrices import find_weight_matrices, name_matches
 from lightning_critical.spectral.metrics import (
-    check_basis_fits,
     check_metrics,
     metric_names,
     needs_full_spectrum,
