@@ -56,7 +56,8 @@ def test_a_user_monitor_records_on_its_cadence_keeps_a_history_and_logs_scalars(
 
     frame = monitor.to_frame()
     assert sorted(frame.step.unique()) == [0, 3, 6]  # 8 steps, every 3
-    assert set(frame.target) == {"left", "right"} and set(frame.metric) == {"branch_norm"} and set(frame["index"]) == {-1}
+    assert set(frame.target) == {"left", "right"} and set(frame.metric) == {"branch_norm"}
+    assert set(frame["index"]) == {-1}
     last = frame[frame.step == 6].set_index("target").value
     assert last["left"] != pytest.approx(float(model.left[0].weight.norm()))  # taken before update 7, not after
     assert all(monitor.probing_seen) and len(monitor.probing_seen) == 3
