@@ -8,18 +8,27 @@ itself. Plain functions of the deficits' windows and targets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
 from lightning_critical._namespace import pl
 from lightning_critical._warnings import warn_once
-
-if TYPE_CHECKING:
-    from lightning_critical.deficits.base import WindowedDeficit
+from lightning_critical.schedule import Window
 
 
-def check_overlaps(deficit: WindowedDeficit, others: Sequence[WindowedDeficit], per_epoch: int | None) -> None:
+class Windowed(Protocol):
+    """What these checks read of a deficit (``Windowed`` has it)."""
+
+    window: Window
+    targets: dict[str, Any]
+    unsure_overlaps: list[tuple[Any, str]]
+
+    @property
+    def label(self) -> str: ...
+
+
+def check_overlaps(deficit: Windowed, others: Sequence[Windowed], per_epoch: int | None) -> None:
     """Refuse two deficits (``deficit`` and one of the trainer's ``others``) acting on one target with
     overlapping windows; note the undecidable pairs.
 
@@ -49,7 +58,7 @@ def check_overlaps(deficit: WindowedDeficit, others: Sequence[WindowedDeficit], 
             deficit.unsure_overlaps.append((other, what))
 
 
-def warn_if_unreachable(deficit: WindowedDeficit, trainer: pl.Trainer, per_epoch: int | None) -> None:
+def warn_if_unreachable(deficit: Windowed, trainer: pl.Trainer, per_epoch: int | None) -> None:
     """Warn (once per message and process) when the window starts or ends after the run's last update."""
     w = deficit.window
     max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
