@@ -113,6 +113,9 @@ def test_the_base_validates_before_training_and_refuses_two_monitors_on_one_file
     with pytest.raises(ValueError, match=r"history_file='branch_norms.csv' is used by two monitors"):
         make_trainer(tmp_path, max_epochs=1, callbacks=[BranchNorm(), BranchNorm(every_n_steps=5)],
                      logger=logger).fit(TwoBranchNet())
+    with pytest.raises(ValueError, match=r"history_file='fisher_history.csv' is used by two monitors"):
+        make_trainer(tmp_path, max_epochs=1, callbacks=[lc.FisherMonitor(), lc.FisherMonitor(num_batches=1)],
+                     logger=CSVLogger(str(tmp_path), name="", version="")).fit(TwoBranchNet())
     with pytest.raises(ValueError, match=r"every_n_steps=0"):
         BranchNorm(every_n_steps=0)
 
