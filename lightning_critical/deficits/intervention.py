@@ -193,7 +193,12 @@ class ScheduledIntervention(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(**self.key_arguments())
 
-    # -- what the run shows (the views' call sites) ------------------------------------------
+    # -- what the run shows: every logger call of the interventions is in these five methods -------
+    def _start_views(self, trainer: pl.Trainer) -> None:
+        self._series.reset()
+        # before Lightning's hparams autolog: one session, written at the end
+        self._hp_metric.skip(trainer)
+
     def _write_charts(self, trainer: pl.Trainer) -> None:
         chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
         charts = {_tensorboard.DEFICITS_CHART: chart,
@@ -212,14 +217,15 @@ class ScheduledIntervention(pl.Callback):
         if _tensorboard.writes_session(trainer, self):
             _tensorboard.write_session(trainer)
 
+    def _release_views(self, trainer: pl.Trainer) -> None:
+        self._hp_metric.restore()
+
     # -- Lightning hooks -----------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         self.resolve(trainer, pl_module)
-        self._series.reset()
-        # before Lightning's hparams autolog: one session, written at the end
-        self._hp_metric.skip(trainer)
+        self._start_views(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -256,4 +262,4 @@ class ScheduledIntervention(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.detach()
-        self._hp_metric.restore()
+        self._release_views(trainer)

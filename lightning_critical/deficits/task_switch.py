@@ -264,9 +264,9 @@ class TaskSwitch(ScheduledIntervention):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
+        super().on_train_start(trainer, pl_module)  # the chart (after the initial task is known)
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
         name = self.task_at(self._now(trainer))
         if name is not None:

@@ -124,6 +124,10 @@ class Monitor(pl.Callback):
     def publish(self, trainer: pl.Trainer, rows: Iterable[Record], scalars: Mapping[str, float], step: int) -> None:
         """Add ``rows`` to the history (the file on rank zero) and log ``scalars`` on every rank at ``step``."""
         self.history.extend(rows, write=trainer.is_global_zero)
+        self._log(trainer, scalars, step)
+
+    def _log(self, trainer: pl.Trainer, scalars: Mapping[str, float], step: int) -> None:
+        # The monitors' one logger call for scalars (identical keys on every rank).
         log_scalars(trainer, dict(scalars), step)
 
     def report_once(self, key: str, message: str, warn: bool = False) -> None:
