@@ -12,6 +12,7 @@ from lightning_critical.experiments.matrix_completion import (
     matrix_completion_table,
     matrix_completion_trajectories,
 )
+from lightning_critical.experiments.matrix_completion_study import switch_sweep_execution, switch_sweep_study
 from lightning_critical.experiments.pathway_study import deficit_onset_study, pathway_deficit_study
 from lightning_critical.experiments.pathways import (
     deficit_onset_sweep,
@@ -31,4 +32,6 @@ __all__ = [
     "pathway_deficit_run",
     "pathway_deficit_study",
     "phase_trajectories",
+    "switch_sweep_execution",
+    "switch_sweep_study",
 ]
