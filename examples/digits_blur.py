@@ -173,13 +173,8 @@ def _effect_text(row: Any, what: str) -> str:
             f"= {row['z']:.1f} s.e. (paired over {int(row['n_seeds'])} seeds)")
 
 
-def plot(removal: pd.DataFrame, sliding: pd.DataFrame, fisher: pd.DataFrame, title: str = "digits") -> Figure:
-    """Three panels: the removal curve, the sliding-window drop against onset, the Fisher trace per layer."""
-    fig = Figure(figsize=(14.5, 4.4))
-    axes = fig.subplots(1, 3)
-    effects = early_late_effects(removal, sliding).set_index("curve")
-
-    ax = axes[0]
+def _removal_panel(ax: Any, removal: pd.DataFrame, row: Any, title: str) -> None:
+    """Panel A: final test accuracy against the epoch T the blur is removed at, the T = 0 run joined to the curve."""
     percent = removal.assign(**{METRIC: 100 * removal[METRIC]})
     percent.attrs.update(removal.attrs)
     after = int((removal.loc[removal["baseline"], "epochs"]).iloc[0])
@@ -200,9 +195,17 @@ def plot(removal: pd.DataFrame, sliding: pd.DataFrame, fisher: pd.DataFrame, tit
     ax.set_xticks([0] + sorted(blurred["window_end"].astype(int).tolist()))
     ax.set(xlabel="blur removed at epoch T", ylabel="final test accuracy (%)")
     ax.legend(frameon=False, fontsize=8, loc="lower left")
-    row = effects.loc["removal"]
     ax.text(0.97, 0.72, _effect_text(row, f"T = {row['early']:g} vs {row['late']:g}"), transform=ax.transAxes,
             ha="right", va="top", fontsize=8)
+
+
+def plot(removal: pd.DataFrame, sliding: pd.DataFrame, fisher: pd.DataFrame, title: str = "digits") -> Figure:
+    """Three panels: the removal curve, the sliding-window drop against onset, the Fisher trace per layer."""
+    fig = Figure(figsize=(14.5, 4.4))
+    axes = fig.subplots(1, 3)
+    effects = early_late_effects(removal, sliding).set_index("curve")
+
+    _removal_panel(axes[0], removal, effects.loc["removal"], title)
 
     ax = axes[1]
     drops = paired_drops(sliding)

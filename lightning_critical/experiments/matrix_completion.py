@@ -26,12 +26,10 @@ the figures are :mod:`lightning_critical.plots.matrix_completion`, files are wri
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -42,6 +40,7 @@ from lightning_critical._namespace import pl
 from lightning_critical._output import write_outputs
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
 from lightning_critical.experiments._accelerator import accelerator_kwargs
+from lightning_critical.experiments._sweep_dir import sweep_dir
 from lightning_critical.experiments.matrix_completion_study import (
     PAPER_DEPTHS,
     PAPER_SWITCH_EPOCHS,
@@ -146,7 +145,7 @@ def matrix_completion_sweep(
     if return_history or logger is not False:
         return _fitted_here(job, k, progress, logger, return_history)
     execution = switch_sweep_execution(1, 1, k, dtype, num_threads, progress)
-    with _sweep_dir(None) as out:
+    with sweep_dir(None) as out:
         table = run_study(switch_sweep_study(**job), execution, Output(out=out, tensorboard=False, plot=False))
     return switch_table(table, None, [job]).drop(columns="seconds")
 
@@ -246,7 +245,7 @@ def matrix_completion_parameter_sweep(
     study = switch_sweep_study(parameter, values, **kwargs)
     execution = switch_sweep_execution(processes, len(values), fixed["sgd_steps_per_epoch"], fixed["dtype"],
                                        fixed["num_threads"])
-    with _sweep_dir(out) as directory:
+    with sweep_dir(out) as directory:
         table = run_study(study, execution, Output(out=directory, tensorboard=False, plot=False))
     return switch_table(table, parameter, jobs)
 
@@ -267,16 +266,6 @@ def switch_table(table: pd.DataFrame, parameter: str | None, jobs: Sequence[dict
         rows = rows.loc[[by_switch[t] for t in job["switch_epochs"]]]
         frames.append(_switch_frame(rows, job, table.attrs["metrics"]).assign(seconds=float(rows["seconds"].iloc[0])))
     return pd.concat(frames, ignore_index=True)
-
-
-@contextlib.contextmanager
-def _sweep_dir(out: str | os.PathLike | None) -> Iterator[str]:
-    """``out``, or a temporary directory for a sweep whose files the caller does not keep."""
-    if out is not None:
-        yield os.fspath(out)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        yield directory
 
 
 def _switch_frame(rows: pd.DataFrame, job: dict[str, Any], metrics: list[str]) -> pd.DataFrame:

@@ -16,11 +16,9 @@ Logs are the engine's: with a ``save_dir`` it is the sweep's ``out``, and each r
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_critical._output import write_outputs
+from lightning_critical.experiments._sweep_dir import sweep_dir
 from lightning_critical.experiments.pathway_study import (
     build_pathway_model,
     bundled_execution,
@@ -85,16 +84,6 @@ class PathwayRun:
     seconds: float
 
 
-@contextlib.contextmanager
-def _sweep_dir(save_dir: str | None) -> Iterator[str]:
-    """``save_dir``, or a temporary directory for a sweep whose files the caller does not keep."""
-    if save_dir is not None:
-        yield save_dir
-        return
-    with tempfile.TemporaryDirectory() as out:
-        yield out
-
-
 _RUN_DEFAULTS: dict[str, Any] = dict(
     depth=4, max_epochs=1000, mode="freeze", deprived="b", width=100, lr=0.01, init_scale=0.01, init_noise=0.1,
     nonlinearity=None, seed=0, every_n_steps=10, init_noise_draw="per_unit", independent_noise=False,
@@ -110,7 +99,7 @@ def _trajectory_runs(windows: Mapping[str, tuple[int, int] | None], save_dir: st
     theory = pathway_theory(args["max_epochs"], args["mode"], args["deprived"], args["seed"], **model_args)
     study = pathway_deficit_study(list(windows.values()), **args)
     runs = {}
-    with _sweep_dir(save_dir) as out:
+    with sweep_dir(save_dir) as out:
         rows = rows_by_window(run_study(study, bundled_execution(), Output(out=out, plot=False)))
         for label, window in windows.items():
             w = fitted(window, args["max_epochs"])
@@ -240,7 +229,7 @@ def deficit_onset_sweep(
     if sgd_onsets and depths:
         study = deficit_onset_study(depths, sgd_onsets, length, max_epochs=max_epochs, deprived=deprived, mode=mode,
                                     seed=seed, accelerator=accelerator, **model_kwargs)
-        with _sweep_dir(save_dir) as out:
+        with sweep_dir(save_dir) as out:
             table = run_study(study, bundled_execution(), Output(out=out, tensorboard=False, plot=False))
         _report_onsets(progress, table, sgd_onsets, length, max_epochs)
         shares = onset_measured(table, sgd_onsets, length, max_epochs, deprived)
