@@ -89,3 +89,14 @@ def test_switch_study_is_an_ordinary_study_whose_table_gives_the_sweep(tmp_path)
 def test_a_switch_grid_without_zero_drops_the_baseline_row():
     table = matrix_completion_sweep(depth=1, **{**MC, "switch_epochs": [200, 100]})
     assert list(table.switch_epoch) == [200, 100] and list(table.sgd_steps) == [300, 200]
+
+
+def test_an_experiment_run_again_in_its_directory_reuses_or_replaces_its_runs(tmp_path):
+    args: dict[str, Any] = dict(length=10, max_epochs=20, every_n_steps=10, save_dir=str(tmp_path), **NET)
+    first = early_middle_late({"early": 0}, **args)
+    results = (tmp_path / "results.jsonl").read_text()
+    pd.testing.assert_frame_equal(early_middle_late({"early": 0}, **args), first, check_exact=True)
+    assert (tmp_path / "results.jsonl").read_text() == results  # the second call trained nothing
+    changed = early_middle_late({"early": 0}, **{**args, "lr": 0.02})  # other settings: trained again, not refused
+    assert not changed.measured.equals(first.measured)
+    assert os.listdir(tmp_path / "replaced")  # the earlier results are set aside
