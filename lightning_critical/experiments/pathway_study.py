@@ -153,14 +153,15 @@ def bundled_execution() -> Execution:
 
 
 def _study(windows: Sequence[Window | None], max_epochs: int, mode: str, deprived: str, log_every: int,
-           accelerator: str, seed: int, model_kwargs: dict[str, Any]) -> Study:
+           accelerator: str, seed: int, model_kwargs: dict[str, Any], **fields: Any) -> Study:
+    """The study's fields shared by both experiments; ``fields``: the others (callbacks, params)."""
     grid = window_grid([(w.start, int(w.stop)) if w is not None else None for w in dict.fromkeys(windows)])
     return Study(
         model=functools.partial(pathway_net, **model_kwargs), datamodule=hierarchical_data,
         deficit=PathwayDeficit(deprived, window=(0, 1), mode=mode), windows=grid, metrics=final_mode_strengths,
         trainer={"max_epochs": max_epochs, "devices": 1, "log_every_n_steps": max(1, log_every),
                  **accelerator_kwargs(accelerator)},
-        seeds=[seed],
+        seeds=[seed], **fields,
     )
 
 
@@ -176,10 +177,9 @@ def pathway_deficit_study(windows: Sequence[WindowArg], *, max_epochs: int = 100
     directory holds the monitor's :data:`HISTORY_FILE`.
     """
     theory = pathway_theory(max_epochs, mode, deprived, seed, **model_kwargs)
-    study = _study([fitted(w, max_epochs) for w in windows], max_epochs, mode, deprived, every_n_steps, accelerator,
-                   seed, model_kwargs)
-    study.callbacks = functools.partial(trajectory_monitor, every_n_steps=every_n_steps, theory=theory)
-    return study
+    monitor = functools.partial(trajectory_monitor, every_n_steps=every_n_steps, theory=theory)
+    return _study([fitted(w, max_epochs) for w in windows], max_epochs, mode, deprived, every_n_steps, accelerator,
+                  seed, model_kwargs, callbacks=monitor)
 
 
 def deficit_onset_study(depths: Sequence[int], onsets: Sequence[int], length: int = 150, *, max_epochs: int = 1000,
@@ -192,7 +192,5 @@ def deficit_onset_study(depths: Sequence[int], onsets: Sequence[int], length: in
     """
     for depth in depths:
         pathway_theory(max_epochs, mode, deprived, seed, depth=depth, **model_kwargs)  # checks deprived
-    study = _study([fitted((t, t + length), max_epochs) for t in onsets], max_epochs, mode, deprived, max_epochs,
-                   accelerator, seed, model_kwargs)
-    study.params = {"depth": list(depths)}
-    return study
+    return _study([fitted((t, t + length), max_epochs) for t in onsets], max_epochs, mode, deprived, max_epochs,
+                  accelerator, seed, model_kwargs, params={"depth": list(depths)})
