@@ -23,15 +23,16 @@ from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import failures as _failures
 from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
-from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.audit import Audit, check_verify
+from lightning_critical.sweep.backends import workers as _workers
+from lightning_critical.sweep.dispatcher import Dispatcher
 from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.lock import SweepLock
+from lightning_critical.sweep.observers import standard_observers
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
-from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import (
     RunSpec,
     SweepSpec,
@@ -315,23 +316,21 @@ def run(
                 parent=node.parent, sweep_kind=kind,
             )
 
-        batches = make_batch = None
-        if not isinstance(runner, LightningRunner):
-            position = {rid: i for i, rid in enumerate(run_ids)}  # tasks in grid order: windows, params, seeds
-            units = runner.batches([make_task(n) for n in sorted(plan.nodes, key=lambda n: position[n.run_id])])
-            batches = [[t.run_id for t in unit] for unit in units]
-            tasks_by_id = {t.run_id: t for unit in units for t in unit}
+        position = {rid: i for i, rid in enumerate(run_ids)}  # tasks in grid order: windows, params, seeds
+        tasks = [make_task(n) for n in sorted(plan.nodes, key=lambda n: position[n.run_id])]
+        groups = [[t.run_id for t in group] for group in runner.batches(tasks)]  # the runner's units of work
 
-            def make_batch(job: list[Any]) -> Batch:
-                return Batch(runner, [tasks_by_id[n.run_id] for n in job])
+        def make_job(nodes: list[Any]) -> Batch:
+            return Batch(runner, [make_task(n) for n in nodes])
 
-        scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
-                              batches=batches, make_batch=make_batch, audit=auditor)
+        dispatcher = Dispatcher(plan, chosen, make_job, store=store, fields=fields, log_dirs=log_dirs, groups=groups,
+                                audit=auditor, observers=standard_observers(
+                                    store, log_dirs, progress=progress, keep_checkpoints=keep_checkpoints))
         with _namespace.exported():
-            scheduler.run()
+            dispatcher.run()
         latest = store.latest()
-        if errors == "raise" and scheduler.first_exception is not None:
-            raise _failures.materialize(scheduler.first_exception)
+        if errors == "raise" and dispatcher.first_exception is not None:
+            raise _failures.materialize(dispatcher.first_exception)
         if errors == "raise":
             failed = [latest[rid] for rid in run_ids if latest.get(rid, {}).get("status") == "failed"]
             if failed:
