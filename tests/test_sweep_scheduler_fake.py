@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from lightning_critical.sweep.audit import Audit, AuditWarning, compare_states, tolerance
-from lightning_critical.sweep.plan import PlanItem, make_plan
 from lightning_critical.sweep.dispatcher import Dispatcher
 from lightning_critical.sweep.observers import standard_observers
+from lightning_critical.sweep.plan import PlanItem, make_plan
 from lightning_critical.sweep.store import Store
 
 
