@@ -14,7 +14,9 @@ Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``build`` (a 
 ``execute`` (one run in this process), ``branch_state`` / ``branch_compare`` / ``branch_rngs``
 (what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit
 of work and how a worker runs it),
-``backends`` (serial, process, Executor, Ray), ``scheduler`` (the DAG on a backend), ``runners``
+``backends`` (serial, process, Executor, Ray; ``backends.workers``: worker start-up, the
+``__main__`` guard, dying with the parent), ``dispatcher`` (the DAG on a backend: ready -> submit
+-> collect -> retry), ``observers`` (store writer, checkpoint collector, log stitcher, progress), ``runners``
 (what trains the runs: the :class:`Runner` interface, one Lightning fit per run by default),
 ``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
 (the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live sweep per
@@ -22,8 +24,7 @@ directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
 table; its summary over seeds is :mod:`lightning_critical.curve`), ``study`` (the option groups
 ``Study`` / ``Execution`` / ``Output``), ``session`` (``run_study``: one sweep in steps), ``engine``
 (``run``, their convenience form),
-``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``workers`` (worker
-start-up, the ``__main__`` guard, dying with the parent), ``failures`` (a failed run's exception
+``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``failures`` (a failed run's exception
 brought back as itself).
 """
 
