@@ -272,7 +272,10 @@ def _bind_to_users_lightning(argv: Sequence[str]) -> None:
 
 
 def _cwd_importable() -> None:
-    """Put the current directory on ``sys.path`` (a console script's is its own), so ``class_path: mymodels.Net`` works."""
+    """Put the current directory on ``sys.path`` (a console script's holds its own folder).
+
+    So ``class_path: mymodels.Net`` finds ``./mymodels.py``, as ``python -m`` would.
+    """
     import os
 
     cwd = os.getcwd()

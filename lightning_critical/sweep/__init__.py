@@ -19,9 +19,10 @@ of work and how a worker runs it),
 (the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live sweep per
 directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
 table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
-``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``workers`` (worker
-start-up, the ``__main__`` guard, dying with the parent), ``failures`` (a failed run's exception
-brought back as itself).
+``config`` (YAML configs of the CLI, read into ``Study`` / ``Execution`` / ``Output``),
+``task_window`` (``TaskWindow``: a task switch placed in each window), ``metrics`` (ready-made
+final metrics), ``workers`` (worker start-up, the ``__main__`` guard, dying with the parent),
+``failures`` (a failed run's exception brought back as itself).
 """
 
 from lightning_critical.curve import summarize
@@ -37,6 +38,7 @@ from lightning_critical.sweep.runners import LightningRunner, Runner
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
 from lightning_critical.sweep.study import Execution, Output, Study, run_study
+from lightning_critical.sweep.task_window import TaskWindow
 
 __all__ = [
     "BranchRefused",
@@ -55,6 +57,7 @@ __all__ = [
     "SweepDirectoryError",
     "SweepLockedError",
     "SweepSpec",
+    "TaskWindow",
     "WindowGrid",
     "load",
     "make_plan",

@@ -111,7 +111,8 @@ def grid(value: Any) -> grids.WindowGrid:
     try:
         return makers[kind](**args)
     except TypeError as err:
-        raise ValueError(f"{kind}: {err}; its arguments are {list(inspect.signature(makers[kind]).parameters)}") from None
+        names = list(inspect.signature(makers[kind]).parameters)
+        raise ValueError(f"{kind}: {err}; its arguments are {names}") from None
 
 
 class CallbackFactory:
@@ -199,7 +200,7 @@ def _build(reader: ArgumentParser, cfg: Namespace) -> tuple[Study, Execution, Ou
         if cfg.get("study.windows") is not None:
             made["windows"] = grid(cfg["study.windows"])
         if study.callbacks is not None:
-            classes = [plain_factory(c) for c in study.callbacks]
+            classes = [plain_factory(c) for c in study.callbacks]  # type: ignore[attr-defined]  # YAML: a list
             made["callbacks"] = CallbackFactory(
                 [(c.func, dict(c.keywords)) if isinstance(c, functools.partial) else (c, {}) for c in classes])
         # rebuilt with the plain factories, so the dataclass checks what lc.sweep.run would get

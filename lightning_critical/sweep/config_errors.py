@@ -24,7 +24,7 @@ _GROUP = re.compile(r"Group '([\w.]+)' does not accept option '([\w.]+)'")
 _OPTION = re.compile(r"Option '([\w.]+)' is not accepted")
 _KEY = re.compile(r'Parser key "([\w.]+)":')
 _CLASS_PATH = re.compile(r"class_path='([\w.]+)'")
-_TYPE = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
+_TYPE = re.compile(r"(?:an? )?<class '(?:[\w.]+\.)?(\w+)'>")
 _GOT = re.compile(r"\.? ?Got value: (.*)$")
 
 
@@ -49,7 +49,8 @@ def one_line(err: BaseException, groups: dict[str, type]) -> str:
     if key is None:
         option = _OPTION.search(text)
         if option:
-            return f"{option.group(1)} is not a key of the config; valid keys: {sorted(groups)}"
+            section = option.group(1).split(".")[0]
+            return f"{section} is not a section of the config; valid sections: {sorted(groups)}"
         return text.strip().splitlines()[0] if text.strip() else repr(err)
     return _about_key(key.group(1), text[key.end():])
 
@@ -67,7 +68,8 @@ def _about_key(key: str, body: str) -> str:
         return _not_importable(key, class_path.group(1), _GOT.sub("", reason))
     nested = _KEY.search(reason)
     if nested:
-        return _about_key(f"{key}.init_args.{nested.group(1)}", reason[nested.end():].split(". Got value: Namespace")[0])
+        inner = reason[nested.end():].split(". Got value: Namespace")[0]
+        return _about_key(f"{key}.init_args.{nested.group(1)}", inner)
     got = _GOT.search(reason)
     value = f"={got.group(1).rstrip('.')}" if got else ""
     reason = _TYPE.sub(r"\1", _GOT.sub("", reason)).strip().rstrip(".")
