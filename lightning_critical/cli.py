@@ -255,6 +255,7 @@ def _class_paths(argv: Sequence[str]) -> list[str]:
                 found += _class_paths_in(yaml.safe_load(fh))
         except (OSError, ValueError, yaml.YAMLError):
             continue  # the parser reports unreadable configs itself
+    found = [p for p in found if _DOTTED.match(p)]  # a bare name (TensorBoardLogger) is the parser's to resolve
     return sorted(found, key=lambda p: p.startswith("lightning_critical."))  # stable: user classes first
 
 
