@@ -4,17 +4,21 @@
   CSV tables, PNG figures).
 * ``lightning-critical matrix-completion [--out DIR] [--depths 1 2 3] ...``: the paper's
   deep-matrix-completion figure (final test loss against task-switch epoch), PNG + CSV.
-* ``lightning-critical sweep --config CONFIG.yaml [--out DIR] [--backend B] [--set key=value]``:
-  a critical-period sweep (windows x seeds x swept values) from a YAML config such as
-  ``examples/configs/digits_blur_sweep.yaml``: results table, summary, curve (PNG and
-  TensorBoard), resumable.
+* ``lightning-critical sweep --config CONFIG.yaml [--out DIR] [--backend B] [--study.seeds [0,1] ...]``:
+  a critical-period sweep (windows x seeds x swept values) from a YAML config whose sections
+  ``study`` / ``execution`` / ``output`` are read into :class:`~lightning_critical.sweep.Study`,
+  ``Execution`` and ``Output`` (:mod:`lightning_critical.sweep.config`), e.g.
+  ``examples/configs/digits_blur_sweep.yaml``: results table, summary, curve, resumable.
 * ``lightning-critical plot RUN_DIR [--out DIR] [--metrics M ...] [--steps S ...] [--window NAME=START:END]``:
   figures of a run of your own from its log directory (the monitors' histories; deficit
   windows from TensorBoard's event file): one PNG per spectral metric over steps, the Fisher
   trace over epochs, singular-value spectra at chosen steps, in ``RUN_DIR/figures``.
 * ``lightning-critical fit --config CONFIG.yaml`` (and ``validate``/``test``/``predict``):
-  LightningCLI with any LightningModule / LightningDataModule given by ``class_path``, e.g.
-  the configs in ``examples/configs/``.
+  LightningCLI with any LightningModule / LightningDataModule given by ``class_path`` (``data``
+  optional: a model may bring its own dataloaders), e.g. the configs in ``examples/configs/``.
+
+Classes by ``class_path`` may live in the current directory (``mymodels.Net``). The reference is
+``docs/cli.md``.
 """
 
 from __future__ import annotations
