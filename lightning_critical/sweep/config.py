@@ -28,7 +28,6 @@ unless they fix one: the seed rule of :func:`~lightning_critical.sweep.spec.make
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -150,7 +149,7 @@ def parser(prog: str = "lightning-critical sweep") -> ArgumentParser:
     made.add_argument("--backend", type=str | None, help="serial, process or ray (default: the config's)")
     for name, group in GROUPS.items():
         typed = YAML_TYPES.get(name, {})
-        made.add_class_arguments(group, name, skip=set(typed))
+        made.add_class_arguments(group, name, skip=set(typed), instantiate=False)
         for field, hint in typed.items():
             made.add_argument(f"--{name}.{field}", type=hint, help=f"see {group.__name__}.{field}")
     return made
@@ -192,18 +191,23 @@ def _build(reader: ArgumentParser, cfg: Namespace) -> tuple[Study, Execution, Ou
                    if f.default is MISSING and f.default_factory is MISSING and cfg.get(f"{name}.{f.name}") is None]
         if missing:
             raise ConfigError(f"{name}.{missing[0]} is required: give it in the config's {name}: section.")
-    sections = Namespace({name: cfg.get(name) or Namespace() for name in GROUPS})
     try:
-        built = reader.instantiate(sections)
-        study: Study = built.study
-        made = {key: plain_factory(getattr(study, key)) for key in ("model", "datamodule", "deficit")}
-        if cfg.get("study.windows") is not None:
-            made["windows"] = grid(cfg["study.windows"])
-        if study.callbacks is not None:
-            classes = [plain_factory(c) for c in study.callbacks]  # type: ignore[attr-defined]  # YAML: a list
-            made["callbacks"] = CallbackFactory(
+        # jsonargparse builds the values (classes -> factories, runners, executors); the
+        # dataclasses are built once, here, from the final values, so they check what
+        # lc.sweep.run would get.
+        values = reader.instantiate(Namespace({name: cfg.get(name) or Namespace() for name in GROUPS}))
+        kwargs = {name: dict(values[name].items(branches=True, nested=False)) if values.get(name) else {}
+                  for name in GROUPS}
+        study = kwargs["study"]
+        for key in ("model", "datamodule", "deficit"):
+            if key in study:
+                study[key] = plain_factory(study[key])
+        if study.get("windows") is not None:
+            study["windows"] = grid(study["windows"])
+        if study.get("callbacks") is not None:
+            classes = [plain_factory(c) for c in study["callbacks"]]
+            study["callbacks"] = CallbackFactory(
                 [(c.func, dict(c.keywords)) if isinstance(c, functools.partial) else (c, {}) for c in classes])
-        # rebuilt with the plain factories, so the dataclass checks what lc.sweep.run would get
-        return dataclasses.replace(study, **made), built.execution, built.output
+        return Study(**study), Execution(**kwargs["execution"]), Output(**kwargs["output"])
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err).splitlines()[0] if str(err) else repr(err)) from None
