@@ -103,7 +103,11 @@ def test_the_config_and_the_same_study_in_python_give_one_table(tmp_path, capsys
 
 def test_read_config_builds_plain_factories_and_keeps_the_dataclass_defaults(tmp_path):
     config = _write(tmp_path / "digits.yaml", DIGITS)
-    study, execution, output = read_config(["--config", config, "--backend", "process", "--study.seeds", "[3, 4]"])
+    monitor = "{class_path: lightning_critical.FisherMonitor, init_args: {every_n_epochs: 2}}"
+    study, execution, output = read_config(["--config", config, "--backend", "process", "--study.seeds", "[3, 4]",
+                                            "--study.callbacks", f"[{monitor}]"])
+    assert study.callbacks.specs == [(lc.FisherMonitor, {"every_n_epochs": 2})]
+    assert [type(c) for c in study.callbacks()] == [lc.FisherMonitor]  # fresh callbacks for each run
     model, deficit = study.model, study.deficit
     assert isinstance(model, functools.partial) and isinstance(deficit, functools.partial)
     assert (model.func, model.args, model.keywords) == (lc.models.SmallCNN, (), {"channels": [4, 8]})  # no default
@@ -146,8 +150,9 @@ def test_a_model_from_the_current_directory_without_datamodule(user_cwd, capsys)
     ("study: {trainer: {max_epochs: 1}}", "study.model is required"),
     ("execution: {threads_per_run: two}", "execution.threads_per_run=two is not valid: expected int"),
     ("execution: {runner: {class_path: mymodels.Net}}", "execution.runner is not valid"),
+    ("study: [unclosed", "while parsing a flow sequence; in the config, line 1, column 8"),
 ], ids=["unknown-key", "unknown-section", "wrong-type", "missing-class", "missing-module", "unknown-argument",
-        "deficit-window", "bad-grid", "missing-model", "wrong-int", "not-a-runner"])
+        "deficit-window", "bad-grid", "missing-model", "wrong-int", "not-a-runner", "yaml-syntax"])
 def test_a_bad_config_is_one_line_with_exit_code_2(user_cwd, capsys, yaml, expected):
     config = _write(user_cwd / "bad.yaml", yaml + "\n")
     assert main(["sweep", "--config", config]) == 2

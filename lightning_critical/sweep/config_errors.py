@@ -51,7 +51,8 @@ def one_line(err: BaseException, groups: dict[str, type]) -> str:
         if option:
             section = option.group(1).split(".")[0]
             return f"{section} is not a section of the config; valid sections: {sorted(groups)}"
-        return text.strip().splitlines()[0] if text.strip() else repr(err)
+        lines = [line.strip().replace('"<unicode string>"', "the config") for line in text.splitlines()]
+        return "; ".join(line for line in lines if line) or repr(err)  # e.g. YAML syntax: what and where
     return _about_key(key.group(1), text[key.end():])
 
 
