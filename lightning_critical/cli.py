@@ -128,7 +128,7 @@ def _sweep(argv: Sequence[str]) -> int:
         args = ["--help"]
     _bind_to_users_lightning(args)
     from lightning_critical.sweep.config import ConfigError, read_config
-    from lightning_critical.sweep.study import run_study
+    from lightning_critical.sweep.session import run_study
 
     configs = _config_files(args)
     default_out = os.path.join("outputs", os.path.splitext(os.path.basename(configs[-1]))[0]) if configs else None

@@ -133,6 +133,10 @@ def test_a_model_from_the_current_directory_without_datamodule(user_cwd, capsys)
     assert frozen > baseline  # the frozen first epoch left the loss higher
 
 
+OWN = ("model: mymodels.Net, deficit: {class_path: lightning_critical.PathwayDeficit, init_args: {pathways: layer}}, "
+       "windows: [[0, 1]], metrics: [train_loss], trainer: {max_epochs: 1}")
+
+
 @pytest.mark.parametrize(("yaml", "expected"), [
     ("study: {window: [0, 1]}", "study.window is not a key of study; valid keys: ['model', 'datamodule'"),
     ("studies: {model: x}", "studies is not a section of the config; valid sections: ['execution', 'output', 'study']"),
@@ -151,8 +155,12 @@ def test_a_model_from_the_current_directory_without_datamodule(user_cwd, capsys)
     ("execution: {threads_per_run: two}", "execution.threads_per_run=two is not valid: expected int"),
     ("execution: {runner: {class_path: mymodels.Net}}", "execution.runner is not valid"),
     ("study: [unclosed", "while parsing a flow sequence; in the config, line 1, column 8"),
+    (f"study: {{{OWN}}}\nexecution: {{backend: serail}}",
+     "execution: backend='serail' is not valid; choose one of ('serial', 'process', 'ray')"),
+    (f"study: {{{OWN}}}\noutput: {{plot: val_acc}}", "plot='val_acc' is not valid; choose one of ('train_loss',)"),
 ], ids=["unknown-key", "unknown-section", "wrong-type", "missing-class", "missing-module", "unknown-argument",
-        "deficit-window", "bad-grid", "missing-model", "wrong-int", "not-a-runner", "yaml-syntax"])
+        "deficit-window", "bad-grid", "missing-model", "wrong-int", "not-a-runner", "yaml-syntax",
+        "bad-backend", "plot-not-a-metric"])
 def test_a_bad_config_is_one_line_with_exit_code_2(user_cwd, capsys, yaml, expected):
     config = _write(user_cwd / "bad.yaml", yaml + "\n")
     assert main(["sweep", "--config", config]) == 2

@@ -496,7 +496,7 @@ def test_a_notebook_cell_is_hashed_from_its_source(monkeypatch):
 def test_the_yaml_config_accepts_resume(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text("study: {model: lightning_critical.models.SmallCNN, windows: {removal: [1]},\n"
-                      "        metrics: [val_acc],\n"
+                      "        metrics: [val_acc], trainer: {max_epochs: 2},\n"
                       "        deficit: {class_path: lightning_critical.InputDeficit, init_args: {transform: blur}}}\n"
                       "execution: {resume: reuse}\n")
     assert read_config(["--config", str(config)])[1].resume == "reuse"

@@ -42,7 +42,7 @@ from lightning_critical.schedule import Window
 from lightning_critical.sweep import grids
 from lightning_critical.sweep.config_errors import ConfigError, one_line
 from lightning_critical.sweep.runners import Runner
-from lightning_critical.sweep.study import Execution, Output, Study
+from lightning_critical.sweep.study import Execution, Output, Study, check_together
 
 GROUPS: dict[str, type] = {"study": Study, "execution": Execution, "output": Output}
 
@@ -208,6 +208,16 @@ def _build(reader: ArgumentParser, cfg: Namespace) -> tuple[Study, Execution, Ou
             classes = [plain_factory(c) for c in study["callbacks"]]
             study["callbacks"] = CallbackFactory(
                 [(c.func, dict(c.keywords)) if isinstance(c, functools.partial) else (c, {}) for c in classes])
-        return Study(**study), Execution(**kwargs["execution"]), Output(**kwargs["output"])
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err).splitlines()[0] if str(err) else repr(err)) from None
+    made: dict[str, Any] = {}
+    for name, group in GROUPS.items():  # the dataclasses check their fields: one line, named by section
+        try:
+            made[name] = group(**kwargs[name])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {str(err).splitlines()[0] if str(err) else repr(err)}") from None
+    try:
+        check_together(made["study"], made["execution"], made["output"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return made["study"], made["execution"], made["output"]
