@@ -24,8 +24,10 @@ directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
 table; its summary over seeds is :mod:`lightning_critical.curve`), ``study`` (the option groups
 ``Study`` / ``Execution`` / ``Output``), ``session`` (``run_study``: one sweep in steps), ``engine``
 (``run``, their convenience form),
-``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``failures`` (a failed run's exception
-brought back as itself).
+``config`` (YAML configs of the CLI, read into ``Study`` / ``Execution`` / ``Output``),
+``task_window`` (``TaskWindow``: a task switch placed in each window), ``metrics`` (ready-made
+final metrics),
+``failures`` (a failed run's exception brought back as itself).
 """
 
 from lightning_critical.curve import summarize
@@ -42,6 +44,7 @@ from lightning_critical.sweep.session import run_study
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
 from lightning_critical.sweep.study import Execution, Output, Study
+from lightning_critical.sweep.task_window import TaskWindow
 
 __all__ = [
     "BranchRefused",
@@ -60,6 +63,7 @@ __all__ = [
     "SweepDirectoryError",
     "SweepLockedError",
     "SweepSpec",
+    "TaskWindow",
     "WindowGrid",
     "load",
     "make_plan",
