@@ -21,6 +21,7 @@ from lightning_critical.sweep.audit import Audit, AuditWarning, compare_states, 
 from lightning_critical.sweep.plan import PlanItem, make_plan
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.store import Store
+from lightning_critical.sweep.units import Job, run_unit
 
 
 @dataclass
@@ -45,6 +46,9 @@ class FakeRunner:
         self.drift, self.twin_sleep = drift, twin_sleep
         self.interrupt_twins, self.fail_twins = interrupt_twins, fail_twins
         self.calls: list[tuple[str, int, bool]] = []  # (run id, branch epoch, is a twin)
+
+    def run(self, tasks: list[FakeTask]) -> list[dict[str, Any]]:
+        return [self(task) for task in tasks]
 
     def __call__(self, task: FakeTask) -> dict[str, Any]:
         twin = f"{os.sep}audit{os.sep}" in task.out + os.sep
@@ -83,11 +87,11 @@ class FakeBackend:
         self.max_in_flight = None
         self.pool = cf.ThreadPoolExecutor(threads) if threads else None
 
-    def submit(self, task: Any) -> cf.Future:
+    def submit(self, job: Job) -> cf.Future:
         if self.pool is not None:
-            return self.pool.submit(self.runner, task)
+            return self.pool.submit(run_unit, job)
         future: cf.Future = cf.Future()
-        future.set_result(self.runner(task))
+        future.set_result(run_unit(job))
         return future
 
     def restart(self) -> bool:
@@ -120,7 +124,10 @@ def _run(out: Any, runner: FakeRunner, verify: int | None = 1, items: list = ITE
                         {k: store.checkpoint_path(key) for k, key in node.save_keys.items()}, node.parent)
 
     fields = {rid: {"run_id": rid, "label": rid} for rid, _, _ in items}
-    scheduler = Scheduler(plan, make_task, store, FakeBackend(runner, threads), fields, dict.fromkeys(fields),
+    def make_job(nodes: list[Any]) -> Job:
+        return Job(runner, [make_task(n) for n in nodes])
+
+    scheduler = Scheduler(plan, make_job, store, FakeBackend(runner, threads), fields, dict.fromkeys(fields),
                           progress=False, keep_checkpoints=keep, audit=Audit(verify, store.out, latest))
     scheduler.run()
     return scheduler, store.latest()

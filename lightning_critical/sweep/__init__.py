@@ -10,12 +10,12 @@ one tidy row per run; :func:`summarize` adds means, standard errors and drops ve
 baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`run`.
 
 Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
-``execute`` (one run in this process), ``branch_state`` / ``branch_compare`` / ``branch_rngs``
-(what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit
-of work and how a worker runs it),
-``backends`` (serial, process, Executor, Ray), ``scheduler`` (the DAG on a backend), ``runners``
-(what trains the runs: the :class:`Runner` interface, one Lightning fit per run by default),
-``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
+``runners`` (what trains the runs: the :class:`Runner` contract and the one run envelope;
+``runners.lightning``, one Lightning fit per run by default, with ``runners.branching``: what a
+branched run inherits and the check that it may, exact or refused; ``runners.ensemble``, all
+runs of a seed as one vectorized factorization ensemble), ``units`` (a job: a runner and its
+tasks, and how a worker runs it), ``backends`` (serial, process, Executor, Ray), ``scheduler``
+(the DAG on a backend), ``store``
 (the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live sweep per
 directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
 table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
@@ -26,14 +26,12 @@ brought back as itself).
 
 from lightning_critical.curve import summarize
 from lightning_critical.sweep import metrics
-from lightning_critical.sweep.branch_state import BranchRefused
 from lightning_critical.sweep.engine import load, run
-from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
 from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
 from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
-from lightning_critical.sweep.runners import LightningRunner, Runner
+from lightning_critical.sweep.runners import BranchRefused, FactorizationEnsembleRunner, LightningRunner, Runner
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
 from lightning_critical.sweep.study import Execution, Output, Study, run_study

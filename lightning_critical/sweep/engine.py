@@ -25,12 +25,13 @@ from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units
 from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.audit import Audit, check_verify
-from lightning_critical.sweep.execute import RESERVED_TRAINER, Task, isolated, quiet
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.plan import PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
-from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, check_runner
+from lightning_critical.sweep.runners import RUNNER_OPTIONS, LightningRunner, Task, check_runner
+from lightning_critical.sweep.runners.isolation import isolated, quiet
+from lightning_critical.sweep.runners.lightning import RESERVED_TRAINER
 from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.spec import (
     RunSpec,
@@ -43,7 +44,7 @@ from lightning_critical.sweep.spec import (
 )
 from lightning_critical.sweep.store import IDENTITY, RESUME, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.table import check_columns, order_records, plan_axes, run_fields, to_table
-from lightning_critical.sweep.units import Batch
+from lightning_critical.sweep.units import Job, job_groups
 
 MetricsArg = str | Callable[..., Mapping[str, float]] | Sequence[str | Callable[..., Mapping[str, float]]]
 
@@ -101,7 +102,7 @@ def run(
     Every argument is checked before anything trains. Runs whose schedules agree up to epoch
     ``k`` share that prefix: it trains once and the others branch from its checkpoint, ending
     bitwise equal to a run trained from scratch on CPU, or refusing the branch before training
-    (see :mod:`lightning_critical.sweep.branch_state` for what is carried, compared and refused).
+    (see :mod:`lightning_critical.sweep.runners.branching.state` for what is carried, compared and refused).
     Results are appended to ``<out>/results.jsonl`` as runs finish: calling ``run`` again with
     the same arguments skips finished runs and retries failed ones, and adding seeds, windows or
     swept values runs only the new runs.
@@ -258,7 +259,7 @@ def run(
         model=model, datamodule=datamodule, deficit=deficit, callbacks=callbacks, trainer=trainer_kwargs,
         metrics=tuple(metric_list), test=bool(test), threads_per_run=threads, steps_per_epoch=steps_per_epoch,
         save_model=bool(save_model), tensorboard=bool(tensorboard),
-        runner=None if isinstance(runner, LightningRunner) else runner,
+        runner=None if type(runner) is LightningRunner else runner,  # a subclass is part of the identity
     )
     runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
             for entry in grid for combo in combos for seed in seed_list]
@@ -315,18 +316,15 @@ def run(
                 parent=node.parent, sweep_kind=kind,
             )
 
-        batches = make_batch = None
-        if not isinstance(runner, LightningRunner):
-            position = {rid: i for i, rid in enumerate(run_ids)}  # tasks in grid order: windows, params, seeds
-            units = runner.batches([make_task(n) for n in sorted(plan.nodes, key=lambda n: position[n.run_id])])
-            batches = [[t.run_id for t in unit] for unit in units]
-            tasks_by_id = {t.run_id: t for unit in units for t in unit}
+        position = {rid: i for i, rid in enumerate(run_ids)}  # grid order: windows, params, seeds
+        order = plan.nodes if runner.shares_prefixes else sorted(plan.nodes, key=lambda n: position[n.run_id])
+        batches = job_groups(runner, [make_task(n) for n in order])  # plan order: a parent before its branches
 
-            def make_batch(job: list[Any]) -> Batch:
-                return Batch(runner, [tasks_by_id[n.run_id] for n in job])
+        def make_job(nodes: list[Any]) -> Job:  # every unit of work: the runner's run(tasks), default runner too
+            return Job(runner, [make_task(n) for n in nodes])
 
-        scheduler = Scheduler(plan, make_task, store, chosen, fields, log_dirs, progress, keep_checkpoints,
-                              batches=batches, make_batch=make_batch, audit=auditor)
+        scheduler = Scheduler(plan, make_job, store, chosen, fields, log_dirs, progress, keep_checkpoints,
+                              batches=batches, audit=auditor)
         with _namespace.exported():
             scheduler.run()
         latest = store.latest()

@@ -9,9 +9,9 @@
   pool one at a time, so the run that kills its worker is found and recorded as failed and the
   others finish.
 * Ctrl-C stops the workers and re-raises; whatever finished is on disk.
-* With ``batches`` (a runner that trains several runs as one unit of work, e.g. the
-  factorization ensemble), each batch is submitted as one
-  :class:`~lightning_critical.sweep.units.Batch` whose result is one record per run.
+* Every unit of work is ``make_job(nodes)``, a :class:`~lightning_critical.sweep.units.Job`
+  (the runner and its tasks: one per job unless ``batches`` groups them, e.g. the factorization
+  ensemble) whose result is one record per run.
 * Once a branched run and its parent have both finished, the parent's logs before the branch
   are copied into the run's log directory; a checkpoint whose runs all finished is deleted.
 * A run whose record says ``status="refused"`` (it cannot branch exactly from its parent,
@@ -36,10 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning_critical.sweep.audit import Audit, Twin
-from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.failures import carry
 from lightning_critical.sweep.logs import copy_prefix
 from lightning_critical.sweep.plan import Node, Plan
+from lightning_critical.sweep.runners.base import MetricNotFound
 from lightning_critical.sweep.store import Store
 from lightning_critical.sweep.table import refuse_colliding_metrics
 from lightning_critical.sweep.workers import WorkerDied, WorkerStartupError
@@ -50,12 +50,12 @@ class SweepAborted(RuntimeError):
 
 
 class Scheduler:
-    """Execute ``plan`` on ``backend``; ``make_task(node)`` builds what a worker runs, ``fields`` the run columns."""
+    """Execute ``plan`` on ``backend``; ``make_job(nodes)`` builds what a worker runs, ``fields`` the run columns."""
 
     def __init__(
         self,
         plan: Plan,
-        make_task: Callable[[Node], Any],
+        make_job: Callable[[list[Node]], Any],
         store: Store,
         backend: Any,
         fields: dict[str, dict[str, Any]],
@@ -64,11 +64,10 @@ class Scheduler:
         keep_checkpoints: bool = False,
         poll_seconds: float = 0.05,
         batches: list[list[str]] | None = None,
-        make_batch: Callable[[list[Node]], Any] | None = None,
         audit: Audit | None = None,
     ) -> None:
         self.plan = plan
-        self.make_task = make_task
+        self.make_job = make_job
         self.store = store
         self.backend = backend
         self.fields = fields
@@ -76,12 +75,12 @@ class Scheduler:
         self.keep_checkpoints = keep_checkpoints
         self.poll = poll_seconds
         self.ids = {n.run_id for n in plan.nodes}
-        self.make_batch = make_batch
         if batches is None:
             self.pending: list[list[Node]] = [[n] for n in plan.nodes]
         else:
             by_id = plan.by_id()
             self.pending = [[by_id[rid] for rid in batch] for batch in batches if batch]
+        self.single = all(len(job) == 1 for job in self.pending)  # one run per job: the audit may retrain it
         # concurrent.futures.Future, or any object with done() and result() -> the job's nodes
         self.running: dict[Any, list[Node]] = {}
         self.first_exception: BaseException | None = None
@@ -103,7 +102,7 @@ class Scheduler:
         self.sharing_off = False
         self.jumped = False  # work was put first in line: _fill starts a new pass
         self.audit.rank(plan.nodes, list(fields))  # which branched runs to audit: from the plan, most at risk first
-        if make_batch is None:
+        if self.single:
             for job in list(self.pending):  # audits interrupted in an earlier call: only their twins remain
                 twin = self.audit.resume(job[0])
                 if twin is not None:
@@ -183,12 +182,11 @@ class Scheduler:
         return False
 
     def _work(self, job: list[Node]) -> Any:
-        if self.make_batch is not None:
-            return self.make_batch(job)
-        node = job[0]
-        if isinstance(node, Twin):
-            return self.audit.twin_task(self.make_task(node))
-        return self.audit.prepare(node, self.make_task(node))
+        work = self.make_job(job)
+        if self.single:
+            node, task = job[0], work.tasks[0]
+            work.tasks = [self.audit.twin_task(task) if isinstance(node, Twin) else self.audit.prepare(node, task)]
+        return work
 
     def _first(self, job: list[Node]) -> None:
         self.pending.insert(0, job)
@@ -309,7 +307,7 @@ class Scheduler:
             self._first([twin])  # the audit's verdict before more runs branch
             return
         self._store(full)
-        if full["status"] == "ok" and full.get("branch_epoch") and self.make_batch is None:
+        if full["status"] == "ok" and full.get("branch_epoch") and self.single:
             self.branched_done.append(node)
         self._fallbacks()
 
@@ -366,7 +364,7 @@ class Scheduler:
         self.branched_done.clear()
         queued = {n.run_id for job in self.pending for n in job} | {n.run_id for job in self.running.values()
                                                                     for n in job}
-        if self.make_batch is None:
+        if self.single:
             again += [Node(rid, epochs) for rid, epochs in self.audit.unverified()
                       if rid in self.fields and rid not in queued and rid not in self.done]
         for node in again:
