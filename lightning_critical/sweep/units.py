@@ -2,9 +2,11 @@
 
 Every unit is a :class:`Job`: a runner and the tasks it trains at once (one task per job for
 the default runner). :func:`run_unit` runs one by calling ``runner.run(tasks)``, the only way
-anything trains; :func:`dumps` / :func:`run_payload` carry it to a worker process or a Ray task
-and back. :func:`job_groups` checks a runner's grouping of the planned runs into jobs.
-Backends know nothing else of runners or training.
+anything trains (a ``run`` that raises makes every task of the job ``"failed"`` with that
+error, as :func:`~lightning_critical.sweep.runners.base.envelope` would); :func:`dumps` /
+:func:`run_payload` carry it to a worker process or a Ray task and back. :func:`job_groups`
+checks a runner's grouping of the planned runs into jobs. Backends know nothing else of
+runners or training.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from lightning_critical.sweep.runners.base import failed
 
 
 @dataclass
@@ -36,7 +40,10 @@ def run_unit(job: Job) -> list[dict[str, Any]]:
     """
     if not isinstance(job, Job):
         raise TypeError(f"a backend was given {type(job).__name__}, not a units.Job (a runner and its tasks).")
-    records = job.runner.run(job.tasks)
+    try:
+        records = job.runner.run(job.tasks)
+    except Exception as err:  # the whole job could not run: each of its runs failed, with this error
+        return failed(job.tasks, err)
     if isinstance(records, (Mapping, str, bytes)) or not isinstance(records, Sequence):
         raise TypeError(f"runner {getattr(job.runner, 'name', job.runner)!r}: run(tasks) returned "
                         f"{type(records).__name__}, not a list of records (one per task, in order).")

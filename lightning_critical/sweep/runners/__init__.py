@@ -71,6 +71,7 @@ from lightning_critical.sweep.runners.base import (
     Runner,
     Task,
     envelope,
+    failed,
     record,
 )
 from lightning_critical.sweep.runners.ensemble import FactorizationEnsembleRunner
@@ -86,6 +87,7 @@ __all__ = [
     "Task",
     "check_runner",
     "envelope",
+    "failed",
     "record",
 ]
 

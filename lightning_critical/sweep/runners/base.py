@@ -181,18 +181,37 @@ def envelope(tasks: Any, train: Callable[[Any], Any]) -> Any:
         except BranchRefused as err:  # the sweep trains these runs from scratch and records why
             records = [_base(t, "refused", {"refused": err.reason, "error": str(err)}) for t in group]
         except Exception as err:
-            error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
-            carried = carry(err, _labels(group))
-            records = [_base(t, "failed", {"error": error, "exception": carried}) for t in group]
+            records = failed(group, err)
     seconds = time.perf_counter() - start
     for rec in records:
         rec["seconds"] = seconds
     return records[0] if single else records
 
 
+def failed(tasks: Sequence[Any], err: Exception) -> list[dict[str, Any]]:
+    """The ``"failed"`` records of ``tasks`` that ``err`` stopped (call it in the ``except`` that caught ``err``).
+
+    Each holds the error with its traceback and the exception carried for ``errors="raise"``.
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> spec = SimpleNamespace(threads_per_run=1, tensorboard=False)
+        >>> try:
+        ...     raise KeyError("lr")
+        ... except KeyError as err:
+        ...     rec = failed([Task(spec, None, "r1", "w0-1_seed0", "out", epochs=3)], err)[0]
+        >>> rec["status"], rec["error"].splitlines()[0]
+        ('failed', "KeyError: 'lr'")
+    """
+    error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
+    carried = carry(err, _labels(tasks))
+    return [_base(t, "failed", {"error": error, "exception": carried}) for t in tasks]
+
+
 def _base(task: Any, status: str, fields: Fields) -> dict[str, Any]:
-    out = record(task, status, branch_epoch=task.branch_epoch, parent=task.parent, log_dir=task.log_dir,
-                 pid=os.getpid())
+    out = record(task, status, branch_epoch=getattr(task, "branch_epoch", 0), parent=getattr(task, "parent", None),
+                 log_dir=getattr(task, "log_dir", None), pid=os.getpid())
     out.update(fields)
     return out
 
