@@ -316,9 +316,10 @@ def run(
                 parent=node.parent, sweep_kind=kind,
             )
 
-        position = {rid: i for i, rid in enumerate(run_ids)}  # grid order: windows, params, seeds
+        # plan order when sharing prefixes (a parent before its branches), else grid order (windows, params, seeds)
+        position = {rid: i for i, rid in enumerate(run_ids)}
         order = plan.nodes if runner.shares_prefixes else sorted(plan.nodes, key=lambda n: position[n.run_id])
-        batches = job_groups(runner, [make_task(n) for n in order])  # plan order: a parent before its branches
+        batches = job_groups(runner, [make_task(n) for n in order])
 
         def make_job(nodes: list[Any]) -> Job:  # every unit of work: the runner's run(tasks), default runner too
             return Job(runner, [make_task(n) for n in nodes])
