@@ -160,8 +160,8 @@ def envelope(tasks: Any, train: Callable[[Any], Any]) -> Any:
         >>> task = Task(spec, None, "r1", "w0-1_seed0", "out", epochs=3)
         >>> envelope(task, lambda t: {"metrics": {"loss": 0.5}})["status"]
         'ok'
-        >>> failed = envelope([task], lambda ts: 1 / 0)[0]
-        >>> failed["status"], failed["error"].splitlines()[0]
+        >>> rec = envelope([task], lambda ts: 1 / 0)[0]
+        >>> rec["status"], rec["error"].splitlines()[0]
         ('failed', 'ZeroDivisionError: division by zero')
     """
     single = isinstance(tasks, Task) or not isinstance(tasks, Sequence)
