@@ -17,10 +17,10 @@ import pytest
 
 from lightning_critical.sweep.audit import Twin
 from lightning_critical.sweep.dispatcher import Dispatcher, SweepAborted
-from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.observers import CheckpointCollector, LogStitcher, Observer, Progress, StoreWriter
 from lightning_critical.sweep.plan import Node, PlanItem, make_plan
 from lightning_critical.sweep.readiness import Start, from_scratch, readiness, retarget
+from lightning_critical.sweep.runners.base import MetricNotFound
 from lightning_critical.sweep.store import Store
 
 # c branches from p after 1 epoch; x and y train from scratch (other groups)

@@ -52,6 +52,9 @@ class FakeRunner:
         self.interrupt_twins, self.fail_twins = interrupt_twins, fail_twins
         self.calls: list[tuple[str, int, bool]] = []  # (run id, branch epoch, is a twin)
 
+    def run(self, tasks: list[FakeTask]) -> list[dict[str, Any]]:
+        return [self(task) for task in tasks]
+
     def __call__(self, task: FakeTask) -> dict[str, Any]:
         twin = f"{os.sep}audit{os.sep}" in task.out + os.sep
         self.calls.append((task.run_id, task.branch_epoch, twin))

@@ -1,7 +1,7 @@
 """The exactness audit: retrain some branched runs from scratch and compare final weights and metrics (pure torch).
 
 A branched run is meant to end as the same run trained from scratch would. The engine captures
-what it knows of (:mod:`lightning_critical.sweep.execute`), but a model may hold state the
+what it knows of (:mod:`lightning_critical.sweep.runners.branching`), but a model may hold state the
 engine cannot see; the audit is the safety net. ``lc.sweep.run(verify=...)`` chooses how many
 branched runs are audited: ``"first"`` (default: one), an integer ``n``, ``"all"``, or
 ``False`` / ``"none"``. Which ones comes from the plan, never from which run finishes first

@@ -40,11 +40,11 @@ from typing import Any
 
 from lightning_critical.sweep.audit import Audit, Twin
 from lightning_critical.sweep.backends.workers import WorkerDied, WorkerStartupError
-from lightning_critical.sweep.execute import MetricNotFound
 from lightning_critical.sweep.failures import carry
 from lightning_critical.sweep.observers import Observer
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.readiness import Start, from_scratch, readiness, retarget
+from lightning_critical.sweep.runners.base import MetricNotFound
 from lightning_critical.sweep.store import Store
 from lightning_critical.sweep.table import refuse_colliding_metrics
 

@@ -41,17 +41,17 @@ from lightning_critical.sweep.audit import Audit
 from lightning_critical.sweep.backends import workers as _workers
 from lightning_critical.sweep.build import build_callbacks, build_deficits
 from lightning_critical.sweep.dispatcher import Dispatcher
-from lightning_critical.sweep.execute import Task, isolated, quiet
 from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.observers import standard_observers
 from lightning_critical.sweep.plan import Plan, PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
-from lightning_critical.sweep.runners import LightningRunner
+from lightning_critical.sweep.runners import LightningRunner, Task
+from lightning_critical.sweep.runners.isolation import isolated, quiet
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, identity_of, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.study import Execution, Output, Study, check_together
 from lightning_critical.sweep.table import plan_axes, run_fields, to_table
-from lightning_critical.sweep.units import Batch
+from lightning_critical.sweep.units import Job, job_groups
 
 __all__ = ["Session", "run_study", "totals"]
 
@@ -148,7 +148,7 @@ class Session:
             trainer=self.trainer, metrics=tuple(self.metrics), test=bool(study.test),
             threads_per_run=self.execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
             save_model=bool(self.output.save_model), tensorboard=self.tensorboard,
-            runner=None if isinstance(self.runner, LightningRunner) else self.runner,
+            runner=None if type(self.runner) is LightningRunner else self.runner,  # a subclass is part of the identity
         )
 
     def build_first_run(self) -> dict[str, list[type]]:
@@ -247,13 +247,17 @@ class Session:
 
     def make_groups(self) -> list[list[str]]:
         """The runner's units of work (its ``batches`` of the tasks in grid order), as lists of run ids."""
-        position = {rid: i for i, rid in enumerate(self.run_ids)}  # tasks in grid order: windows, params, seeds
-        nodes = sorted(self.plan.nodes, key=lambda n: position[n.run_id])
-        return [[t.run_id for t in unit] for unit in self.runner.batches([self.make_task(n) for n in nodes])]
+        # plan order when sharing prefixes (a parent before its branches), else grid order (windows, params, seeds)
+        position = {rid: i for i, rid in enumerate(self.run_ids)}
+        nodes = list(self.plan.nodes)
+        if not self.runner.shares_prefixes:
+            nodes.sort(key=lambda n: position[n.run_id])
+        return job_groups(self.runner, [self.make_task(n) for n in nodes])
 
-    def make_job(self, nodes: list[Any]) -> Batch:
-        """The unit of work a backend runs: the runner and the tasks of ``nodes`` (built when submitted)."""
-        return Batch(self.runner, [self.make_task(n) for n in nodes])
+    def make_job(self, nodes: list[Any]) -> Job:
+        """The unit of work a backend runs, for every runner: ``runner.run`` of the tasks of ``nodes`` (built when
+        submitted, so a retargeted node is honoured)."""
+        return Job(self.runner, [self.make_task(n) for n in nodes])
 
     def make_dispatcher(self) -> Dispatcher:
         """The dispatcher of the plan on the backend, with the store writer, log stitcher, checkpoint collector

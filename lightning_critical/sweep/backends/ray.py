@@ -26,7 +26,7 @@ have to agree with ours. So a run is a task, and a Ray cluster is just more work
 * **Retries:** ``max_retries`` re-executes a run whose worker process died (killed, out of
   memory, a lost node); after the last one the run is recorded as failed and the sweep goes
   on. A run that raises is not retried by Ray: it is recorded with its error at once
-  (:func:`lightning_critical.sweep.execute.execute` returns it), and rerunning the sweep
+  (:func:`lightning_critical.sweep.runners.base.envelope` makes it), and rerunning the sweep
   retries it.
 * **Code on the workers:** the driver's ``sys.path`` is appended to each worker's, so
   factories in the caller's own modules are found as with the ``"process"`` backend; on a
