@@ -33,7 +33,7 @@ from lightning_critical.sweep.branch_state import BranchRefused
 from lightning_critical.sweep.engine import load, run
 from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
 from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
-from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
+from lightning_critical.sweep.grids import CleanEpochsWarning, GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import LightningRunner, Runner
@@ -44,6 +44,7 @@ from lightning_critical.sweep.study import Execution, Output, Study
 
 __all__ = [
     "BranchRefused",
+    "CleanEpochsWarning",
     "Execution",
     "Output",
     "Study",
