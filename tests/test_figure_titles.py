@@ -49,8 +49,9 @@ def tables(tmp_path_factory: Any) -> dict[str, Any]:
         "sliding": _sweep(root / "sliding", windows=lc.sweep.sliding([0, 1], length=1)),
         "one_seed": _sweep(root / "one", seeds=[0]),
         "switch": lc.sweep.run(dmf, switch_data, deficit=pretrain_until,
-                               windows=lc.sweep.removal([2, 4], epochs_after=3), metrics="train_loss", trainer=CPU, seeds=[0, 1], out=str(root / "switch"),
-                               backend="serial", tensorboard=False, plot=False, progress=False),
+                               windows=lc.sweep.removal([2, 4], epochs_after=3), metrics="train_loss", trainer=CPU,
+                               seeds=[0, 1], out=str(root / "switch"), backend="serial", tensorboard=False,
+                               plot=False, progress=False),
     }
 
 
