@@ -200,7 +200,8 @@ def uneven_clean_epochs(grid: WindowGrid, max_epochs: int) -> str | None:
         return None
     shown = ", ".join(f"{label}: {n}" for label, n in after.items())
     maker = {"removal": "removal", "sliding": "sliding"}.get(grid.kind)
-    remedy = (f"lc.sweep.{maker}(..., epochs_after=N) trains each run N clean epochs after its window"
+    remedy = (f"lc.sweep.{maker}(..., epochs_after=N) (a CLI config: windows: {{{maker}: {{..., epochs_after: N}}}}) "
+              "trains each run N clean epochs after its window"
               if maker else "give each GridEntry its own max_epochs (window end + the clean epochs)")
     message = (f"windows get different numbers of clean epochs under max_epochs={max_epochs} ({shown} clean "
                f"epochs after the window): a late window's smaller effect may only be its shorter recovery. "
