@@ -192,3 +192,10 @@ def test_a_sweep_warns_once_before_training_and_epochs_after_sets_every_runs_len
     assert not [w for w in caught if issubclass(w.category, CleanEpochsWarning)]
     assert dict(zip(table["label"], table["epochs"], strict=True)) == {
         "baseline_seed0_4ep": 4, "w0-1_seed0": 3, "w1-2_seed0": 4}  # onset + 1 + 2; the baseline as the latest
+
+
+def test_a_table_without_runs_draws_an_empty_curve_and_says_so(tables):
+    empty = tables["removal"].iloc[:0]
+    ax = lc.plots.plot_critical_period_curve(empty, "norm_b").axes[0]
+    assert ax.get_title().splitlines()[1] == "no finished run with a finite value"
+    assert [len(line.get_xdata()) for line in ax.lines] == [0]

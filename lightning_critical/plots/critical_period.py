@@ -151,13 +151,14 @@ def plot_critical_period_curve(
 
 def _draw_group(ax: Axes, part: pd.DataFrame, x: str, color: Any, text: CurveText, name: str) -> None:
     """One line of the curve with its ± s.e. band (none for one seed), and its baseline: a dashed line in a band."""
-    curve = part[~part["baseline"]].sort_values(x)
+    baseline = part["baseline"].astype(bool)  # an empty summary's column is of objects: ~ would not be a mask
+    curve = part[~baseline].sort_values(x)
     curve = curve[np.isfinite(curve["mean"].to_numpy(float))]  # windows left without a value are marked apart
     xs, mean, sem = curve[x].to_numpy(float), curve["mean"].to_numpy(float), curve["sem"].to_numpy(float)
     ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{text.curve}{name}")
     if np.isfinite(sem).any():  # one seed has no standard error: no band rather than a band of width 0
         ax.fill_between(xs, mean - np.nan_to_num(sem), mean + np.nan_to_num(sem), color=color, alpha=0.25, lw=0)
-    base = part[part["baseline"]]
+    base = part[baseline]
     if len(base) and np.isfinite(float(base["mean"].iloc[0])):
         b_mean, b_sem = float(base["mean"].iloc[0]), float(base["sem"].iloc[0])
         ax.axhline(b_mean, color=color, ls="--", lw=1, label=f"{text.baseline}{name}")
