@@ -37,7 +37,7 @@ from lightning_critical.curve import summarize
 from lightning_critical.sweep import metrics
 from lightning_critical.sweep.engine import load, run
 from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
-from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
+from lightning_critical.sweep.grids import CleanEpochsWarning, GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import BranchRefused, FactorizationEnsembleRunner, LightningRunner, Runner
@@ -49,6 +49,7 @@ from lightning_critical.sweep.task_window import TaskWindow
 
 __all__ = [
     "BranchRefused",
+    "CleanEpochsWarning",
     "Execution",
     "Output",
     "Study",

@@ -39,7 +39,7 @@ from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units as _units
 from lightning_critical.sweep.audit import Audit
 from lightning_critical.sweep.backends import workers as _workers
-from lightning_critical.sweep.build import build_callbacks, build_deficits
+from lightning_critical.sweep.build import build_callbacks, build_deficits, intervention
 from lightning_critical.sweep.dispatcher import Dispatcher
 from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.observers import standard_observers
@@ -276,6 +276,7 @@ class Session:
         records = [self.latest.get(rid, {**self.fields[rid], "status": "pending"}) for rid in self.run_ids]
         table = to_table(records, params=[k for k, _ in self.combos[0]], metrics=_metric_names(self.metrics, records))
         table.attrs.update(totals(table), sweep=self.identity, kind=self.grid.kind, out=self.store.out,
+                           intervention=intervention(self.spec, self.runs),
                            **self.reuse_note, audit=self.auditor.summary(records, self.execution.verify))
         self.auditor.report(table.attrs["audit"])
         return table
