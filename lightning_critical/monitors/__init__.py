@@ -2,6 +2,7 @@
 
 from lightning_critical.history import read_history
 from lightning_critical.monitors.fisher_monitor import FisherMonitor
+from lightning_critical.monitors.reliance_monitor import RelianceMonitor
 from lightning_critical.monitors.spectral_monitor import SpectralMonitor
 
-__all__ = ["FisherMonitor", "SpectralMonitor", "read_history"]
+__all__ = ["FisherMonitor", "RelianceMonitor", "SpectralMonitor", "read_history"]
