@@ -178,3 +178,57 @@ def test_sweep_metric_factories_measure_a_trained_model() -> None:
                                                                          "reliance/fisher_share/b"}
     rsv = metrics.relative_source_variance(layer="fusion", max_examples=32, fixed=4)(trainer, net)
     assert -1 <= rsv["reliance/rsv/mean"] <= 1
+
+
+# -- validation: early / late deficits ---------------------------------------------------------------------------
+def _linear_run(window: tuple[int, int] | None) -> dict[str, float]:
+    dm = lc.data.HierarchicalDataModule()
+    net = lc.models.MultiPathwayLinearNet(depth=3, width=16, lr=0.05)
+    deficits = [lc.PathwayDeficit("b", window=window, mode="freeze")] if window else []
+    trainer = pl.Trainer(max_epochs=200, callbacks=deficits, **QUIET)
+    trainer.fit(net, dm)
+    share = metrics.mode_strength_share(trainer, net)
+    out = {"share": sum(v for k, v in share.items() if k.startswith("share/b/")) / (len(share) / 2)}
+    for measure in (metrics.ablation_reliance(dataloader="train", replace="zeros", metric="loss"),
+                    metrics.relative_source_variance(dataloader="train"),
+                    metrics.fisher_share(dataloader="train", likelihood="gaussian")):
+        out.update(measure(trainer, net))
+    return out
+
+
+def test_on_the_linear_net_every_measure_orders_the_runs_as_the_mode_strength_share() -> None:
+    runs = {name: _linear_run(window) for name, window in
+            (("early", (0, 60)), ("middle", (35, 95)), ("late", (100, 160)), ("baseline", None))}
+    by_share = sorted(runs, key=lambda name: runs[name]["share"])
+    assert by_share == ["early", "middle", "late", "baseline"]
+    for key in ("reliance/ablation/b", "reliance/fisher_share/b"):
+        assert sorted(runs, key=lambda name: runs[name][key]) == by_share, key
+    assert sorted(runs, key=lambda name: -runs[name]["reliance/rsv/mean"]) == by_share  # RSV towards a: b unused
+    early, late, base = runs["early"], runs["late"], runs["baseline"]
+    assert early["share"] < 0.05 and early["reliance/ablation/b"] < 0.01 and early["reliance/rsv/mean"] > 0.95
+    assert early["reliance/fisher_share/b"] < 0.05 and early["reliance/rsv/a"] > 0.9
+    for key in ("reliance/ablation/b", "reliance/fisher_share/b"):
+        assert late[key] == pytest.approx(base[key], abs=0.03), key
+    assert abs(late["reliance/rsv/mean"]) < 0.05
+
+
+def _two_view_run(window: tuple[int, int] | None) -> dict[str, float]:
+    pl.seed_everything(0, verbose=False)
+    dm = lc.data.TwoViewDigits(subset=400, batch_size=32)
+    net = lc.models.TwoViewNet(hidden=32, lr=0.1, lr_decay=0.75, seed=0)
+    deficits = [lc.PathwayDeficit("b", window=window, mode="noise", noise_std=0.3)] if window else []
+    trainer = pl.Trainer(max_epochs=16, callbacks=deficits, limit_val_batches=0, num_sanity_val_steps=0, **QUIET)
+    trainer.fit(net, dm)
+    out = R.Reliance(measures=("ablation", "rsv"), dataloader="test", max_examples=256, layer="fusion", fixed=16)(
+        trainer, net)
+    return {**out, **metrics.fisher_share(dataloader="test", max_examples=64)(trainer, net)}
+
+
+def test_on_a_nonlinear_two_view_net_an_early_deficit_removes_the_reliance_a_late_one_does_not() -> None:
+    runs = {name: _two_view_run(window) for name, window in (("early", (0, 6)), ("late", (8, 14)), ("baseline", None))}
+    early, late, base = runs["early"], runs["late"], runs["baseline"]
+    b, rsv, fisher = "reliance/ablation/b", "reliance/rsv/mean", "reliance/fisher_share/b"
+    assert base[b] > 0.5 and base[fisher] > 0.4 and abs(base[rsv]) < 0.2  # the intact net uses both views
+    assert early[b] < 0.2 * base[b] and early[fisher] < 0.1 and early[rsv] > 0.8  # ... after an early deficit: a
+    assert late[b] > 0.75 * base[b] and late[fisher] > 0.35 and late[rsv] < 0.3  # a late one leaves b in use
+    assert early["reliance/rsv/a"] > 0.7 > 0.2 > late["reliance/rsv/a"]  # units exclusive to a
