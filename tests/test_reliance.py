@@ -184,7 +184,7 @@ def test_sweep_metric_factories_measure_a_trained_model() -> None:
 def _linear_run(window: tuple[int, int] | None) -> dict[str, float]:
     dm = lc.data.HierarchicalDataModule()
     net = lc.models.MultiPathwayLinearNet(depth=3, width=16, lr=0.05)
-    deficits = [lc.PathwayDeficit("b", window=window, mode="freeze")] if window else []
+    deficits: list[Any] = [lc.PathwayDeficit("b", window=window, mode="freeze")] if window else []
     trainer = pl.Trainer(max_epochs=200, callbacks=deficits, **QUIET)
     trainer.fit(net, dm)
     share = metrics.mode_strength_share(trainer, net)
@@ -216,7 +216,7 @@ def _two_view_run(window: tuple[int, int] | None) -> dict[str, float]:
     pl.seed_everything(0, verbose=False)
     dm = lc.data.TwoViewDigits(subset=400, batch_size=32)
     net = lc.models.TwoViewNet(hidden=32, lr=0.1, lr_decay=0.75, seed=0)
-    deficits = [lc.PathwayDeficit("b", window=window, mode="noise", noise_std=0.3)] if window else []
+    deficits: list[Any] = [lc.PathwayDeficit("b", window=window, mode="noise", noise_std=0.3)] if window else []
     trainer = pl.Trainer(max_epochs=16, callbacks=deficits, limit_val_batches=0, num_sanity_val_steps=0, **QUIET)
     trainer.fit(net, dm)
     out = R.Reliance(measures=("ablation", "rsv"), dataloader="test", max_examples=256, layer="fusion", fixed=16)(
