@@ -131,6 +131,17 @@ def ablation_reliance(model: nn.Module, args: Sequence[Tensor], target: Tensor, 
         chance: the reference metric (default: the metric with every source replaced);
             ``1 / classes`` is chance-level accuracy.
         seed: seed of the noise / shuffle draws (a private generator; the global RNG is untouched).
+
+    Example::
+
+        >>> from lightning_critical.reliance.sources import ArgumentSources
+        >>> x = torch.linspace(-1, 1, 10).unsqueeze(1)
+        >>> class Half(nn.Module):                  # regression on a + b, using a fully and b half
+        ...     def forward(self, a, b):
+        ...         return a + 0.5 * b
+        >>> out = ablation_reliance(Half(), (x, x), 2 * x, ArgumentSources({"a": 0, "b": 1}), metric="loss")
+        >>> round(out.reliance["a"], 3), round(out.reliance["b"], 3)   # losses / var(x): a (2.25 - 0.25) / (4 - 0.25)
+        (0.533, 0.2)
     """
     check_choice("replace", replace, REPLACEMENTS)
     if not callable(metric):

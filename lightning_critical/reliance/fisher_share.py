@@ -120,6 +120,14 @@ def fisher_share(model: nn.Module, args: Sequence[Tensor], pathways: Sequence[st
         likelihood: ``"categorical"`` (logits) or ``"gaussian"`` (regression outputs).
         labels: categorical only: ``"expected"`` (exact) or ``"sample"`` (one draw per example).
         seed: seed of the sampled labels.
+
+    Example::
+
+        >>> net = nn.ModuleDict({"a": nn.Linear(2, 3), "b": nn.Linear(2, 3)})
+        >>> net.forward = lambda x: net["a"](x) + 0 * net["b"](x)   # pathway b never reaches the output
+        >>> share = fisher_share(net, (torch.randn(5, 2),), pathways=["a", "b"])
+        >>> round(share["a"], 3), round(share["b"], 3)
+        (1.0, 0.0)
     """
     traces = pathway_fisher_traces(model, args, pathways, likelihood, labels, seed)
     total = sum(traces.values())

@@ -128,6 +128,17 @@ def relative_source_variance(model: nn.Module, args: Sequence[Tensor], sources: 
 
     Kleinman, Achille & Soatto, "Critical learning periods for multisensory integration in
     deep networks", CVPR 2023. Arguments as in :func:`source_variances`.
+
+    Example::
+
+        >>> from lightning_critical.reliance.sources import ArgumentSources
+        >>> class Mix(nn.Module):
+        ...     def forward(self, a, b):
+        ...         return torch.cat([a, 3 * a + b], 1)
+        >>> x = torch.linspace(0, 1, 8).unsqueeze(1)
+        >>> rsv = relative_source_variance(Mix(), (x, x), ArgumentSources({"a": 0, "b": 1}), "a", "b")
+        >>> [round(v, 2) for v in rsv.tolist()]       # (9 - 1) / (9 + 1) for the mixed unit
+        [1.0, 0.8]
     """
     if a == b:
         raise ValueError(f"relative source variance compares two different sources; got a=b={a!r}.")
