@@ -232,3 +232,16 @@ def test_on_a_nonlinear_two_view_net_an_early_deficit_removes_the_reliance_a_lat
     assert early[b] < 0.2 * base[b] and early[fisher] < 0.1 and early[rsv] > 0.8  # ... after an early deficit: a
     assert late[b] > 0.75 * base[b] and late[fisher] > 0.35 and late[rsv] < 0.3  # a late one leaves b in use
     assert early["reliance/rsv/a"] > 0.7 > 0.2 > late["reliance/rsv/a"]  # units exclusive to a
+
+
+def test_a_reliance_factory_is_a_final_metric_of_a_sweep(tmp_path: Any) -> None:
+    table = lc.sweep.run(
+        lambda seed: lc.models.TwoViewNet(hidden=8, lr=0.1, seed=seed),
+        lambda: lc.data.TwoViewDigits(subset=64, batch_size=32),
+        deficit=lc.PathwayDeficit("b", window=(0, 1), mode="noise", noise_std=0.3),
+        windows=lc.sweep.removal([1]), metrics=["val_acc", metrics.ablation_reliance(sources=["a", "b"])],
+        trainer={"max_epochs": 2, "accelerator": "cpu"}, out=str(tmp_path), backend="serial", tensorboard=False,
+        plot=False)
+    assert (table.status == "ok").all() and len(table) == 2
+    assert {"reliance/ablation/a", "reliance/ablation/b", "reliance/accuracy/intact"} <= set(table.columns)
+    assert table["reliance/accuracy/intact"].between(0, 1).all()
