@@ -19,7 +19,7 @@ before the first run, and refuses the sweep (nothing trained, nothing written) w
 
 The trial cannot change any run's numbers: it builds its own model, datamodule and callbacks
 through the factories (after ``pl.seed_everything`` of that run's seed, like a run), writes
-only to a temporary directory, and runs under :func:`~lightning_critical.sweep.execute.isolated`,
+only to a temporary directory, and runs under :func:`~lightning_critical.sweep.runners.isolation.isolated`,
 which gives back the global random states, the thread counts and ``PL_GLOBAL_SEED``; the
 package's once-per-process warnings are restored too, so the real runs still give them. When the
 model or datamodule factory returns the same object on every call (an object the runs share),
@@ -29,6 +29,11 @@ run's numbers would depend on the runs trained before it). The trial is
 also skipped when every run has finished already (resume), for custom runners, and when all
 metrics are functions. Its cost is one short fit (about a second for a small model on CPU).
 
+The trial's model and datamodule are the ones the session built for the sweep's identity
+(:func:`build_seeded`, passed as ``first=``), so the start-up builds the first run's objects once,
+plus once more per factory to see whether it returns a shared object; a factory that is a plain
+class (or a ``functools.partial`` of one) always makes a new object and is not built again.
+
 A metric logged only later in training (say, every 5 epochs from epoch 4) is refused by the
 trial: pass ``preflight=False`` to :func:`lightning_critical.sweep.run` to skip every check here
 (a wrong name is then found when the first run finishes).
@@ -36,6 +41,8 @@ trial: pass ``preflight=False`` to :func:`lightning_critical.sweep.run` to skip 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shutil
 import tempfile
 import warnings
@@ -47,12 +54,15 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
-from lightning_critical.sweep import branch_rngs
 from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, make_deficit
-from lightning_critical.sweep.execute import QUIET_TRAINER, MetricNotFound, isolated, quiet
+from lightning_critical.sweep.runners.base import MetricNotFound
+from lightning_critical.sweep.runners.branching import rngs as branch_rngs
+from lightning_critical.sweep.runners.isolation import isolated, quiet
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 
-__all__ = ["PreflightError", "preflight", "check_deficit_windows", "check_test_setup", "trial_metrics"]
+__all__ = ["PreflightError", "build_seeded", "check_deficit_windows", "check_test_setup", "preflight", "trial_metrics",
+           "trial_run"]
 
 # Trainer arguments a one-batch trial must not inherit: they would stop it early or skip its validation.
 _TRIAL_DROPS = ("min_epochs", "min_steps", "overfit_batches", "max_steps", "max_time")
@@ -62,19 +72,22 @@ class PreflightError(RuntimeError):
     """The trial fit of a sweep's pre-flight raised (its exception is the ``__cause__``)."""
 
 
-def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -> None:
+def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True,
+              first: tuple[Any, Any] | None = None) -> None:
     """Refuse, before training, a sweep that could only fail or mislead after training (see the module).
 
     Args:
         spec: what trains a run.
         runs: the sweep's runs, in grid order.
         trial: run the trial fit for metric names (``False`` when every run has finished).
+        first: the model and datamodule of :func:`trial_run` already built by :func:`build_seeded`
+            (the session builds them once for the sweep's identity); ``None``: build them here.
 
     Raises:
         ValueError: ``test=True`` without a ``test_step`` / test dataloader; a deficit that ignores
             its window; a model or datamodule shared by every run that holds random generators; a
             metric name the trial fit did not produce
-            (:class:`~lightning_critical.sweep.execute.MetricNotFound`).
+            (:class:`~lightning_critical.sweep.runners.base.MetricNotFound`).
         PreflightError: the trial fit raised.
     """
     if not runs:
@@ -82,11 +95,10 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
     check_deficit_windows(spec, runs)
     if spec.runner is not None:  # a custom runner trains its own way: no Lightning fit to try
         return
-    run = next((r for r in runs if r.windows), runs[0])
+    run = trial_run(runs)
     names = [m for m in spec.metrics if isinstance(m, str)]
     with isolated(spec.threads_per_run), quiet():
-        pl.seed_everything(run.seed, verbose=False)
-        model, datamodule = build_model(spec, run), build_datamodule(spec, run)
+        model, datamodule = first if first is not None else build_seeded(spec, run)
         if spec.test:
             check_test_setup(model, datamodule)
         shared = _shared_objects(spec, run, model, datamodule) if trial else ""
@@ -109,6 +121,17 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
             "or a function (trainer, module) -> dict of numbers; for a metric logged only later in training, "
             "pass preflight=False."
         )
+
+
+def trial_run(runs: Sequence[RunSpec]) -> RunSpec:
+    """The run the trial fit trains: the first with a deficit, else the first."""
+    return next((r for r in runs if r.windows), runs[0])
+
+
+def build_seeded(spec: SweepSpec, run: RunSpec) -> tuple[Any, Any]:
+    """``run``'s model and datamodule, built after ``pl.seed_everything(run.seed)`` like a run (call it isolated)."""
+    pl.seed_everything(run.seed, verbose=False)
+    return build_model(spec, run), build_datamodule(spec, run)
 
 
 def check_deficit_windows(spec: SweepSpec, runs: Sequence[RunSpec]) -> None:
@@ -216,12 +239,24 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
 
 
 def _shared_objects(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> str:
-    """``"model"`` / ``"datamodule"`` when that factory returned ``model`` / ``datamodule`` again."""
-    if build_model(spec, run) is model:
+    """``"model"`` / ``"datamodule"`` when that factory returned ``model`` / ``datamodule`` again.
+
+    A factory that is a plain class (or a ``functools.partial`` of one) makes a new object on every
+    call and is not built again.
+    """
+    if not _fresh_every_call(spec.model) and build_model(spec, run) is model:
         return "model"
-    if datamodule is not None and build_datamodule(spec, run) is datamodule:
+    if datamodule is not None and not _fresh_every_call(spec.datamodule) and build_datamodule(spec, run) is datamodule:
         return "datamodule"
     return ""
+
+
+def _fresh_every_call(factory: Any) -> bool:
+    """A class whose calls go through ``type.__call__`` and ``object.__new__`` (no caching possible), maybe partial."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return (inspect.isclass(factory) and type(factory).__call__ is type.__call__
+            and factory.__new__ is object.__new__)
 
 
 def _refuse_shared_generators(kind: str, obj: Any) -> None:
