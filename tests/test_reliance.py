@@ -154,11 +154,13 @@ def test_monitor_logs_the_series_and_leaves_training_bitwise_unchanged(tmp_path:
     _, plain, _ = _fit([], epochs=3)
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), plain.parameters(), strict=True))
     frame = monitor.to_frame()
-    assert sorted(frame["epoch"].unique()) == [0, 2]
+    # before the first update of epochs 0 and 2, and the trained network at the end
+    n = int(trainer.num_training_batches)
+    assert sorted(frame["step"].unique()) == [0, 2 * n, 3 * n] and sorted(frame["epoch"].unique()) == [0, 2, 3]
     assert {"ablation/a", "ablation/b", "rsv/mean", "rsv/a", "fisher_share/b"} <= set(frame["target"])
     import pandas as pd
     logged = pd.read_csv(f"{trainer.logger.log_dir}/metrics.csv")  # type: ignore[union-attr]
-    assert logged["reliance/accuracy/intact"].notna().sum() == 2 and "reliance/fisher_share/a" in logged
+    assert logged["reliance/accuracy/intact"].notna().sum() == 3 and "reliance/fisher_share/a" in logged
     assert (tmp_path / "lightning_logs/version_0/reliance_history.csv").exists()
 
 
@@ -229,19 +231,19 @@ def test_on_a_nonlinear_two_view_net_an_early_deficit_removes_the_reliance_a_lat
     early, late, base = runs["early"], runs["late"], runs["baseline"]
     b, rsv, fisher = "reliance/ablation/b", "reliance/rsv/mean", "reliance/fisher_share/b"
     assert base[b] > 0.5 and base[fisher] > 0.4 and abs(base[rsv]) < 0.2  # the intact net uses both views
-    assert early[b] < 0.2 * base[b] and early[fisher] < 0.1 and early[rsv] > 0.8  # ... after an early deficit: a
+    assert early[b] < 0.25 * base[b] and early[fisher] < 0.1 and early[rsv] > 0.8  # ... after an early deficit: a
     assert late[b] > 0.75 * base[b] and late[fisher] > 0.35 and late[rsv] < 0.3  # a late one leaves b in use
     assert early["reliance/rsv/a"] > 0.7 > 0.2 > late["reliance/rsv/a"]  # units exclusive to a
 
 
 def test_a_reliance_factory_is_a_final_metric_of_a_sweep(tmp_path: Any) -> None:
     table = lc.sweep.run(
-        lambda seed: lc.models.TwoViewNet(hidden=8, lr=0.1, seed=seed),
-        lambda: lc.data.TwoViewDigits(subset=64, batch_size=32),
+        lambda seed: lc.models.TwoViewNet(hidden=16, lr=0.1, seed=seed),
+        lambda: lc.data.TwoViewDigits(subset=200, batch_size=32),
         deficit=lc.PathwayDeficit("b", window=(0, 1), mode="noise", noise_std=0.3),
         windows=lc.sweep.removal([1]), metrics=["val_acc", metrics.ablation_reliance(sources=["a", "b"])],
-        trainer={"max_epochs": 2, "accelerator": "cpu"}, out=str(tmp_path), backend="serial", tensorboard=False,
+        trainer={"max_epochs": 4, "accelerator": "cpu"}, out=str(tmp_path), backend="serial", tensorboard=False,
         plot=False)
     assert (table.status == "ok").all() and len(table) == 2
     assert {"reliance/ablation/a", "reliance/ablation/b", "reliance/accuracy/intact"} <= set(table.columns)
-    assert table["reliance/accuracy/intact"].between(0, 1).all()
+    assert table["reliance/accuracy/intact"].between(0.3, 1).all() and table["reliance/ablation/b"].between(0, 1).all()

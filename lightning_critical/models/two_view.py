@@ -45,7 +45,9 @@ class TwoViewNet(pl.LightningModule):
             half a digits image).
         hidden: width of each encoder and of the fusion layer.
         num_classes: output classes.
-        lr, momentum, weight_decay: SGD settings.
+        lr, momentum, weight_decay: SGD settings. No weight decay by default: during a noise
+            deficit it would shrink the deprived encoder for a reason other than competition
+            (``PathwayDeficit`` warns), which could fake a critical period.
         lr_decay: the learning rate is multiplied by this after every epoch (1 = constant). An
             annealed rate is what closes the critical period: late in training the network is
             no longer plastic enough for a deficit to rewire it (Achille, Rovere & Soatto 2019).
@@ -59,7 +61,7 @@ class TwoViewNet(pl.LightningModule):
     """
 
     def __init__(self, view_shape: Sequence[int] = (1, 8, 4), hidden: int = 64, num_classes: int = 10,
-                 lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4, lr_decay: float = 1.0,
+                 lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0, lr_decay: float = 1.0,
                  seed: int | None = None) -> None:
         super().__init__()
         if not isinstance(view_shape, (tuple, list)) or not view_shape:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_critical._batch import BatchSpec, forward_arguments
+from lightning_critical._batch_spec import BatchSpec, forward_arguments
 from lightning_critical._checks import check_int
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_critical._batch import forward_arguments
+from lightning_critical._batch_spec import forward_arguments
 from lightning_critical._checks import check_choice
 from lightning_critical.protocols import available_names, resolve_modules
 
