@@ -40,7 +40,14 @@ from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
 from lightning_critical.sweep.grids import CleanEpochsWarning, GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
-from lightning_critical.sweep.runners import BranchRefused, FactorizationEnsembleRunner, LightningRunner, Runner
+from lightning_critical.sweep.runners import (
+    BranchRefused,
+    FactorizationEnsembleRunner,
+    LightningRunner,
+    Runner,
+    VectorizedRefused,
+    VectorizedRunner,
+)
 from lightning_critical.sweep.session import run_study
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
@@ -62,6 +69,8 @@ __all__ = [
     "RunSpec",
     "RunFailed",
     "Runner",
+    "VectorizedRefused",
+    "VectorizedRunner",
     "SweepDirectoryError",
     "SweepLockedError",
     "SweepSpec",

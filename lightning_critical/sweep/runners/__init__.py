@@ -77,15 +77,19 @@ from lightning_critical.sweep.runners.base import (
 )
 from lightning_critical.sweep.runners.ensemble import FactorizationEnsembleRunner
 from lightning_critical.sweep.runners.lightning import LightningRunner
+from lightning_critical.sweep.runners.vectorized import AutoRunner, VectorizedRefused, VectorizedRunner
 
 __all__ = [
     "RUNNER_OPTIONS",
+    "AutoRunner",
     "BranchRefused",
     "FactorizationEnsembleRunner",
     "LightningRunner",
     "MetricNotFound",
     "Runner",
     "Task",
+    "VectorizedRefused",
+    "VectorizedRunner",
     "check_runner",
     "envelope",
     "failed",
@@ -94,15 +98,21 @@ __all__ = [
 
 
 def check_runner(runner: Any) -> Any:
-    """``None`` -> :class:`LightningRunner`; anything else must have the runner contract.
+    """``None`` -> :class:`LightningRunner`; ``"vectorized"`` / ``"auto"`` -> :class:`VectorizedRunner` /
+    :class:`AutoRunner`; anything else must have the runner contract.
 
     Example::
 
-        >>> check_runner(None).name
-        'lightning'
+        >>> check_runner(None).name, check_runner("vectorized").name, check_runner("auto").name
+        ('lightning', 'vectorized', 'auto')
     """
     if runner is None:
         return LightningRunner()
+    if isinstance(runner, str):
+        named = {"lightning": LightningRunner, "vectorized": VectorizedRunner, "auto": AutoRunner}
+        if runner not in named:
+            raise ValueError(f"runner={runner!r} is not valid; choose one of {tuple(named)}, None or a runner object.")
+        return named[runner]()
     missing = [m for m in ("name", "shares_prefixes", "batches", "run") if not hasattr(runner, m)]
     if missing:
         raise TypeError(

@@ -1,0 +1,227 @@
+"""The vectorized runner: every run of a small model that can share a stack trained as one ``torch.func`` job.
+
+``lc.sweep.run(..., runner="vectorized")`` (or ``runner=lc.sweep.VectorizedRunner()``) groups
+the runs whose models have the same parameter shapes and whose runs have the same length
+(:meth:`VectorizedRunner.batches`) and trains each group as one job: parameters stacked,
+the user's unchanged ``training_step`` / ``validation_step`` called through
+``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
+member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
+stack), its batches from its own datamodule under its own random states, its input deficits
+applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
+per-member gate). Records, table, store, resume and summary are the default runner's.
+
+**Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
+runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
+rounding (vmap makes a grouped convolution). Not in this version: shared prefixes inside a job
+(each member trains from epoch 0), per-member TensorBoard logs, tests, extra callbacks.
+Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
+:meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
+(:class:`AutoRunner`) falls back to it and says why.
+
+Example::
+
+    >>> runner = VectorizedRunner()
+    >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
+    ('vectorized', False, ['save_model'])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lightning_critical._namespace import pl
+from lightning_critical.sweep.build import build_model, deficit_seed
+from lightning_critical.sweep.runners.base import envelope
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner, read_metrics
+from lightning_critical.sweep.runners.rng import capture, restore
+from lightning_critical.sweep.runners.vectorized.checks import (
+    REFUSALS,
+    VectorizedRefused,
+    check_module,
+    check_spec,
+    trial_refusal,
+)
+from lightning_critical.sweep.runners.vectorized.members import Member
+from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
+from lightning_critical.sweep.runners.vectorized.train import train
+from lightning_critical.sweep.spec import canonical_json
+
+__all__ = ["REFUSALS", "AutoRunner", "VectorizedRefused", "VectorizedRunner"]
+
+
+class VectorizedRunner:
+    """Train the runs that share a stack as one vectorized job (see :mod:`.vectorized`).
+
+    Args:
+        allow_dropout: accept dropout (members then draw their masks under ``vmap``'s
+            ``randomness="different"``: statistically, not bitwise, the runs trained alone).
+        max_members: the most runs per job (``None``: every run that can share a stack).
+        exact_logs: the logged values that become final metrics (the last epoch's training
+            logs, the last validation) are computed by replaying each member's step alone, so
+            they equal the default runner's bitwise (reductions such as a loss's mean round
+            differently under ``vmap``; gradients do not). ``False``: read them from ``vmap``
+            (faster; last-digit float32 differences).
+
+    Raises:
+        VectorizedRefused: from :meth:`batches`, before training, for what cannot be mapped.
+
+    Example::
+
+        >>> VectorizedRunner(max_members=25).max_members
+        25
+    """
+
+    name = "vectorized"
+    shares_prefixes = False  # members train from epoch 0 inside their job
+    supports: frozenset[str] = frozenset({"save_model"})
+
+    def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool = True) -> None:
+        for name, flag in (("allow_dropout", allow_dropout), ("exact_logs", exact_logs)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}={flag!r} is not valid: give True or False.")
+        if max_members is not None and (not isinstance(max_members, int) or max_members < 1):
+            raise ValueError(f"max_members={max_members!r} is not valid: give an integer >= 1 or None.")
+        self.allow_dropout, self.max_members, self.exact_logs = allow_dropout, max_members, exact_logs
+
+    def batches(self, tasks: list[Any]) -> list[list[Any]]:
+        """One job per parameter shapes and run length (grid order kept), after the refusals and a trial step."""
+        if not tasks:
+            return []
+        check_spec(tasks[0].spec)
+        groups: dict[str, list[Any]] = {}
+        shapes_of: dict[str, str] = {}
+        for task in tasks:
+            params = canonical_json(task.run.encode()["params"])
+            if params not in shapes_of:
+                shapes_of[params] = self._shapes(task)
+            groups.setdefault(canonical_json([shapes_of[params], task.epochs]), []).append(task)
+        self.trial(tasks[:2])
+        size = self.max_members or len(tasks)
+        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+    def trial(self, tasks: Sequence[Any]) -> None:
+        """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
+        saved = capture()
+        try:
+            members = [Member(t) for t in tasks]
+            for member in members:
+                check_module(member.model, self.allow_dropout)
+            stack = self._stack(members)
+            with members[0].drawing():
+                batch = next(iter(members[0].train_loader))
+            try:
+                stack.train_step(stacked([batch] * len(members)), stack.gates(members, 0, 0), 0)
+                if members[0].val_loader is not None:
+                    with members[0].drawing():
+                        val = next(iter(members[0].val_loader))
+                    stack.validation_step(stacked([val] * len(members)), 0)
+            except VectorizedRefused:
+                raise
+            except Exception as err:
+                raise trial_refusal(err) from err
+        finally:
+            restore(saved)
+
+    def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:
+        """One record per task, all trained as one vectorized job under the run envelope."""
+        return envelope(list(tasks), self._train)
+
+    def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
+        spec = tasks[0].spec
+        members = [Member(t) for t in tasks]
+        for member in members:
+            check_module(member.model, self.allow_dropout)
+        stack = self._stack(members)
+        trainer = {**QUIET_TRAINER, **spec.trainer}
+        produced = train(members, stack, tasks[0].epochs, int(trainer.get("check_val_every_n_epoch") or 1),
+                         bool(trainer.get("num_sanity_val_steps")), self.exact_logs)
+        out = []
+        for task, member, values in zip(tasks, members, produced, strict=True):
+            metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
+            if spec.save_model:
+                _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
+            out.append({"metrics": metrics, "epochs_trained": task.epochs,
+                        "global_step": task.epochs * len(member.train_loader),
+                        "deficit_seed": deficit_seed(member.deficits)})
+        return out
+
+    def _stack(self, members: list[Member]) -> Stack:
+        stack = Stack(members, randomness="different" if self.allow_dropout else "error")
+        for member in members:
+            member.configure()
+        return stack
+
+    @staticmethod
+    def _shapes(task: Any) -> str:
+        saved = capture()
+        try:
+            pl.seed_everything(task.run.seed, verbose=False)
+            model = build_model(task.spec, task.run)
+        finally:
+            restore(saved)
+        return canonical_json({k: list(v.shape) for k, v in model.state_dict().items()})
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.allow_dropout, self.max_members, self.exact_logs))
+
+
+class AutoRunner:
+    """``runner="auto"``: the vectorized runner when the sweep qualifies, else the default; says which and why.
+
+    The choice is made in :meth:`batches`, before training, and printed as one line. Prefixes
+    are not shared either way (the default runner then trains each run from scratch: same rows).
+
+    Example::
+
+        >>> AutoRunner().name
+        'auto'
+    """
+
+    name = "auto"
+    shares_prefixes = False
+    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test"})
+
+    def __init__(self) -> None:
+        self._chosen: Any = None
+
+    def batches(self, tasks: list[Any]) -> list[list[Any]]:
+        """The chosen runner's jobs; prints the choice and the reason."""
+        vectorized = VectorizedRunner()
+        spec = tasks[0].spec if tasks else None
+        asked = [n for n in ("callbacks", "test") if spec is not None and getattr(spec, n)]
+        try:
+            if asked:
+                raise VectorizedRefused(f"{asked} asked for")
+            groups = vectorized.batches(tasks)
+            self._chosen = vectorized
+            print(f"runner='auto': the vectorized runner ({len(tasks)} runs in {len(groups)} job(s)): the model "
+                  "qualifies")
+            return groups
+        except VectorizedRefused as err:
+            self._chosen = LightningRunner()
+            print(f"runner='auto': the default runner (one fit per run): {err.construct}")
+            return self._chosen.batches(tasks)
+
+    def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:
+        """The chosen runner's records (the default runner when :meth:`batches` was not called)."""
+        return (self._chosen or LightningRunner()).run(tasks)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+def _save(model: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)

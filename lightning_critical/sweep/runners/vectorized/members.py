@@ -1,0 +1,150 @@
+"""One member of a vectorized job: the run's own model, datamodule, deficits, random state and optimizer.
+
+Each member is built exactly as the default runner builds its run (``seed_everything(seed)``,
+then the model, datamodule and deficit factories, then ``prepare_data`` / ``setup``), and keeps
+its own global random states, which are put in place whenever the member draws (its data
+loaders' shuffles and seeds), so its batches are the ones its run trained alone would see.
+Its parameters alias one row of the job's stacked parameters (:func:`alias_rows`), so its own
+optimizer and schedulers (its module's unchanged ``configure_optimizers()``) update that row.
+
+Example::
+
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 1)
+    >>> stack = {"weight": torch.zeros(3, 1, 2), "bias": torch.zeros(3, 1)}
+    >>> alias_rows(net, stack, 1)
+    >>> with torch.no_grad():
+    ...     net.bias.add_(1.0)
+    >>> stack["bias"][:, 0].tolist()
+    [0.0, 1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_critical._namespace import pl
+from lightning_critical.deficits.input import InputDeficit
+from lightning_critical.deficits.pathway import PathwayDeficit
+from lightning_critical.protocols import resolve_modules
+from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
+from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused, check_optimization
+
+_optimizer_module = importlib.import_module(f"{pl.__name__}.core.optimizer")
+
+
+class Member:
+    """The run of ``task`` as one row of a vectorized job (see the module docstring)."""
+
+    def __init__(self, task: Any) -> None:
+        spec, run = task.spec, task.run
+        self.task = task
+        pl.seed_everything(run.seed, verbose=False)
+        self.model = build_model(spec, run)
+        self.datamodule = build_datamodule(spec, run)
+        self.deficits = build_deficits(spec, run)
+        self.inputs = [d for d in self.deficits if isinstance(d, InputDeficit)]
+        self.pathways = [d for d in self.deficits if isinstance(d, PathwayDeficit)]
+        other = [d for d in self.deficits if d not in self.inputs and d not in self.pathways]
+        bad = [d for d in self.pathways if d.mode not in ("freeze", "silence")]
+        if other or bad:
+            raise VectorizedRefused(f"the deficits {[repr(d) for d in other + bad]} (it maps InputDeficit and "
+                                    "PathwayDeficit with mode 'freeze' or 'silence')")
+        source = self.datamodule if self.datamodule is not None else self.model
+        if self.datamodule is not None:
+            self.datamodule.prepare_data()
+            self.datamodule.setup("fit")
+        self.model.setup("fit")
+        self.train_loader = source.train_dataloader()
+        self.val_loader = _val_loader(source)
+        self.rng = _capture()
+        self.frozen: dict[int, list[nn.Parameter]] = {}
+        self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
+
+    @contextmanager
+    def drawing(self) -> Iterator[None]:
+        """Put this member's random states in place (and keep what it drew), restoring the caller's."""
+        saved = _capture()
+        _restore(self.rng)
+        try:
+            yield
+        finally:
+            self.rng = _capture()
+            _restore(saved)
+
+    def configure(self) -> None:
+        """The member's optimizer and schedulers from its module's own ``configure_optimizers()`` (params aliased)."""
+        optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
+        schedulers = _optimizer_module._configure_schedulers_automatic_opt(configs, None) if configs else []
+        check_optimization(optimizers, schedulers)
+        self.optimizer, self.schedulers = optimizers[0], schedulers
+        for index, deficit in enumerate(self.pathways):
+            if deficit.mode == "freeze":
+                modules = resolve_modules(self.model, deficit.pathways).values()
+                self.frozen[index] = list({id(p): p for m in modules for p in m.parameters()}.values())
+
+    def batch(self, deficits_at: tuple[int, int], batch: Any, batch_idx: int) -> Any:
+        """``batch`` as this member's training step sees it: its active input deficits applied in order."""
+        epoch, step = deficits_at
+        for deficit in self.inputs:
+            if deficit.window.contains(epoch=epoch, step=step):
+                batch = deficit.apply(batch, step, batch_idx, 0)
+        return batch
+
+    def frozen_now(self, epoch: int, step: int) -> list[nn.Parameter]:
+        """The parameters whose gradient is dropped before this optimizer step (active freeze deficits)."""
+        out: list[nn.Parameter] = []
+        for index, params in self.frozen.items():
+            if self.pathways[index].window.contains(epoch=epoch, step=step):
+                out.extend(params)
+        return out
+
+    def silenced(self, epoch: int, step: int) -> set[str]:
+        """The module names silenced at this step (active silence deficits)."""
+        out: set[str] = set()
+        for deficit in self.pathways:
+            if deficit.mode == "silence" and deficit.window.contains(epoch=epoch, step=step):
+                out.update(resolve_modules(self.model, deficit.pathways))
+        return out
+
+    def step_schedulers(self, interval: str) -> None:
+        for config in self.schedulers:
+            if config.interval == interval:
+                config.scheduler.step()
+
+
+def alias_rows(module: nn.Module, stack: dict[str, torch.Tensor], row: int) -> None:
+    """Make ``module``'s parameters and buffers row ``row`` of ``stack`` (same storage: updates show in the stack)."""
+    for name, tensor in stack.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = nn.Parameter(tensor[row], requires_grad=True)
+        else:
+            owner._buffers[leaf] = tensor[row]
+
+
+def _val_loader(source: Any) -> Any:
+    try:
+        loader = source.val_dataloader()
+    except NotImplementedError:
+        return None
+    return loader if loader else None
+
+
+def _capture() -> tuple[Any, Any, Any]:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()  # noqa: NPY002 (the run's global state)
+
+
+def _restore(state: tuple[Any, Any, Any]) -> None:
+    torch.set_rng_state(state[0])
+    random.setstate(state[1])
+    np.random.set_state(state[2])  # noqa: NPY002 (the run's global state)

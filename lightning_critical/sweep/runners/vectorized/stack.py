@@ -1,0 +1,201 @@
+"""The members' parameters stacked, and the user's unchanged steps called under ``torch.func.vmap``.
+
+:class:`Stack` stacks the members' parameters and buffers (``stack_module_state``), makes every
+member's own module alias its row, and calls the user's ``training_step`` /
+``validation_step`` on a template copy of the module through ``functional_call`` under
+``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
+steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
+A silenced pathway is a per-member gate (``1.0`` or ``0.0``) its output is multiplied by.
+
+Example::
+
+    >>> import torch
+    >>> logs = LogCollector()
+    >>> logs.start("val")
+    >>> logs.log("val_acc", torch.tensor([0.5]))
+    >>> logs.take(), logs.meta["val_acc"]
+    ({'val_acc': tensor(0.5000)}, (False, True, None))
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.utils._pytree import tree_map
+
+from lightning_critical.deficits.pathway import map_tensors
+from lightning_critical.protocols import resolve_modules
+from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
+from lightning_critical.sweep.runners.vectorized.members import Member, alias_rows
+
+Tensors = dict[str, torch.Tensor]
+
+
+class LogCollector:
+    """What ``self.log`` / ``self.log_dict`` receive during one step, with Lightning's defaults per stage."""
+
+    def __init__(self) -> None:
+        self.stage = "train"
+        self.values: Tensors = {}
+        self.meta: dict[str, tuple[bool, bool, int | None]] = {}
+
+    def start(self, stage: str) -> None:
+        self.stage, self.values = stage, {}
+
+    def take(self) -> Tensors:
+        values, self.values = self.values, {}
+        return values
+
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: Any = None, on_step: bool | None = None,
+            on_epoch: bool | None = None, reduce_fx: Any = "mean", batch_size: int | None = None,
+            **_: Any) -> None:
+        training = self.stage == "train"
+        step = training if on_step is None else bool(on_step)
+        epoch = (not training) if on_epoch is None else bool(on_epoch)
+        if reduce_fx not in ("mean", torch.mean):
+            raise VectorizedRefused(f"self.log({name!r}, reduce_fx={reduce_fx!r}) (only the mean is mapped)")
+        tensor = value.detach().clone() if isinstance(value, torch.Tensor) else torch.tensor(value)
+        tensor = tensor.squeeze()
+        if not tensor.is_floating_point():
+            tensor = tensor.to(torch.get_default_dtype())
+        self.values[name] = tensor
+        self.meta[name] = (step, epoch, batch_size)
+
+    def log_dict(self, dictionary: dict[str, Any], **kwargs: Any) -> None:
+        for name, value in dictionary.items():
+            self.log(name, value, **kwargs)
+
+
+class _Caller(nn.Module):
+    """Calls a named method of the wrapped module, so ``functional_call`` reaches steps other than ``forward``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.m = module
+
+    def forward(self, method: str, *args: Any) -> Any:
+        return getattr(self.m, method)(*args)
+
+
+class Stack:
+    """The stacked parameters of ``members`` and the vmapped steps (see the module docstring)."""
+
+    def __init__(self, members: list[Member], randomness: str = "error") -> None:
+        template = copy.deepcopy(members[0].model)
+        params, buffers = stack_module_state([m.model for m in members])
+        self.params: Tensors = {k: v.detach() for k, v in params.items()}
+        self.buffers: Tensors = dict(buffers)
+        for row, member in enumerate(members):
+            alias_rows(member.model, {**self.params, **self.buffers}, row)
+            member.named = list(member.model.named_parameters())
+        self.logs = LogCollector()
+        template.log = self.logs.log
+        template.log_dict = self.logs.log_dict
+        self.template, self.caller, self.randomness = template, _Caller(template), randomness
+        self.gated = sorted({name for m in members for d in m.pathways if d.mode == "silence"
+                             for name in resolve_modules(template, d.pathways)})
+        self._gates: Tensors | None = None
+        for name in self.gated:
+            template.get_submodule(name).register_forward_hook(self._gate_hook(name))
+        self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
+
+    def gates(self, members: list[Member], epoch: int, step: int) -> Tensors:
+        """``{module: (M,) gate}``: 0.0 for members whose silence deficit is active, else 1.0."""
+        silenced = [m.silenced(epoch, step) for m in members]
+        return {name: torch.tensor([0.0 if name in s else 1.0 for s in silenced]) for name in self.gated}
+
+    def train_step(self, batch: Any, gates: Tensors, batch_idx: int) -> tuple[Tensors, Tensors]:
+        """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``."""
+        self.template.train()
+
+        def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
+            self._gates = gates
+            try:
+                out = self._call("training_step", params, buffers, batch, batch_idx, "train")
+            finally:
+                self._gates = None
+            value = out.get("loss") if isinstance(out, dict) else out
+            if not isinstance(value, torch.Tensor):
+                raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
+            return value, self.logs.take()
+
+        step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
+        grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+        return grads, logs
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
+        """Every member's ``validation_step`` on its batch (evaluation mode, no gradients): the logged values."""
+        self.template.eval()
+
+        def step(params: Tensors, buffers: Tensors, batch: Any) -> Tensors:
+            self._call("validation_step", params, buffers, batch, batch_idx, "val")
+            return self.logs.take()
+
+        try:
+            with torch.no_grad():
+                return vmap(step, randomness=self.randomness)(self.params, self.buffers, batch)
+        finally:
+            self.template.train()
+
+    def replay(self, method: str, batches: list[Any], gates: Tensors, batch_idx: int) -> Tensors:
+        """``method`` called for each member alone (no vmap, no gradient, buffers untouched): the logged ``(M,)``.
+
+        Reductions such as ``cross_entropy``'s mean round differently under ``vmap``; the
+        gradients do not. Replaying a step member by member gives the values a run trained
+        alone logs (used for the epochs whose logged values are final).
+        """
+        training = method == "training_step"
+        self.template.train(training)
+        rows = []
+        try:
+            with torch.no_grad():
+                for row, batch in enumerate(batches):
+                    params = {k: v[row] for k, v in self.params.items()}
+                    buffers = {k: v[row].clone() for k, v in self.buffers.items()}
+                    self._gates = {k: g[row] for k, g in gates.items()}
+                    self._call(method, params, buffers, batch, batch_idx, "train" if training else "val")
+                    rows.append(self.logs.take())
+        finally:
+            self._gates = None
+            self.template.train()
+        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+
+    def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
+        self.logs.start(stage)
+        state = {f"m.{k}": v for k, v in {**params, **buffers}.items()}
+        args = (method, batch, batch_idx) if self.takes_index[method] else (method, batch)
+        return functional_call(self.caller, state, args)
+
+    def _gate_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            gate = self._gates.get(name) if self._gates is not None and module.training else None
+            return output if gate is None else map_tensors(output, lambda t: t * gate)
+        return hook
+
+
+def stacked(batches: list[Any]) -> Any:
+    """The members' batches as one batch with a leading member dimension (shapes must agree)."""
+    try:
+        return tree_map(lambda *xs: torch.stack(xs) if isinstance(xs[0], torch.Tensor) else xs[0], *batches)
+    except RuntimeError as err:
+        raise ValueError(f"the members' batches differ in shape ({err}); members of one vectorized job need "
+                         "datamodules that give batches of one shape (same batch size and dataset size)") from err
+
+
+def batch_size_of(batch: Any) -> int:
+    """Lightning's inferred batch size: the first dimension of the batch's first tensor."""
+    for leaf in torch.utils._pytree.tree_leaves(batch):
+        if isinstance(leaf, torch.Tensor):
+            return int(leaf.size(0)) if leaf.dim() else 1
+    return 1
+
+
+def _takes_batch_idx(method: Callable[..., Any]) -> bool:
+    params = list(inspect.signature(method).parameters.values())
+    return len(params) >= 2 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
