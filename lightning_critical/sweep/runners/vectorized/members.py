@@ -14,7 +14,7 @@ Example::
     >>> stack = {"weight": torch.zeros(3, 1, 2), "bias": torch.zeros(3, 1)}
     >>> alias_rows(net, stack, 1)
     >>> with torch.no_grad():
-    ...     net.bias.add_(1.0)
+    ...     _ = net.bias.add_(1.0)
     >>> stack["bias"][:, 0].tolist()
     [0.0, 1.0, 0.0]
 """
