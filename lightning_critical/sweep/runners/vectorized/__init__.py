@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from lightning_critical._namespace import pl
-from lightning_critical.sweep.build import build_model, deficit_seed
+from lightning_critical.sweep.build import build_deficits, build_model, deficit_seed
 from lightning_critical.sweep.runners.base import envelope
 from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner, read_metrics
 from lightning_critical.sweep.runners.rng import capture, restore
@@ -45,7 +45,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     check_spec,
     trial_refusal,
 )
-from lightning_critical.sweep.runners.vectorized.members import Member
+from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
 from lightning_critical.sweep.spec import canonical_json
@@ -99,7 +99,9 @@ class VectorizedRunner:
             if params not in shapes_of:
                 shapes_of[params] = self._shapes(task)
             groups.setdefault(canonical_json([shapes_of[params], task.epochs]), []).append(task)
-        self.trial(tasks[:2])
+        for task in tasks:
+            check_deficits(build_deficits(task.spec, task.run))
+        self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
         size = self.max_members or len(tasks)
         return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 

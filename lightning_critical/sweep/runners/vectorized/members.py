@@ -51,13 +51,7 @@ class Member:
         self.model = build_model(spec, run)
         self.datamodule = build_datamodule(spec, run)
         self.deficits = build_deficits(spec, run)
-        self.inputs = [d for d in self.deficits if isinstance(d, InputDeficit)]
-        self.pathways = [d for d in self.deficits if isinstance(d, PathwayDeficit)]
-        other = [d for d in self.deficits if d not in self.inputs and d not in self.pathways]
-        bad = [d for d in self.pathways if d.mode not in ("freeze", "silence")]
-        if other or bad:
-            raise VectorizedRefused(f"the deficits {[repr(d) for d in other + bad]} (it maps InputDeficit and "
-                                    "PathwayDeficit with mode 'freeze' or 'silence')")
+        self.inputs, self.pathways = check_deficits(self.deficits)
         source = self.datamodule if self.datamodule is not None else self.model
         if self.datamodule is not None:
             self.datamodule.prepare_data()
@@ -119,6 +113,18 @@ class Member:
         for config in self.schedulers:
             if config.interval == interval:
                 config.scheduler.step()
+
+
+def check_deficits(deficits: list[Any]) -> tuple[list[InputDeficit], list[PathwayDeficit]]:
+    """The input and pathway deficits of a run; anything else (or a pathway mode other than freeze/silence) refused."""
+    inputs = [d for d in deficits if isinstance(d, InputDeficit)]
+    pathways = [d for d in deficits if isinstance(d, PathwayDeficit)]
+    other = [d for d in deficits if d not in inputs and d not in pathways]
+    bad = [d for d in pathways if d.mode not in ("freeze", "silence")]
+    if other or bad:
+        raise VectorizedRefused(f"the deficits {[repr(d) for d in other + bad]} (it maps InputDeficit and "
+                                "PathwayDeficit with mode 'freeze' or 'silence')")
+    return inputs, pathways
 
 
 def alias_rows(module: nn.Module, stack: dict[str, torch.Tensor], row: int) -> None:

@@ -1,0 +1,148 @@
+"""The vectorized runner: members equal the default runner's runs bitwise; what it cannot map is refused first."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightning_critical as lc
+from lightning_critical._namespace import pl
+from lightning_critical.sweep import VectorizedRefused
+
+METRICS = ["val_acc", "val_loss", "train_loss"]
+
+
+class MLP(pl.LightningModule):
+    """A 64-16-10 MLP on the digits; ``opt`` picks the optimizer, the flags a construct to refuse."""
+
+    def __init__(self, opt: str = "sgd", dropout: bool = False, item: bool = False) -> None:
+        super().__init__()
+        self.opt, self.item = opt, item
+        self.l1, self.l2 = nn.Linear(64, 16), nn.Linear(16, 10)
+        self.drop = nn.Dropout(0.5) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.drop(F.relu(self.l1(x.flatten(1)))))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        if self.item and loss.item() > 100:  # data-dependent control flow
+            loss = loss * 0
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> Any:
+        if self.opt == "adam":
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+        if self.opt == "lbfgs":
+            return torch.optim.LBFGS(self.parameters())
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        if self.opt == "plateau":
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+                                                       "monitor": "val_loss"}}
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)}
+
+
+class Manual(MLP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+
+def sweep(tmp_path: Any, runner: Any, model: Any = MLP, deficit: Any = None, **kw: Any) -> Any:
+    out = os.path.join(tmp_path, str(runner))
+    return lc.sweep.run(
+        model, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32),
+        deficit=deficit or lc.InputDeficit("blur", (0, 1)), windows=lc.sweep.removal([1, 2], epochs_after=1),
+        seeds=[0, 1], metrics=METRICS, trainer={}, runner=runner, out=out, backend="serial", tensorboard=False,
+        plot=False, **kw)
+
+
+def weights(tmp_path: Any, runner: str, label: str) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(tmp_path, runner, "models", f"{label}.pt"))
+
+
+@pytest.mark.parametrize(("opt", "deficit"), [
+    ("sgd", None),  # SGD + momentum + weight decay + ExponentialLR, an input deficit per member
+    ("adam", lc.PathwayDeficit("l1", (0, 1), mode="freeze")),
+    ("sgd", lc.PathwayDeficit("l1", (0, 2), mode="freeze")),
+    ("sgd", lc.PathwayDeficit("l1", (0, 1), mode="silence")),
+])
+def test_members_equal_the_default_runners_runs_bitwise(tmp_path: Any, opt: str, deficit: Any) -> None:
+    model = functools.partial(MLP, opt=opt)
+    default = sweep(tmp_path, None, model, deficit, save_model=True)
+    vectorized = sweep(tmp_path, "vectorized", model, deficit, save_model=True)
+    assert (vectorized["status"] == "ok").all()
+    assert default["label"].tolist() == vectorized["label"].tolist()
+    assert (default[METRICS].values == vectorized[METRICS].values).all()
+    for label in default["label"]:
+        a, b = weights(tmp_path, "None", label), weights(tmp_path, "vectorized", label)
+        assert all(torch.equal(a[k], b[k]) for k in a), label
+
+
+def test_exact_logs_off_is_close_not_bitwise(tmp_path: Any) -> None:
+    default = sweep(tmp_path, None)
+    fast = sweep(tmp_path, lc.sweep.VectorizedRunner(exact_logs=False))
+    assert (abs(default[METRICS].values - fast[METRICS].values) < 1e-5).all()
+
+
+@pytest.mark.parametrize(("model", "construct"), [
+    (Manual, "manual optimization"),
+    (functools.partial(MLP, opt="lbfgs"), "LBFGS"),
+    (functools.partial(MLP, opt="plateau"), "ReduceLROnPlateau"),
+    (functools.partial(MLP, dropout=True), "dropout module 'drop'"),
+    (functools.partial(MLP, item=True), "trial step on two members failed"),
+])
+def test_refusals_raise_before_training(tmp_path: Any, model: Any, construct: str) -> None:
+    with pytest.raises(VectorizedRefused, match=construct) as info:
+        sweep(tmp_path, "vectorized", model)
+    assert "runner=None" in str(info.value)
+    assert not os.path.exists(os.path.join(tmp_path, "vectorized", "models"))
+    results = os.path.join(tmp_path, "vectorized", "results.jsonl")
+    assert not os.path.exists(results) or os.path.getsize(results) == 0
+
+
+def test_unsupported_deficits_and_options_are_refused(tmp_path: Any) -> None:
+    with pytest.raises(VectorizedRefused, match="PathwayDeficit"):
+        sweep(tmp_path, "vectorized", deficit=lc.PathwayDeficit("l1", (0, 1), mode="noise"))
+    with pytest.raises(VectorizedRefused, match="trainer arguments"):
+        lc.sweep.VectorizedRunner().batches([_task(trainer={"gradient_clip_val": 1.0})])
+    with pytest.raises(ValueError, match="does not support"):
+        sweep(tmp_path, "vectorized", test=True)
+
+
+def _task(trainer: dict[str, Any]) -> Any:
+    from types import SimpleNamespace
+    return SimpleNamespace(spec=SimpleNamespace(trainer=trainer, metrics=("val_acc",)))
+
+
+def test_auto_says_which_runner_and_why(tmp_path: Any, capsys: Any) -> None:
+    table = sweep(tmp_path, "auto")
+    assert "runner='auto': the vectorized runner (6 runs in 3 job(s)): the model qualifies" in capsys.readouterr().out
+    sweep(tmp_path / "b", "auto", functools.partial(MLP, opt="plateau"))
+    out = capsys.readouterr().out
+    assert "runner='auto': the default runner (one fit per run): ReduceLROnPlateau" in out
+    assert (table["status"] == "ok").all()
+
+
+def test_batches_group_by_shapes_and_length() -> None:
+    from lightning_critical.sweep.runners.vectorized.checks import REFUSALS
+    assert len(REFUSALS) >= 6
+    with pytest.raises(ValueError, match="max_members=0"):
+        lc.sweep.VectorizedRunner(max_members=0)
+    with pytest.raises(ValueError, match="runner='fast' is not valid"):
+        lc.sweep.run(MLP, windows=[(0, 1)], deficit=lc.InputDeficit("blur", (0, 1)), metrics=METRICS,
+                     trainer={"max_epochs": 2}, runner="fast")
