@@ -131,7 +131,7 @@ def _task(trainer: dict[str, Any]) -> Any:
 
 def test_auto_says_which_runner_and_why(tmp_path: Any, capsys: Any) -> None:
     table = sweep(tmp_path, "auto")
-    assert "runner='auto': the vectorized runner (6 runs in 3 job(s)): the model qualifies" in capsys.readouterr().out
+    assert "runner='auto': the vectorized runner (6 runs in 1 job(s)): the model qualifies" in capsys.readouterr().out
     sweep(tmp_path / "b", "auto", functools.partial(MLP, opt="plateau"))
     out = capsys.readouterr().out
     assert "runner='auto': the default runner (one fit per run): ReduceLROnPlateau" in out

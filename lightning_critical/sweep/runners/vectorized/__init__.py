@@ -1,8 +1,8 @@
 """The vectorized runner: every run of a small model that can share a stack trained as one ``torch.func`` job.
 
 ``lc.sweep.run(..., runner="vectorized")`` (or ``runner=lc.sweep.VectorizedRunner()``) groups
-the runs whose models have the same parameter shapes and whose runs have the same length
-(:meth:`VectorizedRunner.batches`) and trains each group as one job: parameters stacked,
+the runs whose models have the same parameter shapes (:meth:`VectorizedRunner.batches`; runs of other
+lengths leave the stack when they end) and trains each group as one job: parameters stacked,
 the user's unchanged ``training_step`` / ``validation_step`` called through
 ``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
 member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
@@ -88,7 +88,8 @@ class VectorizedRunner:
         self.allow_dropout, self.max_members, self.exact_logs = allow_dropout, max_members, exact_logs
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
-        """One job per parameter shapes and run length (grid order kept), after the refusals and a trial step."""
+        """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
+        after the refusals and a trial step."""
         if not tasks:
             return []
         check_spec(tasks[0].spec)
@@ -98,7 +99,7 @@ class VectorizedRunner:
             params = canonical_json(task.run.encode()["params"])
             if params not in shapes_of:
                 shapes_of[params] = self._shapes(task)
-            groups.setdefault(canonical_json([shapes_of[params], task.epochs]), []).append(task)
+            groups.setdefault(shapes_of[params], []).append(task)
         for task in tasks:
             check_deficits(build_deficits(task.spec, task.run))
         self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
@@ -139,7 +140,7 @@ class VectorizedRunner:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
-        produced = train(members, stack, tasks[0].epochs, int(trainer.get("check_val_every_n_epoch") or 1),
+        produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self.exact_logs)
         out = []
         for task, member, values in zip(tasks, members, produced, strict=True):

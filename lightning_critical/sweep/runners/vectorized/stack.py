@@ -105,6 +105,20 @@ class Stack:
             template.get_submodule(name).register_forward_hook(self._gate_hook(name))
         self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
 
+    def keep(self, members: list[Member], rows: list[int]) -> None:
+        """Shrink the stack to ``rows`` (members that finished leave it); ``members`` are the ones kept, in order.
+
+        Each kept member's parameters keep their identity (its optimizer state is keyed by them)
+        and alias their new row; members that left keep their final weights in the old stack.
+        """
+        index = torch.tensor(rows)
+        self.params = {k: v[index] for k, v in self.params.items()}
+        self.buffers = {k: v[index] for k, v in self.buffers.items()}
+        for row, member in enumerate(members):
+            for name, param in member.named:
+                param.data = self.params[name][row]
+            alias_rows(member.model, self.buffers, row)
+
     def gates(self, members: list[Member], epoch: int, step: int) -> Tensors:
         """``{module: (M,) gate}``: 0.0 for members whose silence deficit is active, else 1.0."""
         silenced = [m.silenced(epoch, step) for m in members]
@@ -143,8 +157,8 @@ class Stack:
         finally:
             self.template.train()
 
-    def replay(self, method: str, batches: list[Any], gates: Tensors, batch_idx: int) -> Tensors:
-        """``method`` called for each member alone (no vmap, no gradient, buffers untouched): the logged ``(M,)``.
+    def replay(self, method: str, batches: list[Any], gates: Tensors, batch_idx: int, rows: list[int]) -> Tensors:
+        """``method`` called for each member of ``rows`` alone (no vmap, no gradient, buffers untouched): its logs.
 
         Reductions such as ``cross_entropy``'s mean round differently under ``vmap``; the
         gradients do not. Replaying a step member by member gives the values a run trained
@@ -152,19 +166,20 @@ class Stack:
         """
         training = method == "training_step"
         self.template.train(training)
-        rows = []
+        logged = []
         try:
             with torch.no_grad():
-                for row, batch in enumerate(batches):
+                for row in rows:
+                    batch = batches[row]
                     params = {k: v[row] for k, v in self.params.items()}
                     buffers = {k: v[row].clone() for k, v in self.buffers.items()}
                     self._gates = {k: g[row] for k, g in gates.items()}
                     self._call(method, params, buffers, batch, batch_idx, "train" if training else "val")
-                    rows.append(self.logs.take())
+                    logged.append(self.logs.take())
         finally:
             self._gates = None
             self.template.train()
-        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+        return {name: torch.stack([r[name] for r in logged]) for name in logged[0]} if logged else {}
 
     def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
         self.logs.start(stage)

@@ -5,10 +5,11 @@ under its own random states (:meth:`~.members.Member.drawing`), its active input
 applied to its batch; one vmapped step gives every member's gradients (:class:`~.stack.Stack`);
 each member's own optimizer steps its row, after the gradients of its frozen parameters were
 dropped (as :class:`~lightning_critical.PathwayDeficit` does); step and epoch schedulers step;
-then validation (its loader's iterator is created every epoch, as Lightning does, so the
-members' random streams stay those of runs trained alone; the steps run on the last validation
-epoch only, whose values are the final ones). Logged values are reduced as Lightning reduces
-them (the last step's value, or the batch-size-weighted mean of the epoch).
+then validation (its loader's iterator is created every validation epoch, as Lightning does,
+so the members' random streams stay those of runs trained alone; the steps run on a member's
+last validation epoch only, whose values are its final ones). Logged values are reduced as
+Lightning reduces them (the last step's value, or the batch-size-weighted mean of the epoch).
+Members leave the stack after their last epoch (runs of a removal sweep differ in length).
 
 Example::
 
@@ -64,47 +65,106 @@ class EpochLogs:
         return out
 
 
-def train(members: list[Member], stack: Stack, epochs: int, val_every: int, sanity: bool,
-          exact_logs: bool = True) -> list[dict[str, float]]:
-    """Train every member for ``epochs`` epochs; each member's final ``callback_metrics`` as floats.
+class Loop:
+    """The members' epochs (see the module docstring); ``run()`` gives each member's final ``callback_metrics``."""
 
-    ``exact_logs``: the last epoch's logged values come from each member's step replayed alone
-    (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
-    """
-    lengths = {len(m.train_loader) for m in members}
-    if len(lengths) != 1:
-        raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
-                         "vectorized job need as many batches per epoch")
-    n_batches = lengths.pop()
-    has_val = all(m.val_loader is not None for m in members)
-    val_epochs = [e for e in range(epochs) if (e + 1) % val_every == 0] if has_val else []
-    if sanity and has_val:
-        _draw_iterators(members, "val_loader")
-    step, train_logs, val_logs = 0, EpochLogs(True), EpochLogs(False)
-    for epoch in range(epochs):
+    def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool) -> None:
+        lengths = {len(m.train_loader) for m in members}
+        if len(lengths) != 1:
+            raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
+                             "vectorized job need as many batches per epoch")
+        self.n_batches = lengths.pop()
+        self.members, self.active, self.stack, self.exact = members, list(members), stack, exact_logs
+        self.has_val = all(m.val_loader is not None for m in members)
+        self.val_every, self.step = val_every, 0
+        self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
+                         for m in members}
+        self.produced: dict[int, dict[str, float]] = {id(m): {} for m in members}
+        if sanity and self.has_val:
+            _iterators(members, "val_loader")
+
+    def run(self) -> list[dict[str, float]]:
+        epoch = 0
+        while self.active:
+            self.epoch(epoch)
+            epoch += 1
+        return [self.produced[id(m)] for m in self.members]
+
+    def epoch(self, epoch: int) -> None:
+        active, stack = self.active, self.stack
+        final = [row for row, m in enumerate(active) if m.task.epochs == epoch + 1]
         train_logs = EpochLogs(True)
-        iterators = _draw_iterators(members, "train_loader")
-        for batch_idx in range(n_batches):
+        iterators = _iterators(active, "train_loader")
+        for batch_idx in range(self.n_batches):
             batches = []
-            for member, iterator in zip(members, iterators, strict=True):
+            for member, iterator in zip(active, iterators, strict=True):
                 with member.drawing():
                     raw = next(iterator)
-                batches.append(member.batch((epoch, step), raw, batch_idx))
-            gates = stack.gates(members, epoch, step)
+                batches.append(member.batch((epoch, self.step), raw, batch_idx))
+            gates = stack.gates(active, epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
-            if exact_logs and epoch == epochs - 1:
-                logs = stack.replay("training_step", batches, gates, batch_idx)
+            if self.exact and final:
+                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
-            _optimizer_steps(members, grads, epoch, step)
-            step += 1
-        if epoch in val_epochs:
-            iterators = _draw_iterators(members, "val_loader")
-            if epoch == val_epochs[-1]:
-                val_logs = _validate(members, stack, iterators, exact_logs)
-        for member in members:
+            _optimizer_steps(active, grads, epoch, self.step)
+            self.step += 1
+        self.record(train_logs.callback(), final)
+        if self.has_val and (epoch + 1) % self.val_every == 0:
+            rows = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
+            self.record(self.validate(_iterators(active, "val_loader"), rows), rows)
+        for member in active:
             member.step_schedulers("epoch")
-    produced = {**train_logs.callback(), **val_logs.callback()}
-    return [{name: float(value[row]) for name, value in produced.items()} for row in range(len(members))]
+        if final:
+            keep = [row for row in range(len(active)) if row not in final]
+            self.active = [active[row] for row in keep]
+            if keep:
+                stack.keep(self.active, keep)
+
+    def record(self, values: Tensors, rows: list[int]) -> None:
+        for row in rows:
+            self.produced[id(self.active[row])].update({k: float(v[row]) for k, v in values.items()})
+
+    def validate(self, iterators: list[Any], rows: list[int]) -> Tensors:
+        """The final validation values of the members of ``rows`` (the others' loaders are only iterated)."""
+        if not rows:
+            return {}
+        lengths = {len(m.val_loader) for m in self.active}
+        if len(lengths) != 1:
+            raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
+        logs = EpochLogs(False)
+        for batch_idx in range(lengths.pop()):
+            batches = []
+            for member, iterator in zip(self.active, iterators, strict=True):
+                with member.drawing():
+                    batches.append(next(iterator))
+            if self.exact:
+                values = _merged({}, self.stack.replay("validation_step", batches, {}, batch_idx, rows), rows,
+                                 len(batches))
+            else:
+                values = self.stack.validation_step(stacked(batches), batch_idx)
+            logs.add(values, self.stack.logs.meta, batch_size_of(batches[0]))
+        return logs.callback()
+
+
+def train(members: list[Member], stack: Stack, val_every: int, sanity: bool,
+          exact_logs: bool = True) -> list[dict[str, float]]:
+    """Train every member for its run's epochs; each member's final ``callback_metrics`` as floats.
+
+    ``exact_logs``: a member's last-epoch logged values come from its step replayed alone
+    (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
+    """
+    return Loop(members, stack, val_every, sanity, exact_logs).run()
+
+
+def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
+    """``logs`` with the rows ``rows`` replaced by the replayed values (NaN where nothing is known)."""
+    out = {}
+    for name, values in replayed.items():
+        n = size if size is not None else len(logs[name])
+        merged = logs[name].clone() if name in logs else torch.full((n,), float("nan"), dtype=values.dtype)
+        merged[torch.tensor(rows)] = values
+        out[name] = merged
+    return out
 
 
 def _optimizer_steps(members: list[Member], grads: Tensors, epoch: int, step: int) -> None:
@@ -119,25 +179,7 @@ def _optimizer_steps(members: list[Member], grads: Tensors, epoch: int, step: in
             param.grad = None
 
 
-def _validate(members: list[Member], stack: Stack, iterators: list[Any], exact: bool) -> EpochLogs:
-    logs = EpochLogs(False)
-    lengths = {len(m.val_loader) for m in members}
-    if len(lengths) != 1:
-        raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
-    for batch_idx in range(lengths.pop()):
-        batches = []
-        for member, iterator in zip(members, iterators, strict=True):
-            with member.drawing():
-                batches.append(next(iterator))
-        if exact:
-            values = stack.replay("validation_step", batches, {}, batch_idx)
-        else:
-            values = stack.validation_step(stacked(batches), batch_idx)
-        logs.add(values, stack.logs.meta, batch_size_of(batches[0]))
-    return logs
-
-
-def _draw_iterators(members: list[Member], loader: str) -> list[Any]:
+def _iterators(members: list[Member], loader: str) -> list[Any]:
     iterators = []
     for member in members:
         with member.drawing():
