@@ -74,6 +74,21 @@ class Member:
             self.rng = _capture()
             _restore(saved)
 
+    @contextmanager
+    def drawing_torch(self) -> Iterator[None]:
+        """:meth:`drawing` for draws known to use torch's generator only (a stock sampler over a TensorDataset)."""
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.rng[0])
+        try:
+            yield
+        finally:
+            self.rng = (torch.get_rng_state(), self.rng[1], self.rng[2])
+            torch.set_rng_state(saved)
+
+    def feed(self, loader: Any) -> Feed:
+        """A new epoch of ``loader`` for this member (the iterator made under its random states)."""
+        return Feed(self, loader)
+
     def configure(self) -> None:
         """The member's optimizer and schedulers from its module's own ``configure_optimizers()`` (params aliased)."""
         optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
@@ -113,6 +128,40 @@ class Member:
         for config in self.schedulers:
             if config.interval == interval:
                 config.scheduler.step()
+
+
+class Feed:
+    """One epoch of a member's loader: ``next()`` gives its batches as the loader would, under its random states.
+
+    A stock loader (``TensorDataset``, default collate, a ``RandomSampler`` or
+    ``SequentialSampler`` in a ``BatchSampler``, no workers) is read by indexing the tensors
+    with the sampler's indices: the same batches, bitwise, without collating one sample at a
+    time (the sampler draws from torch's generator only). Any other loader is iterated.
+    """
+
+    def __init__(self, member: Member, loader: Any) -> None:
+        self.member, self.tensors = member, _tensors(loader)
+        draw = member.drawing_torch if self.tensors is not None else member.drawing
+        with draw():
+            self.iterator = iter(loader)
+
+    def next(self) -> Any:
+        if self.tensors is None:
+            with self.member.drawing():
+                return next(self.iterator)
+        with self.member.drawing_torch():
+            index = torch.as_tensor(self.iterator._next_index())
+        return [t[index] for t in self.tensors]
+
+
+def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:
+    data = torch.utils.data
+    stock = (type(loader.dataset) is data.TensorDataset and loader.num_workers == 0
+             and loader.collate_fn is data.dataloader.default_collate and not loader.pin_memory
+             and type(loader.batch_sampler) is data.BatchSampler
+             and type(loader.sampler) in (data.RandomSampler, data.SequentialSampler)
+             and getattr(loader.sampler, "generator", None) is None and loader.generator is None)
+    return tuple(loader.dataset.tensors) if stock else None
 
 
 def check_deficits(deficits: list[Any]) -> tuple[list[InputDeficit], list[PathwayDeficit]]:

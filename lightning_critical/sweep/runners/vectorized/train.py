@@ -81,7 +81,7 @@ class Loop:
                          for m in members}
         self.produced: dict[int, dict[str, float]] = {id(m): {} for m in members}
         if sanity and self.has_val:
-            _iterators(members, "val_loader")
+            _ = [m.feed(m.val_loader) for m in members]
 
     def run(self) -> list[dict[str, float]]:
         epoch = 0
@@ -94,13 +94,9 @@ class Loop:
         active, stack = self.active, self.stack
         final = [row for row, m in enumerate(active) if m.task.epochs == epoch + 1]
         train_logs = EpochLogs(True)
-        iterators = _iterators(active, "train_loader")
+        feeds = [m.feed(m.train_loader) for m in active]
         for batch_idx in range(self.n_batches):
-            batches = []
-            for member, iterator in zip(active, iterators, strict=True):
-                with member.drawing():
-                    raw = next(iterator)
-                batches.append(member.batch((epoch, self.step), raw, batch_idx))
+            batches = [m.batch((epoch, self.step), f.next(), batch_idx) for m, f in zip(active, feeds, strict=True)]
             gates = stack.gates(active, epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
             if self.exact and final:
@@ -111,7 +107,7 @@ class Loop:
         self.record(train_logs.callback(), final)
         if self.has_val and (epoch + 1) % self.val_every == 0:
             rows = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
-            self.record(self.validate(_iterators(active, "val_loader"), rows), rows)
+            self.record(self.validate([m.feed(m.val_loader) for m in active], rows), rows)
         for member in active:
             member.step_schedulers("epoch")
         if final:
@@ -124,7 +120,7 @@ class Loop:
         for row in rows:
             self.produced[id(self.active[row])].update({k: float(v[row]) for k, v in values.items()})
 
-    def validate(self, iterators: list[Any], rows: list[int]) -> Tensors:
+    def validate(self, feeds: list[Any], rows: list[int]) -> Tensors:
         """The final validation values of the members of ``rows`` (the others' loaders are only iterated)."""
         if not rows:
             return {}
@@ -133,10 +129,7 @@ class Loop:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
         logs = EpochLogs(False)
         for batch_idx in range(lengths.pop()):
-            batches = []
-            for member, iterator in zip(self.active, iterators, strict=True):
-                with member.drawing():
-                    batches.append(next(iterator))
+            batches = [f.next() for f in feeds]
             if self.exact:
                 values = _merged({}, self.stack.replay("validation_step", batches, {}, batch_idx, rows), rows,
                                  len(batches))
@@ -177,11 +170,3 @@ def _optimizer_steps(members: list[Member], grads: Tensors, epoch: int, step: in
     for member in members:
         for _, param in member.named:
             param.grad = None
-
-
-def _iterators(members: list[Member], loader: str) -> list[Any]:
-    iterators = []
-    for member in members:
-        with member.drawing():
-            iterators.append(iter(getattr(member, loader)))
-    return iterators
