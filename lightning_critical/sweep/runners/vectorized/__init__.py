@@ -65,6 +65,9 @@ class VectorizedRunner:
             they equal the default runner's bitwise (reductions such as a loss's mean round
             differently under ``vmap``; gradients do not). ``False``: read them from ``vmap``
             (faster; last-digit float32 differences).
+        stacked_optimizer: one stock SGD/Adam/AdamW over the stacked parameters when it equals
+            the members' own optimizers bitwise (:func:`.optim.stackable`); ``False``: always
+            one optimizer per member (over its row).
 
     Raises:
         VectorizedRefused: from :meth:`batches`, before training, for what cannot be mapped.
@@ -79,13 +82,16 @@ class VectorizedRunner:
     shares_prefixes = False  # members train from epoch 0 inside their job
     supports: frozenset[str] = frozenset({"save_model"})
 
-    def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool = True) -> None:
-        for name, flag in (("allow_dropout", allow_dropout), ("exact_logs", exact_logs)):
+    def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool = True,
+                 stacked_optimizer: bool = True) -> None:
+        flags = (("allow_dropout", allow_dropout), ("exact_logs", exact_logs), ("stacked_optimizer", stacked_optimizer))
+        for name, flag in flags:
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}={flag!r} is not valid: give True or False.")
         if max_members is not None and (not isinstance(max_members, int) or max_members < 1):
             raise ValueError(f"max_members={max_members!r} is not valid: give an integer >= 1 or None.")
         self.allow_dropout, self.max_members, self.exact_logs = allow_dropout, max_members, exact_logs
+        self.stacked_optimizer = stacked_optimizer
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
         """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
@@ -141,7 +147,7 @@ class VectorizedRunner:
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
-                         bool(trainer.get("num_sanity_val_steps")), self.exact_logs)
+                         bool(trainer.get("num_sanity_val_steps")), self.exact_logs, self.stacked_optimizer)
         out = []
         for task, member, values in zip(tasks, members, produced, strict=True):
             metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
@@ -172,7 +178,7 @@ class VectorizedRunner:
         return type(other) is type(self) and vars(other) == vars(self)
 
     def __hash__(self) -> int:
-        return hash((type(self), self.allow_dropout, self.max_members, self.exact_logs))
+        return hash((type(self), *sorted(vars(self).items())))
 
 
 class AutoRunner:

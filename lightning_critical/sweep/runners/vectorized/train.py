@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lightning_critical.sweep.runners.vectorized.members import Member
+from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
 
 
@@ -68,7 +69,8 @@ class EpochLogs:
 class Loop:
     """The members' epochs (see the module docstring); ``run()`` gives each member's final ``callback_metrics``."""
 
-    def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool) -> None:
+    def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool,
+                 stacked_optimizer: bool = True) -> None:
         lengths = {len(m.train_loader) for m in members}
         if len(lengths) != 1:
             raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
@@ -80,6 +82,7 @@ class Loop:
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
                          for m in members}
         self.produced: dict[int, dict[str, float]] = {id(m): {} for m in members}
+        self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
         if sanity and self.has_val:
             _ = [m.feed(m.val_loader) for m in members]
 
@@ -102,7 +105,12 @@ class Loop:
             if self.exact and final:
                 logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
-            _optimizer_steps(active, grads, epoch, self.step)
+            if self.optim is not None:
+                self.optim.step(active, stack.params, grads, _frozen_rows(active, epoch, self.step))
+                for member in active:
+                    member.step_schedulers("step")
+            else:
+                _optimizer_steps(active, grads, epoch, self.step)
             self.step += 1
         self.record(train_logs.callback(), final)
         if self.has_val and (epoch + 1) % self.val_every == 0:
@@ -115,6 +123,8 @@ class Loop:
             self.active = [active[row] for row in keep]
             if keep:
                 stack.keep(self.active, keep)
+                if self.optim is not None:
+                    self.optim.keep(keep, stack.params)
 
     def record(self, values: Tensors, rows: list[int]) -> None:
         for row in rows:
@@ -139,14 +149,14 @@ class Loop:
         return logs.callback()
 
 
-def train(members: list[Member], stack: Stack, val_every: int, sanity: bool,
-          exact_logs: bool = True) -> list[dict[str, float]]:
+def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool = True,
+          stacked_optimizer: bool = True) -> list[dict[str, float]]:
     """Train every member for its run's epochs; each member's final ``callback_metrics`` as floats.
 
     ``exact_logs``: a member's last-epoch logged values come from its step replayed alone
     (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
     """
-    return Loop(members, stack, val_every, sanity, exact_logs).run()
+    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer).run()
 
 
 def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
@@ -157,6 +167,17 @@ def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None 
         merged = logs[name].clone() if name in logs else torch.full((n,), float("nan"), dtype=values.dtype)
         merged[torch.tensor(rows)] = values
         out[name] = merged
+    return out
+
+
+def _frozen_rows(members: list[Member], epoch: int, step: int) -> dict[str, list[int]]:
+    """``{parameter name: rows}`` of the members whose freeze deficit holds that parameter at this step."""
+    out: dict[str, list[int]] = {}
+    for row, member in enumerate(members):
+        frozen = {id(p) for p in member.frozen_now(epoch, step)}
+        for name, param in member.named:
+            if id(param) in frozen:
+                out.setdefault(name, []).append(row)
     return out
 
 
