@@ -140,7 +140,7 @@ class Feed:
     """
 
     def __init__(self, member: Member, loader: Any) -> None:
-        self.member, self.tensors = member, _tensors(loader)
+        self.member, self.tensors, self.drawn = member, _tensors(loader), False
         draw = member.drawing_torch if self.tensors is not None else member.drawing
         with draw():
             self.iterator = iter(loader)
@@ -149,9 +149,14 @@ class Feed:
         if self.tensors is None:
             with self.member.drawing():
                 return next(self.iterator)
-        with self.member.drawing_torch():
-            index = torch.as_tensor(self.iterator._next_index())
-        return [t[index] for t in self.tensors]
+        if self.drawn:  # the stock samplers draw once, when their first index is asked for
+            indices = self.iterator._next_index()
+        else:
+            with self.member.drawing_torch():
+                indices = self.iterator._next_index()
+            self.drawn = True
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))  # faster than torch.as_tensor(list)
+        return [t.index_select(0, index) for t in self.tensors]
 
 
 def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:

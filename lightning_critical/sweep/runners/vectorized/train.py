@@ -102,7 +102,7 @@ class Loop:
             batches = [m.batch((epoch, self.step), f.next(), batch_idx) for m, f in zip(active, feeds, strict=True)]
             gates = stack.gates(active, epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
-            if self.exact and final:
+            if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
                 logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
             if self.optim is not None:
@@ -168,6 +168,11 @@ def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None 
         merged[torch.tensor(rows)] = values
         out[name] = merged
     return out
+
+
+def _epoch_logged(logs: Tensors, stack: Stack) -> bool:
+    """Whether a training value is logged per epoch (every step's value counts, not only the last one's)."""
+    return any(stack.logs.meta[name][1] for name in logs)
 
 
 def _frozen_rows(members: list[Member], epoch: int, step: int) -> dict[str, list[int]]:
