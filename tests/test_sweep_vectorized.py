@@ -93,7 +93,28 @@ def test_members_equal_the_default_runners_runs_bitwise(tmp_path: Any, opt: str,
         assert all(torch.equal(a[k], b[k]) for k in a), label
 
 
-def test_exact_logs_off_is_close_not_bitwise(tmp_path: Any) -> None:
+@pytest.mark.parametrize(("runner", "opt", "deficit"), [
+    (lc.sweep.VectorizedRunner(stacked_optimizer=False), "sgd", lc.PathwayDeficit("l1", (0, 1), mode="freeze")),
+    (lc.sweep.VectorizedRunner(stacked_optimizer=False), "adam", None),
+    (lc.sweep.VectorizedRunner(), "adam", None),  # one stock Adam over the stacked rows
+])
+def test_one_optimizer_per_member_and_stacked_adam_are_bitwise(tmp_path: Any, runner: Any, opt: str,
+                                                               deficit: Any) -> None:
+    model = functools.partial(MLP, opt=opt)
+    default = sweep(tmp_path, None, model, deficit)
+    vectorized = sweep(tmp_path, runner, model, deficit)
+    assert (default[METRICS].values == vectorized[METRICS].values).all()
+
+
+def test_convolutions_within_float32_rounding(tmp_path: Any) -> None:
+    cnn = functools.partial(lc.models.SmallCNN, 1, 10, channels=(4, 8), lr=0.1, lr_decay=0.85)
+    default = sweep(tmp_path, None, cnn)
+    vectorized = sweep(tmp_path, "vectorized", cnn)
+    assert (vectorized["status"] == "ok").all()
+    assert abs(default[METRICS].values - vectorized[METRICS].values).max() < 1e-3  # docs/vectorized.md
+
+
+def test_exact_logs_off_is_close(tmp_path: Any) -> None:
     default = sweep(tmp_path, None)
     fast = sweep(tmp_path, lc.sweep.VectorizedRunner(exact_logs=False))
     assert (abs(default[METRICS].values - fast[METRICS].values) < 1e-5).all()
