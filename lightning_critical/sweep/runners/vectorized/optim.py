@@ -54,7 +54,7 @@ class StackedOptimizer:
         self.names = [name for name, _ in members[0].named]
         self.optimizer = type(first)([params[n] for n in self.names], **_hyper(first))
         for member in members:  # its schedulers step its own (unused) optimizer: no "step before optimizer" warning
-            member.optimizer._opt_called = True  # type: ignore[attr-defined]
+            member.optimizer._opt_called = True
 
     def step(self, members: list[Member], params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
              frozen: dict[str, list[int]]) -> None:
