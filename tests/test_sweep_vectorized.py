@@ -62,6 +62,11 @@ class Manual(MLP):
         self.automatic_optimization = False
 
 
+class Hooked(MLP):
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+
 def sweep(tmp_path: Any, runner: Any, model: Any = MLP, deficit: Any = None, **kw: Any) -> Any:
     out = os.path.join(tmp_path, str(runner))
     return lc.sweep.run(
@@ -126,6 +131,7 @@ def test_exact_logs_off_is_close(tmp_path: Any) -> None:
     (functools.partial(MLP, opt="plateau"), "ReduceLROnPlateau"),
     (functools.partial(MLP, dropout=True), "dropout module 'drop'"),
     (functools.partial(MLP, item=True), "trial step on two members failed"),
+    (Hooked, "overrides the hooks \\['on_train_batch_start'\\]"),
 ])
 def test_refusals_raise_before_training(tmp_path: Any, model: Any, construct: str) -> None:
     with pytest.raises(VectorizedRefused, match=construct) as info:
@@ -143,6 +149,9 @@ def test_unsupported_deficits_and_options_are_refused(tmp_path: Any) -> None:
         lc.sweep.VectorizedRunner().batches([_task(trainer={"gradient_clip_val": 1.0})])
     with pytest.raises(ValueError, match="does not support"):
         sweep(tmp_path, "vectorized", test=True)
+    with pytest.raises(ValueError, match=r"does not support \['tensorboard'\]"):
+        lc.sweep.run(MLP, windows=[(0, 1)], deficit=lc.InputDeficit("blur", (0, 1)), metrics=METRICS,
+                     trainer={"max_epochs": 2}, runner="vectorized", tensorboard=True, out=str(tmp_path / "tb"))
 
 
 def _task(trainer: dict[str, Any]) -> Any:
