@@ -173,6 +173,6 @@ def test_batches_group_by_shapes_and_length() -> None:
     assert len(REFUSALS) >= 6
     with pytest.raises(ValueError, match="max_members=0"):
         lc.sweep.VectorizedRunner(max_members=0)
-    with pytest.raises(ValueError, match="runner='fast' is not valid"):
+    with pytest.raises(TypeError, match="runner='fast' is not valid"):
         lc.sweep.run(MLP, windows=[(0, 1)], deficit=lc.InputDeficit("blur", (0, 1)), metrics=METRICS,
                      trainer={"max_epochs": 2}, runner="fast")

@@ -111,7 +111,7 @@ def check_runner(runner: Any) -> Any:
     if isinstance(runner, str):
         named = {"lightning": LightningRunner, "vectorized": VectorizedRunner, "auto": AutoRunner}
         if runner not in named:
-            raise ValueError(f"runner={runner!r} is not valid; choose one of {tuple(named)}, None or a runner object.")
+            raise TypeError(f"runner={runner!r} is not valid; choose one of {tuple(named)}, None or a runner object.")
         return named[runner]()
     missing = [m for m in ("name", "shares_prefixes", "batches", "run") if not hasattr(runner, m)]
     if missing:
