@@ -64,7 +64,8 @@ class VectorizedRunner:
             logs, the last validation) are computed by replaying each member's step alone, so
             they equal the default runner's bitwise (reductions such as a loss's mean round
             differently under ``vmap``; gradients do not). ``False``: read them from ``vmap``
-            (faster; last-digit float32 differences).
+            (faster; last-digit float32 differences). ``None`` (default): ``True`` unless the
+            model has convolutions, whose members differ by float32 rounding anyway.
         stacked_optimizer: one stock SGD/Adam/AdamW over the stacked parameters when it equals
             the members' own optimizers bitwise (:func:`.optim.stackable`); ``False``: always
             one optimizer per member (over its row).
@@ -82,11 +83,11 @@ class VectorizedRunner:
     shares_prefixes = False  # members train from epoch 0 inside their job
     supports: frozenset[str] = frozenset({"save_model"})
 
-    def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool = True,
+    def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True) -> None:
         flags = (("allow_dropout", allow_dropout), ("exact_logs", exact_logs), ("stacked_optimizer", stacked_optimizer))
         for name, flag in flags:
-            if not isinstance(flag, bool):
+            if not isinstance(flag, bool) and not (name == "exact_logs" and flag is None):
                 raise TypeError(f"{name}={flag!r} is not valid: give True or False.")
         if max_members is not None and (not isinstance(max_members, int) or max_members < 1):
             raise ValueError(f"max_members={max_members!r} is not valid: give an integer >= 1 or None.")
@@ -147,7 +148,8 @@ class VectorizedRunner:
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
-                         bool(trainer.get("num_sanity_val_steps")), self.exact_logs, self.stacked_optimizer)
+                         bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
+                         self.stacked_optimizer)
         out = []
         for task, member, values in zip(tasks, members, produced, strict=True):
             metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
@@ -157,6 +159,11 @@ class VectorizedRunner:
                         "global_step": task.epochs * len(member.train_loader),
                         "deficit_seed": deficit_seed(member.deficits)})
         return out
+
+    def _exact_logs(self, model: Any) -> bool:
+        if self.exact_logs is not None:
+            return self.exact_logs
+        return not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
 
     def _stack(self, members: list[Member]) -> Stack:
         stack = Stack(members, randomness="different" if self.allow_dropout else "error")
