@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -12,14 +15,21 @@ __all__ = ["DigitsDataModule", "load_digits_tensors"]
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
-    """scikit-learn's bundled 8x8 digits: images ``(1797, 1, 8, 8)`` in ``[0, 1]``, labels ``(1797,)``."""
+    """scikit-learn's bundled 8x8 digits: images ``(1797, 1, 8, 8)`` in ``[0, 1]``, labels ``(1797,)`` (new tensors)."""
+    images, labels = _digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[Any, Any]:
+    """The file read once per process (a sweep builds a datamodule per run); callers copy what they use."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - scikit-learn is a dev/example dependency
         raise ImportError("DigitsDataModule needs scikit-learn: pip install 'lightning-critical[digits]'") from err
     images, labels = load_digits(return_X_y=True)
-    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-    return x, torch.as_tensor(labels, dtype=torch.long)
+    return images, labels
 
 
 class DigitsDataModule(ImageClassificationDataModule):
