@@ -119,6 +119,27 @@ def test_convolutions_within_float32_rounding(tmp_path: Any) -> None:
     assert abs(default[METRICS].values - vectorized[METRICS].values).max() < 1e-3  # docs/vectorized.md
 
 
+class BatchNormMLP(MLP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(F.relu(self.bn(self.l1(x.flatten(1)))))
+
+
+def test_batchnorm_keeps_running_statistics_per_member(tmp_path: Any) -> None:
+    default = sweep(tmp_path, None, BatchNormMLP, save_model=True)
+    vectorized = sweep(tmp_path, "vectorized", BatchNormMLP, save_model=True)
+    assert abs(default[METRICS].values - vectorized[METRICS].values).max() < 1e-5  # vmap's batch statistics round
+    for label in default["label"]:
+        a, b = weights(tmp_path, "None", label), weights(tmp_path, "vectorized", label)
+        assert int(a["bn.num_batches_tracked"]) == int(b["bn.num_batches_tracked"]) > 0
+        assert torch.allclose(a["bn.running_mean"], b["bn.running_mean"], atol=1e-5)
+    means = [weights(tmp_path, "vectorized", label)["bn.running_mean"] for label in default["label"][:2]]
+    assert not torch.equal(*means)  # each member its own statistics
+
+
 def test_exact_logs_off_is_close(tmp_path: Any) -> None:
     default = sweep(tmp_path, None)
     fast = sweep(tmp_path, lc.sweep.VectorizedRunner(exact_logs=False))
