@@ -41,7 +41,8 @@ HOOKS: tuple[str, ...] = (
     "on_train_epoch_start", "on_train_epoch_end", "on_validation_epoch_start", "on_validation_epoch_end",
     "on_validation_batch_start", "on_validation_batch_end", "on_before_batch_transfer", "on_after_batch_transfer",
     "transfer_batch_to_device", "configure_gradient_clipping", "lr_scheduler_step", "configure_callbacks",
-    "on_fit_start", "on_train_start", "on_train_end", "on_fit_end", "training_step_end",
+    "on_fit_start", "on_train_start", "on_train_end", "on_fit_end", "training_step_end", "configure_model",
+    "on_validation_start", "on_validation_end", "on_validation_model_eval", "on_validation_model_train",
 )
 """Module hooks Lightning calls around steps that the vectorized loop does not call (refused when overridden)."""
 
