@@ -72,8 +72,8 @@ def sweep(tmp_path: Any, runner: Any, model: Any = MLP, deficit: Any = None, **k
     return lc.sweep.run(
         model, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32),
         deficit=deficit or lc.InputDeficit("blur", (0, 1)), windows=lc.sweep.removal([1, 2], epochs_after=1),
-        seeds=[0, 1], metrics=METRICS, trainer={}, runner=runner, out=out, backend="serial", tensorboard=False,
-        plot=False, **kw)
+        seeds=[0, 1], metrics=METRICS, trainer=kw.pop("trainer", {}), runner=runner, out=out, backend="serial",
+        tensorboard=False, plot=False, **kw)
 
 
 def weights(tmp_path: Any, runner: str, label: str) -> dict[str, torch.Tensor]:
@@ -109,6 +109,17 @@ def test_one_optimizer_per_member_and_stacked_adam_are_bitwise(tmp_path: Any, ru
     default = sweep(tmp_path, None, model, deficit)
     vectorized = sweep(tmp_path, runner, model, deficit)
     assert (default[METRICS].values == vectorized[METRICS].values).all()
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_per_member_is_bitwise(tmp_path: Any, algorithm: str) -> None:
+    freeze = lc.PathwayDeficit("l1", (0, 1), mode="freeze")  # clipped over the member's unfrozen gradients only
+    trainer = {"gradient_clip_val": 0.05, "gradient_clip_algorithm": algorithm}
+    default = sweep(tmp_path, None, deficit=freeze, trainer=trainer)
+    vectorized = sweep(tmp_path, "vectorized", deficit=freeze, trainer=trainer)
+    unclipped = sweep(tmp_path / "u", "vectorized", deficit=freeze)
+    assert (default[METRICS].values == vectorized[METRICS].values).all()
+    assert (default[METRICS].values != unclipped[METRICS].values).any()  # the clip bites
 
 
 def test_convolutions_within_float32_rounding(tmp_path: Any) -> None:
@@ -167,7 +178,7 @@ def test_unsupported_deficits_and_options_are_refused(tmp_path: Any) -> None:
     with pytest.raises(VectorizedRefused, match="PathwayDeficit"):
         sweep(tmp_path, "vectorized", deficit=lc.PathwayDeficit("l1", (0, 1), mode="noise"))
     with pytest.raises(VectorizedRefused, match="trainer arguments"):
-        lc.sweep.VectorizedRunner().batches([_task(trainer={"gradient_clip_val": 1.0})])
+        lc.sweep.VectorizedRunner().batches([_task(trainer={"accumulate_grad_batches": 2})])
     with pytest.raises(ValueError, match="does not support"):
         sweep(tmp_path, "vectorized", test=True)
     with pytest.raises(ValueError, match=r"does not support \['tensorboard'\]"):

@@ -149,7 +149,7 @@ class VectorizedRunner:
         trainer = {**QUIET_TRAINER, **spec.trainer}
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer)
+                         self.stacked_optimizer, _clip(trainer))
         out = []
         for task, member, values in zip(tasks, members, produced, strict=True):
             metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
@@ -234,6 +234,11 @@ class AutoRunner:
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:
+    value = trainer.get("gradient_clip_val")
+    return None if value is None else (float(value), str(trainer.get("gradient_clip_algorithm") or "norm"))
 
 
 def _save(model: Any, path: str) -> None:

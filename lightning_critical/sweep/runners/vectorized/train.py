@@ -70,7 +70,7 @@ class Loop:
     """The members' epochs (see the module docstring); ``run()`` gives each member's final ``callback_metrics``."""
 
     def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool,
-                 stacked_optimizer: bool = True) -> None:
+                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None) -> None:
         lengths = {len(m.train_loader) for m in members}
         if len(lengths) != 1:
             raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
@@ -82,6 +82,7 @@ class Loop:
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
                          for m in members}
         self.produced: dict[int, dict[str, float]] = {id(m): {} for m in members}
+        self.clip = clip if clip is not None and clip[0] > 0 else None
         self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
         if sanity and self.has_val:
             _ = [m.feed(m.val_loader) for m in members]
@@ -105,6 +106,8 @@ class Loop:
             if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
                 logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
+            if self.clip is not None:
+                _clip(active, grads, epoch, self.step, *self.clip)
             if self.optim is not None:
                 self.optim.step(active, stack.params, grads, _frozen_rows(active, epoch, self.step))
                 for member in active:
@@ -150,13 +153,14 @@ class Loop:
 
 
 def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool = True,
-          stacked_optimizer: bool = True) -> list[dict[str, float]]:
+          stacked_optimizer: bool = True, clip: tuple[float, str] | None = None) -> list[dict[str, float]]:
     """Train every member for its run's epochs; each member's final ``callback_metrics`` as floats.
 
     ``exact_logs``: a member's last-epoch logged values come from its step replayed alone
     (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
+    ``clip``: ``(gradient_clip_val, gradient_clip_algorithm)`` of the Trainer, applied per member.
     """
-    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer).run()
+    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip).run()
 
 
 def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
@@ -168,6 +172,21 @@ def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None 
         merged[torch.tensor(rows)] = values
         out[name] = merged
     return out
+
+
+def _clip(members: list[Member], grads: Tensors, epoch: int, step: int, value: float, algorithm: str) -> None:
+    """Each member's gradient rows clipped as Lightning clips a run's (after its frozen gradients were dropped)."""
+    for row, member in enumerate(members):
+        frozen = {id(p) for p in member.frozen_now(epoch, step)}
+        params = [p for _, p in member.named if id(p) not in frozen]
+        for name, param in member.named:
+            param.grad = None if id(param) in frozen else grads[name][row]  # views: clipping writes the rows
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip_value=value)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, value)
+        for param in params:
+            param.grad = None
 
 
 def _epoch_logged(logs: Tensors, stack: Stack) -> bool:
