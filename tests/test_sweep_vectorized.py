@@ -21,9 +21,9 @@ METRICS = ["val_acc", "val_loss", "train_loss"]
 class MLP(pl.LightningModule):
     """A 64-16-10 MLP on the digits; ``opt`` picks the optimizer, the flags a construct to refuse."""
 
-    def __init__(self, opt: str = "sgd", dropout: bool = False, item: bool = False) -> None:
+    def __init__(self, opt: str = "sgd", dropout: bool = False, item: bool = False, lr: float = 0.05) -> None:
         super().__init__()
-        self.opt, self.item = opt, item
+        self.opt, self.item, self.lr = opt, item, lr
         self.l1, self.l2 = nn.Linear(64, 16), nn.Linear(16, 10)
         self.drop = nn.Dropout(0.5) if dropout else nn.Identity()
 
@@ -49,7 +49,7 @@ class MLP(pl.LightningModule):
             return torch.optim.Adam(self.parameters(), lr=1e-2)
         if self.opt == "lbfgs":
             return torch.optim.LBFGS(self.parameters())
-        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         if self.opt == "plateau":
             return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
                                                        "monitor": "val_loss"}}
@@ -120,6 +120,13 @@ def test_gradient_clipping_per_member_is_bitwise(tmp_path: Any, algorithm: str) 
     unclipped = sweep(tmp_path / "u", "vectorized", deficit=freeze)
     assert (default[METRICS].values == vectorized[METRICS].values).all()
     assert (default[METRICS].values != unclipped[METRICS].values).any()  # the clip bites
+
+
+def test_a_swept_learning_rate_shares_the_job_bitwise(tmp_path: Any, capsys: Any) -> None:
+    default = sweep(tmp_path, None, params={"lr": [0.05, 0.2]})
+    vectorized = sweep(tmp_path, "auto", params={"lr": [0.05, 0.2]})
+    assert "(12 runs in 1 job(s))" in capsys.readouterr().out  # one optimizer per member: their lr differ
+    assert (default[METRICS].values == vectorized[METRICS].values).all()
 
 
 def test_convolutions_within_float32_rounding(tmp_path: Any) -> None:
