@@ -62,6 +62,7 @@ class Member:
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
+        self._silenced: dict[int, set[str]] = {}
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
@@ -119,9 +120,11 @@ class Member:
     def silenced(self, epoch: int, step: int) -> set[str]:
         """The module names silenced at this step (active silence deficits)."""
         out: set[str] = set()
-        for deficit in self.pathways:
+        for index, deficit in enumerate(self.pathways):
             if deficit.mode == "silence" and deficit.window.contains(epoch=epoch, step=step):
-                out.update(resolve_modules(self.model, deficit.pathways))
+                if index not in self._silenced:  # resolved once: the names do not change
+                    self._silenced[index] = set(resolve_modules(self.model, deficit.pathways))
+                out.update(self._silenced[index])
         return out
 
     def step_schedulers(self, interval: str) -> None:
