@@ -22,7 +22,7 @@ alone; the relative source variance of the fused layer's units
 only or ``b`` only). An early deficit leaves the network ignoring view ``b`` for good, though
 ``b`` is clean for most of training; a late one leaves its reliance near the baseline's.
 
-    python examples/multisensory.py                  # 5 seeds, 70 runs: about 1-2 minutes on 2 cores
+    python examples/multisensory.py                  # 5 seeds, 70 runs: about 1 minute on 2 busy cores
     python examples/multisensory.py --seeds 2 --removal 0 2 --onsets 0 2 --length 2 --epochs-after 1 \\
         --subset 100 --backend serial                # seconds
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "multisensory.py")
-# 2 seeds, 10 runs of 2-8 epochs on 400 digits: about 8 s on one core
+# 2 seeds, 10 runs of 2-8 epochs on 400 digits: about 5 s on one core
 TINY = ["--seeds", "2", "--removal", "0", "3", "--onsets", "0", "3", "--length", "3", "--epochs-after", "2",
         "--backend", "serial"]
 
