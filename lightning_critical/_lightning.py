@@ -45,6 +45,19 @@ def run_dir(trainer: pl.Trainer) -> str:
     return str(trainer.default_root_dir)
 
 
+def log_dirs(trainer: pl.Trainer) -> list[str]:
+    """The directories of the trainer's loggers, first logger first, without repeats.
+
+    A logger's ``log_dir`` where it has one (TensorBoard, CSV), else the first logger's
+    ``save_dir`` (W&B, MLflow), else ``default_root_dir``; empty without a logger.
+    """
+    dirs = (getattr(lg, "log_dir", None) for lg in trainer.loggers)
+    found = [str(d) for d in dirs if isinstance(d, (str, os.PathLike))]
+    if not found and trainer.loggers:
+        found = [run_dir(trainer)]
+    return list(dict.fromkeys(found))
+
+
 def history_path(trainer: pl.Trainer, history_file: str | None) -> str | None:
     """Where a monitor's history CSV goes: under the first logger's directory, on rank zero only.
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
-from lightning_critical import _tensorboard
+from lightning_critical import _tensorboard, views
 from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.models import DeepMatrixFactorization
@@ -212,11 +212,11 @@ def test_one_hparams_session_with_deficits_and_final_metrics(tmp_path):
 
 def test_a_driver_that_defers_the_session_writes_the_only_one(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="", version="", default_hp_metric=False)
-    _tensorboard.defer_session(logger)
     trainer = make_trainer(max_epochs=1, logger=logger, callbacks=[lc.PathwayDeficit("right", (0, 1))])
+    views.of(trainer).hold_session()
     trainer.fit(LoggingNet())
     assert hparams_sessions(logger.log_dir) == []  # the callbacks left it to the driver
-    _tensorboard.write_session(trainer, extra={"seed": 3, "window": (0, 1)}, metrics={"final/x": 1.5})
+    views.of(trainer).write_session(extra={"seed": 3, "window": (0, 1)}, metrics={"final/x": 1.5})
     ((hp, metrics),) = hparams_sessions(logger.log_dir)
     assert hp["seed"] == 3 and hp["window"] == "(0, 1)" and hp["deficit/freeze/right/window_end"] == 1
     assert metrics == ["final/x"]

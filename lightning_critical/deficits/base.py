@@ -9,15 +9,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_critical import _tensorboard
+from lightning_critical import views
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import (
-    PlaceholderHpMetric,
-    callbacks_of,
-    log_every_n_steps,
-    log_scalars,
-    steps_per_epoch,
-)
+from lightning_critical._lightning import callbacks_of, steps_per_epoch
 from lightning_critical._namespace import pl
 from lightning_critical._warnings import warn_once
 from lightning_critical.deficits import _hooks
@@ -49,15 +43,17 @@ class WindowedDeficit(pl.Callback):
     next training batch. Everything attached is removed at the window's end, at the end of
     ``fit``, on an exception and at teardown.
 
-    Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) so that TensorBoard
-    draws it as a step function whatever the smoothing (see :mod:`lightning_critical._tensorboard`):
+    Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) to every logger, through
+    the run's view (:mod:`lightning_critical.views`), so that TensorBoard draws it as a step
+    function whatever the smoothing (see :mod:`lightning_critical._tensorboard`):
     at step 0, at every change (with the previous value one step earlier, for a vertical edge),
     at every step for ``EDGE_STEPS`` steps after a change, at every ``log_every_n_steps`` step
     and at the end. Deficits that share a name (e.g. two windows of one ``PathwayDeficit`` kind
     on one pathway) share that scalar: it reads 1 while any of them is active, logged once per
     step by the first of them in the callback list. With TensorBoard, the scalar is charted in
     the custom-scalars category ``deficits and tasks``, and the run's HParams session lists
-    every deficit (:meth:`hparams_for_tensorboard`) with the final metrics.
+    every deficit (:meth:`hparams_for_tensorboard`) with the final metrics. The windows (kind,
+    target, seed) are written to ``schedule.json`` beside the run's logs, whatever the logger.
 
     Extension points (override them in a subclass):
 
@@ -111,10 +107,8 @@ class WindowedDeficit(pl.Callback):
             )
         self._name = name
         self._handles: list[Any] = []
-        self._series = _tensorboard.StepSeries()
         self._scalar_group: list[WindowedDeficit] = [self]
         self._unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
-        self._hp_metric = PlaceholderHpMetric()
         self.targets: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -269,10 +263,8 @@ class WindowedDeficit(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
         self.resolve(trainer, pl_module)
-        self._series.reset()
         self._scalar_group, self._unsure_overlaps = [self], []
-        # before Lightning's hparams autolog: one session, written at the end
-        self._hp_metric.skip(trainer)
+        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -283,9 +275,9 @@ class WindowedDeficit(pl.Callback):
             cb for cb in callbacks_of(trainer) if isinstance(cb, WindowedDeficit) and cb.name == self.name
         ]
         if self._scalar_group[0] is self:
-            chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
-            charts = {_tensorboard.DEFICITS_CHART: chart, **_tensorboard.indicator_chart(f"deficit/{self.name}")}
-            _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: charts})
+            windows = [d.window for d in self._scalar_group]
+            seed = getattr(self, "seed", None)
+            views.of(trainer).add_deficit(self.name, windows, self.hparams_for_tensorboard(), seed)
 
     def _check_overlaps(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
         for other in callbacks_of(trainer):
@@ -356,9 +348,7 @@ class WindowedDeficit(pl.Callback):
         if self._scalar_group[0] is not self:
             return
         value = float(any(d.is_active(trainer) for d in self._scalar_group))
-        key = f"deficit/{self.name}"
-        for step, logged in self._series.points(trainer.global_step, value, log_every_n_steps(trainer)):
-            log_scalars(trainer, {key: logged}, step)
+        views.of(trainer).indicator(f"deficit/{self.name}", value)
 
     # -- what TensorBoard's HParams shows ----------------------------------------------------
     def hparams_for_tensorboard(self) -> dict[str, Any]:
@@ -416,21 +406,18 @@ class WindowedDeficit(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = self._series.value
-        if self._scalar_group[0] is self and last is not None:
-            log_scalars(trainer, {f"deficit/{self.name}": last}, trainer.global_step)
         self.detach()
-        if _tensorboard.writes_session(trainer, self):
-            _tensorboard.write_session(trainer)
+        views.of(trainer).end(self)  # the last callback to end closes the run: last points, schedule, session
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.detach()
+        views.of(trainer).release()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.detach()
-        self._hp_metric.restore()
+        views.of(trainer).release()
 
     def detach(self) -> None:
         """Remove everything :meth:`attach` installed (safe to call at any time)."""

@@ -24,8 +24,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from lightning_critical import _tensorboard
-from lightning_critical._lightning import PlaceholderHpMetric, datamodule_of, log_every_n_steps, log_scalars
+from lightning_critical import views
+from lightning_critical._lightning import datamodule_of
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.protocols import check_task_switchable
 from lightning_critical.schedule import Schedule, time_in
@@ -67,9 +67,11 @@ class TaskSwitch(pl.Callback):
 
     Logging: ``task/<target>`` is the index in ``target.tasks`` of the task each step trains on
     (``<target>`` is ``datamodule``, or the target's ``name`` or class name), logged like a
-    deficit's 0/1 scalar so that TensorBoard draws it as a step function, and charted beside the
-    deficits (custom-scalars category ``deficits and tasks``). The run's HParams session lists
-    the schedule (:meth:`hparams_for_tensorboard`).
+    deficit's 0/1 scalar (to every logger, through :mod:`lightning_critical.views`) so that
+    TensorBoard draws it as a step function, and charted beside the deficits (custom-scalars
+    category ``deficits and tasks``). The run's HParams session lists the schedule
+    (:meth:`hparams_for_tensorboard`); ``schedule.json`` beside the run's logs holds it too,
+    with the step from which each task trained.
 
     Args:
         schedule: ``{time: task_name}``; times are non-negative integers (whole-number floats
@@ -119,8 +121,6 @@ class TaskSwitch(pl.Callback):
         self._initial_task: str | None = initial
         self._applied: str | None = None
         self._resolved: Any = None  # the target, once setup() has checked it is TaskSwitchable
-        self._series = _tensorboard.StepSeries()
-        self._hp_metric = PlaceholderHpMetric()
 
     def __repr__(self) -> str:
         settings = [f"schedule={self.schedule!r}", f"unit={self.unit!r}"]
@@ -202,10 +202,7 @@ class TaskSwitch(pl.Callback):
         tasks = list(getattr(self._resolved, "tasks", ()))
         if name is None or name not in tasks:
             return
-        key = f"task/{self.target_name}"
-        index = float(tasks.index(name))
-        for step, value in self._series.points(trainer.global_step, index, log_every_n_steps(trainer)):
-            log_scalars(trainer, {key: value}, step)
+        views.of(trainer).indicator(f"task/{self.target_name}", float(tasks.index(name)))
 
     # -- validation before training -------------------------------------------------------
     @override
@@ -228,7 +225,6 @@ class TaskSwitch(pl.Callback):
             raise ValueError(f"TaskSwitch initial={self.initial!r} is not a task of the target; valid tasks: {known}.")
         self._resolved = target
         self._applied = None
-        self._series.reset()
         # A checkpoint restores the initial task right after setup; a new fit chooses it at train start.
         self._initial_task = self.initial
 
@@ -254,22 +250,18 @@ class TaskSwitch(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # before Lightning's hparams autolog: one session, written at the end
-        self._hp_metric.skip(trainer)
+        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._hp_metric.restore()
+        views.of(trainer).release()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tasks = ", ".join(f"{i} = {t}" for i, t in enumerate(self._resolved.tasks))
-        chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
-        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: {_tensorboard.DEFICITS_CHART: chart}})
-        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: _tensorboard.indicator_chart(
-            f"task/{self.target_name}", f": {tasks}")})
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
+        views.of(trainer).add_tasks(self.target_name, list(self._resolved.tasks), self.schedule, self.unit,
+                                    self._initial_task)
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
         name = self.task_at(self._now(trainer))
         if name is not None:
@@ -288,10 +280,7 @@ class TaskSwitch(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._series.value is not None:
-            log_scalars(trainer, {f"task/{self.target_name}": self._series.value}, trainer.global_step)
-        if _tensorboard.writes_session(trainer, self):
-            _tensorboard.write_session(trainer)
+        views.of(trainer).end(self)  # the last callback to end closes the run: last points, schedule, session
 
     @override
     def on_train_batch_end(

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_critical import views
 from lightning_critical._batch import BatchSpec, InputsFn, describe, forward_arguments
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import history_path, log_scalars
+from lightning_critical._lightning import history_path
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.fisher import LABELS, fisher_layers, fisher_trace
 from lightning_critical.history import History, Record, check_history_file
@@ -138,6 +139,7 @@ class FisherMonitor(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
+        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
         self._pending = []
         self._warned = set()
         self._checked = False
@@ -197,11 +199,13 @@ class FisherMonitor(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pending = []
         self.history.close()
+        views.of(trainer).end(self)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._pending = []
         self.history.close()
+        views.of(trainer).release()
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Estimate on the kept batches now and record (normally called by the hooks)."""
@@ -234,4 +238,4 @@ class FisherMonitor(pl.Callback):
             )
         rows: list[Record] = [(step, epoch, layer, "fisher_trace", -1, v) for layer, v in values.items()]
         self.history.extend(rows, write=trainer.is_global_zero)
-        log_scalars(trainer, {f"fisher_trace/{layer}": v for layer, v in values.items()}, step)
+        views.of(trainer).series({f"fisher_trace/{layer}": v for layer, v in values.items()}, step)

@@ -3,7 +3,7 @@
 The callback schedules records, keeps the state between them and hands the rows to the
 history and the loggers; what a record holds is computed by the pure
 :func:`lightning_critical.spectral.records.spectral_record`, and how it reads in TensorBoard
-(histograms, charts) by :mod:`lightning_critical._tensorboard`.
+(histograms, charts) by :mod:`lightning_critical.views` and its TensorBoard implementation.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_critical import _tensorboard
+from lightning_critical import views
 from lightning_critical._checks import check_choice, check_float_dtype, check_int, check_names
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import callbacks_of, history_path, log_scalars
+from lightning_critical._lightning import callbacks_of, history_path
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
 from lightning_critical.history import History, check_history_file
@@ -318,6 +318,7 @@ class SpectralMonitor(pl.Callback):
         if stage != "fit":
             return
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
+        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
         # Before Lightning restores a checkpoint: a resumed fit then gets the checkpoint's
         # state, a new one starts clean (no subspace_drift against an earlier run).
         self._reset()
@@ -363,8 +364,8 @@ class SpectralMonitor(pl.Callback):
         self._last_step = None
         if self._vectors_step is not None and self._vectors_step >= step:
             self._prev_vectors, self._vectors_step = {}, None
-        _tensorboard.add_spectral_charts(
-            trainer, sorted(map_names), list(mats),
+        views.of(trainer).chart_spectra(
+            sorted(map_names), list(mats),
             modes=basis[0].shape[1] if basis is not None and "mode_strength" in self.metrics else 0,
             singular_values=self.log_top_k if "singular_values" in self.metrics else 0,
             theory={m: list(by_target) for m, by_target in self.theory.items()},
@@ -385,12 +386,12 @@ class SpectralMonitor(pl.Callback):
             # checkpoint saved after fit resumes exactly like the uninterrupted longer run.
             self.record(trainer, pl_module, _keep_state=False)
         self.history.close()
-        _tensorboard.close_series(trainer)
+        views.of(trainer).end(self)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.history.close()
-        _tensorboard.close_series(trainer)
+        views.of(trainer).release()
 
     # -- recording ------------------------------------------------------------------------
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, _keep_state: bool = True) -> None:
@@ -426,12 +427,10 @@ class SpectralMonitor(pl.Callback):
                 self._vectors_step = step
         scalars = {**record.scalars, **theory_at(self.theory, step)}
         self.history.extend(record.rows, write=trainer.is_global_zero)
-        log_scalars(trainer, scalars, step)
-        _tensorboard.log_series(trainer, scalars, step)
+        view = views.of(trainer)
+        view.series(scalars, step)
         if self.histograms and "singular_values" in self.metrics:
-            _tensorboard.add_histograms(
-                trainer, {f"singular_values/{name}": s for name, s in record.spectra.items()}, step
-            )
+            view.histograms({f"singular_values/{name}": s for name, s in record.spectra.items()}, step)
 
 
 def _check_task_basis(value: Any) -> TaskBasis | None:

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from lightning_critical import _lightning, _tensorboard
+from lightning_critical import _lightning, views
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import audit, branch_length, rng
 from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files
@@ -332,13 +332,13 @@ def _fit(task: Task) -> dict[str, Any]:
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
                                    default_hp_metric=False)
-        _tensorboard.defer_session(logger)  # one session per run, written below with the sweep's values
     kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k != "logger"}}
     kwargs.update(
         max_epochs=task.epochs, callbacks=callbacks, logger=logger, enable_checkpointing=True,
         enable_autolog_hparams=False, default_root_dir=log_dir or os.path.join(task.out, "runs", task.label),
     )
     trainer = branch_length.watch(pl.Trainer(**kwargs))  # notes user code that reads the run's length
+    views.of(trainer).hold_session()  # one session per run, written below with the sweep's values
     data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
     branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
     if task.resume_path is not None:
@@ -362,7 +362,7 @@ def _fit(task: Task) -> dict[str, Any]:
         audit.save_weights(task.audit_path, model, trainer)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        _tensorboard.write_session(trainer, extra=hparams(task), metrics=final)
+        views.of(trainer).write_session(extra=hparams(task), metrics=final)
         logger.finalize("success")
     if spec.save_model:
         path = os.path.join(task.out, "models", f"{task.label}.pt")
