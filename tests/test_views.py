@@ -170,3 +170,43 @@ def test_hold_session_leaves_it_to_the_driver_whose_values_join_the_schedule(tmp
     ((hp, metrics),) = hparams_sessions(logger.log_dir)
     assert hp["seed"] == 7 and metrics == ["final/x"]
     assert json.load(open(os.path.join(logger.log_dir, "schedule.json")))["run"] == {"seed": 7}
+
+
+class EveryRankLogger(pl.loggers.Logger):
+    """Records the keys each rank logs (Lightning's own loggers write on rank zero only)."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+
+    @property
+    def name(self) -> str:
+        return "every-rank"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from lightning_critical._namespace import pl as bound
+
+        rank = bound.utilities.rank_zero_only.rank
+        with open(os.path.join(self.directory, f"keys-rank{rank}.jsonl"), "a") as fh:
+            fh.write(json.dumps([step, sorted(metrics)]) + "\n")
+
+
+def test_ddp_every_rank_logs_the_same_keys_and_rank_zero_writes_the_schedule(tmp_path):
+    csv = CSVLogger(str(tmp_path), name="csv", version="")
+    callbacks = [lc.PathwayDeficit("right", (0, 1)), lc.SpectralMonitor(every_n_steps=2, metrics=("stable_rank",))]
+    trainer = make_trainer(strategy="ddp_spawn", devices=2, max_epochs=2, deterministic=False,
+                           logger=[EveryRankLogger(str(tmp_path)), csv], callbacks=callbacks)
+    trainer.fit(TwoBranchNet())
+    ranks = [[json.loads(line) for line in open(tmp_path / f"keys-rank{r}.jsonl")] for r in (0, 1)]
+    ours = [[(step, keys) for step, keys in rank if any(k.startswith(("deficit/", "stable_rank/")) for k in keys)]
+            for rank in ranks]
+    assert ours[0] == ours[1] and len(ours[0]) > 4
+    schedule = json.load(open(os.path.join(csv.log_dir, "schedule.json")))
+    assert schedule["deficits"][0]["steps"] == [[0, 2]]  # 4 batches an epoch over 2 ranks: 2 steps
