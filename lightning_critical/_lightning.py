@@ -99,10 +99,10 @@ class PlaceholderHpMetric:
     """Keeps Lightning's placeholder HParams session (``hp_metric=-1``) out of one fit, then puts the flag back.
 
     TensorBoard keeps the first session a run directory receives, so the one written at the end
-    of fit (with the run's deficits, schedule and final metrics) must be the only one. A callback
-    that writes that session owns one of these: :meth:`skip` before Lightning's start-of-fit
-    hparams autolog (``setup`` / ``on_fit_start``), :meth:`restore` at ``teardown``, so the
-    user's logger is left as it was. The logger's ``_default_hp_metric`` flag is private:
+    of fit (with the run's deficits, schedule and final metrics) must be the only one. The run's
+    view (:class:`lightning_critical.views.RunView`) owns one of these: :meth:`skip` before
+    Lightning's start-of-fit hparams autolog (``setup`` / ``on_fit_start``), :meth:`restore` when
+    the fit ends, so the user's logger is left as it was. The logger's ``_default_hp_metric`` flag is private:
     ``tests/test_tensorboard_views.py`` fails loudly if a Lightning upgrade renames it.
 
     Example::

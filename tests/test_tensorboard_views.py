@@ -263,6 +263,7 @@ def _sweep_net(seed: int) -> _SweepNet:
 
 def test_branched_sweep_runs_show_their_own_window(tmp_path):
     from lightning_critical.plots.run_files import read_deficit_windows
+    from lightning_critical.schedule_file import deficit_windows, read_schedule
 
     table = lc.sweep.run(_sweep_net, None, deficit=lc.PathwayDeficit("a", window=(0, 1)), windows=[(0, 3), (0, 5)],
                          seeds=[0], metrics="loss", trainer={"max_epochs": 6, "log_every_n_steps": 50},
@@ -271,6 +272,10 @@ def test_branched_sweep_runs_show_their_own_window(tmp_path):
     labels = ("w0-3_seed0", "w0-5_seed0")
     windows = {label: read_deficit_windows(str(tmp_path / "tensorboard" / label)) for label in labels}
     assert windows == {"w0-3_seed0": {"freeze/a": [(0, 12)]}, "w0-5_seed0": {"freeze/a": [(0, 20)]}}
+    # the schedule file of the branched run says the same, with the sweep's values
+    schedule = read_schedule(str(tmp_path / "tensorboard" / "w0-3_seed0"))
+    assert schedule is not None and deficit_windows(schedule) == {"freeze/a": [(0, 12)]}
+    assert schedule["run"]["window"] == "[0, 3) epochs" and schedule["run"]["seed"] == 0
 
 
 def test_a_run_that_logs_no_metric_keeps_its_hparams_session_and_the_logger_is_left_as_it_was(tmp_path):
