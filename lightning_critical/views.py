@@ -118,6 +118,15 @@ class RunView:
     :meth:`add_tasks`) and log through :meth:`indicator`, :meth:`series` and :meth:`histograms`.
     A driver that writes the session itself (a sweep, with the run's window and seed) calls
     :meth:`hold_session` before ``fit`` and :meth:`write_session` after it.
+
+    Example (what a deficit declares, before any step: its window has not run yet)::
+
+        >>> trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> view = of(trainer)
+        >>> view.add_deficit("freeze/b", [Window(0, 5, "step")], {"deficit/freeze/b/kind": "PathwayDeficit/freeze"})
+        >>> entry = view.schedule()["deficits"][0]
+        >>> entry["kind"], entry["windows"], entry["steps"]
+        ('PathwayDeficit/freeze', [{'start': 0, 'end': 5, 'unit': 'step'}], [])
     """
 
     def __init__(self, trainer: pl.Trainer) -> None:
