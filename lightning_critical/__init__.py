@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BatchSpec": "lightning_critical._batch",
+    "BatchSpec": "lightning_critical._batch_spec",
     "FisherMonitor": "lightning_critical.monitors",
     "InputDeficit": "lightning_critical.deficits",
     "ModeDeficit": "lightning_critical.deficits",
@@ -33,7 +33,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_critical import data, experiments, models, plots, sweep, theory
-    from lightning_critical._batch import BatchSpec
+    from lightning_critical._batch_spec import BatchSpec
     from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit, TaskSwitch
     from lightning_critical.monitors import FisherMonitor, SpectralMonitor
     from lightning_critical.protocols import TaskSwitchable

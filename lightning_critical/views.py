@@ -115,7 +115,8 @@ class RunView:
 
     Get it with :func:`of`; do not build one. Callbacks call :meth:`start`, :meth:`end` and
     :meth:`release` around ``fit``, declare what they schedule (:meth:`add_deficit`,
-    :meth:`add_tasks`) and log through :meth:`indicator`, :meth:`series` and :meth:`histograms`.
+    :meth:`add_tasks`; :meth:`add_indicator` for an indicator without a schedule) and log
+    through :meth:`indicator`, :meth:`series` and :meth:`histograms`.
     A driver that writes the session itself (a sweep, with the run's window and seed) calls
     :meth:`hold_session` before ``fit`` and :meth:`write_session` after it.
 
@@ -238,6 +239,10 @@ class RunView:
         }
         note = ": " + ", ".join(f"{i} = {t}" for i, t in enumerate(tasks))
         self.tensorboard.add_indicator_charts(self.trainer, f"task/{target}", note)
+
+    def add_indicator(self, key: str, note: str = "") -> None:
+        """Show an indicator ``key`` without a schedule entry (a user's own intervention): its chart, with ``note``."""
+        self.tensorboard.add_indicator_charts(self.trainer, key, note)
 
     # -- what callbacks log ----------------------------------------------------------------
     def indicator(self, key: str, value: float) -> None:

@@ -10,7 +10,8 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from lightning_critical._batch import BatchSpec, describe, locate, replace
+from lightning_critical._batch import describe, locate, replace
+from lightning_critical._batch_spec import BatchSpec
 
 X, XB, Y = torch.zeros(4, 3), torch.ones(4, 3), torch.tensor([0, 1, 2, 3])
 Triple = namedtuple("Triple", ["xa", "xb", "y"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -576,7 +577,7 @@ def test_state_key_is_a_property_and_names_profiler_actions():
     SimpleProfiler = pl.profilers.SimpleProfiler
 
     a, b = lc.PathwayDeficit("right", (0, 1)), lc.PathwayDeficit("right", (1, 2), mode="silence")
-    assert isinstance(WindowedDeficit.__dict__["state_key"], property)
+    assert isinstance(inspect.getattr_static(WindowedDeficit, "state_key"), property)  # defined on the base
     assert isinstance(a.state_key, str) and a.state_key != b.state_key
     assert a.label == "PathwayDeficit[freeze/right, [0, 1) epochs]"
     profiler = SimpleProfiler()

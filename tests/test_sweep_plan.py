@@ -10,8 +10,9 @@ import pytest
 import lightning_critical as lc
 from lightning_critical.schedule import Window
 from lightning_critical.sweep.grids import removal, sliding, windows
+from lightning_critical.sweep.params import accepted_kwargs, check_params
 from lightning_critical.sweep.plan import PlanItem, make_plan, prefix_keys, schedule_tokens
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, accepted_kwargs, check_params, describe
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, describe
 
 
 def _plan(grid, epochs, seeds=(0,), params=((),), share=True, steps_per_epoch=None, available=None):
@@ -68,8 +69,10 @@ def test_sweep_identity_ignores_memory_addresses_but_sees_code_and_arguments():
         return SweepSpec(model=functools.partial(_factory, depth=lr), trainer={"max_epochs": 3}, metrics=("val_acc",),
                          deficit=lc.InputDeficit("blur", window=(0, 1)))
 
-    assert make(2).identity() == make(2).identity()
-    assert make(2).identity() != make(3).identity()
+    ns = "pytorch_lightning"
+    assert make(2).identity(namespace=ns) == make(2).identity(namespace=ns)
+    assert make(2).identity(namespace=ns) != make(3).identity(namespace=ns)
+    assert make(2).identity(namespace=ns) != make(2).identity(namespace="lightning.pytorch")  # the versions differ
     f1 = lambda seed: seed + 1  # noqa: E731
     f2 = lambda seed: seed + 2  # noqa: E731
     assert describe(f1) != describe(f2)

@@ -234,3 +234,32 @@ def test_the_cli_config_can_turn_preflight_off(tmp_path):
     with pytest.raises(ValueError, match="pass preflight=False"):
         main(["sweep", "--config", str(config), "--out", str(tmp_path / "on")])
     assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "off"), "--set", "preflight=false"]) == 0
+
+
+BUILDS: list[str] = []
+
+
+class CountedNet(lc.models.MultiPathwayLinearNet):
+    def __init__(self, seed: int = 0) -> None:
+        BUILDS.append("model")
+        super().__init__(depth=2, width=12, lr=0.05, seed=seed)
+
+
+def counted_model(seed):
+    return CountedNet(seed=seed)
+
+
+def counted_data():
+    BUILDS.append("datamodule")
+    return lc.data.HierarchicalDataModule()
+
+
+@pytest.mark.parametrize(("model", "model_builds"), [(CountedNet, 1), (counted_model, 2)])
+def test_the_start_up_builds_the_first_run_once_more_only_to_see_a_shared_object(tmp_path, model, model_builds):
+    # The identity's build is the trial's: a class is not built again, a function once (is its object shared?).
+    BUILDS.clear()
+    table = lc.sweep.run(**{**GOOD, "model": model, "datamodule": counted_data, "seeds": [0],
+                            "out": str(tmp_path), "share_prefixes": False, "verify": False})
+    runs = len(table)
+    assert (table.status == "ok").all() and runs == 3
+    assert (BUILDS.count("model") - runs, BUILDS.count("datamodule") - runs) == (model_builds, 2)

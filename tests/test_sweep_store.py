@@ -361,7 +361,7 @@ def test_the_cli_sweeps_list_values_from_yaml(tmp_path, capsys):
 
 
 def test_dicts_need_string_keys_and_objects_stay_refused():
-    from lightning_critical.sweep.spec import check_params
+    from lightning_critical.sweep.params import check_params
 
     assert check_params({"opts": [{"a": [1, None]}]}) == [(("opts", {"a": [1, None]}),)]
     with pytest.raises(ValueError, match=r"params\['opts'\].*needs string keys.*not 1"):

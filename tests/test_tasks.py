@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -193,5 +194,5 @@ def test_schedule_keys_that_mean_one_time_are_an_error():
     with pytest.raises(ValueError, match=r"schedule keys 3 and '3' both mean step 3"):
         TaskSwitch({3: "a", "3": "b"}, unit="step")  # type: ignore[dict-item]  # a config's digit-string key
     assert TaskSwitch({np.int64(3): "a"}).schedule == {3: "a"}  # np.arange sweeps
-    assert isinstance(TaskSwitch.__dict__["state_key"], property)
+    assert isinstance(inspect.getattr_static(TaskSwitch, "state_key"), property)  # defined on the base
     assert TaskSwitch({1: "a"}).state_key != TaskSwitch({1: "a"}, initial="b").state_key

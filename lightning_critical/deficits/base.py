@@ -1,39 +1,32 @@
-"""Shared machinery of every deficit callback: the window, hook hygiene, the 0/1 scalar."""
+"""``WindowedDeficit``: the base of deficits, interventions active inside one window of training.
+
+What any scheduled intervention needs (the schedule recomputed from the trainer's counters, hook
+hygiene, the on/off indicator, the HParams session) is in
+:mod:`lightning_critical.deficits.intervention`; this class adds the window, the deficit's name,
+overlap checks between deficits and rebuilding one for another window (:meth:`~WindowedDeficit.with_window`).
+"""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, TypeVar
 
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_critical import views
-from lightning_critical._distributed import destroy_process_group_at_exit
 from lightning_critical._lightning import callbacks_of, steps_per_epoch
 from lightning_critical._namespace import pl
-from lightning_critical._warnings import warn_once
-from lightning_critical.deficits import _hooks
 from lightning_critical.deficits._arguments import bound_call, rebuild, recording_arguments
-from lightning_critical.probing import is_probing
+from lightning_critical.deficits._deprecated import bind_base, bind_renamed
+from lightning_critical.deficits._overlaps import check_overlaps, shared_target, warn_if_unreachable
+from lightning_critical.deficits.intervention import ScheduledIntervention, check_text
 from lightning_critical.schedule import Window, WindowLike
+
+__all__ = ["WindowedDeficit", "shared_target"]
 
 _Deficit = TypeVar("_Deficit", bound="WindowedDeficit")
 
-# Extension points and the underscore names they had before they became public. Both names
-# stay bound to the same function on every class (see ``__init_subclass__``), so old
-# subclasses that override ``_attach`` or call ``super()._resolve(...)`` keep working.
-_RENAMED: dict[str, str] = {
-    "resolve": "_resolve",
-    "attach": "_attach",
-    "default_name": "_default_name",
-    "detach": "_detach",
-    "describe_target": "_describe_target",
-}
 
-
-class WindowedDeficit(pl.Callback):
+class WindowedDeficit(ScheduledIntervention):
     """Base class of callbacks that change training during a :class:`~lightning_critical.Window`.
 
     Whether the deficit is active is recomputed before every training batch from
@@ -55,7 +48,9 @@ class WindowedDeficit(pl.Callback):
     every deficit (:meth:`hparams_for_tensorboard`) with the final metrics. The windows (kind,
     target, seed) are written to ``schedule.json`` beside the run's logs, whatever the logger.
 
-    Extension points (override them in a subclass):
+    It is a :class:`~lightning_critical.deficits.intervention.ScheduledIntervention` whose
+    schedule is one :class:`~lightning_critical.Window`. Extension points (override them in a
+    subclass):
 
     * :meth:`resolve` -- find and validate what the deficit acts on, before training; set
       :attr:`targets` (``{name: module}``) so overlapping deficits on one module are refused.
@@ -100,15 +95,12 @@ class WindowedDeficit(pl.Callback):
     """
 
     def __init__(self, window: WindowLike, unit: str = "epoch", name: str | None = None) -> None:
+        super().__init__()
         self.window = Window.coerce(window, unit)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(
-                f"name={name!r} is not valid: it must be None or a non-empty string (the deficit/<name> scalar)."
-            )
-        self._name = name
-        self._handles: list[Any] = []
+        self._name = check_text("name", name, "the deficit/<name> scalar", allow_none=True)
         self._scalar_group: list[WindowedDeficit] = [self]
-        self._unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
+        self.unsure_overlaps: list[tuple[WindowedDeficit, str]] = []
+        """Deficits on a shared target whose windows could not be compared before training (checked each step)."""
         self.targets: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -116,57 +108,14 @@ class WindowedDeficit(pl.Callback):
         own_init = cls.__dict__.get("__init__")
         if own_init is not None and not getattr(own_init, "_records_arguments", False):
             cls.__init__ = recording_arguments(own_init)  # type: ignore[method-assign]
-        for public, old in _RENAMED.items():
-            own = cls.__dict__
-            if old in own and public not in own:
-                if not cls.__module__.startswith("lightning_critical."):
-                    warnings.warn(
-                        f"{cls.__qualname__}.{old} is deprecated: override {public} instead.",
-                        DeprecationWarning,
-                        stacklevel=2,
-                    )
-                setattr(cls, public, own[old])
-            elif public in own and old not in own:
-                setattr(cls, old, own[public])
+        bind_renamed(cls)
 
     # -- what subclasses provide -------------------------------------------------------
-    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Find and validate what the deficit acts on (set :attr:`targets`); raise ``ValueError`` on bad input."""
-
-    def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
-        """Install the deficit's hooks when the window opens; return their handles (objects with ``remove()``)."""
-        return []
-
     def default_name(self) -> str:
         """The scalar's ``<name>`` when the constructor got none."""
         return type(self).__name__
 
-    # -- helpers for subclasses ------------------------------------------------------------
-    @staticmethod
-    def acts_on(module: nn.Module) -> bool:
-        """Whether a hook should change this forward pass of ``module``: a training-mode pass outside ``probing()``."""
-        return module.training and not is_probing()
-
-    @staticmethod
-    def register_forward_pre_hook(modules: _hooks.Modules, hook: _hooks.PreHook) -> RemovableHandle:
-        """Call ``hook(module, args)`` before each training-mode forward of ``modules``.
-
-        The hook returns new ``args``, or ``None`` to keep them.
-
-        Unlike ``module.register_forward_pre_hook`` nothing is stored on the module, so
-        copies of the model never carry the hook (see :mod:`lightning_critical.deficits._hooks`);
-        positional arguments only. Evaluation-mode passes and passes inside ``probing()`` skip it.
-        """
-        return _hooks.forward_pre_hook(modules, hook)
-
-    @staticmethod
-    def register_forward_hook(modules: _hooks.Modules, hook: _hooks.PostHook) -> RemovableHandle:
-        """Call ``hook(module, args, output)`` after each training-mode forward of ``modules`` (new output or ``None``).
-
-        Copy-safe and inert outside training like :meth:`register_forward_pre_hook`.
-        """
-        return _hooks.forward_hook(modules, hook)
-
+    @override
     def repr_settings(self) -> dict[str, str]:
         """The key settings :func:`repr` shows, formatted, in order (here ``{"window": "[0, 10) epochs"}``).
 
@@ -244,113 +193,67 @@ class WindowedDeficit(pl.Callback):
         """A readable description for messages, e.g. ``PathwayDeficit[freeze/b, [0, 150) epochs]``."""
         return f"{type(self).__name__}[{self.name}, {self.window}]"
 
-    @property
     @override
-    def state_key(self) -> str:
+    def key_arguments(self) -> dict[str, Any]:
         # Unique per (class, name, window), so several deficits of one class share a Trainer.
-        return self._generate_state_key(name=self.name, window=str(self.window))
+        return {"name": self.name, "window": str(self.window)}
 
-    @property
-    def attached(self) -> bool:
-        """Whether the deficit's hooks are attached right now."""
-        return bool(self._handles)
-
+    @override
     def is_active(self, trainer: pl.Trainer) -> bool:
         """Whether the next update lies inside the window."""
         return self.window.contains(epoch=trainer.current_epoch, step=trainer.global_step)
 
+    @property
+    @override
+    def indicator_key(self) -> str:
+        return f"deficit/{self.name}"
+
+    @override
+    def indicator_value(self, trainer: pl.Trainer) -> float:
+        # Deficits sharing a name share the scalar: it reads 1 while any of them is active.
+        return float(any(d.is_active(trainer) for d in self._scalar_group))
+
+    @property
+    @override
+    def shows_indicator(self) -> bool:
+        # The first of the deficits sharing a name logs for all, so the curve never gets two values at one step.
+        return self._scalar_group[0] is self
+
+    @override
+    def _write_charts(self, trainer: pl.Trainer) -> None:
+        # The indicator and the schedule entry (the windows of every deficit sharing the name; kind, target, seed).
+        windows = [d.window for d in self._scalar_group]
+        views.of(trainer).add_deficit(self.name, windows, self.hparams_for_tensorboard(), getattr(self, "seed", None))
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
-        self.resolve(trainer, pl_module)
-        self._scalar_group, self._unsure_overlaps = [self], []
-        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
+        self._scalar_group, self.unsure_overlaps = [self], []
+        super().on_fit_start(trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         per_epoch = steps_per_epoch(trainer)
-        self._check_overlaps(trainer, per_epoch)
-        self._warn_if_unreachable(trainer, per_epoch)
-        self._scalar_group = [
-            cb for cb in callbacks_of(trainer) if isinstance(cb, WindowedDeficit) and cb.name == self.name
-        ]
-        if self._scalar_group[0] is self:
-            windows = [d.window for d in self._scalar_group]
-            seed = getattr(self, "seed", None)
-            views.of(trainer).add_deficit(self.name, windows, self.hparams_for_tensorboard(), seed)
-
-    def _check_overlaps(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
-        for other in callbacks_of(trainer):
-            if other is self or not isinstance(other, WindowedDeficit):
-                continue
-            if self.window.comparable(other.window, per_epoch):
-                if not self.window.overlaps(other.window, per_epoch):
-                    continue
-                what = shared_target(self.targets, other.targets)
-                if what:
-                    raise ValueError(
-                        f"{self.label} and {other.label} both act on {what} with overlapping windows; "
-                        "give one pathway at most one deficit at a time."
-                    )
-                continue
-            what = shared_target(self.targets, other.targets)
-            if what and not any(o is self for o, _ in other._unsure_overlaps):
-                # Epoch and step windows cannot be compared without the epoch's length.
-                warn_once(
-                    f"{self.label} and {other.label} both act on {what} and their windows may overlap: one is in "
-                    "epochs, the other in steps, and the number of optimizer steps per epoch is unknown (the "
-                    "train dataloader has no length). Training stops with an error at the first step where both "
-                    "are active; give both windows in one unit to have this checked before training."
-                )
-                self._unsure_overlaps.append((other, what))
-
-    def _warn_if_unreachable(self, trainer: pl.Trainer, per_epoch: int | None) -> None:
-        w = self.window
-        max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
-        limit_steps = max_steps if max_steps is not None and max_steps >= 0 else None
-        if limit_steps is None and max_epochs is not None and max_epochs >= 0 and per_epoch is not None:
-            limit_steps = max_epochs * per_epoch
-        limit: float
-        if w.unit == "epoch" and max_epochs is not None and max_epochs >= 0:
-            limit, what = max_epochs, f"max_epochs={max_epochs}"
-        elif limit_steps is not None:
-            limit = limit_steps if w.unit == "step" else limit_steps / max(per_epoch or 1, 1)
-            what = f"the run's {limit_steps} optimizer steps"
-        else:
-            return
-        # Once per distinct message and process: a sweep repeats the same window in many fits.
-        if w.start >= limit:
-            warn_once(f"{self.label} starts at or after {what}: it will never be active.")
-        elif w.end is not None and w.end > limit:
-            warn_once(f"{self.label} ends after {what}: it will be cut short.")
+        deficits = [cb for cb in callbacks_of(trainer) if isinstance(cb, WindowedDeficit)]
+        check_overlaps(self, [d for d in deficits if d is not self], per_epoch)
+        warn_if_unreachable(self, trainer, per_epoch)
+        self._scalar_group = [d for d in deficits if d.name == self.name]
+        super().on_train_start(trainer, pl_module)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        active = self.is_active(trainer)
-        if active:
-            for other, what in self._unsure_overlaps:
+        if self.is_active(trainer):
+            for other, what in self.unsure_overlaps:
                 if other.is_active(trainer):
                     raise ValueError(
                         f"{self.label} and {other.label} both act on {what} at epoch {trainer.current_epoch}, step "
                         f"{trainer.global_step}: their windows overlap; give one pathway at most one deficit at a time."
                     )
-        if active and not self.attached:
-            self._handles = list(self.attach(trainer, pl_module))
-        elif not active and self.attached:
-            self.detach()
-        self._log_state(trainer)
-
-    def _log_state(self, trainer: pl.Trainer) -> None:
-        # Deficits sharing a name share the scalar; the first of them logs "any is active",
-        # so the curve never gets two values at one step.
-        if self._scalar_group[0] is not self:
-            return
-        value = float(any(d.is_active(trainer) for d in self._scalar_group))
-        views.of(trainer).indicator(f"deficit/{self.name}", value)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     # -- what TensorBoard's HParams shows ----------------------------------------------------
+    @override
     def hparams_for_tensorboard(self) -> dict[str, Any]:
         """This deficit's entries in the run's HParams session, keyed ``deficit/<name>/...``.
 
@@ -400,86 +303,6 @@ class WindowedDeficit(pl.Callback):
                 return value if isinstance(value, str) else getattr(value, "__name__", type(value).__name__)
         return self.name
 
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.detach()
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.detach()
-        views.of(trainer).end(self)  # the last callback to end closes the run: last points, schedule, session
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.detach()
-        views.of(trainer).release()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.detach()
-        views.of(trainer).release()
-
-    def detach(self) -> None:
-        """Remove everything :meth:`attach` installed (safe to call at any time)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
 
 WindowedDeficit.__init__ = recording_arguments(WindowedDeficit.__init__)  # type: ignore[method-assign]
-
-# The deprecated names (_RENAMED) are bound outside the class body so that type checkers and
-# the API docs see only the public ones; hence the ignores.
-WindowedDeficit._resolve = WindowedDeficit.resolve  # type: ignore[attr-defined]
-WindowedDeficit._attach = WindowedDeficit.attach  # type: ignore[attr-defined]
-WindowedDeficit._default_name = WindowedDeficit.default_name  # type: ignore[attr-defined]
-WindowedDeficit._detach = WindowedDeficit.detach  # type: ignore[attr-defined]
-WindowedDeficit._describe_target = WindowedDeficit.describe_target  # type: ignore[attr-defined]
-
-
-def shared_target(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
-    """What two deficits' targets have in common, described for a message ('' if nothing).
-
-    Modules are compared as objects: the same module (under any name), one inside the
-    other, or two modules sharing a parameter (tied weights). Other targets compare by name
-    (equal, or one a dotted prefix of the other).
-
-    Example::
-
-        >>> from torch import nn
-        >>> left, right = nn.Linear(2, 2), nn.Linear(2, 2)
-        >>> right.weight = left.weight
-        >>> shared_target({"left": left}, {"right": right})
-        "'left' and 'right', which share parameter 'weight'"
-        >>> shared_target({"left": left}, {"head": nn.Linear(2, 2)})
-        ''
-    """
-    for a_name, a in mine.items():
-        for b_name, b in theirs.items():
-            if isinstance(a, nn.Module) and isinstance(b, nn.Module):
-                what = _module_relation(a_name, a, b_name, b)
-            elif (
-                a_name
-                and b_name
-                and (a_name == b_name or a_name.startswith(b_name + ".") or b_name.startswith(a_name + "."))
-            ):
-                what = f"{a_name!r}/{b_name!r}"
-            else:
-                what = ""
-            if what:
-                return what
-    return ""
-
-
-def _module_relation(a_name: str, a: nn.Module, b_name: str, b: nn.Module) -> str:
-    if a is b:
-        return f"{a_name!r}" if a_name == b_name else f"{a_name!r} and {b_name!r} (the same module)"
-    if any(m is b for m in a.modules()):
-        return f"{b_name!r}, which is inside {a_name!r}"
-    if any(m is a for m in b.modules()):
-        return f"{a_name!r}, which is inside {b_name!r}"
-    theirs = {id(p) for p in b.parameters()}
-    shared = [n for n, p in a.named_parameters() if id(p) in theirs]
-    if shared:
-        return f"{a_name!r} and {b_name!r}, which share parameter {shared[0]!r}"
-    return ""
+bind_base(WindowedDeficit)  # the deprecated underscore names of the extension points

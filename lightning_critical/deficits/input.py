@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_critical._batch import BatchSpec, Key, get, replace
+from lightning_critical._batch import Key, get, replace
+from lightning_critical._batch_spec import BatchSpec
 from lightning_critical._checks import check_choice, check_float, check_int, check_seed
 from lightning_critical._namespace import pl
 from lightning_critical.deficits._training_step import BatchFn, BatchTransformHandle

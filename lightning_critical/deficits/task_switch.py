@@ -27,6 +27,7 @@ from typing_extensions import override
 from lightning_critical import views
 from lightning_critical._lightning import datamodule_of
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
+from lightning_critical.deficits.intervention import ScheduledIntervention
 from lightning_critical.protocols import check_task_switchable
 from lightning_critical.schedule import Schedule, time_in
 
@@ -44,7 +45,7 @@ def _task_name(label: str, value: Any) -> str:
     return value
 
 
-class TaskSwitch(pl.Callback):
+class TaskSwitch(ScheduledIntervention):
     """Switch the datamodule's task at scheduled epochs or optimizer steps.
 
     The schedule maps a time to the task that trains from that time on: the first step at
@@ -52,7 +53,9 @@ class TaskSwitch(pl.Callback):
     ``trainer.global_step >= t`` optimizer steps completed for ``unit="step"``) uses
     ``schedule[t]``. The active task is recomputed from the trainer's counters at every
     hook (a :class:`~lightning_critical.Schedule` of task names, :meth:`task_at`), so resuming
-    from a checkpoint needs no extra state (the initial task is saved too).
+    from a checkpoint needs no extra state (the initial task is saved too). It is a
+    :class:`~lightning_critical.deficits.intervention.ScheduledIntervention` that attaches no
+    hooks: it acts through the target's ``set_task``.
 
     Before the first scheduled time a new (not resumed) fit trains on its *initial task*,
     which ``TaskSwitch`` sets when training starts. It is, in order:
@@ -111,6 +114,7 @@ class TaskSwitch(pl.Callback):
         target: Any | None = None,
         initial: str | None = None,
     ) -> None:
+        super().__init__()
         self._tasks: Schedule[str] = Schedule(schedule, unit, "schedule", _task_name, value_name="task_name")
         if initial is not None and (not isinstance(initial, str) or not initial):
             raise ValueError(f"initial={initial!r} must be None or a task name (a non-empty string).")
@@ -122,23 +126,24 @@ class TaskSwitch(pl.Callback):
         self._applied: str | None = None
         self._resolved: Any = None  # the target, once setup() has checked it is TaskSwitchable
 
-    def __repr__(self) -> str:
-        settings = [f"schedule={self.schedule!r}", f"unit={self.unit!r}"]
-        if self.target is not None:
-            settings.append(f"target={type(self.target).__name__}")
-        if self.initial is not None:
-            settings.append(f"initial={self.initial!r}")
-        return f"TaskSwitch({', '.join(settings)})"
-
-    @property
     @override
-    def state_key(self) -> str:
+    def repr_settings(self) -> dict[str, str]:
+        settings = {"schedule": repr(self.schedule), "unit": repr(self.unit)}
+        if self.target is not None:
+            settings["target"] = type(self.target).__name__
+        if self.initial is not None:
+            settings["initial"] = repr(self.initial)
+        return settings
+
+    @override
+    def key_arguments(self) -> dict[str, Any]:
         # Several TaskSwitch callbacks (e.g. one per ensemble member) may share a trainer.
         # ``initial`` joins the key only when given, so older checkpoints keep their key.
         extra = {} if self.initial is None else {"initial": self.initial}
-        return self._generate_state_key(
-            schedule=tuple(self.schedule.items()), unit=self.unit, target=getattr(self.target, "name", None), **extra
-        )
+        return {
+            "schedule": tuple(self.schedule.items()), "unit": self.unit,
+            "target": getattr(self.target, "name", None), **extra,
+        }
 
     # -- the schedule as a pure function of time ------------------------------------------
     def task_at(self, time: int) -> str | None:
@@ -171,7 +176,7 @@ class TaskSwitch(pl.Callback):
             rank_zero_info(f"TaskSwitch: training on task {name!r} from {self.unit} {self._now(trainer)}.")
         self._applied = name
 
-    # -- what TensorBoard shows -----------------------------------------------------------
+    # -- what the run shows --------------------------------------------------------------
     @property
     def target_name(self) -> str:
         """The ``<target>`` of the ``task/<target>`` scalar: ``datamodule``, or the target's ``name`` or class name."""
@@ -180,6 +185,7 @@ class TaskSwitch(pl.Callback):
         name = getattr(self.target, "name", None)
         return name if isinstance(name, str) and name else type(self.target).__name__
 
+    @override
     def hparams_for_tensorboard(self) -> dict[str, Any]:
         """This switch's entries in the run's HParams session, keyed ``task/<target>/...``.
 
@@ -197,12 +203,29 @@ class TaskSwitch(pl.Callback):
         prefix = f"task/{self.target_name}"
         return {f"{prefix}/schedule": schedule, f"{prefix}/first_switch": first_switch, f"{prefix}/unit": self.unit}
 
-    def _log_task(self, trainer: pl.Trainer) -> None:
+    @property
+    @override
+    def indicator_key(self) -> str:
+        return f"task/{self.target_name}"
+
+    @override
+    def indicator_value(self, trainer: pl.Trainer) -> float | None:
+        """The index in ``target.tasks`` of the task the next update trains on (``None`` while unknown)."""
         name = self.task_at(self._now(trainer))
         tasks = list(getattr(self._resolved, "tasks", ()))
         if name is None or name not in tasks:
-            return
-        views.of(trainer).indicator(f"task/{self.target_name}", float(tasks.index(name)))
+            return None
+        return float(tasks.index(name))
+
+    @override
+    def indicator_note(self) -> str:
+        return ": " + ", ".join(f"{i} = {t}" for i, t in enumerate(self._resolved.tasks))
+
+    @override
+    def _write_charts(self, trainer: pl.Trainer) -> None:
+        # The indicator and the schedule entry (with the initial task, chosen before this is called).
+        views.of(trainer).add_tasks(self.target_name, list(self._resolved.tasks), self.schedule, self.unit,
+                                    self._initial_task)
 
     # -- validation before training -------------------------------------------------------
     @override
@@ -249,19 +272,10 @@ class TaskSwitch(pl.Callback):
         return current if current is not None else tasks[0]
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        views.of(trainer).release()
-
-    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
-        views.of(trainer).add_tasks(self.target_name, list(self._resolved.tasks), self.schedule, self.unit,
-                                    self._initial_task)
+        super().on_train_start(trainer, pl_module)  # the chart and schedule entry (after the initial task is known)
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
         name = self.task_at(self._now(trainer))
         if name is not None:
@@ -271,16 +285,6 @@ class TaskSwitch(pl.Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync(trainer)
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._log_task(trainer)
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        views.of(trainer).end(self)  # the last callback to end closes the run: last points, schedule, session
 
     @override
     def on_train_batch_end(

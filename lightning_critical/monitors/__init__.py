@@ -1,7 +1,8 @@
-"""Monitor callbacks: what the network has learned, recorded over training."""
+"""Monitor callbacks: what the network has learned, recorded over training (on the ``Monitor`` base)."""
 
 from lightning_critical.history import read_history
+from lightning_critical.monitors.base import Monitor
 from lightning_critical.monitors.fisher_monitor import FisherMonitor
 from lightning_critical.monitors.spectral_monitor import SpectralMonitor
 
-__all__ = ["FisherMonitor", "SpectralMonitor", "read_history"]
+__all__ = ["FisherMonitor", "Monitor", "SpectralMonitor", "read_history"]

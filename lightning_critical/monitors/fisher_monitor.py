@@ -6,25 +6,23 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_critical import views
-from lightning_critical._batch import BatchSpec, InputsFn, describe, forward_arguments
+from lightning_critical._batch import InputsFn, describe
+from lightning_critical._batch_spec import BatchSpec, forward_arguments
 from lightning_critical._checks import check_choice, check_int, check_names, check_seed
-from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import history_path
-from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
+from lightning_critical._namespace import pl
 from lightning_critical.fisher import LABELS, fisher_layers, fisher_trace
-from lightning_critical.history import History, Record, check_history_file
+from lightning_critical.history import Record
+from lightning_critical.monitors.base import Monitor
 from lightning_critical.probing import probing
 
 TOTAL = "total"
 
 
-class FisherMonitor(pl.Callback):
+class FisherMonitor(Monitor):
     """Record the trace of the Fisher information of each layer every ``every_n_epochs`` epochs.
 
     Estimator (see :mod:`lightning_critical.fisher`): by default labels sampled from the
@@ -91,6 +89,8 @@ class FisherMonitor(pl.Callback):
         >>> two_inputs = lc.FisherMonitor(inputs=lambda batch: (batch[0], batch[1]))
     """
 
+    metric = "fisher_trace"
+
     def __init__(
         self,
         every_n_epochs: int = 1,
@@ -103,6 +103,7 @@ class FisherMonitor(pl.Callback):
         inputs: InputsFn | None = None,
         labels: str = "sample",
     ) -> None:
+        super().__init__(every_n_steps=None, history_file=history_file)  # the cadence is in epochs: is_due()
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs)
         self.num_batches = check_int("num_batches", num_batches)
         self.chunk_size = check_int("chunk_size", chunk_size)
@@ -110,13 +111,9 @@ class FisherMonitor(pl.Callback):
         self.batch_spec = BatchSpec(input_key=input_key, inputs=inputs, owner="FisherMonitor")
         self.input_key = self.batch_spec.input_key
         self.seed = check_seed("seed", seed)
-        self.history_file = check_history_file(history_file)
         self.labels = check_choice("labels", labels, LABELS)
-        self.history = History()
-        self._pending: list[tuple[Tensor, ...]] = []
-        self._warned: set[str] = set()
         self._forward: tuple[str, ...] | None = None
-        self._checked = False
+        self.reset()
 
     def __repr__(self) -> str:
         settings = [f"every_n_epochs={self.every_n_epochs}", f"num_batches={self.num_batches}",
@@ -132,37 +129,23 @@ class FisherMonitor(pl.Callback):
         settings.append(f"history_file={self.history_file!r}")
         return f"FisherMonitor({', '.join(settings)})"
 
-    def to_frame(self) -> pd.DataFrame:
-        """Everything recorded in this fit (and, after a resume, the run's earlier records) as a tidy ``DataFrame``."""
-        return self.history.to_frame()
-
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
-        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
-        self._pending = []
-        self._warned = set()
+    def reset(self) -> None:
+        self._pending: list[tuple[Tensor, ...]] = []
         self._checked = False
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._forward = forward_arguments(pl_module)
         if not fisher_layers(pl_module, self.targets):
             raise ValueError(
                 f"FisherMonitor(targets={self.targets!r}) matches no layer with trainable parameters; "
                 f"layers: {sorted(fisher_layers(pl_module))[:40]}."
             )
-        if self.history_file and not trainer.loggers:
-            rank_zero_info("FisherMonitor: no logger: the history is kept in memory only (to_frame()).")
-        path = history_path(trainer, self.history_file)
-        dropped = self.history.start(path, from_step=trainer.global_step)
-        if dropped and trainer.global_step == 0:
-            rank_zero_warn(
-                f"FisherMonitor: a new fit starts a fresh history; {dropped} records of an earlier run are dropped"
-                + (f" (history file: {path!r})." if path else " (to_frame() shows this fit only).")
-            )
 
-    def _due(self, trainer: pl.Trainer) -> bool:
+    @override
+    def is_due(self, trainer: pl.Trainer) -> bool:
+        """Whether this epoch records (its first ``num_batches`` batches are kept for the estimate)."""
         return trainer.current_epoch % self.every_n_epochs == 0
 
     @override
@@ -171,7 +154,7 @@ class FisherMonitor(pl.Callback):
     ) -> None:
         if batch_idx == 0:
             self._pending = []
-        due = self._due(trainer) and batch_idx < self.num_batches
+        due = self.is_due(trainer) and batch_idx < self.num_batches
         if not due and self._checked:
             return
         # The first batch of the fit is read even when not due, so a wrong key fails now, not epochs later.
@@ -198,15 +181,14 @@ class FisherMonitor(pl.Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pending = []
-        self.history.close()
-        views.of(trainer).end(self)
+        super().on_train_end(trainer, pl_module)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._pending = []
-        self.history.close()
-        views.of(trainer).release()
+        super().on_exception(trainer, pl_module, exception)
 
+    @override
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Estimate on the kept batches now and record (normally called by the hooks)."""
         step, epoch = trainer.global_step, trainer.current_epoch
@@ -230,12 +212,8 @@ class FisherMonitor(pl.Callback):
                 ) from err
         values = {layer: total / count for layer, (total, count) in sums.items()}
         values[TOTAL] = sum(values.values())
-        if not math.isfinite(values[TOTAL]) and "nonfinite" not in self._warned:
-            self._warned.add("nonfinite")
-            rank_zero_warn(
-                f"FisherMonitor: the model's weights or logits are NaN or infinite at step {step}; the Fisher "
-                "trace is recorded as NaN while that lasts (training continues)."
-            )
+        if not math.isfinite(values[TOTAL]):
+            self.report_once("nonfinite", f"the model's weights or logits are NaN or infinite at step {step}; the "
+                             "Fisher trace is recorded as NaN while that lasts (training continues).", warn=True)
         rows: list[Record] = [(step, epoch, layer, "fisher_trace", -1, v) for layer, v in values.items()]
-        self.history.extend(rows, write=trainer.is_global_zero)
-        views.of(trainer).series({f"fisher_trace/{layer}": v for layer, v in values.items()}, step)
+        self.publish(trainer, rows, {f"fisher_trace/{layer}": v for layer, v in values.items()}, step)

@@ -8,28 +8,24 @@ history and the loggers; what a record holds is computed by the pure
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
 from lightning_critical import views
 from lightning_critical._checks import check_choice, check_float_dtype, check_int, check_names
-from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import callbacks_of, history_path
-from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
+from lightning_critical._namespace import pl
 from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
-from lightning_critical.history import History, check_history_file
+from lightning_critical.monitors._spectral_targets import check_task_basis, probe_maps
+from lightning_critical.monitors.base import Monitor, probe_devices
 from lightning_critical.probing import probing
-from lightning_critical.protocols import TaskBasis, end_to_end_maps, find_task_basis
+from lightning_critical.protocols import TaskBasis, find_task_basis
+from lightning_critical.spectral.formulas import check_basis_fits
 from lightning_critical.spectral.matrices import find_weight_matrices, name_matches
 from lightning_critical.spectral.metrics import (
-    check_basis_fits,
     check_metrics,
     metric_names,
     needs_full_spectrum,
@@ -49,7 +45,7 @@ DEFAULT_METRICS: tuple[str, ...] = (
 TARGET_GROUPS: tuple[str, ...] = ("auto", "maps", "weights")
 
 
-class SpectralMonitor(pl.Callback):
+class SpectralMonitor(Monitor):
     """Record the spectra of a model's matrices: densely early in training, then sparser.
 
     A record is taken before the first update (``step`` 0), then whenever the number of
@@ -168,11 +164,11 @@ class SpectralMonitor(pl.Callback):
         randomized_min_dim: int = 2048,
         method: str = "auto",
     ) -> None:
-        self.cadence = as_cadence(every_n_steps, "every_n_steps")
+        super().__init__(every_n_steps, history_file)
+        cadence = as_cadence(every_n_steps, "every_n_steps")  # as the base made it, typed as never None
         # An integer stays an integer (and keeps its old state_key); a cadence is itself.
         self.every_n_steps: int | Cadence = (
-            self.cadence.n if isinstance(self.cadence, EveryNSteps) and not isinstance(every_n_steps, Cadence)
-            else self.cadence
+            cadence.n if isinstance(cadence, EveryNSteps) and not isinstance(every_n_steps, Cadence) else cadence
         )
         self.subspace_k = check_int("subspace_k", subspace_k)
         self.log_top_k = check_int("log_top_k", log_top_k, low=0)
@@ -207,19 +203,17 @@ class SpectralMonitor(pl.Callback):
         self.theory = {m: dict(t) for m, t in (theory or {}).items()}
         if self.theory:
             check_metrics(list(self.theory), "theory")
-        self.task_basis = _check_task_basis(task_basis)
+        self.task_basis = check_task_basis(task_basis)
         self.histograms = histograms
-        self.history_file = check_history_file(history_file)
-        self.history = History()
-        self._reset()
+        self.reset()
 
-    def _reset(self) -> None:
+    @override
+    def reset(self) -> None:
         """Forget everything a previous fit left (called when a fit is set up, before a checkpoint is restored)."""
-        self._last_step: int | None = None
         self._prev_vectors: dict[str, Tensor] = {}
         self._vectors_step: int | None = None
-        self._reported: set[str] = set()
         self._float64_hint: set[str] = set()
+        self._charts: tuple[list[str], list[str], int] = ([], [], 0)  # maps, targets, modes: what check() found
 
     # -- public ---------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -234,15 +228,6 @@ class SpectralMonitor(pl.Callback):
             settings.append(f"theory={sorted(self.theory)}")
         settings.append(f"history_file={self.history_file!r}")
         return f"SpectralMonitor({', '.join(settings)})"
-
-    def to_frame(self) -> pd.DataFrame:
-        """Everything recorded in this process as a tidy ``DataFrame``."""
-        return self.history.to_frame()
-
-    @property
-    def history_path(self) -> str | None:
-        """The CSV file the records are appended to (rank zero, while fitting)."""
-        return self.history.path
 
     @property
     @override
@@ -277,7 +262,7 @@ class SpectralMonitor(pl.Callback):
         """
         maps: dict[str, Tensor] = {}
         if self.group in ("auto", "maps", "patterns"):
-            maps = _probe_maps(pl_module)
+            maps = probe_maps(pl_module)
         if self.patterns is not None:
             maps = {k: v for k, v in maps.items() if name_matches(k, self.patterns)}
         if self.exclude is not None:
@@ -293,91 +278,45 @@ class SpectralMonitor(pl.Callback):
             return self.task_basis
         return find_task_basis(pl_module, getattr(trainer, "datamodule", None))
 
-    def _report_once(self, key: str, message: str) -> None:
-        if key not in self._reported:
-            self._reported.add(key)
-            rank_zero_info(f"SpectralMonitor: {message}")
-
-    def _check_history_file_unique(self, trainer: pl.Trainer) -> None:
-        if self.history_file is None or not trainer.loggers:
-            return
-        mine = os.path.normpath(self.history_file)
-        for other in callbacks_of(trainer):
-            theirs = getattr(other, "history_file", None)
-            if other is self or not isinstance(getattr(other, "history", None), History) or not isinstance(theirs, str):
-                continue
-            if os.path.normpath(theirs) == mine:
-                raise ValueError(
-                    f"history_file={self.history_file!r} is used by two monitors ({self.state_key} and "
-                    f"{other.state_key}); give each monitor its own history_file (or None)."
-                )
-
     # -- hooks ----------------------------------------------------------------------------
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
-        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
-        # Before Lightning restores a checkpoint: a resumed fit then gets the checkpoint's
-        # state, a new one starts clean (no subspace_drift against an earlier run).
-        self._reset()
-        self._check_history_file_unique(trainer)
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse targets that match nothing and a task basis that does not fit the maps; report what is skipped."""
+        with probing(probe_devices(pl_module)):
+            self._check(trainer, pl_module)
 
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        with probing(_devices(pl_module)):
-            self._start(trainer, pl_module)
-
-    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         mats, map_names = self.collect(pl_module)
         if not mats:
             raise ValueError(
                 f"SpectralMonitor(targets={self.patterns or self.group!r}) found no matrix in "
-                f"{type(pl_module).__name__}; available: maps {sorted(_probe_maps(pl_module))}, "
+                f"{type(pl_module).__name__}; available: maps {sorted(probe_maps(pl_module))}, "
                 f"weights {sorted(find_weight_matrices(pl_module))[:40]}."
             )
         basis = self._basis(trainer, pl_module)
         if "mode_strength" in self.metrics:
             if basis is None:
                 if self._asked_for_modes:
-                    self._report_once(
+                    self.report_once(
                         "no-basis", "mode_strength skipped: no task basis (task_basis() on the module or datamodule)."
                     )
             elif not map_names:
                 if self._asked_for_modes:
-                    why = ("the module has no end_to_end_maps()" if not _probe_maps(pl_module)
+                    why = ("the module has no end_to_end_maps()" if not probe_maps(pl_module)
                            else f"targets={self.patterns or self.group!r} selects no end-to-end map")
-                    self._report_once("no-maps", f"mode_strength skipped: {why}.")
+                    self.report_once("no-maps", f"mode_strength skipped: {why}.")
             else:
                 for name in sorted(map_names):
                     check_basis_fits(tuple(mats[name].shape), basis[0], basis[2], what=f"end-to-end map {name!r}")
-        if self.history_file and not trainer.loggers:
-            self._report_once("no-logger", "no logger: the history is kept in memory only (to_frame()).")
-        step = trainer.global_step
-        path = history_path(trainer, self.history_file)
-        dropped = self.history.start(path, from_step=step)
-        if dropped and step == 0:
-            rank_zero_warn(f"SpectralMonitor: a new fit replaces the {dropped} records of an earlier run"
-                           + (f" in {path!r}." if path else " (to_frame() shows this fit only)."))
-        # Records at or after `step` were just dropped and will be taken again.
-        self._last_step = None
-        if self._vectors_step is not None and self._vectors_step >= step:
-            self._prev_vectors, self._vectors_step = {}, None
-        views.of(trainer).chart_spectra(
-            sorted(map_names), list(mats),
-            modes=basis[0].shape[1] if basis is not None and "mode_strength" in self.metrics else 0,
-            singular_values=self.log_top_k if "singular_values" in self.metrics else 0,
-            theory={m: list(by_target) for m, by_target in self.theory.items()},
-        )
+        modes = basis[0].shape[1] if basis is not None and "mode_strength" in self.metrics else 0
+        self._charts = (sorted(map_names), list(mats), modes)
 
     @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step != self._last_step and self.cadence.is_due(step):
-            self.record(trainer, pl_module)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)  # check(), then the history
+        if self._vectors_step is not None and self._vectors_step >= trainer.global_step:
+            self._prev_vectors, self._vectors_step = {}, None
+        self._write_charts(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -385,22 +324,31 @@ class SpectralMonitor(pl.Callback):
             # The closing record leaves the state as the last regular record left it, so that a
             # checkpoint saved after fit resumes exactly like the uninterrupted longer run.
             self.record(trainer, pl_module, _keep_state=False)
-        self.history.close()
-        views.of(trainer).end(self)
+        super().on_train_end(trainer, pl_module)  # the history, then the view (which closes the series runs)
 
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.history.close()
-        views.of(trainer).release()
+    # -- what the run shows (the views' call sites) ----------------------------------------
+    def _write_charts(self, trainer: pl.Trainer) -> None:
+        maps, targets, modes = self._charts
+        views.of(trainer).chart_spectra(
+            maps, targets, modes=modes,
+            singular_values=self.log_top_k if "singular_values" in self.metrics else 0,
+            theory={m: list(by_target) for m, by_target in self.theory.items()},
+        )
+
+    def _show(self, trainer: pl.Trainer, spectra: Mapping[str, Tensor], step: int) -> None:
+        # The scalars went out with publish() (Monitor._log); only the histograms are left.
+        if self.histograms and "singular_values" in self.metrics:
+            views.of(trainer).histograms({f"singular_values/{name}": s for name, s in spectra.items()}, step)
 
     # -- recording ------------------------------------------------------------------------
+    @override
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, _keep_state: bool = True) -> None:
         """Take one record of every target now (normally called by the hooks).
 
         Runs inside :func:`~lightning_critical.probing.probing`: deficit hooks are inert and
         every random-number stream is restored afterwards.
         """
-        with probing(_devices(pl_module)):
+        with probing(probe_devices(pl_module)):
             self._record(trainer, pl_module, _keep_state)
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, keep_state: bool) -> None:
@@ -416,66 +364,12 @@ class SpectralMonitor(pl.Callback):
         record = spectral_record(mats, step, epoch, settings, maps=map_names, basis=basis,
                                  previous_vectors=self._prev_vectors, float64_hint=self._float64_hint)
         for name in record.nonfinite:
-            # Reported once per target and fit.
-            if f"nonfinite:{name}" not in self._reported:
-                self._reported.add(f"nonfinite:{name}")
-                rank_zero_warn(f"SpectralMonitor: {name!r} has NaN or Inf entries at step {step}; "
-                               "its metrics are recorded as NaN while that lasts (training continues).")
+            self.report_once(f"nonfinite:{name}", f"{name!r} has NaN or Inf entries at step {step}; its metrics "
+                             "are recorded as NaN while that lasts (training continues).", warn=True)
         if keep_state:
             self._prev_vectors, self._float64_hint = record.vectors, record.float64_hint
             if "subspace_drift" in self.metrics:
                 self._vectors_step = step
         scalars = {**record.scalars, **theory_at(self.theory, step)}
-        self.history.extend(record.rows, write=trainer.is_global_zero)
-        view = views.of(trainer)
-        view.series(scalars, step)
-        if self.histograms and "singular_values" in self.metrics:
-            view.histograms({f"singular_values/{name}": s for name, s in record.spectra.items()}, step)
-
-
-def _check_task_basis(value: Any) -> TaskBasis | None:
-    """``None`` or ``(U, S, V)`` tensors with ``U`` (out x r), ``S`` (r,), ``V`` (in x r)."""
-    if value is None:
-        return None
-    ok = (
-        isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(t, Tensor) for t in value)
-        and value[0].dim() == 2 and value[2].dim() == 2 and value[1].dim() == 1
-        and value[0].shape[1] == value[2].shape[1] == value[1].shape[0]
-    )
-    if not ok:
-        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in value] \
-            if isinstance(value, (tuple, list)) else type(value).__name__
-        raise ValueError(
-            f"task_basis={shapes} is not valid: give (U, S, V) tensors with U (out x r), S (r,) and V (in x r), "
-            "or None to use the module's / datamodule's task_basis()."
-        )
-    return (value[0], value[1], value[2])
-
-
-def _devices(module: nn.Module) -> list[torch.device] | None:
-    """The device whose random-number generator a probe of ``module`` may touch (a
-    LightningModule knows it; ``None`` lets :func:`probing` pick the current CUDA device)."""
-    device = getattr(module, "device", None)
-    return [device] if isinstance(device, torch.device) else None
-
-
-@contextmanager
-def _evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in evaluation mode, each one's own flag restored afterwards (a user may
-    keep some submodules in eval mode while training; ``module.train()`` would undo that)."""
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        for m, _ in flags:
-            m.training = False
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _probe_maps(module: nn.Module) -> dict[str, Tensor]:
-    """``end_to_end_maps()`` measured without touching training (see :class:`SpectralMonitor`)."""
-    if not callable(getattr(module, "end_to_end_maps", None)):
-        return {}
-    with probing(_devices(module)), torch.no_grad(), _evaluation_mode(module):
-        return end_to_end_maps(module)
+        self.publish(trainer, record.rows, scalars, step)
+        self._show(trainer, record.spectra, step)

@@ -6,8 +6,10 @@ Plain torch and numpy, no Lightning, nothing of the callbacks. One room per job:
   attention, recurrent gates) and the package's one name/glob matcher.
 * :mod:`~lightning_critical.spectral.svd`: how singular values are computed (LAPACK Gram,
   float32 Gram, randomized, torch SVD; BLAS threads).
-* :mod:`~lightning_critical.spectral.metrics`: the metric registry, the formulas, and
-  :func:`register_metric` to add one.
+* :mod:`~lightning_critical.spectral.metrics`: the metric registry, the formulas of the
+  singular values, and :func:`register_metric` to add one.
+* :mod:`~lightning_critical.spectral.formulas`: the formulas that take more (task-basis mode
+  strengths, subspace drift, the power-law fit).
 * :mod:`~lightning_critical.spectral.esd`: the laws of the ESD (power-law tail, Marchenko-Pastur bulk).
 * :mod:`~lightning_critical.spectral.records`: one monitor record as tidy rows, and the theory beside them.
 * :mod:`~lightning_critical.spectral.analysis`: :func:`analyze`, every metric of every matrix as one table.
@@ -26,6 +28,7 @@ Example::
 
 from lightning_critical.spectral import esd
 from lightning_critical.spectral.analysis import CONV_VIEWS, analyze
+from lightning_critical.spectral.formulas import check_basis_fits, mode_strengths, power_law_fit, subspace_drift
 from lightning_critical.spectral.matrices import (
     RNN_GATES,
     Patterns,
@@ -41,16 +44,12 @@ from lightning_critical.spectral.metrics import (
     VECTOR_METRICS,
     Metric,
     Spectrum,
-    check_basis_fits,
     check_metrics,
     metric_names,
-    mode_strengths,
     needs_full_spectrum,
-    power_law_fit,
     register_metric,
     scalar_metric_names,
     scalar_metrics,
-    subspace_drift,
     unregister_metric,
 )
 from lightning_critical.spectral.records import RecordSettings, SpectralRecord, join_theory, spectral_record, theory_at

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_critical._checks import check_choice
+from lightning_critical.spectral.formulas import power_law_fit
 from lightning_critical.spectral.matrices import Patterns, conv_taps, find_weight_matrices
-from lightning_critical.spectral.metrics import check_metrics, power_law_fit, scalar_metric_names, scalar_metrics
+from lightning_critical.spectral.metrics import check_metrics, scalar_metric_names, scalar_metrics
 from lightning_critical.spectral.svd import singular_values
 
 CONV_VIEWS: tuple[str, ...] = ("flatten", "taps")

@@ -9,7 +9,8 @@ metrics="val_acc", trainer={"max_epochs": ...}, seeds=[0, 1, 2])`` trains every 
 one tidy row per run; :func:`summarize` adds means, standard errors and drops versus the
 baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`run`.
 
-Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``plan`` (the prefix tree),
+Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``build`` (a run's objects),
+``plan`` (the prefix tree),
 ``execute`` (one run in this process), ``branch_state`` / ``branch_compare`` / ``branch_rngs``
 (what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit
 of work and how a worker runs it),
@@ -18,7 +19,9 @@ of work and how a worker runs it),
 ``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
 (the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live sweep per
 directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
-table; its summary over seeds is :mod:`lightning_critical.curve`), ``engine`` (``run``),
+table; its summary over seeds is :mod:`lightning_critical.curve`), ``study`` (the option groups
+``Study`` / ``Execution`` / ``Output``), ``session`` (``run_study``: one sweep in steps), ``engine``
+(``run``, their convenience form),
 ``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``workers`` (worker
 start-up, the ``__main__`` guard, dying with the parent), ``failures`` (a failed run's exception
 brought back as itself).
@@ -34,9 +37,10 @@ from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, slidi
 from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
 from lightning_critical.sweep.runners import LightningRunner, Runner
+from lightning_critical.sweep.session import run_study
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
-from lightning_critical.sweep.study import Execution, Output, Study, run_study
+from lightning_critical.sweep.study import Execution, Output, Study
 
 __all__ = [
     "BranchRefused",

@@ -56,6 +56,7 @@ from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
 from lightning_critical.schedule import largest_common_divisor
+from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
 from lightning_critical.sweep.execute import QUIET_TRAINER, isolated, portable, quiet
 from lightning_critical.sweep.runners import record
 from lightning_critical.sweep.spec import canonical_json
@@ -141,11 +142,11 @@ class FactorizationEnsembleRunner:
     def _fit(self, tasks: list[Any]) -> list[dict[str, Any]]:
         spec, first = tasks[0].spec, tasks[0].run
         pl.seed_everything(first.seed, verbose=False)
-        model = spec.build_model(first)
+        model = build_model(spec, first)
         if not isinstance(model, DeepMatrixFactorization):
             raise TypeError(f"the model factory returned {type(model).__name__}; FactorizationEnsembleRunner "
                             "trains DeepMatrixFactorization models (use the default runner for others).")
-        dm = spec.build_datamodule(first)
+        dm = build_datamodule(spec, first)
         if dm is None or not hasattr(dm, "observations"):
             raise TypeError("FactorizationEnsembleRunner needs a datamodule with tasks, observations(name) and "
                             "ground_truth(name), e.g. lc.data.MatrixCompletionDataModule.")
@@ -174,7 +175,7 @@ class FactorizationEnsembleRunner:
     def _schedule(spec: Any, task: Any, base: str, task_switch: Any) -> dict[int, str]:
         """The member's ``{time: task}``, starting at time 0, from its run's ``TaskSwitch`` deficits."""
         schedule: dict[int, str] = {}
-        for callback in spec.build_deficits(task.run):
+        for callback in build_deficits(spec, task.run):
             if not isinstance(callback, task_switch) or callback.unit != "epoch":
                 raise TypeError(
                     f"deficit {type(callback).__name__} is not valid for FactorizationEnsembleRunner: give TaskSwitch "

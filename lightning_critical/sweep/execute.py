@@ -70,8 +70,9 @@ from lightning_critical import _lightning, views
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import audit, branch_length, rng
 from lightning_critical.sweep.branch_state import BranchRefused, Lineage, place_checkpoint_files
+from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, deficit_seed
 from lightning_critical.sweep.isolation import isolated, quiet
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, deficit_seed, describe
+from lightning_critical.sweep.spec import RunSpec, SweepSpec, canonical_json, describe
 
 QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
@@ -319,15 +320,15 @@ def _fit(task: Task) -> dict[str, Any]:
     if log_dir is not None and os.path.isdir(log_dir):
         shutil.rmtree(log_dir)  # a retried run starts a clean log
     pl.seed_everything(run.seed, verbose=False)
-    model = spec.build_model(run)
-    datamodule = spec.build_datamodule(run)
-    deficits = spec.build_deficits(run)
+    model = build_model(spec, run)
+    datamodule = build_datamodule(spec, run)
+    deficits = build_deficits(spec, run)
     branching = Branching(
         task.save_paths, info={"run_id": task.run_id, "label": task.label, "log_dir": log_dir},
         steps_per_epoch=spec.steps_per_epoch if run.windows and run.windows[0].unit == "step" else None,
         deficits=deficits,
     )
-    callbacks = deficits + spec.build_callbacks(run) + [branching]
+    callbacks = deficits + build_callbacks(spec, run) + [branching]
     logger: Any = False
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",

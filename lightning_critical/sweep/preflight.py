@@ -29,6 +29,11 @@ run's numbers would depend on the runs trained before it). The trial is
 also skipped when every run has finished already (resume), for custom runners, and when all
 metrics are functions. Its cost is one short fit (about a second for a small model on CPU).
 
+The trial's model and datamodule are the ones the session built for the sweep's identity
+(:func:`build_seeded`, passed as ``first=``), so the start-up builds the first run's objects once,
+plus once more per factory to see whether it returns a shared object; a factory that is a plain
+class (or a ``functools.partial`` of one) always makes a new object and is not built again.
+
 A metric logged only later in training (say, every 5 epochs from epoch 4) is refused by the
 trial: pass ``preflight=False`` to :func:`lightning_critical.sweep.run` to skip every check here
 (a wrong name is then found when the first run finishes).
@@ -36,6 +41,8 @@ trial: pass ``preflight=False`` to :func:`lightning_critical.sweep.run` to skip 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shutil
 import tempfile
 import warnings
@@ -48,10 +55,12 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
 from lightning_critical.sweep import branch_rngs
+from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, make_deficit
 from lightning_critical.sweep.execute import QUIET_TRAINER, MetricNotFound, isolated, quiet
-from lightning_critical.sweep.spec import RunSpec, SweepSpec, make_deficit
+from lightning_critical.sweep.spec import RunSpec, SweepSpec
 
-__all__ = ["PreflightError", "preflight", "check_deficit_windows", "check_test_setup", "trial_metrics"]
+__all__ = ["PreflightError", "build_seeded", "check_deficit_windows", "check_test_setup", "preflight", "trial_metrics",
+           "trial_run"]
 
 # Trainer arguments a one-batch trial must not inherit: they would stop it early or skip its validation.
 _TRIAL_DROPS = ("min_epochs", "min_steps", "overfit_batches", "max_steps", "max_time")
@@ -61,13 +70,16 @@ class PreflightError(RuntimeError):
     """The trial fit of a sweep's pre-flight raised (its exception is the ``__cause__``)."""
 
 
-def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -> None:
+def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True,
+              first: tuple[Any, Any] | None = None) -> None:
     """Refuse, before training, a sweep that could only fail or mislead after training (see the module).
 
     Args:
         spec: what trains a run.
         runs: the sweep's runs, in grid order.
         trial: run the trial fit for metric names (``False`` when every run has finished).
+        first: the model and datamodule of :func:`trial_run` already built by :func:`build_seeded`
+            (the session builds them once for the sweep's identity); ``None``: build them here.
 
     Raises:
         ValueError: ``test=True`` without a ``test_step`` / test dataloader; a deficit that ignores
@@ -81,11 +93,10 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
     check_deficit_windows(spec, runs)
     if spec.runner is not None:  # a custom runner trains its own way: no Lightning fit to try
         return
-    run = next((r for r in runs if r.windows), runs[0])
+    run = trial_run(runs)
     names = [m for m in spec.metrics if isinstance(m, str)]
     with isolated(spec.threads_per_run), quiet():
-        pl.seed_everything(run.seed, verbose=False)
-        model, datamodule = spec.build_model(run), spec.build_datamodule(run)
+        model, datamodule = first if first is not None else build_seeded(spec, run)
         if spec.test:
             check_test_setup(model, datamodule)
         shared = _shared_objects(spec, run, model, datamodule) if trial else ""
@@ -108,6 +119,17 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True) -
             "or a function (trainer, module) -> dict of numbers; for a metric logged only later in training, "
             "pass preflight=False."
         )
+
+
+def trial_run(runs: Sequence[RunSpec]) -> RunSpec:
+    """The run the trial fit trains: the first with a deficit, else the first."""
+    return next((r for r in runs if r.windows), runs[0])
+
+
+def build_seeded(spec: SweepSpec, run: RunSpec) -> tuple[Any, Any]:
+    """``run``'s model and datamodule, built after ``pl.seed_everything(run.seed)`` like a run (call it isolated)."""
+    pl.seed_everything(run.seed, verbose=False)
+    return build_model(spec, run), build_datamodule(spec, run)
 
 
 def check_deficit_windows(spec: SweepSpec, runs: Sequence[RunSpec]) -> None:
@@ -172,7 +194,7 @@ def check_test_setup(model: Any, datamodule: Any) -> None:
 
 def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> dict[str, Any]:
     """``trainer.callback_metrics`` after one training and one validation batch of ``run`` (and one test batch)."""
-    callbacks = spec.build_deficits(run) + spec.build_callbacks(run)
+    callbacks = build_deficits(spec, run) + build_callbacks(spec, run)
     root = tempfile.mkdtemp(prefix="lc-preflight-")
     given = set(_warnings._GIVEN)  # the real runs still warn once
     try:
@@ -215,12 +237,24 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
 
 
 def _shared_objects(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> str:
-    """``"model"`` / ``"datamodule"`` when that factory returned ``model`` / ``datamodule`` again."""
-    if spec.build_model(run) is model:
+    """``"model"`` / ``"datamodule"`` when that factory returned ``model`` / ``datamodule`` again.
+
+    A factory that is a plain class (or a ``functools.partial`` of one) makes a new object on every
+    call and is not built again.
+    """
+    if not _fresh_every_call(spec.model) and build_model(spec, run) is model:
         return "model"
-    if datamodule is not None and spec.build_datamodule(run) is datamodule:
+    if datamodule is not None and not _fresh_every_call(spec.datamodule) and build_datamodule(spec, run) is datamodule:
         return "datamodule"
     return ""
+
+
+def _fresh_every_call(factory: Any) -> bool:
+    """A class whose calls go through ``type.__call__`` and ``object.__new__`` (no caching possible), maybe partial."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return (inspect.isclass(factory) and type(factory).__call__ is type.__call__
+            and factory.__new__ is object.__new__)
 
 
 def _refuse_shared_generators(kind: str, obj: Any) -> None:

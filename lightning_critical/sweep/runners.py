@@ -21,8 +21,9 @@ crosses processes)::
 What a runner receives: :class:`~lightning_critical.sweep.execute.Task` objects, one per run.
 ``task.run`` is the grid point (``windows``, ``seed``, ``params``), ``task.epochs`` its length,
 ``task.spec`` the sweep (factories, ``trainer`` arguments, ``metrics``, ``threads_per_run``;
-``spec.build_model(run)``, ``build_datamodule``, ``build_deficits``, ``build_callbacks`` build
-a run's objects), ``task.run_id`` / ``task.label`` its names and ``task.out`` the sweep directory.
+``build_model(spec, run)``, ``build_datamodule``, ``build_deficits``, ``build_callbacks`` of
+:mod:`~lightning_critical.sweep.build` build a run's objects), ``task.run_id`` / ``task.label``
+its names and ``task.out`` the sweep directory.
 
 What it returns, per task: ``{"run_id", "label", "status": "ok" | "failed", "error": str | None,
 "metrics": {name: float}, "epochs", "epochs_trained", "branch_epoch", "parent", "log_dir",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_critical._checks import check_choice
-from lightning_critical.sweep.identity import changes, changes_besides_code
+from lightning_critical.sweep.changes import changes, changes_besides_code
 from lightning_critical.sweep.records import decode_line, encode_line
 
 RESULTS = "results.jsonl"
