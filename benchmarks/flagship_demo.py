@@ -44,8 +44,8 @@ def bare_run(max_epochs: int = 1000) -> float:
 
 def toy_demo(out: str) -> dict[str, str]:
     """What :func:`reproduce` does, through the same functions, at toy size."""
-    runs = early_middle_late({"early": 0, "late": 20}, length=10, save_dir=os.path.join(out, "tensorboard"),
-                             every_n_steps=10, width=16, max_epochs=40)
+    runs = early_middle_late({"early": 0, "late": 20}, length=10, save_dir=out, every_n_steps=10, width=16,
+                             max_epochs=40)  # out is the sweep's directory, as in reproduce: logs in out/tensorboard
     sweep = deficit_onset_sweep(depths=(2,), onsets=(0, 20), length=10, sgd_onsets=(0,), width=16, max_epochs=40)
     phases = phase_trajectories(depths=(2,), windows={"early": (0, 10)}, max_epochs=40)
     paths = {}

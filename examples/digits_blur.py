@@ -1,7 +1,7 @@
 """Critical period for blur on a small CNN (Achille, Rovere & Soatto, ICLR 2019), on digits or CIFAR-10.
 
-Two sweeps with ``lc.sweep.run``, one call each, on the bundled ``SmallCNN`` (SGD with
-momentum and weight decay, learning rate x0.85 per epoch) and 2x blur (``lc.InputDeficit``):
+Two studies (``lc.sweep.Study``), one ``lc.sweep.run_study`` call each, on the bundled
+``SmallCNN`` (SGD with momentum and weight decay, learning rate x0.85 per epoch) and 2x blur (``lc.InputDeficit``):
 
 * the *removal* curve: blur during epochs ``[0, k)``, then ``--epochs-after`` clean epochs;
   final test accuracy against ``k`` (``k = 0`` is the no-deficit run);
@@ -22,9 +22,10 @@ Outputs under ``--out`` (default ``outputs/digits_blur/``): ``removal.csv`` and 
 (one row per run), ``summary.csv`` (mean, standard error and drop per window, both curves),
 ``effects.csv`` (early versus late deficit, paired over seeds), ``fisher.csv`` (Fisher trace
 per layer and epoch) and ``digits_blur.png``; the sweeps' own directories ``removal/`` and
-``sliding/`` hold the results store and per-run TensorBoard logs. Training
-(:func:`run_sweeps`, :func:`fisher_run`), analysis (:func:`early_late_effects`) and plotting
-(:func:`plot`) are separate functions that exchange tables.
+``sliding/`` hold the results store and per-run TensorBoard logs. What to train
+(:func:`studies`), training (:func:`run_sweeps`, :func:`fisher_run`), analysis
+(:func:`early_late_effects`) and plotting (:func:`plot`) are separate functions that exchange
+tables.
 """
 
 from __future__ import annotations
@@ -71,24 +72,34 @@ def factories(cifar_root: str | None, channels: Sequence[int], lr_decay: float, 
     return model, data
 
 
+def studies(model: Callable[..., Any], data: Callable[..., Any], *, factor: int, removal_ends: Sequence[int],
+            epochs_after: int, onsets: Sequence[int], length: int, epochs: int,
+            seeds: Sequence[int]) -> dict[str, lc.sweep.Study]:
+    """What to train: the removal and the sliding-window studies (one ``lc.sweep.Study`` each)."""
+    common: dict[str, Any] = dict(
+        model=model, datamodule=data, metrics=METRIC, test=True, seeds=list(seeds),
+        deficit=lc.InputDeficit("blur", window=(0, 1), factor=factor),  # a template: each run gets its own window
+    )
+    return {
+        "removal": lc.sweep.Study(windows=lc.sweep.removal(removal_ends, epochs_after=epochs_after),
+                                  trainer={"max_epochs": max(removal_ends) + epochs_after, "accelerator": "cpu"},
+                                  **common),
+        "sliding": lc.sweep.Study(windows=lc.sweep.sliding(onsets, length),
+                                  trainer={"max_epochs": epochs, "accelerator": "cpu"}, **common),
+    }
+
+
 def run_sweeps(model: Callable[..., Any], data: Callable[..., Any], *, factor: int, removal_ends: Sequence[int],
                epochs_after: int, onsets: Sequence[int], length: int, epochs: int, seeds: Sequence[int], out: str,
                backend: str = "process", workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The removal and the sliding-window sweeps: one ``lc.sweep.run`` call each, one row per run."""
-    common: dict[str, Any] = dict(
-        deficit=lc.InputDeficit("blur", window=(0, 1), factor=factor),  # a template: each run gets its own window
-        metrics=METRIC, test=True, seeds=list(seeds), backend=backend, workers=workers,
-    )
-    removal = lc.sweep.run(
-        model, data, windows=lc.sweep.removal(removal_ends, epochs_after=epochs_after),
-        trainer={"max_epochs": max(removal_ends) + epochs_after, "accelerator": "cpu"},
-        out=os.path.join(out, "removal"), **common,
-    )
-    sliding = lc.sweep.run(
-        model, data, windows=lc.sweep.sliding(onsets, length), trainer={"max_epochs": epochs, "accelerator": "cpu"},
-        out=os.path.join(out, "sliding"), **common,
-    )
-    return removal, sliding
+    """Both studies, one ``lc.sweep.run_study`` each (in ``<out>/removal`` and ``<out>/sliding``), one row per run."""
+    execution = lc.sweep.Execution(backend=backend, workers=workers)
+    tables = {
+        name: lc.sweep.run_study(study, execution, lc.sweep.Output(out=os.path.join(out, name)))
+        for name, study in studies(model, data, factor=factor, removal_ends=removal_ends, epochs_after=epochs_after,
+                                   onsets=onsets, length=length, epochs=epochs, seeds=seeds).items()
+    }
+    return tables["removal"], tables["sliding"]
 
 
 def _by_seed(table: pd.DataFrame, x: str) -> pd.DataFrame:
@@ -162,13 +173,8 @@ def _effect_text(row: Any, what: str) -> str:
             f"= {row['z']:.1f} s.e. (paired over {int(row['n_seeds'])} seeds)")
 
 
-def plot(removal: pd.DataFrame, sliding: pd.DataFrame, fisher: pd.DataFrame, title: str = "digits") -> Figure:
-    """Three panels: the removal curve, the sliding-window drop against onset, the Fisher trace per layer."""
-    fig = Figure(figsize=(14.5, 4.4))
-    axes = fig.subplots(1, 3)
-    effects = early_late_effects(removal, sliding).set_index("curve")
-
-    ax = axes[0]
+def _removal_panel(ax: Any, removal: pd.DataFrame, row: Any, title: str) -> None:
+    """Panel A: final test accuracy against the epoch T the blur is removed at, the T = 0 run joined to the curve."""
     percent = removal.assign(**{METRIC: 100 * removal[METRIC]})
     percent.attrs.update(removal.attrs)
     after = int((removal.loc[removal["baseline"], "epochs"]).iloc[0])
@@ -189,9 +195,17 @@ def plot(removal: pd.DataFrame, sliding: pd.DataFrame, fisher: pd.DataFrame, tit
     ax.set_xticks([0] + sorted(blurred["window_end"].astype(int).tolist()))
     ax.set(xlabel="blur removed at epoch T", ylabel="final test accuracy (%)")
     ax.legend(frameon=False, fontsize=8, loc="lower left")
-    row = effects.loc["removal"]
     ax.text(0.97, 0.72, _effect_text(row, f"T = {row['early']:g} vs {row['late']:g}"), transform=ax.transAxes,
             ha="right", va="top", fontsize=8)
+
+
+def plot(removal: pd.DataFrame, sliding: pd.DataFrame, fisher: pd.DataFrame, title: str = "digits") -> Figure:
+    """Three panels: the removal curve, the sliding-window drop against onset, the Fisher trace per layer."""
+    fig = Figure(figsize=(14.5, 4.4))
+    axes = fig.subplots(1, 3)
+    effects = early_late_effects(removal, sliding).set_index("curve")
+
+    _removal_panel(axes[0], removal, effects.loc["removal"], title)
 
     ax = axes[1]
     drops = paired_drops(sliding)

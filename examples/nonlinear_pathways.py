@@ -2,7 +2,9 @@
 
 The two-pathway net of Kleinman, Achille & Soatto (ICLR 2024) with a nonlinearity between
 layers, trained on the hierarchical task. Pathway ``b`` is frozen for ``--length`` epochs
-starting at epoch 0 ("early") or late in training, or never. The monitor records the mode
+starting at epoch 0 ("early") or late in training, or never (the sweep's baseline): one
+``lc.sweep.Study`` (:func:`study`), one ``lc.sweep.run_study``, and a function of its table
+(:func:`tables`). The monitor records the mode
 strength ``K[p, a] = u_a^T f_p(I)^T v_a`` of each pathway's map (for a nonlinear pathway
 ``f_p`` its map is the pathway applied to the one-hot items, ``f_p(I)^T``).
 
@@ -15,12 +17,14 @@ how far that carries over to tanh and ReLU.
 
 Outputs under ``--out`` (default ``outputs/nonlinear_pathways/``): ``strengths.csv`` (tidy
 mode-strength table of every run), ``shares.csv`` (final share of pathway ``b`` per run) and
-``nonlinear_pathways.png``.
+``nonlinear_pathways.png``; the sweep's own files (results, per-run TensorBoard logs with the
+monitor's history) are there too, and running it again reuses the finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -31,66 +35,58 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 
 import lightning_critical as lc
 
+HISTORY = "spectral_history.csv"
 
-def train_once(
-    nonlinearity: str,
-    onset: int | None,
-    epochs: int,
-    length: int,
-    depth: int = 4,
-    width: int = 100,
-    lr: float = 0.01,
-    init: str = "aligned",
-    init_scale: float = 0.01,
-    every: int = 10,
-    seed: int = 0,
-    root_dir: str | None = None,
-) -> pd.DataFrame:
-    """One run; the tidy mode-strength table (``step`` = epoch: one full batch per epoch)."""
-    pl.seed_everything(seed, verbose=False)
-    dm = lc.data.HierarchicalDataModule()
-    net = lc.models.MultiPathwayLinearNet(
-        depth=depth, width=width, lr=lr, nonlinearity=nonlinearity, init=init, init_scale=init_scale,
-        task_basis=dm.task_basis(), seed=seed,
+
+def pathway_net(nonlinearity: str, seed: int = 0, **kwargs: Any) -> lc.models.MultiPathwayLinearNet:
+    """The model factory: the two-pathway net with ``nonlinearity``, on the hierarchical task's basis."""
+    return lc.models.MultiPathwayLinearNet(nonlinearity=nonlinearity, task_basis=lc.data.HierarchicalDataModule()
+                                           .task_basis(), seed=seed, **kwargs)
+
+
+def mode_monitor(every: int) -> list[lc.SpectralMonitor]:
+    """Each run's callbacks: the mode strengths of both pathways every ``every`` steps, into its log directory."""
+    return [lc.SpectralMonitor(targets="maps", every_n_steps=every, metrics=("mode_strength",), history_file=HISTORY)]
+
+
+def study(nonlinearities: Sequence[str], epochs: int, length: int, late: int, depth: int = 4, width: int = 100,
+          lr: float = 0.01, init: str = "aligned", init_scale: float = 0.01, every: int = 10,
+          seed: int = 0) -> lc.sweep.Study:
+    """What to train: pathway ``b`` frozen early, late, or never (the grid's baseline), per nonlinearity."""
+    return lc.sweep.Study(
+        model=functools.partial(pathway_net, depth=depth, width=width, lr=lr, init=init, init_scale=init_scale),
+        datamodule=lc.data.HierarchicalDataModule,
+        deficit=lc.PathwayDeficit("b", window=(0, 1), mode="freeze"),
+        windows=[(0, length), (late, late + length)], params={"nonlinearity": list(nonlinearities)},
+        callbacks=functools.partial(mode_monitor, every=every), metrics="train_loss",
+        trainer={"max_epochs": epochs, "log_every_n_steps": every}, seeds=[seed],
     )
-    monitor = lc.SpectralMonitor(targets="maps", every_n_steps=every, metrics=("mode_strength",), history_file=None)
-    callbacks: list[pl.Callback] = [monitor]
-    if onset is not None:
-        callbacks.append(lc.PathwayDeficit("b", window=(onset, onset + length), mode="freeze"))
-    trainer = pl.Trainer(
-        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=callbacks, default_root_dir=root_dir,
-    )
-    trainer.fit(net, dm)
-    df = monitor.to_frame()
-    return df[df.metric == "mode_strength"]
 
 
-def run_experiment(
-    nonlinearities: Sequence[str], epochs: int, length: int, late: int, **kw: Any
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(strengths, shares)``: every run's mode strengths, and pathway b's final share.
+def tables(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(strengths, shares)`` from the sweep's table: every run's mode strengths, and pathway b's final share.
 
     ``share_b = sum_a K[b, a] / sum_a (K[a, a'] + K[b, a])`` over the modes at the last
     record: 0.5 when both pathways learned equally, 0 when pathway a took everything.
     """
-    tables, shares = [], []
-    conditions = {"no deficit": None, "early deficit": 0, "late deficit": late}
-    for nl in nonlinearities:
-        for condition, onset in conditions.items():
-            df = train_once(nl, onset, epochs, length, **kw).assign(nonlinearity=nl, condition=condition)
-            tables.append(df)
-            last = df[df.step == df.step.max()].groupby("target").value.sum()
-            share = float(last.get("b", 0.0) / (last.get("a", 0.0) + last.get("b", 0.0)))
-            shares.append({"nonlinearity": nl, "condition": condition, "onset": onset, "share_b": share,
-                           "K_a": float(last.get("a", 0.0)), "K_b": float(last.get("b", 0.0))})
-            print(f"{nl:5s} {condition:13s}: final share of pathway b = {share:.3f}", flush=True)
-    return pd.concat(tables, ignore_index=True), pd.DataFrame(shares)
+    strengths, shares = [], []
+    for _, row in table.iterrows():
+        condition = "no deficit" if row["baseline"] else ("early deficit" if row["window_start"] == 0 else
+                                                          "late deficit")
+        df = pd.read_csv(os.path.join(row["log_dir"], HISTORY))
+        df = df[df.metric == "mode_strength"].assign(nonlinearity=row["nonlinearity"], condition=condition)
+        strengths.append(df)
+        last = df[df.step == df.step.max()].groupby("target").value.sum()
+        share = float(last.get("b", 0.0) / (last.get("a", 0.0) + last.get("b", 0.0)))
+        shares.append({"nonlinearity": row["nonlinearity"], "condition": condition,
+                       "onset": None if row["baseline"] else int(row["window_start"]), "share_b": share,
+                       "K_a": float(last.get("a", 0.0)), "K_b": float(last.get("b", 0.0))})
+        print(f"{row['nonlinearity']:5s} {condition:13s}: final share of pathway b = {share:.3f}", flush=True)
+    return pd.concat(strengths, ignore_index=True), pd.DataFrame(shares)
 
 
 def plot(strengths: pd.DataFrame, shares: pd.DataFrame, path: str, length: int, modes: int = 3) -> None:
@@ -139,10 +135,12 @@ def main(argv: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     os.makedirs(args.out, exist_ok=True)
-    strengths, shares = run_experiment(
-        args.nonlinearity, args.epochs, args.length, args.late, depth=args.depth, width=args.width, lr=args.lr,
-        init=args.init, init_scale=args.init_scale, root_dir=args.out,
-    )
+    sweep = study(args.nonlinearity, args.epochs, args.length, args.late, depth=args.depth, width=args.width,
+                  lr=args.lr, init=args.init, init_scale=args.init_scale)
+    table = lc.sweep.run_study(sweep, lc.sweep.Execution(backend="serial", threads_per_run=args.threads,
+                                                         progress=False),
+                               lc.sweep.Output(out=args.out, plot=False))
+    strengths, shares = tables(table)
     strengths.to_csv(os.path.join(args.out, "strengths.csv"), index=False)
     shares.to_csv(os.path.join(args.out, "shares.csv"), index=False)
     plot(strengths, shares, os.path.join(args.out, "nonlinear_pathways.png"), args.length)

@@ -22,7 +22,7 @@ def test_demo_writes_figures_tables_and_tensorboard(tmp_path, capsys):
     final = runs[runs.step == 1000].pivot_table(index=["label", "pathway"], columns="mode", values="measured")
     early = final.loc["early"]
     assert (early.loc["b"] / early.sum())[[0, 1]].max() < 0.02
-    acc = read_tensorboard(str(out / "tensorboard" / "early"))
+    acc = read_tensorboard(str(out / "tensorboard" / "w0-150_seed0"))  # the early run, as the engine names it
     scalars = acc.Tags()["scalars"]
     assert {"mode_strength/a/0", "theory/mode_strength/b/7", "deficit/freeze/b", "train_loss"} <= set(scalars)
     k_b = {e.step: e.value for e in acc.Scalars("mode_strength/b/0")}

@@ -5,8 +5,11 @@ rank-``target_rank`` task observed at the same positions at ``switch_epoch``, tr
 ``continue_epochs`` more, and report the final test loss on the target. Depth 1 does not care
 when the switch comes; deeper nets pre-trained too long never recover.
 
-Every sweep trains *one* :class:`~lightning_critical.models.factorization_ensemble.FactorizationEnsemble`
-whose members are the switch epochs of the grid: they share the pre-training trunk, fork at
+Every sweep is the :class:`~lightning_critical.sweep.Study` of
+:func:`~lightning_critical.experiments.matrix_completion_study.switch_sweep_study` run by
+:func:`lightning_critical.sweep.run_study` and read back by :func:`switch_table`. It trains
+*one* :class:`~lightning_critical.models.factorization_ensemble.FactorizationEnsemble` per seed
+and swept value, whose members are the switch epochs of the grid: they share the pre-training trunk, fork at
 their switch (driven by one public :class:`~lightning_critical.TaskSwitch` per member) and run
 batched, many SGD steps per Lightning step. The result equals one run per switch epoch
 (``tests/test_matrix_completion_sweep.py`` checks it against sequential Trainer runs).
@@ -15,8 +18,7 @@ An "epoch" here is one full-batch SGD step, as in the paper. A switch at epoch `
 ``T`` steps on the pre-training task, then ``continue_epochs`` steps on the target (the paper's
 script takes one more pre-training step, ``T + 1``; the difference is invisible in the figure).
 
-This module builds and trains the sweeps and returns tables; the parameter sweeps run on
-:func:`lightning_critical.sweep.run`, the theory is :func:`lightning_critical.theory.switch_theory`,
+This module runs the studies and returns tables; the theory is :func:`lightning_critical.theory.switch_theory`,
 the figures are :mod:`lightning_critical.plots.matrix_completion`, files are written by
 :mod:`lightning_critical._output` and the command line is ``lightning-critical matrix-completion``
 (:mod:`lightning_critical.cli`).
@@ -24,11 +26,8 @@ the figures are :mod:`lightning_critical.plots.matrix_completion`, files are wri
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,156 +35,34 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lightning_critical import sweep
 from lightning_critical._checks import check_choice, check_int
 from lightning_critical._namespace import pl
 from lightning_critical._output import write_outputs
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
-from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.experiments._accelerator import accelerator_kwargs
-from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
-from lightning_critical.models.matrix_factorization import INITS, DeepMatrixFactorization
-from lightning_critical.plots.matrix_completion import plot_critical_period, plot_singular_value_trajectories
-from lightning_critical.schedule import Window, largest_common_divisor
-from lightning_critical.sweep import GridEntry, WindowGrid
-
-PAPER_SWITCH_EPOCHS: tuple[int, ...] = (0, 1000, 5000, 10000, 20000, 40000, 60000, 80000, 100000)
-PAPER_DEPTHS: tuple[int, ...] = (1, 2, 3)
-SWEEP_PARAMETERS: tuple[str, ...] = (
-    "depth", "pretrain_rank", "target_rank", "n_observed", "pretrain_observed", "init_scale", "lr", "seed", "size",
+from lightning_critical.experiments._sweep_dir import sweep_dir
+from lightning_critical.experiments.matrix_completion_study import (
+    PAPER_DEPTHS,
+    PAPER_SWITCH_EPOCHS,
+    SWEEP_DEFAULTS,
+    SWEEP_PARAMETERS,
+    build_switch_ensemble,
+    check_arguments,
+    completion_data,
+    pretrain_until,
+    switch_sweep_execution,
+    switch_sweep_study,
 )
+from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
+from lightning_critical.plots.matrix_completion import plot_critical_period, plot_singular_value_trajectories
+from lightning_critical.schedule import largest_common_divisor
+from lightning_critical.sweep import Output, run_study
 
-
-def _check_switch_sweep(
-    depth: int, switch: list[int], continue_epochs: int, size: int, n_observed: int, pretrain_rank: int,
-    target_rank: int, init: str, pretrain_observed: int | None, sgd_steps_per_epoch: int | None,
-) -> int:
-    """Check the arguments of one switch sweep (before any training); return the SGD steps per Lightning step."""
-    check_int("depth", depth, 1)
-    check_int("size", size, 1)
-    check_int("n_observed", n_observed, 1, size * size)
-    check_int("continue_epochs", continue_epochs, 1)
-    check_int("target_rank", target_rank, 1, size)
-    if not switch:
-        raise ValueError("switch_epochs is empty; give at least one epoch.")
-    for t in switch:
-        check_int("switch epoch", t, 0)
-    if len(set(switch)) != len(switch):
-        raise ValueError(f"switch_epochs={switch} has duplicates.")
-    check_choice("init", init, INITS)
-    if pretrain_observed is None:
-        check_int("pretrain_rank", pretrain_rank, 1, size)
-    else:
-        check_int("pretrain_observed", pretrain_observed, 1, n_observed)
-    if sgd_steps_per_epoch is None:
-        k = largest_common_divisor(switch + [continue_epochs])
-    else:
-        k = check_int("sgd_steps_per_epoch", sgd_steps_per_epoch, 1)
-    if any(t % k for t in switch + [continue_epochs]):
-        raise ValueError(
-            f"sgd_steps_per_epoch={k} must divide every switch epoch {switch} and continue_epochs={continue_epochs}."
-        )
-    return k
-
-
-def _tasks(pretrain_rank: int, target_rank: int, pretrain_observed: int | None) -> dict[str, Any]:
-    if pretrain_observed is None:
-        return {"pretrain": {"rank": pretrain_rank}, "target": {"rank": target_rank}}
-    # The "fewer examples" deficit: pre-train on a subset of the target's own observations.
-    return {"target": {"rank": target_rank}, "pretrain": {"subset_of": "target", "n_observed": pretrain_observed}}
-
-
-def completion_data(
-    size: int = 100, n_observed: int = 2000, pretrain_rank: int = 10, target_rank: int = 5,
-    pretrain_observed: int | None = None, seed: int = 0,
-) -> MatrixCompletionDataModule:
-    """The datamodule of a switch sweep, on the ``"target"`` task (what trains outside the deficit windows).
-
-    The deficit of :func:`pretrain_until` puts a window on ``"pretrain"``. Arguments as in
-    :func:`matrix_completion_sweep`.
-
-    Example::
-
-        >>> completion_data(size=10, n_observed=40, pretrain_rank=3, target_rank=1).task
-        'target'
-    """
-    dm = MatrixCompletionDataModule(size=size, n_observed=n_observed,
-                                    tasks=_tasks(pretrain_rank, target_rank, pretrain_observed), seed=seed)
-    dm.set_task("target")
-    return dm
-
-
-def pretrain_until(window: Window) -> TaskSwitch:
-    """The switch sweep's deficit: train on ``"pretrain"`` during ``window``, on ``"target"`` after it.
-
-    Example::
-
-        >>> pretrain_until(Window(0, 500)).schedule
-        {0: 'pretrain', 500: 'target'}
-    """
-    schedule = {window.start: "pretrain"}
-    if window.end is not None:
-        schedule[window.end] = "target"
-    return TaskSwitch(schedule, unit="epoch")
-
-
-def build_switch_ensemble(
-    depth: int,
-    switch_epochs: Sequence[int],
-    continue_epochs: int = 30000,
-    size: int = 100,
-    n_observed: int = 2000,
-    pretrain_rank: int = 10,
-    target_rank: int = 5,
-    init_scale: float = 1e-3,
-    lr: float = 0.2,
-    seed: int = 0,
-    init: str = "gaussian",
-    pretrain_observed: int | None = None,
-    sgd_steps_per_epoch: int | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[FactorizationEnsemble, MatrixCompletionDataModule, list[TaskSwitch]]:
-    """The ensemble, datamodule and per-member ``TaskSwitch`` callbacks of one sweep.
-
-    Arguments as in :func:`matrix_completion_sweep`. Fit with
-    ``pl.Trainer(max_epochs=ensemble.max_epochs, callbacks=switches)``.
-    """
-    switch = list(switch_epochs)
-    k = _check_switch_sweep(depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init,
-                            pretrain_observed, sgd_steps_per_epoch)
-    tasks = _tasks(pretrain_rank, target_rank, pretrain_observed)
-    dm = MatrixCompletionDataModule(size=size, n_observed=n_observed, tasks=tasks, seed=seed)
-    model = DeepMatrixFactorization(size=size, depth=depth, init=init, init_scale=init_scale, lr=lr, seed=seed)
-    ensemble = FactorizationEnsemble(
-        model, dm, [t + continue_epochs for t in switch], sgd_steps_per_epoch=k, initial_task="pretrain", dtype=dtype
-    )
-    # one member per switch epoch, in order
-    members = zip(switch, ensemble.members, strict=True)
-    switches = [TaskSwitch({t // k: "target"}, unit="epoch", target=m) for t, m in members]
-    return ensemble, dm, switches
-
-
-def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
-         logger: Any = False, num_threads: int | None = 1, accelerator: str = "auto") -> None:
-    quiet = logging.getLogger(pl.__name__)
-    level, threads = quiet.level, torch.get_num_threads()
-    if not progress:
-        quiet.setLevel(logging.ERROR)
-    if num_threads:
-        # The matrices are tiny: intra-op threads gain little and, on a busy machine, every
-        # parallel region waits for a core (measured 100x slower on 2 shared cores).
-        torch.set_num_threads(num_threads)
-    try:
-        trainer = pl.Trainer(
-            max_epochs=ensemble.max_epochs, callbacks=switches, logger=logger, devices=1,
-            **accelerator_kwargs(accelerator),
-            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
-        trainer.fit(ensemble, datamodule=dm)
-    finally:
-        quiet.setLevel(level)
-        torch.set_num_threads(threads)
+__all__ = [
+    "PAPER_DEPTHS", "PAPER_SWITCH_EPOCHS", "SWEEP_PARAMETERS", "build_switch_ensemble", "completion_data",
+    "matrix_completion_parameter_sweep", "matrix_completion_sweep", "matrix_completion_table",
+    "matrix_completion_trajectories", "pretrain_until", "reproduce_figure", "switch_table",
+]
 
 
 def matrix_completion_sweep(
@@ -212,6 +89,11 @@ def matrix_completion_sweep(
 ) -> Any:
     """Final target test loss against switch epoch, all switch epochs trained as one ensemble.
 
+    :func:`~lightning_critical.experiments.matrix_completion_study.switch_sweep_study` through
+    :func:`lightning_critical.sweep.run_study`, read back by :func:`switch_table`. With a
+    ``logger`` or ``return_history`` the ensemble is fitted here instead (the engine's ensemble
+    runner keeps no per-record history and writes no logs); the numbers are the same.
+
     Args:
         depth: number of factors (1, 2, 3 in the paper).
         switch_epochs: epochs (full-batch SGD steps) of pre-training before the switch.
@@ -225,7 +107,8 @@ def matrix_completion_sweep(
         sgd_steps_per_epoch: SGD steps per Lightning step (default: the largest divisor of all
             times up to 1000).
         dtype: float32 (default) or float64.
-        progress: show Lightning's progress bar.
+        progress: a progress bar (over the sweep's runs; with ``logger`` or ``return_history``
+            Lightning's progress bar of the ensemble's fit).
         logger: a Lightning logger for per-member test losses (default none).
         num_threads: torch intra-op threads while training (restored afterwards); ``None``
             keeps the current setting. One thread is the robust choice for these small
@@ -253,25 +136,34 @@ def matrix_completion_sweep(
         >>> list(df.columns[:3]), len(df)
         (['depth', 'switch_epoch', 'test_loss'], 2)
     """
-    switch = list(switch_epochs)
-    ensemble, dm, switches = build_switch_ensemble(
-        depth, switch, continue_epochs, size, n_observed, pretrain_rank, target_rank, init_scale, lr, seed,
-        init, pretrain_observed, sgd_steps_per_epoch, dtype,
-    )
-    _fit(ensemble, dm, switches, progress, logger, num_threads, accelerator)
-    settings = {
-        "pretrain_rank": pretrain_rank if pretrain_observed is None else target_rank,
-        "target_rank": target_rank, "n_observed": n_observed, "pretrain_observed": pretrain_observed,
-        "init_scale": init_scale, "lr": lr, "seed": seed, "size": size, "init": init,
-        "continue_epochs": continue_epochs,
-    }
+    job: dict[str, Any] = dict(depth=depth, switch_epochs=list(switch_epochs), continue_epochs=continue_epochs,
+                               size=size, n_observed=n_observed, pretrain_rank=pretrain_rank, target_rank=target_rank,
+                               init_scale=init_scale, lr=lr, seed=seed, init=init, pretrain_observed=pretrain_observed,
+                               sgd_steps_per_epoch=sgd_steps_per_epoch, dtype=dtype, num_threads=num_threads,
+                               accelerator=accelerator)
+    k = check_arguments(job)
+    if return_history or logger is not False:
+        return _fitted_here(job, k, progress, logger, return_history)
+    execution = switch_sweep_execution(1, 1, k, dtype, num_threads, progress)
+    with sweep_dir(None) as out:
+        table = run_study(switch_sweep_study(**job), execution, Output(out=out, tensorboard=False, plot=False))
+    return switch_table(table, None, [job]).drop(columns="seconds")
+
+
+def _fitted_here(job: dict[str, Any], k: int, progress: bool, logger: Any,
+                 return_history: bool) -> Any:
+    """:func:`matrix_completion_sweep` with the ensemble fitted in this process: its logger and history."""
+    switch, depth = job["switch_epochs"], job["depth"]
+    ensemble, dm, switches = build_switch_ensemble(**{**{key: job[key] for key in _ENSEMBLE_ARGS},
+                                                      "sgd_steps_per_epoch": k})
+    _fit(ensemble, dm, switches, progress, logger, job["num_threads"], job["accelerator"])
     res = ensemble.final_metrics()
     res.insert(0, "switch_epoch", [switch[m] for m in res["member"]])
     res.insert(0, "depth", depth)
     res = res.drop(columns=["member", "task"])
     cols = ["depth", "switch_epoch", "test_loss", "train_loss", "sgd_steps"]
     res = res[cols + [c for c in res.columns if c not in cols]]
-    for key, value in settings.items():
+    for key, value in _settings(job).items():
         res[key] = value
     if not return_history:
         return res
@@ -281,6 +173,33 @@ def matrix_completion_sweep(
     hist.insert(0, "depth", depth)
     # a Lightning epoch of the ensemble is a chunk of SGD steps; the paper's epochs are the steps
     return res, hist.drop(columns=["target", "epoch"])
+
+
+_ENSEMBLE_ARGS = ("depth", "switch_epochs", "continue_epochs", "size", "n_observed", "pretrain_rank", "target_rank",
+                  "init_scale", "lr", "seed", "init", "pretrain_observed", "dtype")
+
+
+def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
+         logger: Any = False, num_threads: int | None = 1, accelerator: str = "auto") -> None:
+    quiet = logging.getLogger(pl.__name__)
+    level, threads = quiet.level, torch.get_num_threads()
+    if not progress:
+        quiet.setLevel(logging.ERROR)
+    if num_threads:
+        # The matrices are tiny: intra-op threads gain little and, on a busy machine, every
+        # parallel region waits for a core (measured 100x slower on 2 shared cores).
+        torch.set_num_threads(num_threads)
+    try:
+        trainer = pl.Trainer(
+            max_epochs=ensemble.max_epochs, callbacks=switches, logger=logger, devices=1,
+            **accelerator_kwargs(accelerator),
+            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(ensemble, datamodule=dm)
+    finally:
+        quiet.setLevel(level)
+        torch.set_num_threads(threads)
 
 
 def matrix_completion_parameter_sweep(
@@ -293,14 +212,14 @@ def matrix_completion_parameter_sweep(
     The result has the same columns as one sweep (the parameter's own column tells the runs
     apart) plus ``seconds``, the wall time of each value's sweep.
 
-    It is one :func:`lightning_critical.sweep.run`: the grid is the switch epochs (a window of
-    pre-training ``[0, T)`` per switch epoch ``T``) x the values, trained by the
-    :class:`~lightning_critical.sweep.FactorizationEnsembleRunner` (one vectorized ensemble per
-    value). ``processes > 1`` trains that many values at once in the engine's worker processes
-    (each single-threaded, one per core is best); the results are identical to ``processes=1``.
-    ``out``: keep the sweep's directory there (resumable: finished values are not retrained);
-    by default a temporary one. Other keywords: those of :func:`matrix_completion_sweep`
-    (``progress``, ``logger`` and ``return_history`` are not available here).
+    It is :func:`~lightning_critical.experiments.matrix_completion_study.switch_sweep_study`
+    through :func:`lightning_critical.sweep.run_study` (the switch epochs x the values, one
+    vectorized ensemble per value), read back by :func:`switch_table`. ``processes > 1`` trains
+    that many values at once in the engine's worker processes (each single-threaded, one per
+    core is best); the results are identical to ``processes=1``. ``out``: keep the sweep's
+    directory there (resumable: finished values are not retrained); by default a temporary
+    one. Other keywords: those of :func:`matrix_completion_sweep` (``progress``, ``logger`` and
+    ``return_history`` are not available here).
 
     Example::
 
@@ -316,56 +235,37 @@ def matrix_completion_parameter_sweep(
     if not values:
         raise ValueError(f"values for {parameter!r} are empty.")
     check_int("processes", processes, 1)
-    unknown = sorted(set(kwargs) - set(_SWEEP_DEFAULTS))
+    unknown = sorted(set(kwargs) - set(SWEEP_DEFAULTS))
     if unknown:
-        raise ValueError(f"{unknown} are not arguments of the parameter sweep; valid: {sorted(_SWEEP_DEFAULTS)}.")
-    settings = [{**_SWEEP_DEFAULTS, **kwargs, parameter: v} for v in values]
-    switch = list(settings[0]["switch_epochs"])
-    for job in settings:  # every value's arguments are checked before anything trains
-        _check_switch_sweep(job["depth"], switch, job["continue_epochs"], job["size"], job["n_observed"],
-                            job["pretrain_rank"], job["target_rank"], job["init"], job["pretrain_observed"],
-                            job["sgd_steps_per_epoch"])
-    fixed = {k: v for k, v in settings[0].items() if k != parameter}
-    model = functools.partial(DeepMatrixFactorization, **{k: fixed[k] for k in _MODEL_ARGS if k in fixed})
-    data = functools.partial(completion_data, **{k: fixed[k] for k in _DATA_ARGS if k in fixed})
-    grid = _switch_grid(switch, fixed["continue_epochs"])
-    runner = sweep.FactorizationEnsembleRunner(sgd_steps_per_epoch=fixed["sgd_steps_per_epoch"],
-                                               initial_task="pretrain", dtype=fixed["dtype"])
-    sizes = values if parameter == "size" else [fixed["size"]]
-    top_k = min(runner.top_k, max(sizes))  # a smaller matrix has fewer: NaN, as when its table is stacked
-    metrics = ["test_loss", "train_loss", "sgd_steps"] + [f"singular_values/{i}" for i in range(top_k)]
-    params = None if parameter == "seed" else {parameter: values}
-    seeds = values if parameter == "seed" else [fixed["seed"]]
-    with contextlib.ExitStack() as stack:
-        directory = os.fspath(out) if out is not None else stack.enter_context(tempfile.TemporaryDirectory())
-        table = sweep.run(
-            model, data, deficit=pretrain_until, windows=grid, metrics=metrics, params=params, seeds=seeds,
-            trainer={"devices": 1, **accelerator_kwargs(fixed["accelerator"])}, runner=runner, out=directory,
-            backend="process" if processes > 1 else "serial", workers=min(processes, len(values)),
-            threads_per_run=fixed["num_threads"] or torch.get_num_threads(), progress=False, tensorboard=False,
-            plot=False, errors="raise",
-        )
+        raise ValueError(f"{unknown} are not arguments of the parameter sweep; valid: {sorted(SWEEP_DEFAULTS)}.")
+    jobs = [{**SWEEP_DEFAULTS, **kwargs, parameter: v} for v in values]
+    for job in jobs:  # every value's arguments are checked before anything trains
+        check_arguments(job)
+    fixed = jobs[0]
+    study = switch_sweep_study(parameter, values, **kwargs)
+    execution = switch_sweep_execution(processes, len(values), fixed["sgd_steps_per_epoch"], fixed["dtype"],
+                                       fixed["num_threads"])
+    with sweep_dir(out) as directory:
+        table = run_study(study, execution, Output(out=directory, tensorboard=False, plot=False))
+    return switch_table(table, parameter, jobs)
+
+
+def switch_table(table: pd.DataFrame, parameter: str | None, jobs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The rows of a switch study's ``table`` in the columns of :func:`matrix_completion_sweep`, plus ``seconds``.
+
+    One block per job (the sweep's arguments for one value of ``parameter``), one row per switch
+    epoch in the order of its ``switch_epochs``; the baseline row is the switch at epoch 0, left
+    out unless ``switch_epochs`` holds 0.
+    """
     frames = []
-    for value, job in zip(values, settings, strict=True):
-        rows = table[table["seed"] == value] if parameter == "seed" else table[table[parameter] == value]
-        frames.append(_switch_frame(rows, job, metrics).assign(seconds=float(rows["seconds"].iloc[0])))
+    for job in jobs:
+        column = "seed" if parameter in (None, "seed") else parameter
+        rows = table[table[column] == job[column]]
+        by_switch = {0 if b else int(e): i for i, b, e in zip(rows.index, rows["baseline"], rows["window_end"],
+                                                                strict=True)}
+        rows = rows.loc[[by_switch[t] for t in job["switch_epochs"]]]
+        frames.append(_switch_frame(rows, job, table.attrs["metrics"]).assign(seconds=float(rows["seconds"].iloc[0])))
     return pd.concat(frames, ignore_index=True)
-
-
-_SWEEP_DEFAULTS: dict[str, Any] = {
-    "depth": 3, "switch_epochs": PAPER_SWITCH_EPOCHS, "continue_epochs": 30000, "size": 100, "n_observed": 2000,
-    "pretrain_rank": 10, "target_rank": 5, "init_scale": 1e-3, "lr": 0.2, "seed": 0, "init": "gaussian",
-    "pretrain_observed": None, "sgd_steps_per_epoch": None, "dtype": torch.float32, "num_threads": 1,
-    "accelerator": "auto",
-}
-_MODEL_ARGS = ("size", "depth", "init", "init_scale", "lr")
-_DATA_ARGS = ("size", "n_observed", "pretrain_rank", "target_rank", "pretrain_observed")
-
-
-def _switch_grid(switch: Sequence[int], continue_epochs: int) -> Any:
-    """One run per switch epoch, in the order given: pre-train during ``[0, T)``, then ``continue_epochs``."""
-    entries = [GridEntry((Window(0, t),) if t > 0 else (), t + continue_epochs) for t in switch]
-    return WindowGrid(tuple(entries), "removal")
 
 
 def _switch_frame(rows: pd.DataFrame, job: dict[str, Any], metrics: list[str]) -> pd.DataFrame:

@@ -1,20 +1,22 @@
-"""Multi-pathway critical-period experiments, built only on the public API.
+"""Multi-pathway critical-period experiments: each a :class:`~lightning_critical.sweep.Study`, run, and read back.
 
-Every SGD run goes through the sweep engine (:func:`lightning_critical.sweep.run`: the bundled
-model and datamodule factories, a ``PathwayDeficit`` per window, a ``SpectralMonitor`` with the
-run's theory; quiet serial Trainer runs). The trajectories are read back from each run's
-monitor history file, the final mode strengths from the engine's results table. The functions
-return tidy ``pandas`` tables (``measured`` is what the trained nets show, ``theory`` what
-the pathway ODE predicts); figures live in :mod:`lightning_critical.plots`, files are written
-by :mod:`lightning_critical._output`.
+Every SGD run goes through :func:`lightning_critical.sweep.run_study`: the studies of
+:mod:`~lightning_critical.experiments.pathway_study` (the bundled model and datamodule
+factories, a ``PathwayDeficit`` per window, a ``SpectralMonitor`` with the theory of the run's
+window; quiet serial runs), and the functions of the table in
+:mod:`~lightning_critical.experiments.pathway_tables` (trajectories from each run's monitor
+history in its ``log_dir``, final mode strengths from the metric columns, the theory joined
+once). The functions return tidy ``pandas`` tables (``measured`` is what the trained nets
+show, ``theory`` what the pathway ODE predicts); figures live in :mod:`lightning_critical.plots`,
+files are written by :mod:`lightning_critical._output`.
+
+Logs are the engine's: with a ``save_dir`` it is the sweep's ``out``, and each run logs to
+``<save_dir>/tensorboard/<run label>`` (e.g. ``w0-150_seed0``; the table's ``log_dir``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,28 +24,38 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from lightning_critical import sweep
-from lightning_critical._checks import check_choice
-from lightning_critical._namespace import pl
 from lightning_critical._output import write_outputs
-from lightning_critical.data import HierarchicalDataModule
-from lightning_critical.deficits import PathwayDeficit
-from lightning_critical.experiments._accelerator import accelerator_kwargs
-from lightning_critical.history import read_history
-from lightning_critical.models import MultiPathwayLinearNet
-from lightning_critical.monitors import SpectralMonitor
+from lightning_critical.experiments._sweep_dir import sweep_dir
+from lightning_critical.experiments.pathway_study import (
+    build_pathway_model,
+    bundled_execution,
+    deficit_onset_study,
+    fitted,
+    initial_mode_strengths,
+    pathway_deficit_study,
+    pathway_theory,
+)
+from lightning_critical.experiments.pathway_tables import (
+    PHASE_WINDOWS,
+    onset_measured,
+    onset_theory,
+    onset_window,
+    phase_trajectories,
+    row_window,
+    rows_by_window,
+    task_singular_values,
+    trajectory_frame,
+)
 from lightning_critical.plots.pathways import plot_deficit_trajectories, plot_deprived_share, plot_phase_portraits
-from lightning_critical.protocols import end_to_end_maps, find_task_basis
-from lightning_critical.schedule import Window
-from lightning_critical.spectral import join_theory, mode_strengths
-from lightning_critical.sweep import GridEntry, WindowGrid
-from lightning_critical.theory import deprived_share, pathway_dynamics
+from lightning_critical.sweep import Output, run_study
+
+__all__ = [
+    "PHASE_WINDOWS", "PUBLISHED_ONSETS", "PathwayRun", "build_pathway_model", "deficit_onset_sweep",
+    "early_middle_late", "initial_mode_strengths", "pathway_deficit_run", "phase_trajectories", "reproduce",
+]
 
 PUBLISHED_ONSETS: dict[str, int] = {"early": 0, "middle": 400, "late": 750}
-PHASE_WINDOWS: dict[str, tuple[int, int]] = {"early": (0, 150), "late": (750, 900)}
-"""The deficit windows of the phase portraits (:func:`phase_trajectories`), in epochs."""
 ONSET_SWEEP_DEPTHS: tuple[int, ...] = (1, 2, 3, 4, 6)
 ONSET_SWEEP_SGD_ONSETS: tuple[int, ...] = (0, 300, 600, 900)
 
@@ -61,8 +73,8 @@ class PathwayRun:
     """The result of one run: mode strengths over training, measured (SGD) and theory side by side.
 
     ``frame`` columns: step, pathway, mode, measured, singular_value, theory (``theory`` is NaN
-    for deficits without a theory, e.g. ``"noise"``). ``log_dir`` is the TensorBoard run
-    directory (``None`` without logger).
+    for deficits without a theory, e.g. ``"noise"``). ``log_dir`` is the run's log directory
+    under ``save_dir`` (``None`` without ``save_dir``).
     """
 
     frame: pd.DataFrame
@@ -72,20 +84,37 @@ class PathwayRun:
     seconds: float
 
 
-def initial_mode_strengths(model: MultiPathwayLinearNet, datamodule: HierarchicalDataModule) -> np.ndarray:
-    """``K[p, a]`` of an (initialised) model, shape ``(P, M)``."""
-    u, _, v = datamodule.task_basis()
-    maps = model.end_to_end_maps()
-    # .cpu(): the maps live where the weights do (a GPU after training there).
-    return np.stack([mode_strengths(maps[p], u, v, dtype=None).double().cpu().numpy() for p in model.pathways])
+_RUN_DEFAULTS: dict[str, Any] = dict(
+    depth=4, max_epochs=1000, mode="freeze", deprived="b", width=100, lr=0.01, init_scale=0.01, init_noise=0.1,
+    nonlinearity=None, seed=0, every_n_steps=10, init_noise_draw="per_unit", independent_noise=False,
+    accelerator="auto",
+)
 
 
-def build_pathway_model(**model_kwargs: Any) -> tuple[HierarchicalDataModule, MultiPathwayLinearNet]:
-    """The default hierarchical task and a ``MultiPathwayLinearNet`` initialised on its basis."""
-    dm = HierarchicalDataModule()
-    model = MultiPathwayLinearNet(in_features=dm.in_features, out_features=dm.out_features,
-                                  task_basis=dm.task_basis(), **model_kwargs)
-    return dm, model
+def _trajectory_runs(windows: Mapping[str, tuple[int, int] | None], save_dir: str | None,
+                     args: Mapping[str, Any]) -> dict[str, PathwayRun]:
+    """Train one run per labelled window (one study, one ``run_study``); per label its :class:`PathwayRun`."""
+    model_args = {k: v for k, v in args.items() if k not in ("max_epochs", "mode", "deprived", "seed", "every_n_steps",
+                                                            "accelerator")}
+    theory = pathway_theory(args["max_epochs"], args["mode"], args["deprived"], args["seed"], **model_args)
+    study = pathway_deficit_study(list(windows.values()), **args)
+    runs = {}
+    with sweep_dir(save_dir) as out:
+        rows = rows_by_window(run_study(study, bundled_execution(), Output(out=out, plot=False)))
+        for label, window in windows.items():
+            w = fitted(window, args["max_epochs"])
+            row, ws = rows[w], ((w,) if w is not None else ())
+            runs[label] = PathwayRun(
+                trajectory_frame(row["log_dir"], theory, ws), theory.trajectory(ws) if theory is not None else None,
+                task_singular_values(theory), row["log_dir"] if save_dir is not None else None, float(row["seconds"]))
+    return runs
+
+
+def _run_args(function: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(_RUN_DEFAULTS))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword arguments {unknown}; valid: {sorted(_RUN_DEFAULTS)}.")
+    return {**_RUN_DEFAULTS, **kwargs}
 
 
 def pathway_deficit_run(
@@ -110,13 +139,16 @@ def pathway_deficit_run(
 ) -> PathwayRun:
     """Train the bundled two-pathway net with one pathway deprived during ``window`` (epochs).
 
-    The run is one :func:`lightning_critical.sweep.run` (one grid point, serial). The theory
+    The run is :func:`~lightning_critical.experiments.pathway_study.pathway_deficit_study`
+    through :func:`lightning_critical.sweep.run_study` (serial; its grid's no-deficit
+    baseline trains too, sharing the clean epochs before the window). The theory
     (:func:`lightning_critical.theory.pathway_dynamics`, exact for linear pathways from the
     aligned init) is computed from the model's measured ``K(0)`` and handed to the monitor, so
     TensorBoard overlays SGD and theory. ``window=None`` trains without deficit. With
-    ``save_dir`` the run's logs end up in ``<save_dir>/<name>``.
-    ``init_noise_draw`` and ``independent_noise`` go to the model (``"per_mode"`` reproduces
-    the numbers published by this package before the paper's exact init became the default).
+    ``save_dir`` the sweep's directory is ``<save_dir>/<name>`` and ``log_dir`` the run's
+    TensorBoard directory in it. ``init_noise_draw`` and ``independent_noise`` go to the model
+    (``"per_mode"`` reproduces the numbers published by this package before the paper's exact
+    init became the default).
 
     ``accelerator``: where to train, as in ``pl.Trainer`` (one device). ``"auto"`` leaves the
     choice to Lightning, so ``PL_TRAINER_ACCELERATOR`` still applies; on the CPU the results
@@ -130,13 +162,13 @@ def pathway_deficit_run(
         ['measured', 'mode', 'pathway', 'singular_value', 'step', 'theory']
     """
     start = time.perf_counter()
-    model_kwargs = dict(depth=depth, width=width, lr=lr, init_scale=init_scale, init_noise=init_noise,
-                        init_noise_draw=init_noise_draw, independent_noise=independent_noise,
-                        nonlinearity=nonlinearity)
-    runs = _trajectory_runs({name: window}, max_epochs, mode, deprived, every_n_steps, save_dir, seed, accelerator,
-                            model_kwargs)
-    frame, theory, s, log_dir, _ = runs[name]
-    return PathwayRun(frame, theory, s, log_dir, time.perf_counter() - start)
+    args = dict(depth=depth, max_epochs=max_epochs, mode=mode, deprived=deprived, width=width, lr=lr,
+                init_scale=init_scale, init_noise=init_noise, nonlinearity=nonlinearity, seed=seed,
+                every_n_steps=every_n_steps, init_noise_draw=init_noise_draw, independent_noise=independent_noise,
+                accelerator=accelerator)
+    run = _trajectory_runs({name: window}, os.path.join(save_dir, name) if save_dir else None, args)[name]
+    run.seconds = time.perf_counter() - start
+    return run
 
 
 def early_middle_late(
@@ -145,159 +177,23 @@ def early_middle_late(
 ) -> pd.DataFrame:
     """The published early / middle / late deficit runs; one tidy table.
 
-    The runs are one :func:`lightning_critical.sweep.run` over the windows (serial): runs whose
-    deficits start later share their clean epochs (the middle and late runs train the first 400
-    once; bitwise the same as separate runs). ``kwargs`` are those of :func:`pathway_deficit_run`.
-    With ``save_dir``, run ``label`` logs to ``<save_dir>/<label>``. Columns: those of
-    :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode). ``progress`` is
-    called with one line per run once they have trained.
+    The runs are one :func:`lightning_critical.sweep.run_study` of
+    :func:`~lightning_critical.experiments.pathway_study.pathway_deficit_study` (serial): runs
+    whose deficits start later share their clean epochs (the middle and late runs train the
+    first 400 once; bitwise the same as separate runs). ``kwargs`` are those of
+    :func:`pathway_deficit_run`. With ``save_dir`` (the sweep's directory), each run logs to
+    ``<save_dir>/tensorboard/<run label>`` (``w0-150_seed0``, ...). Columns: those of
+    :class:`PathwayRun` plus label, onset, length, depth and deficit (the mode). ``progress``
+    is called with one line per run once they have trained.
     """
-    unknown = sorted(set(kwargs) - set(_RUN_DEFAULTS))
-    if unknown:
-        raise TypeError(f"early_middle_late() got unexpected keyword arguments {unknown}; valid: "
-                        f"{sorted(_RUN_DEFAULTS)}.")
-    args = {**_RUN_DEFAULTS, **kwargs}
-    model_kwargs = {k: args[k] for k in _MODEL_KEYS}
-    windows = {label: (onset, onset + length) for label, onset in onsets.items()}
-    runs = _trajectory_runs(windows, args["max_epochs"], args["mode"], args["deprived"], args["every_n_steps"],
-                            save_dir, args["seed"], args["accelerator"], model_kwargs)
+    args = _run_args("early_middle_late", kwargs)
+    runs = _trajectory_runs({label: (onset, onset + length) for label, onset in onsets.items()}, save_dir, args)
     frames = []
     for label, onset in onsets.items():
-        _report(progress, f"{label} deficit, epochs [{onset}, {onset + length}): {runs[label][4]:.1f} s")
-        frames.append(runs[label][0].assign(label=label, onset=onset, length=length, depth=kwargs.get("depth", 4),
-                                            deficit=kwargs.get("mode", "freeze")))
+        _report(progress, f"{label} deficit, epochs [{onset}, {onset + length}): {runs[label].seconds:.1f} s")
+        frames.append(runs[label].frame.assign(label=label, onset=onset, length=length, depth=args["depth"],
+                                               deficit=args["mode"]))
     return pd.concat(frames, ignore_index=True)
-
-
-_RUN_DEFAULTS: dict[str, Any] = dict(
-    depth=4, max_epochs=1000, mode="freeze", deprived="b", width=100, lr=0.01, init_scale=0.01, init_noise=0.1,
-    nonlinearity=None, seed=0, every_n_steps=10, init_noise_draw="per_unit", independent_noise=False,
-    accelerator="auto",
-)
-_MODEL_KEYS = ("depth", "width", "lr", "init_scale", "init_noise", "init_noise_draw", "independent_noise",
-               "nonlinearity")
-_HISTORY_FILE = "spectral_history.csv"
-
-
-def pathway_net(seed: int = 0, **model_kwargs: Any) -> MultiPathwayLinearNet:
-    """The sweep's model factory: :func:`build_pathway_model`'s net (initialised on the default task's basis)."""
-    return build_pathway_model(seed=seed, **model_kwargs)[1]
-
-
-def hierarchical_data() -> HierarchicalDataModule:
-    """The sweep's datamodule factory: the default hierarchical task (the same for every seed)."""
-    return HierarchicalDataModule()
-
-
-def trajectory_monitor(windows: tuple[Window, ...], every_n_steps: int,
-                       theories: Mapping[Any, Mapping[str, np.ndarray]]) -> list[pl.Callback]:
-    """The sweep's callbacks: a ``SpectralMonitor`` of the pathway maps, with the theory of the run's window."""
-    theory = theories.get(_window_key(windows))
-    return [SpectralMonitor(
-        targets="maps", every_n_steps=every_n_steps, metrics=("singular_values", "mode_strength", "effective_rank"),
-        theory={"mode_strength": dict(theory)} if theory is not None else None, history_file=_HISTORY_FILE,
-    )]
-
-
-def final_mode_strengths(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float]:
-    """The sweep's metric: ``K[p, a]`` of the trained net as ``K/<pathway>/<mode>`` (what the monitor would record)."""
-    basis = find_task_basis(module, getattr(trainer, "datamodule", None))
-    if basis is None:
-        raise ValueError("final_mode_strengths needs a task basis (task_basis() on the model or the datamodule).")
-    u, _, v = basis
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        for name, matrix in end_to_end_maps(module).items():
-            out.update({f"K/{name}/{a}": k for a, k in enumerate(mode_strengths(matrix, u, v).tolist())})
-    return out
-
-
-def _window_key(windows: Sequence[Window]) -> tuple[int, int] | None:
-    return (windows[0].start, int(windows[0].stop)) if windows else None
-
-
-def _key_of(window: Window | None) -> tuple[int, int] | None:
-    return _window_key((window,) if window is not None else ())
-
-
-def _fitted(window: tuple[int, int], max_epochs: int) -> Window:
-    """The window as the sweep trains it: cut at the end of training (the epochs after it never come)."""
-    return Window(window[0], min(window[1], max_epochs))
-
-
-def _grid(windows: Sequence[Window | None]) -> Any:
-    """Exactly these runs (``None``: no deficit), without the sweep's extra baseline."""
-    return WindowGrid(tuple(GridEntry((w,) if w is not None else ()) for w in windows), "explicit")
-
-
-def _sweep_args(model_kwargs: Mapping[str, Any], max_epochs: int, mode: str, deprived: str, every_n_steps: int,
-                accelerator: str) -> dict[str, Any]:
-    """What every bundled pathway sweep shares: model, data, deficit, quiet serial Trainer runs."""
-    return dict(
-        model=functools.partial(pathway_net, **model_kwargs), datamodule=hierarchical_data,
-        deficit=PathwayDeficit(deprived, window=(0, 1), mode=mode),
-        trainer={"max_epochs": max_epochs, "devices": 1, "log_every_n_steps": max(1, every_n_steps),
-                 **accelerator_kwargs(accelerator)},
-        backend="serial", threads_per_run=torch.get_num_threads(), progress=False, plot=False, errors="raise",
-    )
-
-
-def _check_deprived(model: MultiPathwayLinearNet, deprived: str) -> list[str]:
-    names = list(model.pathways)
-    check_choice("deprived", deprived, names)
-    return names
-
-
-def _trajectory_runs(
-    windows: Mapping[str, tuple[int, int] | None], max_epochs: int, mode: str, deprived: str, every_n_steps: int,
-    save_dir: str | None, seed: int, accelerator: str, model_kwargs: Mapping[str, Any],
-) -> dict[str, tuple[pd.DataFrame, np.ndarray | None, np.ndarray, str | None, float]]:
-    """Train one run per window (one sweep); per name: (frame, theory, singular values, log dir, seconds)."""
-    dm, model = build_pathway_model(seed=seed, **model_kwargs)
-    s = dm.task_basis()[1].numpy()
-    names = _check_deprived(model, deprived)
-    theories: dict[Any, dict[str, np.ndarray]] = {}
-    full: dict[Any, np.ndarray | None] = {}
-    fitted = {label: (_fitted(w, max_epochs) if w is not None else None) for label, w in windows.items()}
-    if model_kwargs.get("nonlinearity") is None and mode in ("freeze", "silence"):
-        k0 = initial_mode_strengths(model, dm)
-        for label, w in windows.items():
-            deficits = {names.index(deprived): [w]} if w is not None else {}
-            traj = pathway_dynamics(s, model_kwargs["depth"], k0, model_kwargs["lr"], max_epochs, deficits=deficits,
-                                    mode=mode)
-            full[label] = traj
-            theories[_key_of(fitted[label])] = {
-                p: traj[:, i] for i, p in enumerate(names)}
-    unique = list(dict.fromkeys(fitted.values()))
-    with tempfile.TemporaryDirectory() as out:
-        table = sweep.run(
-            **_sweep_args(model_kwargs, max_epochs, mode, deprived, every_n_steps, accelerator),
-            windows=_grid(unique), metrics=final_mode_strengths, seeds=[seed],
-            callbacks=functools.partial(trajectory_monitor, every_n_steps=every_n_steps, theories=theories),
-            out=out,
-        )
-        logs = {_key_of(w): d for w, d in zip(unique, table["log_dir"], strict=True)}
-        seconds = {_key_of(w): float(t) for w, t in zip(unique, table["seconds"], strict=True)}
-        results = {}
-        for label in windows:
-            key = _key_of(fitted[label])
-            frame = _trajectory_frame(read_history(os.path.join(logs[key], _HISTORY_FILE)), s, full.get(label), names)
-            log_dir = None
-            if save_dir is not None:
-                log_dir = os.path.join(save_dir, label)
-                shutil.copytree(logs[key], log_dir, dirs_exist_ok=True)
-            results[label] = (frame, full.get(label), s, log_dir, seconds[key])
-    return results
-
-
-def _trajectory_frame(records: pd.DataFrame, s: np.ndarray, theory: np.ndarray | None,
-                      names: list[str]) -> pd.DataFrame:
-    by_pathway = {} if theory is None else {p: theory[:, i] for i, p in enumerate(names)}
-    k = join_theory(records[records.metric == "mode_strength"], {"mode_strength": by_pathway})
-    k = k.rename(columns={"target": "pathway", "index": "mode", "value": "measured"})
-    k = k[["step", "pathway", "mode", "measured", "theory"]].reset_index(drop=True)
-    k.insert(4, "singular_value", s[k["mode"].to_numpy()])
-    return k
 
 
 def deficit_onset_sweep(
@@ -310,107 +206,46 @@ def deficit_onset_sweep(
     mode: str = "freeze",
     accelerator: str = "auto",
     progress: Progress | None = None,
+    save_dir: str | None = None,
     **model_kwargs: Any,
 ) -> pd.DataFrame:
     """Final share of every mode held by the deprived pathway, against deficit onset and depth.
 
     Theory on the whole ``onsets`` grid, SGD (real Trainer runs) at ``sgd_onsets``: one
-    :func:`lightning_critical.sweep.run` over the onsets x depths, whose runs share their clean
-    epochs before each onset (trained once, then branched; bitwise equal to separate runs).
-    ``model_kwargs`` (width, lr, init_scale, init_noise, init_noise_draw, independent_noise,
-    seed) go to the bundled net; ``accelerator`` as in :func:`pathway_deficit_run`. A window
-    that would run past ``max_epochs`` ends there (the theory treats it the same way).
-    ``progress`` is called with one line per SGD run once they have trained. Columns: depth,
-    onset, mode, singular_value, share, source (``"theory"`` or ``"measured"``: the trained nets).
+    :func:`lightning_critical.sweep.run_study` of
+    :func:`~lightning_critical.experiments.pathway_study.deficit_onset_study` over the onsets x
+    depths, whose runs share their clean epochs before each onset (trained once, then branched;
+    bitwise equal to separate runs). ``model_kwargs`` (width, lr, init_scale, init_noise,
+    init_noise_draw, independent_noise, seed) go to the bundled net; ``accelerator`` as in
+    :func:`pathway_deficit_run`. A window that would run past ``max_epochs`` ends there (the
+    theory treats it the same way). ``save_dir``: keep the sweep's directory there (default: a
+    temporary one). ``progress`` is called with one line per SGD run once they have trained.
+    Columns: depth, onset, mode, singular_value, share, source (``"theory"`` or
+    ``"measured"``: the trained nets).
     """
-    lr = model_kwargs.get("lr", 0.01)
     seed = model_kwargs.pop("seed", 0)
-    theory_rows: dict[int, list[dict[str, Any]]] = {}
-    singular: dict[int, np.ndarray] = {}
-    for depth in depths:
-        dm, model = build_pathway_model(depth=depth, seed=seed, **model_kwargs)
-        names = _check_deprived(model, deprived)
-        index = names.index(deprived)
-        k0 = initial_mode_strengths(model, dm)
-        s = singular[depth] = dm.task_basis()[1].numpy()
-        rows = theory_rows[depth] = []
+    theory = [onset_theory(d, onsets, length, max_epochs, deprived, mode, seed, **model_kwargs) for d in depths]
+    measured = [pd.DataFrame()] * len(depths)
+    if sgd_onsets and depths:
+        study = deficit_onset_study(depths, sgd_onsets, length, max_epochs=max_epochs, deprived=deprived, mode=mode,
+                                    seed=seed, accelerator=accelerator, **model_kwargs)
+        with sweep_dir(save_dir) as out:
+            table = run_study(study, bundled_execution(), Output(out=out, tensorboard=False, plot=False))
+        _report_onsets(progress, table, sgd_onsets, length, max_epochs)
+        shares = onset_measured(table, sgd_onsets, length, max_epochs, deprived)
+        measured = [shares[shares.depth == d] for d in depths]
+    parts = [part for pair in zip(theory, measured, strict=True) for part in pair if len(part)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _report_onsets(progress: Progress | None, table: pd.DataFrame, onsets: Sequence[int], length: int,
+                   max_epochs: int) -> None:
+    seconds = {(int(row["depth"]), row_window(row)): float(row["seconds"]) for _, row in table.iterrows()}
+    for depth in dict.fromkeys(int(d) for d in table["depth"]):
         for onset in onsets:
-            traj = pathway_dynamics(
-                s, depth, k0, lr, max_epochs, deficits={index: [(onset, onset + length)]}, mode=mode
-            )
-            share = deprived_share(traj[-1], index)
-            rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a], source="theory")
-                        for a in range(len(s)))
-    # Every SGD point, all depths, in one sweep; an onset past the end of training trains without deficit.
-    fitted = {onset: (_fitted((onset, onset + length), max_epochs) if onset < max_epochs else None)
-              for onset in sgd_onsets}
-    final: dict[tuple[int, Any], dict[str, float]] = {}
-    took: dict[tuple[int, Any], float] = {}
-    if fitted and depths:
-        unique = list(dict.fromkeys(fitted.values()))
-        with tempfile.TemporaryDirectory() as out:
-            table = sweep.run(
-                **_sweep_args({k: v for k, v in model_kwargs.items() if k != "depth"}, max_epochs, mode, deprived,
-                              max_epochs, accelerator),
-                windows=_grid(unique), metrics=final_mode_strengths, seeds=[seed], params={"depth": list(depths)},
-                out=out, tensorboard=False,
-            )
-        for _, row in table.iterrows():
-            window = None if row["baseline"] else Window(int(row["window_start"]), int(row["window_end"]))
-            final[(int(row["depth"]), window)] = {k: row[k] for k in table.attrs["metrics"]}
-            took[(int(row["depth"]), window)] = float(row["seconds"])
-    for depth in depths:
-        for onset in sgd_onsets:
-            w = fitted[onset]
+            w = onset_window(onset, length, max_epochs)
             what = f"deficit epochs [{w.start}, {int(w.stop)})" if w is not None else f"onset {onset}: no deficit"
-            _report(progress, f"onset sweep, depth {depth}, {what}: {took[(depth, w)]:.1f} s")
-    out_rows: list[dict[str, Any]] = []
-    for depth in depths:
-        out_rows.extend(theory_rows[depth])
-        s = singular[depth]
-        for onset in sgd_onsets:
-            metrics = final[(depth, fitted[onset])]
-            k = pd.DataFrame([{"pathway": key.split("/")[1], "mode": int(key.split("/")[2]), "measured": value}
-                              for key, value in metrics.items()]).pivot_table(index="pathway", columns="mode",
-                                                                              values="measured")
-            share = (k.loc[deprived] / k.sum(axis=0)).to_numpy()
-            out_rows.extend(dict(depth=depth, onset=onset, mode=a, singular_value=s[a], share=share[a],
-                                 source="measured") for a in range(len(s)))
-    return pd.DataFrame(out_rows)
-
-
-def phase_trajectories(
-    depths: Sequence[int] = (1, 2, 4),
-    windows: Mapping[str, tuple[int, int]] | None = None,
-    mode: int = 0,
-    max_epochs: int = 1000,
-    lr: float = 0.01,
-    init_scale: float = 0.01,
-    **model_kwargs: Any,
-) -> pd.DataFrame:
-    """Theory trajectories of ``(K_a, K_b)`` on one mode, for phase portraits.
-
-    Each depth starts from the ``K(0)`` of the bundled net built with ``init_scale`` and
-    ``model_kwargs`` (init_noise, init_noise_draw, independent_noise, width, seed), i.e. where
-    the SGD runs of :func:`early_middle_late` start. Columns: depth, label, step, k_a, k_b,
-    mode, singular_value, deprived (whether the update at that step is inside the window).
-    ``windows``: label -> ``(start, end)`` deficit of pathway ``b`` (default :data:`PHASE_WINDOWS`).
-    """
-    if windows is None:
-        windows = PHASE_WINDOWS
-    s = HierarchicalDataModule().task_basis()[1].numpy()
-    rows = []
-    for depth in depths:
-        dm, model = build_pathway_model(depth=depth, lr=lr, init_scale=init_scale, **model_kwargs)
-        k0 = initial_mode_strengths(model, dm)
-        for label, (start, end) in windows.items():
-            traj = pathway_dynamics(s, depth, k0, lr, max_epochs, deficits={1: [(start, end)]})
-            steps = np.arange(max_epochs + 1)
-            rows.append(pd.DataFrame(dict(
-                depth=depth, label=label, step=steps, k_a=traj[:, 0, mode], k_b=traj[:, 1, mode],
-                mode=mode, singular_value=s[mode], deprived=(steps >= start) & (steps < end),
-            )))
-    return pd.concat(rows, ignore_index=True)
+            _report(progress, f"onset sweep, depth {depth}, {what}: {seconds[(depth, w)]:.1f} s")
 
 
 def reproduce(
@@ -422,9 +257,11 @@ def reproduce(
     Returns the paths written. ``quick`` shrinks the sweeps (for tests). ``accelerator``: as
     in :func:`pathway_deficit_run`. ``progress`` (e.g. ``print``) gets a line when the work
     starts, one per finished training run (``[k/n] ..., elapsed``) and one per stage.
+    ``out_dir`` is the early / middle / late sweep's directory (its runs log to
+    ``<out_dir>/tensorboard``), ``<out_dir>/onset_sweep`` the onset sweep's; calling it again
+    reuses the finished runs of the same settings.
     """
     os.makedirs(out_dir, exist_ok=True)
-    tb_dir = os.path.join(out_dir, "tensorboard")
     depths, sgd_onsets = ((1, 2, 4), (0,)) if quick else (ONSET_SWEEP_DEPTHS, ONSET_SWEEP_SGD_ONSETS)
     sweep_kwargs: dict[str, Any] = dict(depths=depths, sgd_onsets=sgd_onsets)
     if quick:
@@ -440,11 +277,12 @@ def reproduce(
 
     _report(progress, f"Training {total} deep linear networks: {len(PUBLISHED_ONSETS)} early/middle/late deficit "
                       f"runs, then {total - len(PUBLISHED_ONSETS)} for the onset sweep (depths {list(depths)}).")
-    runs = early_middle_late(save_dir=tb_dir, accelerator=accelerator, progress=one_run)
-    onsets = deficit_onset_sweep(accelerator=accelerator, progress=one_run, **sweep_kwargs)
+    runs = early_middle_late(save_dir=out_dir, accelerator=accelerator, progress=one_run)
+    onsets = deficit_onset_sweep(accelerator=accelerator, progress=one_run,
+                                 save_dir=os.path.join(out_dir, "onset_sweep"), **sweep_kwargs)
     _report(progress, "Phase-portrait theory, tables and figures ...")
     phases = phase_trajectories()
-    paths = {"tensorboard": tb_dir}
+    paths = {"tensorboard": os.path.join(out_dir, "tensorboard")}
     paths.update(write_outputs(
         out_dir,
         tables={"trajectories_csv": ("trajectories.csv", runs), "onset_sweep_csv": ("onset_sweep.csv", onsets),

@@ -35,10 +35,10 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.audit import check_verify
-from lightning_critical.sweep.execute import RESERVED_TRAINER
 from lightning_critical.sweep.grids import WindowGrid, as_grid
 from lightning_critical.sweep.params import accepted_kwargs, check_params
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, check_runner
+from lightning_critical.sweep.runners.lightning import RESERVED_TRAINER
 from lightning_critical.sweep.spec import Params, describe
 from lightning_critical.sweep.store import RESUME
 from lightning_critical.sweep.table import check_columns
