@@ -66,8 +66,8 @@ class Dispatcher:
         store: the sweep's store (where checkpoints are).
         fields: every run's columns, by run id (the start of its row).
         log_dirs: every run's log directory, by run id (``None``: no logs).
-        groups: run ids trained as one job (``runner.batches``); default: one job per run. Jobs
-            are submitted in plan order (a group at its first run's place), so parents come first.
+        groups: run ids trained as one job (``runner.batches``), in the order to submit them;
+            default: one job per run, in plan order (parents first).
         audit: the exactness audit (default: none).
         observers: told of every event, in order (:func:`~lightning_critical.sweep.observers.standard_observers`).
         poll_seconds: how long to wait for a job between checks for new ready runs.
@@ -79,9 +79,10 @@ class Dispatcher:
                  observers: Sequence[Observer] = (), poll_seconds: float = 0.05) -> None:
         self.plan, self.backend, self.make_job, self.store = plan, backend, make_job, store
         self.fields, self.log_dirs, self.observers, self.poll = fields, log_dirs, list(observers), poll_seconds
-        by_id, position = plan.by_id(), {n.run_id: i for i, n in enumerate(plan.nodes)}
-        chosen = [[rid] for rid in by_id] if groups is None else [list(g) for g in groups if g]
-        chosen.sort(key=lambda group: min(position[rid] for rid in group))  # parents first, as planned
+        by_id = plan.by_id()
+        # the runner's order (the session gives its tasks in plan order when it shares prefixes, so parents come
+        # first; else in grid order); a child submitted early only waits for its parent's checkpoint
+        chosen = [[n.run_id] for n in plan.nodes] if groups is None else [list(g) for g in groups if g]
         self.pending: list[Job] = [[by_id[rid] for rid in group] for group in chosen]
         self.running: dict[Any, Job] = {}  # a concurrent.futures.Future, or any object with done() and result()
         self.ids = set(by_id)
