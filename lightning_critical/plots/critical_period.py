@@ -138,14 +138,19 @@ def plot_critical_period_curve(
     unit = units.iloc[0] if len(units) else "epoch"
     what = _curve_label(summary, x)
     # one spare color when there are no groups, hence not strict
+    shared = summary.attrs.get("deficit_params", [])  # missing in the one baseline that serves all their values
     for color, (key, part) in zip(colors, groups, strict=False):
-        name = ", ".join(f"{k}={_shown(v)}" for k, v in zip(keys, key, strict=True))
+        name = ", ".join(f"{k}={_shown(v)}" for k, v in zip(keys, key, strict=True)
+                         if not (k in shared and part["baseline"].all()))
+        if part["baseline"].all() and shared and set(keys) <= set(shared):
+            color = "0.35"  # the baseline of several curves: neutral, and no empty curve in the legend
         curve = part[~part["baseline"]].sort_values(x)
         curve = curve[np.isfinite(curve["mean"].to_numpy(float))]  # windows left without a value are marked below
         xs, mean = curve[x].to_numpy(float), curve["mean"].to_numpy(float)
         sem = np.nan_to_num(curve["sem"].to_numpy(float))
-        ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{what}{' (' + name + ')' if name else ''}")
-        ax.fill_between(xs, mean - sem, mean + sem, color=color, alpha=0.25, lw=0)
+        if len(part) > int(part["baseline"].sum()):
+            ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{what}{' (' + name + ')' if name else ''}")
+            ax.fill_between(xs, mean - sem, mean + sem, color=color, alpha=0.25, lw=0)
         base = part[part["baseline"]]
         if len(base):
             b_mean, b_sem = float(base["mean"].iloc[0]), float(np.nan_to_num(base["sem"].iloc[0]))

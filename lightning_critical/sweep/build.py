@@ -29,7 +29,7 @@ from lightning_critical import _namespace
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
-from lightning_critical.sweep.params import accepted_kwargs, names_argument
+from lightning_critical.sweep.params import accepted_kwargs, deficit_overrides, names_argument
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, describe, qualname
 
 
@@ -60,12 +60,39 @@ def build_deficits(spec: SweepSpec, run: RunSpec) -> list[Any]:
     ``[]`` for the baseline (no windows). See :func:`make_deficit` for the forms and the seed rule.
     """
     out: list[Any] = []
-    makers = spec.deficit if isinstance(spec.deficit, (list, tuple)) else [spec.deficit]
+    makers = deficit_makers(spec, run) if run.windows else []
     for window in run.windows:
         for maker in makers:
             made = make_deficit(maker, window, spec.factory_kwargs(run))
             out.extend(_as_callbacks(made, functools.partial(_deficit_name, maker)))
     return out
+
+
+def deficit_makers(spec: SweepSpec, run: RunSpec) -> list[Any]:
+    """The entries of ``spec.deficit`` for ``run``: its templates with the run's ``deficit.`` values (see
+    :func:`swept_deficits`), its factories as they are."""
+    return swept_deficits(spec.deficit, run.params_dict)
+
+
+def swept_deficits(deficit: Any, params: Mapping[str, Any]) -> list[Any]:
+    """``deficit`` as a list, each template rebuilt through its constructor with the values ``params`` give its
+    arguments (``deficit.<argument>``, ``deficit.<index>.<argument>``:
+    :func:`~lightning_critical.sweep.params.address_deficit`); a bad value is refused by the constructor.
+
+    Example::
+
+        >>> from lightning_critical import InputDeficit
+        >>> [d.factor for d in swept_deficits(InputDeficit("blur", (0, 1), factor=2), {"deficit.factor": 4})]
+        [4]
+    """
+    makers = list(deficit) if isinstance(deficit, (list, tuple)) else [deficit]
+    overrides = deficit_overrides(params, template_classes(makers))
+    return [m.with_window(m.window, **overrides[i]) if i in overrides else m for i, m in enumerate(makers)]
+
+
+def template_classes(makers: Sequence[Any]) -> list[type | None]:
+    """Per entry of ``deficit=``: the class of a ``WindowedDeficit`` template, ``None`` for a factory."""
+    return [type(m) if isinstance(m, WindowedDeficit) else None for m in makers]
 
 
 def build_callbacks(spec: SweepSpec, run: RunSpec) -> list[Any]:

@@ -35,11 +35,12 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.audit import check_verify
+from lightning_critical.sweep.build import swept_deficits, template_classes
 from lightning_critical.sweep.execute import RESERVED_TRAINER
 from lightning_critical.sweep.grids import WindowGrid, as_grid
-from lightning_critical.sweep.params import accepted_kwargs, check_params
+from lightning_critical.sweep.params import check_params, check_reach, deficit_only
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, check_runner
-from lightning_critical.sweep.spec import Params, describe
+from lightning_critical.sweep.spec import Params
 from lightning_critical.sweep.store import RESUME
 from lightning_critical.sweep.table import check_columns
 
@@ -115,6 +116,13 @@ class Study:
     def combos(self) -> list[Params]:
         """The swept values, one tuple of ``(name, value)`` pairs per combination (``[()]`` without ``params``)."""
         return check_params(self.params)
+
+    @property
+    def deficit_params(self) -> list[str]:
+        """The swept names that reach only the deficit (``deficit.<argument>``, or arguments no model, datamodule
+        or callbacks factory takes): the baseline goes without them, one run per seed whatever their values."""
+        names = {k for combo in self.combos for k, _ in combo}
+        return deficit_only(names, [self.model, self.datamodule, self.callbacks])
 
     @property
     def metric_list(self) -> list[Any]:
@@ -370,13 +378,10 @@ def _is_instance_of_lightning(obj: Any) -> bool:
 
 
 def _check_params_used(study: Study) -> None:
-    names = {k for combo in study.combos for k, _ in combo}
-    factories = [f for f in (study.model, study.datamodule, study.callbacks) if f is not None]
-    makers = study.deficit if isinstance(study.deficit, (list, tuple)) else [study.deficit]
-    factories += [m for m in makers if callable(m)]
-    for name in sorted(names):
-        if not any(name in accepted_kwargs(f, {name: None}) for f in factories):
-            raise ValueError(
-                f"params[{name!r}] is not an argument of any factory (model {describe(study.model)}, datamodule "
-                f"{describe(study.datamodule)}, deficit, callbacks): a swept value must reach the run."
-            )
+    """Every swept name reaches a factory or a template deficit's argument, and every template takes its values."""
+    makers = list(study.deficit) if isinstance(study.deficit, (list, tuple)) else [study.deficit]
+    factories = [("model", study.model), ("datamodule", study.datamodule), ("callbacks", study.callbacks)]
+    factories += [("deficit", m) for m in makers if not isinstance(m, WindowedDeficit)]
+    check_reach({k for combo in study.combos for k, _ in combo}, factories, template_classes(makers))
+    for combo in study.combos:
+        swept_deficits(makers, dict(combo))  # each template rebuilt with its values: a bad one is refused now
