@@ -29,7 +29,7 @@ from lightning_critical import _namespace
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.schedule import Window
-from lightning_critical.sweep.params import accepted_kwargs, deficit_overrides, names_argument
+from lightning_critical.sweep.params import Params, accepted_kwargs, check_reach, deficit_overrides, names_argument
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, describe, qualname
 
 
@@ -88,6 +88,18 @@ def swept_deficits(deficit: Any, params: Mapping[str, Any]) -> list[Any]:
     makers = list(deficit) if isinstance(deficit, (list, tuple)) else [deficit]
     overrides = deficit_overrides(params, template_classes(makers))
     return [m.with_window(m.window, **overrides[i]) if i in overrides else m for i, m in enumerate(makers)]
+
+
+def check_swept(combos: Sequence[Params], factories: Sequence[tuple[str, Any]], deficit: Any) -> None:
+    """Before training: every swept name reaches a factory (``(role, factory)`` pairs, the deficit's added) or a
+    template deficit's argument (:func:`~lightning_critical.sweep.params.check_reach`), and every template is
+    rebuilt with each combination's values, so its constructor refuses a bad one now."""
+    makers = list(deficit) if isinstance(deficit, (list, tuple)) else [deficit]
+    templates = template_classes(makers)
+    named = [*factories, *(("deficit", m) for m, cls in zip(makers, templates, strict=True) if cls is None)]
+    check_reach({k for combo in combos for k, _ in combo}, named, templates)
+    for combo in combos:
+        swept_deficits(makers, dict(combo))
 
 
 def template_classes(makers: Sequence[Any]) -> list[type | None]:

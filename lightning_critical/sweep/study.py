@@ -35,10 +35,10 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.audit import check_verify
-from lightning_critical.sweep.build import swept_deficits, template_classes
+from lightning_critical.sweep.build import check_swept
 from lightning_critical.sweep.execute import RESERVED_TRAINER
 from lightning_critical.sweep.grids import WindowGrid, as_grid
-from lightning_critical.sweep.params import check_params, check_reach, deficit_only
+from lightning_critical.sweep.params import check_params, deficit_only
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, check_runner
 from lightning_critical.sweep.spec import Params
 from lightning_critical.sweep.store import RESUME
@@ -100,7 +100,8 @@ class Study:
         check_int("steps_per_epoch", self.steps_per_epoch, low=1, allow_none=True)
         _check_windows_fit(grid, trainer["max_epochs"], self.steps_per_epoch)
         _check_callables(self.model, self.datamodule, self.deficit, self.callbacks)
-        _check_params_used(self)
+        check_swept(self.combos, [("model", self.model), ("datamodule", self.datamodule),
+                                  ("callbacks", self.callbacks)], self.deficit)
 
     @property
     def grid(self) -> WindowGrid:
@@ -375,13 +376,3 @@ def _check_callables(model: Any, datamodule: Any, deficit: Any, callbacks: Any) 
 
 def _is_instance_of_lightning(obj: Any) -> bool:
     return isinstance(obj, (pl.LightningModule, pl.LightningDataModule))
-
-
-def _check_params_used(study: Study) -> None:
-    """Every swept name reaches a factory or a template deficit's argument, and every template takes its values."""
-    makers = list(study.deficit) if isinstance(study.deficit, (list, tuple)) else [study.deficit]
-    factories = [("model", study.model), ("datamodule", study.datamodule), ("callbacks", study.callbacks)]
-    factories += [("deficit", m) for m in makers if not isinstance(m, WindowedDeficit)]
-    check_reach({k for combo in study.combos for k, _ in combo}, factories, template_classes(makers))
-    for combo in study.combos:
-        swept_deficits(makers, dict(combo))  # each template rebuilt with its values: a bad one is refused now
