@@ -187,3 +187,16 @@ def test_summarize_finds_the_shared_baseline_in_a_table_that_lost_its_attrs() ->
     assert summary["baseline"].tolist() == [True, False, False]
     assert summary["drop"].round(3).tolist() == [0.0, 0.2, 0.4]
     assert summary.attrs["deficit_params"] == ["deficit.factor"]
+
+
+def test_the_one_baseline_still_shares_its_prefix_with_the_first_values_runs(tmp_path: Any) -> None:
+    table = lc.sweep.run(
+        pathway_model, lc.data.HierarchicalDataModule, deficit=lc.PathwayDeficit("b", (0, 1)), windows=[(2, 3)],
+        params={"deficit.mode": ["freeze", "noise"]}, seeds=[0], metrics="train_loss",
+        trainer={"max_epochs": 3, **CPU}, out=tmp_path, verify="all", **QUIET)
+    trained = dict(zip(table["label"], table["epochs_trained"], strict=True))
+    # the baseline and the freeze run share epochs 0-1; the noise run (another plan group) trains alone
+    assert sorted(trained.values()) == [1, 3, 3] and table.attrs["epochs_trained"] == 7
+    assert trained["w2-3_seed0_deficit.mode=noise"] == 3
+    audit = table.attrs["audit"]
+    assert audit["audited"] == audit["passed"] >= 1  # each branched run retrained from scratch: equal
