@@ -72,7 +72,8 @@ def test_blur_factor_swept_through_params_has_one_baseline_per_seed(tmp_path: An
     # resumable: the same call trains nothing, and load() gives the same rows
     again = lc.sweep.run(digits_model, digits, **kwargs)
     assert again.attrs["runs_to_train"] == 0 and again["run_id"].tolist() == table["run_id"].tolist()
-    assert lc.sweep.load(tmp_path)["label"].tolist() == table["label"].tolist()
+    loaded = lc.sweep.load(tmp_path)
+    assert loaded["label"].tolist() == table["label"].tolist() and loaded.attrs["deficit_params"] == ["deficit.factor"]
 
 
 def test_pathway_mode_and_a_factory_argument_swept_together(tmp_path: Any) -> None:

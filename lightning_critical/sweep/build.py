@@ -102,9 +102,14 @@ def check_swept(combos: Sequence[Params], factories: Sequence[tuple[str, Any]], 
         swept_deficits(makers, dict(combo))
 
 
+def is_template(maker: Any) -> bool:
+    """Whether an entry of ``deficit=`` is a template (rebuilt for each window with ``with_window``), not a factory."""
+    return isinstance(maker, WindowedDeficit)
+
+
 def template_classes(makers: Sequence[Any]) -> list[type | None]:
-    """Per entry of ``deficit=``: the class of a ``WindowedDeficit`` template, ``None`` for a factory."""
-    return [type(m) if isinstance(m, WindowedDeficit) else None for m in makers]
+    """Per entry of ``deficit=``: the class of a template (:func:`is_template`), ``None`` for a factory."""
+    return [type(m) if is_template(m) else None for m in makers]
 
 
 def build_callbacks(spec: SweepSpec, run: RunSpec) -> list[Any]:
@@ -145,7 +150,7 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
         TypeError: ``maker`` is neither a ``WindowedDeficit`` nor callable.
     """
     seed = kwargs.get("seed")
-    if isinstance(maker, WindowedDeficit):
+    if is_template(maker):
         return maker.with_window(window, **_run_seed(maker, seed))
     if not callable(maker):
         raise TypeError(

@@ -57,7 +57,8 @@ class Study:
     one's meaning); ``deficit``, ``windows``, ``metrics`` and ``trainer`` must be given. Every
     field is checked when the study is made; the checked forms are the properties
     :attr:`grid`, :attr:`seed_list`, :attr:`combos`, :attr:`metric_list` and
-    :attr:`trainer_kwargs` (recomputed from the fields, so a changed field is checked again).
+    :attr:`trainer_kwargs` (recomputed from the fields, so a changed field is checked again);
+    :attr:`deficit_params` names the swept values the baseline goes without.
 
     Raises:
         ValueError / TypeError: a bad field, naming it, the value and what is valid.
