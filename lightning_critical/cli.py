@@ -4,24 +4,30 @@
   CSV tables, PNG figures).
 * ``lightning-critical matrix-completion [--out DIR] [--depths 1 2 3] ...``: the paper's
   deep-matrix-completion figure (final test loss against task-switch epoch), PNG + CSV.
-* ``lightning-critical sweep --config CONFIG.yaml [--out DIR] [--backend B] [--set key=value]``:
-  a critical-period sweep (windows x seeds x swept values) from a YAML config such as
-  ``examples/configs/digits_blur_sweep.yaml``: results table, summary, curve (PNG and
-  TensorBoard), resumable.
+* ``lightning-critical sweep --config CONFIG.yaml [--out DIR] [--backend B] [--study.seeds [0,1] ...]``:
+  a critical-period sweep (windows x seeds x swept values) from a YAML config whose sections
+  ``study`` / ``execution`` / ``output`` are read into :class:`~lightning_critical.sweep.Study`,
+  ``Execution`` and ``Output`` (:mod:`lightning_critical.sweep.config`), e.g.
+  ``examples/configs/digits_blur_sweep.yaml``: results table, summary, curve, resumable.
 * ``lightning-critical plot RUN_DIR [--out DIR] [--metrics M ...] [--steps S ...] [--window NAME=START:END]``:
   figures of a run of your own from its log directory (the monitors' histories; deficit
   windows from TensorBoard's event file): one PNG per spectral metric over steps, the Fisher
   trace over epochs, singular-value spectra at chosen steps, in ``RUN_DIR/figures``.
 * ``lightning-critical fit --config CONFIG.yaml`` (and ``validate``/``test``/``predict``):
-  LightningCLI with any LightningModule / LightningDataModule given by ``class_path``, e.g.
-  the configs in ``examples/configs/``.
+  LightningCLI with any LightningModule / LightningDataModule given by ``class_path`` (``data``
+  optional: a model may bring its own dataloaders), e.g. the configs in ``examples/configs/``.
+
+Classes by ``class_path`` may live in the current directory (``mymodels.Net``). The reference is
+``docs/cli.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from lightning_critical import _output
 
@@ -114,43 +120,33 @@ def _matrix_completion(argv: Sequence[str]) -> int:
 
 
 def _sweep(argv: Sequence[str]) -> int:
+    """``lightning-critical sweep``: a config read into ``Study`` / ``Execution`` / ``Output``, then ``run_study``."""
     import os
 
-    import yaml
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        args = ["--help"]
+    _bind_to_users_lightning(args)
+    from lightning_critical.sweep.config import ConfigError, read_config
+    from lightning_critical.sweep.session import run_study
 
-    parser = argparse.ArgumentParser(
-        prog="lightning-critical sweep",
-        description=(
-            "Train a model once per deficit window x seed (x swept values); "
-            "write the critical-period table and curve."
-        ),
-    )
-    parser.add_argument("--config", required=True, help="YAML sweep config (see examples/configs/*sweep*.yaml)")
-    parser.add_argument("--out", help="output directory (default: the config's out)")
-    parser.add_argument("--backend", choices=("serial", "process", "ray"),
-                        help="where runs execute (default: the config's)")
-    parser.add_argument("--workers", type=int, help="worker processes of the process backend")
-    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config entry, e.g. --set trainer.max_epochs=5 (VALUE is YAML)")
-    args = parser.parse_args(list(argv))
-    _bind_to_users_lightning(["--config", args.config])
-    import lightning_critical as lc
-    from lightning_critical.sweep.config import load_config
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    for key in ("out", "backend", "workers", "seeds"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+    configs = _config_files(args)
+    default_out = os.path.join("outputs", os.path.splitext(os.path.basename(configs[-1]))[0]) if configs else None
+    try:
+        study, execution, output = read_config(args, default_out)
+    except ConfigError as err:
+        print(f"lightning-critical sweep: error: {err}", file=sys.stderr)
+        return 2
     _quiet_lightning()
-    kwargs = load_config(args.config, overrides)
-    kwargs.setdefault("out", os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0]))
-    table = lc.sweep.run(**kwargs)
+    return _report(run_study(study, execution, output))
+
+
+def _report(table: Any) -> int:
+    """Write ``results.csv`` / ``summary.csv`` beside the sweep and print the summary; 1 when a run failed."""
+    import os
+
+    import lightning_critical as lc
+
     out = table.attrs["out"]
     table.to_csv(os.path.join(out, "results.csv"), index=False)
     metric = table.attrs["metrics"][0] if table.attrs["metrics"] else None
@@ -219,43 +215,77 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
-def _class_paths(argv: Sequence[str]) -> list[str]:
-    """The ``class_path`` of the model and data named on the command line or in ``--config`` files."""
-    flags = ("--model", "--data", "--model.class_path", "--data.class_path")
-    found: list[str] = []
-    configs: list[str] = []
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _config_files(argv: Sequence[str]) -> list[str]:
+    """The files given with ``--config`` / ``-c`` (``--config=FILE`` or ``--config FILE``)."""
     args = list(argv)
+    found = []
     for i, arg in enumerate(args):
         name, eq, value = arg.partition("=")
-        if not eq:
-            value = args[i + 1] if i + 1 < len(args) else ""
-        if name in flags and "." in value and not value.endswith((".yaml", ".yml", ".json")):
-            found.append(value)
-        elif name in ("--config", "-c", "--model", "--data") and value:
-            configs.append(value)
+        if name in ("--config", "-c"):
+            found.append(value if eq else (args[i + 1] if i + 1 < len(args) else ""))
+    return [f for f in found if f]
+
+
+def _class_paths_in(value: Any) -> list[str]:
+    """Every ``class_path`` string in a loaded YAML document, depth first."""
+    if isinstance(value, dict):
+        own = [value["class_path"]] if isinstance(value.get("class_path"), str) else []
+        return own + [p for v in value.values() for p in _class_paths_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _class_paths_in(v)]
+    return []
+
+
+def _class_paths(argv: Sequence[str]) -> list[str]:
+    """The ``class_path`` of every class named on the command line or in ``--config`` files, user classes first."""
     import yaml
 
-    for path in configs:
+    args = list(argv)
+    found: list[str] = []
+    files = _config_files(args)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if name.startswith("--") and _DOTTED.match(value) and not value.endswith((".yaml", ".yml", ".json")):
+            found.append(value)
+        elif name in ("--model", "--data") and value:
+            files.append(value)
+    for path in files:
         try:
             with open(path) as fh:
-                loaded = yaml.safe_load(fh)
+                found += _class_paths_in(yaml.safe_load(fh))
         except (OSError, ValueError, yaml.YAMLError):
-            continue  # LightningCLI reports unreadable configs itself
-        items = [loaded] + [loaded.get(k) for k in ("model", "data")] if isinstance(loaded, dict) else []
-        found += [item["class_path"] for item in items if isinstance(item, dict) and "class_path" in item]
-    return found
+            continue  # the parser reports unreadable configs itself
+    found = [p for p in found if _DOTTED.match(p)]  # a bare name (TensorBoardLogger) is the parser's to resolve
+    return sorted(found, key=lambda p: p.startswith("lightning_critical."))  # stable: user classes first
 
 
 def _bind_to_users_lightning(argv: Sequence[str]) -> None:
     """Import the user's model and data classes first, so the package binds to their Lightning namespace."""
     import importlib
 
+    _cwd_importable()
     for class_path in _class_paths(argv):
         module, _, _ = class_path.rpartition(".")
         try:
             importlib.import_module(module)
         except ImportError:
             pass  # LightningCLI names the bad class_path itself
+
+
+def _cwd_importable() -> None:
+    """Put the current directory on ``sys.path`` (a console script's holds its own folder).
+
+    So ``class_path: mymodels.Net`` finds ``./mymodels.py``, as ``python -m`` would.
+    """
+    import os
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _lightning_cli(argv: Sequence[str]) -> int:
@@ -265,9 +295,8 @@ def _lightning_cli(argv: Sequence[str]) -> int:
     pl = _namespace.pl
     _namespace.submodule("cli").LightningCLI(
         pl.LightningModule,
-        pl.LightningDataModule,
+        None,  # no datamodule class: ``data`` is optional, for a model that brings its own dataloaders
         subclass_mode_model=True,
-        subclass_mode_data=True,
         args=list(argv),
         save_config_kwargs={"overwrite": True},
     )

@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,88 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
     out = out.sort_values(first + ["baseline"] + later + ["window_start", "window_end"],
                           ascending=[True] * len(first) + [False] + [True] * (len(later) + 2), kind="stable")
     out = out.drop(columns=ranks).reset_index(drop=True)
-    out.attrs["metric"] = metric
+    out.attrs.update(metric=metric, **_protocol(table))
+    out.attrs["x"] = default_x(out)
     out.attrs["deficit_params"] = shared
     return out
+
+
+def _protocol(table: pd.DataFrame) -> dict[str, Any]:
+    """What a sweep table says about its protocol: grid kind, what its windows hold, their unit."""
+    units = table.loc[~table["baseline"].astype(bool), "unit"] if "unit" in table.columns else pd.Series(dtype=object)
+    return {"kind": table.attrs.get("kind"), "intervention": table.attrs.get("intervention"),
+            "unit": table.attrs.get("unit", units.dropna().iloc[0] if units.notna().any() else "epoch")}
+
+
+X_CHOICES: tuple[str, ...] = ("window_end", "window_start")
+"""The x axes of a curve: when the window ends (removal curves) or starts (sliding curves)."""
+
+
+def default_x(table: pd.DataFrame) -> str:
+    """``"window_end"`` for a removal grid, ``"window_start"`` for a sliding one; else from the windows.
+
+    Example::
+
+        >>> t = pd.DataFrame({"baseline": [True, False], "window_start": [np.nan, 0.0]})
+        >>> default_x(t), default_x(t.assign(window_start=[np.nan, 5.0]))
+        ('window_end', 'window_start')
+    """
+    kind = table.attrs.get("kind")
+    if kind in ("removal", "sliding"):
+        return "window_end" if kind == "removal" else "window_start"
+    starts = pd.to_numeric(table.loc[~table["baseline"].astype(bool), "window_start"], errors="coerce").dropna()
+    return "window_end" if len(starts) and (starts == 0).all() else "window_start"
+
+
+@dataclass(frozen=True)
+class CurveText:
+    """The words of a curve, from its protocol: ``axis`` (the x label), ``curve`` and ``baseline`` (legend
+    entries) and ``versus`` (what the metric is plotted against, for a title)."""
+
+    axis: str
+    curve: str
+    baseline: str
+    versus: str
+
+
+_WORDS = {  # intervention -> (removal axis, removal curve, sliding curve, its onset, no-intervention entry)
+    "deficit": ("deficit removed at {u} T", "deficit in [0, T)", "deficit in [k, k + {w})", "deficit onset k",
+                "no deficit"),
+    "task switch": ("task switched at {u} T", "task switch at T", "switched task in [k, k + {w})",
+                    "switch onset k", "no task switch"),
+}
+
+
+def curve_text(summary: pd.DataFrame, x: str | None = None) -> CurveText:
+    """What ``x`` means for this curve: "deficit removed at epoch T", "task switched at epoch T", "deficit onset k".
+
+    ``summary`` is :func:`summarize`'s table (or a sweep table): its ``attrs`` say what the windows
+    hold (``intervention``: ``"deficit"`` or ``"task switch"``, written by the sweep; else the
+    neutral "intervention") and the grid (``kind``); a grid whose windows all start at 0 read
+    at their end is a removal curve, one of a single window length read at its start a sliding one.
+
+    Example::
+
+        >>> t = pd.DataFrame({"baseline": [True, False, False], "window_start": [np.nan, 0.0, 0.0],
+        ...                   "window_end": [np.nan, 5.0, 10.0]})
+        >>> t.attrs.update(kind="removal", intervention="task switch")
+        >>> curve_text(t)
+        CurveText(axis='task switched at epoch T', curve='task switch at T', baseline='no task switch', \
+versus='switch time T (removal)')
+    """
+    x = x or default_x(summary)
+    what = summary.attrs.get("intervention") or "intervention"
+    unit = summary.attrs.get("unit") or "epoch"
+    windows = summary[~summary["baseline"].astype(bool)]
+    lengths = (windows["window_end"] - windows["window_start"]).dropna().unique()
+    removal_axis, removal, sliding, onset, none = _WORDS.get(what, (
+        f"{what} ends at {{u}} T", f"{what} in [0, T)", f"{what} in [k, k + {{w}})", f"{what} onset k", f"no {what}"))
+    if x == "window_end" and len(windows) and (windows["window_start"] == 0).all():
+        end = "switch time T" if what == "task switch" else f"{what} end T"
+        return CurveText(removal_axis.format(u=unit), removal, none, f"{end} (removal)")
+    if x == "window_start" and len(lengths) == 1:
+        w = f"{lengths[0]:g}"
+        return CurveText(f"{onset} ({unit}; window length {w})", sliding.format(w=w), none,
+                         f"{onset} (sliding window, length {w})")
+    place = "end" if x == "window_end" else "start"
+    return CurveText(f"{what} window {place} ({unit})", what, none, f"{what} window {place}")

@@ -155,7 +155,7 @@ class Mixed(nn.Module):
 def test_analyze_rows_follow_module_order_with_every_metric():
     torch.manual_seed(0)
     model = Mixed()
-    table = analyze(model)
+    table = analyze(model, conv="flatten")  # the monitor's view: every row is one matrix
     assert table.target.tolist() == [
         "zeta.weight", "conv.weight", "alpha_emb.weight", "attn.in_proj_weight.q", "attn.in_proj_weight.k",
         "attn.in_proj_weight.v", "attn.out_proj.weight", "head.weight",
@@ -163,7 +163,7 @@ def test_analyze_rows_follow_module_order_with_every_metric():
     assert table.columns.tolist()[:4] == ["target", "rows", "cols", "taps"]
     assert set(NEW_METRICS) <= set(table.columns) and {"xmin", "ks_distance", "tail_size"} <= set(table.columns)
     conv = table.set_index("target").loc["conv.weight"]
-    assert (conv.rows, conv.cols, conv.taps) == (12, 54, 1)
+    assert (conv.rows, conv.cols, conv.taps, conv.conv) == (12, 54, 1, "flatten")
     # every value equals what scalar_metrics gives for that matrix's spectrum
     mats = lc.spectral.find_weight_matrices(model)
     for row in table.itertuples():
@@ -188,7 +188,7 @@ def test_analyze_conv_taps_pools_one_matrix_per_kernel_position():
     assert row.log_norm == pytest.approx(math.log10(float((w**2).sum())), rel=1e-12)  # the same Frobenius norm
     assert row.numerical_rank == 48
     assert table.loc["1.weight"].taps == 1 and table.loc["2.weight"].taps == 1  # a 1-wide kernel: one matrix
-    flat = analyze(model, method="svd", dtype=torch.float64).set_index("target")
+    flat = analyze(model, conv="flatten", method="svd", dtype=torch.float64).set_index("target")
     assert flat.loc["0.weight"].cols == 48 and flat.loc["1.weight"].alpha == pytest.approx(table.loc["1.weight"].alpha)
 
 
@@ -261,7 +261,7 @@ def test_alpha_matches_weightwatcher_where_installed():
         for p in model.parameters():  # heavy-tailed entries: a power-law tail worth fitting
             p.copy_(torch.from_numpy(np.random.default_rng(p.numel()).standard_t(3, p.shape)).float())
     theirs = ww.WeightWatcher(model=model).analyze()
-    ours = analyze(model, conv="taps").set_index("target")
+    ours = analyze(model).set_index("target")  # the default conv view is weightwatcher's
     assert len(theirs) == 3
     for row in theirs.itertuples():
         mine = ours.loc[f"{row.longname}.weight"]

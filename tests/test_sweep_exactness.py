@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
-from lightning_critical.sweep.execute import QUIET_TRAINER, Branching
+from lightning_critical.sweep.runners.branching.checkpoint import Branching
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER
 
 try:
-    from lightning_critical.sweep.branch_state import BranchRefused
+    from lightning_critical.sweep.runners.base import BranchRefused
 except ImportError:  # main's code (to show which cases it gets silently wrong)
     BranchRefused = None  # type: ignore[assignment,misc]
 
@@ -506,7 +507,7 @@ def test_refused_before_the_first_step(tmp_path, case, reason):
 
 
 def test_a_refused_branch_is_never_a_result_and_its_row_says_why(tmp_path):
-    # execute() returns status "refused" with the reason; the scheduler stores no such record but
+    # the run envelope returns status "refused" with the reason; the scheduler stores no such record but
     # trains the run from scratch, and its row carries the reason
     kw: dict[str, Any] = dict(model=Cosine, windows=lc.sweep.removal([1, 2], epochs_after=2), metrics=["train_loss"],
               deficit=Halve, trainer={"max_epochs": 4, **CPU}, out=str(tmp_path / "s"), backend="serial",

@@ -26,8 +26,8 @@ import torch
 import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.backends import ray_available
+from lightning_critical.sweep.backends.workers import is_guarded
 from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
-from lightning_critical.sweep.workers import is_guarded
 
 matplotlib.use("Agg")
 CPU = {"accelerator": "cpu", "devices": 1}

@@ -22,7 +22,7 @@ from conftest import SWEEP_CPU as CPU
 
 import lightning_critical as lc
 from lightning_critical.sweep import identity, source
-from lightning_critical.sweep.config import load_config
+from lightning_critical.sweep.config import read_config
 
 SOURCE = '''
 """A user's study module."""
@@ -495,7 +495,9 @@ def test_a_notebook_cell_is_hashed_from_its_source(monkeypatch):
 
 def test_the_yaml_config_accepts_resume(tmp_path):
     config = tmp_path / "sweep.yaml"
-    config.write_text("model: lightning_critical.models.SmallCNN\ndeficit: lightning_critical.InputDeficit\n"
-                      "windows: {removal: [1]}\nmetrics: [val_acc]\ntrainer: {max_epochs: 2}\nresume: reuse\n")
-    assert load_config(str(config))["resume"] == "reuse"
-    assert load_config(str(config), {"resume": "rerun"})["resume"] == "rerun"  # --set resume=rerun
+    config.write_text("study: {model: lightning_critical.models.SmallCNN, windows: {removal: [1]},\n"
+                      "        metrics: [val_acc], trainer: {max_epochs: 2},\n"
+                      "        deficit: {class_path: lightning_critical.InputDeficit, init_args: {transform: blur}}}\n"
+                      "execution: {resume: reuse}\n")
+    assert read_config(["--config", str(config)])[1].resume == "reuse"
+    assert read_config(["--config", str(config), "--execution.resume", "rerun"])[1].resume == "rerun"

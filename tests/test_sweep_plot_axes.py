@@ -25,4 +25,4 @@ def test_curve_in_an_axes_of_a_subfigure_returns_the_root_figure():
     fig = plot_critical_period_curve(_table(), "val_acc", ax=ax)
     assert fig is root
     assert np.allclose(ax.lines[0].get_ydata(), [0.84, 0.61])  # the means of the two windows
-    assert ax.get_xlabel() == "deficit removed at (epoch)"
+    assert ax.get_xlabel() == "intervention ends at epoch T"  # a hand-made table does not say what the windows held

@@ -1,4 +1,4 @@
-"""The scheduler's handling of refused branches and of the exactness audit, driven with fake runs (no training).
+"""The dispatcher's handling of refused branches and of the exactness audit, driven with fake runs (no training).
 
 A fake run "trains" by writing its branch checkpoints (empty files) and, when the audit asks,
 its final weights: one tensor whose value is a function of the run, so a test decides whether
@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from lightning_critical.sweep.audit import Audit, AuditWarning, compare_states, tolerance
+from lightning_critical.sweep.dispatcher import Dispatcher
+from lightning_critical.sweep.observers import standard_observers
 from lightning_critical.sweep.plan import PlanItem, make_plan
-from lightning_critical.sweep.scheduler import Scheduler
 from lightning_critical.sweep.store import Store
 
 
@@ -36,6 +37,11 @@ class FakeTask:
     audit_path: str | None = None
 
 
+@dataclass
+class FakeJob:
+    tasks: list[FakeTask]
+
+
 class FakeRunner:
     """Runs fake tasks; ``refuse``: run ids refused (once each) when they branch; ``drift``: what branching adds."""
 
@@ -45,6 +51,9 @@ class FakeRunner:
         self.drift, self.twin_sleep = drift, twin_sleep
         self.interrupt_twins, self.fail_twins = interrupt_twins, fail_twins
         self.calls: list[tuple[str, int, bool]] = []  # (run id, branch epoch, is a twin)
+
+    def run(self, tasks: list[FakeTask]) -> list[dict[str, Any]]:
+        return [self(task) for task in tasks]
 
     def __call__(self, task: FakeTask) -> dict[str, Any]:
         twin = f"{os.sep}audit{os.sep}" in task.out + os.sep
@@ -83,12 +92,15 @@ class FakeBackend:
         self.max_in_flight = None
         self.pool = cf.ThreadPoolExecutor(threads) if threads else None
 
-    def submit(self, task: Any) -> cf.Future:
+    def submit(self, job: FakeJob) -> cf.Future:
         if self.pool is not None:
-            return self.pool.submit(self.runner, task)
+            return self.pool.submit(self.run, job)
         future: cf.Future = cf.Future()
-        future.set_result(self.runner(task))
+        future.set_result(self.run(job))
         return future
+
+    def run(self, job: FakeJob) -> list[dict[str, Any]]:
+        return [self.runner(task) for task in job.tasks]
 
     def restart(self) -> bool:
         return False
@@ -107,7 +119,7 @@ STAR = [("root", "s", [1, 3, 3]), ("x", "s", [1, 0, 0]), ("y", "s", [1, 1, 1]), 
 
 
 def _run(out: Any, runner: FakeRunner, verify: int | None = 1, items: list = ITEMS, threads: int = 0,
-         keep: bool = False) -> tuple[Scheduler, dict[str, dict[str, Any]]]:
+         keep: bool = False) -> tuple[Dispatcher, dict[str, dict[str, Any]]]:
     store = Store(str(out))
     os.makedirs(store.out, exist_ok=True)
     latest = store.latest()
@@ -120,10 +132,12 @@ def _run(out: Any, runner: FakeRunner, verify: int | None = 1, items: list = ITE
                         {k: store.checkpoint_path(key) for k, key in node.save_keys.items()}, node.parent)
 
     fields = {rid: {"run_id": rid, "label": rid} for rid, _, _ in items}
-    scheduler = Scheduler(plan, make_task, store, FakeBackend(runner, threads), fields, dict.fromkeys(fields),
-                          progress=False, keep_checkpoints=keep, audit=Audit(verify, store.out, latest))
-    scheduler.run()
-    return scheduler, store.latest()
+    log_dirs = dict.fromkeys(fields)
+    dispatcher = Dispatcher(plan, FakeBackend(runner, threads), lambda nodes: FakeJob([make_task(n) for n in nodes]),
+                            store=store, fields=fields, log_dirs=log_dirs, audit=Audit(verify, store.out, latest),
+                            observers=standard_observers(store, log_dirs, progress=False, keep_checkpoints=keep))
+    dispatcher.run()
+    return dispatcher, store.latest()
 
 
 def _lines(out: Any) -> list[dict[str, Any]]:
@@ -174,7 +188,7 @@ def test_a_refusal_of_a_run_that_does_not_branch_is_a_failure_not_a_loop(tmp_pat
 
 def test_an_audit_that_passes(tmp_path, capsys):
     runner = FakeRunner()
-    scheduler, latest = _run(tmp_path, runner, verify=1)
+    dispatcher, latest = _run(tmp_path, runner, verify=1)
     # c is audited: branched deepest (after 4 epochs), although b branched and finished first
     assert latest["c"]["audit"] == "equal" and latest["c"]["branch_epoch"] == 4
     assert [c for c in runner.calls if c[2]] == [("c", 0, True)]  # one twin, from scratch, right after c
@@ -188,7 +202,7 @@ def test_an_audit_that_passes(tmp_path, capsys):
 def test_an_audit_mismatch_stops_sharing_and_the_row_takes_the_from_scratch_results(tmp_path):
     runner = FakeRunner(drift=0.5)
     with pytest.warns(AuditWarning, match=r"run c branched at epoch 4 did not end as(.|\n)*layer.weight"):
-        scheduler, latest = _run(tmp_path, runner, verify=1)
+        dispatcher, latest = _run(tmp_path, runner, verify=1)
     assert latest["c"]["audit"].startswith("differs: layer.weight max|diff|=0.5 (1 of 2 tensors differ")
     assert latest["c"]["metrics"]["m"] == float(sum(map(ord, "c")))  # the twin's metric, not the drifted one
     assert latest["c"]["branch_epoch"] == 0
@@ -199,7 +213,7 @@ def test_an_audit_mismatch_stops_sharing_and_the_row_takes_the_from_scratch_resu
     assert latest["b"]["metrics"]["m"] == float(sum(map(ord, "b")))
     assert os.path.exists(tmp_path / "audit" / "c.branched.pt")  # kept as evidence
     assert not os.path.exists(tmp_path / "audit" / "b.branched.pt")  # b's standby weights are not
-    assert scheduler.sharing_off
+    assert dispatcher.sharing_off
 
 
 def test_branched_runs_finished_before_a_mismatch_are_retrained(tmp_path):
@@ -290,8 +304,8 @@ RISK = [("E", "g", [1, 0, 0, 0]), ("D", "g", [1, 1, 1, 3]), ("B", "g", [1, 1, 1,
 
 def test_the_audited_runs_are_the_deepest_branches_then_other_lengths_then_grid_order(tmp_path):
     runner = FakeRunner()
-    scheduler, latest = _run(tmp_path, runner, verify=2, items=RISK)
-    assert scheduler.audit.order == ["C", "B", "A", "E"]
+    dispatcher, latest = _run(tmp_path, runner, verify=2, items=RISK)
+    assert dispatcher.audit.order == ["C", "B", "A", "E"]
     assert [rid for rid, _, twin in runner.calls if twin] == ["B", "C"]  # in the order they finished
     assert {rid: latest[rid].get("audit") for rid in "ABCDE"} == {"A": None, "B": "equal", "C": "equal", "D": None,
                                                                     "E": None}
@@ -310,8 +324,8 @@ def test_when_the_chosen_run_is_refused_the_next_in_risk_order_is_audited(tmp_pa
     # next, not b (after 3 epochs), although b finished first
     items = ITEMS + [("e", "k", [5, 5, 5, 5, 0]), ("f", "k", [5, 5, 5, 5, 1])]
     runner = FakeRunner(refuse={"c": "its own configuration differs"})
-    scheduler, latest = _run(tmp_path, runner, verify=1, items=items)
-    assert scheduler.audit.order == ["c", "e", "b"]
+    dispatcher, latest = _run(tmp_path, runner, verify=1, items=items)
+    assert dispatcher.audit.order == ["c", "e", "b"]
     assert latest["c"]["branch_refused"] == "its own configuration differs" and "audit" not in latest["c"]
     assert latest["e"]["audit"] == "equal" and latest["e"]["branch_epoch"] == 4
     assert "audit" not in latest["b"] and latest["b"]["branch_epoch"] == 3

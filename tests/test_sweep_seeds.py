@@ -23,16 +23,16 @@ COMMON: dict[str, Any] = dict(
     windows=lc.sweep.removal([1, 2]), metrics=["val_loss"], trainer={"max_epochs": 2, "accelerator": "cpu"},
     seeds=[0, 1], backend="serial", tensorboard=False, plot=False, progress=False)
 YAML = """
-model: {class_path: lightning_critical.models.SmallCNN, init_args: {channels: [4, 8]}}
-data: {class_path: lightning_critical.data.DigitsDataModule, init_args: {subset: 64, batch_size: 32}}
-deficit: {class_path: lightning_critical.InputDeficit, init_args: {transform: noise%s}}
-windows: {removal: [1, 2]}
-seeds: [0, 1]
-metrics: [val_loss]
-trainer: {max_epochs: 2, accelerator: cpu}
-backend: serial
-tensorboard: false
-plot: false
+study:
+  model: {class_path: lightning_critical.models.SmallCNN, init_args: {channels: [4, 8]}}
+  datamodule: {class_path: lightning_critical.data.DigitsDataModule, init_args: {subset: 64, batch_size: 32}}
+  deficit: {class_path: lightning_critical.InputDeficit, init_args: {transform: noise%s}}
+  windows: {removal: [1, 2]}
+  seeds: [0, 1]
+  metrics: [val_loss]
+  trainer: {max_epochs: 2, accelerator: cpu}
+execution: {backend: serial}
+output: {tensorboard: false, plot: false}
 """
 COLUMNS = ["label", "seed", "deficit_seed", "val_loss"]
 

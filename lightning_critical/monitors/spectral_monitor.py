@@ -68,6 +68,12 @@ class SpectralMonitor(Monitor):
     is none, and a ``mode_strength`` asked for in ``metrics`` that cannot be recorded is reported
     once. Other skipped targets are reported once too.
 
+    Convolutions: a conv weight is one matrix ``(out, in/groups * prod(kernel))``
+    (:mod:`lightning_critical.spectral.matrices`), here and in ``analyze(conv="flatten")``;
+    :func:`~lightning_critical.spectral.analyze` defaults to weightwatcher's view instead
+    (``conv="taps"``: one matrix per kernel position, eigenvalues pooled), so compare this
+    monitor's conv values with ``analyze(conv="flatten")``.
+
     Measuring never changes training: every record (including the module's
     ``end_to_end_maps()``, which may run layers) happens inside
     :func:`lightning_critical.probing.probing` with every submodule in evaluation mode, so

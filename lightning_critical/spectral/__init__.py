@@ -27,7 +27,7 @@ Example::
 """
 
 from lightning_critical.spectral import esd
-from lightning_critical.spectral.analysis import CONV_VIEWS, analyze
+from lightning_critical.spectral.analysis import CONV_VIEWS, WEIGHTWATCHER_CONV, analyze
 from lightning_critical.spectral.formulas import check_basis_fits, mode_strengths, power_law_fit, subspace_drift
 from lightning_critical.spectral.matrices import (
     RNN_GATES,
@@ -66,10 +66,10 @@ from lightning_critical.spectral.svd import (
 
 __all__ = [
     "CONV_VIEWS", "GRAM32_MIN_RATIO", "GRAM_MIN_DIM", "METRICS", "REGISTRY", "RNN_GATES", "SCALAR_METRICS",
-    "SVD_METHODS", "VECTOR_METRICS", "Metric", "Patterns", "RecordSettings", "SpectralRecord", "Spectrum",
-    "analyze", "as_patterns", "check_basis_fits", "check_metrics", "compute_dtype", "esd", "find_weight_matrices",
-    "float32_gram_accepts", "gram_singular_values", "join_theory", "matrix_views", "metric_names", "mode_strengths",
-    "name_matches", "needs_full_spectrum", "power_law_fit", "randomized_singular_values", "register_metric",
-    "scalar_metric_names", "scalar_metrics", "singular_values", "spectral_record", "subspace_drift", "theory_at",
-    "unregister_metric",
+    "SVD_METHODS", "VECTOR_METRICS", "WEIGHTWATCHER_CONV", "Metric", "Patterns", "RecordSettings", "SpectralRecord",
+    "Spectrum", "analyze", "as_patterns", "check_basis_fits", "check_metrics", "compute_dtype", "esd",
+    "find_weight_matrices", "float32_gram_accepts", "gram_singular_values", "join_theory", "matrix_views",
+    "metric_names", "mode_strengths", "name_matches", "needs_full_spectrum", "power_law_fit",
+    "randomized_singular_values", "register_metric", "scalar_metric_names", "scalar_metrics", "singular_values",
+    "spectral_record", "subspace_drift", "theory_at", "unregister_metric",
 ]

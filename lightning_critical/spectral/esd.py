@@ -3,7 +3,8 @@
 Plain numpy, no Lightning, no torch; the metrics ``alpha`` and ``mp_soft_rank`` of
 :mod:`lightning_critical.spectral.metrics` are built on it. The ESD of an ``m x n`` matrix ``W``
 is the set of the eigenvalues ``lambda_i = s_i^2`` of ``W^T W`` (or ``W W^T``, whichever is smaller), ``s_i`` its
-singular values, unnormalised, as weightwatcher (Martin & Mahoney 2021) takes it.
+singular values, unnormalised, as weightwatcher (Martin & Mahoney 2021) takes it; for a complex
+``W``, of ``W^H W``: still real and non-negative (complex input to these functions is refused).
 
 **Power-law tail** (:func:`fit_power_law`): the density of the largest eigenvalues is fitted by
 ``p(x) ~ x^(-alpha)`` for ``x >= xmin``, by maximum likelihood with the ``xmin`` that minimises
@@ -54,6 +55,16 @@ SMALL_SAMPLE_MIN_TAIL = 8  # the shortest tail the small-sample rule considers
 _CHUNK_ROWS = 32  # candidates evaluated at once: small chunks stay in cache and skip most of the lower triangle
 
 
+def real_values(eigenvalues: ArrayLike) -> np.ndarray:
+    """``eigenvalues`` as a float64 array; complex input is refused (an ESD is real: ``s_i^2``
+    of the complex matrix's singular values), never cut to its real part."""
+    arr = np.asarray(eigenvalues)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"eigenvalues have dtype {arr.dtype}: an ESD is real (the squared singular values "
+                         "of the matrix, complex or not); pass s**2 with s = torch.linalg.svdvals(W).")
+    return arr.astype(np.float64, copy=False)
+
+
 @dataclass(frozen=True)
 class PowerLawFit:
     """A power-law fit of an ESD's tail: exponent, lower bound, KS distance and tail size."""
@@ -82,7 +93,7 @@ def fit_power_law(eigenvalues: ArrayLike) -> PowerLawFit:
         >>> round(fit.alpha, 1), fit.tail_size > 500
         (2.5, True)
     """
-    x = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    x = real_values(eigenvalues).ravel()
     if not np.isfinite(x).all():
         return NO_FIT
     x = np.sort(x[x > 0])
@@ -191,7 +202,7 @@ def mp_soft_rank(eigenvalues: ArrayLike, shape: tuple[int, ...]) -> float:
         >>> abs(mp_soft_rank(s**2, (1000, 500)) - 1) < 0.05  # a random matrix: about 1
         True
     """
-    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    lam = real_values(eigenvalues).ravel()
     if lam.size == 0:
         return math.nan
     top = float(lam.max())

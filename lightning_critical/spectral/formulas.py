@@ -34,7 +34,8 @@ def power_law_fit(s: Tensor, shape: Sequence[int]) -> PowerLawFit:
     """Power-law fit of the tail of the ESD ``{s_i^2}`` of a matrix of ``shape`` (metric ``alpha``).
 
     Numerically-zero singular values (at or below ``max(m, n) * eps(dtype) * s_1``) are left
-    out; the fit is :func:`lightning_critical.spectral.esd.fit_power_law`.
+    out; the fit is :func:`lightning_critical.spectral.esd.fit_power_law`. Singular values are
+    real: a complex ``s`` (not a spectrum) is refused rather than cut to its real part.
 
     Example::
 
@@ -42,12 +43,16 @@ def power_law_fit(s: Tensor, shape: Sequence[int]) -> PowerLawFit:
         >>> fit.tail_size, round(fit.alpha, 3)
         (3, 1.558)
     """
+    if s.is_complex():
+        raise ValueError(f"s has dtype {s.dtype}: singular values are real; pass the spectrum "
+                         "(e.g. torch.linalg.svdvals of the complex matrix), not the matrix's entries.")
     v = s.detach().to("cpu", torch.float64).numpy()
     return fit_numpy(v, rank_tolerance(s.dtype, shape))
 
 
 def subspace_drift(u_prev: Tensor, u_now: Tensor) -> float:
-    """``1 - ||U_prev^T U_now||_F^2 / k`` between two orthonormal ``(m, k)`` bases.
+    """``1 - ||U_prev^H U_now||_F^2 / k`` between two orthonormal ``(m, k)`` bases
+    (``^H``: conjugate transpose; ``^T`` for real bases).
 
     Example::
 
@@ -58,15 +63,18 @@ def subspace_drift(u_prev: Tensor, u_now: Tensor) -> float:
     k = min(u_prev.shape[1], u_now.shape[1])
     if k == 0:
         return 0.0
-    overlap = u_prev[:, :k].T.to(u_now.dtype) @ u_now[:, :k]
-    return float(1.0 - (overlap * overlap).sum() / k)
+    overlap = u_prev[:, :k].mH.to(u_now.dtype) @ u_now[:, :k]
+    return float(1.0 - overlap.abs().square().sum() / k)
 
 
-def mode_strengths(matrix: Tensor, u: Tensor, v: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def mode_strengths(
+    matrix: Tensor, u: Tensor, v: Tensor, dtype: torch.dtype | None = None, name: str = "the map"
+) -> Tensor:
     """``K_a = u_a^T W v_a`` for each column pair of the task basis ``U`` (out x r), ``V`` (in x r).
 
     Raises:
-        ValueError: when the basis does not fit the matrix.
+        ValueError: when the basis does not fit the matrix, or for a complex matrix (its
+            ``K_a`` would be complex; mode strengths are defined for real maps).
 
     Example::
 
@@ -74,6 +82,9 @@ def mode_strengths(matrix: Tensor, u: Tensor, v: Tensor, dtype: torch.dtype | No
         [3.0, 1.0]
     """
     check_basis_fits(tuple(matrix.shape), u, v)
+    if matrix.is_complex():
+        raise ValueError(f"mode_strength of {name}: the matrix is complex ({matrix.dtype}); mode strengths "
+                         "u_a^T W v_a are defined for real maps. Leave mode_strength out of the metrics.")
     cdtype = compute_dtype(matrix, dtype)
     with torch.no_grad():
         w = matrix.detach().to(cdtype)

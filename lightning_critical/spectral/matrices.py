@@ -7,7 +7,9 @@ here too: the monitors, :mod:`lightning_critical.fisher` and
 Matrix views (what "the matrix" of a parameter is):
 
 * ``nn.Linear`` / any 2-D weight: used as is, ``(out, in)``.
-* ``nn.Conv{1,2,3}d`` weight ``(out, in/groups, *kernel)`` -> ``(out, in/groups * prod(kernel))``.
+* ``nn.Conv{1,2,3}d`` weight ``(out, in/groups, *kernel)`` -> ``(out, in/groups * prod(kernel))``
+  (the monitor's view; :func:`~lightning_critical.spectral.analyze` defaults to weightwatcher's
+  instead: one ``(out, in/groups)`` matrix per kernel position, :func:`conv_taps`).
 * ``nn.ConvTranspose{1,2,3}d`` weight ``(in, out/groups, *kernel)`` is first transposed to
   ``(out/groups, in, *kernel)`` and then flattened the same way, so rows are output channels.
 * ``nn.Embedding`` weight ``(num_embeddings, dim)``: used as is.
@@ -21,6 +23,7 @@ Matrix views (what "the matrix" of a parameter is):
   ``nn.GRUCell`` ``(3H, in)`` -> ``<name>.r``, ``.z``, ``.n`` (reset, update, new). E.g.
   ``lstm.weight_ih_l0.i``, ``gru.weight_hh_l1_reverse.z``. ``nn.RNN`` has one gate: its
   matrices are used as is; so is an LSTM's projection ``weight_hr_l{k}``.
+* complex parameters: the views keep the complex dtype (no cast drops the imaginary part).
 * 0-D and 1-D parameters (biases, norm scales, a scalar temperature) have no matrix: skipped.
 * any other parameter with 3 or more dimensions: its leading size-1 dimensions are dropped
   first, so a ``(1, 16, 32)`` positional embedding is the ``(16, 32)`` matrix it stands for
@@ -152,6 +155,23 @@ def find_weight_matrices(
             if exc and any(name_matches(k, exc) for k in keys):
                 continue
             out[target] = mat
+    return out
+
+
+def conv_views(module: nn.Module, conv: str) -> dict[str, str]:
+    """``{weight name: view}`` for every convolution weight of ``module`` under ``analyze(conv=...)``:
+    ``conv`` for ``nn.Conv1d/2d/3d`` (for a one-position kernel both views are the same matrix),
+    ``"flatten"`` for ``nn.ConvTranspose1d/2d/3d``, which has no per-tap view.
+
+    Example::
+
+        >>> conv_views(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ConvTranspose1d(3, 2, 2), nn.Linear(2, 2)), "taps")
+        {'0.weight': 'taps', '1.weight': 'flatten'}
+    """
+    out = {}
+    for mod_name, mod in module.named_modules():
+        if isinstance(mod, _CONV + _CONV_T) and isinstance(getattr(mod, "weight", None), Tensor):
+            out[f"{mod_name}.weight" if mod_name else "weight"] = "flatten" if isinstance(mod, _CONV_T) else conv
     return out
 
 

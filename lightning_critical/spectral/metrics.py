@@ -135,7 +135,9 @@ class Spectrum:
     def frobenius_norm(self) -> float:
         """``||W||_F``: from ``entries`` when given (exact under ``top_k``), else ``sqrt(sum s_i^2)``."""
         if self.entries is not None:
-            return float(torch.linalg.matrix_norm(self.entries.detach().to(self.dtype)))
+            entries = self.entries.detach()
+            dtype = self.dtype.to_complex() if entries.is_complex() else self.dtype  # keep the imaginary part
+            return float(torch.linalg.matrix_norm(entries.to(dtype)))
         return math.sqrt(self.sum_squares)
 
     @property

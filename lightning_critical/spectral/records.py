@@ -137,7 +137,8 @@ def spectral_record(
                 out.scalars[f"subspace_drift/{name}"] = drift
             out.vectors[name] = u[:, :k].clone()
         if basis is not None and name in maps and "mode_strength" in settings.metrics:
-            strengths = REGISTRY["mode_strength"].formula(finite[name], basis[0], basis[2], dtype=settings.dtype)
+            strengths = REGISTRY["mode_strength"].formula(
+                finite[name], basis[0], basis[2], dtype=settings.dtype, name=name)
             strengths = strengths.tolist()
             out.rows.extend((step, epoch, name, "mode_strength", a, v) for a, v in enumerate(strengths))
             out.scalars.update({f"mode_strength/{name}/{a}": v for a, v in enumerate(strengths)})
@@ -185,10 +186,16 @@ def all_finite(mats: list[Tensor]) -> list[bool]:
     with torch.no_grad():
         for device, indices in by_device.items():
             dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-            sums = torch.stack([mats[i].sum(dtype=dtype) for i in indices]).isfinite().tolist()
+            # a complex matrix as its (real, imaginary) pairs: a cast to a real dtype would drop the imaginary part
+            sums = torch.stack([real_view(mats[i]).sum(dtype=dtype) for i in indices]).isfinite().tolist()
             for i, ok in zip(indices, sums, strict=True):
                 flags[i] = bool(ok) or bool(torch.isfinite(mats[i]).all())
     return flags
+
+
+def real_view(t: Tensor) -> Tensor:
+    """``t``, or its ``(..., 2)`` real view when complex."""
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
 
 
 def to_host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -6,7 +6,9 @@ better (:func:`compute_dtype`). Matrices of equal shape are stacked and solved a
 All singular values come from the Gram matrix (float64 on GPUs; on CPU float32 where that is
 accurate, float64 otherwise: float32-SVD accuracy either way, see :func:`singular_values`)
 except for CPU matrices with a side under 128 (``torch.linalg.svdvals``); with ``top_k`` on
-very large matrices, a seeded randomized range finder.
+very large matrices, a seeded randomized range finder. Complex matrices are computed in the
+complex type of the same precision (never cast to a real type, which would drop the imaginary
+part): every route gives the singular values of the complex matrix.
 """
 
 from __future__ import annotations
@@ -29,10 +31,19 @@ GRAM_MIN_DIM = 128
 
 
 def compute_dtype(t: Tensor, dtype: torch.dtype | None = None) -> torch.dtype:
-    """``dtype`` if given, else float64 for float64 input and float32 for everything else."""
-    if dtype is not None:
-        return dtype
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    """The dtype spectra of ``t`` are computed in: ``dtype`` (a real precision) if given, else
+    float64 for float64 / complex128 input and float32 for everything else; its complex
+    counterpart (complex64 / complex128) for a complex ``t``, whose imaginary part a cast to a
+    real dtype would drop.
+
+    Example::
+
+        >>> compute_dtype(torch.zeros(2, dtype=torch.bfloat16)), compute_dtype(torch.zeros(2, dtype=torch.cfloat))
+        (torch.float32, torch.complex64)
+    """
+    if dtype is None:
+        dtype = torch.float64 if t.dtype in (torch.float64, torch.complex128) else torch.float32
+    return dtype.to_complex() if t.is_complex() else dtype.to_real()
 
 
 def singular_values(
@@ -47,9 +58,12 @@ def singular_values(
     """Singular values (descending) of many matrices, batching those of equal shape.
 
     Runs under ``torch.no_grad()`` on each matrix's device, in ``float32`` or better whatever
-    the storage dtype (bf16/fp16 weights are upcast). With ``top_k`` and both dimensions at
-    least ``randomized_min_dim``, a randomized truncated SVD (:func:`randomized_singular_values`:
-    6 power iterations, ``top_k + 10`` columns, private seeded generator) replaces the full SVD.
+    the storage dtype (bf16/fp16 weights are upcast). A complex matrix keeps its imaginary
+    part: its spectrum is that of the complex matrix (``torch.linalg.svdvals`` of it; Gram
+    routes use ``W^H W``), real values, in the real precision of :func:`compute_dtype`. With
+    ``top_k`` and both dimensions at least ``randomized_min_dim``, a randomized truncated SVD
+    (:func:`randomized_singular_values`: 6 power iterations, ``top_k + 10`` columns, private
+    seeded generator) replaces the full SVD.
 
     ``method`` chooses how all singular values are computed:
 
@@ -110,10 +124,10 @@ def singular_values(
             if use_gram and not with_vectors:
                 # Marchenko-Pastur: below aspect ratio 2 even a random matrix has s_min < 0.17 s_1
                 squat = max(shape) < 2 * min(shape)
-                float32_first = (
-                    on_cpu and cdtype == torch.float32 and (method == "gram32" or (method == "auto" and not squat))
+                float32_first = on_cpu and cdtype.to_real() == torch.float32 and (
+                    method == "gram32" or (method == "auto" and not squat)
                 )
-                s, u = _gram_route(batch, float32_first).to(cdtype), None
+                s, u = _gram_route(batch, float32_first).to(cdtype.to_real()), None
             elif with_vectors:
                 u, s, _ = torch.linalg.svd(batch, full_matrices=False)
             else:
@@ -129,9 +143,10 @@ def gram_singular_values(batch: Tensor, dtype: torch.dtype = torch.float64) -> T
     """All singular values (descending) of ``(b, m, n)`` matrices via their Gram matrices.
 
     ``s = sqrt(eig(W^T W))`` (or ``W W^T``, whichever is smaller), clipped at 0, formed and
-    diagonalised in ``dtype`` (float64 or float32); see :func:`singular_values` for the accuracy.
-    Not differentiable. On CPU a matrix with NaN/Inf entries gets NaN values; elsewhere
-    ``torch.linalg.eigvalsh`` decides (it may raise).
+    diagonalised in ``dtype`` (float64 or float32); for complex ``W`` the Hermitian ``W^H W``
+    (or ``W W^H``) in the complex type of that precision, with real ``s`` in ``dtype``; see
+    :func:`singular_values` for the accuracy. Not differentiable. On CPU a matrix with NaN/Inf
+    entries gets NaN values; elsewhere ``torch.linalg.eigvalsh`` decides (it may raise).
 
     Example::
 
@@ -139,15 +154,27 @@ def gram_singular_values(batch: Tensor, dtype: torch.dtype = torch.float64) -> T
         [[4.0, 3.0]]
     """
     check_float_dtype("dtype", dtype)
+    work = dtype.to_complex() if batch.is_complex() else dtype
     m, n = batch.shape[-2:]
     if min(m, n) == 0:
         return torch.zeros((batch.shape[0], 0), dtype=dtype, device=batch.device)
     if batch.device.type == "cpu":
         small = min(m, n) < 768 or min(m, n) ** 2 * max(m, n) < 10**9
         with _blas_threads(1 if small else torch.get_num_threads()):
-            return torch.stack([_gram_singular_values_scipy(w, dtype) for w in batch.detach()])
-    w = batch.to(dtype)
-    gram = w.mT @ w if w.shape[-2] >= w.shape[-1] else w @ w.mT
+            return torch.stack([_gram_singular_values_scipy(w, work) for w in batch.detach()])
+    return gram_singular_values_torch(batch.to(work))
+
+
+def gram_singular_values_torch(batch: Tensor) -> Tensor:
+    """:func:`gram_singular_values` through torch (the route off the CPU), in ``batch``'s dtype:
+    the eigenvalues of the smaller of ``W^H W`` and ``W W^H``, real for complex ``W``.
+
+    Example::
+
+        >>> gram_singular_values_torch(torch.tensor([[[0.0, 2.0j], [1.0 + 0.0j, 0.0]]])).tolist()
+        [[2.0, 1.0]]
+    """
+    gram = batch.mH @ batch if batch.shape[-2] >= batch.shape[-1] else batch @ batch.mH
     return torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt()
 
 
@@ -200,17 +227,22 @@ def _gram_singular_values_scipy(w: Tensor, dtype: torch.dtype) -> Tensor:
     """One CPU matrix through SciPy's BLAS/LAPACK: ``syrk`` for the Gram matrix and the
     divide-and-conquer ``syevd`` for its eigenvalues. 1.5-2x faster than torch's ``eigvalsh``
     on the AMD processors measured (torch's official wheels use MKL, slow there). NaN/Inf in
-    ``w`` gives NaNs rather than an exception."""
+    ``w`` gives NaNs rather than an exception. A complex ``dtype`` takes ``herk`` (``x^H x``)
+    and the Hermitian ``heevd``; the values are real, in ``dtype``'s real precision."""
     from scipy.linalg import blas, eigvalsh
 
     # w is C-ordered (m, n), so x = w.T is the same memory as a Fortran-ordered (n, m) array:
-    # no copy. dsyrk(x, trans=1) = x^T x = w w^T; trans=0 gives x x^T = w^T w.
+    # no copy. dsyrk(x, trans=1) = x^T x = w w^T; trans=0 gives x x^T = w^T w. For complex w,
+    # zherk(x, trans=2) = x^H x = conj(w w^H), trans=0 gives conj(w^H w): the same eigenvalues.
     x = w.to(dtype).numpy().T
     m, n = w.shape
-    syrk = blas.dsyrk if dtype == torch.float64 else blas.ssyrk
-    gram = syrk(1.0, x, trans=1 if m <= n else 0)
+    real = dtype.to_real()
+    if dtype.is_complex:
+        gram = (blas.zherk if real == torch.float64 else blas.cherk)(1.0, x, trans=2 if m <= n else 0)
+    else:
+        gram = (blas.dsyrk if real == torch.float64 else blas.ssyrk)(1.0, x, trans=1 if m <= n else 0)
     if not np.isfinite(gram).all():
-        return torch.full((min(m, n),), float("nan"), dtype=dtype)
+        return torch.full((min(m, n),), float("nan"), dtype=real)
     lam = eigvalsh(gram, lower=False, driver="evd", overwrite_a=True, check_finite=False)
     return torch.from_numpy(np.sqrt(np.clip(lam[::-1], 0.0, None)))
 
@@ -222,7 +254,8 @@ def randomized_singular_values(
 
     Randomized range finder (Halko, Martinsson & Tropp 2011, alg. 4.4): ``Q`` spans
     ``(A A^T)^q A G`` for a Gaussian ``G`` with ``k + oversample`` columns, re-orthonormalised
-    after every product; then the SVD of the small ``Q^T A``. The error of ``s_i`` shrinks
+    after every product; then the SVD of the small ``Q^H A`` (``^H``: conjugate transpose,
+    ``^T`` for real ``A``; ``G`` is complex Gaussian for complex ``A``). The error of ``s_i`` shrinks
     like ``(s_{l+1} / s_i)^(2q+1)``. ``G`` comes from a private generator seeded by ``seed``:
     the global RNG (and therefore training) is never touched.
 
@@ -238,10 +271,10 @@ def randomized_singular_values(
     gen = torch.Generator(device=batch.device).manual_seed(seed)
     g = torch.randn((b, n, cols), generator=gen, device=batch.device, dtype=batch.dtype)
     q = torch.linalg.qr(batch @ g).Q
-    at = batch.transpose(1, 2)
+    at = batch.mH
     for _ in range(power_iterations):
         q = torch.linalg.qr(at @ q).Q
         q = torch.linalg.qr(batch @ q).Q
-    u_small, s, _ = torch.linalg.svd(q.transpose(1, 2) @ batch, full_matrices=False)
+    u_small, s, _ = torch.linalg.svd(q.mH @ batch, full_matrices=False)
     return s[:, :k], (q @ u_small)[:, :, :k]
 

@@ -9,41 +9,47 @@ metrics="val_acc", trainer={"max_epochs": ...}, seeds=[0, 1, 2])`` trains every 
 one tidy row per run; :func:`summarize` adds means, standard errors and drops versus the
 baseline; ``lc.plots.plot_critical_period_curve`` draws the curve. See :func:`run`.
 
-Modules: ``grids`` (windows), ``spec`` (run and sweep identities), ``build`` (a run's objects),
-``plan`` (the prefix tree),
-``execute`` (one run in this process), ``branch_state`` / ``branch_compare`` / ``branch_rngs``
-(what a branched run inherits and the check that it may: exact or refused), ``units`` (a unit
-of work and how a worker runs it),
-``backends`` (serial, process, Executor, Ray), ``scheduler`` (the DAG on a backend), ``runners``
-(what trains the runs: the :class:`Runner` interface, one Lightning fit per run by default),
-``ensemble_runner`` (all runs of a seed as one vectorized factorization ensemble), ``store``
-(the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live sweep per
-directory), ``logs`` (branch prefixes in every run's logs), ``table`` (the tidy
-table; its summary over seeds is :mod:`lightning_critical.curve`), ``study`` (the option groups
-``Study`` / ``Execution`` / ``Output``), ``session`` (``run_study``: one sweep in steps), ``engine``
-(``run``, their convenience form),
-``config`` (YAML configs of the CLI), ``metrics`` (ready-made final metrics), ``workers`` (worker
-start-up, the ``__main__`` guard, dying with the parent), ``failures`` (a failed run's exception
-brought back as itself).
+Layout (see docs/design.md, "Sweeps"):
+
+* the pure core, no Lightning and no callbacks: ``grids`` (windows), ``spec`` (run and sweep
+  identities), ``params`` (swept values), ``identity`` / ``changes`` / ``source`` /
+  ``references`` (the user code a sweep runs, and what changed), ``plan`` (the prefix tree),
+  ``store`` (the resumable directory; ``records``: its lines as strict JSON; ``lock``: one live
+  sweep per directory), ``table`` (the tidy table; its summary over seeds is
+  :mod:`lightning_critical.curve`);
+* the options: ``study`` (``Study`` / ``Execution`` / ``Output``), ``config`` /
+  ``config_errors`` (the CLI's YAML read into them), ``task_window`` (``TaskWindow``);
+* one sweep: ``session`` (``run_study``: claim the store, plan, dispatch, table, figure),
+  ``engine`` (``run``, its convenience form), ``preflight``, ``resume``;
+* dispatching: ``dispatcher`` (ready -> submit -> collect -> retry) and ``readiness``,
+  ``observers`` (store writer, checkpoint collector, log stitcher, progress), ``audit``
+  (the exactness audit), ``units`` (a job: a runner and its tasks), ``backends`` (serial,
+  process, Executor, Ray; ``backends.workers``: worker start-up, the ``__main__`` guard);
+* training: ``build`` (a run's objects), ``runners`` (the :class:`Runner` contract and the one
+  run envelope; ``runners.lightning``: one Lightning fit per run, with ``runners.branching``:
+  what a branched run inherits and the check that it may, exact or refused;
+  ``runners.ensemble``: the factorization ensemble), ``failures`` (a failed run's exception
+  brought back as itself), ``metrics`` (ready-made final metrics), ``logs`` (branch prefixes in
+  every run's logs).
 """
 
 from lightning_critical.curve import summarize
 from lightning_critical.sweep import metrics
-from lightning_critical.sweep.branch_state import BranchRefused
 from lightning_critical.sweep.engine import load, run
-from lightning_critical.sweep.ensemble_runner import FactorizationEnsembleRunner
 from lightning_critical.sweep.failures import FailedRunsWarning, RunFailed
-from lightning_critical.sweep.grids import GridEntry, WindowGrid, removal, sliding, windows
+from lightning_critical.sweep.grids import CleanEpochsWarning, GridEntry, WindowGrid, removal, sliding, windows
 from lightning_critical.sweep.lock import SweepLockedError
 from lightning_critical.sweep.plan import Plan, make_plan
-from lightning_critical.sweep.runners import LightningRunner, Runner
+from lightning_critical.sweep.runners import BranchRefused, FactorizationEnsembleRunner, LightningRunner, Runner
 from lightning_critical.sweep.session import run_study
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.store import SweepDirectoryError
 from lightning_critical.sweep.study import Execution, Output, Study
+from lightning_critical.sweep.task_window import TaskWindow
 
 __all__ = [
     "BranchRefused",
+    "CleanEpochsWarning",
     "Execution",
     "Output",
     "Study",
@@ -59,6 +65,7 @@ __all__ = [
     "SweepDirectoryError",
     "SweepLockedError",
     "SweepSpec",
+    "TaskWindow",
     "WindowGrid",
     "load",
     "make_plan",

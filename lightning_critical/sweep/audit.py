@@ -1,7 +1,7 @@
 """The exactness audit: retrain some branched runs from scratch and compare final weights and metrics (pure torch).
 
 A branched run is meant to end as the same run trained from scratch would. The engine captures
-what it knows of (:mod:`lightning_critical.sweep.execute`), but a model may hold state the
+what it knows of (:mod:`lightning_critical.sweep.runners.branching`), but a model may hold state the
 engine cannot see; the audit is the safety net. ``lc.sweep.run(verify=...)`` chooses how many
 branched runs are audited: ``"first"`` (default: one), an integer ``n``, ``"all"``, or
 ``False`` / ``"none"``. Which ones comes from the plan, never from which run finishes first
@@ -14,7 +14,7 @@ the choice may still change (deleted once it is made), so the next one is audite
 has already finished (its row is then stored again with its verdict); a run that trained
 without them is passed over.
 
-How an audit runs (the scheduler calls :class:`Audit` at each step):
+How an audit runs (the dispatcher, :mod:`~lightning_critical.sweep.dispatcher`, calls :class:`Audit` at each step):
 
 * the audited run writes its final weights to ``<out>/audit/<run_id>.branched.pt``; its record
   is held back (and kept in ``<run_id>.branched.json``, so an interrupted audit is resumed
@@ -47,7 +47,6 @@ import dataclasses
 import json
 import numbers
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -63,6 +62,7 @@ from lightning_critical.sweep.audit_compare import (  # noqa: F401  # Comparison
     compare_states,
     tolerance,
 )
+from lightning_critical.sweep.audit_files import adopt_twin, drop_twin_files, remove, write_json
 from lightning_critical.sweep.audit_order import audit_order
 from lightning_critical.sweep.plan import Node
 
@@ -111,11 +111,11 @@ def save_weights(path: str, module: Any, trainer: Any) -> None:
 
 
 class Twin(Node):
-    """The from-scratch twin of an audited run, as the scheduler runs it (not a run of the table)."""
+    """The from-scratch twin of an audited run, as the dispatcher runs it (not a run of the table)."""
 
 
 class Audit:
-    """The scheduler's audit bookkeeping: which branched runs to audit and what their twins decide.
+    """The dispatcher's audit bookkeeping: which branched runs to audit and what their twins decide.
 
     Args:
         limit: how many branched runs to audit in this ``out`` (from :func:`check_verify`; ``None``: all).
@@ -172,7 +172,7 @@ class Audit:
         return not self.stopped and self.limit != 0 and (bool(self.marked or self.held) or self._room() != 0) \
             and any(rid not in self.tried for rid in self.order)
 
-    # -- the scheduler's calls -------------------------------------------------------------
+    # -- the dispatcher's calls ------------------------------------------------------------
     def rank(self, nodes: Sequence[Node], grid_order: Sequence[str]) -> None:
         """Know the plan: which branched runs to audit first (:func:`~.audit_order.audit_order`)."""
         self.order = audit_order(nodes, grid_order)
@@ -207,7 +207,7 @@ class Audit:
             self.count -= 1
         if rid in self.standby:
             self.standby.discard(rid)
-            _remove(self.path(rid, "branched"))
+            remove(self.path(rid, "branched"))
         self._settle()
 
     def on_result(self, node: Node, record: dict[str, Any]) -> Twin | None:
@@ -225,7 +225,7 @@ class Audit:
                 return None
             else:
                 self.tried.add(rid)
-                _remove(self.path(rid, "branched"))
+                remove(self.path(rid, "branched"))
                 return None
         if rid not in self.marked:
             return None
@@ -234,7 +234,7 @@ class Audit:
             return None
         self.marked.discard(rid)
         self.held[rid] = record
-        _write_json(self.path(rid, "branched", "json"), record)
+        write_json(self.path(rid, "branched", "json"), record)
         self._settle()
         return Twin(rid, node.epochs)
 
@@ -251,7 +251,7 @@ class Audit:
             self.tried.add(rid)
             self.count += 1
             self.held[rid] = record
-            _write_json(self.path(rid, "branched", "json"), record)
+            write_json(self.path(rid, "branched", "json"), record)
             twins.append(Twin(rid, int(record.get("epochs") or 0)))
         self._settle()
         return twins
@@ -261,7 +261,7 @@ class Audit:
         if self._open():
             return
         for rid in list(self.standby_done):
-            _remove(self.path(rid, "branched"))
+            remove(self.path(rid, "branched"))
         self.standby_done.clear()
 
     def resume(self, node: Node) -> Twin | None:
@@ -270,7 +270,7 @@ class Audit:
         if not (os.path.exists(record_path) and os.path.exists(weights)):
             return None
         if self.limit == 0:
-            _remove(record_path, weights)
+            remove(record_path, weights)
             return None
         try:
             with open(record_path) as fh:
@@ -290,7 +290,7 @@ class Audit:
         """The audited run's final record, once its twin has finished (also decides whether sharing stops)."""
         rid = twin.run_id
         held = self.held.pop(rid)
-        _remove(self.path(rid, "branched", "json"))
+        remove(self.path(rid, "branched", "json"))
         self.seconds += float(record.get("seconds") or 0.0)
         label = held.get("label", rid)
         if record.get("status") != "ok":  # nothing to compare: the row keeps its result, another run is audited
@@ -306,7 +306,7 @@ class Audit:
                          epochs_trained=record.get("epochs_trained"), branch_epoch=0, parent=None, branch_step=0,
                          global_step=record.get("global_step"),
                          seconds=float(held.get("seconds") or 0.0) + float(record.get("seconds") or 0.0))
-            self._adopt_twin(label, held.get("log_dir"), record.get("log_dir"))
+            adopt_twin(self.dir, self.out, label, held.get("log_dir"), record.get("log_dir"))
             self.stopped = self.stopped or _stop_reason(final)
             warnings.warn(
                 f"lightning-critical: audit: run {label} branched at epoch {held.get('branch_epoch')} did not end as "
@@ -314,8 +314,8 @@ class Audit:
                 f"stops for the rest of this sweep. Both final weights are kept in {self.dir}.", AuditWarning,
                 stacklevel=2)
         else:
-            _remove(self.path(rid, "branched"), self.path(rid, "scratch"))
-            self._drop_twin_files(label, record.get("log_dir"))
+            remove(self.path(rid, "branched"), self.path(rid, "scratch"))
+            drop_twin_files(self.dir, label, record.get("log_dir"))
         self._settle()
         return final
 
@@ -331,29 +331,6 @@ class Audit:
             return comparison.verdict()
         metric = compare_metrics(held.get("metrics") or {}, record.get("metrics") or {}, rtol)  # what the row reports
         return f"{DIFFERS}: {metric} (final weights {comparison.verdict()})" if metric else comparison.verdict()
-
-    def _adopt_twin(self, label: str, run_logs: str | None, twin_logs: str | None) -> None:
-        """The twin's logs and saved model replace the branched run's (they hold the truth)."""
-        if run_logs and twin_logs and os.path.isdir(twin_logs):
-            shutil.rmtree(run_logs, ignore_errors=True)
-            os.makedirs(os.path.dirname(run_logs), exist_ok=True)
-            shutil.move(twin_logs, run_logs)
-        model = os.path.join(self.dir, "scratch", "models", f"{label}.pt")
-        if os.path.exists(model):
-            target = os.path.join(self.out, "models", f"{label}.pt")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(model, target)
-        self._drop_twin_files(label, None)
-
-    def _drop_twin_files(self, label: str, twin_logs: str | None) -> None:
-        if twin_logs:
-            shutil.rmtree(twin_logs, ignore_errors=True)
-        _remove(os.path.join(self.dir, "scratch", "models", f"{label}.pt"))
-        for folder in ("scratch/models", "scratch/tensorboard", "scratch/runs", "scratch", ""):  # only if empty
-            try:
-                os.rmdir(os.path.join(self.dir, folder))
-            except OSError:
-                pass
 
     def unverified(self) -> list[tuple[str, int]]:
         """Runs of earlier calls that branched and were not audited: ``(run_id, epochs)``."""
@@ -395,19 +372,3 @@ class Audit:
 
 def _stop_reason(record: Mapping[str, Any]) -> str:
     return f"sharing stopped: the audit of {record.get('label', record.get('run_id'))} found {record.get('audit')}"
-
-
-def _write_json(path: str, record: Mapping[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, default=str)
-    os.replace(tmp, path)
-
-
-def _remove(*paths: str) -> None:
-    for path in paths:
-        try:
-            os.remove(path)
-        except OSError:
-            pass

@@ -28,6 +28,7 @@ from typing import Any
 from lightning_critical import _namespace
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
+from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
 from lightning_critical.sweep.params import Params, accepted_kwargs, check_reach, deficit_overrides, names_argument
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, describe, qualname
@@ -110,6 +111,28 @@ def is_template(maker: Any) -> bool:
 def template_classes(makers: Sequence[Any]) -> list[type | None]:
     """Per entry of ``deficit=``: the class of a template (:func:`is_template`), ``None`` for a factory."""
     return [type(m) if is_template(m) else None for m in makers]
+
+
+def intervention(spec: SweepSpec, runs: Sequence[RunSpec]) -> str | None:
+    """What the sweep's windows hold, for its figure: ``"deficit"``, ``"task switch"`` or ``"deficit + task switch"``.
+
+    Built from the first windowed run's deficits (``None`` when there is none, or they cannot be
+    built here: the table then just says "intervention").
+
+    Example::
+
+        >>> from lightning_critical import TaskSwitch, Window
+        >>> spec = SweepSpec(model=lambda seed: None, deficit=lambda window: TaskSwitch({window.end: "b"}))
+        >>> intervention(spec, [RunSpec((), seed=0), RunSpec((Window(0, 2),), seed=0)])
+        'task switch'
+    """
+    run = next((r for r in runs if r.windows), None)
+    try:
+        made = build_deficits(spec, run) if run is not None else []
+    except Exception:  # a factory that only works in a run's own process: the figure stays neutral
+        return None
+    kinds = sorted({"task switch" if isinstance(c, TaskSwitch) else "deficit" for c in made})
+    return " + ".join(kinds) or None
 
 
 def build_callbacks(spec: SweepSpec, run: RunSpec) -> list[Any]:

@@ -1,88 +1,117 @@
-"""A sweep described in YAML (for ``lightning-critical sweep --config``): classes by ``class_path``.
+"""A sweep read from YAML (``lightning-critical sweep --config``) into ``Study``, ``Execution`` and ``Output``.
 
-::
+The three sections are the three option groups of :func:`~lightning_critical.sweep.run_study`;
+their keys are the fields of :class:`~lightning_critical.sweep.Study`,
+:class:`~lightning_critical.sweep.Execution` and :class:`~lightning_critical.sweep.Output`, with
+their defaults (a key left out keeps the dataclass's default)::
 
-    model:   {class_path: lightning_critical.models.SmallCNN, init_args: {lr_decay: 0.97}}
-    data:    {class_path: lightning_critical.data.DigitsDataModule, init_args: {subset: 400}}
-    deficit: {class_path: lightning_critical.InputDeficit, init_args: {transform: blur, factor: 4}}
-    windows: {removal: [0, 2, 4, 8]}       # or {removal: {ends: [...], epochs_after: 10}},
-                                           # {sliding: {onsets: [...], length: 4}}, or a list of windows
-    seeds: [0, 1, 2]
-    params: {lr: [0.05, 0.1]}              # optional swept values (arguments of model / data / deficit)
-    trainer: {max_epochs: 12}
-    metrics: [val_acc]                     # names, or "package.module:function"
-    callbacks: [{class_path: lightning_critical.FisherMonitor, init_args: {every_n_epochs: 2}}]
-    test: false
-    backend: process                       # serial | process | ray
-    workers: null
-    out: outputs/sweep
+    study:
+      model:      {class_path: lightning_critical.models.SmallCNN, init_args: {lr_decay: 0.97}}
+      datamodule: {class_path: lightning_critical.data.DigitsDataModule, init_args: {subset: 400}}
+      deficit:    {class_path: lightning_critical.InputDeficit, init_args: {transform: blur, factor: 4}}
+      windows:    {removal: [0, 2, 4, 8]}   # or {removal: {ends: [...], epochs_after: 10}},
+                                            # {sliding: {onsets: [...], length: 4}}, or a list of windows
+      seeds: [0, 1, 2]
+      params: {lr: [0.05, 0.1]}             # swept values (arguments of model / datamodule / deficit)
+      trainer: {max_epochs: 12}
+      metrics: [val_acc]                    # names, or dotted paths of functions
+      callbacks: [{class_path: lightning_critical.FisherMonitor, init_args: {every_n_epochs: 2}}]
+    execution: {backend: process, runner: {class_path: lightning_critical.sweep.FactorizationEnsembleRunner}}
+    output: {out: outputs/sweep}
 
-Every other key of :func:`lightning_critical.sweep.run` may appear too (``share_prefixes``,
-``threads_per_run``, ``steps_per_epoch``, ``save_model``, ``tensorboard``, ``preflight``...).
-The deficit's class is called with ``window=`` for each window and, when it takes one, the run's
-``seed`` (unless ``init_args`` fixes it): the same seed rule as a template deficit in Python, so
-both give one table. Factories are ``functools.partial`` of the classes, so every backend can
-send them to its workers.
+jsonargparse reads it: it imports each ``class_path``, checks ``init_args`` against the class's
+signature and builds factories (``functools.partial`` of the classes, so every backend can send
+them to its workers and a sweep's identity is the one the same partial has in Python). A
+deficit's ``init_args`` never hold ``window`` (the grid gives it) and take the run's ``seed``
+unless they fix one: the seed rule of :func:`~lightning_critical.sweep.spec.make_deficit`.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from concurrent.futures import Executor
+from dataclasses import MISSING, fields
+from typing import Any, Protocol
 
-import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from lightning_critical._checks import check_choice
+from lightning_critical._namespace import pl
+from lightning_critical.schedule import Window
 from lightning_critical.sweep import grids
+from lightning_critical.sweep.config_errors import ConfigError, one_line
+from lightning_critical.sweep.runners import Runner
+from lightning_critical.sweep.study import Execution, Output, Study, check_together
 
-RUN_KEYS = (
-    "seeds", "params", "trainer", "test", "out", "backend", "workers", "threads_per_run", "share_prefixes",
-    "steps_per_epoch", "progress", "save_model", "tensorboard", "plot", "keep_checkpoints", "backend_options",
-    "preflight", "resume",
-)
-KEYS = ("model", "data", "deficit", "windows", "metrics", "callbacks") + RUN_KEYS
+GROUPS: dict[str, type] = {"study": Study, "execution": Execution, "output": Output}
 
 
-def import_object(path: str, what: str) -> Any:
-    """``"package.module.Name"`` or ``"package.module:name"``; a bare name is looked up in ``lightning_critical``."""
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"{what}={path!r} is not valid: give a dotted path such as 'lightning_critical.InputDeficit'.")
-    if ":" in path:
-        module_name, _, attr = path.partition(":")
-    elif "." in path:
-        module_name, _, attr = path.rpartition(".")
-    else:
-        module_name, attr = "lightning_critical", path
-    try:
-        module = importlib.import_module(module_name)
-        return functools.reduce(getattr, attr.split("."), module)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"{what}={path!r} cannot be imported ({err}).") from None
+class ModelFactory(Protocol):
+    """A ``LightningModule`` class given by ``class_path``; called with ``seed`` and swept values."""
+
+    def __call__(self, **kwargs: Any) -> pl.LightningModule: ...
 
 
-def _class_spec(value: Any, what: str) -> tuple[Any, dict[str, Any]]:
-    if isinstance(value, str):
-        return import_object(value, f"{what}.class_path"), {}
-    if not isinstance(value, Mapping) or "class_path" not in value:
-        raise ValueError(f"{what}={value!r} is not valid: give {{class_path: package.Class, init_args: {{...}}}}.")
-    unknown = sorted(set(value) - {"class_path", "init_args"})
-    if unknown:
-        raise ValueError(f"{what} has unknown keys {unknown}; valid keys: ['class_path', 'init_args'].")
-    args = value.get("init_args") or {}
+class DataModuleFactory(Protocol):
+    """A ``LightningDataModule`` class given by ``class_path`` (same call as the model)."""
+
+    def __call__(self, **kwargs: Any) -> pl.LightningDataModule: ...
+
+
+class DeficitFactory(Protocol):
+    """A deficit's class given by ``class_path``, without ``window`` (the sweep gives each run's)."""
+
+    def __call__(self, window: Window, **kwargs: Any) -> pl.Callback: ...
+
+
+class CallbackClass(Protocol):
+    """A callback's class given by ``class_path``, built fresh for every run."""
+
+    def __call__(self, **kwargs: Any) -> pl.Callback: ...
+
+
+Metric = Callable[..., Mapping[str, float]]
+
+# The YAML form of the fields the dataclasses type loosely (``Any``, any callable): jsonargparse
+# needs a class to check ``class_path`` against. Every other field is read with its own annotation.
+YAML_TYPES: dict[str, dict[str, Any]] = {
+    "study": {
+        "model": ModelFactory,
+        "datamodule": DataModuleFactory | None,
+        "deficit": DeficitFactory | list[DeficitFactory],
+        "windows": dict[str, Any] | list[Any],  # read by grid() below
+        "metrics": Metric | str | list[Metric | str],
+        "callbacks": list[CallbackClass] | None,
+    },
+    "execution": {"runner": Runner | None, "backend": str | Executor},
+}
+
+
+def grid(value: Any) -> grids.WindowGrid:
+    """A window grid from YAML: ``{removal: ...}``, ``{sliding: ...}``, ``{explicit: ...}`` or a list of windows.
+
+    Example::
+
+        >>> [e.label() for e in grid({"sliding": {"onsets": [0, 4], "length": 2}})]
+        ['baseline', 'w0-2', 'w4-6']
+        >>> [e.label() for e in grid([[0, 3]])]
+        ['baseline', 'w0-3']
+    """
+    if not isinstance(value, Mapping):
+        return grids.windows(value)
+    makers: dict[str, Callable[..., grids.WindowGrid]] = {
+        "removal": grids.removal, "sliding": grids.sliding, "explicit": grids.windows}
+    if len(value) != 1 or next(iter(value)) not in makers:
+        raise ValueError(f"{dict(value)!r} is not a grid: give one key of {list(makers)}, or a list of windows")
+    (kind, args), = value.items()
     if not isinstance(args, Mapping):
-        raise ValueError(f"{what}.init_args={args!r} must be a mapping of keyword arguments.")
-    cls = import_object(value["class_path"], f"{what}.class_path")
-    if not callable(cls):
-        raise ValueError(f"{what}.class_path={value['class_path']!r} is not a class or function.")
-    return cls, dict(args)
-
-
-def _factory(value: Any, what: str) -> Any:
-    cls, args = _class_spec(value, what)
-    return functools.partial(cls, **args) if args else cls
+        return makers[kind](args)
+    try:
+        return makers[kind](**args)
+    except TypeError as err:
+        names = list(inspect.signature(makers[kind]).parameters)
+        raise ValueError(f"{kind}: {err}; its arguments are {names}") from None
 
 
 class CallbackFactory:
@@ -95,74 +124,100 @@ class CallbackFactory:
         return [cls(**args) for cls, args in self.specs]
 
 
-def _windows(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        if len(value) != 1:
-            raise ValueError(f"windows={dict(value)!r} is not valid: give one of removal, sliding or explicit.")
-        (kind, args), = value.items()
-        makers: dict[str, Callable[..., grids.WindowGrid]] = {
-            "removal": grids.removal, "sliding": grids.sliding, "explicit": grids.windows}
-        check_choice("windows", kind, tuple(makers))
-        if isinstance(args, Mapping):
-            try:
-                return makers[kind](**args)
-            except TypeError as err:
-                sig = inspect.signature(makers[kind])
-                raise ValueError(f"windows.{kind}: {err}; its arguments are {list(sig.parameters)}.") from None
-        return makers[kind](args)
-    return grids.windows(value)
+def plain_factory(value: Any) -> Any:
+    """jsonargparse's factory ``partial(instantiator, cls, **kw)`` as ``partial(cls, **kw)`` (``cls`` without kw).
+
+    The plain form is what the same sweep written in Python holds: one identity, one seed rule
+    (keywords bound by a ``partial`` stay bound), and a signature that names the class's arguments.
+    """
+    if isinstance(value, list):
+        return [plain_factory(v) for v in value]
+    if not isinstance(value, functools.partial) or not value.args or not inspect.isclass(value.args[-1]):
+        return value
+    if not getattr(value.func, "__module__", "").startswith("jsonargparse"):
+        return value
+    cls = value.args[-1]
+    return functools.partial(cls, **value.keywords) if value.keywords else cls
 
 
-def _metrics(value: Any) -> Any:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ValueError(f"metrics={value!r} is not valid: give a name or a list of names / 'module:function' paths.")
-    return [import_object(m, "metrics") if isinstance(m, str) and ":" in m else m for m in items]
+def parser(prog: str = "lightning-critical sweep") -> ArgumentParser:
+    """The parser of a sweep config: ``--config``, ``--out``, ``--backend`` and every ``--<group>.<field>``."""
+    made = ArgumentParser(prog=prog, exit_on_error=False, description=(
+        "Train a model once per deficit window x seed (x swept values); write the critical-period table and curve."))
+    made.add_argument("--config", action=ActionConfigFile, help="YAML sweep config (see examples/configs/*sweep*.yaml)")
+    made.add_argument("--out", type=str | None, help="output directory (default: the config's output.out)")
+    made.add_argument("--backend", type=str | None, help="serial, process or ray (default: the config's)")
+    for name, group in GROUPS.items():
+        typed = YAML_TYPES.get(name, {})
+        made.add_class_arguments(group, name, skip=set(typed), instantiate=False)
+        for field, hint in typed.items():
+            made.add_argument(f"--{name}.{field}", type=hint, help=f"see {group.__name__}.{field}")
+    return made
 
 
-def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML sweep config into the keyword arguments of :func:`lightning_critical.sweep.run`.
+def read_config(args: Sequence[str], default_out: str | None = None) -> tuple[Study, Execution, Output]:
+    """``Study``, ``Execution`` and ``Output`` from ``--config FILE`` and command-line overrides.
 
-    ``overrides`` maps dotted keys (``"trainer.max_epochs"``) to values, applied before parsing.
+    ``default_out`` is the output directory when neither the config nor ``--out`` gives one.
 
     Raises:
-        ValueError: unknown keys, missing ``model`` / ``deficit`` / ``windows`` / ``metrics``,
-            classes that cannot be imported (each message names the key).
+        ConfigError: one line naming the key and what is valid (unknown key, wrong type, a class
+            that cannot be imported, a required field missing, a value the dataclasses refuse).
     """
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a sweep config must be a mapping of keys {list(KEYS)}.")
-    for dotted, value in (overrides or {}).items():
-        _set(raw, dotted, value)
-    unknown = sorted(set(raw) - set(KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {list(KEYS)}.")
-    missing = [k for k in ("model", "deficit", "windows", "metrics", "trainer") if k not in raw]
-    if missing:
-        raise ValueError(f"{path}: missing {missing}; a sweep needs model, deficit, windows, metrics and trainer.")
-    kwargs: dict[str, Any] = {k: raw[k] for k in RUN_KEYS if k in raw}
-    kwargs["model"] = _factory(raw["model"], "model")
-    kwargs["datamodule"] = _factory(raw["data"], "data") if raw.get("data") is not None else None
-    deficits = raw["deficit"] if isinstance(raw["deficit"], list) else [raw["deficit"]]
-    made = [_factory(d, f"deficit[{i}]") for i, d in enumerate(deficits)]
-    kwargs["deficit"] = made if len(made) > 1 else made[0]
-    kwargs["windows"] = _windows(raw["windows"])
-    kwargs["metrics"] = _metrics(raw["metrics"])
-    if raw.get("callbacks"):
-        specs = raw["callbacks"] if isinstance(raw["callbacks"], list) else [raw["callbacks"]]
-        kwargs["callbacks"] = CallbackFactory([_class_spec(c, f"callbacks[{i}]") for i, c in enumerate(specs)])
-    return kwargs
+    reader = parser()
+    try:
+        # ``defaults=False``: a key left out stays out, so the dataclasses' defaults apply and no
+        # class's own defaults are bound into a factory (a deficit must still take the run's seed).
+        cfg = reader.parse_args(list(args), defaults=False)
+    except Exception as err:  # jsonargparse raises ArgumentError, or TypeError/ValueError from a deserializer
+        raise ConfigError(one_line(err, GROUPS)) from None
+    for flag, group, key in (("out", "output", "out"), ("backend", "execution", "backend")):
+        if cfg.get(flag) is not None:
+            cfg[f"{group}.{key}"] = cfg[flag]
+    if default_out is not None and cfg.get("output.out") is None:
+        cfg["output.out"] = default_out
+    windows = cfg.get("study.windows")
+    if windows is not None:
+        try:
+            grid(windows)
+        except ValueError as err:
+            raise ConfigError(f"study.windows={windows!r} is not valid: {err}") from None
+    return _build(reader, cfg)
 
 
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = raw
-    for key in keys[:-1]:
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = node[key] = {}
-        if not isinstance(nxt, dict):
-            raise ValueError(f"--set {dotted}: {key!r} is not a mapping in the config.")
-        node = nxt
-    node[keys[-1]] = value
+def _build(reader: ArgumentParser, cfg: Namespace) -> tuple[Study, Execution, Output]:
+    for name, group in GROUPS.items():
+        missing = [f.name for f in fields(group)
+                   if f.default is MISSING and f.default_factory is MISSING and cfg.get(f"{name}.{f.name}") is None]
+        if missing:
+            raise ConfigError(f"{name}.{missing[0]} is required: give it in the config's {name}: section.")
+    try:
+        # jsonargparse builds the values (classes -> factories, runners, executors); the
+        # dataclasses are built once, here, from the final values, so they check what
+        # lc.sweep.run would get.
+        values = reader.instantiate(Namespace({name: cfg.get(name) or Namespace() for name in GROUPS}))
+        kwargs = {name: dict(values[name].items(branches=True, nested=False)) if values.get(name) else {}
+                  for name in GROUPS}
+        study = kwargs["study"]
+        for key in ("model", "datamodule", "deficit"):
+            if key in study:
+                study[key] = plain_factory(study[key])
+        if study.get("windows") is not None:
+            study["windows"] = grid(study["windows"])
+        if study.get("callbacks") is not None:
+            classes = [plain_factory(c) for c in study["callbacks"]]
+            study["callbacks"] = CallbackFactory(
+                [(c.func, dict(c.keywords)) if isinstance(c, functools.partial) else (c, {}) for c in classes])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err).splitlines()[0] if str(err) else repr(err)) from None
+    made: dict[str, Any] = {}
+    for name, group in GROUPS.items():  # the dataclasses check their fields: one line, named by section
+        try:
+            made[name] = group(**kwargs[name])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {str(err).splitlines()[0] if str(err) else repr(err)}") from None
+    try:
+        check_together(made["study"], made["execution"], made["output"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return made["study"], made["execution"], made["output"]

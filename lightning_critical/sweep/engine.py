@@ -56,7 +56,7 @@ def run(
     Every argument is checked before anything trains. Runs whose schedules agree up to epoch
     ``k`` share that prefix: it trains once and the others branch from its checkpoint, ending
     bitwise equal to a run trained from scratch on CPU, or refusing the branch before training
-    (see :mod:`lightning_critical.sweep.branch_state` for what is carried, compared and refused).
+    (see :mod:`lightning_critical.sweep.runners.branching.state` for what is carried, compared and refused).
     Results are appended to ``<out>/results.jsonl`` as runs finish: calling ``run`` again with
     the same arguments skips finished runs and retries failed ones, and adding seeds, windows or
     swept values runs only the new runs.

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -108,32 +110,117 @@ def removal(ends: Iterable[int], unit: str = "epoch", epochs_after: int | None =
     """
     unit = check_unit(unit)
     points = _check_points("ends", ends, low=0)
-    if epochs_after is not None:
-        check_int("epochs_after", epochs_after, low=1)
-        if unit != "epoch":
-            raise ValueError(f"epochs_after={epochs_after!r} needs unit='epoch', not unit={unit!r}.")
+    _check_epochs_after(epochs_after, unit)
     entries = [GridEntry((), epochs_after)]
     entries += [GridEntry((Window(0, k, unit),), None if epochs_after is None else k + epochs_after)
                 for k in points if k > 0]
     return WindowGrid(tuple(entries), "removal", unit)
 
 
-def sliding(onsets: Iterable[int], length: int, unit: str = "epoch") -> WindowGrid:
+def sliding(onsets: Iterable[int], length: int, unit: str = "epoch", epochs_after: int | None = None) -> WindowGrid:
     """The sliding-window grid: one run with the deficit during ``[k, k + length)`` per onset ``k``, plus the baseline.
 
+    Args:
+        onsets: when each window starts, in ``unit`` (integers ``>= 0``, no repeats).
+        length: every window's length, in ``unit`` (``>= 1``).
+        unit: ``"epoch"`` or ``"step"`` (optimizer steps).
+        epochs_after: if given (epoch units only), the run with onset ``k`` trains
+            ``k + length + epochs_after`` epochs: every window is followed by the same number of
+            clean epochs, and the baseline trains as long as the latest window's run
+            (``max(onsets) + length + epochs_after``). Otherwise every run trains the sweep's
+            ``max_epochs``, and late windows get fewer clean epochs than early ones (the sweep
+            warns, see :func:`uneven_clean_epochs`).
+
     Raises:
-        ValueError: empty or repeated onsets, a negative onset, ``length < 1``, a bad unit.
+        ValueError: empty or repeated onsets, a negative onset, ``length < 1``, a bad unit or
+            ``epochs_after``.
 
     Example::
 
         >>> [e.label() for e in sliding([0, 10], length=5)]
         ['baseline', 'w0-5', 'w10-15']
+        >>> [e.max_epochs for e in sliding([0, 10], length=5, epochs_after=20)]
+        [35, 25, 35]
     """
     unit = check_unit(unit)
     points = _check_points("onsets", onsets, low=0)
-    check_int("length", length, low=1)
-    entries = [GridEntry(())] + [GridEntry((Window(k, k + int(length), unit),)) for k in points]
+    length = check_int("length", length, low=1)
+    _check_epochs_after(epochs_after, unit)
+    after = None if epochs_after is None else length + epochs_after
+    entries = [GridEntry((), None if after is None else max(points) + after)]
+    entries += [GridEntry((Window(k, k + length, unit),), None if after is None else k + after) for k in points]
     return WindowGrid(tuple(entries), "sliding", unit)
+
+
+def _check_epochs_after(epochs_after: int | None, unit: str) -> None:
+    if epochs_after is not None:
+        check_int("epochs_after", epochs_after, low=1)
+        if unit != "epoch":
+            raise ValueError(f"epochs_after={epochs_after!r} needs unit='epoch', not unit={unit!r}.")
+
+
+class CleanEpochsWarning(UserWarning):
+    """A grid gives its windows different numbers of clean epochs after them (see :func:`uneven_clean_epochs`)."""
+
+
+def clean_epochs(grid: WindowGrid, max_epochs: int) -> dict[str, int]:
+    """Epochs each windowed run trains after its last window ends (epoch units; ``{}`` for step grids).
+
+    Example::
+
+        >>> clean_epochs(sliding([0, 5, 10], length=5), max_epochs=20)
+        {'w0-5': 15, 'w5-10': 10, 'w10-15': 5}
+    """
+    if grid.unit != "epoch":
+        return {}
+    ends = {e: [w.end for w in e.windows] for e in grid if e.windows}
+    return {e.label(): (e.max_epochs or max_epochs) - max(int(end) for end in stops)
+            for e, stops in ends.items() if None not in stops}
+
+
+def uneven_clean_epochs(grid: WindowGrid, max_epochs: int) -> str | None:
+    """Warn (a :class:`CleanEpochsWarning`) when late windows get fewer clean epochs than early ones; the message.
+
+    Under a fixed ``max_epochs`` a window that ends later leaves fewer epochs to recover in, so
+    a late window's smaller effect can be the shorter recovery rather than a closed critical
+    period. ``epochs_after=`` (:func:`removal`, :func:`sliding`) gives every window the same.
+    Only :func:`removal` and :func:`sliding` grids warn: the windows of an explicit grid
+    (:func:`windows`, e.g. the paper's early / middle / late deficits in one fixed-length run)
+    are placed as their author chose.
+
+    Example::
+
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = uneven_clean_epochs(sliding([0, 10], length=5), max_epochs=20)
+        ...     _ = uneven_clean_epochs(sliding([0, 10], length=5, epochs_after=5), max_epochs=20)
+        >>> [str(w.message)[:72] for w in caught]
+        ['windows get different numbers of clean epochs under max_epochs=20 (w0-5:']
+    """
+    if grid.kind not in ("removal", "sliding"):  # an explicit grid's windows are placed by design (e.g. the paper's)
+        return None
+    after = clean_epochs(grid, max_epochs)
+    if len(set(after.values())) < 2:
+        return None
+    shown = ", ".join(f"{label}: {n}" for label, n in after.items())
+    maker = {"removal": "removal", "sliding": "sliding"}.get(grid.kind)
+    remedy = (f"lc.sweep.{maker}(..., epochs_after=N) (a CLI config: windows: {{{maker}: {{..., epochs_after: N}}}}) "
+              "trains each run N clean epochs after its window"
+              if maker else "give each GridEntry its own max_epochs (window end + the clean epochs)")
+    message = (f"windows get different numbers of clean epochs under max_epochs={max_epochs} ({shown} clean "
+               f"epochs after the window): a late window's smaller effect may only be its shorter recovery. "
+               f"{remedy}.")
+    warnings.warn(message, CleanEpochsWarning, stacklevel=_caller_level())
+    return message
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package: the user's call that starts the sweep."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("lightning_critical."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 WindowSpec = None | Window | Sequence[Any]

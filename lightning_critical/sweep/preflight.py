@@ -19,7 +19,7 @@ before the first run, and refuses the sweep (nothing trained, nothing written) w
 
 The trial cannot change any run's numbers: it builds its own model, datamodule and callbacks
 through the factories (after ``pl.seed_everything`` of that run's seed, like a run), writes
-only to a temporary directory, and runs under :func:`~lightning_critical.sweep.execute.isolated`,
+only to a temporary directory, and runs under :func:`~lightning_critical.sweep.runners.isolation.isolated`,
 which gives back the global random states, the thread counts and ``PL_GLOBAL_SEED``; the
 package's once-per-process warnings are restored too, so the real runs still give them. When the
 model or datamodule factory returns the same object on every call (an object the runs share),
@@ -54,7 +54,6 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
-from lightning_critical.sweep import branch_rngs
 from lightning_critical.sweep.build import (
     build_callbacks,
     build_datamodule,
@@ -63,7 +62,10 @@ from lightning_critical.sweep.build import (
     deficit_makers,
     make_deficit,
 )
-from lightning_critical.sweep.execute import QUIET_TRAINER, MetricNotFound, isolated, quiet
+from lightning_critical.sweep.runners.base import MetricNotFound
+from lightning_critical.sweep.runners.branching import rngs as branch_rngs
+from lightning_critical.sweep.runners.isolation import isolated, quiet
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 
 __all__ = ["PreflightError", "build_seeded", "check_deficit_windows", "check_test_setup", "preflight", "trial_metrics",
@@ -92,7 +94,7 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True,
         ValueError: ``test=True`` without a ``test_step`` / test dataloader; a deficit that ignores
             its window; a model or datamodule shared by every run that holds random generators; a
             metric name the trial fit did not produce
-            (:class:`~lightning_critical.sweep.execute.MetricNotFound`).
+            (:class:`~lightning_critical.sweep.runners.base.MetricNotFound`).
         PreflightError: the trial fit raised.
     """
     if not runs:

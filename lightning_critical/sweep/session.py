@@ -16,7 +16,7 @@ form). It holds ``out``'s :class:`~lightning_critical.sweep.lock.SweepLock` and 
 
 Each call into another part of the engine sits in one small method: the spec
 (:meth:`Session.make_spec`, :meth:`Session.build_first_run`), a job (:meth:`Session.make_task`,
-:meth:`Session.make_batches`) and the dispatcher (:meth:`Session.make_scheduler`).
+:meth:`Session.make_job`) and the dispatcher (:meth:`Session.make_dispatcher`).
 """
 
 from __future__ import annotations
@@ -37,21 +37,22 @@ from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep import failures as _failures
 from lightning_critical.sweep import preflight as _preflight
 from lightning_critical.sweep import units as _units
-from lightning_critical.sweep import workers as _workers
 from lightning_critical.sweep.audit import Audit
-from lightning_critical.sweep.build import build_callbacks, build_deficits
-from lightning_critical.sweep.execute import Task, isolated, quiet
+from lightning_critical.sweep.backends import workers as _workers
+from lightning_critical.sweep.build import build_callbacks, build_deficits, intervention
+from lightning_critical.sweep.dispatcher import Dispatcher
 from lightning_critical.sweep.lock import SweepLock
+from lightning_critical.sweep.observers import standard_observers
 from lightning_critical.sweep.params import runs_of
 from lightning_critical.sweep.plan import Plan, PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
-from lightning_critical.sweep.runners import LightningRunner
-from lightning_critical.sweep.scheduler import Scheduler
+from lightning_critical.sweep.runners import LightningRunner, Task
+from lightning_critical.sweep.runners.isolation import isolated, quiet
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, identity_of, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.study import Execution, Output, Study, check_together
 from lightning_critical.sweep.table import plan_axes, run_fields, to_table
-from lightning_critical.sweep.units import Batch
+from lightning_critical.sweep.units import Job, job_groups
 
 __all__ = ["Session", "run_study", "totals"]
 
@@ -149,7 +150,7 @@ class Session:
             trainer=self.trainer, metrics=tuple(self.metrics), test=bool(study.test),
             threads_per_run=self.execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
             save_model=bool(self.output.save_model), tensorboard=self.tensorboard,
-            runner=None if isinstance(self.runner, LightningRunner) else self.runner,
+            runner=None if type(self.runner) is LightningRunner else self.runner,  # a subclass is part of the identity
         )
 
     def build_first_run(self) -> dict[str, list[type]]:
@@ -218,12 +219,12 @@ class Session:
         """Plan the pending runs, run them on the backend, and raise a failure when ``errors="raise"``."""
         self.store.note_plan(plan_axes([self.fields[rid] for rid in self.run_ids]), self.identity)  # load()'s order
         self.plan = self.make_plan()
-        scheduler = self.make_scheduler()
+        dispatcher = self.make_dispatcher()
         with _namespace.exported():
-            scheduler.run()
+            dispatcher.run()
         self.latest = self.store.latest()
         if self.execution.errors == "raise":
-            _raise_first_failure(scheduler, self.latest, self.run_ids)
+            _raise_first_failure(dispatcher, self.latest, self.run_ids)
 
     def make_plan(self) -> Plan:
         """The prefix tree of the pending runs (branching from checkpoints already in ``out``)."""
@@ -246,29 +247,30 @@ class Session:
             parent=node.parent, sweep_kind=self.grid.kind,
         )
 
-    def make_batches(self) -> tuple[list[list[str]] | None, Callable[[list[Any]], Batch] | None]:
-        """A custom runner's units (its ``batches`` of the tasks in grid order) and how a job becomes a Batch."""
-        if isinstance(self.runner, LightningRunner):
-            return None, None
-        position = {rid: i for i, rid in enumerate(self.run_ids)}  # tasks in grid order: windows, params, seeds
-        nodes = sorted(self.plan.nodes, key=lambda n: position[n.run_id])
-        units = self.runner.batches([self.make_task(n) for n in nodes])
-        tasks_by_id = {t.run_id: t for unit in units for t in unit}
+    def make_groups(self) -> list[list[str]]:
+        """The runner's units of work (its ``batches`` of the tasks in grid order), as lists of run ids."""
+        # plan order when sharing prefixes (a parent before its branches), else grid order (windows, params, seeds)
+        position = {rid: i for i, rid in enumerate(self.run_ids)}
+        nodes = list(self.plan.nodes)
+        if not self.runner.shares_prefixes:
+            nodes.sort(key=lambda n: position[n.run_id])
+        return job_groups(self.runner, [self.make_task(n) for n in nodes])
 
-        def make_batch(job: list[Any]) -> Batch:
-            return Batch(self.runner, [tasks_by_id[n.run_id] for n in job])
+    def make_job(self, nodes: list[Any]) -> Job:
+        """The unit of work a backend runs, for every runner: ``runner.run`` of the tasks of ``nodes`` (built when
+        submitted, so a retargeted node is honoured)."""
+        return Job(self.runner, [self.make_task(n) for n in nodes])
 
-        return [[t.run_id for t in unit] for unit in units], make_batch
-
-    def make_scheduler(self) -> Scheduler:
-        """The dispatcher of the plan on the backend, writing to the store."""
+    def make_dispatcher(self) -> Dispatcher:
+        """The dispatcher of the plan on the backend, with the store writer, log stitcher, checkpoint collector
+        and progress bar as its observers."""
         output = self.output
         log_dirs = {rid: (os.path.join(self.store.out, "tensorboard", self.labels[rid]) if self.tensorboard else None)
                     for rid in self.run_ids}
-        batches, make_batch = self.make_batches()
-        return Scheduler(self.plan, self.make_task, self.store, self.backend, self.fields, log_dirs,
-                         self.execution.progress, output.keep_checkpoints, batches=batches, make_batch=make_batch,
-                         audit=self.auditor)
+        observers = standard_observers(self.store, log_dirs, progress=self.execution.progress,
+                                       keep_checkpoints=output.keep_checkpoints)
+        return Dispatcher(self.plan, self.backend, self.make_job, store=self.store, fields=self.fields,
+                          log_dirs=log_dirs, groups=self.make_groups(), audit=self.auditor, observers=observers)
 
     # -- 6. the table, clean-up and figure ---------------------------------------------------
     def table(self) -> pd.DataFrame:
@@ -276,6 +278,7 @@ class Session:
         records = [self.latest.get(rid, {**self.fields[rid], "status": "pending"}) for rid in self.run_ids]
         table = to_table(records, params=[k for k, _ in self.combos[0]], metrics=_metric_names(self.metrics, records))
         table.attrs.update(totals(table), sweep=self.identity, kind=self.grid.kind, out=self.store.out,
+                           intervention=intervention(self.spec, self.runs),
                            **self.reuse_note, audit=self.auditor.summary(records, self.execution.verify))
         self.auditor.report(table.attrs["audit"])
         return table
@@ -343,10 +346,10 @@ def _claim(store: Store, identity: str, description: dict[str, Any], resume: str
         return store.claim(identity, description, resume="rerun")
 
 
-def _raise_first_failure(scheduler: Scheduler, latest: Mapping[str, Mapping[str, Any]], run_ids: list[str]) -> None:
+def _raise_first_failure(dispatcher: Dispatcher, latest: Mapping[str, Mapping[str, Any]], run_ids: list[str]) -> None:
     """``errors="raise"``: the first failed run's own exception, else a RunFailed naming it."""
-    if scheduler.first_exception is not None:
-        raise _failures.materialize(scheduler.first_exception)
+    if dispatcher.first_exception is not None:
+        raise _failures.materialize(dispatcher.first_exception)
     failed = [latest[rid] for rid in run_ids if latest.get(rid, {}).get("status") == "failed"]
     if failed:
         raise _failures.RunFailed(f"run {failed[0].get('label')} failed: {failed[0].get('error')}")

@@ -36,10 +36,10 @@ from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.audit import check_verify
 from lightning_critical.sweep.build import check_swept
-from lightning_critical.sweep.execute import RESERVED_TRAINER
-from lightning_critical.sweep.grids import WindowGrid, as_grid
+from lightning_critical.sweep.grids import WindowGrid, as_grid, uneven_clean_epochs
 from lightning_critical.sweep.params import check_params, deficit_only
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, check_runner
+from lightning_critical.sweep.runners.lightning import RESERVED_TRAINER
 from lightning_critical.sweep.spec import Params
 from lightning_critical.sweep.store import RESUME
 from lightning_critical.sweep.table import check_columns
@@ -272,6 +272,7 @@ def check_together(study: Study, execution: Execution, output: Output) -> bool:
     metrics = study.metric_list
     if isinstance(output.plot, str) and all(isinstance(m, str) for m in metrics):
         check_choice("plot", output.plot, metrics, extra=" (the sweep's metrics) or True / False")
+    uneven_clean_epochs(study.grid, study.trainer_kwargs["max_epochs"])  # once per sweep, before training
     return tensorboard and study.trainer_kwargs.get("logger") is not False
 
 

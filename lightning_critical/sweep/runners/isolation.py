@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from lightning_critical.sweep import rng
+from lightning_critical.sweep.runners import rng
 
 
 @contextlib.contextmanager

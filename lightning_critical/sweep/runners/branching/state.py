@@ -5,7 +5,7 @@ optimizers, schedulers, loop counters and every callback's ``state_dict``; this 
 the rest and refuses (:class:`BranchRefused`) where the child would not end as the same run
 trained from scratch:
 
-* **Random generator objects** (:mod:`~lightning_critical.sweep.branch_rngs`) held by the
+* **Random generator objects** (:mod:`~lightning_critical.sweep.runners.branching.rngs`) held by the
   model, datamodule, callbacks, deficits and the train / val loaders (generator, sampler, dataset)
   are saved by path at the branch point and restored in the child before their first draw:
   those of the model, datamodule and callbacks while Lightning restores the checkpoint, those
@@ -26,11 +26,11 @@ trained from scratch:
   after building them and before restoring their states), loader settings (``on_train_start``).
   A child whose fingerprint differs from its parent's is refused before its first step, e.g.
   ``lr_schedulers[0].T_max: 6 -> 4`` (a schedule built from ``max_epochs``).
-* **State no checkpoint carries** (:mod:`~lightning_critical.sweep.branch_digest`): digested
+* **State no checkpoint carries** (:mod:`~lightning_critical.sweep.runners.branching.digest`): digested
   by the parent at the branch point and by the child after its module's ``on_train_start``;
   an entry that differs refuses the child (``model._epochs_done``, ``model.mask (tensor)``).
 * **Length**: a parent whose prefix read ``trainer.max_epochs`` in user code
-  (:mod:`~lightning_critical.sweep.branch_length`), or changed its own ``fit_loop.max_epochs``,
+  (:mod:`~lightning_critical.sweep.runners.branching.length`), or changed its own ``fit_loop.max_epochs``,
   refuses children of another length.
 * **Decisions**: a run about to stop writes no branch checkpoint (see ``Branching``); a child
   skips Lightning's sanity check, which its parent ran before the prefix.
@@ -56,9 +56,10 @@ import torch
 
 from lightning_critical import _lightning
 from lightning_critical._namespace import pl
-from lightning_critical.sweep import branch_digest, branch_length, branch_rngs
-from lightning_critical.sweep.branch_compare import apply as apply_updates
-from lightning_critical.sweep.branch_compare import (
+from lightning_critical.sweep.runners.base import BranchRefused
+from lightning_critical.sweep.runners.branching import digest, length, rngs
+from lightning_critical.sweep.runners.branching.compare import apply as apply_updates
+from lightning_critical.sweep.runners.branching.compare import (
     compare,
     dataloaders,
     hidden_reason,
@@ -72,23 +73,6 @@ from lightning_critical.sweep.branch_compare import (
     setup_fingerprint,
 )
 
-
-class BranchRefused(RuntimeError):
-    """A branched run cannot end exactly as the same run trained from scratch; ``reason`` says why.
-
-    Example::
-
-        >>> err = BranchRefused("lr_schedulers[0].T_max: 6 -> 4")
-        >>> err.reason
-        'lr_schedulers[0].T_max: 6 -> 4'
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"branch refused: {reason}")
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return type(self), (self.reason,)
 
 def rng_roots(trainer: pl.Trainer, exclude: set[int], deficits: Sequence[int] = (),
               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -200,15 +184,15 @@ class Lineage:
         inherited = (self.parent or {}).get("length", {})
         now = trainer.fit_loop.max_epochs
         changed = inherited.get("changed") or (f"{self.max_epochs} -> {now}" if now != self.max_epochs else None)
-        return {"max_epochs": self.max_epochs, "reads": {**branch_length.reads(trainer), **inherited.get("reads", {})},
+        return {"max_epochs": self.max_epochs, "reads": {**length.reads(trainer), **inherited.get("reads", {})},
                 "changed": changed}
 
     def capture(self, trainer: pl.Trainer) -> dict[str, Any]:
         """The branch state at this point: fingerprint, generators, plain attributes, ModelCheckpoint files."""
-        found = branch_rngs.find(rng_roots(trainer, self.exclude, self.deficits))
+        found = rngs.find(rng_roots(trainer, self.exclude, self.deficits))
         return {
             "fingerprint": dict(self.fingerprint),
-            "rngs": {path: branch_rngs.state(gen) for path, gen in found.items()},
+            "rngs": {path: rngs.state(gen) for path, gen in found.items()},
             "fresh": dict(self.fresh or {}),
             "plain": plain_state(parts(trainer, self.exclude), str(trainer.default_root_dir)),
             "hidden_fresh": dict(self.hidden_fresh or {}),
@@ -235,12 +219,12 @@ class Lineage:
         self._restore(rng_roots(trainer, self.exclude, self.deficits, {name: loader}))
 
     def _restore(self, roots: Mapping[str, Any]) -> None:
-        for path, gen in branch_rngs.find(roots).items():
+        for path, gen in rngs.find(roots).items():
             saved = self.pending.pop(path, None)
             if saved is None:
                 continue
             try:
-                branch_rngs.set_state(gen, saved)
+                rngs.set_state(gen, saved)
             except TypeError as err:
                 raise BranchRefused(f"{path}: {err}") from err
             self.restored[path] = (gen, saved)
@@ -291,8 +275,8 @@ class Lineage:
 
     def _uncarried(self, trainer: pl.Trainer, skip: Sequence[str] = ()) -> dict[str, Any]:
         named = parts(trainer, self.exclude)
-        skip = sorted({*skip, *branch_digest.logged_metrics(trainer, named)})
-        digests = branch_digest.uncarried(named, str(trainer.default_root_dir), skip)
+        skip = sorted({*skip, *digest.logged_metrics(trainer, named)})
+        digests = digest.uncarried(named, str(trainer.default_root_dir), skip)
         return {"uncarried": digests, "uncarried_skip": skip}
 
     def _check_uncarried(self, trainer: pl.Trainer) -> None:
@@ -300,7 +284,7 @@ class Lineage:
         if "uncarried" not in self.parent:
             raise BranchRefused("the checkpoint carries no digests of uncarried state (written by an older version)")
         mine = self._uncarried(trainer, self.parent.get("uncarried_skip", ()))["uncarried"]
-        reason = branch_digest.reason(self.parent["uncarried"], mine)
+        reason = digest.reason(self.parent["uncarried"], mine)
         if reason:
             raise BranchRefused(reason)
 
@@ -314,7 +298,7 @@ class Lineage:
             unwrap(trainer.lightning_module, "on_train_start")
 
     def _check_rngs(self, trainer: pl.Trainer) -> None:
-        found = branch_rngs.find(rng_roots(trainer, self.exclude, self.deficits))
+        found = rngs.find(rng_roots(trainer, self.exclude, self.deficits))
         if self.pending:
             path = sorted(self.pending)[0]
             raise BranchRefused(f"{path}: the parent held a random generator here at the branch point, "
@@ -328,7 +312,7 @@ class Lineage:
         for path, (gen, saved) in self.restored.items():
             if found.get(path) is not gen:
                 raise BranchRefused(f"{path}: replaced after the branch state was restored (made in on_fit_start?)")
-            if id(gen) not in drawn_by_iter and not branch_rngs.same_state(branch_rngs.state(gen), saved):
+            if id(gen) not in drawn_by_iter and not rngs.same_state(rngs.state(gen), saved):
                 raise BranchRefused(f"{path}: drawn from before the first training step (in on_fit_start or "
                                     "on_train_start?); the parent made these draws once, before its prefix")
 
@@ -377,8 +361,8 @@ def unsupported(trainer: pl.Trainer) -> str | None:
             if dl.num_workers > 0 and dl.persistent_workers:
                 return (f"{name}: persistent_workers=True with num_workers={dl.num_workers}: the worker processes keep "
                         "random states across epochs that no checkpoint can carry")
-        if reload and root is not None and branch_rngs.find({name: root}):
-            path = sorted(branch_rngs.find({name: root}))[0]
+        if reload and root is not None and rngs.find({name: root}):
+            path = sorted(rngs.find({name: root}))[0]
             return (f"{path}: a loader rebuilt every {reload} epoch(s) "
                     "(reload_dataloaders_every_n_epochs) holds a random generator: its state at the branch point is "
                     "not the state a rebuilt loader starts from")

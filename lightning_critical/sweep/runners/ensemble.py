@@ -2,7 +2,8 @@
 
 :class:`FactorizationEnsembleRunner` plugs the
 :class:`~lightning_critical.models.FactorizationEnsemble` into :func:`lightning_critical.sweep.run`
-(the runner interface is in :mod:`lightning_critical.sweep.runners`). The sweep is written as
+(the runner contract is in :mod:`lightning_critical.sweep.runners`; it trains under the same
+run envelope as every runner, :func:`~lightning_critical.sweep.runners.base.envelope`). The sweep is written as
 for any model: the model factory returns a :class:`~lightning_critical.models.DeepMatrixFactorization`,
 the datamodule factory a datamodule with tasks (e.g. ``MatrixCompletionDataModule``, on the task
 trained outside the windows), and the deficit puts each window on another task with a
@@ -43,8 +44,6 @@ from __future__ import annotations
 
 import collections
 import re
-import time
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,8 +56,8 @@ from lightning_critical.models.factorization_ensemble import FactorizationEnsemb
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
 from lightning_critical.schedule import largest_common_divisor
 from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
-from lightning_critical.sweep.execute import QUIET_TRAINER, isolated, portable, quiet
-from lightning_critical.sweep.runners import record
+from lightning_critical.sweep.runners.base import envelope
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER
 from lightning_critical.sweep.spec import canonical_json
 
 _SINGULAR_VALUE = re.compile(r"singular_values/(\d+)")
@@ -109,33 +108,26 @@ class FactorizationEnsembleRunner:
         return sorted(groups.values(), key=lambda g: -sum(t.epochs for t in g))
 
     def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:
-        start = time.perf_counter()
-        spec = tasks[0].spec
-        with isolated(spec.threads_per_run), quiet():
-            try:
-                results = self._fit(list(tasks))
-            except (KeyboardInterrupt, SystemExit) as err:
-                raise KeyboardInterrupt("ensemble interrupted") from err
-            except Exception as err:
-                error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=12)}"
-                seconds = time.perf_counter() - start
-                return [record(t, "failed", error=error, exception=portable(err), seconds=seconds) for t in tasks]
-        seconds = time.perf_counter() - start
-        out = []
-        for task, row in zip(tasks, results, strict=True):
-            for name in spec.metrics:  # singular values a small matrix does not have: NaN
+        """One record per task, all trained as one ensemble under the run envelope."""
+        return envelope(list(tasks), self._train)
+
+    def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
+        """The fields of each task's record: its metrics, or a fatal error naming what the ensemble produced."""
+        metrics = tasks[0].spec.metrics
+        out: list[dict[str, Any]] = []
+        for row in self._fit(tasks):
+            for name in metrics:  # singular values a small matrix does not have: NaN
                 match = _SINGULAR_VALUE.fullmatch(name) if isinstance(name, str) else None
                 if match and name not in row:
                     row[name] = float("nan") if int(match.group(1)) < self.top_k else None
-            missing = [m for m in spec.metrics if not isinstance(m, str) or row.get(m) is None]
+            missing = [m for m in metrics if not isinstance(m, str) or row.get(m) is None]
             if missing:
                 produced = sorted(k for k in row if k not in ("member", "task"))
                 error = (f"metrics: {missing} are not results of the factorization ensemble; it produced {produced}. "
                          "Name some of them (functions of the trainer are not supported by this runner).")
-                out.append(record(task, "failed", error=error, fatal=True, seconds=seconds))
+                out.append({"status": "failed", "error": error, "fatal": True})
                 continue
-            out.append(record(task, metrics={m: float(row[m]) for m in spec.metrics}, seconds=seconds,
-                              global_step=int(row["sgd_steps"])))
+            out.append({"metrics": {m: float(row[m]) for m in metrics}, "global_step": int(row["sgd_steps"])})
         return out
 
     # -- one ensemble ----------------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from lightning_critical._namespace import pl
-from lightning_critical.sweep.branch_compare import rebase
+from lightning_critical.sweep.runners.branching.compare import rebase
 
 TRUSTED = ("lightning.", "pytorch_lightning.", "lightning_critical.", "lightning_fabric.", "torch.")
 """Packages whose callbacks are left out (their ``state_dict`` carries what they need)."""

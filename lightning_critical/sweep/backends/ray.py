@@ -26,7 +26,7 @@ have to agree with ours. So a run is a task, and a Ray cluster is just more work
 * **Retries:** ``max_retries`` re-executes a run whose worker process died (killed, out of
   memory, a lost node); after the last one the run is recorded as failed and the sweep goes
   on. A run that raises is not retried by Ray: it is recorded with its error at once
-  (:func:`lightning_critical.sweep.execute.execute` returns it), and rerunning the sweep
+  (:func:`lightning_critical.sweep.runners.base.envelope` makes it), and rerunning the sweep
   retries it.
 * **Code on the workers:** the driver's ``sys.path`` is appended to each worker's, so
   factories in the caller's own modules are found as with the ``"process"`` backend; on a
@@ -73,8 +73,8 @@ OPTIONS = ("address", "num_cpus", "num_gpus", "max_retries", "runtime_env", "ini
 """What ``backend_options`` may hold for ``backend="ray"``."""
 
 
-def _run_task(payload: bytes, paths: list[str]) -> dict[str, Any]:
-    """The Ray task: make the driver's modules importable, then execute the run."""
+def _run_task(payload: bytes, paths: list[str]) -> Any:
+    """The Ray task: make the driver's modules importable, then execute the job."""
     for path in paths:
         if path not in sys.path:
             sys.path.append(path)
@@ -249,11 +249,11 @@ class RayBackend:
         self._remote = ray.remote(_run_task)
         return self._remote
 
-    def submit(self, task: Any) -> cf.Future:
+    def submit(self, job: Any) -> cf.Future:
         remote = self._connect()
         # absolute: Ray's workers run in another directory, where '' or 'src' would name other folders
         paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-        ref = remote.options(**self.task_options()).remote(dumps(task), paths)
+        ref = remote.options(**self.task_options()).remote(dumps(job), paths)
         future: cf.Future = ref.future()
         with self._lock:
             self._refs[future] = ref
