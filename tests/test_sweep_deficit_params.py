@@ -158,7 +158,7 @@ BAD_NAMES: dict[str, tuple[Any, dict[str, Any], str]] = {
     "an argument of the other entry": ([lc.InputDeficit("noise", (0, 1)), lc.PathwayDeficit("b", (0, 1))],
                                        {"deficit.0.mode": ["noise"]}, r"deficit entry 0 takes no argument 'mode'"),
     "a factory": (functools.partial(lc.PathwayDeficit, "b"), {"deficit.mode": ["noise"]},
-                  r"no template deficit takes .*none: deficit= holds no WindowedDeficit template"),
+                  r"holds no WindowedDeficit template, only factories .*params=\{'mode': \[...\]\}"),
     "one argument twice": ([lc.InputDeficit("noise", (0, 1)), lc.PathwayDeficit("b", (0, 1))],
                            {"deficit.mode": ["noise"], "deficit.1.mode": ["freeze"]},
                            r"'deficit.1.mode' and 'deficit.mode' both set argument 'mode' of deficit entry 1"),

@@ -221,6 +221,9 @@ def address_deficit(name: str, templates: Templates) -> tuple[int, str]:
             return takers[0], argument
         if argument in _NOT_SWEPT:
             reason = "a run's window (and unit) come from windows="
+        elif not any(templates):
+            reason = (f"deficit= holds no WindowedDeficit template, only factories (a CLI config's deficit is one): "
+                      f"a factory takes a swept value by its own argument name, params={{{argument!r}: [...]}}")
         elif takers:
             reason = (f"{argument!r} is an argument of deficits {takers}: name one, e.g. "
                       f"'{DEFICIT_PREFIX}{takers[0]}.{argument}'")
