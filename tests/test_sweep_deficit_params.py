@@ -201,3 +201,22 @@ def test_the_one_baseline_still_shares_its_prefix_with_the_first_values_runs(tmp
     assert trained["w2-3_seed0_deficit.mode=noise"] == 3
     audit = table.attrs["audit"]
     assert audit["audited"] == audit["passed"] >= 1  # each branched run retrained from scratch: equal
+
+
+def test_a_cli_config_sweeps_its_deficit_factory_argument_against_one_baseline(tmp_path: Any) -> None:
+    from lightning_critical.cli import main
+
+    config = tmp_path / "modes.yaml"
+    config.write_text(
+        "study:\n"
+        "  model: {class_path: lightning_critical.models.MultiPathwayLinearNet, init_args: {depth: 2, width: 8}}\n"
+        "  datamodule: {class_path: lightning_critical.data.HierarchicalDataModule}\n"
+        "  deficit: {class_path: lightning_critical.PathwayDeficit, init_args: {pathways: b}}\n"
+        "  windows: [[0, 1]]\n  seeds: [0, 1]\n  params: {mode: [freeze, noise]}\n  metrics: [train_loss]\n"
+        "  trainer: {max_epochs: 2, accelerator: cpu, log_every_n_steps: 1}\n"
+        "execution: {backend: serial}\noutput: {tensorboard: false, plot: false}\n")
+    assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    table = lc.sweep.load(tmp_path / "out")
+    assert table["label"].tolist() == ["baseline_seed0", "baseline_seed1", "w0-1_seed0_mode=freeze",
+                                       "w0-1_seed1_mode=freeze", "w0-1_seed0_mode=noise", "w0-1_seed1_mode=noise"]
+    assert table.attrs["deficit_params"] == ["mode"]
