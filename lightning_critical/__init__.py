@@ -20,6 +20,7 @@ _EXPORTS = {
     "InputDeficit": "lightning_critical.deficits",
     "ModeDeficit": "lightning_critical.deficits",
     "PathwayDeficit": "lightning_critical.deficits",
+    "RelianceMonitor": "lightning_critical.monitors",
     "Schedule": "lightning_critical.schedule",
     "SpectralMonitor": "lightning_critical.monitors",
     "TaskSwitch": "lightning_critical.deficits",
@@ -28,6 +29,7 @@ _EXPORTS = {
 }
 __all__ = [
     "BatchSpec", "FisherMonitor", "InputDeficit", "ModeDeficit", "PathwayDeficit", "Schedule", "SpectralMonitor",
+    "RelianceMonitor", "reliance",
     "TaskSwitch", "TaskSwitchable", "Window", "data", "experiments", "models", "plots", "sweep", "theory",
 ]
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from lightning_critical import data, experiments, models, plots, sweep, theory
     from lightning_critical._batch_spec import BatchSpec
     from lightning_critical.deficits import InputDeficit, ModeDeficit, PathwayDeficit, TaskSwitch
-    from lightning_critical.monitors import FisherMonitor, SpectralMonitor
+    from lightning_critical.monitors import FisherMonitor, RelianceMonitor, SpectralMonitor
     from lightning_critical.protocols import TaskSwitchable
     from lightning_critical.schedule import Schedule, Window
 

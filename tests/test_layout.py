@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_critical"
 NO_LIGHTNING = ("_checks", "_output", "probing", "schedule", "cadence", "curve", "spectral", "fisher", "theory",
-                "protocols", "_batch", "history")
+                "protocols", "_batch", "history", "reliance")
 PURE_SWEEP = ("spec", "params", "identity", "changes", "source", "references", "grids", "plan", "store", "table",
               "records", "lock")
 """The sweep's pure core: building a run's Lightning objects is ``sweep/build.py``'s, beside the runners."""

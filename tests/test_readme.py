@@ -13,7 +13,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the example writes checkpoints under the working directory
     text = open(os.path.join(ROOT, "README.md")).read()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     # The quick start is `import lightning as L`: it runs in a fresh interpreter, as a user's
     # script would, so the package binds to `lightning.pytorch` there.
     check = (
@@ -35,6 +35,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
         spaces.append(namespace)
     assert sorted(spaces[2]["spectral"].to_frame().target.unique()) == ["conv1.weight", "conv2.weight", "fc.weight"]
     assert set(spaces[2]["fisher"].to_frame().metric) == {"fisher_trace"}
+    assert {"ablation/a", "ablation/b", "rsv/mean"} <= set(spaces[3]["reliance"].to_frame().target)
     sweep = spaces[1]["table"]
     assert (sweep.status == "ok").all() and len(sweep) == 6  # baseline + 2 windows, 2 seeds
     assert sweep.attrs["epochs_trained"] < sweep.attrs["epochs_independent"]  # shared prefixes

@@ -5,6 +5,7 @@ from lightning_critical.data.digits import DigitsDataModule
 from lightning_critical.data.hierarchical import HierarchicalDataModule, hierarchical_features, task_svd
 from lightning_critical.data.images import ImageClassificationDataModule
 from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
+from lightning_critical.data.two_view import TwoViewDigits
 
 __all__ = [
     "CIFAR10DataModule",
@@ -12,6 +13,7 @@ __all__ = [
     "HierarchicalDataModule",
     "ImageClassificationDataModule",
     "MatrixCompletionDataModule",
+    "TwoViewDigits",
     "hierarchical_features",
     "load_cifar10",
     "task_svd",

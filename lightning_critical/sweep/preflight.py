@@ -49,7 +49,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from lightning_critical import _tensorboard, _warnings
+from lightning_critical import _warnings, views
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
@@ -210,7 +210,6 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
         logger: Any = False
         if spec.tensorboard and spec.trainer.get("logger", True) is not False:
             logger = pl.loggers.TensorBoardLogger(root, name="trial", version="", default_hp_metric=False)
-            _tensorboard.defer_session(logger)
         kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k not in _TRIAL_DROPS + ("logger",)}}
         # one batch of each loop, unless the sweep turned a loop off (then the runs produce nothing there either)
         limits = {k: 0 if spec.trainer.get(k) == 0 else 1 for k in ("limit_val_batches", "limit_test_batches")}
@@ -225,6 +224,7 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
             warnings.simplefilter("ignore")  # one-batch artefacts ("few batches", "window never active")
             try:
                 trainer = pl.Trainer(**kwargs)
+                views.of(trainer).hold_session()  # a trial: no session to write
                 trainer.fit(model, **data_kwargs)
                 produced = dict(trainer.callback_metrics)
                 if spec.test:
