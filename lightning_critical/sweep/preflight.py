@@ -54,7 +54,14 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
-from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, make_deficit
+from lightning_critical.sweep.build import (
+    build_callbacks,
+    build_datamodule,
+    build_deficits,
+    build_model,
+    deficit_makers,
+    make_deficit,
+)
 from lightning_critical.sweep.runners.base import MetricNotFound
 from lightning_critical.sweep.runners.branching import rngs as branch_rngs
 from lightning_critical.sweep.runners.isolation import isolated, quiet
@@ -143,7 +150,7 @@ def check_deficit_windows(spec: SweepSpec, runs: Sequence[RunSpec]) -> None:
         return
     windows = windows[:2]
     run = next(r for r in runs if r.windows)
-    makers = spec.deficit if isinstance(spec.deficit, (list, tuple)) else [spec.deficit]
+    makers = deficit_makers(spec, run)
     with isolated(spec.threads_per_run), quiet():
         for maker in makers:
             schedules = []
