@@ -234,7 +234,8 @@ def test_the_cli_config_can_turn_preflight_off(tmp_path):
         "execution: {backend: serial}\noutput: {tensorboard: false, plot: false}\n")
     with pytest.raises(ValueError, match="pass preflight=False"):
         main(["sweep", "--config", str(config), "--out", str(tmp_path / "on")])
-    assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "off"), "--execution.preflight", "false"]) == 0
+    off = ["--out", str(tmp_path / "off"), "--execution.preflight", "false"]
+    assert main(["sweep", "--config", str(config), *off]) == 0
 
 
 BUILDS: list[str] = []
