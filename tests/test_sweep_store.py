@@ -349,10 +349,11 @@ def test_the_cli_sweeps_list_values_from_yaml(tmp_path, capsys):
 
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({
-        "model": "test_sweep_store.pathway_sizes", "data": "conftest.pathway_data",
-        "deficit": "test_sweep_store.freeze_b",
-        "windows": {"removal": [1]}, "params": {"sizes": [[1, 2], [3]]}, "metrics": ["test_sweep_store:seen"],
-        "trainer": {"max_epochs": 2, **CPU}, "backend": "serial", "tensorboard": False}))
+        "study": {"model": "test_sweep_store.pathway_sizes", "datamodule": "conftest.pathway_data",
+                  "deficit": "test_sweep_store.freeze_b", "windows": {"removal": [1]},
+                  "params": {"sizes": [[1, 2], [3]]}, "metrics": ["test_sweep_store.seen"],
+                  "trainer": {"max_epochs": 2, **CPU}},
+        "execution": {"backend": "serial"}, "output": {"tensorboard": False}}))
     assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert summary.sizes.tolist() == ["[1, 2]", "[1, 2]", "[3]", "[3]"] and (summary.n_seeds == 1).all()

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lightning_critical import _tensorboard
+from lightning_critical import views
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import audit
 from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, deficit_seed
@@ -163,8 +163,8 @@ def fit(task: Task) -> dict[str, Any]:
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
                                    default_hp_metric=False)
-        _tensorboard.defer_session(logger)  # one session per run, written below with the sweep's values
     trainer = _trainer(task, callbacks, logger)
+    views.of(trainer).hold_session()  # one session per run, written below with the sweep's values
     data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
     branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
     _train(trainer, model, data_kwargs, task.resume_path, branching)
@@ -177,7 +177,7 @@ def fit(task: Task) -> dict[str, Any]:
         audit.save_weights(task.audit_path, model, trainer)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        _tensorboard.write_session(trainer, extra=hparams(task), metrics=final)
+        views.of(trainer).write_session(extra=hparams(task), metrics=final)
         logger.finalize("success")
     if spec.save_model:
         _save_model(model, os.path.join(task.out, "models", f"{task.label}.pt"))
