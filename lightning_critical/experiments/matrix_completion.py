@@ -18,6 +18,10 @@ An "epoch" here is one full-batch SGD step, as in the paper. A switch at epoch `
 ``T`` steps on the pre-training task, then ``continue_epochs`` steps on the target (the paper's
 script takes one more pre-training step, ``T + 1``; the difference is invisible in the figure).
 
+The per-record history (:func:`matrix_completion_trajectories`) is read back from the same
+table: the ensemble runner writes each run's records into its ``log_dir``
+(:func:`switch_history`).
+
 This module runs the studies and returns tables; the theory is :func:`lightning_critical.theory.switch_theory`,
 the figures are :mod:`lightning_critical.plots.matrix_completion`, files are written by
 :mod:`lightning_critical._output` and the command line is ``lightning-critical matrix-completion``
@@ -216,8 +220,8 @@ def matrix_completion_parameter_sweep(
     that many values at once in the engine's worker processes (each single-threaded, one per
     core is best); the results are identical to ``processes=1``. ``out``: keep the sweep's
     directory there (resumable: finished values are not retrained); by default a temporary
-    one. Other keywords: those of :func:`matrix_completion_sweep` (``progress``, ``logger`` and
-    ``return_history`` are not available here).
+    one. Other keywords: those of :func:`matrix_completion_sweep` (``progress``, ``logger``,
+    ``return_history`` and ``tensorboard`` are not available here).
 
     Example::
 
