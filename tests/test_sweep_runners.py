@@ -171,15 +171,20 @@ def test_ensemble_runner_writes_each_runs_history_and_tensorboard_logs(tmp_path,
                          runner=lc.sweep.FactorizationEnsembleRunner(sgd_steps_per_epoch=10))
     where = "tensorboard" if tensorboard is None else "runs"  # None: on, the runner supports it
     assert table["log_dir"].tolist() == [str(tmp_path / where / label) for label in table["label"]]
-    for log_dir, steps, loss in zip(table["log_dir"], table["sgd_steps"], table["test_loss"], strict=True):
-        hist = read_history(os.path.join(log_dir, HISTORY_FILE))
+    for row in table.itertuples():
+        hist = read_history(os.path.join(row.log_dir, HISTORY_FILE))
         losses = hist[hist.metric == "test_loss"]
-        assert losses["step"].tolist() == list(range(0, int(steps) + 1, 10))
-        assert losses["value"].iloc[-1] == loss  # the table's final metric is the history's last record
-        assert lc.plots.load_run(log_dir).spectral["metric"].nunique() == 4  # `lightning-critical plot` reads it
+        assert losses["step"].tolist() == list(range(0, int(row.sgd_steps) + 1, 10))
+        assert losses["value"].iloc[-1] == row.test_loss  # the table's final metric is the history's last record
+        run = lc.plots.load_run(row.log_dir)  # what `lightning-critical plot` reads
+        assert run.spectral["metric"].nunique() == 4
+        switches = [(0, "target")] if row.baseline else [(0, "pretrain"), (int(row.window_end), "target")]
+        assert run.switches == {"datamodule": switches}
         if tensorboard is None:
-            scalars = read_tensorboard(log_dir).Scalars("test_loss")
+            events = read_tensorboard(row.log_dir)
+            assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")  # the run's session
+            scalars = events.Scalars("test_loss")
             assert [e.step for e in scalars] == losses["step"].tolist()
             np.testing.assert_allclose([e.value for e in scalars], losses["value"], rtol=1e-6)
         else:
-            assert not any(name.startswith("events") for name in os.listdir(log_dir))
+            assert not any(name.startswith("events") for name in os.listdir(row.log_dir))

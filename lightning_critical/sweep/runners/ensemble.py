@@ -32,7 +32,9 @@ logs (``tensorboard=True``, or ``None``: this runner supports it), else ``<out>/
 The record's ``log_dir`` (a column of the table) names that directory, so the trajectories are
 a function of the table. With TensorBoard the same records are scalars there (``test_loss``,
 ``train_loss``, ``task``, ``singular_values/<i>`` at their SGD step) with the run's HParams
-session (its window, seed, swept values; its finite final metrics as ``final/<name>``).
+session (its window, seed, swept values; its finite final metrics as ``final/<name>``). Every
+run's directory also holds its ``schedule.json`` (:mod:`lightning_critical.schedule_file`: its
+task switches in SGD steps), so ``lc.plots.load_run`` and ``lightning-critical plot`` mark them.
 
 Example (three switch epochs, one ensemble)::
 
@@ -73,6 +75,7 @@ from lightning_critical.history import History, Record
 from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
 from lightning_critical.models.matrix_factorization import DeepMatrixFactorization
 from lightning_critical.schedule import largest_common_divisor
+from lightning_critical.schedule_file import switch_steps, write_schedule
 from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
 from lightning_critical.sweep.runners.base import envelope
 from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, hparams
@@ -135,11 +138,13 @@ class FactorizationEnsembleRunner:
     def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
         """The fields of each task's record: its metrics and log directory, or a fatal error naming what the
         ensemble produced."""
-        ensemble = self._fit(tasks)
+        ensemble, schedules = self._fit(tasks)
         rows = ensemble.final_metrics().to_dict("records")
         out = [self._fields(task.spec.metrics, row) for task, row in zip(tasks, rows, strict=True)]
         for member, (task, fields) in enumerate(zip(tasks, out, strict=True)):
-            fields["log_dir"] = write_logs(task, ensemble.member_records(member), fields.get("metrics", {}))
+            log_dir = write_logs(task, ensemble.member_records(member), fields.get("metrics", {}))
+            write_schedule(log_dir, _schedule_file(task, ensemble.task_names, schedules[member]))
+            fields["log_dir"] = log_dir
         return out
 
     def _fields(self, metrics: list[Any], row: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +162,8 @@ class FactorizationEnsembleRunner:
         return {"metrics": {m: float(row[m]) for m in metrics}, "global_step": int(row["sgd_steps"])}
 
     # -- one ensemble ----------------------------------------------------------------------
-    def _fit(self, tasks: list[Any]) -> FactorizationEnsemble:
+    def _fit(self, tasks: list[Any]) -> tuple[FactorizationEnsemble, list[dict[int, str]]]:
+        """The ensemble of ``tasks``, trained, and each member's ``{SGD step: task}`` schedule."""
         spec, first = tasks[0].spec, tasks[0].run
         pl.seed_everything(first.seed, verbose=False)
         model = build_model(spec, first)
@@ -187,7 +193,7 @@ class FactorizationEnsembleRunner:
         kwargs = {**QUIET_TRAINER, **{key: v for key, v in spec.trainer.items() if key != "logger"}}
         kwargs.update(max_epochs=ensemble.max_epochs, callbacks=switches, logger=False, enable_checkpointing=False)
         pl.Trainer(**kwargs).fit(ensemble, datamodule=dm)
-        return ensemble
+        return ensemble, schedules
 
     @staticmethod
     def _schedule(spec: Any, task: Any, base: str, task_switch: Any) -> dict[int, str]:
@@ -238,3 +244,13 @@ def _tensorboard(task: Any, records: list[Record], final: dict[str, float]) -> N
         logger.log_metrics(scalars, step=step)
     logger.log_hyperparams(hparams(task), {f"final/{k}": v for k, v in final.items() if math.isfinite(v)})
     logger.finalize("success")
+
+
+def _schedule_file(task: Any, names: Sequence[str], schedule: dict[int, str]) -> dict[str, Any]:
+    """The run's ``schedule.json`` (:mod:`lightning_critical.schedule_file`): its task switches, in SGD steps."""
+    steps = switch_steps(schedule, "epoch", None, 1, last_step=task.epochs)
+    entry = {"target": "datamodule", "tasks": list(names), "unit": "epoch", "initial": schedule[0],
+             "schedule": [{"at": t, "task": name} for t, name in schedule.items() if t > 0],
+             "steps": [list(s) for s in steps or ()]}
+    return {"global_step": task.epochs, "epochs": task.epochs, "steps_per_epoch": 1, "seed": task.run.seed,
+            "deficits": [], "tasks": [entry], "run": hparams(task)}
