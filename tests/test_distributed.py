@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -60,7 +60,7 @@ class EveryRankLogger(pl.loggers.Logger):
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        rank = pl.utilities.rank_zero_only.rank
+        rank = cast(Any, pl.utilities.rank_zero_only).rank  # set at run time, not in the stubs
         with open(os.path.join(self.directory, f"keys-rank{rank}.jsonl"), "a") as fh:
             fh.write(json.dumps([step, sorted(metrics)]) + "\n")
 

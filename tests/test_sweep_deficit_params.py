@@ -17,7 +17,7 @@ from lightning_critical.sweep.session import Session
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 
 CPU = {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1}
-QUIET = dict(backend="serial", tensorboard=False, plot=False)
+QUIET: dict[str, Any] = dict(backend="serial", tensorboard=False, plot=False)
 
 
 def pathway_model(seed: int, depth: int = 2) -> Any:

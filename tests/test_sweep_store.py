@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -58,9 +59,10 @@ def odd_metrics(trainer, module):
 
 
 def _sweep(out, **kw):
-    args = dict(model=pathway_model, datamodule=pathway_data, deficit=freeze_b, windows=lc.sweep.removal([1, 2]),
-                metrics=map_norms, trainer={"max_epochs": 3, **CPU}, out=str(out), backend="serial",
-                tensorboard=False, plot=False, progress=False)
+    args: dict[str, Any] = dict(
+        model=pathway_model, datamodule=pathway_data, deficit=freeze_b, windows=lc.sweep.removal([1, 2]),
+        metrics=map_norms, trainer={"max_epochs": 3, **CPU}, out=str(out), backend="serial",
+        tensorboard=False, plot=False, progress=False)
     args.update(kw)
     return lc.sweep.run(**args)
 
