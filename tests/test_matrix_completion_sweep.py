@@ -253,7 +253,8 @@ def _history_fitted_by_hand(depth: int, switch: list[int], cont: int, k: int, **
     """The history as ``matrix_completion_sweep(return_history=True)`` built it before it ran through the engine:
     the ensemble fitted in this process by its own Trainer."""
     ens, dm, switches = build_switch_ensemble(depth, switch, cont, sgd_steps_per_epoch=k, **kw)
-    pl.Trainer(max_epochs=ens.max_epochs, callbacks=switches, devices=1, accelerator="cpu", num_sanity_val_steps=0,
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list[pl.Callback](switches), devices=1, accelerator="cpu",
+               num_sanity_val_steps=0,
                **QUIET).fit(ens, datamodule=dm)
     hist = ens.history()
     members = hist["target"].str.removeprefix("member").astype(int)
@@ -264,7 +265,7 @@ def _history_fitted_by_hand(depth: int, switch: list[int], cont: int, k: int, **
 
 @pytest.mark.parametrize("switch", [[0, 40, 20], [40, 20]])  # the baseline a run of the history, or not
 def test_history_through_the_engine_is_the_history_fitted_by_hand(switch):
-    kw = dict(size=8, n_observed=30, pretrain_rank=3, target_rank=1, lr=2.0, seed=3)
+    kw: dict[str, Any] = dict(size=8, n_observed=30, pretrain_rank=3, target_rank=1, lr=2.0, seed=3)
     results, hist = matrix_completion_sweep(2, switch, 40, sgd_steps_per_epoch=20, return_history=True,
                                             accelerator="cpu", **kw)
     pd.testing.assert_frame_equal(hist, _history_fitted_by_hand(2, switch, 40, 20, **kw), check_exact=True)
@@ -277,7 +278,7 @@ def test_history_files_and_tensorboard_logs_are_in_each_runs_directory(tmp_path)
     from lightning_critical.history import read_history
     from lightning_critical.sweep.runners.ensemble import HISTORY_FILE
 
-    kw = dict(size=6, n_observed=20, pretrain_rank=2, target_rank=1, lr=2.0)
+    kw: dict[str, Any] = dict(size=6, n_observed=20, pretrain_rank=2, target_rank=1, lr=2.0)
     _, hist = matrix_completion_sweep(1, [0, 10], 10, return_history=True, out=tmp_path, tensorboard=True, **kw)
     table = lc.sweep.load(str(tmp_path))
     assert all(d.startswith(str(tmp_path / "tensorboard")) for d in table["log_dir"])
@@ -291,7 +292,7 @@ def test_history_files_and_tensorboard_logs_are_in_each_runs_directory(tmp_path)
 
 
 def test_a_logger_is_deprecated_and_gets_the_test_losses(tmp_path):
-    kw = dict(size=6, n_observed=20, pretrain_rank=2, target_rank=1, lr=2.0)
+    kw: dict[str, Any] = dict(size=6, n_observed=20, pretrain_rank=2, target_rank=1, lr=2.0)
     logger = pl.loggers.CSVLogger(str(tmp_path), name="mc", version=0)
     with pytest.warns(DeprecationWarning, match=r"logger=\.\.\.\) is deprecated"):
         results = matrix_completion_sweep(1, [10, 0], 10, sgd_steps_per_epoch=5, logger=logger, **kw)
