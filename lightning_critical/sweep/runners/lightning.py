@@ -117,8 +117,30 @@ def read_metrics(metrics: Any, trainer: pl.Trainer, module: pl.LightningModule,
     return values
 
 
+SWEEP_AXES = ("window_start", "window_end", "seed")
+"""The HParams columns a sweep's view leads with (then the swept values): see :func:`hparams_columns`."""
+
+SWEEP_BOOKKEEPING = ("window", "unit", "baseline", "sweep", "epochs", "run_id", "branch_epoch")
+"""The HParams columns a sweep's view ends with."""
+
+
+def hparams_columns(params: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(lead, last)`` of :func:`lightning_critical.views.finish_sweep` for a sweep of the swept ``params``.
+
+    Example::
+
+        >>> hparams_columns(["lr"])[0]
+        ['window_start', 'window_end', 'seed', 'lr']
+    """
+    return [*SWEEP_AXES, *params], list(SWEEP_BOOKKEEPING)
+
+
 def hparams(task: Task) -> dict[str, Any]:
-    """The values that tell one run from another, as TensorBoard hparams (window bounds -1 for the baseline)."""
+    """The values that tell one run from another, as TensorBoard hparams (window bounds -1 for the baseline).
+
+    The run's view adds the module's hyperparameters (``model/<name>``) and the deficits' and
+    tasks' descriptions; :func:`hparams_columns` orders them.
+    """
     run = task.run
     windows = run.windows
     out: dict[str, Any] = {
@@ -177,7 +199,7 @@ def fit(task: Task) -> dict[str, Any]:
         audit.save_weights(task.audit_path, model, trainer)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        views.of(trainer).write_session(extra=hparams(task), metrics=final)
+        views.of(trainer).write_session(extra=hparams(task), metrics=final, sweep=True)
         logger.finalize("success")
     if spec.save_model:
         _save_model(model, os.path.join(task.out, "models", f"{task.label}.pt"))
