@@ -18,7 +18,10 @@ holds it) keeps the state TensorBoard needs between calls:
   indicator itself (:func:`indicator_chart`): TensorBoard never smooths margin charts, so that
   one is exact at any smoothing.
 * **Custom-scalars layout**: TensorBoard shows one layout per run directory (the last one
-  written), so :meth:`TensorBoardView.add_charts` keeps the run's whole layout and rewrites it.
+  written), so :meth:`TensorBoardView.add_charts` keeps the run's whole layout and rewrites it,
+  categories in reading order (deficits and tasks, reliance, ..., the spectral ones closed:
+  :mod:`lightning_critical._tensorboard_layout`). Reliance series (``reliance/...``) get one
+  chart each, singular values one chart per target and leading value: a line per run in a sweep.
 * **Series runs**: TensorBoard colours lines by *run*, so overlaying pathway a, pathway b and
   their theory in one chart needs one run per series. :meth:`TensorBoardView.log_series` writes
   ``mode_strength/mode_<a>`` into sub-runs ``modes/<map>`` and ``modes/<map>_theory`` of the
@@ -27,7 +30,8 @@ holds it) keeps the state TensorBoard needs between calls:
 * **Histograms**: the singular values of every target at every record.
 * **HParams**: the run's one session (:meth:`TensorBoardView.write_session`), whose content the
   view decides (the module's hyperparameters, what every callback adds, ``final/<name>``
-  metrics).
+  metrics). A sweep's runs write theirs alone, and :func:`write_sweep_view` gives the sweep one
+  experiment and one layout at its root (:mod:`lightning_critical._tensorboard_hparams`).
 """
 
 from __future__ import annotations
