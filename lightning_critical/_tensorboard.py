@@ -21,7 +21,7 @@ holds it) keeps the state TensorBoard needs between calls:
   written), so :meth:`TensorBoardView.add_charts` keeps the run's whole layout and rewrites it,
   categories in reading order (deficits and tasks, reliance, ..., the spectral ones closed:
   :mod:`lightning_critical._tensorboard_layout`). Reliance series (``reliance/...``) get one
-  chart each, singular values one chart per target and leading value: a line per run in a sweep.
+  chart each (a line per run in a sweep); a sweep's runs chart each leading singular value alone.
 * **Series runs**: TensorBoard colours lines by *run*, so overlaying pathway a, pathway b and
   their theory in one chart needs one run per series. :meth:`TensorBoardView.log_series` writes
   ``mode_strength/mode_<a>`` into sub-runs ``modes/<map>`` and ``modes/<map>_theory`` of the
@@ -161,6 +161,7 @@ class TensorBoardView:
     def __init__(self) -> None:
         self._layouts: dict[Any, Layout] = {}  # writer -> the layout of its run directory
         self._series: dict[Any, dict[str, Any]] = {}  # writer -> {sub-run: its SummaryWriter}
+        self.one_of_many = False  # a sweep's run: charts whose lines are runs (set by the sweep, before fit)
 
     def layout(self, writer: Any) -> Layout:
         """The layout written so far to ``writer``'s run directory."""
@@ -194,8 +195,9 @@ class TensorBoardView:
         theory: Mapping[str, Collection[str]],
     ) -> None:
         """The spectral monitor's charts, in closed categories: one per mode overlaying every map's ``K``
-        (and its theory) as separate runs (see :meth:`log_series`), one per target and leading singular
-        value (and its theory): a line per run, so a sweep's chart stays readable.
+        (and its theory) as separate runs (see :meth:`log_series`), one per target overlaying its top
+        ``singular_values`` (and theory); in a sweep's run (:attr:`one_of_many`) one per target and
+        leading value instead: a line per run, so a sweep's chart stays readable.
 
         ``modes``: how many modes are recorded (0: none); ``singular_values``: how many leading values
         are logged (0: none); ``theory``: ``{metric: targets with a theory}``.
@@ -211,6 +213,12 @@ class TensorBoardView:
         if singular_values:
             charts = {}
             for m in [*maps, *[t for t in targets if t not in maps]]:
+                if not self.one_of_many:
+                    tags = [f"^singular_values/{re.escape(m)}/\\d+$"]
+                    if m in theory_s:
+                        tags.append(f"^theory/singular_values/{re.escape(m)}/\\d+$")
+                    charts[f"{m} (top {singular_values})"] = ["Multiline", tags]
+                    continue
                 for i in range(singular_values):
                     tags = [exact(f"singular_values/{m}/{i}")]
                     if m in theory_s:

@@ -222,9 +222,14 @@ class RunView:
         self._placeholder.restore()
         self._users, self._open = [], False
 
-    def hold_session(self) -> None:
-        """Leave the HParams session to the caller, who writes it with :meth:`write_session` after ``fit``."""
+    def hold_session(self, sweep: bool = False) -> None:
+        """Leave the HParams session to the caller, who writes it with :meth:`write_session` after ``fit``.
+
+        ``sweep``: the run is one of a sweep (call before ``fit``): its charts are those whose lines
+        are runs (one per target and leading singular value, not a target's top values together).
+        """
         self._held = True
+        self.tensorboard.one_of_many = sweep
 
     def write_session(self, extra: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
                       sweep: bool = False) -> None:

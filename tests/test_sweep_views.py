@@ -166,7 +166,7 @@ def test_custom_scalars_open_on_deficits_and_reliance_with_spectra_closed(sweep_
     assert titles == [("deficits and tasks", False), ("reliance", False), ("singular values", True)]
     reliance = {c["title"]: c["multiline"]["tag"] for c in layout["category"][1]["chart"]}
     assert reliance == {f"reliance/ablation/{x}": [f"^reliance/ablation/{x}$"] for x in "ab"}  # a line per run
-    singular = [c["title"] for c in layout["category"][2]["chart"]]
+    singular = [c["title"] for c in layout["category"][2]["chart"]]  # a line per run (a single run: top 2 together)
     assert singular == ["a.weight: singular value 1", "a.weight: singular value 2",
                         "b.weight: singular value 1", "b.weight: singular value 2"]
 

@@ -1,7 +1,8 @@
-"""Click a TensorBoard HParams sub-tab through the Chrome DevTools protocol and screenshot it.
+"""Click a TensorBoard HParams sub-tab (or open a collapsed custom-scalars category) and screenshot it.
 
-The HParams dashboard keeps its sub-tab out of the URL, so ``chromium --screenshot`` only ever
-shows the table. Usage (TensorBoard on port 6006, chromium on the path, aiohttp installed)::
+The HParams dashboard keeps its sub-tab out of the URL, and a closed custom-scalars category
+stays closed, so ``chromium --screenshot`` alone cannot show them; this drives Chromium through
+the Chrome DevTools protocol. Usage (TensorBoard on port 6006, chromium on the path, aiohttp installed)::
 
     python shoot_hparams_tab.py "http://localhost:6006/#hparams" "Parallel Coordinates View" out.png 2000 1000
 """
@@ -11,12 +12,15 @@ import aiohttp
 URL, TAB, OUT, W, H = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 proc = subprocess.Popen(["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--remote-debugging-port=9333",
                          f"--window-size={W},{H}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# A tab of that name is clicked; a (custom-scalars) category pane of that name is opened.
 FIND = """
-(() => { const seen = []; const walk = (root) => { for (const el of root.querySelectorAll('*')) {
-  if (el.tagName === 'PAPER-TAB' && el.textContent.trim().toLowerCase() === %s) seen.push(el);
+(() => { const tabs = [], panes = []; const walk = (root) => { for (const el of root.querySelectorAll('*')) {
+  if (el.tagName === 'PAPER-TAB' && el.textContent.trim().toLowerCase() === %s) tabs.push(el);
+  if (el.category && el.category.name === %s && 'opened' in el) panes.push(el);
   if (el.shadowRoot) walk(el.shadowRoot); } }; walk(document);
-  if (seen.length) { seen[0].click(); return true; } return false; })()
-""" % json.dumps(TAB.lower())
+  if (tabs.length) { tabs[0].click(); return 'tab'; }
+  if (panes.length) { panes[0].opened = true; return 'pane'; } return false; })()
+""" % (json.dumps(TAB.lower()), json.dumps(TAB))
 
 async def main():
     async with aiohttp.ClientSession() as http:

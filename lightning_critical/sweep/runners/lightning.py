@@ -186,7 +186,7 @@ def fit(task: Task) -> dict[str, Any]:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
                                    default_hp_metric=False)
     trainer = _trainer(task, callbacks, logger)
-    views.of(trainer).hold_session()  # one session per run, written below with the sweep's values
+    views.of(trainer).hold_session(sweep=True)  # one session per run, written below with the sweep's values
     data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
     branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
     _train(trainer, model, data_kwargs, task.resume_path, branching)
