@@ -271,8 +271,7 @@ class TensorBoardView:
             for tag, v in values.items():
                 writer.add_histogram(tag, v.float().cpu(), step)
 
-    @staticmethod
-    def write_session(trainer: pl.Trainer, params: Mapping[str, Any], metrics: Mapping[str, float],
+    def write_session(self, trainer: pl.Trainer, params: Mapping[str, Any], metrics: Mapping[str, float],
                       sweep: bool = False) -> None:
         """Write the run's HParams session: the logger's own hparams (the module's), then ``params``; ``metrics``
         are its hparam metrics (also logged as scalars at the last step). TensorBoard shows no session
@@ -280,14 +279,16 @@ class TensorBoardView:
 
         ``sweep``: the run is one of a sweep, whose experiment (its columns) is written once at its
         root (:func:`~lightning_critical._tensorboard_hparams.complete_sweep`): the session goes alone
-        into the run's :data:`~lightning_critical._tensorboard_hparams.SESSION_FILE`.
+        into the run's :data:`~lightning_critical._tensorboard_hparams.SESSION_FILE`, with the run's layout.
         """
         step = int(trainer.global_step)
         for logger in tensorboard_loggers(trainer):
             own = {k: v for k, v in dict(getattr(logger, "hparams", {}) or {}).items() if k != "_class_path"}
             if sweep:
                 logger.log_hyperparams({**own, **params}, metrics={})  # hparams.yaml; no summary without metrics
-                hparams_files.write_run_session(str(logger.log_dir), {**own, **params}, metrics, step)
+                layout = self._layouts.get(logger.experiment)
+                hparams_files.write_run_session(str(logger.log_dir), {**own, **params}, metrics, step,
+                                                layout=layout_summary(layout) if layout else None)
             else:
                 logger.log_hyperparams({**own, **params}, metrics=dict(metrics), step=step)
             logger.save()
@@ -308,7 +309,7 @@ def write_sweep_view(root: str, lead: Sequence[str], last: Sequence[str]) -> str
     experiment = hparams_files.complete_sweep(root, lead, last)
     if experiment is not None:
         summaries.append(experiment)
-    layout = sweep_layout(root)
+    layout = sweep_layout(root, hparams_files.SESSION_FILE)  # the runs' layouts, kept in their session files
     if layout is not None:
         summaries.append(proto_summary(layout))
     return hparams_files.write_sweep_file(root, summaries)

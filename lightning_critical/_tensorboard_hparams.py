@@ -9,9 +9,9 @@ shows whichever run TensorBoard reads first (at sweep scale: a baseline, without
 columns), alphabetically (``baseline``, ``branch_epoch``, ``epochs``, ...).
 
 So a sweep's runs write their session alone (:func:`write_run_session`: session start, the
-``final/<name>`` metrics as scalars, session end; no experiment) into a file of their own,
-:data:`SESSION_FILE`, and once every run has finished :func:`complete_sweep` gives the sweep one
-view:
+``final/<name>`` metrics as scalars, session end, the run's custom-scalars layout; no experiment)
+into a small file of their own, :data:`SESSION_FILE`, and once every run has finished
+:func:`complete_sweep` gives the sweep one view, reading those files only:
 
 * the **columns**, in the order :func:`column_order` gives (the sweep's axes first: window
   start and end, seed, swept values; the deficits' and tasks' descriptions; ``model/<name>``;
@@ -37,6 +37,8 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from lightning_critical._tensorboard_layout import CONFIG_TAG as LAYOUT_TAG
 
 SESSION_FILE = "events.out.tfevents.9999999999.hparams-session"
 """A sweep run's HParams session (name sorting after the run's own event files: a running TensorBoard reads it)."""
@@ -133,9 +135,11 @@ def _write_events(path: str, summaries: Iterable[tuple[int, Any]]) -> str:
 
 
 def write_run_session(log_dir: str, params: Mapping[str, Value], metrics: Mapping[str, float], step: int,
-                      names: Mapping[str, str] | None = None) -> str:
+                      names: Mapping[str, str] | None = None, layout: Any = None) -> str:
     """Write one run's session into ``<log_dir>/SESSION_FILE`` (replaced whole): its start with ``params``,
-    ``metrics`` as scalars at ``step``, its end. ``names``: ``{key: column name}`` (default: the keys)."""
+    ``metrics`` as scalars at ``step``, its end. ``names``: ``{key: column name}`` (default: the keys);
+    ``layout``: the run's custom-scalars layout ``Summary``, kept beside it so that the sweep reads
+    small files only (:func:`~lightning_critical._tensorboard_layout.sweep_layout`)."""
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -149,11 +153,16 @@ def write_run_session(log_dir: str, params: Mapping[str, Value], metrics: Mappin
     summaries += [(step, Summary(value=[Summary.Value(tag=k, simple_value=float(v))])) for k, v in metrics.items()]
     summaries.append((step, _hparams_value(metadata.SESSION_END_INFO_TAG,
                                            plugin_data_pb2.HParamsPluginData(session_end_info=end))))
+    if layout is not None:
+        summaries.append((step, layout))
     return _write_events(os.path.join(log_dir, SESSION_FILE), summaries)
 
 
 def read_run_session(log_dir: str) -> tuple[dict[str, Value], dict[str, float], int] | None:
-    """What :func:`write_run_session` wrote in ``log_dir``: ``(params by key, metrics, step)``; ``None`` if nothing."""
+    """What :func:`write_run_session` wrote in ``log_dir``: ``(params by key, metrics, step)``; ``None`` if nothing.
+
+    (Its layout, if any: :func:`session_layout`.)
+    """
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import metadata
 
@@ -169,9 +178,23 @@ def read_run_session(log_dir: str) -> tuple[dict[str, Value], dict[str, float], 
                 start = metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
                 params = {key_of(k): getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
                 step = event.step
-            elif not value.tag.startswith("_hparams_/"):
+            elif not value.tag.startswith("_hparams_/") and value.tag != LAYOUT_TAG:
                 metrics[value.tag] = _scalar(value)
     return params, metrics, step
+
+
+def session_layout(log_dir: str) -> Any | None:
+    """The custom-scalars layout ``Summary`` kept in ``log_dir``'s :data:`SESSION_FILE`, or ``None``."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    path = os.path.join(log_dir, SESSION_FILE)
+    found = None
+    for raw in RawEventFileLoader(path).Load() if os.path.isfile(path) else []:
+        event = event_pb2.Event.FromString(raw)  # as written: the loader would migrate the layout's tensor
+        if any(v.tag == LAYOUT_TAG for v in event.summary.value):
+            found = event.summary
+    return found
 
 
 def _scalar(value: Any) -> float:
@@ -235,7 +258,7 @@ def complete_sweep(root: str, lead: Sequence[str], last: Sequence[str]) -> Any |
         full = {k: params.get(k, -1 if k in numeric else NONE) for k in columns}
         for key in set(full) - set(params):
             values[key].append(full[key])
-        write_run_session(log_dir, full, metrics, step, names)
+        write_run_session(log_dir, full, metrics, step, names, session_layout(log_dir))
     metric_names = list(dict.fromkeys(m for _, metrics, _ in sessions.values() for m in metrics))
     return experiment_summary(columns, names, values, lead, metric_names)
 

@@ -85,13 +85,13 @@ def layout_summary(layout: Layout) -> Any:
     return proto_summary(layout_proto(layout))
 
 
-def read_layout(run_dir: str) -> Any | None:
-    """The last layout proto written to the event files of ``run_dir`` (what TensorBoard shows), or ``None``."""
+def read_layout(run_dir: str, files: str = "events.out.tfevents.*") -> Any | None:
+    """The last layout proto written to the event ``files`` of ``run_dir`` (what TensorBoard shows), or ``None``."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     found = None
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+    for path in sorted(glob.glob(os.path.join(run_dir, files))):
         for event in EventFileLoader(path).Load():
             for value in event.summary.value:
                 if value.tag == CONFIG_TAG:
@@ -99,14 +99,16 @@ def read_layout(run_dir: str) -> Any | None:
     return None if found is None else layout_pb2.Layout.FromString(found)
 
 
-def sweep_layout(root: str) -> Any | None:
+def sweep_layout(root: str, files: str = "events.out.tfevents.*") -> Any | None:
     """One layout proto merging the last layout of every run directory under ``root`` (in the runs' name order,
-    charts deduplicated), categories ordered and :data:`CLOSED` closed; ``None`` if no run has one."""
+    charts deduplicated), categories ordered and :data:`CLOSED` closed; ``None`` if no run has one.
+    ``files``: the event files read in each run directory (a sweep's runs keep their layout in
+    their small session file)."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     categories: dict[str, list[Any]] = {}
-    for run_dir in sorted({os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "events.out.tfevents.*"))}):
-        layout = read_layout(run_dir)
+    for run_dir in sorted({os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", files))}):
+        layout = read_layout(run_dir, files)
         for category in layout.category if layout is not None else []:
             charts = categories.setdefault(category.title, [])
             charts.extend(c for c in category.chart if c not in charts)

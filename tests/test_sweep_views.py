@@ -160,6 +160,8 @@ def test_the_dashboard_lists_every_run_with_its_final_metric(sweep):
 def test_custom_scalars_open_on_deficits_and_reliance_with_spectra_closed(sweep_root):
     from tensorboard.plugins.custom_scalar import custom_scalars_plugin
 
+    runs = sessions(sweep_root)
+    assert all(_tensorboard_hparams.session_layout(os.path.join(sweep_root, run)) for run in runs)  # read at the end
     tb, request = _tensorboard_context(sweep_root)
     layout = json.loads(custom_scalars_plugin.CustomScalarsPlugin(tb).layout_impl(request, ""))  # what the tab draws
     titles = [(c["title"], bool(c.get("closed"))) for c in layout["category"]]
