@@ -18,7 +18,10 @@ holds it) keeps the state TensorBoard needs between calls:
   indicator itself (:func:`indicator_chart`): TensorBoard never smooths margin charts, so that
   one is exact at any smoothing.
 * **Custom-scalars layout**: TensorBoard shows one layout per run directory (the last one
-  written), so :meth:`TensorBoardView.add_charts` keeps the run's whole layout and rewrites it.
+  written), so :meth:`TensorBoardView.add_charts` keeps the run's whole layout and rewrites it,
+  categories in reading order (deficits and tasks, reliance, ..., the spectral ones closed:
+  :mod:`lightning_critical._tensorboard_layout`). Reliance series (``reliance/...``) get one
+  chart each (a line per run in a sweep); a sweep's runs chart each leading singular value alone.
 * **Series runs**: TensorBoard colours lines by *run*, so overlaying pathway a, pathway b and
   their theory in one chart needs one run per series. :meth:`TensorBoardView.log_series` writes
   ``mode_strength/mode_<a>`` into sub-runs ``modes/<map>`` and ``modes/<map>_theory`` of the
@@ -27,7 +30,8 @@ holds it) keeps the state TensorBoard needs between calls:
 * **Histograms**: the singular values of every target at every record.
 * **HParams**: the run's one session (:meth:`TensorBoardView.write_session`), whose content the
   view decides (the module's hyperparameters, what every callback adds, ``final/<name>``
-  metrics).
+  metrics). A sweep's runs write theirs alone, and :func:`write_sweep_view` gives the sweep one
+  experiment and one layout at its root (:mod:`lightning_critical._tensorboard_hparams`).
 """
 
 from __future__ import annotations
@@ -39,21 +43,30 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_critical import _tensorboard_hparams as hparams_files
 from lightning_critical._lightning import tensorboard_loggers, tensorboard_writers
 from lightning_critical._namespace import pl
+from lightning_critical._tensorboard_layout import (
+    DEFICITS_CATEGORY,
+    MODES_CATEGORY,
+    RELIANCE_CATEGORY,
+    SINGULAR_VALUES_CATEGORY,
+    Chart,
+    Layout,
+    layout_summary,
+    proto_summary,
+    sweep_layout,
+)
 
 EDGE_STEPS = 100
 """Points logged at every step after a change of an indicator: the smoothed curve settles within
 ``EDGE_STEPS`` points for smoothing up to about 0.95 (0.95 ** 100 < 0.01)."""
 
-DEFICITS_CATEGORY = "deficits and tasks"
 DEFICITS_CHART = "deficit active (1) or not (0); task index"
 INDICATORS_CHART: list[Any] = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
 
-Chart = list[Any]  # ["Multiline", [tag regexes]] or ["Margin", [[value, lower, upper], ...]]
-Layout = dict[str, dict[str, Chart]]
-
 _MODE_KEY = re.compile(r"^(theory/)?mode_strength/(.+)/(\d+)$")
+_RELIANCE_KEY = re.compile(r"^reliance/.+$")
 
 
 class StepSeries:
@@ -148,6 +161,7 @@ class TensorBoardView:
     def __init__(self) -> None:
         self._layouts: dict[Any, Layout] = {}  # writer -> the layout of its run directory
         self._series: dict[Any, dict[str, Any]] = {}  # writer -> {sub-run: its SummaryWriter}
+        self.one_of_many = False  # a sweep's run: charts whose lines are runs (set by the sweep, before fit)
 
     def layout(self, writer: Any) -> Layout:
         """The layout written so far to ``writer``'s run directory."""
@@ -169,8 +183,8 @@ class TensorBoardView:
                     if known.get(title) != chart:
                         known[title] = chart
                         changed = True
-            if changed:
-                writer.add_custom_scalars({c: dict(charts) for c, charts in merged.items() if charts})
+            if changed:  # ordered, the spectral categories closed (_tensorboard_layout)
+                writer._get_file_writer().add_summary(layout_summary(merged))
 
     def add_indicator_charts(self, trainer: pl.Trainer, tag: str, note: str = "") -> None:
         """Chart the indicator ``tag`` in the category ``deficits and tasks``: beside the others, and unsmoothed."""
@@ -180,9 +194,10 @@ class TensorBoardView:
         self, trainer: pl.Trainer, maps: Sequence[str], targets: Sequence[str], modes: int, singular_values: int,
         theory: Mapping[str, Collection[str]],
     ) -> None:
-        """The spectral monitor's charts: one per mode overlaying every map's ``K`` (and its theory) as
-        separate runs (see :meth:`log_series`), one per target overlaying its top ``singular_values``
-        (and theory).
+        """The spectral monitor's charts, in closed categories: one per mode overlaying every map's ``K``
+        (and its theory) as separate runs (see :meth:`log_series`), one per target overlaying its top
+        ``singular_values`` (and theory); in a sweep's run (:attr:`one_of_many`) one per target and
+        leading value instead: a line per run, so a sweep's chart stays readable.
 
         ``modes``: how many modes are recorded (0: none); ``singular_values``: how many leading values
         are logged (0: none); ``theory``: ``{metric: targets with a theory}``.
@@ -191,18 +206,26 @@ class TensorBoardView:
         theory_k = theory.get("mode_strength", ())
         if modes and maps:
             series = ", ".join([*maps, *[f"{m}_theory" for m in maps if m in theory_k]])
-            layout["mode strength"] = {
+            layout[MODES_CATEGORY] = {
                 f"mode {a}: {series}": ["Multiline", [exact(f"mode_strength/mode_{a}")]] for a in range(modes)
             }
         theory_s = theory.get("singular_values", ())
         if singular_values:
             charts = {}
             for m in [*maps, *[t for t in targets if t not in maps]]:
-                tags = [f"^singular_values/{re.escape(m)}/\\d+$"]
-                if m in theory_s:
-                    tags.append(f"^theory/singular_values/{re.escape(m)}/\\d+$")
-                charts[f"{m} (top {singular_values})"] = ["Multiline", tags]
-            layout["singular values"] = charts
+                if not self.one_of_many:
+                    tags = [f"^singular_values/{re.escape(m)}/\\d+$"]
+                    if m in theory_s:
+                        tags.append(f"^theory/singular_values/{re.escape(m)}/\\d+$")
+                    charts[f"{m} (top {singular_values})"] = ["Multiline", tags]
+                    continue
+                for i in range(singular_values):
+                    tags = [exact(f"singular_values/{m}/{i}")]
+                    if m in theory_s:
+                        tags.append(exact(f"theory/singular_values/{m}/{i}"))
+                    charts[f"{m}: singular value {i + 1}" + (" (and theory)" if m in theory_s else "")] = [
+                        "Multiline", tags]
+            layout[SINGULAR_VALUES_CATEGORY] = charts
         self.add_charts(trainer, layout)
 
     # -- one run per series --------------------------------------------------------------
@@ -213,6 +236,9 @@ class TensorBoardView:
         ``<map>_theory``) of every TensorBoard logger's run, so one chart per mode overlays every
         map and its theory in distinct colours.
         """
+        reliance = {key: ["Multiline", [exact(key)]] for key in scalars if _RELIANCE_KEY.match(key)}
+        if reliance:  # one chart per measure and source: a line per run
+            self.add_charts(trainer, {RELIANCE_CATEGORY: reliance})
         by_run: dict[str, dict[str, float]] = {}
         for key, value in scalars.items():
             match = _MODE_KEY.match(key)
@@ -245,17 +271,45 @@ class TensorBoardView:
             for tag, v in values.items():
                 writer.add_histogram(tag, v.float().cpu(), step)
 
-    @staticmethod
-    def write_session(trainer: pl.Trainer, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def write_session(self, trainer: pl.Trainer, params: Mapping[str, Any], metrics: Mapping[str, float],
+                      sweep: bool = False) -> None:
         """Write the run's HParams session: the logger's own hparams (the module's), then ``params``; ``metrics``
         are its hparam metrics (also logged as scalars at the last step). TensorBoard shows no session
-        without a metric: give Lightning's placeholder ``{"hp_metric": -1}`` then."""
+        without a metric: give Lightning's placeholder ``{"hp_metric": -1}`` then.
+
+        ``sweep``: the run is one of a sweep, whose experiment (its columns) is written once at its
+        root (:func:`~lightning_critical._tensorboard_hparams.complete_sweep`): the session goes alone
+        into the run's :data:`~lightning_critical._tensorboard_hparams.SESSION_FILE`, with the run's layout.
+        """
+        step = int(trainer.global_step)
         for logger in tensorboard_loggers(trainer):
             own = {k: v for k, v in dict(getattr(logger, "hparams", {}) or {}).items() if k != "_class_path"}
-            logger.log_hyperparams({**own, **params}, metrics=dict(metrics), step=int(trainer.global_step))
+            if sweep:
+                logger.log_hyperparams({**own, **params}, metrics={})  # hparams.yaml; no summary without metrics
+                layout = self._layouts.get(logger.experiment)
+                hparams_files.write_run_session(str(logger.log_dir), {**own, **params}, metrics, step,
+                                                layout=layout_summary(layout) if layout else None)
+            else:
+                logger.log_hyperparams({**own, **params}, metrics=dict(metrics), step=step)
             logger.save()
 
     @staticmethod
     def present(trainer: pl.Trainer) -> bool:
         """Whether ``trainer`` has a TensorBoard logger on this rank."""
         return bool(tensorboard_loggers(trainer))
+
+
+def write_sweep_view(root: str, lead: Sequence[str], last: Sequence[str]) -> str | None:
+    """The one view of a sweep whose runs log under ``root`` (``<out>/tensorboard``), written at ``root``:
+    the HParams experiment (every run given every column, ``lead`` first and shown, ``last`` last:
+    :func:`~lightning_critical._tensorboard_hparams.complete_sweep`) and the runs' custom-scalars
+    layouts merged, in reading order (:func:`~lightning_critical._tensorboard_layout.sweep_layout`).
+    Returns the file written (``None``: no run to show)."""
+    summaries = []
+    experiment = hparams_files.complete_sweep(root, lead, last)
+    if experiment is not None:
+        summaries.append(experiment)
+    layout = sweep_layout(root, hparams_files.SESSION_FILE)  # the runs' layouts, kept in their session files
+    if layout is not None:
+        summaries.append(proto_summary(layout))
+    return hparams_files.write_sweep_file(root, summaries)

@@ -51,10 +51,10 @@ from lightning_critical._lightning import (
     steps_per_epoch,
 )
 from lightning_critical._namespace import instance_of, pl
-from lightning_critical._tensorboard import StepSeries, TensorBoardView
+from lightning_critical._tensorboard import StepSeries, TensorBoardView, write_sweep_view
 from lightning_critical.schedule import Window
 
-__all__ = ["RunView", "callback_hparams", "final_metrics", "hparam_value", "of"]
+__all__ = ["RunView", "callback_hparams", "final_metrics", "finish_sweep", "hparam_value", "model_hparams", "of"]
 
 _VIEWS: weakref.WeakKeyDictionary[Any, RunView] = weakref.WeakKeyDictionary()
 
@@ -95,6 +95,41 @@ def callback_hparams(trainer: pl.Trainer) -> dict[str, Any]:
         if callable(method):
             out.update({k: hparam_value(v) for k, v in method().items()})
     return out
+
+
+def model_hparams(module: Any, prefix: str = "model/") -> dict[str, Any]:
+    """``module.hparams`` (what ``save_hyperparameters()`` stored), flattened, as ``<prefix><name>`` hparams.
+
+    Example::
+
+        >>> from lightning_critical.models import DeepMatrixFactorization
+        >>> model_hparams(DeepMatrixFactorization(size=4, depth=2))["model/depth"]
+        2
+    """
+    out: dict[str, Any] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                add(f"{name}/{k}", v)
+        elif not name.rsplit("/", 1)[-1].startswith("_"):  # jsonargparse's _class_path, _instantiator
+            out[prefix + name] = hparam_value(value)
+
+    for key, value in dict(getattr(module, "hparams", None) or {}).items():
+        add(str(key), value)
+    return out
+
+
+def finish_sweep(root: str, lead: Sequence[str], last: Sequence[str]) -> str | None:
+    """Give the sweep whose runs logged under ``root`` (``<out>/tensorboard``) one view (TensorBoard's).
+
+    Every run's HParams session gets every column (``"none"`` where a run lacks one: the baseline's
+    deficits), in one order: ``lead`` (the sweep's axes, shown by default), the deficits' and tasks'
+    descriptions, ``model/<name>``, ``last``; the Custom Scalars tab opens on deficits, tasks and
+    reliance, the spectral categories closed. Writes one file at ``root`` and returns its path
+    (``None``: no run wrote a session or layout). See :mod:`lightning_critical._tensorboard_hparams`.
+    """
+    return write_sweep_view(root, lead, last)
 
 
 def final_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -187,26 +222,37 @@ class RunView:
         self._placeholder.restore()
         self._users, self._open = [], False
 
-    def hold_session(self) -> None:
-        """Leave the HParams session to the caller, who writes it with :meth:`write_session` after ``fit``."""
-        self._held = True
+    def hold_session(self, sweep: bool = False) -> None:
+        """Leave the HParams session to the caller, who writes it with :meth:`write_session` after ``fit``.
 
-    def write_session(self, extra: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None) -> None:
+        ``sweep``: the run is one of a sweep (call before ``fit``): its charts are those whose lines
+        are runs (one per target and leading singular value, not a target's top values together).
+        """
+        self._held = True
+        self.tensorboard.one_of_many = sweep
+
+    def write_session(self, extra: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
+                      sweep: bool = False) -> None:
         """Write the run's one HParams session now, with ``extra`` hparams (also recorded as the schedule's ``run``).
 
         Hparams: the module's (on TensorBoard, what Lightning stored on the logger), every callback's
         :func:`callback_hparams`, then ``extra``. Metrics: ``metrics``, else :func:`final_metrics`.
+        ``sweep``: the run is one of a sweep, which gives all its runs one view afterwards
+        (:func:`finish_sweep`): the module's hyperparameters come as ``model/<name>``
+        (:func:`model_hparams`) and TensorBoard gets the session alone, without its own columns.
         """
         self._run = {k: hparam_value(v) for k, v in (extra or {}).items()}
-        self._write_session(self._run, metrics)
+        self._write_session(self._run, metrics, sweep)
         self.write_schedule()
 
-    def _write_session(self, extra: Mapping[str, Any], metrics: Mapping[str, float] | None) -> None:
+    def _write_session(self, extra: Mapping[str, Any], metrics: Mapping[str, float] | None,
+                       sweep: bool = False) -> None:
         trainer = self.trainer
-        params = {**callback_hparams(trainer), **extra}
+        model = model_hparams(trainer.lightning_module) if sweep else {}
+        params = {**model, **callback_hparams(trainer), **extra}
         metrics = dict(final_metrics(trainer) if metrics is None else metrics)
         # TensorBoard shows no session without a metric: a module that logs nothing keeps Lightning's placeholder.
-        self.tensorboard.write_session(trainer, params, metrics or {"hp_metric": -1.0})
+        self.tensorboard.write_session(trainer, params, metrics or {"hp_metric": -1.0}, sweep)
         if params and trainer.is_global_zero:
             for logger in trainer.loggers:
                 if not instance_of(logger, "loggers.TensorBoardLogger"):

@@ -23,6 +23,7 @@ from conftest import map_norms, pathway_data, pathway_model, read_tensorboard
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
+from lightning_critical._tensorboard_hparams import key_of
 from lightning_critical.sweep.spec import RunSpec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -303,7 +304,7 @@ def _hparams(log_dir):
     acc = read_tensorboard(log_dir)
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     data = plugin_data_pb2.HParamsPluginData.FromString(content)
-    return acc, {k: getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()}
+    return acc, {key_of(k): getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()}
 
 
 def test_values_of_mixed_types_in_one_parameter_stay_apart(tmp_path):

@@ -91,6 +91,13 @@ def layout_of(acc: Any) -> dict[str, dict[str, list[Any]]]:
     return {cat.title: {c.title: content(c) for c in cat.chart} for cat in layout_pb2.Layout.FromString(raw).category}
 
 
+def closed_categories(acc: Any) -> set[str]:
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    raw = acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]
+    return {cat.title for cat in layout_pb2.Layout.FromString(raw).category if cat.closed}
+
+
 def hparams_sessions(log_dir: str) -> list[tuple[dict[str, Any], list[str]]]:
     """Every HParams session start in ``log_dir`` (its hparams), with the experiment's metric names."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -169,6 +176,7 @@ def test_user_mlp_gets_filled_singular_value_charts_and_histograms(tmp_path):
         matched = sorted(t for t in scalars if re.search(regex, t))
         assert matched == [f"singular_values/{w}/{i}" for i in range(3)], (regex, matched)
     assert "mode strength" not in layout_of(acc)  # no task basis: no empty mode charts
+    assert closed_categories(acc) == {"singular values"}  # collapsed until clicked
 
 
 def test_mode_strength_charts_overlay_each_map_and_theory_as_separate_runs(tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightning_critical import _namespace
+from lightning_critical import _namespace, views
 from lightning_critical._output import save_figure
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
@@ -48,6 +48,7 @@ from lightning_critical.sweep.plan import Plan, PlanItem, make_plan, schedule_to
 from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import LightningRunner, Task
 from lightning_critical.sweep.runners.isolation import isolated, quiet
+from lightning_critical.sweep.runners.lightning import hparams_columns
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, identity_of, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.study import Execution, Output, Study, check_together
@@ -123,6 +124,9 @@ class Session:
         table = self.table()
         self.clean_up(table)
         self.figure(table)
+        if self.tensorboard:  # one HParams and Custom Scalars view of all the runs
+            lead, last = hparams_columns([k for k, _ in self.combos[0]])
+            views.finish_sweep(os.path.join(self.store.out, "tensorboard"), lead, last)
         return table
 
     # -- 1. the runs and the sweep's identity ----------------------------------------------
