@@ -10,7 +10,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -41,7 +41,7 @@ class HpNet(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(0)
@@ -54,7 +54,8 @@ class FakeReliance(Monitor):
     metric = "reliance"
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Mapping[str, float]:
-        return {"ablation/a": float(pl_module.a.weight.norm()), "ablation/b": float(pl_module.b.weight.norm())}
+        a, b = cast(torch.nn.Linear, pl_module.a), cast(torch.nn.Linear, pl_module.b)
+        return {"ablation/a": float(a.weight.norm()), "ablation/b": float(b.weight.norm())}
 
 
 def _model(seed: int, lr: float) -> HpNet:
