@@ -45,6 +45,19 @@ def run_dir(trainer: pl.Trainer) -> str:
     return str(trainer.default_root_dir)
 
 
+def log_dirs(trainer: pl.Trainer) -> list[str]:
+    """The directories of the trainer's loggers, first logger first, without repeats.
+
+    A logger's ``log_dir`` where it has one (TensorBoard, CSV), else the first logger's
+    ``save_dir`` (W&B, MLflow), else ``default_root_dir``; empty without a logger.
+    """
+    dirs = (getattr(lg, "log_dir", None) for lg in trainer.loggers)
+    found = [str(d) for d in dirs if isinstance(d, (str, os.PathLike))]
+    if not found and trainer.loggers:
+        found = [run_dir(trainer)]
+    return list(dict.fromkeys(found))
+
+
 def history_path(trainer: pl.Trainer, history_file: str | None) -> str | None:
     """Where a monitor's history CSV goes: under the first logger's directory, on rank zero only.
 
@@ -86,10 +99,10 @@ class PlaceholderHpMetric:
     """Keeps Lightning's placeholder HParams session (``hp_metric=-1``) out of one fit, then puts the flag back.
 
     TensorBoard keeps the first session a run directory receives, so the one written at the end
-    of fit (with the run's deficits, schedule and final metrics) must be the only one. A callback
-    that writes that session owns one of these: :meth:`skip` before Lightning's start-of-fit
-    hparams autolog (``setup`` / ``on_fit_start``), :meth:`restore` at ``teardown``, so the
-    user's logger is left as it was. The logger's ``_default_hp_metric`` flag is private:
+    of fit (with the run's deficits, schedule and final metrics) must be the only one. The run's
+    view (:class:`lightning_critical.views.RunView`) owns one of these: :meth:`skip` before
+    Lightning's start-of-fit hparams autolog (``setup`` / ``on_fit_start``), :meth:`restore` when
+    the fit ends, so the user's logger is left as it was. The logger's ``_default_hp_metric`` flag is private:
     ``tests/test_tensorboard_views.py`` fails loudly if a Lightning upgrade renames it.
 
     Example::

@@ -179,8 +179,9 @@ def _plot(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lightning-critical plot",
         description=(
-            "Figures of a run from its log directory: each spectral metric per layer over steps and the Fisher "
-            "trace per layer over epochs (deficit windows shaded), singular-value spectra at chosen steps."
+            "Figures of a run from its log directory (any logger): each spectral metric per layer over steps and "
+            "the Fisher trace per layer over epochs (deficit windows shaded, task switches marked), "
+            "singular-value spectra at chosen steps."
         ),
     )
     parser.add_argument("run_dir", help="the run's log directory, e.g. lightning_logs/version_0")
@@ -189,7 +190,8 @@ def _plot(argv: Sequence[str]) -> int:
     parser.add_argument("--steps", type=int, nargs="+", help="steps of the spectra (default: four, first to last)")
     parser.add_argument("--window", type=_window, action="append", metavar="NAME=START:END",
                         help="a deficit window in optimizer steps, repeatable; replaces the windows read from "
-                             "the deficit/<name> scalars of the run's TensorBoard event file")
+                             "the run's schedule.json (written with any logger; for older runs, the deficit/<name> "
+                             "scalars of its TensorBoard event file)")
     parser.add_argument("--dpi", type=int, default=_output.DPI, help="resolution (default: %(default)s)")
     args = parser.parse_args(list(argv))
     from lightning_critical.plots.runs import plot_run

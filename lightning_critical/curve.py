@@ -85,6 +85,17 @@ def _value_ranks(values: pd.Series) -> pd.Series:
     return keys.map(rank)
 
 
+def _deficit_params(table: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """The ``by`` columns that reach only the deficit: ``attrs["deficit_params"]`` (from the sweep), else the
+    columns missing in every baseline row and given in every other row (a table that lost its attrs)."""
+    if "deficit_params" in table.attrs:
+        return [b for b in by if b in table.attrs["deficit_params"]]
+    base = table["baseline"].astype(bool)
+    if not base.any() or base.all():
+        return []
+    return [b for b in by if table.loc[base, b].isna().all() and table.loc[~base, b].notna().all()]
+
+
 def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, standard error and number of seeds per window (and swept values), with the drop versus the baseline.
 
@@ -93,7 +104,9 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
     (failed or not finished), ``n_nonfinite`` ok with a NaN or infinite metric (a window whose runs
     all failed is a row with a NaN mean). ``drop = baseline mean - mean`` (positive when the
     deficit lowers the metric), ``drop_sem`` its standard error (the two means' errors added in
-    quadrature); the baseline is the no-deficit run with the same swept values.
+    quadrature); the baseline is the no-deficit run with the same swept values, except values that
+    reach only the deficit (``table.attrs["deficit_params"]``, e.g. ``deficit.factor``; missing in
+    the baseline rows): one baseline row serves every one of their values.
 
     Args:
         table: a sweep table (from :func:`lightning_critical.sweep.run` or ``load``).
@@ -137,10 +150,13 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
                      "n_seeds": n, **counts})
         group_keys.append(key[:len(by)])
     out = pd.DataFrame(rows, columns=keys + ["mean", "sem", "n_seeds", *COUNT_COLUMNS])
-    base = {k: row for k, (_, row) in zip(group_keys, out.iterrows(), strict=True) if row["baseline"]}
+    shared = _deficit_params(table, by)
+    keep = [i for i, b in enumerate(by) if b not in shared]  # a baseline serves every value of the shared
+    base = {tuple(k[i] for i in keep): row for k, (_, row) in zip(group_keys, out.iterrows(), strict=True)
+            if row["baseline"]}
     drops, errors = [], []
     for k, (_, row) in zip(group_keys, out.iterrows(), strict=True):
-        ref = base.get(k)
+        ref = base.get(tuple(k[i] for i in keep))
         if ref is None:
             drops.append(math.nan)
             errors.append(math.nan)
@@ -152,11 +168,14 @@ def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] 
     ranks = [f"__rank__{b}" for b in by]
     for name, column in zip(ranks, by, strict=True):
         out[name] = _value_ranks(out[column]) if len(out) else pd.Series(dtype=int)
-    out = out.sort_values(ranks + ["baseline", "window_start", "window_end"],
-                          ascending=[True] * len(by) + [False, True, True], kind="stable")
+    first = [r for r, b in zip(ranks, by, strict=True) if b not in shared]
+    later = [r for r, b in zip(ranks, by, strict=True) if b in shared]  # after the baseline that serves them
+    out = out.sort_values(first + ["baseline"] + later + ["window_start", "window_end"],
+                          ascending=[True] * len(first) + [False] + [True] * (len(later) + 2), kind="stable")
     out = out.drop(columns=ranks).reset_index(drop=True)
     out.attrs.update(metric=metric, **_protocol(table))
     out.attrs["x"] = default_x(out)
+    out.attrs["deficit_params"] = shared
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -40,6 +41,30 @@ class CleanExit(pl.Callback):
         atexit.register(record)
 
 
+class EveryRankLogger(pl.loggers.Logger):
+    """Records the keys each rank logs (Lightning's own loggers write on rank zero only)."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+
+    @property
+    def name(self) -> str:
+        return "every-rank"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        rank = cast(Any, pl.utilities.rank_zero_only).rank  # set at run time, not in the stubs
+        with open(os.path.join(self.directory, f"keys-rank{rank}.jsonl"), "a") as fh:
+            fh.write(json.dumps([step, sorted(metrics)]) + "\n")
+
+
 def assert_clean_exits(record_dir) -> None:
     for rank in (0, 1):
         with open(os.path.join(record_dir, f"exit-rank{rank}.json")) as fh:
@@ -53,7 +78,8 @@ def test_ddp_spawn_freeze_and_monitor(tmp_path):
     before = {k: v.clone() for k, v in model.right.state_dict().items()}
     logger = TensorBoardLogger(str(tmp_path), name="ddp", version="")
     trainer = make_trainer(
-        strategy="ddp_spawn", devices=2, max_epochs=2, logger=logger, deterministic=False,
+        strategy="ddp_spawn", devices=2, max_epochs=2, logger=[logger, EveryRankLogger(str(tmp_path))],
+        deterministic=False,
         callbacks=[CleanExit(str(tmp_path)), lc.PathwayDeficit("right", (0, 2)), lc.SpectralMonitor(every_n_steps=2)],
     )
     trainer.fit(model)
@@ -66,6 +92,13 @@ def test_ddp_spawn_freeze_and_monitor(tmp_path):
     assert history.duplicated(["step", "target", "metric", "index"]).sum() == 0  # rank zero writes alone
     acc = read_tensorboard(logger.log_dir)
     assert "stable_rank/left.0.weight" in acc.Tags()["scalars"]
+    # every rank logs the same indicator and monitor keys at the same steps; rank zero writes the schedule
+    ranks = [[json.loads(line) for line in open(tmp_path / f"keys-rank{r}.jsonl")] for r in (0, 1)]
+    ours = [[(step, keys) for step, keys in rank if any(k.startswith(("deficit/", "stable_rank/")) for k in keys)]
+            for rank in ranks]
+    assert ours[0] == ours[1] and len(ours[0]) > 4
+    with open(os.path.join(logger.log_dir, "schedule.json")) as fh:
+        assert json.load(fh)["deficits"][0]["steps"] == [[0, 4]]
 
 
 def test_ddp_spawn_input_deficit_and_fisher_monitor(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import matplotlib
 import numpy as np
@@ -198,4 +199,4 @@ def test_a_table_without_runs_draws_an_empty_curve_and_says_so(tables):
     empty = tables["removal"].iloc[:0]
     ax = lc.plots.plot_critical_period_curve(empty, "norm_b").axes[0]
     assert ax.get_title().splitlines()[1] == "no finished run with a finite value"
-    assert [len(line.get_xdata()) for line in ax.lines] == [0]
+    assert [len(cast(Sized, line.get_xdata())) for line in ax.lines] == [0]

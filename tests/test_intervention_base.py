@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -35,7 +35,8 @@ class Attenuate(ScheduledIntervention):
 
     def attach(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
         self.attach_calls += 1
-        return [self.register_forward_hook([pl_module.right], lambda mod, args, out: out * self.gain)]
+        right = cast(torch.nn.Module, pl_module.right)
+        return [self.register_forward_hook([right], lambda mod, args, out: out * self.gain)]
 
     @property
     def indicator_key(self) -> str:

@@ -43,7 +43,7 @@ def _import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     modules = {_module_name(p, package): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        parent = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -51,7 +51,7 @@ def _import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative import: climb node.level - 1 packages up
-                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    parts = parent.split(".")[: len(parent.split(".")) - node.level + 1]
                     base = ".".join(parts + ([base] if base else []))
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             graph[name].update(t for t in targets if t in modules and t != name)

@@ -19,6 +19,7 @@ def test_adapter_against_a_real_trainer(tmp_path):
             seen["steps_per_epoch"] = _lightning.steps_per_epoch(trainer)
             seen["writers"] = _lightning.tensorboard_writers(trainer)
             seen["run_dir"] = _lightning.run_dir(trainer)
+            seen["log_dirs"] = _lightning.log_dirs(trainer)
             _lightning.log_scalars(trainer, {"probe/x": 1.5}, step=7)
 
     tb = TensorBoardLogger(str(tmp_path), name="tb", version="")
@@ -27,6 +28,7 @@ def test_adapter_against_a_real_trainer(tmp_path):
     assert seen["steps_per_epoch"] == 2  # 4 batches, accumulating 2
     assert len(seen["writers"]) == 1 and seen["writers"][0] is tb.experiment
     assert seen["run_dir"] == tb.log_dir
+    assert seen["log_dirs"] == [tb.log_dir, csv.log_dir]
     assert "probe/x" in open(f"{csv.log_dir}/metrics.csv").read()
 
 

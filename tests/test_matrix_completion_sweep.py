@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pandas as pd
@@ -246,3 +247,57 @@ def test_ensemble_fit_raises_no_optimizer_warning(recwarn):
     assert ens.configure_optimizers() == []
     pl.Trainer(max_epochs=ens.max_epochs, callbacks=list(switches), **QUIET).fit(ens, datamodule=dm)
     assert not [w for w in recwarn if "configure_optimizers" in str(w.message)]
+
+
+def _history_fitted_by_hand(depth: int, switch: list[int], cont: int, k: int, **kw: Any) -> pd.DataFrame:
+    """The history as ``matrix_completion_sweep(return_history=True)`` built it before it ran through the engine:
+    the ensemble fitted in this process by its own Trainer."""
+    ens, dm, switches = build_switch_ensemble(depth, switch, cont, sgd_steps_per_epoch=k, **kw)
+    pl.Trainer(max_epochs=ens.max_epochs, callbacks=list[pl.Callback](switches), devices=1, accelerator="cpu",
+               num_sanity_val_steps=0,
+               **QUIET).fit(ens, datamodule=dm)
+    hist = ens.history()
+    members = hist["target"].str.removeprefix("member").astype(int)
+    hist.insert(0, "switch_epoch", [switch[m] for m in members])
+    hist.insert(0, "depth", depth)
+    return hist.drop(columns=["target", "epoch"])
+
+
+@pytest.mark.parametrize("switch", [[0, 40, 20], [40, 20]])  # the baseline a run of the history, or not
+def test_history_through_the_engine_is_the_history_fitted_by_hand(switch):
+    kw: dict[str, Any] = dict(size=8, n_observed=30, pretrain_rank=3, target_rank=1, lr=2.0, seed=3)
+    results, hist = matrix_completion_sweep(2, switch, 40, sgd_steps_per_epoch=20, return_history=True,
+                                            accelerator="cpu", **kw)
+    pd.testing.assert_frame_equal(hist, _history_fitted_by_hand(2, switch, 40, 20, **kw), check_exact=True)
+    assert list(results["switch_epoch"]) == switch
+    finals = hist[(hist.metric == "test_loss")].groupby("switch_epoch")["value"].last()
+    assert [finals[s] for s in switch] == list(results["test_loss"])  # the table's metric is the history's last
+
+
+def test_history_files_and_tensorboard_logs_are_in_each_runs_directory(tmp_path):
+    from lightning_critical.history import read_history
+    from lightning_critical.sweep.runners.ensemble import HISTORY_FILE
+
+    kw: dict[str, Any] = dict(size=6, n_observed=20, pretrain_rank=2, target_rank=1, lr=2.0)
+    _, hist = matrix_completion_sweep(1, [0, 10], 10, return_history=True, out=tmp_path, tensorboard=True, **kw)
+    table = lc.sweep.load(str(tmp_path))
+    assert all(d.startswith(str(tmp_path / "tensorboard")) for d in table["log_dir"])
+    for log_dir, switch in zip(table["log_dir"], [0, 10], strict=True):
+        own = read_history(f"{log_dir}/{HISTORY_FILE}")
+        assert set(own.target) == {"W"}
+        assert own["value"].tolist() == hist[hist.switch_epoch == switch]["value"].tolist()
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(log_dir))
+    with pytest.raises(ValueError, match="tensorboard=True needs out="):
+        matrix_completion_sweep(1, [0, 10], 10, tensorboard=True, **kw)
+
+
+def test_a_logger_is_deprecated_and_gets_the_test_losses(tmp_path):
+    kw: dict[str, Any] = dict(size=6, n_observed=20, pretrain_rank=2, target_rank=1, lr=2.0)
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="mc", version=0)
+    with pytest.warns(DeprecationWarning, match=r"logger=\.\.\.\) is deprecated"):
+        results = matrix_completion_sweep(1, [10, 0], 10, sgd_steps_per_epoch=5, logger=logger, **kw)
+    logged = pd.read_csv(tmp_path / "mc" / "version_0" / "metrics.csv")
+    assert logged["step"].tolist() == [0, 5, 10, 15, 20]
+    last = logged.set_index("step")
+    assert last.loc[20, "test_loss/member0"] == pytest.approx(results["test_loss"][0], rel=1e-6)
+    assert last.loc[10, "test_loss/member1"] == pytest.approx(results["test_loss"][1], rel=1e-6)

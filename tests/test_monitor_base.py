@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -59,7 +59,8 @@ def test_a_user_monitor_records_on_its_cadence_keeps_a_history_and_logs_scalars(
     assert set(frame.target) == {"left", "right"} and set(frame.metric) == {"branch_norm"}
     assert set(frame["index"]) == {-1}
     last = frame[frame.step == 6].set_index("target").value
-    assert last["left"] != pytest.approx(float(model.left[0].weight.norm()))  # taken before update 7, not after
+    first = cast(torch.nn.Linear, model.left[0])
+    assert last["left"] != pytest.approx(float(first.weight.norm()))  # taken before update 7, not after
     assert all(monitor.probing_seen) and len(monitor.probing_seen) == 3
     on_disk = read_history(str(tmp_path / "branch_norms.csv"))
     pd.testing.assert_frame_equal(on_disk.reset_index(drop=True), frame.reset_index(drop=True), check_dtype=False)

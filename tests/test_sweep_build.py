@@ -4,7 +4,7 @@ they name, results checked, deficit templates rebuilt through their constructor 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -27,7 +27,7 @@ class Span(WindowedDeficit):
 
     def __init__(self, window: Any, seed: int | None = None) -> None:
         super().__init__(window)
-        self.length = self.window.end - self.window.start
+        self.length = cast(int, self.window.end) - self.window.start
         self.seed = seed
 
 
@@ -66,8 +66,13 @@ def test_model_datamodule_and_callbacks_are_built_and_checked():
     model = build_model(SweepSpec(model=functools.partial(Tiny, width=6)), run)
     assert model.seed == 3 and model.layer.in_features == 6  # a bound keyword stays bound
     assert build_datamodule(SweepSpec(model=Tiny), run) is None
-    seen = []
-    spec = SweepSpec(model=Tiny, callbacks=lambda windows, seed: seen.append((windows, seed)) or [pl.Callback()])
+    seen: list[tuple[Any, int]] = []
+
+    def callbacks(windows: Any, seed: int) -> list[pl.Callback]:
+        seen.append((windows, seed))
+        return [pl.Callback()]
+
+    spec = SweepSpec(model=Tiny, callbacks=callbacks)
     assert len(build_callbacks(spec, run)) == 1 and seen == [((lc.Window(0, 1),), 3)]
     with pytest.raises(TypeError, match=r"model factory test_sweep_build:.*<lambda> returned int, not a Light"):
         build_model(SweepSpec(model=lambda seed: seed), run)

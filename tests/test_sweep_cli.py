@@ -17,7 +17,7 @@ import pytest
 
 import lightning_critical as lc
 from lightning_critical.cli import main
-from lightning_critical.sweep.config import read_config
+from lightning_critical.sweep.config import CallbackFactory, read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "examples", "configs")
@@ -106,8 +106,10 @@ def test_read_config_builds_plain_factories_and_keeps_the_dataclass_defaults(tmp
     monitor = "{class_path: lightning_critical.FisherMonitor, init_args: {every_n_epochs: 2}}"
     study, execution, output = read_config(["--config", config, "--backend", "process", "--study.seeds", "[3, 4]",
                                             "--study.callbacks", f"[{monitor}]"])
-    assert study.callbacks.specs == [(lc.FisherMonitor, {"every_n_epochs": 2})]
-    assert [type(c) for c in study.callbacks()] == [lc.FisherMonitor]  # fresh callbacks for each run
+    callbacks = study.callbacks
+    assert isinstance(callbacks, CallbackFactory)
+    assert callbacks.specs == [(lc.FisherMonitor, {"every_n_epochs": 2})]
+    assert [type(c) for c in callbacks()] == [lc.FisherMonitor]  # fresh callbacks for each run
     model, deficit = study.model, study.deficit
     assert isinstance(model, functools.partial) and isinstance(deficit, functools.partial)
     assert (model.func, model.args, model.keywords) == (lc.models.SmallCNN, (), {"channels": [4, 8]})  # no default
@@ -241,7 +243,7 @@ def test_the_bundled_sweep_configs_read(tmp_path):
     for name in ("digits_blur_sweep.yaml", "multipathway_sweep.yaml", "matrix_completion_switch_sweep.yaml"):
         study, execution, output = read_config(["--config", os.path.join(CONFIGS, name)])
         assert callable(study.model) and study.deficit is not None and len(study.windows) > 1, name
-        assert output.out.startswith("outputs/"), name
+        assert isinstance(output.out, str) and output.out.startswith("outputs/"), name
     study, _, output = read_config(["--config", os.path.join(CONFIGS, "multipathway_sweep.yaml")])
     assert study.metrics == [lc.sweep.metrics.mode_strength_share] and output.plot == "share/b/0"
 

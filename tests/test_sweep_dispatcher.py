@@ -65,7 +65,8 @@ class Runner:
             raise KeyboardInterrupt
         if rid in self.raise_:
             raise ImportError("no module named 'user_code'")
-        base = {"run_id": rid, "error": None, "metrics": {}, "epochs": task.epochs, "branch_epoch": task.branch_epoch,
+        base: dict[str, Any] = {
+                "run_id": rid, "error": None, "metrics": {}, "epochs": task.epochs, "branch_epoch": task.branch_epoch,
                 "parent": task.parent, "epochs_trained": task.epochs - task.branch_epoch, "log_dir": None,
                 "seconds": 0.0}
         if task.resume_path and rid in self.refuse:
@@ -117,7 +118,8 @@ class OrderedBackend:
         self.runner, self.order, self.max_in_flight, self.can_restart = runner, list(order), max_in_flight, can_restart
         self.in_flight: list[Pending] = []
         self.submitted: list[list[tuple[str, int]]] = []  # (run id, branch epoch) of each job's tasks
-        self.most_in_flight, self.restarts, self.closed = 0, 0, []
+        self.most_in_flight, self.restarts = 0, 0
+        self.closed: list[Any] = []
 
     def submit(self, job: Job) -> Pending:
         pending = Pending(self, job)
@@ -289,11 +291,13 @@ def test_readiness_and_retarget_return_new_nodes():
     on_disk = {"k1", "k2"}.__contains__
     assert readiness(b, on_disk, {"a"}.__contains__) is Start.WAIT
     assert readiness(b, on_disk, set().__contains__) is Start.RETARGET
-    moved = retarget(b, on_disk, {"k2": "z"}.get)
+    writers: dict[str, str] = {"k2": "z"}
+    nobody: dict[str, str] = {}
+    moved = retarget(b, on_disk, writers.get)
     assert (moved.branch_epoch, moved.resume_key, moved.parent) == (2, "k2", "z")  # the deepest on disk
     assert (b.branch_epoch, b.resume_key, b.parent) == (3, "k3", "a")
-    assert retarget(b, on_disk, {}.get, sharing=False).resume_key is None
-    assert retarget(b, set().__contains__, {}.get).branch_epoch == 0
+    assert retarget(b, on_disk, nobody.get, sharing=False).resume_key is None
+    assert retarget(b, set().__contains__, nobody.get).branch_epoch == 0
     twin = from_scratch(Twin("b", 4, 3, "a", "k3", {2: "k"}), write_checkpoints=False)
     assert isinstance(twin, Twin) and twin.save_keys == {} and twin.parent is None
 

@@ -10,6 +10,7 @@ from conftest import SWEEP_CPU as CPU
 from conftest import map_norms, pathway_data, pathway_model, read_tensorboard
 
 import lightning_critical as lc
+from lightning_critical._tensorboard_hparams import key_of
 
 
 def monitors():
@@ -41,7 +42,7 @@ def _hparams(log_dir):
     out = {}
     for key, value in data.session_start_info.hparams.items():
         kind = value.WhichOneof("kind")
-        out[key] = getattr(value, kind)
+        out[key_of(key)] = getattr(value, kind)  # a sweep's columns are named "<position> <key>"
     return acc, out
 
 

@@ -226,14 +226,16 @@ def test_preflight_writes_nothing_but_the_sweep(tmp_path):
 def test_the_cli_config_can_turn_preflight_off(tmp_path):
     config = tmp_path / "late.yaml"
     config.write_text(
-        "model: {class_path: tests.test_sweep_preflight.LateMetric, init_args: {depth: 2, width: 12}}\n"
-        "data: {class_path: lightning_critical.data.HierarchicalDataModule}\n"
-        "deficit: {class_path: lightning_critical.PathwayDeficit, init_args: {pathways: b}}\n"
-        "windows: [[0, 1]]\nseeds: [0]\nmetrics: [late]\ntrainer: {max_epochs: 2, accelerator: cpu}\n"
-        "backend: serial\ntensorboard: false\nplot: false\n")
+        "study:\n"
+        "  model: {class_path: tests.test_sweep_preflight.LateMetric, init_args: {depth: 2, width: 12}}\n"
+        "  datamodule: {class_path: lightning_critical.data.HierarchicalDataModule}\n"
+        "  deficit: {class_path: lightning_critical.PathwayDeficit, init_args: {pathways: b}}\n"
+        "  windows: [[0, 1]]\n  seeds: [0]\n  metrics: [late]\n  trainer: {max_epochs: 2, accelerator: cpu}\n"
+        "execution: {backend: serial}\noutput: {tensorboard: false, plot: false}\n")
     with pytest.raises(ValueError, match="pass preflight=False"):
         main(["sweep", "--config", str(config), "--out", str(tmp_path / "on")])
-    assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "off"), "--set", "preflight=false"]) == 0
+    off = ["--out", str(tmp_path / "off"), "--execution.preflight", "false"]
+    assert main(["sweep", "--config", str(config), *off]) == 0
 
 
 BUILDS: list[str] = []

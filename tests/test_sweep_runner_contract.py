@@ -11,7 +11,7 @@ import os
 import pickle
 import random
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -20,6 +20,7 @@ import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.failures import materialize
 from lightning_critical.sweep.runners.base import BranchRefused, MetricNotFound, Task, envelope
+from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.units import Job, job_groups, run_unit
 
 QUIET: dict[str, Any] = dict(tensorboard=False, plot=False, progress=False)
@@ -146,7 +147,7 @@ def test_job_groups_and_run_unit_check_what_a_runner_returns():
     with pytest.raises(TypeError, match="returned dict, not a list of records"):
         run_unit(Job(Twice(), tasks))
     with pytest.raises(TypeError, match="not a units.Job"):
-        run_unit(tasks[0])
+        run_unit(tasks[0])  # type: ignore[arg-type]
 
 
 def test_errors_raise_gives_the_runs_own_exception_type_through_the_envelope(tmp_path):
@@ -167,7 +168,8 @@ def test_errors_raise_gives_the_runs_own_exception_type_through_the_envelope(tmp
 
 # -- the envelope --------------------------------------------------------------------------------
 def _task(label: str = "w0-1_seed0", threads: int = 1) -> Task:
-    return Task(SimpleNamespace(threads_per_run=threads, tensorboard=False), None, f"id-{label}", label, "out", 3)
+    spec = cast(SweepSpec, SimpleNamespace(threads_per_run=threads, tensorboard=False))  # all the envelope reads
+    return Task(spec, cast(RunSpec, None), f"id-{label}", label, "out", 3)
 
 
 def test_the_envelope_gives_the_run_its_threads_and_the_caller_its_threads_and_random_states():

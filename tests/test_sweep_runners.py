@@ -149,11 +149,42 @@ def test_ensemble_runner_names_what_it_cannot_train(tmp_path):
     assert os.path.isdir(tmp_path / "a")
 
 
-@pytest.mark.parametrize("option", [{"callbacks": lambda: []}, {"test": True}, {"save_model": True},
-                                    {"tensorboard": True}])
+@pytest.mark.parametrize("option", [{"callbacks": lambda: []}, {"test": True}, {"save_model": True}])
 def test_ensemble_runner_refuses_what_it_would_ignore(tmp_path, option):
     with pytest.raises(ValueError, match=f"does not support \\['{next(iter(option))}'\\]"):
         lc.sweep.run(MODEL, DATA, deficit=pretrain_until, windows=[(0, 1)], seeds=[0], metrics="test_loss",
                      trainer={"max_epochs": 2}, out=str(tmp_path), runner=lc.sweep.FactorizationEnsembleRunner(),
                      backend="serial", plot=False, **option)
     assert not os.listdir(tmp_path)  # refused before anything ran
+
+
+@pytest.mark.parametrize("tensorboard", [None, False])
+def test_ensemble_runner_writes_each_runs_history_and_tensorboard_logs(tmp_path, tensorboard):
+    from conftest import read_tensorboard
+
+    from lightning_critical.history import read_history
+    from lightning_critical.sweep.runners.ensemble import HISTORY_FILE
+
+    table = lc.sweep.run(MODEL, DATA, deficit=pretrain_until, windows=lc.sweep.removal([20], epochs_after=20),
+                         metrics=["test_loss", "sgd_steps"], trainer={}, out=str(tmp_path), backend="serial",
+                         plot=False, tensorboard=tensorboard,
+                         runner=lc.sweep.FactorizationEnsembleRunner(sgd_steps_per_epoch=10))
+    where = "tensorboard" if tensorboard is None else "runs"  # None: on, the runner supports it
+    assert table["log_dir"].tolist() == [str(tmp_path / where / label) for label in table["label"]]
+    for row in table.itertuples():
+        hist = read_history(os.path.join(row.log_dir, HISTORY_FILE))
+        losses = hist[hist.metric == "test_loss"]
+        assert losses["step"].tolist() == list(range(0, int(row.sgd_steps) + 1, 10))
+        assert losses["value"].iloc[-1] == row.test_loss  # the table's final metric is the history's last record
+        run = lc.plots.load_run(row.log_dir)  # what `lightning-critical plot` reads
+        assert run.spectral["metric"].nunique() == 4
+        switches = [(0, "target")] if row.baseline else [(0, "pretrain"), (int(row.window_end), "target")]
+        assert run.switches == {"datamodule": switches}
+        if tensorboard is None:
+            events = read_tensorboard(row.log_dir)
+            assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")  # the run's session
+            scalars = events.Scalars("test_loss")
+            assert [e.step for e in scalars] == losses["step"].tolist()
+            np.testing.assert_allclose([e.value for e in scalars], losses["value"], rtol=1e-6)
+        else:
+            assert not any(name.startswith("events") for name in os.listdir(row.log_dir))

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ from conftest import map_norms, pathway_data, pathway_model, read_tensorboard
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
+from lightning_critical._tensorboard_hparams import key_of
 from lightning_critical.sweep.spec import RunSpec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,9 +60,10 @@ def odd_metrics(trainer, module):
 
 
 def _sweep(out, **kw):
-    args = dict(model=pathway_model, datamodule=pathway_data, deficit=freeze_b, windows=lc.sweep.removal([1, 2]),
-                metrics=map_norms, trainer={"max_epochs": 3, **CPU}, out=str(out), backend="serial",
-                tensorboard=False, plot=False, progress=False)
+    args: dict[str, Any] = dict(
+        model=pathway_model, datamodule=pathway_data, deficit=freeze_b, windows=lc.sweep.removal([1, 2]),
+        metrics=map_norms, trainer={"max_epochs": 3, **CPU}, out=str(out), backend="serial",
+        tensorboard=False, plot=False, progress=False)
     args.update(kw)
     return lc.sweep.run(**args)
 
@@ -301,7 +304,7 @@ def _hparams(log_dir):
     acc = read_tensorboard(log_dir)
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     data = plugin_data_pb2.HParamsPluginData.FromString(content)
-    return acc, {k: getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()}
+    return acc, {key_of(k): getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()}
 
 
 def test_values_of_mixed_types_in_one_parameter_stay_apart(tmp_path):
@@ -349,10 +352,11 @@ def test_the_cli_sweeps_list_values_from_yaml(tmp_path, capsys):
 
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({
-        "model": "test_sweep_store.pathway_sizes", "data": "conftest.pathway_data",
-        "deficit": "test_sweep_store.freeze_b",
-        "windows": {"removal": [1]}, "params": {"sizes": [[1, 2], [3]]}, "metrics": ["test_sweep_store:seen"],
-        "trainer": {"max_epochs": 2, **CPU}, "backend": "serial", "tensorboard": False}))
+        "study": {"model": "test_sweep_store.pathway_sizes", "datamodule": "conftest.pathway_data",
+                  "deficit": "test_sweep_store.freeze_b", "windows": {"removal": [1]},
+                  "params": {"sizes": [[1, 2], [3]]}, "metrics": ["test_sweep_store.seen"],
+                  "trainer": {"max_epochs": 2, **CPU}},
+        "execution": {"backend": "serial"}, "output": {"tensorboard": False}}))
     assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert summary.sizes.tolist() == ["[1, 2]", "[1, 2]", "[3]", "[3]"] and (summary.n_seeds == 1).all()

@@ -36,7 +36,7 @@ def study(**change: Any) -> lc.sweep.Study:
 class PartialRunner:
     """A runner that honours nothing optional (its ``supports`` is empty); never asked to train here."""
 
-    name, shares_prefixes, supports = "partial", False, frozenset()
+    name, shares_prefixes, supports = "partial", False, frozenset[str]()
 
     def batches(self, tasks):
         return [tasks]
@@ -158,7 +158,7 @@ def test_run_study_gives_the_table_of_lc_sweep_run(tmp_path):
 
 def test_a_field_changed_after_making_its_group_is_checked_before_training(tmp_path):
     bad = study()
-    bad.seeds = "0"  # plain dataclasses: a field can be set; the sweep checks every group again
+    bad.seeds = "0"  # type: ignore[assignment]  # plain dataclasses: a field can be set; the sweep checks every group again
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="seeds='0' is not valid"):
         lc.sweep.run_study(bad, lc.sweep.Execution(backend="serial"), lc.sweep.Output(out=str(out)))

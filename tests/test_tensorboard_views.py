@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_critical as lc
-from lightning_critical import _tensorboard
+from lightning_critical import _tensorboard, views
 from lightning_critical._namespace import pl
 from lightning_critical.data import MatrixCompletionDataModule
 from lightning_critical.models import DeepMatrixFactorization
@@ -89,6 +89,13 @@ def layout_of(acc: Any) -> dict[str, dict[str, list[Any]]]:
         return list(chart.multiline.tag)
 
     return {cat.title: {c.title: content(c) for c in cat.chart} for cat in layout_pb2.Layout.FromString(raw).category}
+
+
+def closed_categories(acc: Any) -> set[str]:
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    raw = acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]
+    return {cat.title for cat in layout_pb2.Layout.FromString(raw).category if cat.closed}
 
 
 def hparams_sessions(log_dir: str) -> list[tuple[dict[str, Any], list[str]]]:
@@ -169,6 +176,7 @@ def test_user_mlp_gets_filled_singular_value_charts_and_histograms(tmp_path):
         matched = sorted(t for t in scalars if re.search(regex, t))
         assert matched == [f"singular_values/{w}/{i}" for i in range(3)], (regex, matched)
     assert "mode strength" not in layout_of(acc)  # no task basis: no empty mode charts
+    assert closed_categories(acc) == {"singular values"}  # collapsed until clicked
 
 
 def test_mode_strength_charts_overlay_each_map_and_theory_as_separate_runs(tmp_path):
@@ -212,11 +220,11 @@ def test_one_hparams_session_with_deficits_and_final_metrics(tmp_path):
 
 def test_a_driver_that_defers_the_session_writes_the_only_one(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="", version="", default_hp_metric=False)
-    _tensorboard.defer_session(logger)
     trainer = make_trainer(max_epochs=1, logger=logger, callbacks=[lc.PathwayDeficit("right", (0, 1))])
+    views.of(trainer).hold_session()
     trainer.fit(LoggingNet())
     assert hparams_sessions(logger.log_dir) == []  # the callbacks left it to the driver
-    _tensorboard.write_session(trainer, extra={"seed": 3, "window": (0, 1)}, metrics={"final/x": 1.5})
+    views.of(trainer).write_session(extra={"seed": 3, "window": (0, 1)}, metrics={"final/x": 1.5})
     ((hp, metrics),) = hparams_sessions(logger.log_dir)
     assert hp["seed"] == 3 and hp["window"] == "(0, 1)" and hp["deficit/freeze/right/window_end"] == 1
     assert metrics == ["final/x"]
@@ -263,6 +271,7 @@ def _sweep_net(seed: int) -> _SweepNet:
 
 def test_branched_sweep_runs_show_their_own_window(tmp_path):
     from lightning_critical.plots.run_files import read_deficit_windows
+    from lightning_critical.schedule_file import deficit_windows, read_schedule
 
     table = lc.sweep.run(_sweep_net, None, deficit=lc.PathwayDeficit("a", window=(0, 1)), windows=[(0, 3), (0, 5)],
                          seeds=[0], metrics="loss", trainer={"max_epochs": 6, "log_every_n_steps": 50},
@@ -271,6 +280,10 @@ def test_branched_sweep_runs_show_their_own_window(tmp_path):
     labels = ("w0-3_seed0", "w0-5_seed0")
     windows = {label: read_deficit_windows(str(tmp_path / "tensorboard" / label)) for label in labels}
     assert windows == {"w0-3_seed0": {"freeze/a": [(0, 12)]}, "w0-5_seed0": {"freeze/a": [(0, 20)]}}
+    # the schedule file of the branched run says the same, with the sweep's values
+    schedule = read_schedule(str(tmp_path / "tensorboard" / "w0-3_seed0"))
+    assert schedule is not None and deficit_windows(schedule) == {"freeze/a": [(0, 12)]}
+    assert schedule["run"]["window"] == "[0, 3) epochs" and schedule["run"]["seed"] == 0
 
 
 def test_a_run_that_logs_no_metric_keeps_its_hparams_session_and_the_logger_is_left_as_it_was(tmp_path):

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from typing_extensions import override
 
+from lightning_critical import views
 from lightning_critical._lightning import callbacks_of, steps_per_epoch
 from lightning_critical._namespace import pl
 from lightning_critical.deficits._arguments import bound_call, rebuild, recording_arguments
@@ -35,15 +36,17 @@ class WindowedDeficit(ScheduledIntervention):
     next training batch. Everything attached is removed at the window's end, at the end of
     ``fit``, on an exception and at teardown.
 
-    Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) so that TensorBoard
-    draws it as a step function whatever the smoothing (see :mod:`lightning_critical._tensorboard`):
+    Each deficit logs ``deficit/<name>`` (1 inside the window, 0 outside) to every logger, through
+    the run's view (:mod:`lightning_critical.views`), so that TensorBoard draws it as a step
+    function whatever the smoothing (see :mod:`lightning_critical._tensorboard`):
     at step 0, at every change (with the previous value one step earlier, for a vertical edge),
     at every step for ``EDGE_STEPS`` steps after a change, at every ``log_every_n_steps`` step
     and at the end. Deficits that share a name (e.g. two windows of one ``PathwayDeficit`` kind
     on one pathway) share that scalar: it reads 1 while any of them is active, logged once per
     step by the first of them in the callback list. With TensorBoard, the scalar is charted in
     the custom-scalars category ``deficits and tasks``, and the run's HParams session lists
-    every deficit (:meth:`hparams_for_tensorboard`) with the final metrics.
+    every deficit (:meth:`hparams_for_tensorboard`) with the final metrics. The windows (kind,
+    target, seed) are written to ``schedule.json`` beside the run's logs, whatever the logger.
 
     It is a :class:`~lightning_critical.deficits.intervention.ScheduledIntervention` whose
     schedule is one :class:`~lightning_critical.Window`. Extension points (override them in a
@@ -215,6 +218,12 @@ class WindowedDeficit(ScheduledIntervention):
     def shows_indicator(self) -> bool:
         # The first of the deficits sharing a name logs for all, so the curve never gets two values at one step.
         return self._scalar_group[0] is self
+
+    @override
+    def _write_charts(self, trainer: pl.Trainer) -> None:
+        # The indicator and the schedule entry (the windows of every deficit sharing the name; kind, target, seed).
+        windows = [d.window for d in self._scalar_group]
+        views.of(trainer).add_deficit(self.name, windows, self.hparams_for_tensorboard(), getattr(self, "seed", None))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

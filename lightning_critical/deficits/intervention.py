@@ -15,10 +15,11 @@ What every deficit (:class:`~lightning_critical.deficits.base.WindowedDeficit`) 
   removed when the schedule says so, before validation, at the end of training, on an
   exception and at teardown (:meth:`~ScheduledIntervention.detach`); the hook helpers make
   hooks that copies of the model never inherit and that evaluation passes and monitors skip;
-* **the on/off indicator** (``deficit/<name>``, ``task/<target>``): logged so it draws as a
-  step function, charted beside the others, its last value logged when training ends, and
-  the intervention's description (:meth:`~ScheduledIntervention.hparams_for_tensorboard`) in
-  the run's one HParams session.
+* **the on/off indicator** (``deficit/<name>``, ``task/<target>``): logged to every logger
+  through the run's view (:mod:`lightning_critical.views`) so it draws as a step function,
+  charted beside the others, its last value logged when training ends, and the
+  intervention's description (:meth:`~ScheduledIntervention.hparams_for_tensorboard`) in the
+  run's one HParams session.
 
 Extension points (public names; override them, never an underscore method):
 :meth:`~ScheduledIntervention.resolve`, :meth:`~ScheduledIntervention.is_active`,
@@ -37,9 +38,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_critical import _tensorboard
+from lightning_critical import views
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import PlaceholderHpMetric, log_every_n_steps, log_scalars
 from lightning_critical._namespace import pl
 from lightning_critical.deficits import _hooks
 from lightning_critical.probing import is_probing
@@ -99,8 +99,6 @@ class ScheduledIntervention(pl.Callback):
 
     def __init__(self) -> None:
         self._handles: list[Any] = []
-        self._series = _tensorboard.StepSeries()
-        self._hp_metric = PlaceholderHpMetric()
 
     # -- extension points ------------------------------------------------------------------
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -194,31 +192,23 @@ class ScheduledIntervention(pl.Callback):
         return self._generate_state_key(**self.key_arguments())
 
     # -- what the run shows: every logger call of the interventions is in these five methods -------
+    # They go through the run's view (lightning_critical.views), which owns the indicators'
+    # step functions, the schedule file and the one HParams session.
     def _start_views(self, trainer: pl.Trainer) -> None:
-        self._series.reset()
-        # before Lightning's hparams autolog: one session, written at the end
-        self._hp_metric.skip(trainer)
+        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
 
     def _write_charts(self, trainer: pl.Trainer) -> None:
-        chart = ["Multiline", [r"^deficit/.*$", r"^task/.*$"]]
-        charts = {_tensorboard.DEFICITS_CHART: chart,
-                  **_tensorboard.indicator_chart(str(self.indicator_key), self.indicator_note())}
-        _tensorboard.add_charts(trainer, {_tensorboard.DEFICITS_CATEGORY: charts})
+        # A user's intervention: its indicator's chart; deficits and task switches also declare their schedule.
+        views.of(trainer).add_indicator(str(self.indicator_key), self.indicator_note())
 
     def _show(self, trainer: pl.Trainer, value: float) -> None:
-        key = str(self.indicator_key)
-        for step, logged in self._series.points(trainer.global_step, value, log_every_n_steps(trainer)):
-            log_scalars(trainer, {key: logged}, step)
+        views.of(trainer).indicator(str(self.indicator_key), value)
 
     def _show_end(self, trainer: pl.Trainer) -> None:
-        last = self._series.value
-        if last is not None:
-            log_scalars(trainer, {str(self.indicator_key): last}, trainer.global_step)
-        if _tensorboard.writes_session(trainer, self):
-            _tensorboard.write_session(trainer)
+        views.of(trainer).end(self)  # the last callback to end closes the run: last points, schedule, session
 
     def _release_views(self, trainer: pl.Trainer) -> None:
-        self._hp_metric.restore()
+        views.of(trainer).release()
 
     # -- Lightning hooks -----------------------------------------------------------------------
     @override
@@ -258,6 +248,7 @@ class ScheduledIntervention(pl.Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.detach()
+        self._release_views(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

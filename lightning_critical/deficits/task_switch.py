@@ -24,6 +24,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from lightning_critical import views
 from lightning_critical._lightning import datamodule_of
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.deficits.intervention import ScheduledIntervention
@@ -69,9 +70,11 @@ class TaskSwitch(ScheduledIntervention):
 
     Logging: ``task/<target>`` is the index in ``target.tasks`` of the task each step trains on
     (``<target>`` is ``datamodule``, or the target's ``name`` or class name), logged like a
-    deficit's 0/1 scalar so that TensorBoard draws it as a step function, and charted beside the
-    deficits (custom-scalars category ``deficits and tasks``). The run's HParams session lists
-    the schedule (:meth:`hparams_for_tensorboard`).
+    deficit's 0/1 scalar (to every logger, through :mod:`lightning_critical.views`) so that
+    TensorBoard draws it as a step function, and charted beside the deficits (custom-scalars
+    category ``deficits and tasks``). The run's HParams session lists the schedule
+    (:meth:`hparams_for_tensorboard`); ``schedule.json`` beside the run's logs holds it too,
+    with the step from which each task trained.
 
     Args:
         schedule: ``{time: task_name}``; times are non-negative integers (whole-number floats
@@ -218,6 +221,12 @@ class TaskSwitch(ScheduledIntervention):
     def indicator_note(self) -> str:
         return ": " + ", ".join(f"{i} = {t}" for i, t in enumerate(self._resolved.tasks))
 
+    @override
+    def _write_charts(self, trainer: pl.Trainer) -> None:
+        # The indicator and the schedule entry (with the initial task, chosen before this is called).
+        views.of(trainer).add_tasks(self.target_name, list(self._resolved.tasks), self.schedule, self.unit,
+                                    self._initial_task)
+
     # -- validation before training -------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -266,7 +275,7 @@ class TaskSwitch(ScheduledIntervention):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._initial_task is None:
             self._initial_task = self._choose_initial()
-        super().on_train_start(trainer, pl_module)  # the chart (after the initial task is known)
+        super().on_train_start(trainer, pl_module)  # the chart and schedule entry (after the initial task is known)
         # A new fit, a resumed run or a schedule entry at 0 must train on the right task from its first step.
         name = self.task_at(self._now(trainer))
         if name is not None:

@@ -18,6 +18,10 @@ An "epoch" here is one full-batch SGD step, as in the paper. A switch at epoch `
 ``T`` steps on the pre-training task, then ``continue_epochs`` steps on the target (the paper's
 script takes one more pre-training step, ``T + 1``; the difference is invisible in the figure).
 
+The per-record history (:func:`matrix_completion_trajectories`) is read back from the same
+table: the ensemble runner writes each run's records into its ``log_dir``
+(:func:`switch_history`).
+
 This module runs the studies and returns tables; the theory is :func:`lightning_critical.theory.switch_theory`,
 the figures are :mod:`lightning_critical.plots.matrix_completion`, files are written by
 :mod:`lightning_critical._output` and the command line is ``lightning-critical matrix-completion``
@@ -26,9 +30,9 @@ the figures are :mod:`lightning_critical.plots.matrix_completion`, files are wri
 
 from __future__ import annotations
 
-import logging
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,10 +40,7 @@ import pandas as pd
 import torch
 
 from lightning_critical._checks import check_choice, check_int
-from lightning_critical._namespace import pl
 from lightning_critical._output import write_outputs
-from lightning_critical.data.matrix_completion import MatrixCompletionDataModule
-from lightning_critical.experiments._accelerator import accelerator_kwargs
 from lightning_critical.experiments._sweep_dir import sweep_dir
 from lightning_critical.experiments.matrix_completion_study import (
     PAPER_DEPTHS,
@@ -53,15 +54,16 @@ from lightning_critical.experiments.matrix_completion_study import (
     switch_sweep_execution,
     switch_sweep_study,
 )
-from lightning_critical.models.factorization_ensemble import FactorizationEnsemble
+from lightning_critical.history import read_history
 from lightning_critical.plots.matrix_completion import plot_critical_period, plot_singular_value_trajectories
 from lightning_critical.schedule import largest_common_divisor
 from lightning_critical.sweep import Output, run_study
+from lightning_critical.sweep.runners.ensemble import HISTORY_FILE
 
 __all__ = [
     "PAPER_DEPTHS", "PAPER_SWITCH_EPOCHS", "SWEEP_PARAMETERS", "build_switch_ensemble", "completion_data",
     "matrix_completion_parameter_sweep", "matrix_completion_sweep", "matrix_completion_table",
-    "matrix_completion_trajectories", "pretrain_until", "reproduce_figure", "switch_table",
+    "matrix_completion_trajectories", "pretrain_until", "reproduce_figure", "switch_history", "switch_table",
 ]
 
 
@@ -86,13 +88,14 @@ def matrix_completion_sweep(
     num_threads: int | None = 1,
     return_history: bool = False,
     accelerator: str = "auto",
+    out: str | os.PathLike | None = None,
+    tensorboard: bool = False,
 ) -> Any:
     """Final target test loss against switch epoch, all switch epochs trained as one ensemble.
 
     :func:`~lightning_critical.experiments.matrix_completion_study.switch_sweep_study` through
-    :func:`lightning_critical.sweep.run_study`, read back by :func:`switch_table`. With a
-    ``logger`` or ``return_history`` the ensemble is fitted here instead (the engine's ensemble
-    runner keeps no per-record history and writes no logs); the numbers are the same.
+    :func:`lightning_critical.sweep.run_study`, read back by :func:`switch_table` (and the
+    history by :func:`switch_history`, from each run's history file named in the table).
 
     Args:
         depth: number of factors (1, 2, 3 in the paper).
@@ -107,15 +110,21 @@ def matrix_completion_sweep(
         sgd_steps_per_epoch: SGD steps per Lightning step (default: the largest divisor of all
             times up to 1000).
         dtype: float32 (default) or float64.
-        progress: a progress bar (over the sweep's runs; with ``logger`` or ``return_history``
-            Lightning's progress bar of the ensemble's fit).
-        logger: a Lightning logger for per-member test losses (default none).
+        progress: the sweep's progress bar.
+        logger: deprecated (the engine owns the loggers: use ``out`` and ``tensorboard=True``).
+            A Lightning logger given here still receives every member's test loss
+            (``test_loss/member<k>``, ``k`` the position in ``switch_epochs``), replayed from the
+            runs' histories after the sweep at their SGD step, with a ``DeprecationWarning``.
         num_threads: torch intra-op threads while training (restored afterwards); ``None``
             keeps the current setting. One thread is the robust choice for these small
             matrices; run several sweeps in parallel processes to use more cores.
         return_history: also return the per-record history (test/train loss, task, singular values).
         accelerator: where to train, as in ``pl.Trainer`` (one device); ``"auto"`` leaves the
             choice to Lightning (``PL_TRAINER_ACCELERATOR``, else the best available device).
+        out: keep the sweep's directory there (each run's history file and logs, resumable);
+            by default a temporary one, removed on return.
+        tensorboard: write each run's records as TensorBoard scalars under
+            ``<out>/tensorboard/<run label>`` (needs ``out``).
 
     Returns:
         ``DataFrame`` with one row per switch epoch: ``depth, switch_epoch, test_loss,
@@ -142,64 +151,57 @@ def matrix_completion_sweep(
                                sgd_steps_per_epoch=sgd_steps_per_epoch, dtype=dtype, num_threads=num_threads,
                                accelerator=accelerator)
     k = check_arguments(job)
-    if return_history or logger is not False:
-        return _fitted_here(job, k, progress, logger, return_history)
+    if tensorboard and out is None:
+        raise ValueError("tensorboard=True needs out=<directory>: the logs are written there (the default "
+                         "directory is temporary).")
+    replay = logger not in (False, None)
+    if replay:
+        warnings.warn("matrix_completion_sweep(logger=...) is deprecated: the sweep's engine owns the loggers; pass "
+                      "out=<directory>, tensorboard=True for every run's logs, or return_history=True. The logger "
+                      "gets the members' test losses replayed from the runs' histories.", DeprecationWarning,
+                      stacklevel=2)
     execution = switch_sweep_execution(1, 1, k, dtype, num_threads, progress)
-    with sweep_dir(None) as out:
-        table = run_study(switch_sweep_study(**job), execution, Output(out=out, tensorboard=False, plot=False))
-    return switch_table(table, None, [job]).drop(columns="seconds")
+    with sweep_dir(out) as directory:
+        table = run_study(switch_sweep_study(**job), execution,
+                          Output(out=directory, tensorboard=bool(tensorboard), plot=False))
+        results = switch_table(table, None, [job]).drop(columns="seconds")
+        history = switch_history(table, job) if return_history or replay else None
+    if replay:
+        replay_test_losses(logger, history, job["switch_epochs"])
+    return (results, history) if return_history else results
 
 
-def _fitted_here(job: dict[str, Any], k: int, progress: bool, logger: Any,
-                 return_history: bool) -> Any:
-    """:func:`matrix_completion_sweep` with the ensemble fitted in this process: its logger and history."""
-    switch, depth = job["switch_epochs"], job["depth"]
-    ensemble, dm, switches = build_switch_ensemble(**{**{key: job[key] for key in _ENSEMBLE_ARGS},
-                                                      "sgd_steps_per_epoch": k})
-    _fit(ensemble, dm, switches, progress, logger, job["num_threads"], job["accelerator"])
-    res = ensemble.final_metrics()
-    res.insert(0, "switch_epoch", [switch[m] for m in res["member"]])
-    res.insert(0, "depth", depth)
-    res = res.drop(columns=["member", "task"])
-    cols = ["depth", "switch_epoch", "test_loss", "train_loss", "sgd_steps"]
-    res = res[cols + [c for c in res.columns if c not in cols]]
-    for key, value in _settings(job).items():
-        res[key] = value
-    if not return_history:
-        return res
-    hist = ensemble.history()
-    members = hist["target"].str.removeprefix("member").astype(int)
-    hist.insert(0, "switch_epoch", [switch[m] for m in members])
-    hist.insert(0, "depth", depth)
+def switch_history(table: pd.DataFrame, job: dict[str, Any]) -> pd.DataFrame:
+    """The history of one switch sweep (``job``: its arguments) read back from its ``table``.
+
+    Each run's records are its history file in its ``log_dir``
+    (:data:`~lightning_critical.sweep.runners.ensemble.HISTORY_FILE`); they are stacked in the
+    order the ensemble took them (by step, then switch epoch in ``switch_epochs`` order) in the
+    columns of :func:`matrix_completion_sweep`'s history: ``depth, switch_epoch, step, metric,
+    index, value``.
+    """
+    rows = _rows_by_switch(table[table["seed"] == job["seed"]])
+    frames = []
+    for member, switch in enumerate(job["switch_epochs"]):
+        frame = read_history(os.path.join(str(rows.loc[switch, "log_dir"]), HISTORY_FILE))
+        frames.append(frame.assign(member=member, switch_epoch=switch, taken=range(len(frame))))
+    hist = pd.concat(frames, ignore_index=True).sort_values(["step", "member", "taken"], ignore_index=True)
+    switch_epoch = hist.pop("switch_epoch")
+    hist.insert(0, "switch_epoch", switch_epoch)
+    hist.insert(0, "depth", job["depth"])
     # a Lightning epoch of the ensemble is a chunk of SGD steps; the paper's epochs are the steps
-    return res, hist.drop(columns=["target", "epoch"])
+    return hist.drop(columns=["member", "taken", "target", "epoch"])
 
 
-_ENSEMBLE_ARGS = ("depth", "switch_epochs", "continue_epochs", "size", "n_observed", "pretrain_rank", "target_rank",
-                  "init_scale", "lr", "seed", "init", "pretrain_observed", "dtype")
-
-
-def _fit(ensemble: FactorizationEnsemble, dm: MatrixCompletionDataModule, switches: list, progress: bool,
-         logger: Any = False, num_threads: int | None = 1, accelerator: str = "auto") -> None:
-    quiet = logging.getLogger(pl.__name__)
-    level, threads = quiet.level, torch.get_num_threads()
-    if not progress:
-        quiet.setLevel(logging.ERROR)
-    if num_threads:
-        # The matrices are tiny: intra-op threads gain little and, on a busy machine, every
-        # parallel region waits for a core (measured 100x slower on 2 shared cores).
-        torch.set_num_threads(num_threads)
-    try:
-        trainer = pl.Trainer(
-            max_epochs=ensemble.max_epochs, callbacks=switches, logger=logger, devices=1,
-            **accelerator_kwargs(accelerator),
-            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
-        trainer.fit(ensemble, datamodule=dm)
-    finally:
-        quiet.setLevel(level)
-        torch.set_num_threads(threads)
+def replay_test_losses(logger: Any, history: pd.DataFrame, switch_epochs: Sequence[int]) -> None:
+    """Log every member's ``test_loss/member<k>`` of ``history`` to ``logger`` (the deprecated ``logger=``)."""
+    members = {switch: k for k, switch in enumerate(switch_epochs)}
+    losses = history[history["metric"] == "test_loss"]
+    for step, rows in losses.groupby("step", sort=True):
+        logger.log_metrics({f"test_loss/member{members[s]}": float(v)
+                            for s, v in zip(rows["switch_epoch"], rows["value"], strict=True)}, step=int(step))
+    logger.save()
+    logger.finalize("success")
 
 
 def matrix_completion_parameter_sweep(
@@ -218,8 +220,8 @@ def matrix_completion_parameter_sweep(
     that many values at once in the engine's worker processes (each single-threaded, one per
     core is best); the results are identical to ``processes=1``. ``out``: keep the sweep's
     directory there (resumable: finished values are not retrained); by default a temporary
-    one. Other keywords: those of :func:`matrix_completion_sweep` (``progress``, ``logger`` and
-    ``return_history`` are not available here).
+    one. Other keywords: those of :func:`matrix_completion_sweep` (``progress``, ``logger``,
+    ``return_history`` and ``tensorboard`` are not available here).
 
     Example::
 
@@ -260,12 +262,15 @@ def switch_table(table: pd.DataFrame, parameter: str | None, jobs: Sequence[dict
     frames = []
     for job in jobs:
         column = "seed" if parameter in (None, "seed") else parameter
-        rows = table[table[column] == job[column]]
-        by_switch = {0 if b else int(e): i for i, b, e in zip(rows.index, rows["baseline"], rows["window_end"],
-                                                                strict=True)}
-        rows = rows.loc[[by_switch[t] for t in job["switch_epochs"]]]
+        rows = _rows_by_switch(table[table[column] == job[column]]).loc[list(job["switch_epochs"])]
         frames.append(_switch_frame(rows, job, table.attrs["metrics"]).assign(seconds=float(rows["seconds"].iloc[0])))
     return pd.concat(frames, ignore_index=True)
+
+
+def _rows_by_switch(rows: pd.DataFrame) -> pd.DataFrame:
+    """One value's rows indexed by their switch epoch (the baseline's is 0)."""
+    switch = [0 if b else int(e) for b, e in zip(rows["baseline"], rows["window_end"], strict=True)]
+    return rows.set_axis(pd.Index(switch, name="switch_epoch"))
 
 
 def _switch_frame(rows: pd.DataFrame, job: dict[str, Any], metrics: list[str]) -> pd.DataFrame:

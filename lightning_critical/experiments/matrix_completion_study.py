@@ -182,8 +182,8 @@ def build_switch_ensemble(
 ) -> tuple[FactorizationEnsemble, MatrixCompletionDataModule, list[TaskSwitch]]:
     """The ensemble, datamodule and per-member ``TaskSwitch`` callbacks of one sweep, built by hand.
 
-    What the ``FactorizationEnsembleRunner`` builds from :func:`switch_sweep_study`; for tests of
-    the ensemble and for its per-record history. Arguments as in
+    What the ``FactorizationEnsembleRunner`` builds from :func:`switch_sweep_study`, for tests of
+    the ensemble (the sweeps themselves run through the engine). Arguments as in
     :func:`~lightning_critical.experiments.matrix_completion_sweep`. Fit with
     ``pl.Trainer(max_epochs=ensemble.max_epochs, callbacks=switches)``.
     """

@@ -324,6 +324,14 @@ class FactorizationEnsemble(pl.LightningModule):
         (see the module docstring; ``step`` counts SGD steps, ``target`` is ``"member<k>"``)."""
         return self._history.to_frame()
 
+    def member_records(self, k: int) -> list[Record]:
+        """Member ``k``'s records ``(step, epoch, target, metric, index, value)``, in the order taken.
+
+        What the sweep's ensemble runner writes into each run's history file.
+        """
+        target = f"member{check_int('k', k, 0, len(self.members) - 1)}"
+        return [r for r in self._history.records if r[2] == target]
+
     def results(self) -> pd.DataFrame:
         """The last record of every member (member order), in the long format of :meth:`history`."""
         hist = self.history()

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_critical._checks import check_float, check_int, check_seed
 from lightning_critical._namespace import pl
+from lightning_critical.models._optim import sgd_with_decay
 
 
 class _Hyperparameters(Protocol):
@@ -117,7 +118,4 @@ class TwoViewNet(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self._hp
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if hp.lr_decay == 1.0:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.lr_decay)}
+        return sgd_with_decay(self.parameters(), hp.lr, hp.momentum, hp.weight_decay, hp.lr_decay)

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from lightning_critical import views
 from lightning_critical._distributed import destroy_process_group_at_exit
-from lightning_critical._lightning import callbacks_of, history_path, log_scalars
+from lightning_critical._lightning import callbacks_of, history_path
 from lightning_critical._namespace import pl, rank_zero_info, rank_zero_warn
 from lightning_critical.cadence import Cadence, as_cadence
 from lightning_critical.history import History, Record, check_history_file
@@ -127,8 +128,8 @@ class Monitor(pl.Callback):
         self._log(trainer, scalars, step)
 
     def _log(self, trainer: pl.Trainer, scalars: Mapping[str, float], step: int) -> None:
-        # The monitors' one logger call for scalars (identical keys on every rank).
-        log_scalars(trainer, dict(scalars), step)
+        # The monitors' one logger call for scalars (identical keys on every rank), through the run's view.
+        views.of(trainer).series(dict(scalars), step)
 
     def report_once(self, key: str, message: str, warn: bool = False) -> None:
         """Say ``message`` (info, or a warning with ``warn``) the first time ``key`` comes up in this fit."""
@@ -179,6 +180,7 @@ class Monitor(pl.Callback):
         if stage != "fit":
             return
         destroy_process_group_at_exit()  # CPU DDP: gloo groups must not outlive Python (see _distributed)
+        views.of(trainer).start(self)  # before Lightning's hparams autolog: the view writes the one session
         # Before Lightning restores a checkpoint: a resumed fit then gets the checkpoint's state.
         self._reported = set()
         self._last_step = None
@@ -200,7 +202,9 @@ class Monitor(pl.Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.history.close()
+        views.of(trainer).end(self)  # the last callback to end closes the run: schedule, session, series runs
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.history.close()
+        views.of(trainer).release()

@@ -3,7 +3,7 @@
 The callback schedules records, keeps the state between them and hands the rows to the
 history and the loggers; what a record holds is computed by the pure
 :func:`lightning_critical.spectral.records.spectral_record`, and how it reads in TensorBoard
-(histograms, charts) by :mod:`lightning_critical._tensorboard`.
+(histograms, charts) by :mod:`lightning_critical.views` and its TensorBoard implementation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_critical import _tensorboard
+from lightning_critical import views
 from lightning_critical._checks import check_choice, check_float_dtype, check_int, check_names
 from lightning_critical._namespace import pl
 from lightning_critical.cadence import Cadence, EveryNSteps, as_cadence
@@ -330,32 +330,21 @@ class SpectralMonitor(Monitor):
             # The closing record leaves the state as the last regular record left it, so that a
             # checkpoint saved after fit resumes exactly like the uninterrupted longer run.
             self.record(trainer, pl_module, _keep_state=False)
-        super().on_train_end(trainer, pl_module)
-        self._close_views(trainer)
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        super().on_exception(trainer, pl_module, exception)
-        self._close_views(trainer)
+        super().on_train_end(trainer, pl_module)  # the history, then the view (which closes the series runs)
 
     # -- what the run shows (the views' call sites) ----------------------------------------
     def _write_charts(self, trainer: pl.Trainer) -> None:
         maps, targets, modes = self._charts
-        _tensorboard.add_spectral_charts(
-            trainer, maps, targets, modes=modes,
+        views.of(trainer).chart_spectra(
+            maps, targets, modes=modes,
             singular_values=self.log_top_k if "singular_values" in self.metrics else 0,
             theory={m: list(by_target) for m, by_target in self.theory.items()},
         )
 
-    def _show(
-        self, trainer: pl.Trainer, scalars: Mapping[str, float], spectra: Mapping[str, Tensor], step: int
-    ) -> None:
-        _tensorboard.log_series(trainer, scalars, step)
+    def _show(self, trainer: pl.Trainer, spectra: Mapping[str, Tensor], step: int) -> None:
+        # The scalars went out with publish() (Monitor._log); only the histograms are left.
         if self.histograms and "singular_values" in self.metrics:
-            _tensorboard.add_histograms(trainer, {f"singular_values/{name}": s for name, s in spectra.items()}, step)
-
-    def _close_views(self, trainer: pl.Trainer) -> None:
-        _tensorboard.close_series(trainer)
+            views.of(trainer).histograms({f"singular_values/{name}": s for name, s in spectra.items()}, step)
 
     # -- recording ------------------------------------------------------------------------
     @override
@@ -389,4 +378,4 @@ class SpectralMonitor(Monitor):
                 self._vectors_step = step
         scalars = {**record.scalars, **theory_at(self.theory, step)}
         self.publish(trainer, record.rows, scalars, step)
-        self._show(trainer, scalars, record.spectra, step)
+        self._show(trainer, record.spectra, step)

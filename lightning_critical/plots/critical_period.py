@@ -131,8 +131,12 @@ def plot_critical_period_curve(
     groups = _groups(summary, keys)
     colors = matplotlib.colormaps["viridis"](np.linspace(0.05, 0.8, max(len(groups), 1)))
     # one spare color when there are no groups, hence not strict
+    shared = summary.attrs.get("deficit_params", [])  # missing in the one baseline that serves all their values
     for color, (key, part) in zip(colors, groups, strict=False):
-        name = ", ".join(f"{k}={_shown(v)}" for k, v in zip(keys, key, strict=True))
+        name = ", ".join(f"{k}={_shown(v)}" for k, v in zip(keys, key, strict=True)
+                         if not (k in shared and part["baseline"].astype(bool).all()))
+        if shared and set(keys) <= set(shared) and len(part) and part["baseline"].astype(bool).all():
+            color = "0.35"  # the one baseline of several curves (swept deficit values): neutral
         _draw_group(ax, part, x, color, text, f" ({name})" if name else "")
     flagged = _mark_failures(ax, summary, x)
     _keep_span(ax, summary)
@@ -155,7 +159,8 @@ def _draw_group(ax: Axes, part: pd.DataFrame, x: str, color: Any, text: CurveTex
     curve = part[~baseline].sort_values(x)
     curve = curve[np.isfinite(curve["mean"].to_numpy(float))]  # windows left without a value are marked apart
     xs, mean, sem = curve[x].to_numpy(float), curve["mean"].to_numpy(float), curve["sem"].to_numpy(float)
-    ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{text.curve}{name}")
+    if (~baseline).any() or not len(part):  # a baseline-only group (shared by swept deficit values): no curve
+        ax.plot(xs, mean, marker="o", markersize=4, color=color, label=f"{text.curve}{name}")
     if np.isfinite(sem).any():  # one seed has no standard error: no band rather than a band of width 0
         ax.fill_between(xs, mean - np.nan_to_num(sem), mean + np.nan_to_num(sem), color=color, alpha=0.25, lw=0)
     base = part[baseline]

@@ -7,11 +7,13 @@ A *run directory* is a logger's ``log_dir`` (for ``TensorBoardLogger``,
   ``history_file`` given to a monitor; any CSV in the directory or its subfolders with the
   history header ``step,epoch,target,metric,index,value`` is read, rows of metric
   ``fisher_trace`` go to the Fisher table, every other row to the spectral table);
-* TensorBoard's event file(s), where every deficit logs ``deficit/<name>`` (1 inside its
-  window, 0 outside). The windows are read back from these scalars: a window opens at the
-  first step that reads 1 and closes at the next step that reads 0 (or at the last logged
-  step, the end of training). Without an event file (another logger) there are no windows;
-  give them explicitly to the plotting functions instead.
+* ``schedule.json`` (:mod:`lightning_critical.schedule_file`), which every run with a logger
+  writes (TensorBoard, CSV, W&B, MLflow): each deficit's windows in optimizer steps and the step
+  from which each task of a ``TaskSwitch`` trained;
+* for runs older than the schedule file, TensorBoard's event file(s), where every deficit logs
+  ``deficit/<name>`` (1 inside its window, 0 outside): a window opens at the first step that
+  reads 1 and closes at the next step that reads 0 (or at the last logged step, the end of
+  training). Without either there are no windows; give them to the plotting functions instead.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import glob
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lightning_critical.history import COLUMNS, read_history
+from lightning_critical.schedule_file import FILE_NAME, deficit_windows, read_schedule, task_switches
 
 FISHER_METRIC = "fisher_trace"
 DEFAULT_FILES: tuple[str, ...] = ("spectral_history.csv", "fisher_history.csv")
@@ -44,7 +48,11 @@ class Run:
         fisher: the :class:`~lightning_critical.FisherMonitor` history (metric ``fisher_trace``);
             empty without one.
         windows: ``{deficit name: [(start, end), ...]}``, half-open windows in optimizer steps
-            read from the event file's ``deficit/<name>`` scalars; empty without an event file.
+            read from ``schedule.json`` (else from an event file's ``deficit/<name>`` scalars);
+            empty without either.
+        switches: ``{target: [(step, task), ...]}``: the step from which each task trained
+            (``schedule.json`` of a run with a ``TaskSwitch``).
+        schedule: the whole ``schedule.json`` (``None`` for a run without one).
         steps_per_epoch: optimizer steps per epoch when the histories tell (two Fisher records
             at different epochs), else ``None``.
         files: the history files read.
@@ -56,10 +64,14 @@ class Run:
     windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     steps_per_epoch: float | None = None
     files: list[str] = field(default_factory=list)
+    switches: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    schedule: dict[str, Any] | None = None
 
 
 def _is_run_dir(path: str) -> bool:
-    return bool(glob.glob(os.path.join(path, EVENT_PREFIX + "*"))) or os.path.exists(os.path.join(path, "hparams.yaml"))
+    if glob.glob(os.path.join(path, EVENT_PREFIX + "*")):
+        return True
+    return any(os.path.exists(os.path.join(path, name)) for name in ("hparams.yaml", FILE_NAME))
 
 
 def _history_files(directory: str) -> list[str]:
@@ -151,7 +163,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
         run_dir: a logger's ``log_dir`` (e.g. ``lightning_logs/version_0``).
 
     Raises:
-        ValueError: ``run_dir`` is not a directory, or holds no monitor history (the message
+        ValueError: ``run_dir`` is not a directory, holds an unreadable ``schedule.json``, or holds
+            no monitor history (the message
             says what was looked for, and lists the runs in it when it is a parent folder
             such as ``lightning_logs``).
 
@@ -183,11 +196,15 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
     table = table.drop_duplicates(["step", "target", "metric", "index"], keep="last")
     is_fisher = table["metric"] == FISHER_METRIC
     fisher = table[is_fisher].reset_index(drop=True)
+    schedule = read_schedule(directory)
+    per_epoch = schedule.get("steps_per_epoch") if schedule else None
     return Run(
         directory=directory,
         spectral=table[~is_fisher].reset_index(drop=True),
         fisher=fisher,
-        windows=read_deficit_windows(directory),
-        steps_per_epoch=_steps_per_epoch(fisher),
+        windows=deficit_windows(schedule) if schedule else read_deficit_windows(directory),
+        steps_per_epoch=float(per_epoch) if per_epoch else _steps_per_epoch(fisher),
         files=files,
+        switches=task_switches(schedule) if schedule else {},
+        schedule=schedule,
     )

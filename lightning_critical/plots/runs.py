@@ -4,8 +4,9 @@ Every function takes a monitor history table (``monitor.to_frame()``,
 :func:`~lightning_critical.history.read_history`, or a table of
 :func:`~lightning_critical.plots.run_files.load_run`) or a run directory, and returns a matplotlib
 ``Figure``. Deficit windows are shaded: given as ``windows={name: [(start, end), ...]}`` in
-optimizer steps, or, for a run directory, read from the ``deficit/<name>`` scalars of its event
-file (see :mod:`lightning_critical.plots.run_files`).
+optimizer steps, or, for a run directory, read from its ``schedule.json`` (any logger; the
+``deficit/<name>`` scalars of its event file for older runs; see
+:mod:`lightning_critical.plots.run_files`), where task switches are also marked (dotted lines).
 :func:`plot_run` writes every figure of a run as PNG files (``lightning-critical plot RUN_DIR``).
 """
 
@@ -35,22 +36,25 @@ WINDOW_COLORS: tuple[str, ...] = ("tab:orange", "tab:purple", "tab:green", "tab:
 MAX_LEGEND = 20
 
 
+Switches = dict[str, list[tuple[int, str]]]
+
+
 def _resolve(
     history: HistoryLike, windows: Windows | None, part: str
-) -> tuple[pd.DataFrame, Windows, float | None, str | None]:
-    """The table, the windows (explicit ones win), steps per epoch and the run directory of ``history``."""
+) -> tuple[pd.DataFrame, Windows, float | None, Switches]:
+    """The table, the windows (explicit ones win), steps per epoch and the task switches of ``history``."""
     if isinstance(history, (str, os.PathLike)):
         history = load_run(history)
     if isinstance(history, Run):
         table = history.fisher if part == "fisher" else history.spectral
-        return table, history.windows if windows is None else windows, history.steps_per_epoch, history.directory
+        return table, history.windows if windows is None else windows, history.steps_per_epoch, history.switches
     if not isinstance(history, pd.DataFrame):
         raise TypeError(f"history={type(history).__name__} is not valid: give a monitor history DataFrame "
                         "(monitor.to_frame()), a Run (load_run) or a run directory.")
     missing = [c for c in COLUMNS if c not in history.columns]
     if missing:
         raise ValueError(f"history lacks the columns {missing} of a monitor history (has {list(history.columns)}).")
-    return history, windows or {}, None, None
+    return history, windows or {}, None, {}
 
 
 def _select(table: pd.DataFrame, metric: str, targets: str | Sequence[str] | None, what: str) -> pd.DataFrame:
@@ -95,6 +99,25 @@ def shade_windows(ax: Axes, windows: Windows, scale: float = 1.0) -> list[Any]:
     return patches
 
 
+def mark_switches(ax: Axes, switches: Switches, scale: float = 1.0) -> None:
+    """A dotted line where each task starts training (after step 0), its name at the top of the axes.
+
+    Example::
+
+        >>> from lightning_critical.plots._figure import subplots
+        >>> fig, ax = subplots()
+        >>> mark_switches(ax, {"datamodule": [(0, "pretrain"), (12, "target")]})
+        >>> [line.get_xdata()[0] for line in ax.lines], ax.texts[0].get_text()
+        ([12.0], ' task target')
+    """
+    for steps in switches.values():
+        for step, task in steps:
+            if step > 0:
+                ax.axvline(step / scale, color="0.35", ls=":", lw=1.0, zorder=0.5, label="_nolegend_")
+                ax.text(step / scale, 0.98, f" task {task}", transform=ax.get_xaxis_transform(), fontsize=7,
+                        color="0.3", va="top", ha="left")
+
+
 def _legend(ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if 0 < len(handles) <= MAX_LEGEND:
@@ -122,8 +145,7 @@ def metric_over_steps(
         metric: e.g. ``"effective_rank"``, ``"stable_rank"``, ``"spectral_norm"``, any metric the history holds.
             For metrics with an index (``singular_values``, ``mode_strength``) every index is drawn in its
             target's colour, unless ``index`` picks one.
-        windows: ``{deficit name: [(start, end), ...]}`` in optimizer steps (default: none for a table, the
-            event file's for a run directory).
+        windows: ``{deficit name: [(start, end), ...]}`` in optimizer steps (default: the run directory's).
         targets: names or globs of the targets to draw (default: all).
         index: draw only this singular-value / mode index.
         logy: logarithmic y axis.
@@ -142,7 +164,7 @@ def metric_over_steps(
         >>> len(ax.lines), ax.get_title(), ax.get_xlabel()
         (2, 'effective_rank', 'optimizer step')
     """
-    table, windows, _, _ = _resolve(history, windows, "spectral")
+    table, windows, _, switches = _resolve(history, windows, "spectral")
     rows = _select(table, metric, targets, "spectral")
     if index is not None:
         rows = rows[rows["index"] == index]
@@ -159,6 +181,7 @@ def metric_over_steps(
             ax.plot(line["step"], line["value"], color=color, lw=1.2, marker="." if len(line) < 30 else None,
                     label=label)
     shade_windows(ax, windows)
+    mark_switches(ax, switches)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
@@ -209,7 +232,7 @@ def fisher_over_epochs(
         >>> [line.get_label() for line in fig.axes[0].lines]
         ['l1', 'l2', 'total']
     """
-    table, windows, inferred, _ = _resolve(history, windows, "fisher")
+    table, windows, inferred, switches = _resolve(history, windows, "fisher")
     if table.empty or FISHER_METRIC not in set(table["metric"]):
         raise ValueError("the history holds no fisher_trace records (a FisherMonitor writes them, into "
                          "fisher_history.csv of the run directory).")
@@ -235,6 +258,8 @@ def fisher_over_epochs(
             ax.plot(line["epoch"], line["value"], color="k", lw=1.2, ls="--", label="total")
     if windows:
         shade_windows(ax, windows, scale=float(steps_per_epoch or 1.0))
+    if steps_per_epoch:
+        mark_switches(ax, switches, scale=float(steps_per_epoch))
     values = rows["value"].to_numpy(float)
     values = values[np.isfinite(values)]
     if logy is None:
@@ -351,7 +376,7 @@ def plot_run(
         out: where the PNGs go (default: ``<run_dir>/figures``).
         metrics: the spectral metrics to draw (default: every one in the history).
         steps: the steps of ``spectra.png``.
-        windows: deficit windows in optimizer steps (default: read from the event file).
+        windows: deficit windows in optimizer steps (default: read from ``schedule.json``, else the event file).
         dpi: resolution of the PNGs.
 
     Raises:

@@ -1,9 +1,9 @@
 """Relative source variance (RSV) of the units of a layer (Kleinman, Achille & Soatto, CVPR 2023).
 
-For a unit ``i`` of a chosen representation ``h`` and two sources ``a``, ``b`` of the input,
+For a unit ``i`` of a chosen representation ``h`` and two sources ``a``, ``b`` of the input
+(``SV_a``: only ``a`` varies, ``b`` held fixed, averaged over the fixed values)::
 
-    SV_a(i) = E_{x_b} [ Var_{x_a} h_i(x_a, x_b) ]     (only ``a`` varies; ``b`` held fixed,
-                                                        averaged over the fixed values)
+    SV_a(i) = E_{x_b} [ Var_{x_a} h_i(x_a, x_b) ]
     RSV(i)  = (SV_a(i) - SV_b(i)) / (SV_a(i) + SV_b(i))   in [-1, 1]
 
 +1: the unit responds to ``a`` only; -1: to ``b`` only; 0: to both alike. Kleinman et al.

@@ -30,7 +30,7 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
-from lightning_critical.sweep.params import accepted_kwargs, names_argument
+from lightning_critical.sweep.params import Params, accepted_kwargs, check_reach, deficit_overrides, names_argument
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, describe, qualname
 
 
@@ -61,12 +61,56 @@ def build_deficits(spec: SweepSpec, run: RunSpec) -> list[Any]:
     ``[]`` for the baseline (no windows). See :func:`make_deficit` for the forms and the seed rule.
     """
     out: list[Any] = []
-    makers = spec.deficit if isinstance(spec.deficit, (list, tuple)) else [spec.deficit]
+    makers = deficit_makers(spec, run) if run.windows else []
     for window in run.windows:
         for maker in makers:
             made = make_deficit(maker, window, spec.factory_kwargs(run))
             out.extend(_as_callbacks(made, functools.partial(_deficit_name, maker)))
     return out
+
+
+def deficit_makers(spec: SweepSpec, run: RunSpec) -> list[Any]:
+    """The entries of ``spec.deficit`` for ``run``: its templates with the run's ``deficit.`` values (see
+    :func:`swept_deficits`), its factories as they are."""
+    return swept_deficits(spec.deficit, run.params_dict)
+
+
+def swept_deficits(deficit: Any, params: Mapping[str, Any]) -> list[Any]:
+    """``deficit`` as a list, each template rebuilt through its constructor with the values ``params`` give its
+    arguments (``deficit.<argument>``, ``deficit.<index>.<argument>``:
+    :func:`~lightning_critical.sweep.params.address_deficit`); a bad value is refused by the constructor.
+
+    Example::
+
+        >>> from lightning_critical import InputDeficit
+        >>> [d.factor for d in swept_deficits(InputDeficit("blur", (0, 1), factor=2), {"deficit.factor": 4})]
+        [4]
+    """
+    makers = list(deficit) if isinstance(deficit, (list, tuple)) else [deficit]
+    overrides = deficit_overrides(params, template_classes(makers))
+    return [m.with_window(m.window, **overrides[i]) if i in overrides else m for i, m in enumerate(makers)]
+
+
+def check_swept(combos: Sequence[Params], factories: Sequence[tuple[str, Any]], deficit: Any) -> None:
+    """Before training: every swept name reaches a factory (``(role, factory)`` pairs, the deficit's added) or a
+    template deficit's argument (:func:`~lightning_critical.sweep.params.check_reach`), and every template is
+    rebuilt with each combination's values, so its constructor refuses a bad one now."""
+    makers = list(deficit) if isinstance(deficit, (list, tuple)) else [deficit]
+    templates = template_classes(makers)
+    named = [*factories, *(("deficit", m) for m, cls in zip(makers, templates, strict=True) if cls is None)]
+    check_reach({k for combo in combos for k, _ in combo}, named, templates)
+    for combo in combos:
+        swept_deficits(makers, dict(combo))
+
+
+def is_template(maker: Any) -> bool:
+    """Whether an entry of ``deficit=`` is a template (rebuilt for each window with ``with_window``), not a factory."""
+    return isinstance(maker, WindowedDeficit)
+
+
+def template_classes(makers: Sequence[Any]) -> list[type | None]:
+    """Per entry of ``deficit=``: the class of a template (:func:`is_template`), ``None`` for a factory."""
+    return [type(m) if is_template(m) else None for m in makers]
 
 
 def intervention(spec: SweepSpec, runs: Sequence[RunSpec]) -> str | None:
@@ -129,7 +173,7 @@ def make_deficit(maker: Any, window: Window, kwargs: Mapping[str, Any]) -> Any:
         TypeError: ``maker`` is neither a ``WindowedDeficit`` nor callable.
     """
     seed = kwargs.get("seed")
-    if isinstance(maker, WindowedDeficit):
+    if is_template(maker):
         return maker.with_window(window, **_run_seed(maker, seed))
     if not callable(maker):
         raise TypeError(

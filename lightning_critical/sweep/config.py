@@ -77,9 +77,10 @@ Metric = Callable[..., Mapping[str, float]]
 # needs a class to check ``class_path`` against. Every other field is read with its own annotation.
 YAML_TYPES: dict[str, dict[str, Any]] = {
     "study": {
-        "model": ModelFactory,
-        "datamodule": DataModuleFactory | None,
-        "deficit": DeficitFactory | list[DeficitFactory],
+        # a class by class_path, or any factory function by its dotted path (``mymodels.make_net``)
+        "model": ModelFactory | Callable[..., Any],
+        "datamodule": DataModuleFactory | Callable[..., Any] | None,
+        "deficit": DeficitFactory | Callable[..., Any] | list[DeficitFactory | Callable[..., Any]],
         "windows": dict[str, Any] | list[Any],  # read by grid() below
         "metrics": Metric | str | list[Metric | str],
         "callbacks": list[CallbackClass] | None,

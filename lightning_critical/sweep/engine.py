@@ -93,7 +93,11 @@ def run(
             sets ``logger`` (``False`` = ``tensorboard=False``) and checkpointing (branch points only).
         seeds: integer seeds; each run calls ``pl.seed_everything(seed)`` before its factories.
         params: other swept values: ``{"name": [values]}`` (cartesian product) or a list of
-            dicts; each name must be an argument of a factory. They become table columns.
+            dicts; each name must be an argument of a factory, or ``deficit.<argument>``
+            (``deficit.<index>.<argument>`` in a list) for an argument of a template deficit, e.g.
+            ``{"deficit.factor": [2, 4]}`` (:mod:`lightning_critical.sweep.params`). They become
+            table columns. A value that reaches only the deficit leaves the baseline unchanged:
+            it trains once per seed, its row ``<NA>`` in that column.
         callbacks: factory of extra callbacks (e.g. monitors), fresh for every run; a factory that
             names a ``windows`` argument also receives the run's windows (``()`` for the baseline),
             e.g. to overlay a theory that depends on them.

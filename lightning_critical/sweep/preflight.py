@@ -49,12 +49,19 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from lightning_critical import _tensorboard, _warnings
+from lightning_critical import _warnings, views
 from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.deficits.task_switch import TaskSwitch
 from lightning_critical.schedule import Window
-from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, make_deficit
+from lightning_critical.sweep.build import (
+    build_callbacks,
+    build_datamodule,
+    build_deficits,
+    build_model,
+    deficit_makers,
+    make_deficit,
+)
 from lightning_critical.sweep.runners.base import MetricNotFound
 from lightning_critical.sweep.runners.branching import rngs as branch_rngs
 from lightning_critical.sweep.runners.isolation import isolated, quiet
@@ -143,7 +150,7 @@ def check_deficit_windows(spec: SweepSpec, runs: Sequence[RunSpec]) -> None:
         return
     windows = windows[:2]
     run = next(r for r in runs if r.windows)
-    makers = spec.deficit if isinstance(spec.deficit, (list, tuple)) else [spec.deficit]
+    makers = deficit_makers(spec, run)
     with isolated(spec.threads_per_run), quiet():
         for maker in makers:
             schedules = []
@@ -203,7 +210,6 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
         logger: Any = False
         if spec.tensorboard and spec.trainer.get("logger", True) is not False:
             logger = pl.loggers.TensorBoardLogger(root, name="trial", version="", default_hp_metric=False)
-            _tensorboard.defer_session(logger)
         kwargs = {**QUIET_TRAINER, **{k: v for k, v in spec.trainer.items() if k not in _TRIAL_DROPS + ("logger",)}}
         # one batch of each loop, unless the sweep turned a loop off (then the runs produce nothing there either)
         limits = {k: 0 if spec.trainer.get(k) == 0 else 1 for k in ("limit_val_batches", "limit_test_batches")}
@@ -218,6 +224,7 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
             warnings.simplefilter("ignore")  # one-batch artefacts ("few batches", "window never active")
             try:
                 trainer = pl.Trainer(**kwargs)
+                views.of(trainer).hold_session()  # a trial: no session to write
                 trainer.fit(model, **data_kwargs)
                 produced = dict(trainer.callback_metrics)
                 if spec.test:

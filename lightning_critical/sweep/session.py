@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightning_critical import _namespace
+from lightning_critical import _namespace, views
 from lightning_critical._output import save_figure
 from lightning_critical.plots.critical_period import plot_critical_period_curve
 from lightning_critical.sweep import backends as _backends
@@ -43,10 +43,12 @@ from lightning_critical.sweep.build import build_callbacks, build_deficits, inte
 from lightning_critical.sweep.dispatcher import Dispatcher
 from lightning_critical.sweep.lock import SweepLock
 from lightning_critical.sweep.observers import standard_observers
+from lightning_critical.sweep.params import runs_of
 from lightning_critical.sweep.plan import Plan, PlanItem, make_plan, schedule_tokens
 from lightning_critical.sweep.resume import report_reuse
 from lightning_critical.sweep.runners import LightningRunner, Task
 from lightning_critical.sweep.runners.isolation import isolated, quiet
+from lightning_critical.sweep.runners.lightning import hparams_columns
 from lightning_critical.sweep.spec import RunSpec, SweepSpec, identity_of, short_hash
 from lightning_critical.sweep.store import IDENTITY, Store, SweepDirectoryError, Takeover
 from lightning_critical.sweep.study import Execution, Output, Study, check_together
@@ -122,19 +124,23 @@ class Session:
         table = self.table()
         self.clean_up(table)
         self.figure(table)
+        if self.tensorboard:  # one HParams and Custom Scalars view of all the runs
+            lead, last = hparams_columns([k for k, _ in self.combos[0]])
+            views.finish_sweep(os.path.join(self.store.out, "tensorboard"), lead, last)
         return table
 
     # -- 1. the runs and the sweep's identity ----------------------------------------------
     def identify(self) -> None:
         """The spec, the runs in grid order, the identity, run ids, labels, lengths and table fields."""
         self.spec = self.make_spec()
-        self.runs = [RunSpec(entry.windows, seed, combo, entry.max_epochs)
-                     for entry in self.grid for combo in self.combos for seed in self.seeds]
+        # one baseline per seed whatever the values that reach only the deficit; groups: the plan's sharing
+        self.runs, groups = runs_of(self.grid, self.combos, self.seeds, self.study.deficit_params)
         built = self.build_first_run()  # the built classes' code joins the identity
         self.description = self.spec.describe(built, namespace=_namespace.NAME)
         self.identity = identity_of(self.description)
         self.run_ids = [r.run_id(self.identity) for r in self.runs]
         self.by_id = dict(zip(self.run_ids, self.runs, strict=True))
+        self.groups = dict(zip(self.run_ids, groups, strict=True))
         self.labels = _labels(self.runs, self.run_ids)
         self.epochs = {rid: (r.max_epochs or self.spec.max_epochs) for rid, r in self.by_id.items()}
         self.fields = {rid: {**run_fields(r, rid, self.labels[rid], self.epochs[rid]), "sweep": self.identity}
@@ -229,7 +235,7 @@ class Session:
         items = []
         for rid in self.pending:
             r = self.by_id[rid]
-            group = short_hash({"sweep": self.identity, "seed": r.seed, "params": r.encode()["params"]})
+            group = short_hash({"sweep": self.identity, "seed": r.seed, "params": dict(self.groups[rid])})
             steps = self.study.steps_per_epoch
             items.append(PlanItem(rid, group, self.epochs[rid], schedule_tokens(r.windows, self.epochs[rid], steps)))
         sharing = bool(self.execution.share_prefixes) and bool(self.runner.shares_prefixes)

@@ -39,6 +39,9 @@ from lightning_critical.sweep.grids import GridEntry, RunWindows
 
 Metric = str | Callable[..., Mapping[str, float]]
 Params = tuple[tuple[str, Any], ...]
+DEFICIT_PREFIX = "deficit."
+"""Swept names with this prefix set a template deficit's own arguments, never a factory's
+(:mod:`~lightning_critical.sweep.params`)."""
 
 
 def canonical_json(value: Any) -> str:
@@ -303,5 +306,6 @@ class SweepSpec:
         return identity_of(self.describe(built, namespace=namespace))
 
     def factory_kwargs(self, run: RunSpec) -> dict[str, Any]:
-        """The keyword arguments a factory may take for ``run``: ``seed`` and the swept values (copied)."""
-        return {"seed": run.seed, **run.params_dict}
+        """The keyword arguments a factory may take for ``run``: ``seed`` and the swept values (copied), but not
+        the ``deficit.``-prefixed ones (they set the template deficit's own arguments)."""
+        return {"seed": run.seed, **{k: v for k, v in run.params_dict.items() if not k.startswith(DEFICIT_PREFIX)}}

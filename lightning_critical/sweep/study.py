@@ -35,11 +35,12 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.base import WindowedDeficit
 from lightning_critical.sweep import backends as _backends
 from lightning_critical.sweep.audit import check_verify
+from lightning_critical.sweep.build import check_swept
 from lightning_critical.sweep.grids import WindowGrid, as_grid, uneven_clean_epochs
-from lightning_critical.sweep.params import accepted_kwargs, check_params
+from lightning_critical.sweep.params import check_params, deficit_only
 from lightning_critical.sweep.runners import RUNNER_OPTIONS, check_runner
 from lightning_critical.sweep.runners.lightning import RESERVED_TRAINER
-from lightning_critical.sweep.spec import Params, describe
+from lightning_critical.sweep.spec import Params
 from lightning_critical.sweep.store import RESUME
 from lightning_critical.sweep.table import check_columns
 
@@ -56,7 +57,8 @@ class Study:
     one's meaning); ``deficit``, ``windows``, ``metrics`` and ``trainer`` must be given. Every
     field is checked when the study is made; the checked forms are the properties
     :attr:`grid`, :attr:`seed_list`, :attr:`combos`, :attr:`metric_list` and
-    :attr:`trainer_kwargs` (recomputed from the fields, so a changed field is checked again).
+    :attr:`trainer_kwargs` (recomputed from the fields, so a changed field is checked again);
+    :attr:`deficit_params` names the swept values the baseline goes without.
 
     Raises:
         ValueError / TypeError: a bad field, naming it, the value and what is valid.
@@ -99,7 +101,8 @@ class Study:
         check_int("steps_per_epoch", self.steps_per_epoch, low=1, allow_none=True)
         _check_windows_fit(grid, trainer["max_epochs"], self.steps_per_epoch)
         _check_callables(self.model, self.datamodule, self.deficit, self.callbacks)
-        _check_params_used(self)
+        check_swept(self.combos, [("model", self.model), ("datamodule", self.datamodule),
+                                  ("callbacks", self.callbacks)], self.deficit)
 
     @property
     def grid(self) -> WindowGrid:
@@ -115,6 +118,13 @@ class Study:
     def combos(self) -> list[Params]:
         """The swept values, one tuple of ``(name, value)`` pairs per combination (``[()]`` without ``params``)."""
         return check_params(self.params)
+
+    @property
+    def deficit_params(self) -> list[str]:
+        """The swept names that reach only the deficit (``deficit.<argument>``, or arguments no model, datamodule
+        or callbacks factory takes): the baseline goes without them, one run per seed whatever their values."""
+        names = {k for combo in self.combos for k, _ in combo}
+        return deficit_only(names, [self.model, self.datamodule, self.callbacks])
 
     @property
     def metric_list(self) -> list[Any]:
@@ -368,16 +378,3 @@ def _check_callables(model: Any, datamodule: Any, deficit: Any, callbacks: Any) 
 
 def _is_instance_of_lightning(obj: Any) -> bool:
     return isinstance(obj, (pl.LightningModule, pl.LightningDataModule))
-
-
-def _check_params_used(study: Study) -> None:
-    names = {k for combo in study.combos for k, _ in combo}
-    factories = [f for f in (study.model, study.datamodule, study.callbacks) if f is not None]
-    makers = study.deficit if isinstance(study.deficit, (list, tuple)) else [study.deficit]
-    factories += [m for m in makers if callable(m)]
-    for name in sorted(names):
-        if not any(name in accepted_kwargs(f, {name: None}) for f in factories):
-            raise ValueError(
-                f"params[{name!r}] is not an argument of any factory (model {describe(study.model)}, datamodule "
-                f"{describe(study.datamodule)}, deficit, callbacks): a swept value must reach the run."
-            )

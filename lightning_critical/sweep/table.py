@@ -54,8 +54,14 @@ def to_table(records: Iterable[dict[str, Any]], params: Sequence[str] | None = N
     :func:`lightning_critical.sweep.spec.deficit_seed`; ``<NA>`` for the baseline and for deficits
     without one), beside ``seed``, the run's own.
 
+    A swept value that reaches only the deficit (``deficit.factor``, see
+    :mod:`lightning_critical.sweep.params`) is missing (NaN) in the baseline rows: one baseline
+    run per seed serves every value. Those names are ``table.attrs["deficit_params"]``, which
+    :func:`~lightning_critical.curve.summarize` reads.
+
     ``records`` are result records (or run fields with ``status="pending"``).
     """
+    records = list(records)
     rows = []
     param_names: list[str] = list(params or [])
     metric_names: list[str] = list(metrics or [])
@@ -95,11 +101,24 @@ def to_table(records: Iterable[dict[str, Any]], params: Sequence[str] | None = N
         if len({json_key(v) for v in plain}) != len(set(plain)):
             table[name] = pd.Series(values, index=table.index, dtype=object)
     table.attrs["params"] = param_names
+    table.attrs["deficit_params"] = _baseline_free(records, param_names)
+    for name in table.attrs["deficit_params"]:  # missing in the baseline rows: NaN / <NA>, integers kept integers
+        present = [row[name] for row in rows if name in row]
+        if table[name].dtype == object:
+            table[name] = table[name].where(table[name].notna(), pd.NA)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            table[name] = table[name].astype("Int64")
     table.attrs["metrics"] = metric_names
     if renamed:
         warnings.warn(f"metrics {sorted(renamed)} are named like columns of the sweep table; they are shown as "
                       f"{[f'metric:{k}' for k in sorted(renamed)]}.", stacklevel=2)
     return table
+
+
+def _baseline_free(records: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """The swept names no baseline record has (values that reach only the deficit), when there is a baseline."""
+    baselines = [set(r.get("params") or {}) for r in records if r.get("baseline")]
+    return [n for n in names if baselines and not any(n in b for b in baselines)]
 
 
 # -- names ---------------------------------------------------------------------------------

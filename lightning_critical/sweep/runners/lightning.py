@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lightning_critical import _tensorboard
+from lightning_critical import views
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import audit
 from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, deficit_seed
@@ -117,8 +117,30 @@ def read_metrics(metrics: Any, trainer: pl.Trainer, module: pl.LightningModule,
     return values
 
 
+SWEEP_AXES = ("window_start", "window_end", "seed")
+"""The HParams columns a sweep's view leads with (then the swept values): see :func:`hparams_columns`."""
+
+SWEEP_BOOKKEEPING = ("window", "unit", "baseline", "sweep", "epochs", "run_id", "branch_epoch")
+"""The HParams columns a sweep's view ends with."""
+
+
+def hparams_columns(params: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(lead, last)`` of :func:`lightning_critical.views.finish_sweep` for a sweep of the swept ``params``.
+
+    Example::
+
+        >>> hparams_columns(["lr"])[0]
+        ['window_start', 'window_end', 'seed', 'lr']
+    """
+    return [*SWEEP_AXES, *params], list(SWEEP_BOOKKEEPING)
+
+
 def hparams(task: Task) -> dict[str, Any]:
-    """The values that tell one run from another, as TensorBoard hparams (window bounds -1 for the baseline)."""
+    """The values that tell one run from another, as TensorBoard hparams (window bounds -1 for the baseline).
+
+    The run's view adds the module's hyperparameters (``model/<name>``) and the deficits' and
+    tasks' descriptions; :func:`hparams_columns` orders them.
+    """
     run = task.run
     windows = run.windows
     out: dict[str, Any] = {
@@ -163,8 +185,8 @@ def fit(task: Task) -> dict[str, Any]:
     if log_dir is not None:
         logger = pl.loggers.TensorBoardLogger(os.path.dirname(log_dir), name=os.path.basename(log_dir), version="",
                                    default_hp_metric=False)
-        _tensorboard.defer_session(logger)  # one session per run, written below with the sweep's values
     trainer = _trainer(task, callbacks, logger)
+    views.of(trainer).hold_session(sweep=True)  # one session per run, written below with the sweep's values
     data_kwargs: dict[str, Any] = {"datamodule": datamodule} if datamodule is not None else {}
     branch_step = _branch_step(task.resume_path) if task.resume_path is not None else 0
     _train(trainer, model, data_kwargs, task.resume_path, branching)
@@ -177,7 +199,7 @@ def fit(task: Task) -> dict[str, Any]:
         audit.save_weights(task.audit_path, model, trainer)
     if logger:
         final = {f"final/{k}": v for k, v in metrics.items() if math.isfinite(v)}
-        _tensorboard.write_session(trainer, extra=hparams(task), metrics=final)
+        views.of(trainer).write_session(extra=hparams(task), metrics=final, sweep=True)
         logger.finalize("success")
     if spec.save_model:
         _save_model(model, os.path.join(task.out, "models", f"{task.label}.pt"))
