@@ -213,6 +213,13 @@ def test_the_runner_is_chosen_in_the_config(tmp_path):
     assert (table.status == "ok").all() and table.test_loss.notna().all()
 
 
+@pytest.mark.parametrize("name", ["lightning", "vectorized", "auto"])
+def test_a_runner_is_named_by_its_string_in_the_config(tmp_path, name):
+    config = _write(tmp_path / "tasks.yaml", TASKS)
+    _, execution, _ = read_config(["--config", config, "--execution.runner", name], str(tmp_path / "out"))
+    assert execution.runner == name
+
+
 def test_errors_record_or_raise(user_cwd, capsys):
     config = _write(user_cwd / "fails.yaml", """
         study:

@@ -85,7 +85,7 @@ YAML_TYPES: dict[str, dict[str, Any]] = {
         "metrics": Metric | str | list[Metric | str],
         "callbacks": list[CallbackClass] | None,
     },
-    "execution": {"runner": Runner | None, "backend": str | Executor},
+    "execution": {"runner": Runner | str | None, "backend": str | Executor},  # str: "lightning" | "vectorized" | "auto"
 }
 
 
