@@ -19,7 +19,7 @@ import torch
 import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.failures import materialize
-from lightning_critical.sweep.runners.base import BranchRefused, MetricNotFound, Task, envelope
+from lightning_critical.sweep.runners.base import BranchRefused, MetricNotFound, Task, envelope, record
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 from lightning_critical.sweep.units import Job, job_groups, run_unit
 
@@ -164,6 +164,71 @@ def test_errors_raise_gives_the_runs_own_exception_type_through_the_envelope(tmp
 
     with pytest.raises(Diverged, match="the loss diverged"):
         _sweep(tmp_path, runner=Raising(), preflight=False, errors="raise")
+
+
+# -- a record that breaks the contract fails its run, named; it is never re-keyed ---------------------
+class Reversed(Fake):
+    """Complete records (``record(task, ...)``), in the wrong order."""
+
+    name = "reversed"
+
+    def batches(self, tasks):
+        return [list(tasks)]
+
+    def run(self, tasks):
+        return [record(t, metrics={"value": float(t.run.seed)}, seed=99) for t in reversed(tasks)]
+
+
+class Bare(Reversed):
+    """Duck-typed: records without a status (or a run id); ``keep``: the keys it does give."""
+
+    name = "bare"
+
+    def __init__(self, keep: tuple[str, ...] = ()) -> None:
+        self.keep = keep
+
+    def run(self, tasks):
+        return [{key: value for key, value in record(t, metrics={"value": 1.0}).items() if key in self.keep}
+                for t in tasks]
+
+
+def test_records_returned_out_of_order_fail_each_run_naming_the_runner_and_both_ids(tmp_path):
+    with pytest.warns(lc.sweep.FailedRunsWarning):
+        table = _sweep(tmp_path, runner=Reversed(), seeds=[0, 1], metrics="value", preflight=False)
+    assert list(table["status"]) == ["failed"] * 4
+    assert list(table["seed"]) == [0, 1, 0, 1]  # the run's own columns, not the record's
+    ids = list(table["run_id"])
+    for rid, theirs, label, error in zip(ids, ids[::-1], table["label"], table["error"], strict=True):
+        assert error == (f"runner 'reversed' returned the record of run {theirs!r} for run {rid!r} ({label}): "
+                         "a runner returns one record per task, in the order of the tasks")
+    stored = lc.sweep.load(str(tmp_path))
+    assert stored[["run_id", "label", "seed", "status"]].values.tolist() == \
+        table[["run_id", "label", "seed", "status"]].values.tolist()
+
+
+@pytest.mark.parametrize("keep, missing", [(("run_id", "metrics"), "'status'"),
+                                           (("metrics",), "'run_id', no 'status'")])
+def test_records_without_a_status_fail_their_runs_and_the_sweep_completes(tmp_path, keep, missing):
+    with pytest.warns(lc.sweep.FailedRunsWarning):
+        table = _sweep(tmp_path, runner=Bare(keep), metrics="value", preflight=False)
+    assert list(table["status"]) == ["failed", "failed"] and list(table["epochs_trained"]) == [0, 0]
+    for rid, label, error in zip(table["run_id"], table["label"], table["error"], strict=True):
+        assert error == (f"runner 'bare': the record of run {rid!r} ({label}) has no {missing} "
+                         "(lc.sweep.runners.record(task, ...) makes one)")
+    assert len(lc.sweep.load(str(tmp_path))) == 2  # stored
+    with pytest.raises(lc.sweep.RunFailed, match="runner 'bare': the record of run"):
+        _sweep(tmp_path / "raise", runner=Bare(keep), metrics="value", preflight=False, errors="raise")
+
+
+def test_a_record_gets_the_defaults_it_lacks_and_never_overwrites_the_runs_columns(tmp_path):
+    class Partial(Bare):
+        def run(self, tasks):
+            return [{"run_id": t.run_id, "status": "ok", "metrics": {"value": 2.0}, "seed": 7, "label": "x",
+                     "window": "[5, 6) epochs"} for t in tasks]
+
+    table = _sweep(tmp_path, runner=Partial(), metrics="value", preflight=False)
+    assert table[["label", "window", "seed", "status", "value", "epochs_trained"]].values.tolist() == [
+        ["baseline_seed0", "none", 0, "ok", 2.0, 2], ["w0-1_seed0", "[0, 1) epochs", 0, "ok", 2.0, 2]]
 
 
 # -- the envelope --------------------------------------------------------------------------------

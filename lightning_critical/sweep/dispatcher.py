@@ -36,6 +36,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from lightning_critical.sweep.audit import Audit, Twin
@@ -44,7 +45,7 @@ from lightning_critical.sweep.failures import carry
 from lightning_critical.sweep.observers import Observer
 from lightning_critical.sweep.plan import Node, Plan
 from lightning_critical.sweep.readiness import Start, from_scratch, readiness, retarget
-from lightning_critical.sweep.runners.base import MetricNotFound
+from lightning_critical.sweep.runners.base import MetricNotFound, conform
 from lightning_critical.sweep.store import Store
 from lightning_critical.sweep.table import refuse_colliding_metrics
 
@@ -97,6 +98,7 @@ class Dispatcher:
         self.branched_done: list[Node] = []  # branched runs stored without a passed audit
         self.sharing_off = False
         self.jumped = False  # work was put first in line: _fill starts a new pass
+        self.runner = "the runner"  # its name, in a record that breaks the runner contract
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -220,6 +222,8 @@ class Dispatcher:
     def _job(self, nodes: Job) -> Any:
         """The unit of work of ``nodes``; a single run's task as the audit wants it (weights saved, or a twin)."""
         job = self.make_job(list(nodes))
+        runner = getattr(job, "runner", None)
+        self.runner = str(getattr(runner, "name", type(runner).__name__)) if runner is not None else self.runner
         tasks = getattr(job, "tasks", None)
         if len(nodes) != 1 or not tasks:
             return job
@@ -245,8 +249,8 @@ class Dispatcher:
             records = [self._failure(node, f"the runner returned {len(records)} records for {len(job)} runs")
                        for node in job]
         self.suspects.discard(job[0].run_id)
-        for node, record in zip(job, records, strict=True):
-            self._record(node, record)
+        for node, record in zip(job, records, strict=True):  # a record of another run fails: never re-keyed
+            self._record(node, conform(record, self._task(node), self.runner))
 
     def _broken(self, job: Job, err: BaseException) -> None:
         """A worker died: the pool is gone with every job it held."""
@@ -276,6 +280,11 @@ class Dispatcher:
                 "branch_epoch": node.branch_epoch, "parent": node.parent, "epochs_trained": 0, "seconds": None,
                 "log_dir": self.log_dirs.get(node.run_id)}
 
+    def _task(self, node: Node) -> SimpleNamespace:
+        return SimpleNamespace(run_id=node.run_id, label=self.fields.get(node.run_id, {}).get("label", node.run_id),
+                               epochs=node.epochs, branch_epoch=node.branch_epoch, parent=node.parent,
+                               log_dir=self.log_dirs.get(node.run_id))
+
     def _record(self, node: Node, record: dict[str, Any]) -> None:
         exception = record.pop("exception", None) if isinstance(record, dict) else None
         if isinstance(node, Twin):  # a twin's failure is the audit's business, not errors="raise"'s
@@ -286,7 +295,8 @@ class Dispatcher:
         if record.get("status") == "refused":
             self._refused(node, record)
             return
-        row = {**self.fields[node.run_id], **record, "finished_at": time.time()}
+        fields = self.fields[node.run_id]  # the engine's columns: a record never overwrites them
+        row = {**fields, **record, **fields, "finished_at": time.time()}
         refuse_colliding_metrics(row)  # a metric function's name that would overwrite a column stops the sweep
         if node.run_id in self.refused:
             row["branch_refused"] = self.refused[node.run_id]

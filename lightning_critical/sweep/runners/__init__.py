@@ -36,7 +36,9 @@ What it returns, per task: ``{"run_id", "label", "status": "ok" | "failed" | "re
 "error": str | None, "metrics": {name: float}, "epochs", "epochs_trained", "branch_epoch",
 "parent", "log_dir", "seconds"}`` (:func:`record` fills the defaults). A failing run is a record
 with ``status="failed"``, never an exception (an exception means the whole job could not run;
-the engine records every run of the job as failed). A metric name the run did not produce is a
+the engine records every run of the job as failed). A record of another run (out of order), or one
+without ``run_id`` or ``status``, fails its run with an error naming the runner (:func:`~.base.conform`);
+it is never re-keyed and never overwrites the run's own columns. A metric name the run did not produce is a
 record with ``"fatal": True`` and the error listing what it produced: the engine stops the
 sweep. ``"refused"`` (a branched run that cannot end as the same run from scratch) makes the
 engine train the run again from scratch. :func:`envelope` gives all of this to a training

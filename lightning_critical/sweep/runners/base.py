@@ -127,6 +127,49 @@ def record(task: Any, status: str = "ok", metrics: dict[str, float] | None = Non
     return out
 
 
+STATUSES: tuple[str, ...] = ("ok", "failed", "refused")
+"""The statuses a runner's record may say (see :func:`conform`)."""
+
+
+def conform(rec: Any, task: Any, runner: str) -> dict[str, Any]:
+    """``rec`` as the record of ``task``, or a ``"failed"`` one saying how runner ``runner`` broke the contract.
+
+    A record is a dict with ``task``'s ``run_id`` (records come one per task, in order: a record
+    of another run is never re-keyed) and a ``status`` among :data:`STATUSES`; any other key it
+    lacks takes :func:`record`'s default (``task``'s ``branch_epoch``, ``parent``, ``log_dir``).
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> task = SimpleNamespace(run_id="a1", label="w0-1_seed0", epochs=3, branch_epoch=0, parent=None,
+        ...                        log_dir=None)
+        >>> conform({"run_id": "a1", "status": "ok"}, task, "mine")["epochs_trained"]
+        3
+        >>> print(conform({"run_id": "b2", "status": "ok"}, task, "mine")["error"])  # doctest: +ELLIPSIS
+        runner 'mine' returned the record of run 'b2' for run 'a1' (w0-1_seed0): a runner returns one record per ...
+        >>> print(conform({"metrics": {}}, task, "mine")["error"])  # doctest: +ELLIPSIS
+        runner 'mine': the record of run 'a1' (w0-1_seed0) has no 'run_id', no 'status' (lc.sweep.runners.record...
+    """
+    where = {"branch_epoch": task.branch_epoch, "parent": task.parent, "log_dir": task.log_dir}
+    run = f"run {task.run_id!r} ({task.label})"
+    if not isinstance(rec, Mapping):
+        problem = f"runner {runner!r} returned a {type(rec).__name__} for {run}, not a record (a dict)"
+    elif missing := [key for key in ("run_id", "status") if key not in rec]:
+        problem = (f"runner {runner!r}: the record of {run} has no {', no '.join(map(repr, missing))} "
+                   "(lc.sweep.runners.record(task, ...) makes one)")
+    elif rec["run_id"] != task.run_id:
+        problem = (f"runner {runner!r} returned the record of run {rec['run_id']!r} for {run}: a runner returns "
+                   "one record per task, in the order of the tasks")
+    elif rec["status"] not in STATUSES:
+        problem = f"runner {runner!r}: the record of {run} says status {rec['status']!r}, not one of {STATUSES}"
+    else:
+        out = dict(rec)
+        for key, value in record(task, str(rec["status"]), **where).items():
+            out.setdefault(key, value)  # appended: a complete record keeps its own order
+        return out
+    return record(task, "failed", error=problem, **where)
+
+
 Fields = Mapping[str, Any]
 
 
