@@ -161,8 +161,9 @@ OWN = ("model: mymodels.Net, deficit: {class_path: lightning_critical.PathwayDef
      "execution: backend='serail' is not valid; choose one of ('serial', 'process', 'ray')"),
     (f"study: {{{OWN}}}\noutput: {{plot: val_acc}}", "plot='val_acc' is not valid; choose one of ('train_loss',)"),
     # a bad init_args value is found when the session builds the deficit, still before anything trains
-    ("study: {" + OWN.replace("PathwayDeficit, init_args: {pathways: layer}", "InputDeficit, init_args: {transform: blurr}")
-     + "}", "transform='blurr' is not valid; choose one of ('blur', 'downsample'"),
+    ("study: {" + OWN.replace("PathwayDeficit, init_args: {pathways: layer}",
+                              "InputDeficit, init_args: {transform: blurr}") + "}",
+     "transform='blurr' is not valid; choose one of ('blur', 'downsample'"),
     ("study: {" + OWN.replace("max_epochs: 1", "max_epochs: 1, nonsense: 1") + "}",
      "unknown pl.Trainer arguments ['nonsense']"),
 ], ids=["unknown-key", "unknown-section", "wrong-type", "missing-class", "missing-module", "unknown-argument",
