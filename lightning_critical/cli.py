@@ -128,17 +128,35 @@ def _sweep(argv: Sequence[str]) -> int:
         args = ["--help"]
     _bind_to_users_lightning(args)
     from lightning_critical.sweep.config import ConfigError, read_config
-    from lightning_critical.sweep.session import run_study
+    from lightning_critical.sweep.lock import SweepLock
+    from lightning_critical.sweep.session import Session
 
     configs = _config_files(args)
     default_out = os.path.join("outputs", os.path.splitext(os.path.basename(configs[-1]))[0]) if configs else None
     try:
         study, execution, output = read_config(args, default_out)
     except ConfigError as err:
-        print(f"lightning-critical sweep: error: {err}", file=sys.stderr)
-        return 2
+        return _bad_input(err)
     _quiet_lightning()
-    return _report(run_study(study, execution, output))
+    # run_study's steps; the errors of those before training are bad input (one line), training's keep theirs
+    bad_input = (ValueError, TypeError, ImportError)
+    try:
+        session = Session(study, execution, output)
+        session.identify()  # the checks and first builds (a bad init_args value), before out is touched
+    except bad_input as err:
+        return _bad_input(err)
+    with SweepLock(output.out):
+        try:
+            session.prepare()  # the store, the backend, the pre-flight
+        except bad_input as err:
+            return _bad_input(err)
+        table = session.run()
+    return _report(table)
+
+
+def _bad_input(err: Exception) -> int:
+    print(f"lightning-critical sweep: error: {err}", file=sys.stderr)
+    return 2
 
 
 def _report(table: Any) -> int:

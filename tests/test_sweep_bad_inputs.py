@@ -67,6 +67,10 @@ CASES: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "trainer logger object": (dict(trainer={"max_epochs": 3, "logger": "tb"}), ValueError,
                               r"trainer\['logger'\]='tb' is not valid"),
     "trainer max_steps": (dict(trainer={"max_epochs": 3, "max_steps": 10}), ValueError, "max_steps.*not supported"),
+    "trainer unknown key, metric functions only": (
+        dict(trainer={"max_epochs": 3, "nonsense": 1, "max_epoch": 3}, metrics=lambda trainer, module: {"x": 1.0}),
+        ValueError,
+        r"unknown pl.Trainer arguments \['nonsense', 'max_epoch'\].*'max_epoch' did you mean \['max_epochs'"),
     "metrics empty": (dict(metrics=[]), ValueError, r"metrics=\[\] is not valid"),
     "params not taken by any factory": (dict(params={"depth": [1, 2]}), ValueError,
                                         r"params\['depth'\] is not an argument of any factory"),

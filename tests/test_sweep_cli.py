@@ -160,9 +160,15 @@ OWN = ("model: mymodels.Net, deficit: {class_path: lightning_critical.PathwayDef
     (f"study: {{{OWN}}}\nexecution: {{backend: serail}}",
      "execution: backend='serail' is not valid; choose one of ('serial', 'process', 'ray')"),
     (f"study: {{{OWN}}}\noutput: {{plot: val_acc}}", "plot='val_acc' is not valid; choose one of ('train_loss',)"),
+    # a bad init_args value is found when the session builds the deficit, still before anything trains
+    ("study: {" + OWN.replace("PathwayDeficit, init_args: {pathways: layer}",
+                              "InputDeficit, init_args: {transform: blurr}") + "}",
+     "transform='blurr' is not valid; choose one of ('blur', 'downsample'"),
+    ("study: {" + OWN.replace("max_epochs: 1", "max_epochs: 1, nonsense: 1") + "}",
+     "unknown pl.Trainer arguments ['nonsense']"),
 ], ids=["unknown-key", "unknown-section", "wrong-type", "missing-class", "missing-module", "unknown-argument",
         "deficit-window", "bad-grid", "missing-model", "wrong-int", "not-a-runner", "yaml-syntax",
-        "bad-backend", "plot-not-a-metric"])
+        "bad-backend", "plot-not-a-metric", "bad-init-value", "trainer-unknown-key"])
 def test_a_bad_config_is_one_line_with_exit_code_2(user_cwd, capsys, yaml, expected):
     config = _write(user_cwd / "bad.yaml", yaml + "\n")
     assert main(["sweep", "--config", config]) == 2

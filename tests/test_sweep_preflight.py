@@ -18,6 +18,7 @@ import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.cli import main
 from lightning_critical.sweep.preflight import PreflightError, check_deficit_windows
+from lightning_critical.sweep.runners import MetricNotFound
 from lightning_critical.sweep.spec import RunSpec, SweepSpec
 
 
@@ -223,7 +224,7 @@ def test_preflight_writes_nothing_but_the_sweep(tmp_path):
     assert len(glob.glob(os.path.join(tempfile.gettempdir(), "lc-preflight-*"))) == trials  # its own folder is gone
 
 
-def test_the_cli_config_can_turn_preflight_off(tmp_path):
+def test_the_cli_config_can_turn_preflight_off(tmp_path, capsys):
     config = tmp_path / "late.yaml"
     config.write_text(
         "study:\n"
@@ -232,8 +233,9 @@ def test_the_cli_config_can_turn_preflight_off(tmp_path):
         "  deficit: {class_path: lightning_critical.PathwayDeficit, init_args: {pathways: b}}\n"
         "  windows: [[0, 1]]\n  seeds: [0]\n  metrics: [late]\n  trainer: {max_epochs: 2, accelerator: cpu}\n"
         "execution: {backend: serial}\noutput: {tensorboard: false, plot: false}\n")
-    with pytest.raises(ValueError, match="pass preflight=False"):
-        main(["sweep", "--config", str(config), "--out", str(tmp_path / "on")])
+    assert main(["sweep", "--config", str(config), "--out", str(tmp_path / "on")]) == 2  # refused before training
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass preflight=False" in err, err
     off = ["--out", str(tmp_path / "off"), "--execution.preflight", "false"]
     assert main(["sweep", "--config", str(config), *off]) == 0
 
@@ -265,3 +267,24 @@ def test_the_start_up_builds_the_first_run_once_more_only_to_see_a_shared_object
     runs = len(table)
     assert (table.status == "ok").all() and runs == 3
     assert (BUILDS.count("model") - runs, BUILDS.count("datamodule") - runs) == (model_builds, 2)
+
+
+def test_a_step_metric_the_short_runs_would_never_log_is_refused_naming_log_every_n_steps(tmp_path):
+    # MultiPathwayLinearNet logs train_loss only every log_every_n_steps (default 50); full batch, 3 epochs: 3 steps
+    _refused(tmp_path, MetricNotFound,
+             r"\['train_loss'\] would never be logged: the model logs them only every log_every_n_steps=50 optimizer "
+             r"steps, and the shortest run takes 3 \(3 epochs x 1 steps\)\. Pass trainer=\{'log_every_n_steps': 1\}",
+             trainer={"max_epochs": 3, "accelerator": "cpu"})
+
+
+def test_without_preflight_the_missing_step_metric_names_log_every_n_steps(tmp_path):
+    with pytest.raises(MetricNotFound, match=r"The run took 3 optimizer steps, fewer than log_every_n_steps=50"):
+        lc.sweep.run(**{**GOOD, "out": str(tmp_path), "trainer": {"max_epochs": 3, "accelerator": "cpu"},
+                        "preflight": False, "seeds": [0]})
+
+
+def test_a_metric_logged_on_every_step_passes_however_short_the_runs(tmp_path):
+    table = lc.sweep.run(**{**GOOD, "out": str(tmp_path), "model": lambda seed: NoTestStep(), "datamodule": None,
+                            "deficit": lambda window: pl.Callback(), "windows": [(0, 1)], "seeds": [0],
+                            "trainer": {"max_epochs": 2, "accelerator": "cpu"}})  # 4 steps < 50, logged every step
+    assert (table.status == "ok").all() and table.train_loss.notna().all()

@@ -16,6 +16,9 @@ before the first run, and refuses the sweep (nothing trained, nothing written) w
   ``test=True``), must put every metric name of ``metrics=`` into
   ``trainer.callback_metrics``; the message lists what it produced. An exception of the
   trial fit itself (a wrong pathway name, a shape error) is raised too, naming the run.
+  When the shortest run takes fewer optimizer steps than the sweep's ``log_every_n_steps``
+  (Lightning's default 50), a second one-batch trial with that value must produce them too: a
+  model that logs only on logging steps would otherwise never log them (the message says so).
 
 The trial cannot change any run's numbers: it builds its own model, datamodule and callbacks
 through the factories (after ``pl.seed_everything`` of that run's seed, like a run), writes
@@ -46,7 +49,7 @@ import inspect
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lightning_critical import _warnings, views
@@ -118,7 +121,9 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True,
                           "call (the runs share it; a trial would train it). Metric names are checked when the "
                           "first run finishes.", stacklevel=3)
             return
-        produced = trial_metrics(spec, run, model, datamodule)
+        produced, batches = _trial(spec, run, model, datamodule)
+        if all(n in produced for n in names):
+            _check_logged_in_time(spec, runs, names, batches, lambda every: _trial(spec, run, model, datamodule, every))
     missing = [n for n in names if n not in produced]
     if missing:
         test = ", then 1 test batch" if spec.test else ""
@@ -203,6 +208,12 @@ def check_test_setup(model: Any, datamodule: Any) -> None:
 
 def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> dict[str, Any]:
     """``trainer.callback_metrics`` after one training and one validation batch of ``run`` (and one test batch)."""
+    return _trial(spec, run, model, datamodule)[0]
+
+
+def _trial(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any,
+           log_every_n_steps: int = 1) -> tuple[dict[str, Any], int | None]:
+    """:func:`trial_metrics`, and the training batches of a full epoch (``None``: the loader has no length)."""
     callbacks = build_deficits(spec, run) + build_callbacks(spec, run)
     root = tempfile.mkdtemp(prefix="lc-preflight-")
     given = set(_warnings._GIVEN)  # the real runs still warn once
@@ -215,7 +226,8 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
         limits = {k: 0 if spec.trainer.get(k) == 0 else 1 for k in ("limit_val_batches", "limit_test_batches")}
         kwargs.update(
             max_epochs=1, limit_train_batches=1, **limits, val_check_interval=1.0,
-            check_val_every_n_epoch=1, log_every_n_steps=1, num_sanity_val_steps=0, callbacks=callbacks, logger=logger,
+            check_val_every_n_epoch=1, log_every_n_steps=log_every_n_steps, num_sanity_val_steps=0,
+            callbacks=callbacks, logger=logger,
             enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
             enable_autolog_hparams=False, default_root_dir=root,
         )
@@ -227,6 +239,7 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
                 views.of(trainer).hold_session()  # a trial: no session to write
                 trainer.fit(model, **data_kwargs)
                 produced = dict(trainer.callback_metrics)
+                batches = _length(trainer.train_dataloader)
                 if spec.test:
                     trainer.test(model, **data_kwargs, verbose=False)
                     produced.update(trainer.callback_metrics)
@@ -238,11 +251,48 @@ def trial_metrics(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) ->
                     f"{type(err).__name__}: {err}. Every run would fail the same way; fix it, or pass preflight=False "
                     "if it only fails in the trial."
                 ) from err
-        return produced
+        return produced, batches
     finally:
         _warnings._GIVEN.clear()
         _warnings._GIVEN.update(given)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _check_logged_in_time(spec: SweepSpec, runs: Sequence[RunSpec], names: list[str], batches: int | None,
+                          trial: Callable[[int], tuple[dict[str, Any], int | None]]) -> None:
+    """Refuse a metric logged only on logging steps when the shortest run takes fewer than ``log_every_n_steps``.
+
+    The trial logs on every step; a model may call ``self.log`` only every ``log_every_n_steps``
+    steps (as :class:`~lightning_critical.models.MultiPathwayLinearNet` does). When the runs are
+    shorter than that, a second one-batch trial with the sweep's own value shows what they produce.
+    """
+    every = int(spec.trainer.get("log_every_n_steps") or 50)  # Lightning's default
+    if every <= 1 or batches is None:
+        return
+    limit = spec.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    per_epoch = -(-batches // int(spec.trainer.get("accumulate_grad_batches") or 1))
+    epochs = min(r.max_epochs or spec.max_epochs for r in runs)
+    if per_epoch * epochs >= every:
+        return
+    late = [n for n in names if n not in trial(every)[0]]
+    if late:
+        raise MetricNotFound(
+            f"metrics: {late} would never be logged: the model logs them only every log_every_n_steps={every} "
+            f"optimizer steps, and the shortest run takes {per_epoch * epochs} ({epochs} epochs x {per_epoch} steps). "
+            f"Pass trainer={{'log_every_n_steps': 1}} (or any value up to {per_epoch * epochs}), or use a metric "
+            "logged per epoch."
+        )
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _shared_objects(spec: SweepSpec, run: RunSpec, model: Any, datamodule: Any) -> str:

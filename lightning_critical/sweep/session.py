@@ -9,6 +9,7 @@ form). It holds ``out``'s :class:`~lightning_critical.sweep.lock.SweepLock` and 
 2. :meth:`Session.open_store` / :meth:`Session.choose_backend`: what is already done, and where
    the rest trains (the main guard and picklability checked for worker processes);
 3. :meth:`Session.check_before_training`: the pre-flight (:mod:`lightning_critical.sweep.preflight`);
+   steps 1 to 3 are :meth:`Session.prepare` (nothing trains; the CLI reports their errors in one line);
 4. :meth:`Session.claim`: take the directory (or refuse a different sweep), say what is reused;
 5. :meth:`Session.dispatch`: plan the prefix tree, build the jobs, run them on the backend;
 6. :meth:`Session.table` / :meth:`Session.clean_up` / :meth:`Session.figure`: the tidy table, the
@@ -111,11 +112,9 @@ class Session:
         self.first: tuple[Any, Any] | None = None  # the first run's model and datamodule, until the pre-flight
 
     def run(self) -> pd.DataFrame:
-        """Every step, in order; the table of this call's runs."""
-        self.identify()
-        self.open_store()
-        self.choose_backend()
-        self.check_before_training()
+        """Every step, in order (:meth:`prepare` unless done already); the table of this call's runs."""
+        if not hasattr(self, "todo"):
+            self.prepare()
         self.claim()
         if self.pending:
             self.dispatch()
@@ -128,6 +127,14 @@ class Session:
             lead, last = hparams_columns([k for k, _ in self.combos[0]])
             views.finish_sweep(os.path.join(self.store.out, "tensorboard"), lead, last)
         return table
+
+    def prepare(self) -> None:
+        """The steps before anything trains or is written (their errors are bad input): 1 (unless done) to 3."""
+        if not hasattr(self, "spec"):
+            self.identify()
+        self.open_store()
+        self.choose_backend()
+        self.check_before_training()
 
     # -- 1. the runs and the sweep's identity ----------------------------------------------
     def identify(self) -> None:

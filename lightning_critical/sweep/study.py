@@ -24,6 +24,8 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -309,6 +311,7 @@ def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
         raise ValueError(
             f"trainer={trainer!r} is not valid: give a dict of pl.Trainer arguments, e.g. {{'max_epochs': 20}}.")
     kwargs = dict(trainer)
+    _check_trainer_keys(kwargs)
     reserved = [k for k in RESERVED_TRAINER if k in kwargs]
     if reserved:
         raise ValueError(
@@ -330,6 +333,16 @@ def _check_trainer(trainer: Any, grid: WindowGrid) -> dict[str, Any]:
     else:
         kwargs["max_epochs"] = max(e.max_epochs for e in grid)
     return kwargs
+
+
+def _check_trainer_keys(kwargs: Mapping[str, Any]) -> None:
+    valid = list(inspect.signature(pl.Trainer).parameters)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), valid, n=3) for k in unknown}
+        hints = "; ".join(f"for {k!r} did you mean {m}?" for k, m in close.items() if m)
+        raise ValueError(f"trainer= has unknown pl.Trainer arguments {unknown}" + (f" ({hints})" if hints else "")
+                         + f"; valid: {sorted(valid)}.")
 
 
 def _check_windows_fit(grid: WindowGrid, max_epochs: int, steps_per_epoch: int | None) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from lightning_critical import views
+from lightning_critical._lightning import log_every_n_steps
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import audit
 from lightning_critical.sweep.build import build_callbacks, build_datamodule, build_deficits, build_model, deficit_seed
@@ -98,9 +99,13 @@ def read_metrics(metrics: Any, trainer: pl.Trainer, module: pl.LightningModule,
     for metric in metrics:
         if isinstance(metric, str):
             if metric not in produced:
+                every, steps = log_every_n_steps(trainer), trainer.global_step
+                short = (f" The run took {steps} optimizer steps, fewer than log_every_n_steps={every}: a metric "
+                         "logged only on logging steps was never logged; pass trainer={'log_every_n_steps': 1}."
+                         if steps < every else "")
                 raise MetricNotFound(
                     f"metrics: {metric!r} is not in trainer.callback_metrics; this run produced {sorted(produced)}. "
-                    "Use one of those names, or a function (trainer, module) -> dict of numbers."
+                    f"Use one of those names, or a function (trainer, module) -> dict of numbers.{short}"
                 )
             values[metric] = float(produced[metric])
         else:
