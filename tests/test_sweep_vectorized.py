@@ -215,3 +215,47 @@ def test_batches_group_by_shapes_and_length() -> None:
     with pytest.raises(TypeError, match="runner='fast' is not valid"):
         lc.sweep.run(MLP, windows=[(0, 1)], deficit=lc.InputDeficit("blur", (0, 1)), metrics=METRICS,
                      trainer={"max_epochs": 2}, runner="fast")
+
+
+@pytest.mark.parametrize(("init", "every"), [("aligned", 1), ("gaussian", 3)])
+def test_the_bundled_linear_net_without_validation_is_bitwise(tmp_path: Any, init: str, every: int) -> None:
+    # Aligned init reads the datamodule's task basis in setup; the step logs when (global_step + 1) is a multiple
+    # of the trainer's log_every_n_steps (every=3, 6 steps: logged at steps 3 and 6, not at all if global_step
+    # stayed 0); HierarchicalDataModule
+    # has no val_dataloader.
+    def run(runner: Any) -> Any:
+        return lc.sweep.run(
+            functools.partial(lc.models.MultiPathwayLinearNet, depth=2, width=8, init=init),
+            functools.partial(lc.data.HierarchicalDataModule, batch_size=4),
+            deficit=lc.PathwayDeficit("b", (0, 1)), windows=lc.sweep.removal([1]), seeds=[0, 1],
+            metrics="train_loss", trainer={"max_epochs": 3, "log_every_n_steps": every}, runner=runner,
+            out=str(tmp_path / str(runner)), backend="serial", tensorboard=False, plot=False, save_model=True)
+    default, vectorized = run(None), run("vectorized")
+    assert (vectorized["status"] == "ok").all()
+    assert default["train_loss"].tolist() == vectorized["train_loss"].tolist()
+    for label in default["label"]:
+        a, b = weights(tmp_path, "None", label), weights(tmp_path, "vectorized", label)
+        assert all(torch.equal(a[k], b[k]) for k in a), label
+
+
+class ReadsTrainer(MLP):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        _ = self.trainer.max_epochs
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_step_reading_the_trainer_is_refused_by_name_and_auto_falls_back(tmp_path: Any, capsys: Any,
+                                                                           monkeypatch: Any) -> None:
+    with pytest.raises(VectorizedRefused, match="the step reads self.trainer"):
+        sweep(tmp_path, "vectorized", ReadsTrainer)
+    from lightning_critical.sweep.runners.vectorized import VectorizedRunner
+
+    def broken(self: Any, tasks: Any) -> None:
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(VectorizedRunner, "trial", broken)
+    with pytest.raises(VectorizedRefused, match="checking the sweep raised KeyError: 'a bug of ours'"):
+        sweep(tmp_path / "v", "vectorized")
+    table = sweep(tmp_path / "a", "auto")
+    assert "the default runner (one fit per run): checking the sweep raised KeyError" in capsys.readouterr().out
+    assert (table["status"] == "ok").all()

@@ -218,7 +218,8 @@ class MultiPathwayLinearNet(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.initialized.item():
             return
-        basis = find_task_basis(getattr(self.trainer, "datamodule", None))
+        # Read defensively: a module may be set up without a Trainer (the vectorized runner's members).
+        basis = find_task_basis(getattr(getattr(self, "_trainer", None), "datamodule", None))
         if basis is None:
             raise ValueError(
                 "init='aligned' needs the task basis: pass task_basis=(U, S, V) or use a datamodule with task_basis()."
@@ -271,7 +272,8 @@ class MultiPathwayLinearNet(pl.LightningModule):
         loss = 0.5 * ((self(x) - y) ** 2).sum()
         # self.log costs more than a whole step of this model, and Lightning only writes step
         # metrics every log_every_n_steps, so skip the calls it would drop.
-        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector, undeclared
+        # log_every_n_steps is set by Lightning's logger connector (undeclared); without a Trainer, log every step.
+        every = getattr(getattr(self, "_trainer", None), "log_every_n_steps", 1)
         if (self.global_step + 1) % max(1, every) == 0:
             self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss

@@ -45,6 +45,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     check_module,
     check_spec,
     trial_refusal,
+    unexpected_refusal,
 )
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
@@ -97,7 +98,15 @@ class VectorizedRunner:
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
         """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
-        after the refusals and a trial step."""
+        after the refusals and a trial step; any error met on the way is a :class:`VectorizedRefused` naming it."""
+        try:
+            return self._batches(tasks)
+        except VectorizedRefused:
+            raise
+        except Exception as err:
+            raise unexpected_refusal(err) from err
+
+    def _batches(self, tasks: list[Any]) -> list[list[Any]]:
         if not tasks:
             return []
         check_spec(tasks[0].spec)
@@ -167,7 +176,9 @@ class VectorizedRunner:
         return not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
 
     def _stack(self, members: list[Member]) -> Stack:
-        stack = Stack(members, randomness="different" if self.allow_dropout else "error")
+        every = {**QUIET_TRAINER, **members[0].task.spec.trainer}.get("log_every_n_steps")
+        stack = Stack(members, randomness="different" if self.allow_dropout else "error",
+                      log_every_n_steps=50 if every is None else int(every))  # Lightning's default: 50
         for member in members:
             member.configure()
         return stack
@@ -221,9 +232,10 @@ class AutoRunner:
             print(f"runner='auto': the vectorized runner ({len(tasks)} runs in {len(groups)} job(s)): the model "
                   "qualifies")
             return groups
-        except VectorizedRefused as err:
+        except Exception as err:  # a refusal, or a bug of ours: neither should stop a sweep the default runner trains
             self._chosen = LightningRunner()
-            print(f"runner='auto': the default runner (one fit per run): {err.construct}")
+            reason = err.construct if isinstance(err, VectorizedRefused) else unexpected_refusal(err).construct
+            print(f"runner='auto': the default runner (one fit per run): {reason}")
             return self._chosen.batches(tasks)
 
     def run(self, tasks: Sequence[Any]) -> list[dict[str, Any]]:

@@ -27,8 +27,8 @@ REFUSALS: tuple[str, ...] = (
     "stateful torchmetrics held by the module",
     "overridden per-step/per-epoch hooks of the module (on_train_batch_start, on_before_optimizer_step, "
     "optimizer_step, backward, on_train_epoch_end, ...)",
-    "data-dependent control flow, .item(), random draws or a None loss in training_step/validation_step "
-    "(found by a trial step on two members)",
+    "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
+    "training_step/validation_step (found by a trial step on two members)",
     "deficits other than InputDeficit and PathwayDeficit(mode='freeze' | 'silence'); extra callbacks; test; "
     "TensorBoard logs; metric functions",
     "Trainer arguments other than max_epochs, check_val_every_n_epoch, gradient clipping and the quiet/logging "
@@ -112,6 +112,15 @@ def check_optimization(optimizers: list[Any], schedulers: list[Any]) -> None:
 def trial_refusal(err: Exception) -> VectorizedRefused:
     """The refusal for an error raised by the trial step under vmap (its first line kept)."""
     first = " ".join(str(err).split())[:300]
+    if "without a Trainer" in first:  # members.TrainerView's error
+        causes = "the step reads self.trainer beyond the loop's counters and log_every_n_steps"
+    else:
+        causes = "typical causes: .item(), data-dependent control flow, random draws, a None loss"
     return VectorizedRefused(f"the trial step on two members failed under torch.func.vmap ({type(err).__name__}: "
-                             f"{first}); typical causes: .item(), data-dependent control flow, random draws, a None "
-                             "loss")
+                             f"{first}); {causes}")
+
+
+def unexpected_refusal(err: Exception) -> VectorizedRefused:
+    """The refusal for any other error met while checking a sweep (named, so that the default runner is the remedy)."""
+    first = " ".join(str(err).split())[:300]
+    return VectorizedRefused(f"checking the sweep raised {type(err).__name__}: {first}")

@@ -56,7 +56,7 @@ class Member:
         if self.datamodule is not None:
             self.datamodule.prepare_data()
             self.datamodule.setup("fit")
-        self.model.setup("fit")
+        _setup_detached(self.model, self.datamodule)
         self.train_loader = source.train_dataloader()
         self.val_loader = _val_loader(source)
         self.rng = _capture()
@@ -195,7 +195,46 @@ def alias_rows(module: nn.Module, stack: dict[str, torch.Tensor], row: int) -> N
             owner._buffers[leaf] = tensor[row]
 
 
+class TrainerView:
+    """What a member's module reads as ``self.trainer``: the loop's counters and the sweep's logging cadence.
+
+    ``global_step`` / ``current_epoch`` are the job's (members step together), so a step that
+    reads them (or ``log_every_n_steps``) sees what its run trained alone would; ``datamodule``
+    only in ``setup``. Any other attribute raises an ``AttributeError`` naming it (the trial
+    step turns it into a refusal).
+    """
+
+    logger: Any = None
+    local_rank = global_rank = node_rank = 0
+    world_size = 1
+    is_global_zero = True
+
+    def __init__(self, log_every_n_steps: int = 50, **extra: Any) -> None:
+        self.global_step = self.current_epoch = 0
+        self.log_every_n_steps = log_every_n_steps
+        self.loggers: list[Any] = []
+        vars(self).update(extra)
+
+    def __getattr__(self, name: str) -> Any:  # only called for what is not set
+        raise AttributeError(f"self.trainer.{name} read by the module: vectorized members train without a Trainer "
+                             f"(they see only {sorted(vars(self))}, logger and the ranks)")
+
+
+def _setup_detached(model: Any, datamodule: Any) -> None:
+    """``model.setup("fit")`` with no Trainer, but ``self.trainer.datamodule`` readable (a common setup pattern)."""
+    model._trainer = TrainerView(datamodule=datamodule)
+    try:
+        model.setup("fit")
+    finally:
+        model._trainer = None  # the stack's template gets its own view (without the datamodule)
+
+
 def _val_loader(source: Any) -> Any:
+    base = pl.LightningDataModule if isinstance(source, pl.LightningDataModule) else pl.LightningModule
+    # Not overridden (HierarchicalDataModule): no validation, as under Lightning (whose base method raises).
+    # An instance attribute counts too (LightningDataModule.from_datasets sets the loaders on the instance).
+    if "val_dataloader" not in vars(source) and type(source).val_dataloader is base.val_dataloader:
+        return None
     try:
         loader = source.val_dataloader()
     except NotImplementedError:

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_map
 from lightning_critical.deficits.pathway import map_tensors
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
-from lightning_critical.sweep.runners.vectorized.members import Member, alias_rows
+from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
 
 Tensors = dict[str, torch.Tensor]
 
@@ -86,8 +86,9 @@ class _Caller(nn.Module):
 class Stack:
     """The stacked parameters of ``members`` and the vmapped steps (see the module docstring)."""
 
-    def __init__(self, members: list[Member], randomness: str = "error") -> None:
+    def __init__(self, members: list[Member], randomness: str = "error", log_every_n_steps: int = 50) -> None:
         template = copy.deepcopy(members[0].model)
+        self.view = template._trainer = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
         params, buffers = stack_module_state([m.model for m in members])
         self.params: Tensors = {k: v.detach() for k, v in params.items()}
         self.buffers: Tensors = dict(buffers)
@@ -104,6 +105,10 @@ class Stack:
         for name in self.gated:
             template.get_submodule(name).register_forward_hook(self._gate_hook(name))
         self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
+
+    def at(self, epoch: int, step: int) -> None:
+        """The counters the steps read as ``self.current_epoch`` / ``self.global_step`` (optimizer steps done)."""
+        self.view.current_epoch, self.view.global_step = epoch, step
 
     def keep(self, members: list[Member], rows: list[int]) -> None:
         """Shrink the stack to ``rows`` (members that finished leave it); ``members`` are the ones kept, in order.

@@ -102,6 +102,7 @@ class Loop:
         for batch_idx in range(self.n_batches):
             batches = [m.batch((epoch, self.step), f.next(), batch_idx) for m, f in zip(active, feeds, strict=True)]
             gates = stack.gates(active, epoch, self.step)
+            stack.at(epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
             if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
                 logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
@@ -118,6 +119,7 @@ class Loop:
         self.record(train_logs.callback(), final)
         if self.has_val and (epoch + 1) % self.val_every == 0:
             rows = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
+            stack.at(epoch, self.step)
             self.record(self.validate([m.feed(m.val_loader) for m in active], rows), rows)
         for member in active:
             member.step_schedulers("epoch")
