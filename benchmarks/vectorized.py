@@ -90,7 +90,7 @@ def compare(name: str, model: Any, args: argparse.Namespace) -> None:
           f"{' (bitwise equal)' if diff == 0 else ''}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("mlp", "cnn", "both"), default="mlp")
     parser.add_argument("--windows", type=int, default=4, help="removal ends (besides the baseline)")
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=6, help="clean epochs after each window")
     parser.add_argument("--process", action="store_true", help="also time the default runner on processes")
     parser.add_argument("--quick", action="store_true", help="toy size (2 windows, 2 seeds, 1 epoch after)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.windows, args.step, args.seeds, args.after = 2, 1, 2, 1
     torch.set_num_threads(1)

@@ -49,9 +49,17 @@ def _restore_process_state() -> Iterator[None]:
 
 
 def test_every_benchmark_has_a_quick_mode():
-    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "monitor_overhead.py", "spectral.py", "sweep.py"]
+    assert SCRIPTS == ["flagship_demo.py", "matrix_completion.py", "monitor_overhead.py", "spectral.py", "sweep.py",
+                       "vectorized.py"]
     for script in SCRIPTS:
         assert "--quick" in (BENCHMARKS / script).read_text(), f"{script} has no --quick mode"
+
+
+def test_vectorized_quick_compares_the_runners_and_their_tables(capsys: pytest.CaptureFixture[str]):
+    load("vectorized.py").main(["--quick"])
+    out = capsys.readouterr().out
+    assert "default runner, serial" in out and "vectorized runner (one job)" in out
+    assert "runs whose val_acc differ: 0 of 6 (bitwise equal)" in out
 
 
 def test_matrix_completion_quick_baseline_matches_the_figure(capsys: pytest.CaptureFixture[str]):
