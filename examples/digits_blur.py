@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import time
 import warnings
@@ -47,6 +46,7 @@ import torch
 from matplotlib.figure import Figure
 
 import lightning_critical as lc
+from lightning_critical.curve import paired_effect
 
 METRIC = "test_acc"
 
@@ -131,13 +131,8 @@ def early_late_effects(removal: pd.DataFrame, sliding: pd.DataFrame) -> pd.DataF
     for curve, table, x in (("removal", removal, "window_end"), ("sliding", sliding, "window_start")):
         wide = _by_seed(table if curve == "removal" else table[~table["baseline"]], x)
         early, late = wide.columns.min(), wide.columns.max()
-        diff = (wide[early] - wide[late]) if curve == "removal" else (wide[late] - wide[early])
-        diff = diff.dropna()
-        n = len(diff)
-        sem = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        mean = float(diff.mean()) if n else math.nan
-        rows.append({"curve": curve, "early": early, "late": late, "difference": mean, "sem": sem, "n_seeds": n,
-                     "z": mean / sem if sem > 0 else math.nan})
+        better, worse = (early, late) if curve == "removal" else (late, early)
+        rows.append({"curve": curve, "early": early, "late": late, **paired_effect(wide, better, worse)})
     return pd.DataFrame(rows)
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import lightning_critical as lc
+from lightning_critical.curve import paired_effect
 
 ACC = "test_acc"
 RELIANCE = {"a": "reliance/ablation/a", "b": "reliance/ablation/b"}
@@ -113,23 +113,6 @@ def run_sweeps(model: Callable[..., Any], data: Callable[..., Any], *, out: str,
 def positions(table: pd.DataFrame, curve: str) -> pd.Series:
     """Each run's x: the removal epoch ``T`` (0 for the baseline) or the sliding window's onset (NaN: baseline)."""
     return table["window_start"] if curve == "sliding" else table["window_end"].fillna(0.0)
-
-
-def paired_effect(wide: pd.DataFrame, better: float, worse: float) -> dict[str, float]:
-    """``wide[better] - wide[worse]`` paired over seeds (rows): mean, its standard error, seeds and ``z = mean / sem``.
-
-    Example::
-
-        >>> wide = pd.DataFrame({0: [0.1, 0.3], 6: [0.6, 0.7]}, index=[0, 1])  # seed x onset
-        >>> {k: round(v, 3) for k, v in paired_effect(wide, 6, 0).items()}
-        {'difference': 0.45, 'sem': 0.05, 'n_seeds': 2, 'z': 9.0}
-    """
-    wide = wide.reindex(columns=[better, worse])  # a window with no finite value: no effect (NaN), not an error
-    diff = (wide[better] - wide[worse]).dropna()
-    n = len(diff)
-    mean = float(diff.mean()) if n else math.nan
-    sem = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"difference": mean, "sem": sem, "n_seeds": n, "z": mean / sem if sem > 0 else math.nan}
 
 
 def early_late_effects(removal: pd.DataFrame, sliding: pd.DataFrame,

@@ -96,6 +96,27 @@ def _deficit_params(table: pd.DataFrame, by: Sequence[str]) -> list[str]:
     return [b for b in by if table.loc[base, b].isna().all() and table.loc[~base, b].notna().all()]
 
 
+def paired_effect(wide: pd.DataFrame, better: Any, worse: Any) -> dict[str, float]:
+    """``wide[better] - wide[worse]`` paired over seeds (rows): mean, its standard error, seeds and ``z = mean / sem``.
+
+    ``wide`` is a metric as a (seed x window position) matrix, e.g. a ``pivot_table`` of a sweep
+    table; the early-versus-late effect of a critical-period study, in paired standard errors.
+    A seed missing either value is left out; a missing column gives NaN, not an error.
+
+    Example::
+
+        >>> wide = pd.DataFrame({0: [0.1, 0.3], 6: [0.6, 0.7]}, index=[0, 1])  # seed x onset
+        >>> {k: round(v, 3) for k, v in paired_effect(wide, 6, 0).items()}
+        {'difference': 0.45, 'sem': 0.05, 'n_seeds': 2, 'z': 9.0}
+    """
+    wide = wide.reindex(columns=list(dict.fromkeys([better, worse])))  # one column when better is worse
+    diff = (wide[better] - wide[worse]).dropna()
+    n = len(diff)
+    mean = float(diff.mean()) if n else math.nan
+    sem = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"difference": mean, "sem": sem, "n_seeds": n, "z": mean / sem if sem > 0 else math.nan}
+
+
 def summarize(table: pd.DataFrame, metric: str | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, standard error and number of seeds per window (and swept values), with the drop versus the baseline.
 

@@ -9,6 +9,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from lightning_critical.curve import paired_effect
+
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "multisensory.py")
 # 2 seeds, 10 runs of 2-8 epochs on 400 digits: about 5 s on one core
 TINY = ["--seeds", "2", "--removal", "0", "3", "--onsets", "0", "3", "--length", "3", "--epochs-after", "2",
@@ -51,15 +53,14 @@ def test_multisensory_pipeline_writes_the_tables_and_figure_and_an_early_deficit
 
 
 def test_paired_effect_is_the_mean_per_seed_difference_over_its_standard_error() -> None:
-    example = load_example()
     # seed x onset; seed 2 is 0.3 higher everywhere: pairing removes it. Differences 0.5, 0.4, 0.6 -> mean 0.5,
     # std 0.1, s.e. 0.1 / sqrt(3)
     wide = pd.DataFrame({0: [0.1, 0.2, 0.4], 10: [0.6, 0.6, 1.0]}, index=[0, 1, 2])
-    effect = example.paired_effect(wide, 10, 0)
+    effect = paired_effect(wide, 10, 0)
     assert effect["difference"] == pytest.approx(0.5) and effect["n_seeds"] == 3
     assert effect["sem"] == pytest.approx(0.1 / 3 ** 0.5) and effect["z"] == pytest.approx(0.5 * 3 ** 0.5 / 0.1)
-    assert example.paired_effect(wide.iloc[:1], 10, 0)["n_seeds"] == 1  # one seed: no standard error
-    assert pd.isna(example.paired_effect(wide.iloc[:1], 10, 0)["z"])
+    assert paired_effect(wide.iloc[:1], 10, 0)["n_seeds"] == 1  # one seed: no standard error
+    assert pd.isna(paired_effect(wide.iloc[:1], 10, 0)["z"])
 
 
 def test_effects_pair_each_seeds_early_and_late_runs_on_both_curves() -> None:
