@@ -138,12 +138,16 @@ class Feed:
 
     A stock loader (``TensorDataset``, default collate, a ``RandomSampler`` or
     ``SequentialSampler`` in a ``BatchSampler``, no workers) is read by indexing the tensors
-    with the sampler's indices: the same batches, bitwise, without collating one sample at a
-    time (the sampler draws from torch's generator only). Any other loader is iterated.
+    with the sampler's indices (:meth:`indices`): the same batches, bitwise, without collating
+    one sample at a time. Its sampler draws from torch's generator only, once, when its first
+    index is asked for: the whole epoch's order is then read in one go (the same draws, in the
+    same order, as the batch sampler's). Any other loader is iterated.
     """
 
     def __init__(self, member: Member, loader: Any) -> None:
-        self.member, self.tensors, self.drawn = member, _tensors(loader), False
+        self.member, self.loader, self.tensors = member, loader, _tensors(loader)
+        self.order: torch.Tensor | None = None
+        self.position = 0
         draw = member.drawing_torch if self.tensors is not None else member.drawing
         with draw():
             self.iterator = iter(loader)
@@ -152,14 +156,25 @@ class Feed:
         if self.tensors is None:
             with self.member.drawing():
                 return next(self.iterator)
-        if self.drawn:  # the stock samplers draw once, when their first index is asked for
-            indices = self.iterator._next_index()
-        else:
-            with self.member.drawing_torch():
-                indices = self.iterator._next_index()
-            self.drawn = True
-        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))  # faster than torch.as_tensor(list)
+        index = self.indices()
         return [t.index_select(0, index) for t in self.tensors]
+
+    def indices(self) -> torch.Tensor:
+        """The next batch's sample indices (stock loaders only), as the loader's batch sampler gives them."""
+        order = self.epoch_order()
+        if self.position >= len(self.loader):
+            raise StopIteration
+        size = self.loader.batch_sampler.batch_size
+        self.position += 1
+        return order[(self.position - 1) * size:self.position * size]
+
+    def epoch_order(self) -> torch.Tensor:
+        """The epoch's sample indices in order (stock loaders only), drawn at the first call."""
+        if self.order is None:  # the sampler's one draw, where the batch sampler would make it: at the first index
+            sampler = self.loader.sampler
+            with self.member.drawing_torch():
+                self.order = torch.from_numpy(np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler)))
+        return self.order
 
 
 def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -162,7 +162,7 @@ class Stack:
         finally:
             self.template.train()
 
-    def replay(self, method: str, batches: list[Any], gates: Tensors, batch_idx: int, rows: list[int]) -> Tensors:
+    def replay(self, method: str, batches: Sequence[Any], gates: Tensors, batch_idx: int, rows: list[int]) -> Tensors:
         """``method`` called for each member of ``rows`` alone (no vmap, no gradient, buffers untouched): its logs.
 
         Reductions such as ``cross_entropy``'s mean round differently under ``vmap``; the

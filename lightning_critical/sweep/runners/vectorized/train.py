@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lightning_critical.sweep.runners.vectorized.feeds import Feeds
 from lightning_critical.sweep.runners.vectorized.members import Member
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
@@ -98,12 +99,12 @@ class Loop:
         active, stack = self.active, self.stack
         final = [row for row, m in enumerate(active) if m.task.epochs == epoch + 1]
         train_logs = EpochLogs(True)
-        feeds = [m.feed(m.train_loader) for m in active]
+        feeds = Feeds(active)
         for batch_idx in range(self.n_batches):
-            batches = [m.batch((epoch, self.step), f.next(), batch_idx) for m, f in zip(active, feeds, strict=True)]
+            batch, batches = feeds.next((epoch, self.step), batch_idx)
             gates = stack.gates(active, epoch, self.step)
             stack.at(epoch, self.step)
-            grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
+            grads, logs = stack.train_step(batch, gates, batch_idx)
             if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
                 logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
