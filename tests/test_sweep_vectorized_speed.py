@@ -45,8 +45,9 @@ class MLP(pl.LightningModule):
         self.log("val_acc", (logits.argmax(1) == y).float().mean())
 
     def configure_optimizers(self) -> Any:
-        if self.opt == "adamw":
-            return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.wd)
+        if self.opt in ("adam", "adamw"):
+            kind = torch.optim.AdamW if self.opt == "adamw" else torch.optim.Adam
+            return kind(self.parameters(), lr=self.lr, weight_decay=self.wd if self.opt == "adamw" else 0.0)
         opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.wd)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)}
 
@@ -142,3 +143,33 @@ def test_feed_draws_the_epoch_order_as_the_loader_does() -> None:
     torch.manual_seed(3)
     assert got == [b[0].tolist() for b in loader]
     assert [len(b) for b in got] == [4, 4, 2]
+
+
+@pytest.mark.parametrize(("opt", "params"), [
+    ("sgd", {"lr": [0.05, 0.2], "wd": [0.0, 5e-4]}),  # momentum, ExponentialLR; a member without weight decay
+    ("adamw", {"lr": [1e-2, 3e-3], "wd": [0.0, 0.05]}),
+    ("adam", {"lr": [1e-2, 3e-3]}),
+])
+def test_swept_learning_rates_and_weight_decays_step_in_one_optimizer_bitwise(tmp_path: Any, monkeypatch: Any,
+                                                                              opt: str, params: Any) -> None:
+    optim = importlib.import_module("lightning_critical.sweep.runners.vectorized.optim")
+    steps: list[int] = []
+    row_step = optim.StackedOptimizer._step_rows
+
+    def counted(self: Any, *args: Any) -> Any:
+        steps.append(1)
+        return row_step(self, *args)
+
+    monkeypatch.setattr(optim.StackedOptimizer, "_step_rows", counted)
+    model = functools.partial(MLP, opt="adam" if opt == "adam" else opt)
+    default = lc.sweep.run(model, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32),
+                           deficit=lc.InputDeficit("blur", (0, 1)), windows=lc.sweep.removal([1], epochs_after=1),
+                           seeds=[0], params=params, metrics=METRICS, trainer={}, out=os.path.join(tmp_path, "None"),
+                           backend="serial", tensorboard=False, plot=False, save_model=True)
+    vectorized = lc.sweep.run(model, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32),
+                              deficit=lc.InputDeficit("blur", (0, 1)), windows=lc.sweep.removal([1], epochs_after=1),
+                              seeds=[0], params=params, metrics=METRICS, trainer={}, runner="vectorized",
+                              out=os.path.join(tmp_path, "vectorized"), backend="serial", tensorboard=False,
+                              plot=False, save_model=True)
+    assert steps  # the members' steps went through one optimizer, row-wise
+    assert_bitwise(tmp_path, default, vectorized)
