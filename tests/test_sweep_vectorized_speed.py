@@ -129,9 +129,11 @@ def test_the_dataset_caches_see_in_place_changes_and_keep_nothing_alive() -> Non
     assert all(ref() is None for ref in refs)
 
 
-def test_feed_draws_the_epoch_order_as_the_loader_does() -> None:
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_feed_draws_the_epoch_order_as_the_loader_does(shuffle: bool) -> None:
+    assert members._checked_permutation()  # this torch's RandomSampler: one seed drawn, one permutation
     data = torch.utils.data.TensorDataset(torch.arange(10.0))
-    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=shuffle)
 
     class Owner:
         rng = (torch.manual_seed(3).get_state(), None, None)
@@ -142,6 +144,7 @@ def test_feed_draws_the_epoch_order_as_the_loader_does() -> None:
     got = [feed.next()[0].tolist() for _ in range(len(loader))]
     torch.manual_seed(3)
     assert got == [b[0].tolist() for b in loader]
+    assert torch.equal(feed.member.rng[0], torch.get_rng_state())  # the same draws: the same state after
     assert [len(b) for b in got] == [4, 4, 2]
 
 

@@ -68,6 +68,7 @@ class Feeds:
         self.pieces: list[tuple[torch.Tensor, ...]] = []
         self.table: tuple[torch.Tensor, ...] = ()
         self.orders: torch.Tensor | None = None
+        self.offsets: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
         self.position = 0
 
     def next(self, deficits_at: tuple[int, int], batch_idx: int) -> tuple[Any, Sequence[Any]]:
@@ -79,11 +80,15 @@ class Feeds:
             self.orders = torch.stack([f.epoch_order() for f in self.feeds])
         epoch, step = deficits_at
         active = [_active(m, epoch, step) for m in self.members]
-        offsets = torch.tensor([self._row(sources[src], src, a) for src, a in zip(which, active, strict=True)])
+        signature = tuple(tuple(map(id, a)) for a in active)
+        if signature not in self.offsets:  # the members' rows in the table, for this set of active deficits
+            self.offsets[signature] = torch.tensor(
+                [self._row(sources[src], src, a) for src, a in zip(which, active, strict=True)]).unsqueeze(1)
         size = self.feeds[0].loader.batch_sampler.batch_size
         index = self.orders[:, self.position * size:(self.position + 1) * size]
         self.position += 1
-        flat = [t.index_select(0, (index + offsets.unsqueeze(1)).reshape(-1)) for t in self.table]
+        rows = (index + self.offsets[signature]).reshape(-1)
+        flat = [t.index_select(0, rows) for t in self.table]
         size = index.shape[1]
         for row, deficits in enumerate(active):
             if deficits and _chain(deficits) is None:  # drawn transforms, callables: Member.batch on its rows

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random
 from collections.abc import Iterator
@@ -171,10 +172,42 @@ class Feed:
     def epoch_order(self) -> torch.Tensor:
         """The epoch's sample indices in order (stock loaders only), drawn at the first call."""
         if self.order is None:  # the sampler's one draw, where the batch sampler would make it: at the first index
-            sampler = self.loader.sampler
             with self.member.drawing_torch():
-                self.order = torch.from_numpy(np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler)))
+                self.order = sampler_order(self.loader.sampler)
         return self.order
+
+
+def sampler_order(sampler: Any) -> torch.Tensor:
+    """A stock sampler's indices for one epoch, with the draws its iterator makes (from torch's global generator).
+
+    ``RandomSampler`` (no replacement, one pass, no generator) draws one seed and permutes with
+    it: done here in one call when :func:`_checked_permutation` found this torch's sampler doing
+    exactly that; any other sampler is iterated.
+    """
+    data = torch.utils.data
+    if type(sampler) is data.SequentialSampler:
+        return torch.arange(len(sampler))
+    n = len(sampler.data_source) if type(sampler) is data.RandomSampler else -1
+    if n == len(sampler) and not sampler.replacement and sampler.generator is None and _checked_permutation():
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return torch.from_numpy(np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler)))
+
+
+@functools.cache
+def _checked_permutation() -> bool:
+    """Whether this torch's ``RandomSampler`` gives (and draws) what :func:`sampler_order` computes, on a probe."""
+    sampler = torch.utils.data.RandomSampler(range(37))
+    saved = torch.get_rng_state()
+    try:
+        torch.manual_seed(12345)
+        iterated = list(sampler), torch.get_rng_state()
+        torch.manual_seed(12345)
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        computed = torch.randperm(37, generator=torch.Generator().manual_seed(seed)).tolist(), torch.get_rng_state()
+    finally:
+        torch.set_rng_state(saved)
+    return iterated[0] == computed[0] and torch.equal(iterated[1], computed[1])
 
 
 def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:
