@@ -125,7 +125,7 @@ def test_gradient_clipping_per_member_is_bitwise(tmp_path: Any, algorithm: str) 
 def test_a_swept_learning_rate_shares_the_job_bitwise(tmp_path: Any, capsys: Any) -> None:
     default = sweep(tmp_path, None, params={"lr": [0.05, 0.2]})
     vectorized = sweep(tmp_path, "auto", params={"lr": [0.05, 0.2]})
-    assert "(12 runs in 1 job(s))" in capsys.readouterr().out  # one optimizer per member: their lr differ
+    assert "(12 runs in 1 job(s))" in capsys.readouterr().out  # one stacked optimizer, row-wise: their lr differ
     assert (default[METRICS].values == vectorized[METRICS].values).all()
 
 
