@@ -176,3 +176,42 @@ def test_swept_learning_rates_and_weight_decays_step_in_one_optimizer_bitwise(tm
                               plot=False, save_model=True)
     assert steps  # the members' steps went through one optimizer, row-wise
     assert_bitwise(tmp_path, default, vectorized)
+
+
+@pytest.mark.parametrize(("kind", "settings"), [
+    (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    (torch.optim.SGD, {"momentum": 0.5, "dampening": 0.3, "maximize": True}),
+    (torch.optim.SGD, {}),
+    (torch.optim.Adam, {"betas": (0.8, 0.95), "maximize": True}),
+    (torch.optim.AdamW, {"eps": 1e-6}),
+])
+def test_the_row_wise_step_equals_each_members_own_optimizer_bitwise(kind: Any, settings: Any) -> None:
+    optim = importlib.import_module("lightning_critical.sweep.runners.vectorized.optim")
+    rowwise = importlib.import_module("lightning_critical.sweep.runners.vectorized.rowwise")
+    gen = torch.Generator().manual_seed(0)
+    lrs, decays = [0.1, 0.03, 0.1, 1e-3], [0.0, 1e-2, 5e-4, 0.0]
+    stacked = torch.randn(4, 7, 5, generator=gen)
+    own = [torch.nn.Parameter(stacked[i].clone()) for i in range(4)]
+    opts = [kind([p], lr=lr, weight_decay=wd, **settings) for p, lr, wd in zip(own, lrs, decays, strict=True)]
+    stock = kind([stacked.clone()], lr=0.1, **settings)  # its group and state: what the stacked optimizer holds
+    assert optim.rowwise(stock)
+    step = rowwise.sgd_rows if kind is torch.optim.SGD else rowwise.adam_rows
+    group = {"decoupled_weight_decay": kind is torch.optim.AdamW, **stock.param_groups[0]}
+    state: dict[str, Any] = {}
+    for _ in range(5):
+        grad = torch.randn(4, 7, 5, generator=gen)
+        grad[0, 0, :2] = -0.0  # a member without weight decay keeps the sign of a zero gradient
+        for p, g, opt in zip(own, grad, opts, strict=True):
+            p.grad = g.clone()
+            opt.step()
+        step([stacked], [grad], [state], group, lrs, decays)
+    assert all(torch.equal(stacked[i].view(torch.int32), own[i].detach().view(torch.int32)) for i in range(4))
+
+
+def test_only_plain_optimizer_settings_step_row_wise() -> None:
+    optim = importlib.import_module("lightning_critical.sweep.runners.vectorized.optim")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert optim.rowwise(torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    assert not optim.rowwise(torch.optim.SGD(params, lr=0.1, foreach=True))
+    assert not optim.rowwise(torch.optim.Adam(params, lr=0.1, amsgrad=True))
+    assert not optim.rowwise(torch.optim.Adam(params, lr=torch.tensor(0.1)))

@@ -78,15 +78,21 @@ class StackedOptimizer:
     def step(self, members: list[Member], params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
              frozen: dict[str, list[int]]) -> None:
         hyper = _hyper(members[0].optimizer)
-        shared = _shared(members[0].optimizer)
+        shared = _shared(members[0].optimizer).items()
         for member in members[1:]:
-            if _shared(member.optimizer) != shared:
+            group = member.optimizer.param_groups[0]
+            if any(group.get(k, shared) != v for k, v in shared):  # not a dict per member: this runs every step
                 raise RuntimeError("the members' optimizer hyperparameters diverged during training (a scheduler "
                                    "that depends on the run?); use VectorizedRunner(stacked_optimizer=False)")
         per_row = [_rowwise(m.optimizer) for m in members]
+        differ = any(r != per_row[0] for r in per_row)
+        if differ and not rowwise(self.optimizer):
+            raise RuntimeError("the members' learning rates or weight decays diverged during training, and "
+                               f"{type(self.optimizer).__name__}'s settings have no row-wise step; use "
+                               "VectorizedRunner(stacked_optimizer=False)")
         self.optimizer.param_groups[0].update(hyper)
         saved = {name: self._rows(params[name], rows) for name, rows in frozen.items() if rows}
-        if any(r != per_row[0] for r in per_row):
+        if differ:
             self._step_rows(params, grads, per_row)
         else:
             for name in self.names:
