@@ -127,6 +127,7 @@ def test_the_dataset_caches_see_in_place_changes_and_keep_nothing_alive() -> Non
     del a, b, source, first
     gc.collect()
     assert all(ref() is None for ref in refs)
+    assert not any(chain == ("blur",) for _, chain in feeds._TRANSFORMED)  # the blurred copy went with its data
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

@@ -84,6 +84,7 @@ class Feeds:
         if signature not in self.offsets:  # the members' rows in the table, for this set of active deficits
             self.offsets[signature] = torch.tensor(
                 [self._row(sources[src], src, a) for src, a in zip(which, active, strict=True)]).unsqueeze(1)
+            self.table = _table(self.pieces)
         size = self.feeds[0].loader.batch_sampler.batch_size
         index = self.orders[:, self.position * size:(self.position + 1) * size]
         self.position += 1
@@ -109,13 +110,25 @@ class Feeds:
         if (which, chain) not in self.parts:
             self.parts[(which, chain)] = sum(p[0].shape[0] for p in self.pieces)
             self.pieces.append(_transformed(source, chain, deficits) if chain else source)
-            self.table = self.pieces[0] if len(self.pieces) == 1 else tuple(
-                torch.cat(ts) for ts in zip(*self.pieces, strict=True))
         return self.parts[(which, chain)]
 
     def _general(self, deficits_at: tuple[int, int], batch_idx: int, raw: list[Any]) -> tuple[Any, list[Any]]:
         batches = [m.batch(deficits_at, b, batch_idx) for m, b in zip(self.members, raw, strict=True)]
         return stacked(batches), batches
+
+
+def _table(pieces: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """The pieces' tensors concatenated (the last table is kept while its pieces live: epochs repeat it)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    last = _TABLE.get("last")
+    if last is not None and len(last[0]) == len(pieces) and all(
+            r() is t for refs, piece in zip(last[0], pieces, strict=True) for r, t in zip(refs, piece, strict=True)):
+        return last[1]
+    table = tuple(torch.cat(ts) for ts in zip(*pieces, strict=True))
+    _TABLE["last"] = (tuple(tuple(weakref.ref(t) for t in piece) for piece in pieces), table)
+    weakref.finalize(pieces[0][0], _TABLE.pop, "last", None)  # the sweep's data gone: the copy goes too
+    return table
 
 
 def _active(member: Member, epoch: int, step: int) -> list[InputDeficit]:
@@ -171,6 +184,9 @@ _CANONICAL: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor]
 _TRANSFORMED: dict[tuple[int, Chain], tuple[tuple[Ref, ...], tuple[int, ...], tuple[Any, ...]]] = {}
 
 
+_TABLE: dict[str, tuple[tuple[tuple[Ref, ...], ...], tuple[torch.Tensor, ...]]] = {}
+
+
 def _canonical(tensor: torch.Tensor) -> torch.Tensor:
     """The first live tensor seen that is bitwise equal to ``tensor`` (remembered while both are unchanged in place)."""
     known = _CANONICAL.get(id(tensor))
@@ -202,6 +218,7 @@ def _transformed(source: tuple[torch.Tensor, ...], chain: Chain, deficits: list[
         out = deficit.apply(out, 0, 0, 0)
     kept = tuple(None if new is t else new for t, new in zip(source, out, strict=True))
     _TRANSFORMED[key] = (tuple(weakref.ref(t) for t in source), versions, kept)
+    weakref.finalize(source[0], _TRANSFORMED.pop, key, None)
     return tuple(out)
 
 
