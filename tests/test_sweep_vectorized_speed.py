@@ -216,3 +216,17 @@ def test_only_plain_optimizer_settings_step_row_wise() -> None:
     assert not optim.rowwise(torch.optim.SGD(params, lr=0.1, foreach=True))
     assert not optim.rowwise(torch.optim.Adam(params, lr=0.1, amsgrad=True))
     assert not optim.rowwise(torch.optim.Adam(params, lr=torch.tensor(0.1)))
+
+
+def test_the_digits_are_read_without_importing_scikit_learn_and_equal_load_digits() -> None:
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    from lightning_critical.data import digits
+
+    assert digits._bundled_csv() is not None
+    digits._digits_arrays.cache_clear()
+    images, labels = digits._digits_arrays()
+    expected_images, expected_labels = load_digits(return_X_y=True)
+    assert images.dtype == expected_images.dtype and labels.dtype == expected_labels.dtype
+    assert (images == expected_images).all() and (labels == expected_labels).all()
