@@ -47,6 +47,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     trial_refusal,
     unexpected_refusal,
 )
+from lightning_critical.sweep.runners.vectorized.device import check_device, job_device, to_device
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
@@ -71,14 +72,22 @@ class VectorizedRunner:
         stacked_optimizer: one stock SGD/Adam/AdamW over the stacked parameters when it equals
             the members' own optimizers bitwise (:func:`.optim.stackable`); ``False``: always
             one optimizer per member (over its row).
+        device: where a job trains (:mod:`.device`): ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or
+            a ``torch.device``; ``None`` (default): the device the sweep's ``trainer=``
+            accelerator means, as the default runner's ``Trainer`` picks it (``"auto"``: CUDA
+            when available). Stack, optimizer state, batches, gates and replays live there.
 
     Raises:
-        VectorizedRefused: from :meth:`batches`, before training, for what cannot be mapped.
+        ValueError: a ``device`` that is not a CPU or CUDA device (the message lists the valid ones).
+        VectorizedRefused: from :meth:`batches`, before training, for what cannot be mapped (an
+            accelerator that disagrees with ``device``, CUDA where none is available, ...).
 
     Example::
 
         >>> VectorizedRunner(max_members=25).max_members
         25
+        >>> VectorizedRunner(device="cpu").device
+        'cpu'
     """
 
     name = "vectorized"
@@ -86,7 +95,7 @@ class VectorizedRunner:
     supports: frozenset[str] = frozenset({"save_model"})
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
-                 stacked_optimizer: bool = True) -> None:
+                 stacked_optimizer: bool = True, device: str | torch.device | None = None) -> None:
         flags = (("allow_dropout", allow_dropout), ("exact_logs", exact_logs), ("stacked_optimizer", stacked_optimizer))
         for name, flag in flags:
             if not isinstance(flag, bool) and not (name == "exact_logs" and flag is None):
@@ -95,6 +104,7 @@ class VectorizedRunner:
             raise ValueError(f"max_members={max_members!r} is not valid: give an integer >= 1 or None.")
         self.allow_dropout, self.max_members, self.exact_logs = allow_dropout, max_members, exact_logs
         self.stacked_optimizer = stacked_optimizer
+        self.device = check_device(device)
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
         """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
@@ -110,6 +120,7 @@ class VectorizedRunner:
         if not tasks:
             return []
         check_spec(tasks[0].spec)
+        job_device(self.device, {**QUIET_TRAINER, **tasks[0].spec.trainer})
         groups: dict[str, list[Any]] = {}
         shapes_of: dict[str, str] = {}
         for task in tasks:
@@ -132,12 +143,13 @@ class VectorizedRunner:
                 check_module(member.model, self.allow_dropout)
             stack = self._stack(members)
             with members[0].drawing():
-                batch = next(iter(members[0].train_loader))
+                batch = to_device(next(iter(members[0].train_loader)), stack.device)
             try:
-                stack.train_step(stacked([batch] * len(members)), stack.gates(members, 0, 0), 0)
+                gates = to_device(stack.gates(members, 0, 0), stack.device)
+                stack.train_step(stacked([batch] * len(members)), gates, 0)
                 if members[0].val_loader is not None:
                     with members[0].drawing():
-                        val = next(iter(members[0].val_loader))
+                        val = to_device(next(iter(members[0].val_loader)), stack.device)
                     stack.validation_step(stacked([val] * len(members)), 0)
             except VectorizedRefused:
                 raise
@@ -176,9 +188,11 @@ class VectorizedRunner:
         return not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
 
     def _stack(self, members: list[Member]) -> Stack:
-        every = {**QUIET_TRAINER, **members[0].task.spec.trainer}.get("log_every_n_steps")
+        trainer = {**QUIET_TRAINER, **members[0].task.spec.trainer}
+        every = trainer.get("log_every_n_steps")
         stack = Stack(members, randomness="different" if self.allow_dropout else "error",
-                      log_every_n_steps=50 if every is None else int(every))  # Lightning's default: 50
+                      log_every_n_steps=50 if every is None else int(every),  # Lightning's default: 50
+                      device=job_device(self.device, trainer))
         for member in members:
             member.configure()
         return stack
@@ -257,5 +271,5 @@ def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:
 def _save(model: Any, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp)
+    torch.save({k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}, tmp)  # a fit ends on the CPU
     os.replace(tmp, path)

@@ -71,8 +71,9 @@ def check_spec(spec: Any) -> None:
     if bad:
         raise VectorizedRefused(f"trainer arguments {bad} (it honours {sorted(TRAINER_KEYS)})")
     trainer = spec.trainer
-    if trainer.get("accelerator", "cpu") not in ("cpu", "auto") or trainer.get("devices", 1) not in (1, "auto"):
-        raise VectorizedRefused("an accelerator or device count other than one CPU device")
+    if trainer.get("devices", 1) not in (1, "auto"):  # the accelerator: device.job_device
+        raise VectorizedRefused(f"devices={trainer['devices']!r} (a job trains on one device: "
+                                "VectorizedRunner(device=...))")
     if trainer.get("gradient_clip_algorithm", "norm") not in ("norm", "value", None):
         raise VectorizedRefused(f"gradient_clip_algorithm={trainer['gradient_clip_algorithm']!r}")
     functions = [m for m in spec.metrics if not isinstance(m, str)]

@@ -86,12 +86,14 @@ class _Caller(nn.Module):
 class Stack:
     """The stacked parameters of ``members`` and the vmapped steps (see the module docstring)."""
 
-    def __init__(self, members: list[Member], randomness: str = "error", log_every_n_steps: int = 50) -> None:
-        template = copy.deepcopy(members[0].model)
+    def __init__(self, members: list[Member], randomness: str = "error", log_every_n_steps: int = 50,
+                 device: torch.device | None = None) -> None:
+        self.device = torch.device("cpu") if device is None else device
+        template = copy.deepcopy(members[0].model).to(self.device)  # its self.device: tensors a step creates
         self.view = template._trainer = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
         params, buffers = stack_module_state([m.model for m in members])
-        self.params: Tensors = {k: v.detach() for k, v in params.items()}
-        self.buffers: Tensors = dict(buffers)
+        self.params: Tensors = {k: v.detach().to(self.device) for k, v in params.items()}
+        self.buffers: Tensors = {k: v.to(self.device) for k, v in buffers.items()}
         for row, member in enumerate(members):
             alias_rows(member.model, {**self.params, **self.buffers}, row)
             member.named = list(member.model.named_parameters())

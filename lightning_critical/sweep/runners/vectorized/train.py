@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lightning_critical.sweep.runners.vectorized.device import to_device
 from lightning_critical.sweep.runners.vectorized.members import Member
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
@@ -100,8 +101,9 @@ class Loop:
         train_logs = EpochLogs(True)
         feeds = [m.feed(m.train_loader) for m in active]
         for batch_idx in range(self.n_batches):
-            batches = [m.batch((epoch, self.step), f.next(), batch_idx) for m, f in zip(active, feeds, strict=True)]
-            gates = stack.gates(active, epoch, self.step)
+            batches = [m.batch((epoch, self.step), to_device(f.next(), stack.device), batch_idx)
+                       for m, f in zip(active, feeds, strict=True)]  # on the device before its deficits, as Lightning
+            gates = to_device(stack.gates(active, epoch, self.step), stack.device)
             stack.at(epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
             if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
@@ -144,7 +146,7 @@ class Loop:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
         logs = EpochLogs(False)
         for batch_idx in range(lengths.pop()):
-            batches = [f.next() for f in feeds]
+            batches = [to_device(f.next(), self.stack.device) for f in feeds]
             if self.exact:
                 values = _merged({}, self.stack.replay("validation_step", batches, {}, batch_idx, rows), rows,
                                  len(batches))
@@ -170,7 +172,8 @@ def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None 
     out = {}
     for name, values in replayed.items():
         n = size if size is not None else len(logs[name])
-        merged = logs[name].clone() if name in logs else torch.full((n,), float("nan"), dtype=values.dtype)
+        merged = logs[name].clone() if name in logs else torch.full((n,), float("nan"), dtype=values.dtype,
+                                                                         device=values.device)
         merged[torch.tensor(rows)] = values
         out[name] = merged
     return out
