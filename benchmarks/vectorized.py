@@ -131,7 +131,7 @@ def train_images() -> int:
     data = lc.data.DigitsDataModule(batch_size=64)
     data.prepare_data()
     data.setup("fit")
-    return len(data.train_dataloader().dataset)
+    return len(data.train_dataloader().dataset)  # type: ignore[arg-type]  # the digits: a TensorDataset
 
 
 def compare(name: str, model: Any, args: argparse.Namespace, limit: float) -> dict[str, Any]:
@@ -196,8 +196,9 @@ def per_step(name: str, model: Any, args: argparse.Namespace, limit: float) -> d
     for members in args.members:
         seconds = step_seconds(model, vectorized, members, args, data)
         ratios[members] = members * default / seconds
-        print(f"  M = {members:4d}: vectorized step {1e3 * seconds:8.3f} ms ({1e3 * seconds / members:7.4f} ms a member)"
-              f"   ratio M x default / vectorized = {ratios[members]:7.2f}x   "
+        print(f"  M = {members:4d}: vectorized step {1e3 * seconds:8.3f} ms "
+              f"({1e3 * seconds / members:7.4f} ms a member)   "
+              f"ratio M x default / vectorized = {ratios[members]:7.2f}x   "
               f"{100 * members * flops / seconds / limit:6.3f}% of the device's float32 limit")
     return ratios
 
@@ -241,9 +242,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(1)
     device = torch.device(args.device or "cpu")
     limit = flop_limit(device, args.quick)
+    where = "the GPU" if device.type == "cuda" else f"{os.cpu_count()} threads"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) per run, {device}; float32 limit measured "
-          f"now: {limit / 1e9:.1f} GFLOP/s (a matmul on {os.cpu_count()} threads{' / the GPU' * (device.type == 'cuda')})"
-          f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"now: {limit / 1e9:.1f} GFLOP/s (a matmul on {where}); load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     result: dict[str, Any] = {"limit": limit}
     for key in models:
         name, model = MODELS[key]
