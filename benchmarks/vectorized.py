@@ -89,7 +89,7 @@ def sweep(model: Any, runner: Any, backend: str, ends: list[int], seeds: int, af
         deficit=lc.InputDeficit("blur", (0, 1)), windows=lc.sweep.removal(ends, epochs_after=after),
         seeds=list(range(seeds)), metrics=metrics, trainer=trainer or {}, runner=runner, backend=backend,
         workers=2 if backend == "process" else None, out=tempfile.mkdtemp(), tensorboard=False, plot=False,
-        progress=False)
+        progress=False, verify=False)  # no audit: a branched run retrained from scratch is not the runner's work
     return table, time.perf_counter() - start
 
 
