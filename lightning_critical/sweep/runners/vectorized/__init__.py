@@ -9,7 +9,8 @@ member's own ``configure_optimizers()`` (its optimizer and schedulers over its r
 stack), its batches from its own datamodule under its own random states, its input deficits
 applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
 per-member gate), gradient clipping per member, BatchNorm statistics per member. Records,
-table, store, resume and summary are the default runner's.
+table, store, resume and summary are the default runner's. A job trains on one device
+(``VectorizedRunner(device=...)``, else the sweep's ``trainer=`` accelerator: :mod:`.device`).
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
 runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32

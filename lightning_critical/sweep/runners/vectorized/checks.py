@@ -33,6 +33,8 @@ REFUSALS: tuple[str, ...] = (
     "TensorBoard logs; metric functions",
     "Trainer arguments other than max_epochs, check_val_every_n_epoch, gradient clipping and the quiet/logging "
     "defaults",
+    "an accelerator other than 'cpu', 'gpu' / 'cuda' or 'auto', one that disagrees with VectorizedRunner(device=...), "
+    "devices other than 1, CUDA where there is none (device.job_device)",
 )
 """What the vectorized runner refuses, each with the default runner as the remedy."""
 
