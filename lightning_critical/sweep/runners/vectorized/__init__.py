@@ -23,7 +23,7 @@ Example::
 
     >>> runner = VectorizedRunner()
     >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
-    ('vectorized', False, ['save_model'])
+    ('vectorized', False, ['save_model', 'test'])
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     trial_refusal,
     unexpected_refusal,
 )
+from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
@@ -83,7 +84,7 @@ class VectorizedRunner:
 
     name = "vectorized"
     shares_prefixes = False  # members train from epoch 0 inside their job
-    supports: frozenset[str] = frozenset({"save_model"})
+    supports: frozenset[str] = frozenset({"save_model", "test"})
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True) -> None:
@@ -130,6 +131,8 @@ class VectorizedRunner:
             members = [Member(t) for t in tasks]
             for member in members:
                 check_module(member.model, self.allow_dropout)
+                if member.task.spec.test:
+                    check_test(member.model)
             stack = self._stack(members)
             with members[0].drawing():
                 batch = next(iter(members[0].train_loader))
@@ -223,7 +226,7 @@ class AutoRunner:
         """The chosen runner's jobs; prints the choice and the reason."""
         vectorized = VectorizedRunner()
         spec = tasks[0].spec if tasks else None
-        asked = [n for n in ("callbacks", "test") if spec is not None and getattr(spec, n)]
+        asked = [n for n in ("callbacks",) if spec is not None and getattr(spec, n)]
         try:
             if asked:
                 raise VectorizedRefused(f"{asked} asked for")

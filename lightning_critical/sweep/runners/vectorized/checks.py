@@ -29,7 +29,7 @@ REFUSALS: tuple[str, ...] = (
     "optimizer_step, backward, on_train_epoch_end, ...)",
     "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
     "training_step/validation_step (found by a trial step on two members)",
-    "deficits other than InputDeficit and PathwayDeficit(mode='freeze' | 'silence'); extra callbacks; test; "
+    "deficits other than InputDeficit and PathwayDeficit(mode='freeze' | 'silence'); extra callbacks; "
     "TensorBoard logs; metric functions",
     "Trainer arguments other than max_epochs, check_val_every_n_epoch, gradient clipping and the quiet/logging "
     "defaults",

@@ -104,7 +104,8 @@ class Stack:
         self._gates: Tensors | None = None
         for name in self.gated:
             template.get_submodule(name).register_forward_hook(self._gate_hook(name))
-        self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
+        self.takes_index = {s: _takes_batch_idx(getattr(template, s))
+                            for s in ("training_step", "validation_step", "test_step")}
 
     def at(self, epoch: int, step: int) -> None:
         """The counters the steps read as ``self.current_epoch`` / ``self.global_step`` (optimizer steps done)."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lightning_critical.sweep.runners.vectorized.held_out import held_out_steps, held_out_values
 from lightning_critical.sweep.runners.vectorized.members import Member
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
@@ -84,6 +85,7 @@ class Loop:
         self.produced: dict[int, dict[str, float]] = {id(m): {} for m in members}
         self.clip = clip if clip is not None and clip[0] > 0 else None
         self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
+        self.test = bool(members[0].task.spec.test)
         if sanity and self.has_val:
             _ = [m.feed(m.val_loader) for m in members]
 
@@ -123,6 +125,8 @@ class Loop:
             self.record(self.validate([m.feed(m.val_loader) for m in active], rows), rows)
         for member in active:
             member.step_schedulers("epoch")
+        if final and self.test:
+            self.test_finished(final)
         if final:
             keep = [row for row in range(len(active)) if row not in final]
             self.active = [active[row] for row in keep]
@@ -134,6 +138,14 @@ class Loop:
     def record(self, values: Tensors, rows: list[int]) -> None:
         for row in rows:
             self.produced[id(self.active[row])].update({k: float(v[row]) for k, v in values.items()})
+
+    def test_finished(self, rows: list[int]) -> None:
+        """``trainer.test`` after each finishing member's fit (:mod:`.held_out`): test values join the final ones."""
+        for row in rows:
+            logs = EpochLogs(training=False)
+            for values, size in held_out_steps(self.stack, self.active[row], row, len(self.active)):
+                logs.add(values, self.stack.logs.meta, size)
+            self.produced[id(self.active[row])].update(held_out_values(logs.callback()))
 
     def validate(self, feeds: list[Any], rows: list[int]) -> Tensors:
         """The final validation values of the members of ``rows`` (the others' loaders are only iterated)."""
