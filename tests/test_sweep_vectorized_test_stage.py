@@ -68,3 +68,18 @@ def test_auto_runner_keeps_the_vectorized_runner_with_test(tmp_path: Any, capsys
     table = sweep(tmp_path, "auto", metrics=["test_acc"])
     assert "the vectorized runner" in capsys.readouterr().out
     assert torch.isfinite(torch.tensor(table["test_acc"].to_numpy())).all()
+
+
+def test_no_validation_with_limit_val_batches_zero_as_under_lightning(tmp_path: Any) -> None:
+    def run(runner: Any, limit: float) -> Any:
+        return lc.sweep.run(
+            MLPWithTest, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32),
+            deficit=lc.InputDeficit("blur", (0, 1)), windows=lc.sweep.removal([1], epochs_after=1), seeds=[0],
+            metrics=["train_loss", "test_acc"], trainer={"limit_val_batches": limit}, runner=runner,
+            out=os.path.join(tmp_path, f"{runner}{limit}"), backend="serial", tensorboard=False, plot=False,
+            test=True)
+
+    base, vec = run(None, 0), run("vectorized", 0)
+    assert vec[["train_loss", "test_acc"]].to_numpy().tolist() == base[["train_loss", "test_acc"]].to_numpy().tolist()
+    with pytest.raises(VectorizedRefused, match=r"limit_val_batches=0.5 \(it honours 0 and 1.0\)"):
+        run("vectorized", 0.5)

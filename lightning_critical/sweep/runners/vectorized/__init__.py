@@ -128,7 +128,7 @@ class VectorizedRunner:
         """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
         saved = capture()
         try:
-            members = [Member(t) for t in tasks]
+            members = _members(tasks)
             for member in members:
                 check_module(member.model, self.allow_dropout)
                 if member.task.spec.test:
@@ -155,7 +155,7 @@ class VectorizedRunner:
 
     def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
         spec = tasks[0].spec
-        members = [Member(t) for t in tasks]
+        members = _members(tasks)
         for member in members:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
@@ -250,6 +250,15 @@ class AutoRunner:
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+def _members(tasks: Sequence[Any]) -> list[Member]:
+    """The tasks' members; ``trainer={"limit_val_batches": 0}`` means no validation, as under Lightning."""
+    members = [Member(t) for t in tasks]
+    if members and tasks[0].spec.trainer.get("limit_val_batches") == 0:
+        for member in members:
+            member.val_loader = None
+    return members
 
 
 def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:
