@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("--backend", choices=("process", "serial", "ray"), default=None,
                         help="where runs train (default: process; serial with --runner vectorized: one job)")
     parser.add_argument("--runner", choices=("vectorized", "auto"), default=None,
-                        help="vectorized: every run of a study trained as one torch.func job (default: one fit per run)")
+                        help="vectorized: all runs of a study trained as one torch.func job (default: one fit per run)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
