@@ -23,13 +23,14 @@ Example::
 
     >>> runner = VectorizedRunner()
     >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
-    ('vectorized', False, ['save_model'])
+    ('vectorized', False, ['save_model', 'tensorboard'])
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
+from lightning_critical.sweep.runners.vectorized.writer import write_logs
 from lightning_critical.sweep.spec import canonical_json
 
 __all__ = ["REFUSALS", "AutoRunner", "VectorizedRefused", "VectorizedRunner"]
@@ -83,7 +85,7 @@ class VectorizedRunner:
 
     name = "vectorized"
     shares_prefixes = False  # members train from epoch 0 inside their job
-    supports: frozenset[str] = frozenset({"save_model"})
+    supports: frozenset[str] = frozenset({"save_model", "tensorboard"})  # logs written after the job (.writer)
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True) -> None:
@@ -159,10 +161,14 @@ class VectorizedRunner:
         trainer = {**QUIET_TRAINER, **spec.trainer}
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer))
+                         self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None)
         out = []
-        for task, member, values in zip(tasks, members, produced, strict=True):
-            metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
+        for task, member, logs in zip(tasks, members, produced, strict=True):
+            ran = SimpleNamespace(global_step=task.epochs * len(member.train_loader),  # for read_metrics's message
+                                  log_every_n_steps=stack.view.log_every_n_steps)
+            metrics = read_metrics(spec.metrics, ran, member.model, logs.callback)  # type: ignore[arg-type]
+            if task.log_dir is not None:
+                write_logs(task, member, logs, metrics, len(member.train_loader), stack.view.log_every_n_steps)
             if spec.save_model:
                 _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
             out.append({"metrics": metrics, "epochs_trained": task.epochs,
@@ -214,7 +220,7 @@ class AutoRunner:
 
     name = "auto"
     shares_prefixes = False
-    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test"})
+    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test", "tensorboard"})  # both runners write them
 
     def __init__(self) -> None:
         self._chosen: Any = None
