@@ -29,7 +29,7 @@ BOOKKEEPING = ("run_id", "branch_epoch")  # the runner is part of the identity; 
 
 class Logging(MLP):
     """Logs on every kind of cadence: per step, per epoch (mean), both (forked), to the callback only, early only,
-    and only on Lightning's logging steps (as ``MultiPathwayLinearNet`` does)."""
+    only on Lightning's logging steps (as ``MultiPathwayLinearNet`` does), per validation batch."""
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -45,6 +45,11 @@ class Logging(MLP):
         if self.global_step % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
             self.log("sampled_acc", acc)
         return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        x, y = batch
+        self.log("val_batch_acc", (self(x).argmax(1) == y).float().mean(), on_step=True, on_epoch=False)
 
 
 FINAL = ["val_acc", "val_loss", "train_loss", "train_acc_epoch", "train_acc_mean", "hidden", "early_acc",
@@ -107,7 +112,7 @@ def test_tensorboard_logs_equal_the_default_runners_runs(tmp_path: Any, deficit:
         ours = events(log_dir)
         tags = {tag for tag, _, _ in ours}
         assert {"train_loss", "train_acc_step", "train_acc_epoch", "train_acc_mean", "val_loss", "epoch",
-                "sampled_acc", "early_acc"} <= tags and "hidden" not in tags, tags
+                "sampled_acc", "early_acc", "val_batch_acc"} <= tags and "hidden" not in tags, tags
         assert any(tag.startswith("deficit/") for tag in tags) == (label.startswith("w")), label
         assert ours == events(theirs), (label, sorted(ours ^ events(theirs))[:6])
         assert session(log_dir) == session(theirs)

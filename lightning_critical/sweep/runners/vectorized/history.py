@@ -8,7 +8,9 @@ loggers, at Lightning's cadence:
   from 0), the last value of each ``on_step`` name of the epoch so far (``<name>_step`` when
   also ``on_epoch``), with ``epoch``;
 * after its epoch's last step (at that step), the validation values (``on_epoch``), with ``epoch``;
-* at the same step, the training ``on_epoch`` values (``<name>_epoch`` when also ``on_step``), with ``epoch``.
+* at the same step, the training ``on_epoch`` values (``<name>_epoch`` when also ``on_step``), with ``epoch``;
+* validation values logged ``on_step`` (rare) after each validation batch, at the number of validation
+  batches run before it in the fit, without ``epoch``.
 
 Names logged with ``logger=False`` reach ``callback_metrics`` only. :class:`Histories` keeps
 that for every member of a vectorized job (:class:`MemberLogs`), fed by the loop with the
@@ -69,6 +71,7 @@ class Histories:
     def __init__(self, members: Sequence[Any], every: int, scalars: bool) -> None:
         self.every, self.scalars = every, scalars
         self._of = {id(m): MemberLogs() for m in members}
+        self.validation_batches = 0  # Lightning's count, over the fit, of the validation batches run
 
     def __getitem__(self, member: Any) -> MemberLogs:
         return self._of[id(member)]
@@ -81,15 +84,23 @@ class Histories:
         """Whether Lightning sends the step values to its loggers after optimizer step ``step`` (from 0)."""
         return self.scalars and self.every > 0 and (step + 1) % self.every == 0
 
-    def log(self, active: Sequence[Any], rows: Sequence[int], step: int, epoch: int, values: Tensors) -> None:
-        """``values`` (``{tag: (M,)}``) of the members at ``rows`` sent at ``step``, with ``epoch`` (none: no event)."""
+    def log(self, active: Sequence[Any], rows: Sequence[int], step: int, epoch: int | None, values: Tensors) -> None:
+        """``values`` (``{tag: (M,)}``) of the members at ``rows`` sent at ``step``, with ``epoch`` (unless ``None``;
+        no values: no event)."""
         if not self.scalars or not values:
             return
         columns = {tag: v.tolist() for tag, v in values.items()}
         for row in rows:
             event = {tag: float(column[row]) for tag, column in columns.items()}
-            event["epoch"] = float(epoch)
+            if epoch is not None:
+                event["epoch"] = float(epoch)
             self._of[id(active[row])].events.append((step, event))
+
+    def validation_batch(self, active: Sequence[Any], rows: Sequence[int], values: Tensors) -> None:
+        """After a validation batch: its ``on_step`` values (rare) are sent at Lightning's count of validation
+        batches (over the whole fit, sanity check left out), without ``epoch``."""
+        self.log(active, rows, self.validation_batches, None, values)
+        self.validation_batches += 1
 
     def update(self, active: Sequence[Any], rows: Sequence[int], values: Tensors) -> None:
         """``callback_metrics`` of the members at ``rows`` updated with ``values`` (``{name: (M,)}``)."""

@@ -191,6 +191,7 @@ class Loop:
             else:
                 values = self.stack.validation_step(stacked(batches), batch_idx)
             logs.add(values, self.stack.logs.meta, batch_size_of(batches[0]))
+            self.history.validation_batch(self.active, rows, logs.step_log())
         return logs
 
 
