@@ -44,6 +44,7 @@ class Logging(MLP):
             self.log("early_acc", acc)
         if self.global_step % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
             self.log("sampled_acc", acc)
+            self.log("sampled_loss", loss)  # replayed alone where logged (an irregular name): bitwise
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -53,7 +54,7 @@ class Logging(MLP):
 
 
 FINAL = ["val_acc", "val_loss", "train_loss", "train_acc_epoch", "train_acc_mean", "hidden", "early_acc",
-         "sampled_acc"]
+         "sampled_acc", "sampled_loss"]
 
 
 def sweep(out: Any, runner: Any, deficit: Any = None, model: Any = Logging, **kw: Any) -> Any:
@@ -123,7 +124,8 @@ def test_tensorboard_logs_equal_the_default_runners_runs(tmp_path: Any, deficit:
 
 
 def test_a_value_logged_only_in_early_epochs_is_a_final_metric(tmp_path: Any) -> None:
-    # log_every_n_steps=4 > the last epoch's 3 steps: "sampled_acc" of the 2-epoch runs was last logged in epoch 0
+    # log_every_n_steps=4 > the last epoch's 3 steps: "sampled_*" of the 2-epoch runs were last logged at step 4,
+    # not the run's last (bitwise: replayed), "early_acc" in epoch 0 (was MetricNotFound)
     kw = {"trainer": {"log_every_n_steps": 4}, "tensorboard": False}
     default = sweep(tmp_path / "default", None, **kw)
     vectorized = sweep(tmp_path / "vectorized", "vectorized", **kw)
@@ -155,3 +157,33 @@ def test_a_forked_member_keeps_its_parents_logs() -> None:
     assert logs[child].events == [(0, {"train_loss": 1.0, "epoch": 0.0}), (1, {"train_loss": 4.0, "epoch": 0.0})]
     assert logs[parent].events == [(0, {"train_loss": 1.0, "epoch": 0.0})]
     assert logs[child].callback == {"train_loss": 1.0}
+
+
+class Sampled(MLP):
+    """Logs its loss every step and again, as ``sampled_loss``, only at ``log_every_n_steps`` steps."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
+            self.log("sampled_loss", loss)
+        return loss
+
+
+def test_steps_that_log_a_name_irregularly_are_replayed(tmp_path: Any, monkeypatch: Any) -> None:
+    from lightning_critical.sweep.runners.vectorized.stack import Stack
+
+    replayed: list[int] = []
+    original = Stack.replay
+
+    def replay(self: Stack, method: str, *args: Any) -> Any:
+        if method == "training_step":
+            replayed.append(self.view.global_step)
+        return original(self, method, *args)
+
+    monkeypatch.setattr(Stack, "replay", replay)
+    table = sweep(tmp_path, "vectorized", model=Sampled, metrics=["sampled_loss", "train_loss"],
+                  trainer={"log_every_n_steps": 4}, tensorboard=False)
+    assert (table["status"] == "ok").all()
+    # runs of 3, 6 and 9 steps: their last steps 2, 5, 8 (final values); the job's first step 0; step 4, whose
+    # sampled_loss stays final for the 6-step runs (step 8's for the others)
+    assert sorted(set(replayed)) == [0, 2, 4, 5, 8]

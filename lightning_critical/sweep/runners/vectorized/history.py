@@ -72,6 +72,8 @@ class Histories:
         self.every, self.scalars = every, scalars
         self._of = {id(m): MemberLogs() for m in members}
         self.validation_batches = 0  # Lightning's count, over the fit, of the validation batches run
+        self._seen: set[str] | None = None  # the training names logged so far (None: before the first step)
+        self._irregular: set[str] = set()  # ... of which some step did not log
 
     def __getitem__(self, member: Any) -> MemberLogs:
         return self._of[id(member)]
@@ -83,6 +85,20 @@ class Histories:
     def logging_step(self, step: int) -> bool:
         """Whether Lightning sends the step values to its loggers after optimizer step ``step`` (from 0)."""
         return self.scalars and self.every > 0 and (step + 1) % self.every == 0
+
+    def irregular(self, names: Sequence[str]) -> bool:
+        """Whether this training step logs a name that some earlier step did not (or is the job's first step).
+
+        Such a value may stay final until the end (e.g. logged only at ``log_every_n_steps`` steps, as
+        ``MultiPathwayLinearNet`` logs): the loop replays these steps alone, so that it is exact.
+        """
+        now = set(names)
+        if self._seen is None:
+            self._seen = now
+            return True
+        self._irregular |= self._seen - now
+        self._seen |= now
+        return bool(self._irregular & now)
 
     def log(self, active: Sequence[Any], rows: Sequence[int], step: int, epoch: int | None, values: Tensors) -> None:
         """``values`` (``{tag: (M,)}``) of the members at ``rows`` sent at ``step``, with ``epoch`` (unless ``None``;

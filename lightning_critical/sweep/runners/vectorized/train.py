@@ -167,11 +167,12 @@ class Loop:
 
     def replayed(self, final: list[int], batch_idx: int, logs: Tensors) -> list[int]:
         """The rows whose training step is replayed alone (``exact_logs``): every member at a logging step when
-        the loggers get the values, else the members ending this epoch at its last batch (at every batch when a
-        value is averaged over the epoch)."""
+        the loggers get the values and at a step that logs a name irregularly (:meth:`.Histories.irregular`),
+        else the members ending this epoch at its last batch (at every batch when a value is averaged over
+        the epoch)."""
         if not self.exact:
             return []
-        if self.history.logging_step(self.step):
+        if self.history.irregular(list(logs)) | self.history.logging_step(self.step):  # both: irregular() learns
             return list(range(len(self.active)))
         return final if final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, self.stack)) else []
 
