@@ -9,12 +9,13 @@ member's own ``configure_optimizers()`` (its optimizer and schedulers over its r
 stack), its batches from its own datamodule under its own random states, its input deficits
 applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
 per-member gate), gradient clipping per member, BatchNorm statistics per member. Records,
-table, store, resume and summary are the default runner's.
+table, store, resume and summary are the default runner's; with ``tensorboard``, each member's
+logs are written after the job as its run trained alone writes them (:mod:`.history`, :mod:`.writer`).
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
 runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
 rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: shared prefixes inside a job
-(each member trains from epoch 0), per-member TensorBoard logs, tests, extra callbacks.
+(each member trains from epoch 0), tests, extra callbacks.
 Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
 :meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
 (:class:`AutoRunner`) falls back to it and says why.

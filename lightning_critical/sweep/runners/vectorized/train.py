@@ -7,9 +7,13 @@ each member's own optimizer steps its row, after the gradients of its frozen par
 dropped (as :class:`~lightning_critical.PathwayDeficit` does); step and epoch schedulers step;
 then validation (its loader's iterator is created every validation epoch, as Lightning does,
 so the members' random streams stay those of runs trained alone; the steps run on a member's
-last validation epoch only, whose values are its final ones). Logged values are reduced as
-Lightning reduces them (the last step's value, or the batch-size-weighted mean of the epoch).
-Members leave the stack after their last epoch (runs of a removal sweep differ in length).
+last validation epoch only, whose values are its final ones, unless the sweep writes
+TensorBoard logs: then at every validation epoch). Logged values are reduced as Lightning
+reduces them (the last step's value, or the batch-size-weighted mean of the epoch) and kept per
+member over its whole run (:class:`~.history.Histories`: its final ``callback_metrics`` and
+what Lightning sends its loggers); the steps whose values may stay final are replayed alone
+with ``exact_logs`` (:meth:`Loop.replayed`). Members leave the stack after their last epoch
+(runs of a removal sweep differ in length).
 
 Example::
 
