@@ -7,7 +7,7 @@ goes through:
 * Lightning's scalars (what ``self.log`` sent, at Lightning's steps, with ``epoch``) through a
   ``TensorBoardLogger`` made as :func:`~lightning_critical.sweep.runners.lightning.fit` makes it;
 * the deficits' indicators (``deficit/<name>``), their custom-scalars charts and ``schedule.json``:
-  the member's own deficit callbacks driven through their hooks (``on_fit_start``,
+  the member's own deficit callbacks driven through their hooks (``setup``, ``on_fit_start``,
   ``on_train_start``, each step's indicator, ``on_train_end``, ``teardown``) against
   :class:`LoggedRun`, a stand-in for the run's ``Trainer`` whose counters walk the run's steps
   (the deficits' hooks that act on training are not called);
@@ -47,8 +47,8 @@ class LoggedRun:
 
     def __init__(self, loggers: list[Any], callbacks: list[Any], module: Any, steps_per_epoch: int,
                  log_every_n_steps: int, max_epochs: int | None = None, optimizers: list[Any] | None = None,
-                 default_root_dir: str = ".") -> None:
-        self.loggers, self.callbacks, self.lightning_module = loggers, callbacks, module
+                 default_root_dir: str = ".", datamodule: Any = None) -> None:
+        self.loggers, self.callbacks, self.lightning_module, self.datamodule = loggers, callbacks, module, datamodule
         self.num_training_batches, self.log_every_n_steps = steps_per_epoch, log_every_n_steps
         self.max_epochs, self.optimizers, self.default_root_dir = max_epochs, list(optimizers or []), default_root_dir
         self.logger = loggers[0] if loggers else None
@@ -72,7 +72,7 @@ def write_logs(task: Any, member: Any, logs: MemberLogs, metrics: dict[str, floa
                                           default_hp_metric=False)
     deficits = list(member.deficits)
     run = LoggedRun([logger], deficits, member.model, steps_per_epoch, log_every_n_steps, task.epochs,
-                    [member.optimizer], log_dir)
+                    [member.optimizer], log_dir, member.datamodule)
     trainer: Any = run  # what the view and the deficits' hooks read as the run's Trainer
     view = views.of(trainer)
     view.hold_session(sweep=True)  # one session per run, written below with the sweep's values
@@ -96,6 +96,8 @@ def _fit(run: LoggedRun, deficits: list[Any], logs: MemberLogs, logger: Any, ste
     trainer: Any = run
     module = run.lightning_module
     try:
+        for deficit in deficits:
+            deficit.setup(trainer, module, "fit")  # e.g. TaskSwitch finds its target here
         for hook in ("on_fit_start", "on_train_start"):
             for deficit in deficits:
                 getattr(deficit, hook)(trainer, module)
