@@ -187,3 +187,21 @@ def test_steps_that_log_a_name_irregularly_are_replayed(tmp_path: Any, monkeypat
     # runs of 3, 6 and 9 steps: their last steps 2, 5, 8 (final values); the job's first step 0; step 4, whose
     # sampled_loss stays final for the 6-step runs (step 8's for the others)
     assert sorted(set(replayed)) == [0, 2, 4, 5, 8]
+
+
+def test_the_bundled_linear_nets_logs_equal_the_default_runners(tmp_path: Any) -> None:
+    # logs only at steps where global_step % log_every_n_steps == 0; no validation; hyperparameters in the session
+    def run(runner: Any) -> Any:
+        return lc.sweep.run(
+            functools.partial(lc.models.MultiPathwayLinearNet, depth=2, width=8),
+            functools.partial(lc.data.HierarchicalDataModule, batch_size=4), deficit=lc.PathwayDeficit("b", (0, 1)),
+            windows=lc.sweep.removal([1]), seeds=[0], metrics="train_loss",
+            trainer={"max_epochs": 3, "log_every_n_steps": 3}, runner=runner, out=str(tmp_path / str(runner)),
+            backend="serial", tensorboard=True, plot=False, share_prefixes=False)
+    default, vectorized = run(None), run("vectorized")
+    assert default["train_loss"].tolist() == vectorized["train_loss"].tolist()
+    for label, log_dir in zip(vectorized["label"], vectorized["log_dir"], strict=True):
+        theirs = str(tmp_path / "None" / "tensorboard" / label)
+        assert events(log_dir) == events(theirs) and {t for t, _, _ in events(log_dir)} >= {"train_loss", "epoch"}
+        assert session(log_dir) == session(theirs) and "model/depth" in session(log_dir)[0]
+        assert schedule(log_dir) == schedule(theirs)
