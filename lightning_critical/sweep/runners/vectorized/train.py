@@ -149,7 +149,7 @@ class Loop:
         self.record(train_logs.callback(), everyone)  # kept: a value logged only in earlier epochs is final too
         if self.has_val and (epoch + 1) % self.val_every == 0:
             last = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
-            rows = everyone if self.history.scalars else last
+            rows = everyone if self.history.scalars else last  # with TensorBoard logs, every member's validation
             stack.at(epoch, self.step)
             val_logs = self.validate([m.feed(m.val_loader) for m in active], rows)
             if val_logs is not None:
