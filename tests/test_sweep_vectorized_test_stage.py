@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from test_sweep_vectorized import MLP
 
 import lightning_critical as lc
 from lightning_critical.sweep import VectorizedRefused
-from tests.test_sweep_vectorized import MLP
 
 METRICS = ["test_acc", "test_loss", "val_acc", "train_loss"]
 
@@ -83,3 +83,19 @@ def test_no_validation_with_limit_val_batches_zero_as_under_lightning(tmp_path: 
     assert vec[["train_loss", "test_acc"]].to_numpy().tolist() == base[["train_loss", "test_acc"]].to_numpy().tolist()
     with pytest.raises(VectorizedRefused, match=r"limit_val_batches=0.5 \(it honours 0 and 1.0\)"):
         run("vectorized", 0.5)
+
+
+def test_test_values_reach_tensorboard_as_the_default_runners(tmp_path: Any) -> None:
+    from test_sweep_vectorized_logs import events
+
+    def run(runner: Any) -> Any:
+        return lc.sweep.run(
+            MLPWithTest, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32, test_fraction=0.3),
+            deficit=lc.InputDeficit("blur", (0, 1)), windows=[(0, 1)], seeds=[0], metrics=["test_acc"],
+            trainer={"max_epochs": 2}, runner=runner, out=os.path.join(tmp_path, str(runner)), backend="serial",
+            plot=False, test=True, tensorboard=True)
+
+    base, vec = run(None), run("vectorized")
+    for theirs, ours in zip(base["log_dir"], vec["log_dir"], strict=True):
+        assert {"test_acc", "test_loss"} <= {tag for tag, _, _ in events(ours)}
+        assert events(ours) == events(theirs)

@@ -187,7 +187,7 @@ class Session:
         """Open ``out`` and find the runs not finished yet (before claiming it)."""
         self.store = Store(os.fspath(self.output.out))
         latest = self.store.latest() if os.path.exists(os.path.join(self.store.out, IDENTITY)) else {}
-        self.todo = [rid for rid in self.run_ids if latest.get(rid, {}).get("status") != "ok"]
+        self.todo = self.pending = [rid for rid in self.run_ids if latest.get(rid, {}).get("status") != "ok"]
 
     def choose_backend(self) -> None:
         """Resolve the backend; for worker processes, check the main guard and that the spec pickles."""
@@ -208,6 +208,8 @@ class Session:
         first, self.first = self.first, None
         if self.execution.preflight:
             _preflight.preflight(self.spec, self.runs, trial=bool(self.todo), first=first)
+        if not self.runner.shares_prefixes and self.todo:  # the runner's refusals (batches) before out is claimed
+            self.make_groups(self.make_plan())  # asked once: make_dispatcher gets the same jobs (job_groups's memo)
 
     # -- 4. the directory -------------------------------------------------------------------
     def claim(self) -> None:
@@ -258,14 +260,14 @@ class Session:
             parent=node.parent, sweep_kind=self.grid.kind,
         )
 
-    def make_groups(self) -> list[list[str]]:
+    def make_groups(self, plan: Plan | None = None) -> list[list[str]]:
         """The runner's units of work (its ``batches`` of the tasks in grid order), as lists of run ids."""
         # plan order when sharing prefixes (a parent before its branches), else grid order (windows, params, seeds)
         position = {rid: i for i, rid in enumerate(self.run_ids)}
-        nodes = list(self.plan.nodes)
+        nodes = list((plan or self.plan).nodes)
         if not self.runner.shares_prefixes:
             nodes.sort(key=lambda n: position[n.run_id])
-        return job_groups(self.runner, [self.make_task(n) for n in nodes])
+        return job_groups(self.runner, [self.make_task(n) for n in nodes], vars(self).setdefault("jobs", {}))
 
     def make_job(self, nodes: list[Any]) -> Job:
         """The unit of work a backend runs, for every runner: ``runner.run`` of the tasks of ``nodes`` (built when

@@ -9,12 +9,13 @@ member's own ``configure_optimizers()`` (its optimizer and schedulers over its r
 stack), its batches from its own datamodule under its own random states, its input deficits
 applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
 per-member gate), gradient clipping per member, BatchNorm statistics per member. Records,
-table, store, resume and summary are the default runner's.
+table, store, resume and summary are the default runner's; with ``tensorboard``, each member's
+logs are written after the job as its run trained alone writes them (:mod:`.history`, :mod:`.writer`).
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
 runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
 rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: shared prefixes inside a job
-(each member trains from epoch 0), per-member TensorBoard logs, tests, extra callbacks.
+(each member trains from epoch 0), tests, extra callbacks.
 Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
 :meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
 (:class:`AutoRunner`) falls back to it and says why.
@@ -23,13 +24,14 @@ Example::
 
     >>> runner = VectorizedRunner()
     >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
-    ('vectorized', False, ['save_model', 'test'])
+    ('vectorized', False, ['save_model', 'tensorboard', 'test'])
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -51,6 +53,7 @@ from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
+from lightning_critical.sweep.runners.vectorized.writer import write_logs
 from lightning_critical.sweep.spec import canonical_json
 
 __all__ = ["REFUSALS", "AutoRunner", "VectorizedRefused", "VectorizedRunner"]
@@ -84,7 +87,7 @@ class VectorizedRunner:
 
     name = "vectorized"
     shares_prefixes = False  # members train from epoch 0 inside their job
-    supports: frozenset[str] = frozenset({"save_model", "test"})
+    supports: frozenset[str] = frozenset({"save_model", "tensorboard", "test"})  # logs written after the job (.writer)
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True) -> None:
@@ -162,10 +165,14 @@ class VectorizedRunner:
         trainer = {**QUIET_TRAINER, **spec.trainer}
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer))
+                         self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None)
         out = []
-        for task, member, values in zip(tasks, members, produced, strict=True):
-            metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
+        for task, member, logs in zip(tasks, members, produced, strict=True):
+            ran = SimpleNamespace(global_step=task.epochs * len(member.train_loader),  # for read_metrics's message
+                                  log_every_n_steps=stack.view.log_every_n_steps)
+            metrics = read_metrics(spec.metrics, ran, member.model, logs.callback)  # type: ignore[arg-type]
+            if task.log_dir is not None:
+                write_logs(task, member, logs, metrics, len(member.train_loader), stack.view.log_every_n_steps)
             if spec.save_model:
                 _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
             out.append({"metrics": metrics, "epochs_trained": task.epochs,
@@ -217,7 +224,7 @@ class AutoRunner:
 
     name = "auto"
     shares_prefixes = False
-    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test"})
+    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test", "tensorboard"})  # both runners write them
 
     def __init__(self) -> None:
         self._chosen: Any = None

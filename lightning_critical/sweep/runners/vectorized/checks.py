@@ -30,7 +30,7 @@ REFUSALS: tuple[str, ...] = (
     "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
     "training_step/validation_step (found by a trial step on two members)",
     "deficits other than InputDeficit and PathwayDeficit(mode='freeze' | 'silence'); extra callbacks; "
-    "TensorBoard logs; metric functions",
+    "metric functions",
     "Trainer arguments other than max_epochs, check_val_every_n_epoch, limit_val_batches=0, gradient clipping and "
     "the quiet/logging defaults",
 )

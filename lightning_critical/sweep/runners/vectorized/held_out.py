@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView
@@ -82,8 +80,3 @@ def _test_loader(member: Member) -> Any:
         raise RuntimeError(f"{type(model).__name__}.setup('test') replaced the module's parameters after training; "
                            "the vectorized runner tests the trained rows: use the default runner (runner=None)")
     return loader
-
-
-def held_out_values(values: Tensors) -> dict[str, float]:
-    """One member's reduced test values as floats."""
-    return {name: float(torch.as_tensor(value).reshape(-1)[0]) for name, value in values.items()}

@@ -44,6 +44,7 @@ class LogCollector:
         self.stage = "train"
         self.values: Tensors = {}
         self.meta: dict[str, tuple[bool, bool, int | None]] = {}
+        self.unlogged: set[str] = set()  # logged with logger=False: callback metrics only, not sent to the loggers
 
     def start(self, stage: str) -> None:
         self.stage, self.values = stage, {}
@@ -66,6 +67,8 @@ class LogCollector:
             tensor = tensor.to(torch.get_default_dtype())
         self.values[name] = tensor
         self.meta[name] = (step, epoch, batch_size)
+        if logger is False:
+            self.unlogged.add(name)
 
     def log_dict(self, dictionary: dict[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():
