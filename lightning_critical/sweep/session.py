@@ -160,6 +160,7 @@ class Session:
             model=study.model, datamodule=study.datamodule, deficit=study.deficit, callbacks=study.callbacks,
             trainer=self.trainer, metrics=tuple(self.metrics), test=bool(study.test),
             threads_per_run=self.execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
+            share_prefixes=bool(self.execution.share_prefixes),
             save_model=bool(self.output.save_model), tensorboard=self.tensorboard,
             runner=None if type(self.runner) is LightningRunner else self.runner,  # a subclass is part of the identity
         )

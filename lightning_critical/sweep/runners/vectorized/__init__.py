@@ -48,6 +48,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     unexpected_refusal,
 )
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
+from lightning_critical.sweep.runners.vectorized.prefixes import branch_points
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
 from lightning_critical.sweep.spec import canonical_json
@@ -157,15 +158,18 @@ class VectorizedRunner:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
+        forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer))
+                         self.stacked_optimizer, _clip(trainer), forks)
         out = []
-        for task, member, values in zip(tasks, members, produced, strict=True):
+        for index, (task, member, values) in enumerate(zip(tasks, members, produced, strict=True)):
+            parent, branch_epoch = forks.get(index, (None, 0))
             metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
             if spec.save_model:
                 _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
-            out.append({"metrics": metrics, "epochs_trained": task.epochs,
+            out.append({"metrics": metrics, "epochs_trained": task.epochs - branch_epoch,
+                        "branch_epoch": branch_epoch, "parent": None if parent is None else tasks[parent].run_id,
                         "global_step": task.epochs * len(member.train_loader),
                         "deficit_seed": deficit_seed(member.deficits)})
         return out

@@ -10,6 +10,8 @@ so the members' random streams stay those of runs trained alone; the steps run o
 last validation epoch only, whose values are its final ones). Logged values are reduced as
 Lightning reduces them (the last step's value, or the batch-size-weighted mean of the epoch).
 Members leave the stack after their last epoch (runs of a removal sweep differ in length).
+Members that share a prefix (``forks``, from :func:`~.prefixes.branch_points`) train as one
+row until their branch epoch, where the parent's row is forked (:meth:`Loop.fork`).
 
 Example::
 
@@ -29,6 +31,7 @@ import torch
 
 from lightning_critical.sweep.runners.vectorized.members import Member
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
+from lightning_critical.sweep.runners.vectorized.prefixes import fork_member
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
 
 
@@ -70,13 +73,23 @@ class Loop:
     """The members' epochs (see the module docstring); ``run()`` gives each member's final ``callback_metrics``."""
 
     def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool,
-                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None) -> None:
+                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None,
+                 forks: dict[int, tuple[int, int]] | None = None) -> None:
         lengths = {len(m.train_loader) for m in members}
         if len(lengths) != 1:
             raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
                              "vectorized job need as many batches per epoch")
         self.n_batches = lengths.pop()
-        self.members, self.active, self.stack, self.exact = members, list(members), stack, exact_logs
+        self.members, self.stack, self.exact = members, stack, exact_logs
+        self.forks: dict[int, list[tuple[Member, Member]]] = {}  # branch epoch -> [(parent, child)]
+        for child, (parent, epoch) in sorted((forks or {}).items()):
+            self.forks.setdefault(epoch, []).append((members[parent], members[child]))
+        children = {id(c) for pairs in self.forks.values() for _, c in pairs}
+        roots = [row for row, m in enumerate(members) if id(m) not in children]
+        self.active = [members[row] for row in roots]  # the members holding a row (children: from their fork)
+        if len(roots) < len(members):
+            stack.keep(self.active, roots)
+        self.member_epochs = 0
         self.has_val = all(m.val_loader is not None for m in members)
         self.val_every, self.step = val_every, 0
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
@@ -123,13 +136,32 @@ class Loop:
             self.record(self.validate([m.feed(m.val_loader) for m in active], rows), rows)
         for member in active:
             member.step_schedulers("epoch")
-        if final:
-            keep = [row for row in range(len(active)) if row not in final]
-            self.active = [active[row] for row in keep]
-            if keep:
-                stack.keep(self.active, keep)
-                if self.optim is not None:
-                    self.optim.keep(keep, stack.params)
+        self.member_epochs += len(active)
+        forks = self.forks.pop(epoch + 1, [])
+        if final or forks:
+            kept = [row for row in range(len(active)) if row not in final]
+            self.active = [active[row] for row in kept] + [child for _, child in forks]
+            # a parent may end here: its row is forked before it leaves
+            self.reindex(kept + [active.index(parent) for parent, _ in forks], forks)
+
+    def reindex(self, rows: list[int], forks: list[tuple[Member, Member]]) -> None:
+        """The stack (and stacked optimizer) on the rows ``rows`` of the old one; a repeated row is a fork."""
+        if rows:
+            self.stack.fork(self.active, rows)
+            if self.optim is not None:
+                self.optim.fork(rows, self.stack.params)
+        for parent, child in forks:
+            self.on_fork(parent, child)
+
+    def on_fork(self, parent: Member, child: Member) -> None:
+        """Every per-member copy at a fork: ``child`` continues from ``parent``'s state after the shared prefix.
+
+        Its rows (parameters, buffers, stacked optimizer state) are forked by :meth:`reindex`;
+        here its own optimizer, schedulers and random states (:func:`~.prefixes.fork_member`)
+        and what the loop holds per member (the values it produced so far).
+        """
+        fork_member(parent, child)
+        self.produced[id(child)] = dict(self.produced[id(parent)])
 
     def record(self, values: Tensors, rows: list[int]) -> None:
         for row in rows:
@@ -155,14 +187,16 @@ class Loop:
 
 
 def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool = True,
-          stacked_optimizer: bool = True, clip: tuple[float, str] | None = None) -> list[dict[str, float]]:
+          stacked_optimizer: bool = True, clip: tuple[float, str] | None = None,
+          forks: dict[int, tuple[int, int]] | None = None) -> list[dict[str, float]]:
     """Train every member for its run's epochs; each member's final ``callback_metrics`` as floats.
 
     ``exact_logs``: a member's last-epoch logged values come from its step replayed alone
     (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
     ``clip``: ``(gradient_clip_val, gradient_clip_algorithm)`` of the Trainer, applied per member.
+    ``forks``: ``{child: (parent, branch epoch)}`` (indices into ``members``): shared prefixes.
     """
-    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip).run()
+    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip, forks).run()
 
 
 def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
