@@ -140,3 +140,10 @@ def test_a_fork_clones_optimizer_schedulers_and_random_states() -> None:
     theirs = parent.optimizer.state[parent.named[0][1]]["momentum_buffer"]
     assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()
     assert torch.equal(child.rng[0], parent.rng[0]) and child.rng[0].data_ptr() != parent.rng[0].data_ptr()
+
+
+def test_jobs_split_by_max_members_keep_a_seeds_runs_together(tmp_path: Any) -> None:
+    default = sweep(tmp_path, None, REMOVAL)
+    vectorized = sweep(tmp_path, lc.sweep.VectorizedRunner(max_members=4), REMOVAL)  # 4 runs per seed
+    assert (default[METRICS].values == vectorized[METRICS].values).all()
+    assert vectorized["epochs_trained"].tolist() == default["epochs_trained"].tolist()

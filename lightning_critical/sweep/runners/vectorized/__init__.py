@@ -13,8 +13,16 @@ table, store, resume and summary are the default runner's.
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
 runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
-rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: shared prefixes inside a job
-(each member trains from epoch 0), per-member TensorBoard logs, tests, extra callbacks.
+rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: per-member TensorBoard
+logs, tests, extra callbacks.
+
+**Shared prefixes.** Runs of one seed and swept values whose schedules agree on their first
+epochs train as one row of the stack until they part (:mod:`.prefixes`: the default runner's
+prefix tree, planned inside the job); there the row is forked (parameters, buffers, optimizer
+and scheduler states, random states, logged values: clones). ``shares_prefixes`` is ``False``
+(the engine writes no branch checkpoints for this runner: the job shares by itself); the
+sweep's ``share_prefixes=False`` trains every member from epoch 0. A record's
+``epochs_trained``, ``branch_epoch`` and ``parent`` say what its member trained itself.
 Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
 :meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
 (:class:`AutoRunner`) falls back to it and says why.
@@ -83,7 +91,7 @@ class VectorizedRunner:
     """
 
     name = "vectorized"
-    shares_prefixes = False  # members train from epoch 0 inside their job
+    shares_prefixes = False  # no branch checkpoints from the engine: the job shares prefixes itself (.prefixes)
     supports: frozenset[str] = frozenset({"save_model"})
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
@@ -98,7 +106,8 @@ class VectorizedRunner:
         self.stacked_optimizer = stacked_optimizer
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
-        """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
+        """One job per parameter shapes (runs of other lengths leave the stack when they end; with
+        ``max_members``, the runs of one seed and swept values kept together, so they share their prefixes),
         after the refusals and a trial step; any error met on the way is a :class:`VectorizedRefused` naming it."""
         try:
             return self._batches(tasks)
@@ -122,7 +131,7 @@ class VectorizedRunner:
             check_deficits(build_deficits(task.spec, task.run))
         self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
         size = self.max_members or len(tasks)
-        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+        return [g[i:i + size] for g in map(_by_prefix_group, groups.values()) for i in range(0, len(g), size)]
 
     def trial(self, tasks: Sequence[Any]) -> None:
         """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
@@ -207,8 +216,9 @@ class VectorizedRunner:
 class AutoRunner:
     """``runner="auto"``: the vectorized runner when the sweep qualifies, else the default; says which and why.
 
-    The choice is made in :meth:`batches`, before training, and printed as one line. Prefixes
-    are not shared either way (the default runner then trains each run from scratch: same rows).
+    The choice is made in :meth:`batches`, before training, and printed as one line. The
+    vectorized runner shares prefixes inside its jobs; the default runner, when chosen, trains
+    each run from scratch (the engine plans before the choice: same rows either way).
 
     Example::
 
@@ -251,6 +261,15 @@ class AutoRunner:
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+def _by_prefix_group(tasks: list[Any]) -> list[Any]:
+    """``tasks`` with the runs of one seed and swept values together (first-seen order), so that a job split by
+    ``max_members`` keeps the runs that can share a prefix in one job where it can."""
+    first: dict[str, int] = {}
+    for task in tasks:
+        first.setdefault(canonical_json({"seed": task.run.seed, "params": task.run.encode()["params"]}), len(first))
+    return sorted(tasks, key=lambda t: first[canonical_json({"seed": t.run.seed, "params": t.run.encode()["params"]})])
 
 
 def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:
