@@ -89,7 +89,6 @@ class Loop:
         self.active = [members[row] for row in roots]  # the members holding a row (children: from their fork)
         if len(roots) < len(members):
             stack.keep(self.active, roots)
-        self.member_epochs = 0
         self.has_val = all(m.val_loader is not None for m in members)
         self.val_every, self.step = val_every, 0
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
@@ -136,7 +135,6 @@ class Loop:
             self.record(self.validate([m.feed(m.val_loader) for m in active], rows), rows)
         for member in active:
             member.step_schedulers("epoch")
-        self.member_epochs += len(active)
         forks = self.forks.pop(epoch + 1, [])
         if final or forks:
             kept = [row for row in range(len(active)) if row not in final]
