@@ -52,9 +52,21 @@ class Net(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": step, "interval": "step"}}
 
 
+class OwnGenerator(lc.data.DigitsDataModule):
+    """Digits whose train loader shuffles with the datamodule's own generator (not the global one)."""
+
+    def __init__(self, seed: int = 0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.gen = torch.Generator().manual_seed(seed + 7)
+
+    def train_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=self.gen)
+
+
 def sweep(out: Any, runner: Any, windows: Any, model: Any = Net, deficit: Any = None, **kw: Any) -> Any:
+    data = kw.pop("data", lc.data.DigitsDataModule)
     return lc.sweep.run(
-        model, functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32),
+        model, functools.partial(data, subset=96, batch_size=32),
         deficit=deficit or lc.InputDeficit("blur", (0, 1)), windows=windows, seeds=[0, 1], metrics=METRICS,
         trainer=kw.pop("trainer", {}), runner=runner, out=os.path.join(out, str(runner)), backend="serial",
         tensorboard=False, plot=False, save_model=True, **kw)
@@ -100,6 +112,13 @@ def test_step_windows_share_inside_the_job_and_stay_bitwise(tmp_path: Any) -> No
     vectorized = sweep(tmp_path, "vectorized", windows, trainer={"max_epochs": 3})
     assert_bitwise(tmp_path, default, vectorized)
     assert vectorized.attrs["epochs_trained"] < default.attrs["epochs_trained"]
+
+
+def test_a_fork_carries_the_generator_objects_of_the_datamodule(tmp_path: Any) -> None:
+    default = sweep(tmp_path, None, REMOVAL, data=OwnGenerator)
+    vectorized = sweep(tmp_path, "vectorized", REMOVAL, data=OwnGenerator)
+    assert_bitwise(tmp_path, default, vectorized)
+    assert (vectorized["branch_epoch"] > 0).any()
 
 
 def test_share_prefixes_false_trains_every_member_from_scratch(tmp_path: Any) -> None:
