@@ -56,7 +56,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     unexpected_refusal,
 )
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
-from lightning_critical.sweep.runners.vectorized.prefixes import branch_points
+from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
 from lightning_critical.sweep.spec import canonical_json
@@ -266,10 +266,12 @@ class AutoRunner:
 def _by_prefix_group(tasks: list[Any]) -> list[Any]:
     """``tasks`` with the runs of one seed and swept values together (first-seen order), so that a job split by
     ``max_members`` keeps the runs that can share a prefix in one job where it can."""
+    keys = [group_key(task) for task in tasks]
     first: dict[str, int] = {}
-    for task in tasks:
-        first.setdefault(canonical_json({"seed": task.run.seed, "params": task.run.encode()["params"]}), len(first))
-    return sorted(tasks, key=lambda t: first[canonical_json({"seed": t.run.seed, "params": t.run.encode()["params"]})])
+    for key in keys:
+        first.setdefault(key, len(first))
+    order = sorted(range(len(tasks)), key=lambda i: first[keys[i]])
+    return [tasks[i] for i in order]
 
 
 def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:

@@ -49,13 +49,16 @@ def branch_points(tasks: Sequence[Any], steps_per_epoch: int | None, share: bool
     """
     if not share:
         return {}
-    items = []
-    for index, task in enumerate(tasks):
-        group = canonical_json({"seed": task.run.seed, "params": task.run.encode()["params"]})
-        tokens = schedule_tokens(task.run.windows, task.epochs, steps_per_epoch)
-        items.append(PlanItem(str(index), group, task.epochs, tokens))
+    items = [PlanItem(str(index), group_key(task), task.epochs,
+                      schedule_tokens(task.run.windows, task.epochs, steps_per_epoch))
+             for index, task in enumerate(tasks)]
     plan = make_plan(items)
     return {int(n.run_id): (int(n.parent), n.branch_epoch) for n in plan.nodes if n.parent is not None}
+
+
+def group_key(task: Any) -> str:
+    """The prefix group of a task's run: its seed and swept values (runs of other groups never share)."""
+    return canonical_json({"seed": task.run.seed, "params": task.run.encode()["params"]})
 
 
 def member_epochs(tasks: Sequence[Any], forks: dict[int, tuple[int, int]]) -> int:

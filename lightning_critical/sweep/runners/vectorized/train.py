@@ -11,7 +11,8 @@ last validation epoch only, whose values are its final ones). Logged values are 
 Lightning reduces them (the last step's value, or the batch-size-weighted mean of the epoch).
 Members leave the stack after their last epoch (runs of a removal sweep differ in length).
 Members that share a prefix (``forks``, from :func:`~.prefixes.branch_points`) train as one
-row until their branch epoch, where the parent's row is forked (:meth:`Loop.fork`).
+row until their branch epoch, where the parent's row is forked (:meth:`Loop.reindex`,
+:meth:`Loop.on_fork`).
 
 Example::
 
