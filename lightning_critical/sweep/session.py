@@ -155,12 +155,13 @@ class Session:
 
     def make_spec(self) -> SweepSpec:
         """What trains a run, from the checked groups."""
-        study = self.study
+        study, execution = self.study, self.execution
         return SweepSpec(
             model=study.model, datamodule=study.datamodule, deficit=study.deficit, callbacks=study.callbacks,
             trainer=self.trainer, metrics=tuple(self.metrics), test=bool(study.test),
-            threads_per_run=self.execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
-            save_model=bool(self.output.save_model), tensorboard=self.tensorboard,
+            threads_per_run=execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
+            share_prefixes=bool(execution.share_prefixes), save_model=bool(self.output.save_model),
+            tensorboard=self.tensorboard,
             runner=None if type(self.runner) is LightningRunner else self.runner,  # a subclass is part of the identity
         )
 
@@ -379,11 +380,8 @@ def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
 
 def _metric_names(metrics: list[Any], records: list[dict[str, Any]]) -> list[str]:
     names = [m for m in metrics if isinstance(m, str)]
-    for record in records:
-        for key in (record.get("metrics") or {}):
-            if key not in names:
-                names.append(key)
-    return names
+    found = (key for record in records for key in (record.get("metrics") or {}))
+    return names + list(dict.fromkeys(k for k in found if k not in names))
 
 
 def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool) -> None:

@@ -128,6 +128,30 @@ class Stack:
                 param.data = self.params[name][row]
             alias_rows(member.model, self.buffers, row)
 
+    def fork(self, members: list[Member], rows: list[int]) -> None:
+        """The stack's rows ``rows`` for ``members`` (in order), where a repeated row is a fork: a copy of it.
+
+        :meth:`keep` with rows that may repeat (indexing copies, so a forked member's row is its
+        own, never an alias of its parent's): a member that branches from another's shared prefix
+        (:mod:`.prefixes`) gets its parent's parameters and buffers in a new row.
+
+        Example::
+
+            >>> import torch
+            >>> from types import SimpleNamespace
+            >>> a, b = SimpleNamespace(model=torch.nn.Linear(1, 1)), SimpleNamespace(model=torch.nn.Linear(1, 1))
+            >>> stack = Stack.__new__(Stack)
+            >>> stack.params, stack.buffers = {"weight": torch.ones(1, 1, 1), "bias": torch.zeros(1, 1)}, {}
+            >>> for m in (a, b):
+            ...     m.named = list(m.model.named_parameters())
+            >>> stack.fork([a, b], [0, 0])
+            >>> with torch.no_grad():
+            ...     _ = b.model.weight.add_(1.0)
+            >>> stack.params["weight"].flatten().tolist(), a.model.weight.item()
+            ([1.0, 2.0], 1.0)
+        """
+        self.keep(members, rows)
+
     def gates(self, members: list[Member], epoch: int, step: int) -> Tensors:
         """``{module: (M,) gate}``: 0.0 for members whose silence deficit is active, else 1.0."""
         silenced = [m.silenced(epoch, step) for m in members]

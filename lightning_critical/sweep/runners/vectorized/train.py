@@ -14,6 +14,9 @@ member over its whole run (:class:`~.history.Histories`: its final ``callback_me
 what Lightning sends its loggers); the steps whose values may stay final are replayed alone
 with ``exact_logs`` (:meth:`Loop.replayed`). Members leave the stack after their last epoch
 (runs of a removal sweep differ in length).
+Members that share a prefix (``forks``, from :func:`~.prefixes.branch_points`) train as one
+row until their branch epoch, where the parent's row is forked (:meth:`Loop.reindex`,
+:meth:`Loop.on_fork`).
 
 Example::
 
@@ -35,6 +38,7 @@ from lightning_critical.sweep.runners.vectorized.held_out import held_out_steps
 from lightning_critical.sweep.runners.vectorized.history import Histories, MemberLogs
 from lightning_critical.sweep.runners.vectorized.members import Member
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
+from lightning_critical.sweep.runners.vectorized.prefixes import fork_member
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
 
 
@@ -93,13 +97,22 @@ class Loop:
     """
 
     def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool,
-                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None, scalars: bool = False) -> None:
+                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None, scalars: bool = False,
+                 forks: dict[int, tuple[int, int]] | None = None) -> None:
         lengths = {len(m.train_loader) for m in members}
         if len(lengths) != 1:
             raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
                              "vectorized job need as many batches per epoch")
         self.n_batches = lengths.pop()
-        self.members, self.active, self.stack, self.exact = members, list(members), stack, exact_logs
+        self.members, self.stack, self.exact = members, stack, exact_logs
+        self.forks: dict[int, list[tuple[Member, Member]]] = {}  # branch epoch -> [(parent, child)]
+        for child, (parent, epoch) in sorted((forks or {}).items()):
+            self.forks.setdefault(epoch, []).append((members[parent], members[child]))
+        children = {id(c) for pairs in self.forks.values() for _, c in pairs}
+        roots = [row for row, m in enumerate(members) if id(m) not in children]
+        self.active = [members[row] for row in roots]  # the members holding a row (children: from their fork)
+        if len(roots) < len(members):
+            stack.keep(self.active, roots)
         self.has_val = all(m.val_loader is not None for m in members)
         self.val_every, self.step = val_every, 0
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
@@ -117,10 +130,6 @@ class Loop:
             self.epoch(epoch)
             epoch += 1
         return [self.history[m] for m in self.members]
-
-    def on_fork(self, parent: Member, child: Member) -> None:
-        """Give ``child`` a copy of ``parent``'s per-member bookkeeping when a shared row forks: its logs."""
-        self.history.fork(parent, child)
 
     def epoch(self, epoch: int) -> None:
         active, stack = self.active, self.stack
@@ -160,15 +169,33 @@ class Loop:
         self.history.log(active, everyone, self.step - 1, epoch, train_logs.epoch_log())
         for member in active:
             member.step_schedulers("epoch")
+        forks = self.forks.pop(epoch + 1, [])
+        for parent, child in forks:  # before the parent's test stage draws: the child branches from the fit's end
+            self.on_fork(parent, child)
         if final and self.test:
             self.test_finished(final, epoch)
-        if final:
-            keep = [row for row in range(len(active)) if row not in final]
-            self.active = [active[row] for row in keep]
-            if keep:
-                stack.keep(self.active, keep)
-                if self.optim is not None:
-                    self.optim.keep(keep, stack.params)
+        if final or forks:
+            kept = [row for row in range(len(active)) if row not in final]
+            self.active = [active[row] for row in kept] + [child for _, child in forks]
+            # a parent may end here: its row is forked before it leaves
+            self.reindex(kept + [active.index(parent) for parent, _ in forks])
+
+    def reindex(self, rows: list[int]) -> None:
+        """The stack (and stacked optimizer) on the rows ``rows`` of the old one; a repeated row is a fork."""
+        if rows:
+            self.stack.fork(self.active, rows)
+            if self.optim is not None:
+                self.optim.fork(rows, self.stack.params)
+
+    def on_fork(self, parent: Member, child: Member) -> None:
+        """Every per-member copy at a fork: ``child`` continues from ``parent``'s state after the shared prefix.
+
+        Its rows (parameters, buffers, stacked optimizer state) are forked by :meth:`reindex`;
+        here its own optimizer, schedulers and random states (:func:`~.prefixes.fork_member`)
+        and what the loop holds per member (its logs so far: :meth:`.Histories.fork`).
+        """
+        fork_member(parent, child)
+        self.history.fork(parent, child)
 
     def record(self, values: Tensors, rows: list[int]) -> None:
         self.history.update(self.active, rows, values)
@@ -216,15 +243,16 @@ class Loop:
 
 def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool = True,
           stacked_optimizer: bool = True, clip: tuple[float, str] | None = None,
-          scalars: bool = False) -> list[MemberLogs]:
+          scalars: bool = False, forks: dict[int, tuple[int, int]] | None = None) -> list[MemberLogs]:
     """Train every member for its run's epochs; each member's logs (its final ``callback_metrics`` as floats
     in ``callback``; with ``scalars``, what Lightning sends its loggers in ``events``).
 
     ``exact_logs``: a member's last-epoch logged values come from its step replayed alone
     (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
     ``clip``: ``(gradient_clip_val, gradient_clip_algorithm)`` of the Trainer, applied per member.
+    ``forks``: ``{child: (parent, branch epoch)}`` (indices into ``members``): shared prefixes.
     """
-    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip, scalars).run()
+    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip, scalars, forks).run()
 
 
 def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
