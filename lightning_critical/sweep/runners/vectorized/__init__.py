@@ -132,12 +132,12 @@ class VectorizedRunner:
                 check_module(member.model, self.allow_dropout)
             stack = self._stack(members)
             with members[0].drawing():
-                batch = next(iter(members[0].train_loader))
+                batch = members[0].transfer(next(iter(members[0].train_loader)))
             try:
                 stack.train_step(stacked([batch] * len(members)), stack.gates(members, 0, 0), 0)
                 if members[0].val_loader is not None:
                     with members[0].drawing():
-                        val = next(iter(members[0].val_loader))
+                        val = members[0].transfer(next(iter(members[0].val_loader)))
                     stack.validation_step(stacked([val] * len(members)), 0)
             except VectorizedRefused:
                 raise

@@ -101,7 +101,7 @@ class Loop:
         feeds = [m.feed(m.train_loader) for m in active]
         for batch_idx in range(self.n_batches):
             batches = [m.batch((epoch, self.step), f.next(), batch_idx) for m, f in zip(active, feeds, strict=True)]
-            gates = stack.gates(active, epoch, self.step)
+            gates = stack.gates(active, epoch, self.step, batch_idx)
             stack.at(epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
             if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
@@ -144,7 +144,7 @@ class Loop:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
         logs = EpochLogs(False)
         for batch_idx in range(lengths.pop()):
-            batches = [f.next() for f in feeds]
+            batches = [m.transfer(f.next()) for m, f in zip(self.active, feeds, strict=True)]
             if self.exact:
                 values = _merged({}, self.stack.replay("validation_step", batches, {}, batch_idx, rows), rows,
                                  len(batches))

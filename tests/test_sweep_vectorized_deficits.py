@@ -1,0 +1,138 @@
+"""Every built-in deficit per member in the vectorized runner: bitwise the default runner's runs, or refused first."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightning_critical as lc
+from lightning_critical._namespace import pl
+from lightning_critical.sweep import VectorizedRefused
+
+
+def run(tmp_path: Any, runner: Any, model: Any, data: Any, deficit: Any, metrics: Any, **kw: Any) -> Any:
+    kw.setdefault("windows", lc.sweep.removal([1, 2], epochs_after=1))
+    return lc.sweep.run(model, data, deficit=deficit, seeds=[0, 1], metrics=metrics, trainer=kw.pop("trainer", {}),
+                        runner=runner, out=str(tmp_path / str(runner)), backend="serial", tensorboard=False,
+                        plot=False, save_model=True, **kw)
+
+
+def assert_bitwise(tmp_path: Any, default: Any, vectorized: Any, metrics: list[str]) -> None:
+    assert (vectorized["status"] == "ok").all(), vectorized["error"].tolist()
+    assert default["label"].tolist() == vectorized["label"].tolist()
+    assert (default[metrics].values == vectorized[metrics].values).all()
+    for label in default["label"]:
+        a, b = (torch.load(os.path.join(tmp_path, r, "models", f"{label}.pt")) for r in ("None", "vectorized"))
+        assert all(torch.equal(a[k], b[k]) for k in a), label
+
+
+def both(tmp_path: Any, model: Any, data: Any, deficit: Any, metrics: list[str], **kw: Any) -> tuple[Any, Any]:
+    default = run(tmp_path, None, model, data, deficit, metrics, **kw)
+    vectorized = run(tmp_path, "vectorized", model, data, deficit, metrics, **kw)
+    assert_bitwise(tmp_path, default, vectorized, metrics)
+    return default, vectorized
+
+
+TWO_VIEW = functools.partial(lc.models.TwoViewNet, hidden=8, lr=0.1, lr_decay=0.75)
+TWO_VIEW_DATA = functools.partial(lc.data.TwoViewDigits, batch_size=32, subset=64)
+
+
+def test_noise_on_a_view_is_the_default_runners_noise_bitwise(tmp_path: Any) -> None:
+    # The multisensory study's deficit: view b's input replaced by seeded Gaussian noise, per member and window.
+    noise = lc.PathwayDeficit("b", window=(0, 1), mode="noise", noise_std=0.3)
+    metrics = ["train_loss", "val_loss", "val_acc"]
+    default, _ = both(tmp_path, TWO_VIEW, TWO_VIEW_DATA, noise, metrics)
+    frozen = run(tmp_path / "frozen", None, TWO_VIEW, TWO_VIEW_DATA, lc.PathwayDeficit("b", (0, 1)), metrics)
+    windowed = default["window_end"].notna()
+    losses = ["train_loss", "val_loss"]
+    assert (default[windowed][losses].values != frozen[windowed][losses].values).all()  # the noise acts
+
+
+def test_noise_on_a_hidden_pathway_with_a_swept_std(tmp_path: Any) -> None:
+    # A pathway whose input is computed (its gradient stops at the noise), two calls' shapes found once.
+    noise = lc.PathwayDeficit("fusion", window=(0, 1), mode="noise")
+    both(tmp_path, TWO_VIEW, TWO_VIEW_DATA, noise, ["train_loss", "val_acc"], params={"deficit.noise_std": [0.5, 2.0]})
+
+
+# width 32: vmap computes batched products of fewer than 400 multiply-adds with another kernel than a
+# run alone (exact only for inputs like the one-hot items); the projected inputs are dense
+LINEAR = functools.partial(lc.models.MultiPathwayLinearNet, depth=2, width=32)
+HIERARCHY = functools.partial(lc.data.HierarchicalDataModule, batch_size=4)
+
+
+@pytest.mark.parametrize("modes", [[0], [1, 2]])
+def test_mode_deficit_per_member_is_bitwise(tmp_path: Any, modes: list[int]) -> None:
+    lesion = lc.ModeDeficit("a", modes=modes, window=(0, 1))
+    default, _ = both(tmp_path, LINEAR, HIERARCHY, lesion, ["train_loss"], trainer={"log_every_n_steps": 1})
+    assert default["train_loss"].nunique() > 2  # windows and seeds differ
+
+
+class TaskDigits(lc.data.DigitsDataModule):
+    """The digits with two tasks: their labels, or the labels shifted by one (resolved in the transfer hook)."""
+
+    tasks = ("digits", "shifted")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.task = "digits"
+
+    def set_task(self, name: str) -> None:
+        self.task = name
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        return [x, (y + 1) % 10 if self.task == "shifted" else y]
+
+
+class MLP(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(64, 16), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(F.relu(self.l1(x.flatten(1))))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+TASKS = functools.partial(TaskDigits, subset=96, batch_size=32)
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_each_member_switches_its_own_task_at_its_times(tmp_path: Any, unit: str) -> None:
+    switch = functools.partial(lc.sweep.TaskWindow, during="shifted", after="digits")
+    windows = lc.sweep.removal([1, 2], epochs_after=1) if unit == "epoch" else lc.sweep.removal([2, 4], unit="step")
+    trainer = {} if unit == "epoch" else {"max_epochs": 3}
+    default, _ = both(tmp_path, MLP, TASKS, switch, ["train_loss", "val_acc"], windows=windows, trainer=trainer)
+    assert default["val_acc"].nunique() > 1
+
+
+class Halved(lc.PathwayDeficit):
+    """A subclass: it may change what the deficit does, so the vectorized runner does not map it."""
+
+
+def test_other_deficits_are_refused_before_training(tmp_path: Any) -> None:
+    with pytest.raises(VectorizedRefused, match="Halved"):
+        run(tmp_path, "vectorized", MLP, TASKS, Halved("l1", (0, 1)), ["val_acc"])
+    with pytest.raises(VectorizedRefused, match="target="):
+        other = TaskDigits()
+        run(tmp_path, "vectorized", MLP, TASKS, lambda window: lc.TaskSwitch({window.end: "shifted"}, target=other),
+            ["val_acc"])
+    assert not os.path.exists(tmp_path / "vectorized" / "results.jsonl")
