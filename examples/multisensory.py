@@ -25,6 +25,7 @@ only or ``b`` only). An early deficit leaves the network ignoring view ``b`` for
     python examples/multisensory.py                  # 5 seeds, 70 runs: about 1 minute on 2 busy cores
     python examples/multisensory.py --seeds 2 --removal 0 2 --onsets 0 2 --length 2 --epochs-after 1 \\
         --subset 100 --backend serial                # seconds
+    python examples/multisensory.py --runner vectorized   # each study as one torch.func job: the same tables
 
 Outputs under ``--out`` (default ``outputs/multisensory/``): ``removal.csv`` and ``sliding.csv``
 (one row per run), ``summary.csv`` (mean and standard error per window of every final metric,
@@ -102,9 +103,12 @@ def studies(model: Callable[..., Any], data: Callable[..., Any], *, noise_std: f
 
 
 def run_sweeps(model: Callable[..., Any], data: Callable[..., Any], *, out: str, backend: str = "process",
-               workers: int | None = None, **grid: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both studies (``grid``: the keywords of :func:`studies`), one ``lc.sweep.run_study`` each; one row per run."""
-    execution = lc.sweep.Execution(backend=backend, workers=workers)
+               workers: int | None = None, runner: str | None = None, **grid: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both studies (``grid``: the keywords of :func:`studies`), one ``lc.sweep.run_study`` each; one row per run.
+
+    ``runner="vectorized"`` trains the runs of each study as one ``torch.func`` job (the same table, bitwise).
+    """
+    execution = lc.sweep.Execution(backend=backend, workers=workers, runner=runner)
     tables = {name: lc.sweep.run_study(study, execution, lc.sweep.Output(out=os.path.join(out, name)))
               for name, study in studies(model, data, **grid).items()}
     return tables["removal"], tables["sliding"]
@@ -259,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("--subset", type=int, default=400, help="training digits")
     parser.add_argument("--backend", choices=("process", "serial", "ray"), default="process")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    parser.add_argument("--runner", choices=("default", "vectorized", "auto"), default="default",
+                        help="vectorized: all runs of a study as one torch.func job (same table, bitwise)")
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     os.makedirs(args.out, exist_ok=True)
@@ -266,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     model, data = factories(args.hidden, args.lr, args.lr_decay, args.subset)
     removal, sliding = run_sweeps(
         model, data, out=args.out, backend=args.backend, workers=args.workers, noise_std=args.noise_std,
+        runner=None if args.runner == "default" else args.runner,
         removal_ends=args.removal, onsets=args.onsets, length=args.length, epochs_after=args.epochs_after,
         seeds=range(args.seeds),
     )

@@ -6,6 +6,7 @@ import functools
 import os
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,9 @@ from lightning_critical._namespace import pl
 from lightning_critical.sweep import VectorizedRefused
 
 
-def run(tmp_path: Any, runner: Any, model: Any, data: Any, deficit: Any, metrics: Any, **kw: Any) -> Any:
+def run(tmp_path: Any, runner: Any, model: Any, data: Any, deficit: Any, metrics: list[Any], **kw: Any) -> Any:
     kw.setdefault("windows", lc.sweep.removal([1, 2], epochs_after=1))
+    metrics = [m for m in metrics if not m.startswith("reliance/")] + kw.pop("metric_functions", [])  # theirs
     return lc.sweep.run(model, data, deficit=deficit, seeds=[0, 1], metrics=metrics, trainer=kw.pop("trainer", {}),
                         runner=runner, out=str(tmp_path / str(runner)), backend="serial", tensorboard=False,
                         plot=False, save_model=True, **kw)
@@ -26,7 +28,7 @@ def run(tmp_path: Any, runner: Any, model: Any, data: Any, deficit: Any, metrics
 def assert_bitwise(tmp_path: Any, default: Any, vectorized: Any, metrics: list[str]) -> None:
     assert (vectorized["status"] == "ok").all(), vectorized["error"].tolist()
     assert default["label"].tolist() == vectorized["label"].tolist()
-    assert (default[metrics].values == vectorized[metrics].values).all()
+    assert np.array_equal(default[metrics].values, vectorized[metrics].values, equal_nan=True)
     for label in default["label"]:
         a, b = (torch.load(os.path.join(tmp_path, r, "models", f"{label}.pt")) for r in ("None", "vectorized"))
         assert all(torch.equal(a[k], b[k]) for k in a), label
@@ -44,14 +46,17 @@ TWO_VIEW_DATA = functools.partial(lc.data.TwoViewDigits, batch_size=32, subset=6
 
 
 def test_noise_on_a_view_is_the_default_runners_noise_bitwise(tmp_path: Any) -> None:
-    # The multisensory study's deficit: view b's input replaced by seeded Gaussian noise, per member and window.
+    # The multisensory study (examples/multisensory.py): view b's input replaced by seeded Gaussian noise, per
+    # member and window; a test, reliance metric functions, no validation.
     noise = lc.PathwayDeficit("b", window=(0, 1), mode="noise", noise_std=0.3)
-    metrics = ["train_loss", "val_loss", "val_acc"]
-    default, _ = both(tmp_path, TWO_VIEW, TWO_VIEW_DATA, noise, metrics)
-    frozen = run(tmp_path / "frozen", None, TWO_VIEW, TWO_VIEW_DATA, lc.PathwayDeficit("b", (0, 1)), metrics)
+    metrics = ["train_loss", "test_acc", "reliance/ablation/b", "reliance/rsv/mean"]
+    functions = [lc.sweep.metrics.ablation_reliance(dataloader="test", max_examples=64),
+                 lc.sweep.metrics.relative_source_variance(layer="fusion", dataloader="test", max_examples=64)]
+    default, _ = both(tmp_path, TWO_VIEW, TWO_VIEW_DATA, noise, metrics, metric_functions=functions, test=True,
+                      trainer={"limit_val_batches": 0})
+    frozen = run(tmp_path / "frozen", None, TWO_VIEW, TWO_VIEW_DATA, lc.PathwayDeficit("b", (0, 1)), ["train_loss"])
     windowed = default["window_end"].notna()
-    losses = ["train_loss", "val_loss"]
-    assert (default[windowed][losses].values != frozen[windowed][losses].values).all()  # the noise acts
+    assert (default[windowed]["train_loss"] != frozen[windowed]["train_loss"]).all()  # the noise acts
 
 
 def test_noise_on_a_hidden_pathway_with_a_swept_std(tmp_path: Any) -> None:

@@ -23,7 +23,7 @@ Example::
 
     >>> runner = VectorizedRunner()
     >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
-    ('vectorized', False, ['save_model'])
+    ('vectorized', False, ['save_model', 'test'])
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.build import build_deficits, build_model, deficit_seed
 from lightning_critical.sweep.runners.base import envelope
-from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner, read_metrics
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner
 from lightning_critical.sweep.runners.rng import capture, restore
 from lightning_critical.sweep.runners.vectorized.checks import (
     REFUSALS,
@@ -47,6 +47,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     trial_refusal,
     unexpected_refusal,
 )
+from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
@@ -83,7 +84,7 @@ class VectorizedRunner:
 
     name = "vectorized"
     shares_prefixes = False  # members train from epoch 0 inside their job
-    supports: frozenset[str] = frozenset({"save_model"})
+    supports: frozenset[str] = frozenset({"save_model", "test"})
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True) -> None:
@@ -162,7 +163,7 @@ class VectorizedRunner:
                          self.stacked_optimizer, _clip(trainer))
         out = []
         for task, member, values in zip(tasks, members, produced, strict=True):
-            metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
+            metrics = final_metrics(member, values, task.epochs * len(member.train_loader))
             if spec.save_model:
                 _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
             out.append({"metrics": metrics, "epochs_trained": task.epochs,
@@ -223,7 +224,7 @@ class AutoRunner:
         """The chosen runner's jobs; prints the choice and the reason."""
         vectorized = VectorizedRunner()
         spec = tasks[0].spec if tasks else None
-        asked = [n for n in ("callbacks", "test") if spec is not None and getattr(spec, n)]
+        asked = [n for n in ("callbacks",) if spec is not None and getattr(spec, n)]
         try:
             if asked:
                 raise VectorizedRefused(f"{asked} asked for")

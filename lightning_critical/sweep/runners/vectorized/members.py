@@ -58,7 +58,8 @@ class Member:
             self.datamodule.setup("fit")
         _setup_detached(self.model, self.datamodule)
         self.train_loader = source.train_dataloader()
-        self.val_loader = _val_loader(source)
+        # limit_val_batches=0: Lightning never iterates the validation loader (nor draws for it)
+        self.val_loader: Any = _val_loader(source) if spec.trainer.get("limit_val_batches", 1.0) != 0 else None
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
