@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -65,9 +66,8 @@ def test_noise_on_a_hidden_pathway_with_a_swept_std(tmp_path: Any) -> None:
     both(tmp_path, TWO_VIEW, TWO_VIEW_DATA, noise, ["train_loss", "val_acc"], params={"deficit.noise_std": [0.5, 2.0]})
 
 
-# width 32: vmap computes batched products of fewer than 400 multiply-adds with another kernel than a
-# run alone (exact only for inputs like the one-hot items); the projected inputs are dense
-LINEAR = functools.partial(lc.models.MultiPathwayLinearNet, depth=2, width=32)
+# width 8: the projected inputs are dense, and the products small (vectorized/kernels.py keeps them bitwise)
+LINEAR = functools.partial(lc.models.MultiPathwayLinearNet, depth=2, width=8)
 HIERARCHY = functools.partial(lc.data.HierarchicalDataModule, batch_size=4)
 
 
@@ -127,6 +127,24 @@ def test_each_member_switches_its_own_task_at_its_times(tmp_path: Any, unit: str
     trainer = {} if unit == "epoch" else {"max_epochs": 3}
     default, _ = both(tmp_path, MLP, TASKS, switch, ["train_loss", "val_acc"], windows=windows, trainer=trainer)
     assert default["val_acc"].nunique() > 1
+
+
+class Tiny(MLP):
+    """A 64-3-10 MLP: with batches of 2, its products have fewer than 400 multiply-adds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(64, 3), nn.Linear(3, 10)
+
+
+def test_tiny_layers_on_dense_inputs_are_bitwise(tmp_path: Any, monkeypatch: Any) -> None:
+    data = functools.partial(lc.data.DigitsDataModule, subset=16, batch_size=2)
+    blur = lc.InputDeficit("blur", (0, 1))
+    default, _ = both(tmp_path, Tiny, data, blur, ["train_loss", "val_acc"])
+    from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
+    monkeypatch.setattr(SmallProducts, "around", lambda self, stage, batch: contextlib.nullcontext())  # vmap bmm
+    plain = run(tmp_path / "plain", "vectorized", Tiny, data, blur, ["train_loss", "val_acc"])
+    assert (plain["train_loss"].values != default["train_loss"].values).any()
 
 
 class Halved(lc.PathwayDeficit):

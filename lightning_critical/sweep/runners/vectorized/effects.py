@@ -82,15 +82,15 @@ class Effects:
     def gates(self, members: list[Any], epoch: int, step: int, batch_idx: int) -> Tensors:
         """The per-member tensors of this step (the noise itself is added by :meth:`add_noise`)."""
         out: Tensors = {}
-        silenced = [m.silenced(epoch, step) for m in members]
+        silenced = [m.silenced(epoch, step) for m in members] if self.silenced else []
         for name in self.silenced:
             out[f"silence/{name}"] = torch.tensor([0.0 if name in s else 1.0 for s in silenced])
-        noised = [m.noised(epoch, step) for m in members]
+        noised = [m.noised(epoch, step) for m in members] if self.noised else []
         self.context = (noised, epoch, batch_idx)
         for name in self.noised:
             if any(name in n for n in noised):
                 out[f"noise_on/{name}"] = torch.tensor([name in n for n in noised])
-        lesions = [m.lesioned(epoch, step) for m in members]
+        lesions = [m.lesioned(epoch, step) for m in members] if self.lesioned else []
         for name in self.lesioned:
             if any(name in lesion for lesion in lesions):
                 out[f"mode_on/{name}"] = torch.tensor([name in lesion for lesion in lesions])

@@ -32,6 +32,7 @@ from torch.utils._pytree import tree_map
 
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.effects import Effects
+from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
 
 Tensors = dict[str, torch.Tensor]
@@ -100,6 +101,7 @@ class Stack:
         template.log_dict = self.logs.log_dict
         self.template, self.caller, self.randomness = template, _Caller(template), randomness
         self.effects = Effects(template, members)  # the hooks of the deficits that act inside the forward pass
+        self.kernels, self._kernels_checked = SmallProducts(), False  # tiny layers: each member's own mm
         self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
 
     def at(self, epoch: int, step: int) -> None:
@@ -129,6 +131,9 @@ class Stack:
         self.template.train()
         if self.effects.noising(gates):  # the noise is drawn here, outside vmap, member by member
             self.effects.add_noise(gates, self.effects.noise_shapes(batch, lambda: self._probe(batch, batch_idx)))
+        if not self._kernels_checked:
+            self.kernels.check(lambda: self._probe(batch, batch_idx))
+            self._kernels_checked = True
 
         def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
             self.effects.use(gates)
@@ -142,7 +147,8 @@ class Stack:
             return value, self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
-        grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+        with self.kernels.around("train", batch):
+            grads, (_, logs) = step(self.params, self.buffers, batch, gates)
         return grads, logs
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
@@ -154,7 +160,7 @@ class Stack:
             return self.logs.take()
 
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.kernels.around("val", batch):
                 return vmap(step, randomness=self.randomness)(self.params, self.buffers, batch)
         finally:
             self.template.train()
