@@ -6,15 +6,19 @@ lengths leave the stack when they end) and trains each group as one job: paramet
 the user's unchanged ``training_step`` / ``validation_step`` called through
 ``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
 member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
-stack), its batches from its own datamodule under its own random states, its input deficits
-applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
-per-member gate), gradient clipping per member, BatchNorm statistics per member. Records,
-table, store, resume and summary are the default runner's.
+stack), its batches from its own datamodule under its own random states (through the
+datamodule's transfer hooks), every built-in deficit per member (:mod:`.deficits`: input
+deficits on its rows, ``PathwayDeficit`` freeze with gradients dropped per member, silence,
+noise and ``ModeDeficit`` as hooks reading per-member tensors (:mod:`.effects`), ``TaskSwitch``
+on its own datamodule), gradient clipping per member, BatchNorm statistics per member; after the
+job, ``test=True`` and metric functions per member (:mod:`.evaluate`). Records, table, store,
+resume and summary are the default runner's.
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
-runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
-rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: shared prefixes inside a job
-(each member trains from epoch 0), per-member TensorBoard logs, tests, extra callbacks.
+runner trains one by one (``tests/test_sweep_vectorized*.py``; small products: :mod:`.kernels`);
+convolutions differ by float32 rounding (vmap makes a grouped convolution), and so does
+BatchNorm. Not in this version: shared prefixes inside a job
+(each member trains from epoch 0), per-member TensorBoard logs, extra callbacks.
 Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
 :meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
 (:class:`AutoRunner`) falls back to it and says why.
