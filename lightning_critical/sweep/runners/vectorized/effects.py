@@ -67,6 +67,7 @@ class Effects:
         self.recorded: Shapes | None = None  # while noise_shapes() probes the inputs
         self.shapes: dict[Any, Shapes] = {}
         self.context: tuple[list[dict[str, tuple[PathwayDeficit, int]]], int, int] = ([], 0, 0)
+        self.device = torch.device("cpu")  # of the per-member tensors and the noise's generator (the run's device)
         for name in self.silenced:
             template.get_submodule(name).register_forward_hook(self._silence_hook(name))
         for name in self.noised:
@@ -84,20 +85,21 @@ class Effects:
         out: Tensors = {}
         silenced = [m.silenced(epoch, step) for m in members] if self.silenced else []
         for name in self.silenced:
-            out[f"silence/{name}"] = torch.tensor([0.0 if name in s else 1.0 for s in silenced])
+            out[f"silence/{name}"] = torch.tensor([0.0 if name in s else 1.0 for s in silenced], device=self.device)
         noised = [m.noised(epoch, step) for m in members] if self.noised else []
         self.context = (noised, epoch, batch_idx)
         for name in self.noised:
             if any(name in n for n in noised):
-                out[f"noise_on/{name}"] = torch.tensor([name in n for n in noised])
+                out[f"noise_on/{name}"] = torch.tensor([name in n for n in noised], device=self.device)
         lesions = [m.lesioned(epoch, step) for m in members] if self.lesioned else []
         for name in self.lesioned:
             if any(name in lesion for lesion in lesions):
-                out[f"mode_on/{name}"] = torch.tensor([name in lesion for lesion in lesions])
+                out[f"mode_on/{name}"] = torch.tensor([name in lesion for lesion in lesions], device=self.device)
                 shown = next(lesion[name] for lesion in lesions if name in lesion)
                 for side, key in ((0, "u"), (1, "v")):  # zeros where the window is closed (not used there)
                     out[f"mode_{key}/{name}"] = torch.stack(
-                        [lesion[name][side] if name in lesion else torch.zeros_like(shown[side]) for lesion in lesions])
+                        [lesion[name][side] if name in lesion else torch.zeros_like(shown[side]) for lesion in lesions]
+                    ).to(self.device)
         return out
 
     def noising(self, gates: Tensors) -> bool:
@@ -126,12 +128,14 @@ class Effects:
             rows = []
             for active in noised:
                 if name not in active:
-                    rows.append(torch.zeros(shape, dtype=dtype))
+                    rows.append(torch.zeros(shape, dtype=dtype, device=self.device))
                     continue
                 deficit, index = active[name]
                 key = (deficit.seed, epoch, batch_idx, 0)  # rank 0: a run of the sweep trains on one device
-                generator = torch.Generator().manual_seed(hash(key + (index, call)) % (2**63 - 1))
-                rows.append(torch.randn(shape, generator=generator, dtype=dtype) * deficit.noise_std)
+                seed = hash(key + (index, call)) % (2**63 - 1)
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                noise = torch.randn(shape, generator=generator, dtype=dtype, device=self.device)
+                rows.append(noise * deficit.noise_std)
             gates[f"noise/{name}/{call}"] = torch.stack(rows)
 
     def _silence_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
