@@ -67,6 +67,29 @@ def test_noise_on_a_hidden_pathway_with_a_swept_std(tmp_path: Any) -> None:
 
 
 # width 8: the projected inputs are dense, and the products small (vectorized/kernels.py keeps them bitwise)
+class SharedEncoder(pl.LightningModule):
+    """One encoder called on both views of a batch: a noise deficit on it draws one noise per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.head = nn.Linear(32, 16), nn.Linear(32, 10)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        a, b, y = batch
+        codes = torch.cat([F.relu(self.enc(a.flatten(1))), F.relu(self.enc(b.flatten(1)))], dim=1)
+        loss = F.cross_entropy(self.head(codes), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_noise_on_a_module_called_twice_per_step(tmp_path: Any) -> None:
+    noise = lc.PathwayDeficit("enc", window=(0, 1), mode="noise")
+    both(tmp_path, SharedEncoder, TWO_VIEW_DATA, noise, ["train_loss"])
+
+
 LINEAR = functools.partial(lc.models.MultiPathwayLinearNet, depth=2, width=8)
 HIERARCHY = functools.partial(lc.data.HierarchicalDataModule, batch_size=4)
 

@@ -58,8 +58,10 @@ class Member:
             self.datamodule.setup("fit")
         _setup_detached(self.model, self.datamodule)
         self.train_loader = source.train_dataloader()
-        # limit_val_batches=0: Lightning never iterates the validation loader (nor draws for it)
-        self.val_loader: Any = _val_loader(source) if spec.trainer.get("limit_val_batches", 1.0) != 0 else None
+        # Lightning never iterates the validation loader (nor draws for it) with limit_val_batches=0 or without
+        # a validation_step
+        validates = spec.trainer.get("limit_val_batches", 1.0) != 0 and _overrides(self.model, "validation_step")
+        self.val_loader: Any = _val_loader(source) if validates else None
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
@@ -271,6 +273,10 @@ def _setup_detached(model: Any, datamodule: Any) -> None:
         model.setup("fit")
     finally:
         model._trainer = None  # the stack's template gets its own view (without the datamodule)
+
+
+def _overrides(model: Any, name: str) -> bool:
+    return name in vars(model) or getattr(type(model), name) is not getattr(pl.LightningModule, name)
 
 
 def _val_loader(source: Any) -> Any:
