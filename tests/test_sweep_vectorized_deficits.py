@@ -67,6 +67,12 @@ def test_noise_on_a_hidden_pathway_with_a_swept_std(tmp_path: Any) -> None:
 
 
 # width 8: the projected inputs are dense, and the products small (vectorized/kernels.py keeps them bitwise)
+def test_noise_in_steps_with_a_fixed_seed(tmp_path: Any) -> None:
+    noise = lc.PathwayDeficit("a", window=(0, 1), mode="noise", unit="step", seed=5)  # every member: seed 5
+    both(tmp_path, TWO_VIEW, TWO_VIEW_DATA, noise, ["train_loss", "val_acc"],
+         windows=lc.sweep.removal([1, 3], unit="step"), trainer={"max_epochs": 2})
+
+
 class SharedEncoder(pl.LightningModule):
     """One encoder called on both views of a batch: a noise deficit on it draws one noise per call."""
 
