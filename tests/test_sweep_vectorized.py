@@ -188,9 +188,8 @@ def test_unsupported_deficits_and_options_are_refused(tmp_path: Any) -> None:
         lc.sweep.VectorizedRunner().batches([_task(trainer={"accumulate_grad_batches": 2})])
     with pytest.raises(ValueError, match="does not support"):
         sweep(tmp_path, "vectorized", callbacks=lambda: [pl.Callback()])
-    with pytest.raises(ValueError, match=r"does not support \['tensorboard'\]"):
-        lc.sweep.run(MLP, windows=[(0, 1)], deficit=lc.InputDeficit("blur", (0, 1)), metrics=METRICS,
-                     trainer={"max_epochs": 2}, runner="vectorized", tensorboard=True, out=str(tmp_path / "tb"))
+    with pytest.raises(VectorizedRefused, match="no test_step"):
+        sweep(tmp_path, "vectorized", test=True)
 
 
 def _task(trainer: dict[str, Any]) -> Any:

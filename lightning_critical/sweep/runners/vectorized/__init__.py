@@ -10,15 +10,24 @@ stack), its batches from its own datamodule under its own random states (through
 datamodule's transfer hooks), every built-in deficit per member (:mod:`.deficits`: input
 deficits on its rows, ``PathwayDeficit`` freeze with gradients dropped per member, silence,
 noise and ``ModeDeficit`` as hooks reading per-member tensors (:mod:`.effects`), ``TaskSwitch``
-on its own datamodule), gradient clipping per member, BatchNorm statistics per member; after the
-job, ``test=True`` and metric functions per member (:mod:`.evaluate`). Records, table, store,
-resume and summary are the default runner's.
+on its own datamodule), gradient clipping per member, BatchNorm statistics per member; metric
+functions per member after the job (:mod:`.evaluate`). Records, table, store, resume and
+summary are the default runner's; with ``tensorboard``, each member's logs are written after
+the job as its run trained alone writes them (:mod:`.history`, :mod:`.writer`).
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
 runner trains one by one (``tests/test_sweep_vectorized*.py``; small products: :mod:`.kernels`);
 convolutions differ by float32 rounding (vmap makes a grouped convolution), and so does
-BatchNorm. Not in this version: shared prefixes inside a job
-(each member trains from epoch 0), per-member TensorBoard logs, extra callbacks.
+BatchNorm. Not in this version: extra callbacks.
+
+**Shared prefixes.** Runs of one seed and swept values whose schedules agree on their first
+epochs train as one row of the stack until they part (:mod:`.prefixes`: the default runner's
+prefix tree, planned inside the job); there the row is forked (parameters, buffers, optimizer
+and scheduler states, random states, logged values: clones). ``shares_prefixes`` is ``False``
+(the engine writes no branch checkpoints for this runner: the job shares by itself); the
+sweep's ``share_prefixes=False`` trains every member from epoch 0. A record's
+``epochs_trained``, ``branch_epoch`` and ``parent`` say what its member trained itself.
+
 Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
 :meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
 (:class:`AutoRunner`) falls back to it and says why.
@@ -27,7 +36,7 @@ Example::
 
     >>> runner = VectorizedRunner()
     >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
-    ('vectorized', False, ['save_model', 'test'])
+    ('vectorized', False, ['save_model', 'tensorboard', 'test'])
 """
 
 from __future__ import annotations
@@ -52,9 +61,12 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     unexpected_refusal,
 )
 from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
+from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
+from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
+from lightning_critical.sweep.runners.vectorized.writer import write_logs
 from lightning_critical.sweep.spec import canonical_json
 
 __all__ = ["REFUSALS", "AutoRunner", "VectorizedRefused", "VectorizedRunner"]
@@ -87,8 +99,8 @@ class VectorizedRunner:
     """
 
     name = "vectorized"
-    shares_prefixes = False  # members train from epoch 0 inside their job
-    supports: frozenset[str] = frozenset({"save_model", "test"})
+    shares_prefixes = False  # no branch checkpoints from the engine: the job shares prefixes itself (.prefixes)
+    supports: frozenset[str] = frozenset({"save_model", "tensorboard", "test"})  # logs written after the job (.writer)
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True) -> None:
@@ -102,7 +114,8 @@ class VectorizedRunner:
         self.stacked_optimizer = stacked_optimizer
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
-        """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
+        """One job per parameter shapes (runs of other lengths leave the stack when they end; with
+        ``max_members``, the runs of one seed and swept values kept together, so they share their prefixes),
         after the refusals and a trial step; any error met on the way is a :class:`VectorizedRefused` naming it."""
         try:
             return self._batches(tasks)
@@ -126,15 +139,17 @@ class VectorizedRunner:
             check_deficits(build_deficits(task.spec, task.run))
         self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
         size = self.max_members or len(tasks)
-        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+        return [g[i:i + size] for g in map(_by_prefix_group, groups.values()) for i in range(0, len(g), size)]
 
     def trial(self, tasks: Sequence[Any]) -> None:
         """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
         saved = capture()
         try:
-            members = [Member(t) for t in tasks]
+            members = _members(tasks)
             for member in members:
                 check_module(member.model, self.allow_dropout)
+                if member.task.spec.test:
+                    check_test(member.model)
             stack = self._stack(members)
             with members[0].drawing():
                 batch = members[0].transfer(next(iter(members[0].train_loader)))
@@ -157,20 +172,26 @@ class VectorizedRunner:
 
     def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
         spec = tasks[0].spec
-        members = [Member(t) for t in tasks]
+        members = _members(tasks)
         for member in members:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
+        forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer))
+                         self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
         out = []
-        for task, member, values in zip(tasks, members, produced, strict=True):
-            metrics = final_metrics(member, values, task.epochs * len(member.train_loader))
+        for index, (task, member, logs) in enumerate(zip(tasks, members, produced, strict=True)):
+            parent, branch_epoch = forks.get(index, (None, 0))
+            metrics = final_metrics(member, logs.callback, task.epochs * len(member.train_loader),
+                                    stack.view.log_every_n_steps)
+            if task.log_dir is not None:
+                write_logs(task, member, logs, metrics, len(member.train_loader), stack.view.log_every_n_steps)
             if spec.save_model:
                 _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
-            out.append({"metrics": metrics, "epochs_trained": task.epochs,
+            out.append({"metrics": metrics, "epochs_trained": task.epochs - branch_epoch,
+                        "branch_epoch": branch_epoch, "parent": None if parent is None else tasks[parent].run_id,
                         "global_step": task.epochs * len(member.train_loader),
                         "deficit_seed": deficit_seed(member.deficits)})
         return out
@@ -208,8 +229,9 @@ class VectorizedRunner:
 class AutoRunner:
     """``runner="auto"``: the vectorized runner when the sweep qualifies, else the default; says which and why.
 
-    The choice is made in :meth:`batches`, before training, and printed as one line. Prefixes
-    are not shared either way (the default runner then trains each run from scratch: same rows).
+    The choice is made in :meth:`batches`, before training, and printed as one line. The
+    vectorized runner shares prefixes inside its jobs; the default runner, when chosen, trains
+    each run from scratch (the engine plans before the choice: same rows either way).
 
     Example::
 
@@ -219,7 +241,7 @@ class AutoRunner:
 
     name = "auto"
     shares_prefixes = False
-    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test"})
+    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test", "tensorboard"})  # both runners write them
 
     def __init__(self) -> None:
         self._chosen: Any = None
@@ -252,6 +274,26 @@ class AutoRunner:
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+def _members(tasks: Sequence[Any]) -> list[Member]:
+    """The tasks' members; ``trainer={"limit_val_batches": 0}`` means no validation, as under Lightning."""
+    members = [Member(t) for t in tasks]
+    if members and tasks[0].spec.trainer.get("limit_val_batches") == 0:
+        for member in members:
+            member.val_loader = None
+    return members
+
+
+def _by_prefix_group(tasks: list[Any]) -> list[Any]:
+    """``tasks`` with the runs of one seed and swept values together (first-seen order), so that a job split by
+    ``max_members`` keeps the runs that can share a prefix in one job where it can."""
+    keys = [group_key(task) for task in tasks]
+    first: dict[str, int] = {}
+    for key in keys:
+        first.setdefault(key, len(first))
+    order = sorted(range(len(tasks)), key=lambda i: first[keys[i]])
+    return [tasks[i] for i in order]
 
 
 def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:

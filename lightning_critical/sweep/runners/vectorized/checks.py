@@ -32,9 +32,9 @@ REFUSALS: tuple[str, ...] = (
     "deficit classes other than the built-in InputDeficit, PathwayDeficit, ModeDeficit, TaskSwitch and "
     "lc.sweep.TaskWindow (a user's class, or a subclass of these); a TaskSwitch with target=; in one job, noise "
     "deficits on one module with different input_index, or ModeDeficits lesioning different numbers of modes of "
-    "one pathway; extra callbacks; TensorBoard logs",
-    "Trainer arguments other than max_epochs, check_val_every_n_epoch, gradient clipping, limit_val_batches 0 "
-    "(or all) and the quiet/logging defaults",
+    "one pathway; extra callbacks",
+    "Trainer arguments other than max_epochs, check_val_every_n_epoch, limit_val_batches=0, gradient clipping and "
+    "the quiet/logging defaults",
 )
 """What the vectorized runner refuses, each with the default runner as the remedy."""
 
@@ -75,10 +75,10 @@ def check_spec(spec: Any) -> None:
     trainer = spec.trainer
     if trainer.get("accelerator", "cpu") not in ("cpu", "auto") or trainer.get("devices", 1) not in (1, "auto"):
         raise VectorizedRefused("an accelerator or device count other than one CPU device")
+    if trainer.get("limit_val_batches") not in (None, 0, 0.0, 1.0):  # all batches or none (no validation)
+        raise VectorizedRefused(f"limit_val_batches={trainer['limit_val_batches']!r} (it honours 0 and 1.0)")
     if trainer.get("gradient_clip_algorithm", "norm") not in ("norm", "value", None):
         raise VectorizedRefused(f"gradient_clip_algorithm={trainer['gradient_clip_algorithm']!r}")
-    if trainer.get("limit_val_batches", 1.0) not in (0, 1.0, None):
-        raise VectorizedRefused(f"limit_val_batches={trainer['limit_val_batches']!r} (0 or all batches)")
 
 
 def check_module(model: Any, allow_dropout: bool) -> None:

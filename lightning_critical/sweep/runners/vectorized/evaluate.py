@@ -1,18 +1,17 @@
-"""A member's final metrics after its job: ``test=True`` and metric functions, as the default runner reads them.
+"""A member's final metrics after its job: its logged values by name, and its metric functions called.
 
-Evaluation changes no weight, so it is done for each member alone, by Lightning itself, on the
-member's trained module (its parameters are its row of the job's stack): ``trainer.test`` on a
-quiet ``Trainer`` with the sweep's ``trainer=`` arguments (its values join those the job
-produced, as the default runner's do), then the metric functions, called with that trainer (or,
-without ``test``, a view of the run's datamodule and counters: what a metric function reads of
-a fitted trainer, e.g. :func:`lightning_critical.sweep.metrics.ablation_reliance` its
-``datamodule``). Both run under the member's random states. The values are bitwise those of the
-run trained alone whenever its weights are.
+A metric function (e.g. :func:`lightning_critical.sweep.metrics.ablation_reliance`) is called as
+the default runner calls it after a run's fit (and test), ``metric(trainer, module)``, with the
+member's trained module (its parameters are its row of the job's stack) and, as the trainer, a
+view of the run: its datamodule (what such functions read), counters, ``log_every_n_steps`` and
+logged values (``callback_metrics``); any other attribute it reads raises an ``AttributeError``
+naming it. It is called under the member's random states. Its values are bitwise those of the
+run trained alone whenever the member's weights are.
 
 Example::
 
     >>> from types import SimpleNamespace
-    >>> needs_trainer(SimpleNamespace(test=False, metrics=("val_acc",)))
+    >>> has_functions(SimpleNamespace(metrics=("val_acc",)))
     False
 """
 
@@ -21,36 +20,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_critical._namespace import pl
-from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, read_metrics
+from lightning_critical.sweep.runners.lightning import read_metrics
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView
 
 
-def needs_trainer(spec: Any) -> bool:
-    """Whether the sweep's final metrics need more than the job's logged values (a test, metric functions)."""
-    return bool(spec.test) or any(not isinstance(m, str) for m in spec.metrics)
+def has_functions(spec: Any) -> bool:
+    """Whether the sweep's metrics include functions (called after the job), not only logged names."""
+    return any(not isinstance(m, str) for m in spec.metrics)
 
 
-def final_metrics(member: Member, produced: Mapping[str, Any], steps: int) -> dict[str, float]:
-    """The member's final metrics: the job's logged values, its test's, its metric functions' (``steps``: its
-    optimizer steps)."""
+def final_metrics(member: Member, produced: Mapping[str, Any], steps: int, log_every_n_steps: int) -> dict[str, float]:
+    """The member's final metrics: its logged values ``produced`` by name, its metric functions' values
+    (``steps``: its optimizer steps)."""
     spec = member.task.spec
     values = dict(produced)
-    every = spec.trainer.get("log_every_n_steps")
-    trainer: Any = TrainerView(50 if every is None else int(every), datamodule=member.datamodule,
-                               current_epoch=member.task.epochs, global_step=steps, callback_metrics=values)
-    if needs_trainer(spec):
-        with member.drawing():
-            if spec.test:
-                trainer = _trainer(spec.trainer)
-                data = {"datamodule": member.datamodule} if member.datamodule is not None else {}
-                trainer.test(member.model, **data, verbose=False)
-                values.update(trainer.callback_metrics)
-            return read_metrics(spec.metrics, trainer, member.model, values)
-    return read_metrics(spec.metrics, trainer, member.model, values)
-
-
-def _trainer(arguments: Mapping[str, Any]) -> Any:
-    kwargs = {**QUIET_TRAINER, **{k: v for k, v in arguments.items() if k != "logger"}}
-    kwargs.update(logger=False, enable_checkpointing=False, callbacks=[])
-    return pl.Trainer(**kwargs)
+    trainer = TrainerView(log_every_n_steps, datamodule=member.datamodule, current_epoch=member.task.epochs,
+                          global_step=steps, callback_metrics=values)
+    if not has_functions(spec):
+        return read_metrics(spec.metrics, trainer, member.model, values)  # type: ignore[arg-type]
+    with member.drawing():
+        return read_metrics(spec.metrics, trainer, member.model, values)  # type: ignore[arg-type]

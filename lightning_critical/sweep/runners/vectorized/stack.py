@@ -45,6 +45,7 @@ class LogCollector:
         self.stage = "train"
         self.values: Tensors = {}
         self.meta: dict[str, tuple[bool, bool, int | None]] = {}
+        self.unlogged: set[str] = set()  # logged with logger=False: callback metrics only, not sent to the loggers
 
     def start(self, stage: str) -> None:
         self.stage, self.values = stage, {}
@@ -67,6 +68,8 @@ class LogCollector:
             tensor = tensor.to(torch.get_default_dtype())
         self.values[name] = tensor
         self.meta[name] = (step, epoch, batch_size)
+        if logger is False:
+            self.unlogged.add(name)
 
     def log_dict(self, dictionary: dict[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():
@@ -102,7 +105,8 @@ class Stack:
         self.template, self.caller, self.randomness = template, _Caller(template), randomness
         self.effects = Effects(template, members)  # the hooks of the deficits that act inside the forward pass
         self.kernels, self._kernels_checked = SmallProducts(), False  # tiny layers: each member's own mm
-        self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
+        self.takes_index = {s: _takes_batch_idx(getattr(template, s))
+                            for s in ("training_step", "validation_step", "test_step")}
 
     def at(self, epoch: int, step: int) -> None:
         """The counters the steps read as ``self.current_epoch`` / ``self.global_step`` (optimizer steps done)."""
@@ -121,6 +125,30 @@ class Stack:
             for name, param in member.named:
                 param.data = self.params[name][row]
             alias_rows(member.model, self.buffers, row)
+
+    def fork(self, members: list[Member], rows: list[int]) -> None:
+        """The stack's rows ``rows`` for ``members`` (in order), where a repeated row is a fork: a copy of it.
+
+        :meth:`keep` with rows that may repeat (indexing copies, so a forked member's row is its
+        own, never an alias of its parent's): a member that branches from another's shared prefix
+        (:mod:`.prefixes`) gets its parent's parameters and buffers in a new row.
+
+        Example::
+
+            >>> import torch
+            >>> from types import SimpleNamespace
+            >>> a, b = SimpleNamespace(model=torch.nn.Linear(1, 1)), SimpleNamespace(model=torch.nn.Linear(1, 1))
+            >>> stack = Stack.__new__(Stack)
+            >>> stack.params, stack.buffers = {"weight": torch.ones(1, 1, 1), "bias": torch.zeros(1, 1)}, {}
+            >>> for m in (a, b):
+            ...     m.named = list(m.model.named_parameters())
+            >>> stack.fork([a, b], [0, 0])
+            >>> with torch.no_grad():
+            ...     _ = b.model.weight.add_(1.0)
+            >>> stack.params["weight"].flatten().tolist(), a.model.weight.item()
+            ([1.0, 2.0], 1.0)
+        """
+        self.keep(members, rows)
 
     def gates(self, members: list[Member], epoch: int, step: int, batch_idx: int = 0) -> Tensors:
         """The per-member tensors the deficits' hooks read in this step (:meth:`.effects.Effects.gates`)."""
