@@ -22,6 +22,7 @@ import lightning_critical as lc
 from lightning_critical._namespace import pl
 from lightning_critical.sweep import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized import device as device_module
+from lightning_critical.sweep.runners.vectorized import members as members_module
 
 train_module = importlib.import_module("lightning_critical.sweep.runners.vectorized.train")  # the package's
 # name ``train`` is the function
@@ -74,7 +75,8 @@ def test_a_cpu_job_moves_batches_and_gates_to_its_device_and_stays_bitwise(tmp_p
         moved.append(("gates" if isinstance(value, dict) else "batch", device))
         return device_module.to_device(value, device)
 
-    monkeypatch.setattr(train_module, "to_device", spy)
+    monkeypatch.setattr(train_module, "to_device", spy)  # the gates
+    monkeypatch.setattr(members_module, "to_device", spy)  # the batches (Member.transfer)
     default = sweep(tmp_path / "default", None, "cpu")
     vectorized = sweep(tmp_path / "vectorized", lc.sweep.VectorizedRunner(device="cpu"), "cpu")
     assert (vectorized["status"] == "ok").all() and default["label"].tolist() == vectorized["label"].tolist()

@@ -6,17 +6,21 @@ lengths leave the stack when they end) and trains each group as one job: paramet
 the user's unchanged ``training_step`` / ``validation_step`` called through
 ``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
 member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
-stack), its batches from its own datamodule under its own random states, its input deficits
-applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
-per-member gate), gradient clipping per member, BatchNorm statistics per member. Records,
-table, store, resume and summary are the default runner's; with ``tensorboard``, each member's
-logs are written after the job as its run trained alone writes them (:mod:`.history`, :mod:`.writer`).
+stack), its batches from its own datamodule under its own random states (through the
+datamodule's transfer hooks), every built-in deficit per member (:mod:`.deficits`: input
+deficits on its rows, ``PathwayDeficit`` freeze with gradients dropped per member, silence,
+noise and ``ModeDeficit`` as hooks reading per-member tensors (:mod:`.effects`), ``TaskSwitch``
+on its own datamodule), gradient clipping per member, BatchNorm statistics per member; metric
+functions per member after the job (:mod:`.evaluate`). Records, table, store, resume and
+summary are the default runner's; with ``tensorboard``, each member's logs are written after
+the job as its run trained alone writes them (:mod:`.history`, :mod:`.writer`).
 A job trains on one device (``VectorizedRunner(device=...)``, else the sweep's ``trainer=``
 accelerator: :mod:`.device`).
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
-runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
-rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: extra callbacks.
+runner trains one by one (``tests/test_sweep_vectorized*.py``; small products: :mod:`.kernels`);
+convolutions differ by float32 rounding (vmap makes a grouped convolution), and so does
+BatchNorm. Not in this version: extra callbacks.
 
 **Shared prefixes.** Runs of one seed and swept values whose schedules agree on their first
 epochs train as one row of the stack until they part (:mod:`.prefixes`: the default runner's
@@ -41,7 +45,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -49,7 +52,7 @@ import torch
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.build import build_deficits, build_model, deficit_seed
 from lightning_critical.sweep.runners.base import envelope
-from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner, read_metrics
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner
 from lightning_critical.sweep.runners.rng import capture, restore
 from lightning_critical.sweep.runners.vectorized.checks import (
     REFUSALS,
@@ -60,6 +63,7 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     unexpected_refusal,
 )
 from lightning_critical.sweep.runners.vectorized.device import check_device, job_device, to_device
+from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
 from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
@@ -161,13 +165,13 @@ class VectorizedRunner:
                     check_test(member.model)
             stack = self._stack(members)
             with members[0].drawing():
-                batch = to_device(next(iter(members[0].train_loader)), stack.device)
+                batch = members[0].transfer(next(iter(members[0].train_loader)), stack.device)
             try:
                 gates = to_device(stack.gates(members, 0, 0), stack.device)
                 stack.train_step(stacked([batch] * len(members)), gates, 0)
                 if members[0].val_loader is not None:
                     with members[0].drawing():
-                        val = to_device(next(iter(members[0].val_loader)), stack.device)
+                        val = members[0].transfer(next(iter(members[0].val_loader)), stack.device)
                     stack.validation_step(stacked([val] * len(members)), 0)
             except VectorizedRefused:
                 raise
@@ -194,9 +198,8 @@ class VectorizedRunner:
         out = []
         for index, (task, member, logs) in enumerate(zip(tasks, members, produced, strict=True)):
             parent, branch_epoch = forks.get(index, (None, 0))
-            ran = SimpleNamespace(global_step=task.epochs * len(member.train_loader),  # for read_metrics's message
-                                  log_every_n_steps=stack.view.log_every_n_steps)
-            metrics = read_metrics(spec.metrics, ran, member.model, logs.callback)  # type: ignore[arg-type]
+            metrics = final_metrics(member, logs.callback, task.epochs * len(member.train_loader),
+                                    stack.view.log_every_n_steps)
             if task.log_dir is not None:
                 write_logs(task, member, logs, metrics, len(member.train_loader), stack.view.log_every_n_steps)
             if spec.save_model:

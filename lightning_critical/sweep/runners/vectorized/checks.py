@@ -29,8 +29,10 @@ REFUSALS: tuple[str, ...] = (
     "optimizer_step, backward, on_train_epoch_end, ...)",
     "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
     "training_step/validation_step (found by a trial step on two members)",
-    "deficits other than InputDeficit and PathwayDeficit(mode='freeze' | 'silence'); extra callbacks; "
-    "metric functions",
+    "deficit classes other than the built-in InputDeficit, PathwayDeficit, ModeDeficit, TaskSwitch and "
+    "lc.sweep.TaskWindow (a user's class, or a subclass of these); a TaskSwitch with target=; in one job, noise "
+    "deficits on one module with different input_index, or ModeDeficits lesioning different numbers of modes of "
+    "one pathway; extra callbacks",
     "Trainer arguments other than max_epochs, check_val_every_n_epoch, limit_val_batches=0, gradient clipping and "
     "the quiet/logging defaults",
     "an accelerator other than 'cpu', 'gpu' / 'cuda' or 'auto', one that disagrees with VectorizedRunner(device=...), "
@@ -80,9 +82,6 @@ def check_spec(spec: Any) -> None:
         raise VectorizedRefused(f"limit_val_batches={trainer['limit_val_batches']!r} (it honours 0 and 1.0)")
     if trainer.get("gradient_clip_algorithm", "norm") not in ("norm", "value", None):
         raise VectorizedRefused(f"gradient_clip_algorithm={trainer['gradient_clip_algorithm']!r}")
-    functions = [m for m in spec.metrics if not isinstance(m, str)]
-    if functions:
-        raise VectorizedRefused(f"metric functions {functions} (name logged metrics instead)")
 
 
 def check_module(model: Any, allow_dropout: bool) -> None:

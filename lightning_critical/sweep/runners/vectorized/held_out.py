@@ -30,7 +30,6 @@ from typing import Any
 
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
-from lightning_critical.sweep.runners.vectorized.device import to_device
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of
 
@@ -59,7 +58,7 @@ def held_out_steps(stack: Stack, member: Member, row: int, n_rows: int) -> Itera
     feed = member.feed(loader)
     for batch_idx in range(len(loader)):
         batches: list[Any] = [None] * n_rows
-        batches[row] = to_device(feed.next(), stack.device)
+        batches[row] = member.transfer(feed.next(), stack.device)  # the datamodule's transfer hooks, as Lightning
         yield stack.replay("test_step", batches, {}, batch_idx, [row]), batch_size_of(batches[row])
 
 

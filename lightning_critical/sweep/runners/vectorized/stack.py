@@ -5,7 +5,8 @@ member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
 ``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
 steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
-A silenced pathway is a per-member gate (``1.0`` or ``0.0``) its output is multiplied by.
+The deficits that act inside the forward pass (silence, noise, mode lesions) are hooks on the template
+that read per-member tensors fed into the step beside the batch (:mod:`.effects`).
 
 Example::
 
@@ -29,9 +30,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
-from lightning_critical.deficits.pathway import map_tensors
-from lightning_critical.protocols import resolve_modules
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
+from lightning_critical.sweep.runners.vectorized.effects import Effects
+from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
 
 Tensors = dict[str, torch.Tensor]
@@ -104,11 +105,9 @@ class Stack:
         template.log = self.logs.log
         template.log_dict = self.logs.log_dict
         self.template, self.caller, self.randomness = template, _Caller(template), randomness
-        self.gated = sorted({name for m in members for d in m.pathways if d.mode == "silence"
-                             for name in resolve_modules(template, d.pathways)})
-        self._gates: Tensors | None = None
-        for name in self.gated:
-            template.get_submodule(name).register_forward_hook(self._gate_hook(name))
+        self.effects = Effects(template, members)  # the hooks of the deficits that act inside the forward pass
+        self.effects.device = self.device
+        self.kernels, self._kernels_checked = SmallProducts(), False  # tiny layers: each member's own mm
         self.takes_index = {s: _takes_batch_idx(getattr(template, s))
                             for s in ("training_step", "validation_step", "test_step")}
 
@@ -154,28 +153,33 @@ class Stack:
         """
         self.keep(members, rows)
 
-    def gates(self, members: list[Member], epoch: int, step: int) -> Tensors:
-        """``{module: (M,) gate}``: 0.0 for members whose silence deficit is active, else 1.0."""
-        silenced = [m.silenced(epoch, step) for m in members]
-        return {name: torch.tensor([0.0 if name in s else 1.0 for s in silenced]) for name in self.gated}
+    def gates(self, members: list[Member], epoch: int, step: int, batch_idx: int = 0) -> Tensors:
+        """The per-member tensors the deficits' hooks read in this step (:meth:`.effects.Effects.gates`)."""
+        return self.effects.gates(members, epoch, step, batch_idx)
 
     def train_step(self, batch: Any, gates: Tensors, batch_idx: int) -> tuple[Tensors, Tensors]:
         """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``."""
         self.template.train()
+        if self.effects.noising(gates):  # the noise is drawn here, outside vmap, member by member
+            self.effects.add_noise(gates, self.effects.noise_shapes(batch, lambda: self._probe(batch, batch_idx)))
+        if not self._kernels_checked:
+            self.kernels.check(lambda: self._probe(batch, batch_idx))
+            self._kernels_checked = True
 
         def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
-            self._gates = gates
+            self.effects.use(gates)
             try:
                 out = self._call("training_step", params, buffers, batch, batch_idx, "train")
             finally:
-                self._gates = None
+                self.effects.use(None)
             value = out.get("loss") if isinstance(out, dict) else out
             if not isinstance(value, torch.Tensor):
                 raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
             return value, self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
-        grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+        with self.kernels.around("train", batch):
+            grads, (_, logs) = step(self.params, self.buffers, batch, gates)
         return grads, logs
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
@@ -187,7 +191,7 @@ class Stack:
             return self.logs.take()
 
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.kernels.around("val", batch):
                 return vmap(step, randomness=self.randomness)(self.params, self.buffers, batch)
         finally:
             self.template.train()
@@ -208,25 +212,29 @@ class Stack:
                     batch = batches[row]
                     params = {k: v[row] for k, v in self.params.items()}
                     buffers = {k: v[row].clone() for k, v in self.buffers.items()}
-                    self._gates = {k: g[row] for k, g in gates.items()}
+                    self.effects.use({k: g[row] for k, g in gates.items()})
                     self._call(method, params, buffers, batch, batch_idx, "train" if training else "val")
                     logged.append(self.logs.take())
         finally:
-            self._gates = None
+            self.effects.use(None)
             self.template.train()
         return {name: torch.stack([r[name] for r in logged]) for name in logged[0]} if logged else {}
+
+    def _probe(self, batch: Any, batch_idx: int) -> None:
+        """Member 0's training step alone, no gradient, buffers untouched, logs dropped (the noise hooks record the
+        shapes of their inputs)."""
+        with torch.no_grad():
+            params = {k: v[0] for k, v in self.params.items()}
+            buffers = {k: v[0].clone() for k, v in self.buffers.items()}
+            row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
+            self._call("training_step", params, buffers, row, batch_idx, "train")
+            self.logs.take()
 
     def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
         self.logs.start(stage)
         state = {f"m.{k}": v for k, v in {**params, **buffers}.items()}
         args = (method, batch, batch_idx) if self.takes_index[method] else (method, batch)
         return functional_call(self.caller, state, args)
-
-    def _gate_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            gate = self._gates.get(name) if self._gates is not None and module.training else None
-            return output if gate is None else map_tensors(output, lambda t: t * gate)
-        return hook
 
 
 def stacked(batches: list[Any]) -> Any:

@@ -138,9 +138,9 @@ class Loop:
         train_logs = EpochLogs(True, stack.logs.unlogged)
         feeds = [m.feed(m.train_loader) for m in active]
         for batch_idx in range(self.n_batches):
-            batches = [m.batch((epoch, self.step), to_device(f.next(), stack.device), batch_idx)
-                       for m, f in zip(active, feeds, strict=True)]  # on the device before its deficits, as Lightning
-            gates = to_device(stack.gates(active, epoch, self.step), stack.device)
+            batches = [m.batch((epoch, self.step), f.next(), batch_idx, stack.device)
+                       for m, f in zip(active, feeds, strict=True)]
+            gates = to_device(stack.gates(active, epoch, self.step, batch_idx), stack.device)
             stack.at(epoch, self.step)
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
             replayed = self.replayed(final, batch_idx, logs)
@@ -232,7 +232,7 @@ class Loop:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
         logs = EpochLogs(False, self.stack.logs.unlogged)
         for batch_idx in range(lengths.pop()):
-            batches = [to_device(f.next(), self.stack.device) for f in feeds]
+            batches = [m.transfer(f.next(), self.stack.device) for m, f in zip(self.active, feeds, strict=True)]
             if self.exact:
                 values = _merged({}, self.stack.replay("validation_step", batches, {}, batch_idx, rows), rows,
                                  len(batches))
