@@ -91,9 +91,13 @@ def studies(model: Callable[..., Any], data: Callable[..., Any], *, factor: int,
 
 def run_sweeps(model: Callable[..., Any], data: Callable[..., Any], *, factor: int, removal_ends: Sequence[int],
                epochs_after: int, onsets: Sequence[int], length: int, epochs: int, seeds: Sequence[int], out: str,
-               backend: str = "process", workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both studies, one ``lc.sweep.run_study`` each (in ``<out>/removal`` and ``<out>/sliding``), one row per run."""
-    execution = lc.sweep.Execution(backend=backend, workers=workers)
+               backend: str = "process", workers: int | None = None,
+               runner: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both studies, one ``lc.sweep.run_study`` each (in ``<out>/removal`` and ``<out>/sliding``), one row per run.
+
+    ``runner="vectorized"`` trains each study's runs as one vectorized job (``lc.sweep.VectorizedRunner``).
+    """
+    execution = lc.sweep.Execution(backend=backend, workers=workers, runner=runner)
     tables = {
         name: lc.sweep.run_study(study, execution, lc.sweep.Output(out=os.path.join(out, name)))
         for name, study in studies(model, data, factor=factor, removal_ends=removal_ends, epochs_after=epochs_after,
@@ -288,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("--subset", type=int, default=None, help="use only this many training images")
     parser.add_argument("--fisher-batches", type=int, default=1, help="training batches per Fisher estimate (0: none)")
     parser.add_argument("--fisher-every", type=int, default=1, help="epochs between Fisher estimates")
-    parser.add_argument("--backend", choices=("process", "serial", "ray"), default="process")
+    parser.add_argument("--backend", choices=("process", "serial", "ray"), default=None,
+                        help="where runs train (default: process; serial with --runner vectorized: one job)")
+    parser.add_argument("--runner", choices=("vectorized", "auto"), default=None,
+                        help="vectorized: all runs of a study trained as one torch.func job (default: one fit per run)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -298,8 +305,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     model, data = factories(args.cifar_root, args.channels, args.lr_decay, args.subset)
     removal, sliding = run_sweeps(
         model, data, factor=args.factor, removal_ends=args.removal, epochs_after=args.epochs_after, onsets=args.onsets,
-        length=args.length, epochs=args.epochs, seeds=range(args.seeds), out=args.out, backend=args.backend,
-        workers=args.workers,
+        length=args.length, epochs=args.epochs, seeds=range(args.seeds), out=args.out,
+        backend=args.backend or ("serial" if args.runner == "vectorized" else "process"), workers=args.workers,
+        runner=args.runner,
     )
     seconds["sweeps"] = time.perf_counter() - start
     fisher = pd.DataFrame(columns=["step", "epoch", "target", "metric", "index", "value"])

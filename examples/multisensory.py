@@ -102,9 +102,13 @@ def studies(model: Callable[..., Any], data: Callable[..., Any], *, noise_std: f
 
 
 def run_sweeps(model: Callable[..., Any], data: Callable[..., Any], *, out: str, backend: str = "process",
-               workers: int | None = None, **grid: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both studies (``grid``: the keywords of :func:`studies`), one ``lc.sweep.run_study`` each; one row per run."""
-    execution = lc.sweep.Execution(backend=backend, workers=workers)
+               workers: int | None = None, runner: str | None = None,
+               **grid: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both studies (``grid``: the keywords of :func:`studies`), one ``lc.sweep.run_study`` each; one row per run.
+
+    ``runner="vectorized"`` trains each study's runs as one vectorized job (``lc.sweep.VectorizedRunner``).
+    """
+    execution = lc.sweep.Execution(backend=backend, workers=workers, runner=runner)
     tables = {name: lc.sweep.run_study(study, execution, lc.sweep.Output(out=os.path.join(out, name)))
               for name, study in studies(model, data, **grid).items()}
     return tables["removal"], tables["sliding"]
@@ -257,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("--lr", type=float, default=0.1, help="initial SGD learning rate")
     parser.add_argument("--lr-decay", type=float, default=0.75, help="learning rate factor per epoch")
     parser.add_argument("--subset", type=int, default=400, help="training digits")
-    parser.add_argument("--backend", choices=("process", "serial", "ray"), default="process")
+    parser.add_argument("--backend", choices=("process", "serial", "ray"), default=None,
+                        help="where runs train (default: process; serial with --runner vectorized: one job)")
+    parser.add_argument("--runner", choices=("vectorized", "auto"), default=None,
+                        help="vectorized: all runs of a study trained as one torch.func job (default: one fit per run)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -265,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     start = time.perf_counter()
     model, data = factories(args.hidden, args.lr, args.lr_decay, args.subset)
     removal, sliding = run_sweeps(
-        model, data, out=args.out, backend=args.backend, workers=args.workers, noise_std=args.noise_std,
+        model, data, out=args.out, backend=args.backend or ("serial" if args.runner == "vectorized" else "process"),
+        workers=args.workers, runner=args.runner, noise_std=args.noise_std,
         removal_ends=args.removal, onsets=args.onsets, length=args.length, epochs_after=args.epochs_after,
         seeds=range(args.seeds),
     )

@@ -56,10 +56,26 @@ def test_every_benchmark_has_a_quick_mode():
 
 
 def test_vectorized_quick_compares_the_runners_and_their_tables(capsys: pytest.CaptureFixture[str]):
-    load("vectorized.py").main(["--quick"])
+    # the script itself asserts that the tables agree (the MLP's: bitwise); --quick leaves out the process column
+    result = load("vectorized.py").main(["--quick"])
     out = capsys.readouterr().out
     assert "default runner, serial" in out and "vectorized runner (one job)" in out
     assert "runs whose val_acc differ: 0 of 6 (bitwise equal)" in out
+    mlp = result["mlp"]
+    assert set(mlp["seconds"]) == {"serial", "vectorized"} and mlp["diff"] == 0
+    # the useful FLOPs over each column's wall, against the matmul limit measured in the same run
+    for column, seconds in mlp["seconds"].items():
+        assert mlp["fraction"][column] == pytest.approx(mlp["useful_flops"] / seconds / result["limit"])
+        assert 0 < mlp["fraction"][column] < 1
+    assert out.count("% of the limit") == 2
+
+
+def test_vectorized_quick_device_mode_prints_per_step_ratios(capsys: pytest.CaptureFixture[str]):
+    result = load("vectorized.py").main(["--quick", "--device", "cpu", "--model", "mlp"])
+    out = capsys.readouterr().out
+    assert list(result["mlp"]) == [1, 2] and all(math.isfinite(r) and r > 0 for r in result["mlp"].values())
+    assert "MLP 64-64-10 on cpu: default runner (a Lightning fit)" in out
+    assert out.count("ratio M x default / vectorized") == 2 and "% of the device's float32 limit" in out
 
 
 def test_matrix_completion_quick_baseline_matches_the_figure(capsys: pytest.CaptureFixture[str]):

@@ -155,12 +155,13 @@ class Session:
 
     def make_spec(self) -> SweepSpec:
         """What trains a run, from the checked groups."""
-        study = self.study
+        study, execution = self.study, self.execution
         return SweepSpec(
             model=study.model, datamodule=study.datamodule, deficit=study.deficit, callbacks=study.callbacks,
             trainer=self.trainer, metrics=tuple(self.metrics), test=bool(study.test),
-            threads_per_run=self.execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
-            save_model=bool(self.output.save_model), tensorboard=self.tensorboard,
+            threads_per_run=execution.threads_per_run, steps_per_epoch=study.steps_per_epoch,
+            share_prefixes=bool(execution.share_prefixes), save_model=bool(self.output.save_model),
+            tensorboard=self.tensorboard,
             runner=None if type(self.runner) is LightningRunner else self.runner,  # a subclass is part of the identity
         )
 
@@ -187,7 +188,7 @@ class Session:
         """Open ``out`` and find the runs not finished yet (before claiming it)."""
         self.store = Store(os.fspath(self.output.out))
         latest = self.store.latest() if os.path.exists(os.path.join(self.store.out, IDENTITY)) else {}
-        self.todo = [rid for rid in self.run_ids if latest.get(rid, {}).get("status") != "ok"]
+        self.todo = self.pending = [rid for rid in self.run_ids if latest.get(rid, {}).get("status") != "ok"]
 
     def choose_backend(self) -> None:
         """Resolve the backend; for worker processes, check the main guard and that the spec pickles."""
@@ -208,6 +209,8 @@ class Session:
         first, self.first = self.first, None
         if self.execution.preflight:
             _preflight.preflight(self.spec, self.runs, trial=bool(self.todo), first=first)
+        if not self.runner.shares_prefixes and self.todo:  # the runner's refusals (batches) before out is claimed
+            self.make_groups(self.make_plan())  # asked once: make_dispatcher gets the same jobs (job_groups's memo)
 
     # -- 4. the directory -------------------------------------------------------------------
     def claim(self) -> None:
@@ -258,14 +261,14 @@ class Session:
             parent=node.parent, sweep_kind=self.grid.kind,
         )
 
-    def make_groups(self) -> list[list[str]]:
+    def make_groups(self, plan: Plan | None = None) -> list[list[str]]:
         """The runner's units of work (its ``batches`` of the tasks in grid order), as lists of run ids."""
         # plan order when sharing prefixes (a parent before its branches), else grid order (windows, params, seeds)
         position = {rid: i for i, rid in enumerate(self.run_ids)}
-        nodes = list(self.plan.nodes)
+        nodes = list((plan or self.plan).nodes)
         if not self.runner.shares_prefixes:
             nodes.sort(key=lambda n: position[n.run_id])
-        return job_groups(self.runner, [self.make_task(n) for n in nodes])
+        return job_groups(self.runner, [self.make_task(n) for n in nodes], vars(self).setdefault("jobs", {}))
 
     def make_job(self, nodes: list[Any]) -> Job:
         """The unit of work a backend runs, for every runner: ``runner.run`` of the tasks of ``nodes`` (built when
@@ -377,11 +380,8 @@ def _labels(runs: list[RunSpec], run_ids: list[str]) -> dict[str, str]:
 
 def _metric_names(metrics: list[Any], records: list[dict[str, Any]]) -> list[str]:
     names = [m for m in metrics if isinstance(m, str)]
-    for record in records:
-        for key in (record.get("metrics") or {}):
-            if key not in names:
-                names.append(key)
-    return names
+    found = (key for record in records for key in (record.get("metrics") or {}))
+    return names + list(dict.fromkeys(k for k in found if k not in names))
 
 
 def _write_figure(table: pd.DataFrame, metric: str, out: str, tensorboard: bool) -> None:

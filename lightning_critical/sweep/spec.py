@@ -236,6 +236,8 @@ class SweepSpec:
         test: run ``trainer.test`` after fitting (its metrics join ``callback_metrics``).
         threads_per_run: ``torch.set_num_threads`` inside every run, whatever the backend.
         steps_per_epoch: optimizer steps per epoch, if known (lets step windows share prefixes).
+        share_prefixes: ``False``: a runner that shares prefixes inside its jobs (the vectorized
+            runner) trains every run from scratch, as the engine then does (not in the identity).
         save_model: write each run's final ``state_dict`` to ``<out>/models/<label>.pt``.
         tensorboard: per-run TensorBoard logs under ``<out>/tensorboard/<label>``.
         runner: the runner when it is not the default one-fit-per-run (part of the identity:
@@ -259,6 +261,7 @@ class SweepSpec:
     test: bool = False
     threads_per_run: int = 1
     steps_per_epoch: int | None = None
+    share_prefixes: bool = True
     save_model: bool = False
     tensorboard: bool = True
     runner: Any = None

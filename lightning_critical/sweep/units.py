@@ -50,8 +50,12 @@ def run_unit(job: Job) -> list[dict[str, Any]]:
     return list(records)
 
 
-def job_groups(runner: Any, tasks: Sequence[Any]) -> list[list[str]]:
+def job_groups(runner: Any, tasks: Sequence[Any], asked: dict[tuple[str, ...], list[list[str]]] | None = None
+               ) -> list[list[str]]:
     """The run ids of each job, from ``runner.batches(tasks)``: every task in exactly one non-empty job.
+
+    ``asked``: the jobs of earlier calls, by their tasks' run ids: ``batches`` is asked once for the same
+    tasks (the sweep asks before claiming its directory, so that a refusal writes nothing, and again after).
 
     Example::
 
@@ -62,6 +66,9 @@ def job_groups(runner: Any, tasks: Sequence[Any]) -> list[list[str]]:
         >>> job_groups(Pairs(), [SimpleNamespace(run_id=r) for r in "abc"])
         [['a', 'b'], ['c']]
     """
+    key = tuple(t.run_id for t in tasks)
+    if asked is not None and key in asked:
+        return asked[key]
     groups = [[t.run_id for t in group] for group in runner.batches(list(tasks))]
     given = [rid for group in groups for rid in group]
     expected = [t.run_id for t in tasks]
@@ -71,6 +78,8 @@ def job_groups(runner: Any, tasks: Sequence[Any]) -> list[list[str]]:
         raise ValueError(
             f"runner {getattr(runner, 'name', runner)!r}: batches(tasks) must put every task in exactly one "
             f"non-empty group; missing {missing}, repeated {repeated}, unknown {sorted(set(given) - set(expected))}.")
+    if asked is not None:
+        asked[key] = groups
     return groups
 
 

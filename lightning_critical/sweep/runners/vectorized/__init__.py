@@ -6,15 +6,30 @@ lengths leave the stack when they end) and trains each group as one job: paramet
 the user's unchanged ``training_step`` / ``validation_step`` called through
 ``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
 member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
-stack), its batches from its own datamodule under its own random states, its input deficits
-applied to its rows, ``PathwayDeficit`` freeze (gradients dropped per member) and silence (a
-per-member gate), gradient clipping per member, BatchNorm statistics per member. Records,
-table, store, resume and summary are the default runner's.
+stack), its batches from its own datamodule under its own random states (through the
+datamodule's transfer hooks), every built-in deficit per member (:mod:`.deficits`: input
+deficits on its rows, ``PathwayDeficit`` freeze with gradients dropped per member, silence,
+noise and ``ModeDeficit`` as hooks reading per-member tensors (:mod:`.effects`), ``TaskSwitch``
+on its own datamodule), gradient clipping per member, BatchNorm statistics per member; metric
+functions per member after the job (:mod:`.evaluate`). Records, table, store, resume and
+summary are the default runner's; with ``tensorboard``, each member's logs are written after
+the job as its run trained alone writes them (:mod:`.history`, :mod:`.writer`).
+A job trains on one device (``VectorizedRunner(device=...)``, else the sweep's ``trainer=``
+accelerator: :mod:`.device`).
 
 **Exactness.** Members of linear and MLP models end bitwise equal to the runs the default
-runner trains one by one (``tests/test_sweep_vectorized.py``); convolutions differ by float32
-rounding (vmap makes a grouped convolution), and so does BatchNorm. Not in this version: shared prefixes inside a job
-(each member trains from epoch 0), per-member TensorBoard logs, tests, extra callbacks.
+runner trains one by one (``tests/test_sweep_vectorized*.py``; small products: :mod:`.kernels`);
+convolutions differ by float32 rounding (vmap makes a grouped convolution), and so does
+BatchNorm. Not in this version: extra callbacks.
+
+**Shared prefixes.** Runs of one seed and swept values whose schedules agree on their first
+epochs train as one row of the stack until they part (:mod:`.prefixes`: the default runner's
+prefix tree, planned inside the job); there the row is forked (parameters, buffers, optimizer
+and scheduler states, random states, logged values: clones). ``shares_prefixes`` is ``False``
+(the engine writes no branch checkpoints for this runner: the job shares by itself); the
+sweep's ``share_prefixes=False`` trains every member from epoch 0. A record's
+``epochs_trained``, ``branch_epoch`` and ``parent`` say what its member trained itself.
+
 Everything it cannot map is refused before training (:data:`.checks.REFUSALS`), in
 :meth:`VectorizedRunner.batches`, with the default runner as the remedy; ``runner="auto"``
 (:class:`AutoRunner`) falls back to it and says why.
@@ -23,7 +38,7 @@ Example::
 
     >>> runner = VectorizedRunner()
     >>> runner.name, runner.shares_prefixes, sorted(runner.supports)
-    ('vectorized', False, ['save_model'])
+    ('vectorized', False, ['save_model', 'tensorboard', 'test'])
 """
 
 from __future__ import annotations
@@ -37,7 +52,7 @@ import torch
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.build import build_deficits, build_model, deficit_seed
 from lightning_critical.sweep.runners.base import envelope
-from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner, read_metrics
+from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner
 from lightning_critical.sweep.runners.rng import capture, restore
 from lightning_critical.sweep.runners.vectorized.checks import (
     REFUSALS,
@@ -47,9 +62,14 @@ from lightning_critical.sweep.runners.vectorized.checks import (
     trial_refusal,
     unexpected_refusal,
 )
+from lightning_critical.sweep.runners.vectorized.device import check_device, job_device, to_device
+from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
+from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
+from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
+from lightning_critical.sweep.runners.vectorized.writer import write_logs
 from lightning_critical.sweep.spec import canonical_json
 
 __all__ = ["REFUSALS", "AutoRunner", "VectorizedRefused", "VectorizedRunner"]
@@ -71,22 +91,30 @@ class VectorizedRunner:
         stacked_optimizer: one stock SGD/Adam/AdamW over the stacked parameters when it equals
             the members' own optimizers bitwise (:func:`.optim.stackable`); ``False``: always
             one optimizer per member (over its row).
+        device: where a job trains (:mod:`.device`): ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or
+            a ``torch.device``; ``None`` (default): the device the sweep's ``trainer=``
+            accelerator means, as the default runner's ``Trainer`` picks it (``"auto"``: CUDA
+            when available). Stack, optimizer state, batches, gates and replays live there.
 
     Raises:
-        VectorizedRefused: from :meth:`batches`, before training, for what cannot be mapped.
+        ValueError: a ``device`` that is not a CPU or CUDA device (the message lists the valid ones).
+        VectorizedRefused: from :meth:`batches`, before training, for what cannot be mapped (an
+            accelerator that disagrees with ``device``, CUDA where none is available, ...).
 
     Example::
 
         >>> VectorizedRunner(max_members=25).max_members
         25
+        >>> VectorizedRunner(device="cpu").device
+        'cpu'
     """
 
     name = "vectorized"
-    shares_prefixes = False  # members train from epoch 0 inside their job
-    supports: frozenset[str] = frozenset({"save_model"})
+    shares_prefixes = False  # no branch checkpoints from the engine: the job shares prefixes itself (.prefixes)
+    supports: frozenset[str] = frozenset({"save_model", "tensorboard", "test"})  # logs written after the job (.writer)
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
-                 stacked_optimizer: bool = True) -> None:
+                 stacked_optimizer: bool = True, device: str | torch.device | None = None) -> None:
         flags = (("allow_dropout", allow_dropout), ("exact_logs", exact_logs), ("stacked_optimizer", stacked_optimizer))
         for name, flag in flags:
             if not isinstance(flag, bool) and not (name == "exact_logs" and flag is None):
@@ -95,9 +123,11 @@ class VectorizedRunner:
             raise ValueError(f"max_members={max_members!r} is not valid: give an integer >= 1 or None.")
         self.allow_dropout, self.max_members, self.exact_logs = allow_dropout, max_members, exact_logs
         self.stacked_optimizer = stacked_optimizer
+        self.device = check_device(device)
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
-        """One job per parameter shapes (grid order kept; runs of other lengths leave the stack when they end),
+        """One job per parameter shapes (runs of other lengths leave the stack when they end; with
+        ``max_members``, the runs of one seed and swept values kept together, so they share their prefixes),
         after the refusals and a trial step; any error met on the way is a :class:`VectorizedRefused` naming it."""
         try:
             return self._batches(tasks)
@@ -110,6 +140,7 @@ class VectorizedRunner:
         if not tasks:
             return []
         check_spec(tasks[0].spec)
+        job_device(self.device, {**QUIET_TRAINER, **tasks[0].spec.trainer})
         groups: dict[str, list[Any]] = {}
         shapes_of: dict[str, str] = {}
         for task in tasks:
@@ -121,23 +152,26 @@ class VectorizedRunner:
             check_deficits(build_deficits(task.spec, task.run))
         self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
         size = self.max_members or len(tasks)
-        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+        return [g[i:i + size] for g in map(_by_prefix_group, groups.values()) for i in range(0, len(g), size)]
 
     def trial(self, tasks: Sequence[Any]) -> None:
         """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
         saved = capture()
         try:
-            members = [Member(t) for t in tasks]
+            members = _members(tasks)
             for member in members:
                 check_module(member.model, self.allow_dropout)
+                if member.task.spec.test:
+                    check_test(member.model)
             stack = self._stack(members)
             with members[0].drawing():
-                batch = next(iter(members[0].train_loader))
+                batch = members[0].transfer(next(iter(members[0].train_loader)), stack.device)
             try:
-                stack.train_step(stacked([batch] * len(members)), stack.gates(members, 0, 0), 0)
+                gates = to_device(stack.gates(members, 0, 0), stack.device)
+                stack.train_step(stacked([batch] * len(members)), gates, 0)
                 if members[0].val_loader is not None:
                     with members[0].drawing():
-                        val = next(iter(members[0].val_loader))
+                        val = members[0].transfer(next(iter(members[0].val_loader)), stack.device)
                     stack.validation_step(stacked([val] * len(members)), 0)
             except VectorizedRefused:
                 raise
@@ -152,20 +186,26 @@ class VectorizedRunner:
 
     def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
         spec = tasks[0].spec
-        members = [Member(t) for t in tasks]
+        members = _members(tasks)
         for member in members:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
+        forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer))
+                         self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
         out = []
-        for task, member, values in zip(tasks, members, produced, strict=True):
-            metrics = read_metrics(spec.metrics, None, member.model, values)  # type: ignore[arg-type]
+        for index, (task, member, logs) in enumerate(zip(tasks, members, produced, strict=True)):
+            parent, branch_epoch = forks.get(index, (None, 0))
+            metrics = final_metrics(member, logs.callback, task.epochs * len(member.train_loader),
+                                    stack.view.log_every_n_steps)
+            if task.log_dir is not None:
+                write_logs(task, member, logs, metrics, len(member.train_loader), stack.view.log_every_n_steps)
             if spec.save_model:
                 _save(member.model, os.path.join(task.out, "models", f"{task.label}.pt"))
-            out.append({"metrics": metrics, "epochs_trained": task.epochs,
+            out.append({"metrics": metrics, "epochs_trained": task.epochs - branch_epoch,
+                        "branch_epoch": branch_epoch, "parent": None if parent is None else tasks[parent].run_id,
                         "global_step": task.epochs * len(member.train_loader),
                         "deficit_seed": deficit_seed(member.deficits)})
         return out
@@ -176,9 +216,11 @@ class VectorizedRunner:
         return not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
 
     def _stack(self, members: list[Member]) -> Stack:
-        every = {**QUIET_TRAINER, **members[0].task.spec.trainer}.get("log_every_n_steps")
+        trainer = {**QUIET_TRAINER, **members[0].task.spec.trainer}
+        every = trainer.get("log_every_n_steps")
         stack = Stack(members, randomness="different" if self.allow_dropout else "error",
-                      log_every_n_steps=50 if every is None else int(every))  # Lightning's default: 50
+                      log_every_n_steps=50 if every is None else int(every),  # Lightning's default: 50
+                      device=job_device(self.device, trainer))
         for member in members:
             member.configure()
         return stack
@@ -203,8 +245,9 @@ class VectorizedRunner:
 class AutoRunner:
     """``runner="auto"``: the vectorized runner when the sweep qualifies, else the default; says which and why.
 
-    The choice is made in :meth:`batches`, before training, and printed as one line. Prefixes
-    are not shared either way (the default runner then trains each run from scratch: same rows).
+    The choice is made in :meth:`batches`, before training, and printed as one line. The
+    vectorized runner shares prefixes inside its jobs; the default runner, when chosen, trains
+    each run from scratch (the engine plans before the choice: same rows either way).
 
     Example::
 
@@ -214,7 +257,7 @@ class AutoRunner:
 
     name = "auto"
     shares_prefixes = False
-    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test"})
+    supports: frozenset[str] = frozenset({"save_model", "callbacks", "test", "tensorboard"})  # both runners write them
 
     def __init__(self) -> None:
         self._chosen: Any = None
@@ -223,7 +266,7 @@ class AutoRunner:
         """The chosen runner's jobs; prints the choice and the reason."""
         vectorized = VectorizedRunner()
         spec = tasks[0].spec if tasks else None
-        asked = [n for n in ("callbacks", "test") if spec is not None and getattr(spec, n)]
+        asked = [n for n in ("callbacks",) if spec is not None and getattr(spec, n)]
         try:
             if asked:
                 raise VectorizedRefused(f"{asked} asked for")
@@ -249,6 +292,26 @@ class AutoRunner:
         return hash(type(self))
 
 
+def _members(tasks: Sequence[Any]) -> list[Member]:
+    """The tasks' members; ``trainer={"limit_val_batches": 0}`` means no validation, as under Lightning."""
+    members = [Member(t) for t in tasks]
+    if members and tasks[0].spec.trainer.get("limit_val_batches") == 0:
+        for member in members:
+            member.val_loader = None
+    return members
+
+
+def _by_prefix_group(tasks: list[Any]) -> list[Any]:
+    """``tasks`` with the runs of one seed and swept values together (first-seen order), so that a job split by
+    ``max_members`` keeps the runs that can share a prefix in one job where it can."""
+    keys = [group_key(task) for task in tasks]
+    first: dict[str, int] = {}
+    for key in keys:
+        first.setdefault(key, len(first))
+    order = sorted(range(len(tasks)), key=lambda i: first[keys[i]])
+    return [tasks[i] for i in order]
+
+
 def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:
     value = trainer.get("gradient_clip_val")
     return None if value is None else (float(value), str(trainer.get("gradient_clip_algorithm") or "norm"))
@@ -257,5 +320,5 @@ def _clip(trainer: dict[str, Any]) -> tuple[float, str] | None:
 def _save(model: Any, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({k: v.clone() for k, v in model.state_dict().items()}, tmp)
+    torch.save({k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}, tmp)  # a fit ends on the CPU
     os.replace(tmp, path)

@@ -29,10 +29,14 @@ REFUSALS: tuple[str, ...] = (
     "optimizer_step, backward, on_train_epoch_end, ...)",
     "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
     "training_step/validation_step (found by a trial step on two members)",
-    "deficits other than InputDeficit and PathwayDeficit(mode='freeze' | 'silence'); extra callbacks; test; "
-    "TensorBoard logs; metric functions",
-    "Trainer arguments other than max_epochs, check_val_every_n_epoch, gradient clipping and the quiet/logging "
-    "defaults",
+    "deficit classes other than the built-in InputDeficit, PathwayDeficit, ModeDeficit, TaskSwitch and "
+    "lc.sweep.TaskWindow (a user's class, or a subclass of these); a TaskSwitch with target=; in one job, noise "
+    "deficits on one module with different input_index, or ModeDeficits lesioning different numbers of modes of "
+    "one pathway; extra callbacks",
+    "Trainer arguments other than max_epochs, check_val_every_n_epoch, limit_val_batches=0, gradient clipping and "
+    "the quiet/logging defaults",
+    "an accelerator other than 'cpu', 'gpu' / 'cuda' or 'auto', one that disagrees with VectorizedRunner(device=...), "
+    "devices other than 1, CUDA where there is none (device.job_device)",
 )
 """What the vectorized runner refuses, each with the default runner as the remedy."""
 
@@ -50,7 +54,7 @@ HOOKS: tuple[str, ...] = (
 TRAINER_KEYS: frozenset[str] = frozenset({
     "max_epochs", "check_val_every_n_epoch", "enable_progress_bar", "enable_model_summary", "num_sanity_val_steps",
     "logger", "enable_checkpointing", "deterministic", "accelerator", "devices", "log_every_n_steps",
-    "gradient_clip_val", "gradient_clip_algorithm",
+    "gradient_clip_val", "gradient_clip_algorithm", "limit_val_batches",
 })
 """``trainer=`` arguments the vectorized loop honours or that do not change training on one CPU device."""
 
@@ -71,13 +75,13 @@ def check_spec(spec: Any) -> None:
     if bad:
         raise VectorizedRefused(f"trainer arguments {bad} (it honours {sorted(TRAINER_KEYS)})")
     trainer = spec.trainer
-    if trainer.get("accelerator", "cpu") not in ("cpu", "auto") or trainer.get("devices", 1) not in (1, "auto"):
-        raise VectorizedRefused("an accelerator or device count other than one CPU device")
+    if trainer.get("devices", 1) not in (1, "auto"):  # the accelerator: device.job_device
+        raise VectorizedRefused(f"devices={trainer['devices']!r} (a job trains on one device: "
+                                "VectorizedRunner(device=...))")
+    if trainer.get("limit_val_batches") not in (None, 0, 0.0, 1.0):  # all batches or none (no validation)
+        raise VectorizedRefused(f"limit_val_batches={trainer['limit_val_batches']!r} (it honours 0 and 1.0)")
     if trainer.get("gradient_clip_algorithm", "norm") not in ("norm", "value", None):
         raise VectorizedRefused(f"gradient_clip_algorithm={trainer['gradient_clip_algorithm']!r}")
-    functions = [m for m in spec.metrics if not isinstance(m, str)]
-    if functions:
-        raise VectorizedRefused(f"metric functions {functions} (name logged metrics instead)")
 
 
 def check_module(model: Any, allow_dropout: bool) -> None:

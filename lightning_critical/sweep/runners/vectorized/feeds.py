@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
+from lightning_critical._namespace import pl
 from lightning_critical.deficits import transforms
 from lightning_critical.deficits.input import InputDeficit
-from lightning_critical.sweep.runners.vectorized.members import Feed, Member
+from lightning_critical.sweep.runners.vectorized.members import CPU, Feed, Member
 from lightning_critical.sweep.runners.vectorized.stack import stacked
 
 # Per-sample, deterministic, shape-keeping transforms: applying one to a whole dataset is bitwise per batch.
@@ -60,10 +61,13 @@ class Rows(Sequence[Any]):
 class Feeds:
     """One epoch of the members' training loaders; :meth:`next` gives the stacked batch and the members' batches."""
 
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
+    def __init__(self, members: list[Member], device: torch.device = CPU) -> None:
+        self.members, self.device = members, device
         self.feeds = [m.feed(m.train_loader) for m in members]
-        self.shared = _shared(self.feeds)
+        # Member.batch also switches tasks and moves the batch through the datamodule's transfer hooks (to the
+        # device, where Lightning applies the deficits): the one-gather path only where those do nothing.
+        plain = device.type == "cpu" and not any(m.switches or _transfers(m.datamodule) for m in members)
+        self.shared = _shared(self.feeds) if plain else None
         self.parts: dict[tuple[int, Chain], int] = {}  # (dataset, chain) -> its first row in the table
         self.pieces: list[tuple[torch.Tensor, ...]] = []
         self.table: tuple[torch.Tensor, ...] = ()
@@ -94,7 +98,7 @@ class Feeds:
         for row, deficits in enumerate(active):
             if deficits and _chain(deficits) is None:  # drawn transforms, callables: Member.batch on its rows
                 given = [t[row * size:(row + 1) * size] for t in flat]
-                out = self.members[row].batch(deficits_at, given, batch_idx)
+                out = self.members[row].batch(deficits_at, given, batch_idx, self.device)
                 if not _fits(out, flat, size):  # other shapes: every member's batch alone, then stacked
                     raw = [[t.index_select(0, index[r]) for t in sources[src]] for r, src in enumerate(which)]
                     return self._general(deficits_at, batch_idx, raw)
@@ -113,7 +117,7 @@ class Feeds:
         return self.parts[(which, chain)]
 
     def _general(self, deficits_at: tuple[int, int], batch_idx: int, raw: list[Any]) -> tuple[Any, list[Any]]:
-        batches = [m.batch(deficits_at, b, batch_idx) for m, b in zip(self.members, raw, strict=True)]
+        batches = [m.batch(deficits_at, b, batch_idx, self.device) for m, b in zip(self.members, raw, strict=True)]
         return stacked(batches), batches
 
 
@@ -129,6 +133,13 @@ def _table(pieces: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     _TABLE["last"] = (tuple(tuple(weakref.ref(t) for t in piece) for piece in pieces), table)
     weakref.finalize(pieces[0][0], _TABLE.pop, "last", None)  # the sweep's data gone: the copy goes too
     return table
+
+
+def _transfers(datamodule: Any) -> bool:
+    """Whether a datamodule overrides a batch transfer hook (:meth:`~.members.Member.transfer` then calls it)."""
+    base = pl.LightningDataModule
+    return datamodule is not None and any(getattr(type(datamodule), hook) is not getattr(base, hook) for hook in (
+        "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"))
 
 
 def _active(member: Member, epoch: int, step: int) -> list[InputDeficit]:

@@ -33,13 +33,15 @@ import torch
 from torch import nn
 
 from lightning_critical._namespace import pl
-from lightning_critical.deficits.input import InputDeficit
 from lightning_critical.deficits.pathway import PathwayDeficit
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
-from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused, check_optimization
+from lightning_critical.sweep.runners.vectorized.checks import check_optimization
+from lightning_critical.sweep.runners.vectorized.deficits import check_deficits, resolve_deficits
+from lightning_critical.sweep.runners.vectorized.device import to_device
 
 _optimizer_module = importlib.import_module(f"{pl.__name__}.core.optimizer")
+CPU = torch.device("cpu")
 
 
 class Member:
@@ -52,18 +54,23 @@ class Member:
         self.model = build_model(spec, run)
         self.datamodule = build_datamodule(spec, run)
         self.deficits = build_deficits(spec, run)
-        self.inputs, self.pathways = check_deficits(self.deficits)
+        self.inputs, self.pathways, self.modes, self.switches = check_deficits(self.deficits)
         source = self.datamodule if self.datamodule is not None else self.model
         if self.datamodule is not None:
             self.datamodule.prepare_data()
             self.datamodule.setup("fit")
         _setup_detached(self.model, self.datamodule)
         self.train_loader = source.train_dataloader()
-        self.val_loader = _val_loader(source)
+        # Lightning never iterates the validation loader (nor draws for it) with limit_val_batches=0 or without
+        # a validation_step
+        validates = spec.trainer.get("limit_val_batches", 1.0) != 0 and _overrides(self.model, "validation_step")
+        self.val_loader: Any = _val_loader(source) if validates else None
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
-        self._silenced: dict[int, set[str]] = {}
+        self.view = TrainerView(datamodule=self.datamodule)  # what the deficits' own checks read as the trainer
+        resolve_deficits(self)
+        self._started = False
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
@@ -102,12 +109,50 @@ class Member:
                 modules = resolve_modules(self.model, deficit.pathways).values()
                 self.frozen[index] = list({id(p): p for m in modules for p in m.parameters()}.values())
 
-    def batch(self, deficits_at: tuple[int, int], batch: Any, batch_idx: int) -> Any:
-        """``batch`` as this member's training step sees it: its active input deficits applied in order."""
+    def batch(self, deficits_at: tuple[int, int], batch: Any, batch_idx: int,
+              device: torch.device = CPU) -> Any:
+        """``batch`` as this member's training step sees it: its task switched (:meth:`switch_tasks`), moved to
+        ``device`` through the datamodule's transfer hooks (:meth:`transfer`), then its active input deficits
+        applied in order (Lightning's deficit callbacks see the batch on the device)."""
         epoch, step = deficits_at
+        self.switch_tasks(epoch, step)
+        batch = self.transfer(batch, device)
         for deficit in self.inputs:
             if deficit.window.contains(epoch=epoch, step=step):
                 batch = deficit.apply(batch, step, batch_idx, 0)
+        return batch
+
+    def switch_tasks(self, epoch: int, step: int) -> None:
+        """Each ``TaskSwitch``: the task of the step about to run set on this member's datamodule.
+
+        A run's ``TaskSwitch`` sets its initial task when training starts, then the task of the
+        time reached at every epoch start (and, in steps, after every optimizer step): always
+        before the datamodule's transfer hooks see the next batch, which is where this is called.
+        """
+        self.view.current_epoch, self.view.global_step = epoch, step
+        for switch in self.switches:
+            if not self._started:  # TaskSwitch.on_train_start without the run's charts (a sweep writes none here)
+                if switch._initial_task is None:
+                    switch._initial_task = switch._choose_initial()
+                name = switch.task_at(switch._now(self.view))  # type: ignore[arg-type]  # reads the counters only
+                if name is not None:
+                    switch._set(name)
+                switch._applied = name
+            switch._sync(self.view)  # type: ignore[arg-type]  # what its on_train_epoch_start / on_train_batch_end do
+        self._started = True
+
+    def transfer(self, batch: Any, device: torch.device = CPU) -> Any:
+        """``batch`` moved to ``device`` through the datamodule's overridden transfer hooks, as Lightning moves a
+        batch (a module's own transfer hooks are refused by :func:`.checks.check_module`)."""
+        dm, base = self.datamodule, pl.LightningDataModule
+        if dm is not None and type(dm).on_before_batch_transfer is not base.on_before_batch_transfer:
+            batch = dm.on_before_batch_transfer(batch, 0)
+        if dm is not None and type(dm).transfer_batch_to_device is not base.transfer_batch_to_device:
+            batch = dm.transfer_batch_to_device(batch, device, 0)
+        else:
+            batch = to_device(batch, device)
+        if dm is not None and type(dm).on_after_batch_transfer is not base.on_after_batch_transfer:
+            batch = dm.on_after_batch_transfer(batch, 0)
         return batch
 
     def frozen_now(self, epoch: int, step: int) -> list[nn.Parameter]:
@@ -118,15 +163,32 @@ class Member:
                 out.extend(params)
         return out
 
+    def silence_targets(self) -> set[str]:
+        """The modules any of this member's silence deficits acts on."""
+        return {name for d in self.pathways if d.mode == "silence" for name in d.targets}
+
+    def noise_targets(self) -> dict[str, tuple[PathwayDeficit, int]]:
+        """``{module: (noise deficit, its index among the deficit's pathways)}`` of every noise deficit."""
+        return {name: (d, i) for d in self.pathways if d.mode == "noise" for i, name in enumerate(d.targets)}
+
+    def mode_targets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{module: (U columns, V columns)}`` of every ``ModeDeficit`` (its lesioned modes of the task basis)."""
+        return {name: (d._u, d._v) for d in self.modes for name in d.targets}  # type: ignore[misc]
+
     def silenced(self, epoch: int, step: int) -> set[str]:
         """The module names silenced at this step (active silence deficits)."""
-        out: set[str] = set()
-        for index, deficit in enumerate(self.pathways):
-            if deficit.mode == "silence" and deficit.window.contains(epoch=epoch, step=step):
-                if index not in self._silenced:  # resolved once: the names do not change
-                    self._silenced[index] = set(resolve_modules(self.model, deficit.pathways))
-                out.update(self._silenced[index])
-        return out
+        return {name for d in self.pathways if d.mode == "silence" and d.window.contains(epoch=epoch, step=step)
+                for name in d.targets}
+
+    def noised(self, epoch: int, step: int) -> dict[str, tuple[PathwayDeficit, int]]:
+        """:meth:`noise_targets` of the noise deficits active at this step."""
+        return {name: (d, i) for d in self.pathways if d.mode == "noise" and d.window.contains(epoch=epoch, step=step)
+                for i, name in enumerate(d.targets)}
+
+    def lesioned(self, epoch: int, step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`mode_targets` of the mode deficits active at this step."""
+        return {name: (d._u, d._v) for d in self.modes  # type: ignore[misc]
+                if d.window.contains(epoch=epoch, step=step) for name in d.targets}
 
     def step_schedulers(self, interval: str) -> None:
         for config in self.schedulers:
@@ -220,18 +282,6 @@ def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:
     return tuple(loader.dataset.tensors) if stock else None
 
 
-def check_deficits(deficits: list[Any]) -> tuple[list[InputDeficit], list[PathwayDeficit]]:
-    """The input and pathway deficits of a run; anything else (or a pathway mode other than freeze/silence) refused."""
-    inputs = [d for d in deficits if isinstance(d, InputDeficit)]
-    pathways = [d for d in deficits if isinstance(d, PathwayDeficit)]
-    other = [d for d in deficits if d not in inputs and d not in pathways]
-    bad = [d for d in pathways if d.mode not in ("freeze", "silence")]
-    if other or bad:
-        raise VectorizedRefused(f"the deficits {[repr(d) for d in other + bad]} (it maps InputDeficit and "
-                                "PathwayDeficit with mode 'freeze' or 'silence')")
-    return inputs, pathways
-
-
 def alias_rows(module: nn.Module, stack: dict[str, torch.Tensor], row: int) -> None:
     """Make ``module``'s parameters and buffers row ``row`` of ``stack`` (same storage: updates show in the stack)."""
     for name, tensor in stack.items():
@@ -275,6 +325,10 @@ def _setup_detached(model: Any, datamodule: Any) -> None:
         model.setup("fit")
     finally:
         model._trainer = None  # the stack's template gets its own view (without the datamodule)
+
+
+def _overrides(model: Any, name: str) -> bool:
+    return name in vars(model) or getattr(type(model), name) is not getattr(pl.LightningModule, name)
 
 
 def _val_loader(source: Any) -> Any:

@@ -135,6 +135,11 @@ class StackedOptimizer:
                     k: (v[index] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == param.shape[0]
                         else (v.clone() if isinstance(v, torch.Tensor) else v)) for k, v in state.items()}
 
+    def fork(self, rows: list[int], params: dict[str, torch.Tensor]) -> None:
+        """Follow :meth:`~.stack.Stack.fork`: the state rows ``rows``, a repeated row copied (a forked member's
+        momentum or Adam moments are its own; the shared step counter is cloned)."""
+        self.keep(rows, params)
+
 
 def _make(optimizer: Any, params: list[torch.Tensor]) -> Any:
     """A new optimizer of ``optimizer``'s class and hyperparameters over ``params``.

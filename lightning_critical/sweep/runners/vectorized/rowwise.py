@@ -18,7 +18,7 @@ Example::
     >>> sgd_rows([p], [g], [{}], {"momentum": 0.0, "dampening": 0.0, "nesterov": False, "maximize": False},
     ...          [0.1, 0.5], [0.0, 0.0])
     >>> p[:, 0].tolist()
-    [0.8999999761581543, 0.5]
+    [0.8999999761581421, 0.5]
 """
 
 from __future__ import annotations

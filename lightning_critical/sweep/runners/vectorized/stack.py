@@ -5,7 +5,8 @@ member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
 ``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
 steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
-A silenced pathway is a per-member gate (``1.0`` or ``0.0``) its output is multiplied by.
+The deficits that act inside the forward pass (silence, noise, mode lesions) are hooks on the template
+that read per-member tensors fed into the step beside the batch (:mod:`.effects`).
 
 Example::
 
@@ -29,9 +30,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
-from lightning_critical.deficits.pathway import map_tensors
-from lightning_critical.protocols import resolve_modules
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
+from lightning_critical.sweep.runners.vectorized.effects import Effects
+from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
 
 Tensors = dict[str, torch.Tensor]
@@ -44,6 +45,7 @@ class LogCollector:
         self.stage = "train"
         self.values: Tensors = {}
         self.meta: dict[str, tuple[bool, bool, int | None]] = {}
+        self.unlogged: set[str] = set()  # logged with logger=False: callback metrics only, not sent to the loggers
 
     def start(self, stage: str) -> None:
         self.stage, self.values = stage, {}
@@ -66,6 +68,8 @@ class LogCollector:
             tensor = tensor.to(torch.get_default_dtype())
         self.values[name] = tensor
         self.meta[name] = (step, epoch, batch_size)
+        if logger is False:
+            self.unlogged.add(name)
 
     def log_dict(self, dictionary: dict[str, Any], **kwargs: Any) -> None:
         for name, value in dictionary.items():
@@ -86,12 +90,14 @@ class _Caller(nn.Module):
 class Stack:
     """The stacked parameters of ``members`` and the vmapped steps (see the module docstring)."""
 
-    def __init__(self, members: list[Member], randomness: str = "error", log_every_n_steps: int = 50) -> None:
-        template = copy.deepcopy(members[0].model)
+    def __init__(self, members: list[Member], randomness: str = "error", log_every_n_steps: int = 50,
+                 device: torch.device | None = None) -> None:
+        self.device = torch.device("cpu") if device is None else device
+        template = copy.deepcopy(members[0].model).to(self.device)  # its self.device: tensors a step creates
         self.view = template._trainer = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
         params, buffers = stack_module_state([m.model for m in members])
-        self.params: Tensors = {k: v.detach() for k, v in params.items()}
-        self.buffers: Tensors = dict(buffers)
+        self.params: Tensors = {k: v.detach().to(self.device) for k, v in params.items()}
+        self.buffers: Tensors = {k: v.to(self.device) for k, v in buffers.items()}
         for row, member in enumerate(members):
             alias_rows(member.model, {**self.params, **self.buffers}, row)
             member.named = list(member.model.named_parameters())
@@ -99,12 +105,11 @@ class Stack:
         template.log = self.logs.log
         template.log_dict = self.logs.log_dict
         self.template, self.caller, self.randomness = template, _Caller(template), randomness
-        self.gated = sorted({name for m in members for d in m.pathways if d.mode == "silence"
-                             for name in resolve_modules(template, d.pathways)})
-        self._gates: Tensors | None = None
-        for name in self.gated:
-            template.get_submodule(name).register_forward_hook(self._gate_hook(name))
-        self.takes_index = {s: _takes_batch_idx(getattr(template, s)) for s in ("training_step", "validation_step")}
+        self.effects = Effects(template, members)  # the hooks of the deficits that act inside the forward pass
+        self.effects.device = self.device
+        self.kernels, self._kernels_checked = SmallProducts(), False  # tiny layers: each member's own mm
+        self.takes_index = {s: _takes_batch_idx(getattr(template, s))
+                            for s in ("training_step", "validation_step", "test_step")}
 
     def at(self, epoch: int, step: int) -> None:
         """The counters the steps read as ``self.current_epoch`` / ``self.global_step`` (optimizer steps done)."""
@@ -124,28 +129,57 @@ class Stack:
                 param.data = self.params[name][row]
             alias_rows(member.model, self.buffers, row)
 
-    def gates(self, members: list[Member], epoch: int, step: int) -> Tensors:
-        """``{module: (M,) gate}``: 0.0 for members whose silence deficit is active, else 1.0."""
-        silenced = [m.silenced(epoch, step) for m in members]
-        return {name: torch.tensor([0.0 if name in s else 1.0 for s in silenced]) for name in self.gated}
+    def fork(self, members: list[Member], rows: list[int]) -> None:
+        """The stack's rows ``rows`` for ``members`` (in order), where a repeated row is a fork: a copy of it.
+
+        :meth:`keep` with rows that may repeat (indexing copies, so a forked member's row is its
+        own, never an alias of its parent's): a member that branches from another's shared prefix
+        (:mod:`.prefixes`) gets its parent's parameters and buffers in a new row.
+
+        Example::
+
+            >>> import torch
+            >>> from types import SimpleNamespace
+            >>> a, b = SimpleNamespace(model=torch.nn.Linear(1, 1)), SimpleNamespace(model=torch.nn.Linear(1, 1))
+            >>> stack = Stack.__new__(Stack)
+            >>> stack.params, stack.buffers = {"weight": torch.ones(1, 1, 1), "bias": torch.zeros(1, 1)}, {}
+            >>> for m in (a, b):
+            ...     m.named = list(m.model.named_parameters())
+            >>> stack.fork([a, b], [0, 0])
+            >>> with torch.no_grad():
+            ...     _ = b.model.weight.add_(1.0)
+            >>> stack.params["weight"].flatten().tolist(), a.model.weight.item()
+            ([1.0, 2.0], 1.0)
+        """
+        self.keep(members, rows)
+
+    def gates(self, members: list[Member], epoch: int, step: int, batch_idx: int = 0) -> Tensors:
+        """The per-member tensors the deficits' hooks read in this step (:meth:`.effects.Effects.gates`)."""
+        return self.effects.gates(members, epoch, step, batch_idx)
 
     def train_step(self, batch: Any, gates: Tensors, batch_idx: int) -> tuple[Tensors, Tensors]:
         """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``."""
         self.template.train()
+        if self.effects.noising(gates):  # the noise is drawn here, outside vmap, member by member
+            self.effects.add_noise(gates, self.effects.noise_shapes(batch, lambda: self._probe(batch, batch_idx)))
+        if not self._kernels_checked:
+            self.kernels.check(lambda: self._probe(batch, batch_idx))
+            self._kernels_checked = True
 
         def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
-            self._gates = gates
+            self.effects.use(gates)
             try:
                 out = self._call("training_step", params, buffers, batch, batch_idx, "train")
             finally:
-                self._gates = None
+                self.effects.use(None)
             value = out.get("loss") if isinstance(out, dict) else out
             if not isinstance(value, torch.Tensor):
                 raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
             return value, self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
-        grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+        with self.kernels.around("train", batch):
+            grads, (_, logs) = step(self.params, self.buffers, batch, gates)
         return grads, logs
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
@@ -157,7 +191,7 @@ class Stack:
             return self.logs.take()
 
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.kernels.around("val", batch):
                 return vmap(step, randomness=self.randomness)(self.params, self.buffers, batch)
         finally:
             self.template.train()
@@ -178,25 +212,29 @@ class Stack:
                     batch = batches[row]
                     params = {k: v[row] for k, v in self.params.items()}
                     buffers = {k: v[row].clone() for k, v in self.buffers.items()}
-                    self._gates = {k: g[row] for k, g in gates.items()}
+                    self.effects.use({k: g[row] for k, g in gates.items()})
                     self._call(method, params, buffers, batch, batch_idx, "train" if training else "val")
                     logged.append(self.logs.take())
         finally:
-            self._gates = None
+            self.effects.use(None)
             self.template.train()
         return {name: torch.stack([r[name] for r in logged]) for name in logged[0]} if logged else {}
+
+    def _probe(self, batch: Any, batch_idx: int) -> None:
+        """Member 0's training step alone, no gradient, buffers untouched, logs dropped (the noise hooks record the
+        shapes of their inputs)."""
+        with torch.no_grad():
+            params = {k: v[0] for k, v in self.params.items()}
+            buffers = {k: v[0].clone() for k, v in self.buffers.items()}
+            row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
+            self._call("training_step", params, buffers, row, batch_idx, "train")
+            self.logs.take()
 
     def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
         self.logs.start(stage)
         state = {f"m.{k}": v for k, v in {**params, **buffers}.items()}
         args = (method, batch, batch_idx) if self.takes_index[method] else (method, batch)
         return functional_call(self.caller, state, args)
-
-    def _gate_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            gate = self._gates.get(name) if self._gates is not None and module.training else None
-            return output if gate is None else map_tensors(output, lambda t: t * gate)
-        return hook
 
 
 def stacked(batches: list[Any]) -> Any:

@@ -7,9 +7,16 @@ each member's own optimizer steps its row, after the gradients of its frozen par
 dropped (as :class:`~lightning_critical.PathwayDeficit` does); step and epoch schedulers step;
 then validation (its loader's iterator is created every validation epoch, as Lightning does,
 so the members' random streams stay those of runs trained alone; the steps run on a member's
-last validation epoch only, whose values are its final ones). Logged values are reduced as
-Lightning reduces them (the last step's value, or the batch-size-weighted mean of the epoch).
-Members leave the stack after their last epoch (runs of a removal sweep differ in length).
+last validation epoch only, whose values are its final ones, unless the sweep writes
+TensorBoard logs: then at every validation epoch). Logged values are reduced as Lightning
+reduces them (the last step's value, or the batch-size-weighted mean of the epoch) and kept per
+member over its whole run (:class:`~.history.Histories`: its final ``callback_metrics`` and
+what Lightning sends its loggers); the steps whose values may stay final are replayed alone
+with ``exact_logs`` (:meth:`Loop.replayed`). Members leave the stack after their last epoch
+(runs of a removal sweep differ in length).
+Members that share a prefix (``forks``, from :func:`~.prefixes.branch_points`) train as one
+row until their branch epoch, where the parent's row is forked (:meth:`Loop.reindex`,
+:meth:`Loop.on_fork`).
 
 Example::
 
@@ -27,17 +34,24 @@ from typing import Any
 
 import torch
 
+from lightning_critical.sweep.runners.vectorized.device import to_device
 from lightning_critical.sweep.runners.vectorized.feeds import Feeds
+from lightning_critical.sweep.runners.vectorized.held_out import held_out_steps
+from lightning_critical.sweep.runners.vectorized.history import Histories, MemberLogs
 from lightning_critical.sweep.runners.vectorized.members import Member
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
+from lightning_critical.sweep.runners.vectorized.prefixes import fork_member
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
 
 
 class EpochLogs:
-    """One stage's logged values over an epoch, reduced as Lightning's ``callback_metrics`` holds them."""
+    """One stage's logged values over an epoch, reduced as Lightning's ``callback_metrics`` holds them.
 
-    def __init__(self, training: bool) -> None:
-        self.training = training
+    ``unlogged``: the names logged with ``logger=False`` (kept out of :meth:`step_log` / :meth:`epoch_log`).
+    """
+
+    def __init__(self, training: bool, unlogged: set[str] | None = None) -> None:
+        self.training, self.unlogged = training, unlogged if unlogged is not None else set()
         self.last: Tensors = {}
         self.sums: Tensors = {}
         self.sizes: Tensors = {}
@@ -66,48 +80,75 @@ class EpochLogs:
                 out[f"{name}_epoch"] = out[name]
         return out
 
+    def step_log(self) -> Tensors:
+        """What Lightning sends its loggers at a logging step: each ``on_step`` name's last value of the epoch."""
+        return {f"{name}_step" if name in self.forked else name: value for name, value in self.last.items()
+                if name not in self.unlogged}
+
+    def epoch_log(self) -> Tensors:
+        """What Lightning sends its loggers at the end of the epoch: each ``on_epoch`` name's mean."""
+        return {f"{name}_epoch" if name in self.forked else name: total / self.sizes[name]
+                for name, total in self.sums.items() if name not in self.unlogged}
+
 
 class Loop:
-    """The members' epochs (see the module docstring); ``run()`` gives each member's final ``callback_metrics``."""
+    """The members' epochs (see the module docstring); ``run()`` gives each member's logs (:class:`.MemberLogs`).
+
+    ``scalars``: keep what Lightning sends its loggers too (the sweep writes TensorBoard logs): every member
+    is then validated at every validation epoch, and (with ``exact_logs``) its logging steps replayed alone.
+    """
 
     def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool,
-                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None) -> None:
+                 stacked_optimizer: bool = True, clip: tuple[float, str] | None = None, scalars: bool = False,
+                 forks: dict[int, tuple[int, int]] | None = None) -> None:
         lengths = {len(m.train_loader) for m in members}
         if len(lengths) != 1:
             raise ValueError(f"the members' train loaders have different lengths {sorted(lengths)}; members of one "
                              "vectorized job need as many batches per epoch")
         self.n_batches = lengths.pop()
-        self.members, self.active, self.stack, self.exact = members, list(members), stack, exact_logs
+        self.members, self.stack, self.exact = members, stack, exact_logs
+        self.forks: dict[int, list[tuple[Member, Member]]] = {}  # branch epoch -> [(parent, child)]
+        for child, (parent, epoch) in sorted((forks or {}).items()):
+            self.forks.setdefault(epoch, []).append((members[parent], members[child]))
+        children = {id(c) for pairs in self.forks.values() for _, c in pairs}
+        roots = [row for row, m in enumerate(members) if id(m) not in children]
+        self.active = [members[row] for row in roots]  # the members holding a row (children: from their fork)
+        if len(roots) < len(members):
+            stack.keep(self.active, roots)
         self.has_val = all(m.val_loader is not None for m in members)
         self.val_every, self.step = val_every, 0
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
                          for m in members}
-        self.produced: dict[int, dict[str, float]] = {id(m): {} for m in members}
+        self.history = Histories(members, stack.view.log_every_n_steps, scalars)
         self.clip = clip if clip is not None and clip[0] > 0 else None
         self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
+        self.test = bool(members[0].task.spec.test)
         if sanity and self.has_val:
             _ = [m.feed(m.val_loader) for m in members]
 
-    def run(self) -> list[dict[str, float]]:
+    def run(self) -> list[MemberLogs]:
         epoch = 0
         while self.active:
             self.epoch(epoch)
             epoch += 1
-        return [self.produced[id(m)] for m in self.members]
+        return [self.history[m] for m in self.members]
 
     def epoch(self, epoch: int) -> None:
         active, stack = self.active, self.stack
         final = [row for row, m in enumerate(active) if m.task.epochs == epoch + 1]
-        train_logs = EpochLogs(True)
-        feeds = Feeds(active)
+        train_logs = EpochLogs(True, stack.logs.unlogged)
+        feeds = Feeds(active, stack.device)
         for batch_idx in range(self.n_batches):
             batch, batches = feeds.next((epoch, self.step), batch_idx)
-            gates = stack.gates(active, epoch, self.step)
+            gates = to_device(stack.gates(active, epoch, self.step, batch_idx), stack.device)
             stack.at(epoch, self.step)
             grads, logs = stack.train_step(batch, gates, batch_idx)
-            if self.exact and final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, stack)):
-                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, final), final)
+            replayed = self.replayed(final, batch_idx, logs)
+            if replayed:
+                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, replayed), replayed)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
+            if self.history.logging_step(self.step):
+                self.history.log(active, range(len(active)), self.step, epoch, train_logs.step_log())
             if self.clip is not None:
                 _clip(active, grads, epoch, self.step, *self.clip)
             if self.optim is not None:
@@ -117,53 +158,103 @@ class Loop:
             else:
                 _optimizer_steps(active, grads, epoch, self.step)
             self.step += 1
-        self.record(train_logs.callback(), final)
+        everyone = list(range(len(active)))
+        self.record(train_logs.callback(), everyone)  # kept: a value logged only in earlier epochs is final too
         if self.has_val and (epoch + 1) % self.val_every == 0:
-            rows = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
+            last = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
+            rows = everyone if self.history.scalars else last  # with TensorBoard logs, every member's validation
             stack.at(epoch, self.step)
-            self.record(self.validate([m.feed(m.val_loader) for m in active], rows), rows)
+            val_logs = self.validate([m.feed(m.val_loader) for m in active], rows)
+            if val_logs is not None:
+                self.record(val_logs.callback(), rows)
+                self.history.log(active, rows, self.step - 1, epoch, val_logs.epoch_log())
+        self.history.log(active, everyone, self.step - 1, epoch, train_logs.epoch_log())
         for member in active:
             member.step_schedulers("epoch")
-        if final:
-            keep = [row for row in range(len(active)) if row not in final]
-            self.active = [active[row] for row in keep]
-            if keep:
-                stack.keep(self.active, keep)
-                if self.optim is not None:
-                    self.optim.keep(keep, stack.params)
+        forks = self.forks.pop(epoch + 1, [])
+        for parent, child in forks:  # before the parent's test stage draws: the child branches from the fit's end
+            self.on_fork(parent, child)
+        if final and self.test:
+            self.test_finished(final, epoch)
+        if final or forks:
+            kept = [row for row in range(len(active)) if row not in final]
+            self.active = [active[row] for row in kept] + [child for _, child in forks]
+            # a parent may end here: its row is forked before it leaves
+            self.reindex(kept + [active.index(parent) for parent, _ in forks])
+
+    def reindex(self, rows: list[int]) -> None:
+        """The stack (and stacked optimizer) on the rows ``rows`` of the old one; a repeated row is a fork."""
+        if rows:
+            self.stack.fork(self.active, rows)
+            if self.optim is not None:
+                self.optim.fork(rows, self.stack.params)
+
+    def on_fork(self, parent: Member, child: Member) -> None:
+        """Every per-member copy at a fork: ``child`` continues from ``parent``'s state after the shared prefix.
+
+        Its rows (parameters, buffers, stacked optimizer state) are forked by :meth:`reindex`;
+        here its own optimizer, schedulers and random states (:func:`~.prefixes.fork_member`)
+        and what the loop holds per member (its logs so far: :meth:`.Histories.fork`).
+        """
+        fork_member(parent, child)
+        self.history.fork(parent, child)
 
     def record(self, values: Tensors, rows: list[int]) -> None:
-        for row in rows:
-            self.produced[id(self.active[row])].update({k: float(v[row]) for k, v in values.items()})
+        self.history.update(self.active, rows, values)
 
-    def validate(self, feeds: list[Any], rows: list[int]) -> Tensors:
-        """The final validation values of the members of ``rows`` (the others' loaders are only iterated)."""
+    def test_finished(self, rows: list[int], epoch: int) -> None:
+        """``trainer.test`` after each finishing member's fit (:mod:`.held_out`): test values join the final ones."""
+        for row in rows:
+            logs = EpochLogs(False, self.stack.logs.unlogged)
+            for values, size in held_out_steps(self.stack, self.active[row], row, len(self.active)):
+                logs.add(values, self.stack.logs.meta, size)
+            member = self.active[row]  # values of shape (1,): the member alone
+            self.history.update([member], [0], logs.callback())
+            self.history.log([member], [0], self.step, epoch + 1, logs.epoch_log())  # as after fit
+
+    def replayed(self, final: list[int], batch_idx: int, logs: Tensors) -> list[int]:
+        """The rows whose training step is replayed alone (``exact_logs``): every member at a logging step when
+        the loggers get the values and at a step that logs a name irregularly (:meth:`.Histories.irregular`),
+        else the members ending this epoch at its last batch (at every batch when a value is averaged over
+        the epoch)."""
+        if not self.exact:
+            return []
+        if self.history.irregular(list(logs)) | self.history.logging_step(self.step):  # both: irregular() learns
+            return list(range(len(self.active)))
+        return final if final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, self.stack)) else []
+
+    def validate(self, feeds: list[Any], rows: list[int]) -> EpochLogs | None:
+        """The validation logs of the members of ``rows`` (the others' loaders are only iterated); ``None``: no row."""
         if not rows:
-            return {}
+            return None
         lengths = {len(m.val_loader) for m in self.active}
         if len(lengths) != 1:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
-        logs = EpochLogs(False)
+        logs = EpochLogs(False, self.stack.logs.unlogged)
         for batch_idx in range(lengths.pop()):
-            batches = [f.next() for f in feeds]
+            batches = [m.transfer(f.next(), self.stack.device) for m, f in zip(self.active, feeds, strict=True)]
             if self.exact:
                 values = _merged({}, self.stack.replay("validation_step", batches, {}, batch_idx, rows), rows,
                                  len(batches))
             else:
                 values = self.stack.validation_step(stacked(batches), batch_idx)
             logs.add(values, self.stack.logs.meta, batch_size_of(batches[0]))
-        return logs.callback()
+            self.history.validation_batch(self.active, rows, logs.step_log())
+        return logs
 
 
 def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool = True,
-          stacked_optimizer: bool = True, clip: tuple[float, str] | None = None) -> list[dict[str, float]]:
-    """Train every member for its run's epochs; each member's final ``callback_metrics`` as floats.
+          stacked_optimizer: bool = True, clip: tuple[float, str] | None = None,
+          scalars: bool = False, forks: dict[int, tuple[int, int]] | None = None) -> list[MemberLogs]:
+    """Train every member for its run's epochs; each member's logs (its final ``callback_metrics`` as floats
+    in ``callback``; with ``scalars``, what Lightning sends its loggers in ``events``).
 
     ``exact_logs``: a member's last-epoch logged values come from its step replayed alone
     (:meth:`~.stack.Stack.replay`), bitwise those of the run trained alone; else from ``vmap``.
     ``clip``: ``(gradient_clip_val, gradient_clip_algorithm)`` of the Trainer, applied per member.
+    ``forks``: ``{child: (parent, branch epoch)}`` (indices into ``members``): shared prefixes.
     """
-    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip).run()
+    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip, scalars, forks).run()
 
 
 def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
@@ -171,7 +262,8 @@ def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None 
     out = {}
     for name, values in replayed.items():
         n = size if size is not None else len(logs[name])
-        merged = logs[name].clone() if name in logs else torch.full((n,), float("nan"), dtype=values.dtype)
+        merged = logs[name].clone() if name in logs else torch.full((n,), float("nan"), dtype=values.dtype,
+                                                                         device=values.device)
         merged[torch.tensor(rows)] = values
         out[name] = merged
     return out
