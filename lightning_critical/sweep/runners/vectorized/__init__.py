@@ -49,8 +49,7 @@ from typing import Any
 
 import torch
 
-from lightning_critical._namespace import pl
-from lightning_critical.sweep.build import build_deficits, build_model, deficit_seed
+from lightning_critical.sweep.build import build_deficits, deficit_seed
 from lightning_critical.sweep.runners.base import envelope
 from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner
 from lightning_critical.sweep.runners.rng import capture, restore
@@ -141,21 +140,26 @@ class VectorizedRunner:
             return []
         check_spec(tasks[0].spec)
         job_device(self.device, {**QUIET_TRAINER, **tasks[0].spec.trainer})
-        groups: dict[str, list[Any]] = {}
-        shapes_of: dict[str, str] = {}
-        for task in tasks:
-            params = canonical_json(task.run.encode()["params"])
-            if params not in shapes_of:
-                shapes_of[params] = self._shapes(task)
-            groups.setdefault(shapes_of[params], []).append(task)
         for task in tasks:
             check_deficits(build_deficits(task.spec, task.run))
-        self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
+        combos: dict[str, list[Any]] = {}  # params combination -> its tasks
+        for task in tasks:
+            combos.setdefault(canonical_json(task.run.encode()["params"]), []).append(task)
+        jobs: dict[str, list[list[Any]]] = {}  # what members of one job share -> the combinations' tasks
+        for combo in combos.values():
+            jobs.setdefault(self._signature(combo), []).append(combo)
+        for job in jobs.values():  # a step of every template of every job (members with deficits when there are)
+            picked = [sorted(combo, key=lambda t: not t.run.windows)[0] for combo in job]
+            extra = [t for t in sorted(job[0], key=lambda t: not t.run.windows) if t not in picked][:1]
+            self.trial(picked + (extra if len(picked) == 1 else []))
         size = self.max_members or len(tasks)
-        return [g[i:i + size] for g in map(_by_prefix_group, groups.values()) for i in range(0, len(g), size)]
+        job_of = {id(t): j for j, job in enumerate(jobs.values()) for combo in job for t in combo}
+        groups = [[t for t in tasks if job_of[id(t)] == j] for j in range(len(jobs))]  # in the sweep's order
+        return [g[i:i + size] for g in map(_by_prefix_group, groups) for i in range(0, len(g), size)]
 
     def trial(self, tasks: Sequence[Any]) -> None:
-        """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
+        """One vmapped training and validation step on ``tasks``' members (each its own batch and template); a
+        failure is a refusal."""
         saved = capture()
         try:
             members = _members(tasks)
@@ -164,15 +168,12 @@ class VectorizedRunner:
                 if member.task.spec.test:
                     check_test(member.model)
             stack = self._stack(members)
-            with members[0].drawing():
-                batch = members[0].transfer(next(iter(members[0].train_loader)), stack.device)
             try:
+                batches = [_first(m, m.train_loader, stack.device) for m in members]
                 gates = to_device(stack.gates(members, 0, 0), stack.device)
-                stack.train_step(stacked([batch] * len(members)), gates, 0)
-                if members[0].val_loader is not None:
-                    with members[0].drawing():
-                        val = members[0].transfer(next(iter(members[0].val_loader)), stack.device)
-                    stack.validation_step(stacked([val] * len(members)), 0)
+                stack.train_step(stacked(batches), gates, 0)
+                if all(m.val_loader is not None for m in members):
+                    stack.validation_step(stacked([_first(m, m.val_loader, stack.device) for m in members]), 0)
             except VectorizedRefused:
                 raise
             except Exception as err:
@@ -192,9 +193,12 @@ class VectorizedRunner:
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
         forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
+        # members of several params combinations with schedulers: their hyperparameters may part during training,
+        # which one optimizer over the stack cannot follow; each member's own optimizer then (exact)
+        one_optimizer = self.stacked_optimizer and not (len(stack.templates) > 1 and any(m.schedulers for m in members))
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
+                         one_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
         out = []
         for index, (task, member, logs) in enumerate(zip(tasks, members, produced, strict=True)):
             parent, branch_epoch = forks.get(index, (None, 0))
@@ -225,15 +229,22 @@ class VectorizedRunner:
             member.configure()
         return stack
 
-    @staticmethod
-    def _shapes(task: Any) -> str:
+    def _signature(self, combo: list[Any]) -> str:
+        """What the members of one job must share, for a params combination's runs: parameter shapes, batches per
+        epoch and batch shapes (the module of every combination is checked here, before any training)."""
         saved = capture()
         try:
-            pl.seed_everything(task.run.seed, verbose=False)
-            model = build_model(task.spec, task.run)
+            member = _members(combo[:1])[0]
+            check_module(member.model, self.allow_dropout)
+            if member.task.spec.test:
+                check_test(member.model)
+            loaders = [_loader_signature(member, loader) for loader in (member.train_loader, member.val_loader)]
         finally:
             restore(saved)
-        return canonical_json({k: list(v.shape) for k, v in model.state_dict().items()})
+        if any(loader is not None and loader[1] is None for loader in loaders):  # a batch sampler: sizes unknown
+            loaders.append(canonical_json(combo[0].run.encode()["params"]))  # its combination alone
+        shapes = {k: list(v.shape) for k, v in member.model.state_dict().items()}
+        return canonical_json({"shapes": shapes, "loaders": loaders})
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and vars(other) == vars(self)
@@ -299,6 +310,23 @@ def _members(tasks: Sequence[Any]) -> list[Member]:
         for member in members:
             member.val_loader = None
     return members
+
+
+def _first(member: Member, loader: Any, device: torch.device) -> Any:
+    with member.drawing():
+        return member.transfer(next(iter(loader)), device)
+
+
+def _loader_signature(member: Member, loader: Any) -> list[Any] | None:
+    """Batches per epoch, batch size, ``drop_last``, dataset size and the first batch's shapes (``None``: no loader)."""
+    if loader is None:
+        return None
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    with member.drawing():
+        first = next(iter(loader))
+    shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(first) if isinstance(t, torch.Tensor)]
+    return [len(loader), getattr(loader, "batch_size", None), getattr(loader, "drop_last", None), total, shapes]
 
 
 def _by_prefix_group(tasks: list[Any]) -> list[Any]:
