@@ -142,18 +142,18 @@ class VectorizedRunner:
         job_device(self.device, {**QUIET_TRAINER, **tasks[0].spec.trainer})
         for task in tasks:
             check_deficits(build_deficits(task.spec, task.run))
-        combos: dict[str, list[Any]] = {}  # params combination -> its tasks
-        for task in tasks:
+        combos: dict[str, list[Any]] = {}  # params combination -> its tasks (members with deficits first)
+        for task in sorted(tasks, key=lambda t: not t.run.windows):
             combos.setdefault(canonical_json(task.run.encode()["params"]), []).append(task)
-        jobs: dict[str, list[list[Any]]] = {}  # what members of one job share -> the combinations' tasks
+        jobs: dict[str, list[tuple[list[Any], Member]]] = {}  # what members of one job share -> its combinations
         for combo in combos.values():
-            jobs.setdefault(self._signature(combo), []).append(combo)
-        for job in jobs.values():  # a step of every template of every job (members with deficits when there are)
-            picked = [sorted(combo, key=lambda t: not t.run.windows)[0] for combo in job]
-            extra = [t for t in sorted(job[0], key=lambda t: not t.run.windows) if t not in picked][:1]
-            self.trial(picked + (extra if len(picked) == 1 else []))
+            signature, member = self._signature(combo)
+            jobs.setdefault(signature, []).append((combo, member))
+        for job in jobs.values():  # a step of every template of every job, before any training
+            extra = job[0][0][1:2] if len(job) == 1 else []  # two members at least: vmap over more than one
+            self._trial([member for _, member in job] + _members(extra))
         size = self.max_members or len(tasks)
-        job_of = {id(t): j for j, job in enumerate(jobs.values()) for combo in job for t in combo}
+        job_of = {id(t): j for j, job in enumerate(jobs.values()) for combo, _ in job for t in combo}
         groups = [[t for t in tasks if job_of[id(t)] == j] for j in range(len(jobs))]  # in the sweep's order
         return [g[i:i + size] for g in map(_by_prefix_group, groups) for i in range(0, len(g), size)]
 
@@ -167,6 +167,13 @@ class VectorizedRunner:
                 check_module(member.model, self.allow_dropout)
                 if member.task.spec.test:
                     check_test(member.model)
+        finally:
+            restore(saved)
+        self._trial(members)
+
+    def _trial(self, members: list[Member]) -> None:
+        saved = capture()
+        try:
             stack = self._stack(members)
             try:
                 batches = [_first(m, m.train_loader, stack.device) for m in members]
@@ -229,9 +236,10 @@ class VectorizedRunner:
             member.configure()
         return stack
 
-    def _signature(self, combo: list[Any]) -> str:
-        """What the members of one job must share, for a params combination's runs: parameter shapes, batches per
-        epoch and batch shapes (the module of every combination is checked here, before any training)."""
+    def _signature(self, combo: list[Any]) -> tuple[str, Member]:
+        """What the members of one job must share, for a params combination's runs (parameter shapes, batches per
+        epoch and batch shapes), and the member of its first run, whose module is checked here (every
+        combination's, before any training)."""
         saved = capture()
         try:
             member = _members(combo[:1])[0]
@@ -244,7 +252,7 @@ class VectorizedRunner:
         if any(loader is not None and loader[1] is None for loader in loaders):  # a batch sampler: sizes unknown
             loaders.append(canonical_json(combo[0].run.encode()["params"]))  # its combination alone
         shapes = {k: list(v.shape) for k, v in member.model.state_dict().items()}
-        return canonical_json({"shapes": shapes, "loaders": loaders})
+        return canonical_json({"shapes": shapes, "loaders": loaders}), member
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and vars(other) == vars(self)

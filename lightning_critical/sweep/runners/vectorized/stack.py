@@ -104,6 +104,8 @@ class Stack:
         self.row_template = [firsts.index(t) for t in self.row_template]
         self.templates = [self._template(members[row].model) for row in firsts]  # one per params combination
         self.callers = [_Caller(t) for t in self.templates]
+        self.takes = [{s: _takes_batch_idx(getattr(t, s)) for s in ("training_step", "validation_step", "test_step")}
+                      for t in self.templates]
         params, buffers = stack_module_state([m.model for m in members])
         self.params: Tensors = {k: v.detach().to(self.device) for k, v in params.items()}
         self.buffers: Tensors = {k: v.to(self.device) for k, v in buffers.items()}
@@ -127,9 +129,7 @@ class Stack:
 
     def _use(self, index: int) -> None:
         """Make template ``index`` the one the steps call (``self.template``, ``self.caller``)."""
-        self.template, self.caller = self.templates[index], self.callers[index]
-        self.takes_index = {s: _takes_batch_idx(getattr(self.template, s))
-                            for s in ("training_step", "validation_step", "test_step")}
+        self.template, self.caller, self.takes_index = self.templates[index], self.callers[index], self.takes[index]
 
     def at(self, epoch: int, step: int) -> None:
         """The counters the steps read as ``self.current_epoch`` / ``self.global_step`` (optimizer steps done)."""
@@ -319,16 +319,21 @@ def _rows(batch: Any, rows: torch.Tensor) -> Any:
 
 
 def _assembled(parts: list[tuple[torch.Tensor, Any]], size: int) -> Any:
-    """The outputs of :meth:`Stack._per_template` (``(rows, output)``) as one output over ``size`` rows; a value
-    some template's step did not log is NaN in its rows."""
+    """The outputs of :meth:`Stack._per_template` (``(rows, output)``) as one output over ``size`` rows.
+
+    Raises:
+        VectorizedRefused: the templates' steps logged different names (a member has no value for a name its run
+            never logs: the trial step finds it before training).
+    """
     first = parts[0][1]
     if isinstance(first, dict):
-        names = list(dict.fromkeys(name for _, part in parts for name in part))
-        return {name: _assembled([(rows, part[name]) for rows, part in parts if name in part], size) for name in names}
+        names = [sorted(part) for _, part in parts]
+        if any(n != names[0] for n in names):
+            raise VectorizedRefused(f"params combinations whose steps log different names ({names}) in one job")
+        return {name: _assembled([(rows, part[name]) for rows, part in parts], size) for name in first}
     if isinstance(first, tuple):
         return tuple(_assembled([(rows, part[i]) for rows, part in parts], size) for i in range(len(first)))
-    out = first.new_full((size, *first.shape[1:]), float("nan")) if first.is_floating_point() else \
-        first.new_zeros((size, *first.shape[1:]))
+    out = first.new_empty((size, *first.shape[1:]))
     for rows, part in parts:
         out[rows] = part
     return out
