@@ -120,7 +120,7 @@ class Stack:
         self.kernels, self._kernels_checked = SmallProducts(), False  # tiny layers: each member's own mm
         self._use(self.row_template[0])
 
-    def _template(self, model: nn.Module) -> nn.Module:
+    def _template(self, model: Any) -> Any:  # a LightningModule
         template = copy.deepcopy(model).to(self.device)  # its self.device: tensors a step creates
         template._trainer = self.view
         template.log = self.logs.log
