@@ -246,7 +246,8 @@ class VectorizedRunner:
             check_module(member.model, self.allow_dropout)
             if member.task.spec.test:
                 check_test(member.model)
-            loaders: list[Any] = [_loader_signature(member, loader) for loader in (member.train_loader, member.val_loader)]
+            loaders: list[Any] = [_loader_signature(member, loader)
+                                  for loader in (member.train_loader, member.val_loader)]
         finally:
             restore(saved)
         if any(loader is not None and loader[1] is None for loader in loaders):  # a batch sampler: sizes unknown
