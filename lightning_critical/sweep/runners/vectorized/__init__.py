@@ -1,10 +1,12 @@
 """The vectorized runner: every run of a small model that can share a stack trained as one ``torch.func`` job.
 
 ``lc.sweep.run(..., runner="vectorized")`` (or ``runner=lc.sweep.VectorizedRunner()``) groups
-the runs whose models have the same parameter shapes (:meth:`VectorizedRunner.batches`; runs of other
-lengths leave the stack when they end) and trains each group as one job: parameters stacked,
-the user's unchanged ``training_step`` / ``validation_step`` called through
-``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
+the runs whose models have the same parameter shapes and whose loaders give the same batches per
+epoch and batch shapes (:meth:`VectorizedRunner.batches`; runs of other lengths leave the stack
+when they end) and trains each group as one job: parameters stacked, the user's unchanged
+``training_step`` / ``validation_step`` called through ``functional_call`` under ``vmap`` over
+members, with one template module per params combination (:class:`.stack.Stack`: each member
+runs its own combination's module), ``self.log`` collected per member, each
 member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
 stack), its batches from its own datamodule under its own random states (through the
 datamodule's transfer hooks), every built-in deficit per member (:mod:`.deficits`: input
@@ -125,9 +127,11 @@ class VectorizedRunner:
         self.device = check_device(device)
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
-        """One job per parameter shapes (runs of other lengths leave the stack when they end; with
-        ``max_members``, the runs of one seed and swept values kept together, so they share their prefixes),
-        after the refusals and a trial step; any error met on the way is a :class:`VectorizedRefused` naming it."""
+        """One job per parameter shapes and loader shapes (batches per epoch, batch sizes, dataset sizes, first
+        batch's shapes; runs of other lengths leave the stack when they end; with ``max_members``, the runs of one
+        seed and swept values kept together, so they share their prefixes), after the refusals (every params
+        combination's module) and a trial step per job; any error met on the way is a :class:`VectorizedRefused`
+        naming it."""
         try:
             return self._batches(tasks)
         except VectorizedRefused:

@@ -3,7 +3,10 @@
 :class:`Stack` stacks the members' parameters and buffers (``stack_module_state``), makes every
 member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
-``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
+``vmap`` over members (gradients by ``torch.func.grad_and_value``). A job of several params
+combinations holds one template per combination (:func:`template_key`), each a copy of that
+combination's module: the vmapped step runs once per template on its rows (gathered, then put
+back in row order); ``keep`` / ``fork`` carry each row's template along. ``self.log`` inside the
 steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
 The deficits that act inside the forward pass (silence, noise, mode lesions) are hooks on the template
 that read per-member tensors fed into the step beside the batch (:mod:`.effects`).
