@@ -155,25 +155,25 @@ class VectorizedRunner:
             jobs.setdefault(signature, []).append((combo, member))
         for job in jobs.values():  # a step of every template of every job, before any training
             extra = job[0][0][1:2] if len(job) == 1 else []  # two members at least: vmap over more than one
-            self._trial([member for _, member in job] + _members(extra))
+            self.trial([combo[0] for combo, _ in job] + extra, [member for _, member in job])
         size = self.max_members or len(tasks)
         job_of = {id(t): j for j, job in enumerate(jobs.values()) for combo, _ in job for t in combo}
         groups = [[t for t in tasks if job_of[id(t)] == j] for j in range(len(jobs))]  # in the sweep's order
         return [g[i:i + size] for g in map(_by_prefix_group, groups) for i in range(0, len(g), size)]
 
-    def trial(self, tasks: Sequence[Any]) -> None:
-        """One vmapped training and validation step on ``tasks``' members (each its own batch and template); a
-        failure is a refusal."""
+    def trial(self, tasks: Sequence[Any], members: Sequence[Member] = ()) -> None:
+        """One vmapped training and validation step on ``tasks``' members (each its own batch and template; the
+        first ones given as ``members`` when already built and checked); a failure is a refusal."""
         saved = capture()
         try:
-            members = _members(tasks)
-            for member in members:
+            more = _members(tasks[len(members):])
+            for member in more:
                 check_module(member.model, self.allow_dropout)
                 if member.task.spec.test:
                     check_test(member.model)
         finally:
             restore(saved)
-        self._trial(members)
+        self._trial([*members, *more])
 
     def _trial(self, members: list[Member]) -> None:
         saved = capture()
