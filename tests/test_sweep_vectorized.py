@@ -249,7 +249,7 @@ def test_a_step_reading_the_trainer_is_refused_by_name_and_auto_falls_back(tmp_p
         sweep(tmp_path, "vectorized", ReadsTrainer)
     from lightning_critical.sweep.runners.vectorized import VectorizedRunner
 
-    def broken(self: Any, tasks: Any) -> None:
+    def broken(self: Any, tasks: Any, *_: Any) -> None:
         raise KeyError("a bug of ours")
 
     monkeypatch.setattr(VectorizedRunner, "trial", broken)

@@ -1,10 +1,12 @@
 """The vectorized runner: every run of a small model that can share a stack trained as one ``torch.func`` job.
 
 ``lc.sweep.run(..., runner="vectorized")`` (or ``runner=lc.sweep.VectorizedRunner()``) groups
-the runs whose models have the same parameter shapes (:meth:`VectorizedRunner.batches`; runs of other
-lengths leave the stack when they end) and trains each group as one job: parameters stacked,
-the user's unchanged ``training_step`` / ``validation_step`` called through
-``functional_call`` under ``vmap`` over members, ``self.log`` collected per member, each
+the runs whose models have the same parameter shapes and whose loaders give the same batches per
+epoch and batch shapes (:meth:`VectorizedRunner.batches`; runs of other lengths leave the stack
+when they end) and trains each group as one job: parameters stacked, the user's unchanged
+``training_step`` / ``validation_step`` called through ``functional_call`` under ``vmap`` over
+members, with one template module per params combination (:class:`.stack.Stack`: each member
+runs its own combination's module), ``self.log`` collected per member, each
 member's own ``configure_optimizers()`` (its optimizer and schedulers over its row of the
 stack), its batches from its own datamodule under its own random states (through the
 datamodule's transfer hooks), every built-in deficit per member (:mod:`.deficits`: input
@@ -49,8 +51,7 @@ from typing import Any
 
 import torch
 
-from lightning_critical._namespace import pl
-from lightning_critical.sweep.build import build_deficits, build_model, deficit_seed
+from lightning_critical.sweep.build import build_deficits, deficit_seed
 from lightning_critical.sweep.runners.base import envelope
 from lightning_critical.sweep.runners.lightning import QUIET_TRAINER, LightningRunner
 from lightning_critical.sweep.runners.rng import capture, restore
@@ -66,6 +67,7 @@ from lightning_critical.sweep.runners.vectorized.device import check_device, job
 from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
 from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
+from lightning_critical.sweep.runners.vectorized.optim import follows_schedulers
 from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
@@ -126,9 +128,11 @@ class VectorizedRunner:
         self.device = check_device(device)
 
     def batches(self, tasks: list[Any]) -> list[list[Any]]:
-        """One job per parameter shapes (runs of other lengths leave the stack when they end; with
-        ``max_members``, the runs of one seed and swept values kept together, so they share their prefixes),
-        after the refusals and a trial step; any error met on the way is a :class:`VectorizedRefused` naming it."""
+        """One job per parameter shapes and loader shapes (batches per epoch, batch sizes, dataset sizes, first
+        batch's shapes; runs of other lengths leave the stack when they end; with ``max_members``, the runs of one
+        seed and swept values kept together, so they share their prefixes), after the refusals (every params
+        combination's module) and a trial step per job; any error met on the way is a :class:`VectorizedRefused`
+        naming it."""
         try:
             return self._batches(tasks)
         except VectorizedRefused:
@@ -141,38 +145,47 @@ class VectorizedRunner:
             return []
         check_spec(tasks[0].spec)
         job_device(self.device, {**QUIET_TRAINER, **tasks[0].spec.trainer})
-        groups: dict[str, list[Any]] = {}
-        shapes_of: dict[str, str] = {}
-        for task in tasks:
-            params = canonical_json(task.run.encode()["params"])
-            if params not in shapes_of:
-                shapes_of[params] = self._shapes(task)
-            groups.setdefault(shapes_of[params], []).append(task)
         for task in tasks:
             check_deficits(build_deficits(task.spec, task.run))
-        self.trial(sorted(tasks, key=lambda t: not t.run.windows)[:2])  # members with deficits when there are
+        combos: dict[str, list[Any]] = {}  # params combination -> its tasks (members with deficits first)
+        for task in sorted(tasks, key=lambda t: not t.run.windows):
+            combos.setdefault(canonical_json(task.run.encode()["params"]), []).append(task)
+        jobs: dict[str, list[tuple[list[Any], Member]]] = {}  # what members of one job share -> its combinations
+        for combo in combos.values():
+            signature, member = self._signature(combo)
+            jobs.setdefault(signature, []).append((combo, member))
+        for job in jobs.values():  # a step of every template of every job, before any training
+            extra = job[0][0][1:2] if len(job) == 1 else []  # two members at least: vmap over more than one
+            self.trial([combo[0] for combo, _ in job] + extra, [member for _, member in job])
         size = self.max_members or len(tasks)
-        return [g[i:i + size] for g in map(_by_prefix_group, groups.values()) for i in range(0, len(g), size)]
+        job_of = {id(t): j for j, job in enumerate(jobs.values()) for combo, _ in job for t in combo}
+        groups = [[t for t in tasks if job_of[id(t)] == j] for j in range(len(jobs))]  # in the sweep's order
+        return [g[i:i + size] for g in map(_by_prefix_group, groups) for i in range(0, len(g), size)]
 
-    def trial(self, tasks: Sequence[Any]) -> None:
-        """One vmapped training and validation step on (up to) two members; a failure is a refusal."""
+    def trial(self, tasks: Sequence[Any], members: Sequence[Member] = ()) -> None:
+        """One vmapped training and validation step on ``tasks``' members (each its own batch and template; the
+        first ones given as ``members`` when already built and checked); a failure is a refusal."""
         saved = capture()
         try:
-            members = _members(tasks)
-            for member in members:
+            more = _members(tasks[len(members):])
+            for member in more:
                 check_module(member.model, self.allow_dropout)
                 if member.task.spec.test:
                     check_test(member.model)
+        finally:
+            restore(saved)
+        self._trial([*members, *more])
+
+    def _trial(self, members: list[Member]) -> None:
+        saved = capture()
+        try:
             stack = self._stack(members)
-            with members[0].drawing():
-                batch = members[0].transfer(next(iter(members[0].train_loader)), stack.device)
             try:
+                batches = [_first(m, m.train_loader, stack.device) for m in members]
                 gates = to_device(stack.gates(members, 0, 0), stack.device)
-                stack.train_step(stacked([batch] * len(members)), gates, 0)
-                if members[0].val_loader is not None:
-                    with members[0].drawing():
-                        val = members[0].transfer(next(iter(members[0].val_loader)), stack.device)
-                    stack.validation_step(stacked([val] * len(members)), 0)
+                stack.train_step(stacked(batches), gates, 0)
+                if all(m.val_loader is not None for m in members):
+                    stack.validation_step(stacked([_first(m, m.val_loader, stack.device) for m in members]), 0)
             except VectorizedRefused:
                 raise
             except Exception as err:
@@ -192,9 +205,12 @@ class VectorizedRunner:
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
         forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
+        # members of several params combinations: schedulers the stacked optimizer cannot follow (their
+        # hyperparameters may part during training): each member's own optimizer then (exact)
+        one_optimizer = self.stacked_optimizer and follows_schedulers(members, len(stack.templates))
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
+                         one_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
         out = []
         for index, (task, member, logs) in enumerate(zip(tasks, members, produced, strict=True)):
             parent, branch_epoch = forks.get(index, (None, 0))
@@ -225,15 +241,24 @@ class VectorizedRunner:
             member.configure()
         return stack
 
-    @staticmethod
-    def _shapes(task: Any) -> str:
+    def _signature(self, combo: list[Any]) -> tuple[str, Member]:
+        """What the members of one job must share, for a params combination's runs (parameter shapes, batches per
+        epoch and batch shapes), and the member of its first run, whose module is checked here (every
+        combination's, before any training)."""
         saved = capture()
         try:
-            pl.seed_everything(task.run.seed, verbose=False)
-            model = build_model(task.spec, task.run)
+            member = _members(combo[:1])[0]
+            check_module(member.model, self.allow_dropout)
+            if member.task.spec.test:
+                check_test(member.model)
+            loaders: list[Any] = [_loader_signature(member, loader)
+                                  for loader in (member.train_loader, member.val_loader)]
         finally:
             restore(saved)
-        return canonical_json({k: list(v.shape) for k, v in model.state_dict().items()})
+        if any(loader is not None and loader[1] is None for loader in loaders):  # a batch sampler: sizes unknown
+            loaders.append(canonical_json(combo[0].run.encode()["params"]))  # its combination alone
+        shapes = {k: list(v.shape) for k, v in member.model.state_dict().items()}
+        return canonical_json({"shapes": shapes, "loaders": loaders}), member
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and vars(other) == vars(self)
@@ -299,6 +324,23 @@ def _members(tasks: Sequence[Any]) -> list[Member]:
         for member in members:
             member.val_loader = None
     return members
+
+
+def _first(member: Member, loader: Any, device: torch.device) -> Any:
+    with member.drawing():
+        return member.transfer(next(iter(loader)), device)
+
+
+def _loader_signature(member: Member, loader: Any) -> list[Any] | None:
+    """Batches per epoch, batch size, ``drop_last``, dataset size and the first batch's shapes (``None``: no loader)."""
+    if loader is None:
+        return None
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    with member.drawing():
+        first = next(iter(loader))
+    shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves(first) if isinstance(t, torch.Tensor)]
+    return [len(loader), getattr(loader, "batch_size", None), getattr(loader, "drop_last", None), total, shapes]
 
 
 def _by_prefix_group(tasks: list[Any]) -> list[Any]:

@@ -28,7 +28,8 @@ REFUSALS: tuple[str, ...] = (
     "overridden per-step/per-epoch hooks of the module (on_train_batch_start, on_before_optimizer_step, "
     "optimizer_step, backward, on_train_epoch_end, ...)",
     "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
-    "training_step/validation_step (found by a trial step on two members)",
+    "training_step/validation_step (found by a trial step per job, on a member of each params combination); "
+    "params combinations of one job whose steps log different names",
     "deficit classes other than the built-in InputDeficit, PathwayDeficit, ModeDeficit, TaskSwitch and "
     "lc.sweep.TaskWindow (a user's class, or a subclass of these); a TaskSwitch with target=; in one job, noise "
     "deficits on one module with different input_index, or ModeDeficits lesioning different numbers of modes of "

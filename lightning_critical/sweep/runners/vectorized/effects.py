@@ -68,6 +68,10 @@ class Effects:
         self.shapes: dict[Any, Shapes] = {}
         self.context: tuple[list[dict[str, tuple[PathwayDeficit, int]]], int, int] = ([], 0, 0)
         self.device = torch.device("cpu")  # of the per-member tensors and the noise's generator (the run's device)
+        self.hook(template)
+
+    def hook(self, template: nn.Module) -> None:
+        """Register the hooks on ``template`` (a job has one template per params combination: each gets them)."""
         for name in self.silenced:
             template.get_submodule(name).register_forward_hook(self._silence_hook(name))
         for name in self.noised:

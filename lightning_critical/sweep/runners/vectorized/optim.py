@@ -57,6 +57,26 @@ def stackable(members: list[Member]) -> bool:
     return True
 
 
+_schedulers = torch.optim.lr_scheduler
+_LR_ONLY = (_schedulers.StepLR, _schedulers.MultiStepLR, _schedulers.ExponentialLR, _schedulers.LambdaLR,
+            _schedulers.MultiplicativeLR, _schedulers.CosineAnnealingLR, _schedulers.LinearLR, _schedulers.ConstantLR,
+            _schedulers.PolynomialLR)
+
+
+def follows_schedulers(members: list[Member], templates: int) -> bool:
+    """Whether one stacked optimizer can follow the members' schedulers step by step.
+
+    Members of one params combination have the same schedulers, so their hyperparameters agree
+    at every step. Members of several combinations may part: the stacked optimizer follows
+    them when its step is row-wise and every scheduler changes only the learning rate (a
+    stock scheduler of ``_LR_ONLY``; e.g. ``OneCycleLR`` also cycles the momentum).
+    """
+    if templates <= 1 or not any(m.schedulers for m in members):
+        return True
+    return rowwise(members[0].optimizer) and all(type(c.scheduler) in _LR_ONLY for m in members
+                                                 for c in m.schedulers)
+
+
 def rowwise(optimizer: Any) -> bool:
     """Whether :mod:`.rowwise` redoes ``optimizer``'s step (plain settings, float hyperparameters)."""
     group = optimizer.param_groups[0]

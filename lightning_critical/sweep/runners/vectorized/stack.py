@@ -3,7 +3,10 @@
 :class:`Stack` stacks the members' parameters and buffers (``stack_module_state``), makes every
 member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
-``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
+``vmap`` over members (gradients by ``torch.func.grad_and_value``). A job of several params
+combinations holds one template per combination (:func:`template_key`), each a copy of that
+combination's module: the vmapped step runs once per template on its rows (gathered, then put
+back in row order); ``keep`` / ``fork`` carry each row's template along. ``self.log`` inside the
 steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
 The deficits that act inside the forward pass (silence, noise, mode lesions) are hooks on the template
 that read per-member tensors fed into the step beside the batch (:mod:`.effects`).
@@ -21,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,10 +34,12 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
+from lightning_critical.sweep.params import accepted_kwargs
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.effects import Effects
 from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
+from lightning_critical.sweep.spec import canonical_json
 
 Tensors = dict[str, torch.Tensor]
 
@@ -93,23 +99,40 @@ class Stack:
     def __init__(self, members: list[Member], randomness: str = "error", log_every_n_steps: int = 50,
                  device: torch.device | None = None) -> None:
         self.device = torch.device("cpu") if device is None else device
-        template = copy.deepcopy(members[0].model).to(self.device)  # its self.device: tensors a step creates
-        self.view = template._trainer = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
+        self.view = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
+        self.logs = LogCollector()
+        keys = [template_key(m.task) for m in members]
+        self.row_template = [keys.index(k) for k in keys]  # row -> index of its template (its first member's row)
+        firsts = sorted(set(self.row_template))
+        self.row_template = [firsts.index(t) for t in self.row_template]
+        self.templates = [self._template(members[row].model) for row in firsts]  # one per params combination
+        self.callers = [_Caller(t) for t in self.templates]
+        self.takes = [{s: _takes_batch_idx(getattr(t, s)) for s in ("training_step", "validation_step", "test_step")}
+                      for t in self.templates]
         params, buffers = stack_module_state([m.model for m in members])
         self.params: Tensors = {k: v.detach().to(self.device) for k, v in params.items()}
         self.buffers: Tensors = {k: v.to(self.device) for k, v in buffers.items()}
         for row, member in enumerate(members):
             alias_rows(member.model, {**self.params, **self.buffers}, row)
             member.named = list(member.model.named_parameters())
-        self.logs = LogCollector()
-        template.log = self.logs.log
-        template.log_dict = self.logs.log_dict
-        self.template, self.caller, self.randomness = template, _Caller(template), randomness
-        self.effects = Effects(template, members)  # the hooks of the deficits that act inside the forward pass
+        self.randomness = randomness
+        self.effects = Effects(self.templates[0], members)  # the hooks of the deficits that act inside the forward pass
+        for template in self.templates[1:]:
+            self.effects.hook(template)
         self.effects.device = self.device
         self.kernels, self._kernels_checked = SmallProducts(), False  # tiny layers: each member's own mm
-        self.takes_index = {s: _takes_batch_idx(getattr(template, s))
-                            for s in ("training_step", "validation_step", "test_step")}
+        self._use(self.row_template[0])
+
+    def _template(self, model: Any) -> Any:  # a LightningModule
+        template = copy.deepcopy(model).to(self.device)  # its self.device: tensors a step creates
+        template._trainer = self.view
+        template.log = self.logs.log
+        template.log_dict = self.logs.log_dict
+        return template
+
+    def _use(self, index: int) -> None:
+        """Make template ``index`` the one the steps call (``self.template``, ``self.caller``)."""
+        self.template, self.caller, self.takes_index = self.templates[index], self.callers[index], self.takes[index]
 
     def at(self, epoch: int, step: int) -> None:
         """The counters the steps read as ``self.current_epoch`` / ``self.global_step`` (optimizer steps done)."""
@@ -122,6 +145,7 @@ class Stack:
         and alias their new row; members that left keep their final weights in the old stack.
         """
         index = torch.tensor(rows)
+        self.row_template = [self.row_template[row] for row in rows]
         self.params = {k: v[index] for k, v in self.params.items()}
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
         for row, member in enumerate(members):
@@ -143,6 +167,7 @@ class Stack:
             >>> a, b = SimpleNamespace(model=torch.nn.Linear(1, 1)), SimpleNamespace(model=torch.nn.Linear(1, 1))
             >>> stack = Stack.__new__(Stack)
             >>> stack.params, stack.buffers = {"weight": torch.ones(1, 1, 1), "bias": torch.zeros(1, 1)}, {}
+            >>> stack.row_template = [0]
             >>> for m in (a, b):
             ...     m.named = list(m.model.named_parameters())
             >>> stack.fork([a, b], [0, 0])
@@ -159,11 +184,12 @@ class Stack:
 
     def train_step(self, batch: Any, gates: Tensors, batch_idx: int) -> tuple[Tensors, Tensors]:
         """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``."""
-        self.template.train()
+        self._train_mode(True)
         if self.effects.noising(gates):  # the noise is drawn here, outside vmap, member by member
             self.effects.add_noise(gates, self.effects.noise_shapes(batch, lambda: self._probe(batch, batch_idx)))
         if not self._kernels_checked:
-            self.kernels.check(lambda: self._probe(batch, batch_idx))
+            for index in sorted(set(self.row_template)):  # a step of every template: one that calls bmm turns it off
+                self.kernels.check(functools.partial(self._probe, batch, batch_idx, self.row_template.index(index)))
             self._kernels_checked = True
 
         def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
@@ -179,36 +205,39 @@ class Stack:
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
         with self.kernels.around("train", batch):
-            grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+            grads, (_, logs) = self._per_template(step, batch, gates)
         return grads, logs
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
         """Every member's ``validation_step`` on its batch (evaluation mode, no gradients): the logged values."""
-        self.template.eval()
+        self._train_mode(False)
 
-        def step(params: Tensors, buffers: Tensors, batch: Any) -> Tensors:
+        def step(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> Tensors:
             self._call("validation_step", params, buffers, batch, batch_idx, "val")
             return self.logs.take()
 
         try:
             with torch.no_grad(), self.kernels.around("val", batch):
-                return vmap(step, randomness=self.randomness)(self.params, self.buffers, batch)
+                out: Tensors = self._per_template(vmap(step, randomness=self.randomness), batch, {})
+                return out
         finally:
-            self.template.train()
+            self._train_mode(True)
 
     def replay(self, method: str, batches: Sequence[Any], gates: Tensors, batch_idx: int, rows: list[int]) -> Tensors:
         """``method`` called for each member of ``rows`` alone (no vmap, no gradient, buffers untouched): its logs.
 
         Reductions such as ``cross_entropy``'s mean round differently under ``vmap``; the
         gradients do not. Replaying a step member by member gives the values a run trained
-        alone logs (used for the epochs whose logged values are final).
+        alone logs (used for the epochs whose logged values are final). Each member's step is
+        its own template's.
         """
         training = method == "training_step"
-        self.template.train(training)
+        self._train_mode(training)
         logged = []
         try:
             with torch.no_grad():
                 for row in rows:
+                    self._use(self.row_template[row])
                     batch = batches[row]
                     params = {k: v[row] for k, v in self.params.items()}
                     buffers = {k: v[row].clone() for k, v in self.buffers.items()}
@@ -217,24 +246,100 @@ class Stack:
                     logged.append(self.logs.take())
         finally:
             self.effects.use(None)
-            self.template.train()
+            self._use(self.row_template[0])
+            self._train_mode(True)
         return {name: torch.stack([r[name] for r in logged]) for name in logged[0]} if logged else {}
 
-    def _probe(self, batch: Any, batch_idx: int) -> None:
-        """Member 0's training step alone, no gradient, buffers untouched, logs dropped (the noise hooks record the
-        shapes of their inputs)."""
-        with torch.no_grad():
-            params = {k: v[0] for k, v in self.params.items()}
-            buffers = {k: v[0].clone() for k, v in self.buffers.items()}
-            row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
-            self._call("training_step", params, buffers, row, batch_idx, "train")
-            self.logs.take()
+    def _train_mode(self, training: bool) -> None:
+        for template in self.templates:
+            template.train(training)
+
+    def _per_template(self, step: Callable[[Tensors, Tensors, Any, Tensors], Any], batch: Any, gates: Tensors) -> Any:
+        """``step(params, buffers, batch, gates)`` (vmapped) on the rows of each template with that template, the
+        outputs put back in row order; a job of one params combination calls it once on the whole stack.
+
+        The rows of a template are gathered (copies): in-place buffer updates (BatchNorm) are written back.
+        """
+        if len(self.templates) == 1:
+            return step(self.params, self.buffers, batch, gates)
+        parts = []
+        try:
+            for index in sorted(set(self.row_template)):
+                rows = torch.tensor([r for r, t in enumerate(self.row_template) if t == index], device=self.device)
+                self._use(index)
+                buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
+                part = step({k: v.index_select(0, rows) for k, v in self.params.items()}, buffers,
+                            _rows(batch, rows), {k: g.index_select(0, rows) for k, g in gates.items()})
+                for name, value in buffers.items():
+                    self.buffers[name][rows] = value
+                parts.append((rows, part))
+        finally:
+            self._use(self.row_template[0])
+        return _assembled(parts, len(self.row_template))
+
+    def _probe(self, batch: Any, batch_idx: int, row: int = 0) -> None:
+        """Member ``row``'s training step alone with its template, no gradient, buffers untouched, logs dropped (the
+        noise hooks record the shapes of their inputs)."""
+        self._use(self.row_template[row])
+        try:
+            with torch.no_grad():
+                params = {k: v[row] for k, v in self.params.items()}
+                buffers = {k: v[row].clone() for k, v in self.buffers.items()}
+                one = tree_map(lambda t: t[row] if isinstance(t, torch.Tensor) else t, batch)
+                self._call("training_step", params, buffers, one, batch_idx, "train")
+                self.logs.take()
+        finally:
+            self._use(self.row_template[0])
 
     def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
         self.logs.start(stage)
         state = {f"m.{k}": v for k, v in {**params, **buffers}.items()}
         args = (method, batch, batch_idx) if self.takes_index[method] else (method, batch)
         return functional_call(self.caller, state, args)
+
+
+def template_key(task: Any) -> str:
+    """What a run's module is built from, its seed aside (the factory's accepted swept values): runs with one key
+    share a template; the seed only initialises the parameters, which are stacked.
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> spec = SimpleNamespace(model=lambda seed, act="relu": None, factory_kwargs=lambda run: run)
+        >>> template_key(SimpleNamespace(spec=spec, run={"seed": 1, "act": "tanh", "lr": 0.1}))
+        '{"act":"tanh"}'
+    """
+    kwargs = accepted_kwargs(task.spec.model, task.spec.factory_kwargs(task.run))
+    kwargs.pop("seed", None)
+    try:
+        return canonical_json(kwargs)
+    except (TypeError, ValueError):  # values JSON cannot write: their repr (equal reprs, one template)
+        return repr(sorted(kwargs.items()))
+
+
+def _rows(batch: Any, rows: torch.Tensor) -> Any:
+    return tree_map(lambda t: t.index_select(0, rows) if isinstance(t, torch.Tensor) else t, batch)
+
+
+def _assembled(parts: list[tuple[torch.Tensor, Any]], size: int) -> Any:
+    """The outputs of :meth:`Stack._per_template` (``(rows, output)``) as one output over ``size`` rows.
+
+    Raises:
+        VectorizedRefused: the templates' steps logged different names (a member has no value for a name its run
+            never logs: the trial step finds it before training).
+    """
+    first = parts[0][1]
+    if isinstance(first, dict):
+        names = [sorted(part) for _, part in parts]
+        if any(n != names[0] for n in names):
+            raise VectorizedRefused(f"params combinations whose steps log different names ({names}) in one job")
+        return {name: _assembled([(rows, part[name]) for rows, part in parts], size) for name in first}
+    if isinstance(first, tuple):
+        return tuple(_assembled([(rows, part[i]) for rows, part in parts], size) for i in range(len(first)))
+    out = first.new_empty((size, *first.shape[1:]))
+    for rows, part in parts:
+        out[rows] = part
+    return out
 
 
 def stacked(batches: list[Any]) -> Any:
