@@ -41,7 +41,7 @@ def stackable(members: list[Member]) -> bool:
             return False
         if [id(p) for p in opt.param_groups[0]["params"]] != [id(p) for p in params]:
             return False
-    if any(m.frozen for m in members):
+    if any(m.frozen or m.fixed for m in members):
         return isinstance(first, torch.optim.SGD) and not first.param_groups[0].get("dampening")
     return True
 
@@ -66,7 +66,7 @@ class StackedOptimizer:
         self.optimizer.param_groups[0].update(hyper)
         saved = {name: self._rows(params[name], rows) for name, rows in frozen.items() if rows}
         for name in self.names:
-            params[name].grad = grads[name]
+            params[name].grad = grads.get(name)  # None: no member's step reaches it (Stack.train_step)
         self.optimizer.step()
         for name in self.names:
             params[name].grad = None

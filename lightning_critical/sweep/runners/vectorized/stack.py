@@ -1,6 +1,6 @@
 """The members' parameters stacked, and the user's unchanged steps called under ``torch.func.vmap``.
 
-:class:`Stack` stacks the members' parameters and buffers (``stack_module_state``), makes every
+:class:`Stack` stacks the members' parameters and buffers (:func:`stack_state`), makes every
 member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
 ``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
@@ -95,12 +95,17 @@ class Stack:
         self.device = torch.device("cpu") if device is None else device
         template = copy.deepcopy(members[0].model).to(self.device)  # its self.device: tensors a step creates
         self.view = template._trainer = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
-        params, buffers = stack_module_state([m.model for m in members])
+        params, buffers = stack_state([m.model for m in members])
         self.params: Tensors = {k: v.detach().to(self.device) for k, v in params.items()}
         self.buffers: Tensors = {k: v.to(self.device) for k, v in buffers.items()}
         for row, member in enumerate(members):
             alias_rows(member.model, {**self.params, **self.buffers}, row)
             member.named = list(member.model.named_parameters())
+        # a parameter no member trains (requires_grad=False) gets no gradient; one some train is frozen for the others
+        self.trained = [n for n in self.params if any(dict(m.named)[n].requires_grad for m in members)]
+        for member in members:
+            member.fixed = [p for n, p in member.named if not p.requires_grad and n in self.trained]
+        self.reached: set[str] | None = None  # the parameters the training step reaches (found at its first call)
         self.logs = LogCollector()
         template.log = self.logs.log
         template.log_dict = self.logs.log_dict
@@ -158,29 +163,53 @@ class Stack:
         return self.effects.gates(members, epoch, step, batch_idx)
 
     def train_step(self, batch: Any, gates: Tensors, batch_idx: int) -> tuple[Tensors, Tensors]:
-        """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``."""
+        """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``.
+
+        Only the parameters that get a gradient under Lightning are in the gradients: those some
+        member trains (``requires_grad``) that the step reaches (:meth:`_reached`); for the others
+        a run's ``.grad`` stays ``None``, so its optimizer skips them (no weight decay, no momentum).
+        """
         self.template.train()
         if self.effects.noising(gates):  # the noise is drawn here, outside vmap, member by member
             self.effects.add_noise(gates, self.effects.noise_shapes(batch, lambda: self._probe(batch, batch_idx)))
         if not self._kernels_checked:
             self.kernels.check(lambda: self._probe(batch, batch_idx))
             self._kernels_checked = True
+        if self.reached is None:
+            self.reached = self._reached(batch, batch_idx)
+        names = [n for n in self.trained if n in self.reached]
+        trained = {n: self.params[n] for n in names}
+        fixed = {n: v for n, v in self.params.items() if n not in trained}
 
-        def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
+        def loss(trained: Tensors, fixed: Tensors, buffers: Tensors, batch: Any,
+                 gates: Tensors) -> tuple[torch.Tensor, Tensors]:
             self.effects.use(gates)
             try:
-                out = self._call("training_step", params, buffers, batch, batch_idx, "train")
+                out = self._call("training_step", {**trained, **fixed}, buffers, batch, batch_idx, "train")
             finally:
                 self.effects.use(None)
-            value = out.get("loss") if isinstance(out, dict) else out
-            if not isinstance(value, torch.Tensor):
-                raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
-            return value, self.logs.take()
+            return _loss(out), self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
         with self.kernels.around("train", batch):
-            grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+            grads, (_, logs) = step(trained, fixed, self.buffers, batch, gates)
         return grads, logs
+
+    def _reached(self, batch: Any, batch_idx: int) -> set[str]:
+        """The parameters member 0's training step alone (no deficit acting, buffers untouched, logs dropped)
+        reaches: the others get ``None`` gradients under Lightning. Static: no data-dependent control flow
+        runs under ``vmap``, so every step of the job reaches the same ones."""
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():  # a step that draws (allow_dropout) draws again
+            params = {k: v[0].detach().requires_grad_(True) for k, v in self.params.items()}
+            buffers = {k: v[0].clone() for k, v in self.buffers.items()}
+            row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
+            value = _loss(self._call("training_step", params, buffers, row, batch_idx, "train"))
+            self.logs.take()
+            if not value.requires_grad:
+                return set()
+            names = list(params)
+            grads = torch.autograd.grad(value, [params[n] for n in names], allow_unused=True)
+        return {n for n, g in zip(names, grads, strict=True) if g is not None}
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
         """Every member's ``validation_step`` on its batch (evaluation mode, no gradients): the logged values."""
@@ -235,6 +264,34 @@ class Stack:
         state = {f"m.{k}": v for k, v in {**params, **buffers}.items()}
         args = (method, batch, batch_idx) if self.takes_index[method] else (method, batch)
         return functional_call(self.caller, state, args)
+
+
+def stack_state(models: list[nn.Module]) -> tuple[Tensors, Tensors]:
+    """The models' parameters and buffers stacked ``{name: (M, ...)}`` (a tied tensor once, under its first name).
+
+    ``torch.func.stack_module_state`` without its check that every model's ``requires_grad``
+    agree: a member may freeze a parameter (``requires_grad=False``) that another one trains.
+
+    Example::
+
+        >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+        >>> _ = b.weight.requires_grad_(False)
+        >>> params, buffers = stack_state([a, b])
+        >>> params["weight"].shape, params["weight"].requires_grad, buffers
+        (torch.Size([2, 1, 2]), False, {})
+    """
+    named = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in models]
+    params = {k: torch.stack([p[k].detach() for p, _ in named]) for k in named[0][0]}
+    buffers = {k: torch.stack([b[k] for _, b in named]) for k in named[0][1]}
+    return params, buffers
+
+
+def _loss(out: Any) -> torch.Tensor:
+    """The loss tensor of what ``training_step`` returned (a tensor or a dict with ``"loss"``)."""
+    value = out.get("loss") if isinstance(out, dict) else out
+    if not isinstance(value, torch.Tensor):
+        raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
+    return value
 
 
 def stacked(batches: list[Any]) -> Any:
