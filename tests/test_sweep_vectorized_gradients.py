@@ -133,3 +133,11 @@ def test_tied_weights_stay_tied(tmp_path: Any, opt: str) -> None:
 
 def test_tied_weights_under_a_freeze_deficit(tmp_path: Any) -> None:
     assert_bitwise(tmp_path, Tied, deficit=lc.PathwayDeficit("l3", (0, 1), mode="freeze"))
+
+
+@pytest.mark.filterwarnings("ignore:PathwayDeficit")  # its weight-decay warning (the point here)
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_noise_cuts_what_feeds_its_pathway_off_the_gradients(tmp_path: Any, opt: str) -> None:
+    # noise replaces l2's input while the window is open: l1 then gets no gradient (and no weight decay)
+    assert_bitwise(tmp_path, functools.partial(Net, opt), deficit=lc.PathwayDeficit("l2", (0, 1), mode="noise"),
+                   trainer={"gradient_clip_val": 0.05})

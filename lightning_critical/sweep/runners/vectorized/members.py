@@ -68,6 +68,7 @@ class Member:
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
         self.fixed: list[nn.Parameter] = []  # requires_grad=False where another member trains it: always frozen
+        self.blocked: dict[frozenset[str], list[nn.Parameter]] = {}  # cut off by noise on these modules (.reach)
         self.view = TrainerView(datamodule=self.datamodule)  # what the deficits' own checks read as the trainer
         resolve_deficits(self)
         self._started = False
@@ -156,9 +157,12 @@ class Member:
         return batch
 
     def frozen_now(self, epoch: int, step: int) -> list[nn.Parameter]:
-        """The parameters whose gradient is dropped before this optimizer step (active freeze deficits, and
-        :attr:`fixed`: ``requires_grad=False`` here where another member of the job trains that parameter)."""
+        """The parameters whose gradient is dropped before this optimizer step: active freeze deficits,
+        :attr:`fixed` (``requires_grad=False`` here where another member of the job trains that parameter) and
+        :attr:`blocked` (cut off from the loss by the noise deficits open now: no gradient under Lightning)."""
         out: list[nn.Parameter] = list(self.fixed)
+        if self.blocked:
+            out.extend(self.blocked.get(frozenset(self.noised(epoch, step)), []))
         for index, params in self.frozen.items():
             if self.pathways[index].window.contains(epoch=epoch, step=step):
                 out.extend(params)

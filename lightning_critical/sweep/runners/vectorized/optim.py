@@ -41,7 +41,7 @@ def stackable(members: list[Member]) -> bool:
             return False
         if [id(p) for p in opt.param_groups[0]["params"]] != [id(p) for p in params]:
             return False
-    if any(m.frozen or m.fixed for m in members):
+    if any(m.frozen or m.fixed or m.blocked for m in members):
         return isinstance(first, torch.optim.SGD) and not first.param_groups[0].get("dampening")
     return True
 

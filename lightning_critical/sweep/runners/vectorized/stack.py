@@ -34,6 +34,7 @@ from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.effects import Effects
 from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
+from lightning_critical.sweep.runners.vectorized.reach import block, cut_at, reached
 
 Tensors = dict[str, torch.Tensor]
 
@@ -106,6 +107,7 @@ class Stack:
         for member in members:
             member.fixed = [p for n, p in member.named if not p.requires_grad and n in self.trained]
         self.reached: set[str] | None = None  # the parameters the training step reaches (found at its first call)
+        self._members = members  # their noise deficits' cut-off parameters are found then too (.reach.block)
         self.logs = LogCollector()
         template.log = self.logs.log
         template.log_dict = self.logs.log_dict
@@ -177,6 +179,8 @@ class Stack:
             self._kernels_checked = True
         if self.reached is None:
             self.reached = self._reached(batch, batch_idx)
+            block(self._members, {n for n in self.trained if n in self.reached},
+                  lambda modules: self._reached(batch, batch_idx, modules))
         names = [n for n in self.trained if n in self.reached]
         trained = {n: self.params[n] for n in names}
         fixed = {n: v for n, v in self.params.items() if n not in trained}
@@ -195,21 +199,21 @@ class Stack:
             grads, (_, logs) = step(trained, fixed, self.buffers, batch, gates)
         return grads, logs
 
-    def _reached(self, batch: Any, batch_idx: int) -> set[str]:
-        """The parameters member 0's training step alone (no deficit acting, buffers untouched, logs dropped)
-        reaches: the others get ``None`` gradients under Lightning. Static: no data-dependent control flow
-        runs under ``vmap``, so every step of the job reaches the same ones."""
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():  # a step that draws (allow_dropout) draws again
-            params = {k: v[0].detach().requires_grad_(True) for k, v in self.params.items()}
-            buffers = {k: v[0].clone() for k, v in self.buffers.items()}
-            row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
+    def _reached(self, batch: Any, batch_idx: int, noised: frozenset[str] = frozenset()) -> set[str]:
+        """The parameters member 0's training step alone reaches (:mod:`.reach`; no deficit acting but the inputs of
+        the modules ``noised`` cut off; buffers untouched, logs dropped)."""
+        row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
+        buffers = {k: v[0].clone() for k, v in self.buffers.items()}
+
+        def loss(params: Tensors) -> torch.Tensor:
             value = _loss(self._call("training_step", params, buffers, row, batch_idx, "train"))
             self.logs.take()
-            if not value.requires_grad:
-                return set()
-            names = list(params)
-            grads = torch.autograd.grad(value, [params[n] for n in names], allow_unused=True)
-        return {n for n, g in zip(names, grads, strict=True) if g is not None}
+            return value
+
+        params = {k: v[0].detach().requires_grad_(True) for k, v in self.params.items()}
+        # a step that draws (allow_dropout) draws again: the caller's random state is kept
+        with torch.random.fork_rng(devices=[]), cut_at(self.template, {n: self.effects.noised[n] for n in noised}):
+            return reached(loss, params)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
         """Every member's ``validation_step`` on its batch (evaluation mode, no gradients): the logged values."""

@@ -151,6 +151,8 @@ class Loop:
                 self.history.log(active, range(len(active)), self.step, epoch, train_logs.step_log())
             if self.clip is not None:
                 _clip(active, grads, epoch, self.step, *self.clip)
+            if self.step == 0 and self.optim is not None and not stackable(self.members):
+                self.optim = None  # the first step found noise cutting parameters off (.reach): one per member
             if self.optim is not None:
                 self.optim.step(active, stack.params, grads, _frozen_rows(active, epoch, self.step))
                 for member in active:
