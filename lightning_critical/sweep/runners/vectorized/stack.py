@@ -3,7 +3,8 @@
 :class:`Stack` stacks the members' parameters and buffers (:func:`stack_state`), makes every
 member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
-``vmap`` over members (gradients by ``torch.func.grad_and_value``). ``self.log`` inside the
+``vmap`` over members (gradients by ``torch.func.grad_and_value``, of the parameters that get
+one under Lightning only: :mod:`.reach`). ``self.log`` inside the
 steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
 The deficits that act inside the forward pass (silence, noise, mode lesions) are hooks on the template
 that read per-member tensors fed into the step beside the batch (:mod:`.effects`).
