@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from torch import nn
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
+from lightning_critical.sweep.runners.vectorized.reach import block
 
 METRICS = ["val_loss", "train_loss"]
 
@@ -141,3 +143,23 @@ def test_noise_cuts_what_feeds_its_pathway_off_the_gradients(tmp_path: Any, opt:
     # noise replaces l2's input while the window is open: l1 then gets no gradient (and no weight decay)
     assert_bitwise(tmp_path, functools.partial(Net, opt), deficit=lc.PathwayDeficit("l2", (0, 1), mode="noise"),
                    trainer={"gradient_clip_val": 0.05})
+
+
+def test_members_whose_templates_reach_less_get_no_gradient_there() -> None:
+    # one template per swept combination: "a" members' step never reaches "head", "b" members' does
+    nets = [nn.ModuleDict({"body": nn.Linear(2, 2), "head": nn.Linear(2, 2)}) for _ in range(2)]
+    members = [SimpleNamespace(pathways=[], named=list(n.named_parameters()), blocked={}, kind=k)
+               for n, k in zip(nets, "ab", strict=True)]
+    reaches = {"a": {"body.weight", "body.bias"}, "b": {"body.weight", "body.bias", "head.weight", "head.bias"}}
+    probes: list[str] = []
+
+    def reached_under(member: Any, modules: frozenset[str]) -> set[str]:
+        probes.append(member.kind)
+        return reaches[member.kind]
+
+    trained = {n for n, _ in members[0].named} - {"body.bias"}  # requires_grad=False in every member
+    found = block(members, trained, reached_under, kind=lambda m: m.kind)
+    assert found == {"body.weight", "head.weight", "head.bias"}
+    head = dict(members[0].named)
+    assert members[0].blocked == {frozenset(): [head["head.bias"], head["head.weight"]]}
+    assert members[1].blocked == {} and probes == ["a", "b"]

@@ -7,7 +7,9 @@ step alone reaches with autograd (:func:`reached`): a step under ``vmap`` has no
 control flow, so every step of the job reaches the same ones. A ``PathwayDeficit(mode="noise")``
 replaces a module's input by noise, which cuts what only feeds that input off the loss while its
 window is open: :func:`cut_at` detaches those inputs, and :func:`block` gives each member the
-parameters each set of its noise deficits cuts off (:attr:`.members.Member.blocked`).
+parameters each set of its noise deficits cuts off (:attr:`.members.Member.blocked`), and those
+its own kind of step never reaches where another member's reaches them (one template per swept
+combination).
 
 Example::
 
@@ -21,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,17 +63,30 @@ def cut_at(template: nn.Module, noised: dict[str, Any]) -> Iterator[None]:
             handle.remove()
 
 
-def block(members: list[Any], trained: set[str], reached_under: Callable[[frozenset[str]], set[str]]) -> None:
-    """Set each member's ``blocked``: ``{modules noised: its trained parameters they cut off}`` for every set of its
-    noise deficits that may be open together (``reached_under(modules)``: the names reached with those noised)."""
-    found: dict[frozenset[str], set[str]] = {}
+def block(members: list[Any], trained: set[str], reached_under: Callable[[Any, frozenset[str]], set[str]],
+          kind: Callable[[Any], Hashable] = lambda member: None) -> set[str]:
+    """The names of ``trained`` some member's step reaches (their gradients are computed); each member's
+    ``blocked``: ``{modules noised: its parameters of those names its step does not reach then}``, for no module
+    noised and every set of its noise deficits that may be open together.
+
+    ``reached_under(member, modules)``: the names ``member``'s step reaches with the inputs of ``modules``
+    cut off (:func:`cut_at`); members of one ``kind`` (one template) reach the same ones.
+    """
+    found: dict[tuple[Hashable, frozenset[str]], set[str]] = {}
+
+    def reach(member: Any, key: frozenset[str]) -> set[str]:
+        if (kind(member), key) not in found:
+            found[kind(member), key] = trained & reached_under(member, key)
+        return found[kind(member), key]
+
+    union = set().union(*(reach(m, frozenset()) for m in members))
     for member in members:
         deficits = [d for d in member.pathways if d.mode == "noise"]
         named = dict(member.named)
-        for size in range(1, len(deficits) + 1):
-            for chosen in itertools.combinations(deficits, size):
-                key = frozenset(name for d in chosen for name in d.targets)
-                if key not in found:
-                    found[key] = trained - reached_under(key)
-                if found[key]:
-                    member.blocked[key] = [named[n] for n in sorted(found[key])]
+        keys = [frozenset(name for d in chosen for name in d.targets)
+                for size in range(len(deficits) + 1) for chosen in itertools.combinations(deficits, size)]
+        for key in keys:
+            cut = union - reach(member, key)
+            if cut:
+                member.blocked[key] = [named[n] for n in sorted(cut)]
+    return union

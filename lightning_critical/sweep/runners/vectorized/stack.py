@@ -108,7 +108,7 @@ class Stack:
         for member in members:
             member.fixed = [p for n, p in member.named if not p.requires_grad and n in self.trained]
         self.reached: set[str] | None = None  # the parameters the training step reaches (found at its first call)
-        self._members = members  # their noise deficits' cut-off parameters are found then too (.reach.block)
+        self._members = members  # what each one's step cuts off is found then too (.reach.block)
         self.logs = LogCollector()
         template.log = self.logs.log
         template.log_dict = self.logs.log_dict
@@ -178,27 +178,22 @@ class Stack:
         if not self._kernels_checked:
             self.kernels.check(lambda: self._probe(batch, batch_idx))
             self._kernels_checked = True
-        if self.reached is None:
-            self.reached = self._reached(batch, batch_idx)
-            block(self._members, {n for n in self.trained if n in self.reached},
-                  lambda modules: self._reached(batch, batch_idx, modules))
-        names = [n for n in self.trained if n in self.reached]
-        trained = {n: self.params[n] for n in names}
-        fixed = {n: v for n, v in self.params.items() if n not in trained}
+        if self.reached is None:  # members of one kind (template) reach the same parameters
+            self.reached = block(self._members, set(self.trained),
+                                 lambda member, modules: self._reached(batch, batch_idx, modules))
 
-        def loss(trained: Tensors, fixed: Tensors, buffers: Tensors, batch: Any,
-                 gates: Tensors) -> tuple[torch.Tensor, Tensors]:
+        def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
             self.effects.use(gates)
             try:
-                out = self._call("training_step", {**trained, **fixed}, buffers, batch, batch_idx, "train")
+                out = self._call("training_step", params, buffers, batch, batch_idx, "train")
             finally:
                 self.effects.use(None)
             return _loss(out), self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
         with self.kernels.around("train", batch):
-            grads, (_, logs) = step(trained, fixed, self.buffers, batch, gates)
-        return grads, logs
+            grads, (_, logs) = step(self.params, self.buffers, batch, gates)
+        return {n: grads[n] for n in self.trained if n in self.reached}, logs
 
     def _reached(self, batch: Any, batch_idx: int, noised: frozenset[str] = frozenset()) -> set[str]:
         """The parameters member 0's training step alone reaches (:mod:`.reach`; no deficit acting but the inputs of
