@@ -104,7 +104,8 @@ class Stack:
             alias_rows(member.model, {**self.params, **self.buffers}, row)
             member.named = list(member.model.named_parameters())
         # a parameter no member trains (requires_grad=False) gets no gradient; one some train is frozen for the others
-        self.trained = [n for n in self.params if any(dict(m.named)[n].requires_grad for m in members)]
+        flags = [{n: p.requires_grad for n, p in m.named} for m in members]
+        self.trained = [n for n in self.params if any(f[n] for f in flags)]
         for member in members:
             member.fixed = [p for n, p in member.named if not p.requires_grad and n in self.trained]
         self.reached: set[str] | None = None  # the parameters the training step reaches (found at its first call)

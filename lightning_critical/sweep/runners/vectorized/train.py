@@ -152,7 +152,7 @@ class Loop:
             if self.clip is not None:
                 _clip(active, grads, epoch, self.step, *self.clip)
             if self.step == 0 and self.optim is not None and not stackable(self.members):
-                self.optim = None  # the first step found noise cutting parameters off (.reach): one per member
+                self.optim = None  # the first step found rows to freeze (.reach: noise cuts them off): one per member
             if self.optim is not None:
                 self.optim.step(active, stack.params, grads, _frozen_rows(active, epoch, self.step))
                 for member in active:
