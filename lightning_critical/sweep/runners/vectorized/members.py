@@ -68,6 +68,8 @@ class Member:
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
+        self.fixed: list[nn.Parameter] = []  # requires_grad=False where another member trains it: always frozen
+        self.blocked: dict[frozenset[str], list[nn.Parameter]] = {}  # cut off by noise on these modules (.reach)
         self.view = TrainerView(datamodule=self.datamodule)  # what the deficits' own checks read as the trainer
         resolve_deficits(self)
         self._started = False
@@ -156,8 +158,12 @@ class Member:
         return batch
 
     def frozen_now(self, epoch: int, step: int) -> list[nn.Parameter]:
-        """The parameters whose gradient is dropped before this optimizer step (active freeze deficits)."""
-        out: list[nn.Parameter] = []
+        """The parameters whose gradient is dropped before this optimizer step: active freeze deficits,
+        :attr:`fixed` (``requires_grad=False`` here where another member of the job trains that parameter) and
+        :attr:`blocked` (cut off from the loss by the noise deficits open now: no gradient under Lightning)."""
+        out: list[nn.Parameter] = list(self.fixed)
+        if self.blocked:
+            out.extend(self.blocked.get(frozenset(self.noised(epoch, step)), []))
         for index, params in self.frozen.items():
             if self.pathways[index].window.contains(epoch=epoch, step=step):
                 out.extend(params)
@@ -283,14 +289,35 @@ def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:
 
 
 def alias_rows(module: nn.Module, stack: dict[str, torch.Tensor], row: int) -> None:
-    """Make ``module``'s parameters and buffers row ``row`` of ``stack`` (same storage: updates show in the stack)."""
+    """Make ``module``'s parameters and buffers row ``row`` of ``stack`` (same storage: updates show in the stack).
+
+    A parameter keeps its ``requires_grad`` (the user's flag: ``False`` means no gradient, no
+    update); a tied parameter or buffer (one tensor under several names, stacked under its first
+    name, as ``named_parameters()`` lists it) stays tied: every name gets the same row.
+    """
+    tied = _tied_names(module)
     for name, tensor in stack.items():
-        owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = nn.Parameter(tensor[row], requires_grad=True)
-        else:
-            owner._buffers[leaf] = tensor[row]
+        new: torch.Tensor | None = None
+        for alias in tied.get(name, [name]):
+            owner_name, _, leaf = alias.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            if leaf in owner._parameters:
+                old = owner._parameters[leaf]
+                requires_grad = old.requires_grad if old is not None else True
+                new = nn.Parameter(tensor[row], requires_grad=requires_grad) if new is None else new
+                owner._parameters[leaf] = new  # type: ignore[assignment]  # a Parameter made above
+            else:
+                new = tensor[row] if new is None else new
+                owner._buffers[leaf] = new
+
+
+def _tied_names(module: nn.Module) -> dict[str, list[str]]:
+    """``{first name: every name}`` of each parameter and buffer (several names: tied)."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [*module.named_parameters(remove_duplicate=False),
+                         *module.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(tensor), []).append(name)
+    return {group[0]: group for group in names.values()}
 
 
 class TrainerView:

@@ -52,7 +52,7 @@ def stackable(members: list[Member]) -> bool:
             return False
     if any(_rowwise(m.optimizer) != _rowwise(first) for m in members) and not rowwise(first):
         return False
-    if any(m.frozen for m in members):
+    if any(m.frozen or m.fixed or m.blocked for m in members):
         return isinstance(first, torch.optim.SGD) and not first.param_groups[0].get("dampening")
     return True
 
@@ -116,7 +116,7 @@ class StackedOptimizer:
             self._step_rows(params, grads, per_row)
         else:
             for name in self.names:
-                params[name].grad = grads[name]
+                params[name].grad = grads.get(name)  # None: no member's step reaches it (Stack.train_step)
             self.optimizer.step()
             for name in self.names:
                 params[name].grad = None
@@ -131,10 +131,11 @@ class StackedOptimizer:
     def _step_rows(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
                    per_row: list[tuple[float, float]]) -> None:
         step = sgd_rows if isinstance(self.optimizer, torch.optim.SGD) else adam_rows
-        stacked = [params[n] for n in self.names]
+        names = [n for n in self.names if n in grads]  # as the stock step, which skips a None gradient
+        stacked = [params[n] for n in names]
         group = {"decoupled_weight_decay": isinstance(self.optimizer, torch.optim.AdamW),
                  **self.optimizer.param_groups[0]}
-        step(stacked, [grads[n] for n in self.names], [self.optimizer.state[p] for p in stacked], group,
+        step(stacked, [grads[n] for n in names], [self.optimizer.state[p] for p in stacked], group,
              [lr for lr, _ in per_row], [wd for _, wd in per_row])
 
     def _rows(self, param: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:

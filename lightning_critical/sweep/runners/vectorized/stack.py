@@ -1,9 +1,10 @@
 """The members' parameters stacked, and the user's unchanged steps called under ``torch.func.vmap``.
 
-:class:`Stack` stacks the members' parameters and buffers (``stack_module_state``), makes every
+:class:`Stack` stacks the members' parameters and buffers (:func:`stack_state`), makes every
 member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
-``vmap`` over members (gradients by ``torch.func.grad_and_value``). A job of several params
+``vmap`` over members (gradients by ``torch.func.grad_and_value``, of the parameters that get
+one under Lightning only: :mod:`.reach`). A job of several params
 combinations holds one template per combination (:func:`template_key`), each a copy of that
 combination's module: the vmapped step runs once per template on its rows (gathered, then put
 back in row order); ``keep`` / ``fork`` carry each row's template along. ``self.log`` inside the
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from lightning_critical.sweep.params import accepted_kwargs
@@ -39,6 +40,7 @@ from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.effects import Effects
 from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
+from lightning_critical.sweep.runners.vectorized.reach import block, cut_at, reached
 from lightning_critical.sweep.spec import canonical_json
 
 Tensors = dict[str, torch.Tensor]
@@ -109,12 +111,20 @@ class Stack:
         self.callers = [_Caller(t) for t in self.templates]
         self.takes = [{s: _takes_batch_idx(getattr(t, s)) for s in ("training_step", "validation_step", "test_step")}
                       for t in self.templates]
-        params, buffers = stack_module_state([m.model for m in members])
+        params, buffers = stack_state([m.model for m in members])
         self.params: Tensors = {k: v.detach().to(self.device) for k, v in params.items()}
         self.buffers: Tensors = {k: v.to(self.device) for k, v in buffers.items()}
         for row, member in enumerate(members):
             alias_rows(member.model, {**self.params, **self.buffers}, row)
             member.named = list(member.model.named_parameters())
+        # a parameter no member trains (requires_grad=False) gets no gradient; one some train is frozen for the others
+        flags = [{n: p.requires_grad for n, p in m.named} for m in members]
+        self.trained = [n for n in self.params if any(f[n] for f in flags)]
+        for member in members:
+            member.fixed = [p for n, p in member.named if not p.requires_grad and n in self.trained]
+        self.reached: set[str] | None = None  # the parameters the training step reaches (found at its first call)
+        self._members = members  # what each one's step cuts off is found then too (.reach.block)
+        self._kind = {id(m): t for m, t in zip(members, self.row_template, strict=True)}  # its template
         self.randomness = randomness
         self.effects = Effects(self.templates[0], members)  # the hooks of the deficits that act inside the forward pass
         for template in self.templates[1:]:
@@ -183,7 +193,12 @@ class Stack:
         return self.effects.gates(members, epoch, step, batch_idx)
 
     def train_step(self, batch: Any, gates: Tensors, batch_idx: int) -> tuple[Tensors, Tensors]:
-        """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``."""
+        """One training step of every member: the gradients ``{name: (M, ...)}`` and the logged ``{name: (M,)}``.
+
+        Only the parameters that get a gradient under Lightning are in the gradients: those some
+        member trains (``requires_grad``) that the step reaches (:meth:`_reached`); for the others
+        a run's ``.grad`` stays ``None``, so its optimizer skips them (no weight decay, no momentum).
+        """
         self._train_mode(True)
         if self.effects.noising(gates):  # the noise is drawn here, outside vmap, member by member
             self.effects.add_noise(gates, self.effects.noise_shapes(batch, lambda: self._probe(batch, batch_idx)))
@@ -191,6 +206,10 @@ class Stack:
             for index in sorted(set(self.row_template)):  # a step of every template: one that calls bmm turns it off
                 self.kernels.check(functools.partial(self._probe, batch, batch_idx, self.row_template.index(index)))
             self._kernels_checked = True
+        if self.reached is None:  # members of one kind (template) reach the same parameters
+            self.reached = block(self._members, set(self.trained),
+                                 lambda member, modules: self._reached(member, batch, batch_idx, modules),
+                                 kind=lambda member: self._kind[id(member)])
 
         def loss(params: Tensors, buffers: Tensors, batch: Any, gates: Tensors) -> tuple[torch.Tensor, Tensors]:
             self.effects.use(gates)
@@ -198,15 +217,36 @@ class Stack:
                 out = self._call("training_step", params, buffers, batch, batch_idx, "train")
             finally:
                 self.effects.use(None)
-            value = out.get("loss") if isinstance(out, dict) else out
-            if not isinstance(value, torch.Tensor):
-                raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
-            return value, self.logs.take()
+            return _loss(out), self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
         with self.kernels.around("train", batch):
             grads, (_, logs) = self._per_template(step, batch, gates)
-        return grads, logs
+        return {n: grads[n] for n in self.trained if n in self.reached}, logs
+
+    def _reached(self, member: Member, batch: Any, batch_idx: int, noised: frozenset[str] = frozenset()) -> set[str]:
+        """The parameters the training step of a row of ``member``'s template reaches alone (:mod:`.reach`; no
+        deficit acting but the inputs of the modules ``noised`` cut off; buffers untouched, logs dropped)."""
+        index = self.row_template.index(self._kind[id(member)])
+        self._use(self._kind[id(member)])
+        try:
+            return self._reached_row(index, batch, batch_idx, noised)
+        finally:
+            self._use(self.row_template[0])
+
+    def _reached_row(self, index: int, batch: Any, batch_idx: int, noised: frozenset[str]) -> set[str]:
+        row = tree_map(lambda t: t[index] if isinstance(t, torch.Tensor) else t, batch)
+        buffers = {k: v[index].clone() for k, v in self.buffers.items()}
+
+        def loss(params: Tensors) -> torch.Tensor:
+            value = _loss(self._call("training_step", params, buffers, row, batch_idx, "train"))
+            self.logs.take()
+            return value
+
+        params = {k: v[index].detach().requires_grad_(True) for k, v in self.params.items()}
+        # a step that draws (allow_dropout) draws again: the caller's random state is kept
+        with torch.random.fork_rng(devices=[]), cut_at(self.template, {n: self.effects.noised[n] for n in noised}):
+            return reached(loss, params)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensors:
         """Every member's ``validation_step`` on its batch (evaluation mode, no gradients): the logged values."""
@@ -340,6 +380,34 @@ def _assembled(parts: list[tuple[torch.Tensor, Any]], size: int) -> Any:
     for rows, part in parts:
         out[rows] = part
     return out
+
+
+def stack_state(models: list[nn.Module]) -> tuple[Tensors, Tensors]:
+    """The models' parameters and buffers stacked ``{name: (M, ...)}`` (a tied tensor once, under its first name).
+
+    ``torch.func.stack_module_state`` without its check that every model's ``requires_grad``
+    agree: a member may freeze a parameter (``requires_grad=False``) that another one trains.
+
+    Example::
+
+        >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+        >>> _ = b.weight.requires_grad_(False)
+        >>> params, buffers = stack_state([a, b])
+        >>> params["weight"].shape, params["weight"].requires_grad, buffers
+        (torch.Size([2, 1, 2]), False, {})
+    """
+    named = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in models]
+    params = {k: torch.stack([p[k].detach() for p, _ in named]) for k in named[0][0]}
+    buffers = {k: torch.stack([b[k] for _, b in named]) for k in named[0][1]}
+    return params, buffers
+
+
+def _loss(out: Any) -> torch.Tensor:
+    """The loss tensor of what ``training_step`` returned (a tensor or a dict with ``"loss"``)."""
+    value = out.get("loss") if isinstance(out, dict) else out
+    if not isinstance(value, torch.Tensor):
+        raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
+    return value
 
 
 def stacked(batches: list[Any]) -> Any:

@@ -151,6 +151,8 @@ class Loop:
                 self.history.log(active, range(len(active)), self.step, epoch, train_logs.step_log())
             if self.clip is not None:
                 _clip(active, grads, epoch, self.step, *self.clip)
+            if self.step == 0 and self.optim is not None and not stackable(self.members):
+                self.optim = None  # the first step found rows to freeze (.reach: noise cuts them off): one per member
             if self.optim is not None:
                 self.optim.step(active, stack.params, grads, _frozen_rows(active, epoch, self.step))
                 for member in active:
@@ -270,12 +272,15 @@ def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None 
 
 
 def _clip(members: list[Member], grads: Tensors, epoch: int, step: int, value: float, algorithm: str) -> None:
-    """Each member's gradient rows clipped as Lightning clips a run's (after its frozen gradients were dropped)."""
+    """Each member's gradient rows clipped as Lightning clips a run's: over its optimizer's parameters that have a
+    gradient (after its frozen gradients were dropped; none where the step does not reach a parameter)."""
     for row, member in enumerate(members):
         frozen = {id(p) for p in member.frozen_now(epoch, step)}
-        params = [p for _, p in member.named if id(p) not in frozen]
-        for name, param in member.named:
-            param.grad = None if id(param) in frozen else grads[name][row]  # views: clipping writes the rows
+        names = {id(p): name for name, p in member.named}
+        held = {id(p): p for group in member.optimizer.param_groups for p in group["params"]}
+        params = [p for key, p in held.items() if key not in frozen and names.get(key) in grads]
+        for param in params:
+            param.grad = grads[names[id(param)]][row]  # views: clipping writes the rows
         if algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, clip_value=value)
         else:
@@ -304,7 +309,7 @@ def _optimizer_steps(members: list[Member], grads: Tensors, epoch: int, step: in
     for row, member in enumerate(members):
         frozen = {id(p) for p in member.frozen_now(epoch, step)}
         for name, param in member.named:
-            param.grad = None if id(param) in frozen else grads[name][row]
+            param.grad = None if id(param) in frozen or name not in grads else grads[name][row]
         member.optimizer.step()
         member.step_schedulers("step")
     for member in members:
