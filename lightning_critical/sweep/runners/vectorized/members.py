@@ -112,13 +112,18 @@ class Member:
               device: torch.device = CPU) -> Any:
         """``batch`` as this member's training step sees it: its task switched (:meth:`switch_tasks`), moved to
         ``device`` through the datamodule's transfer hooks (:meth:`transfer`), then its active input deficits
-        applied in order (Lightning's deficit callbacks see the batch on the device)."""
+        applied in order (Lightning's deficit callbacks see the batch on the device); a callable transform under the
+        member's random states (:meth:`drawing`), as it draws in the run trained alone."""
         epoch, step = deficits_at
         self.switch_tasks(epoch, step)
         batch = self.transfer(batch, device)
         for deficit in self.inputs:
             if deficit.window.contains(epoch=epoch, step=step):
-                batch = deficit.apply(batch, step, batch_idx, 0)
+                if isinstance(deficit.transform, str):  # a built-in transform draws from its own generator only
+                    batch = deficit.apply(batch, step, batch_idx, 0)
+                    continue
+                with self.drawing():  # a user's callable may draw from the global generators: the member's
+                    batch = deficit.apply(batch, step, batch_idx, 0)
         return batch
 
     def switch_tasks(self, epoch: int, step: int) -> None:

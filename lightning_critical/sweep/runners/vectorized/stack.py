@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_map, tree_structure
 
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.effects import Effects
@@ -84,7 +84,14 @@ class _Caller(nn.Module):
         self.m = module
 
     def forward(self, method: str, *args: Any) -> Any:
-        return getattr(self.m, method)(*args)
+        passed = [(name, id(b)) for name, b in self.m.named_buffers()]  # the tensors functional_call put in place
+        out = getattr(self.m, method)(*args)
+        now = {name: id(b) for name, b in self.m.named_buffers()}
+        moved = [name for name, ident in passed if now.get(name) != ident]
+        if moved:  # functional_call puts the original back: the new value would be lost silently
+            raise VectorizedRefused(f"{method} reassigns the buffers {moved} (self.<buffer> = ...; only in-place "
+                                    "updates such as self.<buffer>.mul_(...) reach the stacked buffers)")
+        return out
 
 
 class Stack:
@@ -196,39 +203,58 @@ class Stack:
         finally:
             self.template.train()
 
-    def replay(self, method: str, batches: list[Any], gates: Tensors, batch_idx: int, rows: list[int]) -> Tensors:
+    def snapshot(self) -> Snapshot:
+        """The template's Python attributes and the stacked buffers as they are now (before a step that a
+        :meth:`replay` may follow: the replay must start from them, as the run's step did)."""
+        return Snapshot(self.template, {k: v.clone() for k, v in self.buffers.items()})
+
+    def replay(self, method: str, batches: list[Any], gates: Tensors, batch_idx: int, rows: list[int],
+               before: Snapshot | None = None) -> Tensors:
         """``method`` called for each member of ``rows`` alone (no vmap, no gradient, buffers untouched): its logs.
 
         Reductions such as ``cross_entropy``'s mean round differently under ``vmap``; the
         gradients do not. Replaying a step member by member gives the values a run trained
-        alone logs (used for the epochs whose logged values are final).
+        alone logs (used for the epochs whose logged values are final). ``before``: the state
+        the step started from (:meth:`snapshot`), given when the step already ran under ``vmap``:
+        each replay starts from those buffers and the template's Python attributes then, and the
+        attributes are put back as the step left them (a counter in the step counts once per step).
+        Without it, each replay starts from the current attributes, the last one's are kept.
         """
         training = method == "training_step"
         self.template.train(training)
+        start = before if before is not None else Snapshot(self.template, self.buffers)
+        after = Snapshot(self.template, {})
         logged = []
         try:
             with torch.no_grad():
                 for row in rows:
                     batch = batches[row]
                     params = {k: v[row] for k, v in self.params.items()}
-                    buffers = {k: v[row].clone() for k, v in self.buffers.items()}
+                    buffers = {k: v[row].clone() for k, v in start.buffers.items()}
                     self.effects.use({k: g[row] for k, g in gates.items()})
+                    start.restore()
                     self._call(method, params, buffers, batch, batch_idx, "train" if training else "val")
                     logged.append(self.logs.take())
         finally:
             self.effects.use(None)
+            if before is not None:
+                after.restore()
             self.template.train()
         return {name: torch.stack([r[name] for r in logged]) for name in logged[0]} if logged else {}
 
     def _probe(self, batch: Any, batch_idx: int) -> None:
-        """Member 0's training step alone, no gradient, buffers untouched, logs dropped (the noise hooks record the
-        shapes of their inputs)."""
-        with torch.no_grad():
-            params = {k: v[0] for k, v in self.params.items()}
-            buffers = {k: v[0].clone() for k, v in self.buffers.items()}
-            row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
-            self._call("training_step", params, buffers, row, batch_idx, "train")
-            self.logs.take()
+        """Member 0's training step alone, no gradient, buffers and Python attributes untouched, logs dropped (the
+        noise hooks record the shapes of their inputs)."""
+        before = Snapshot(self.template, {})  # the template's Python attributes: as if the probe never ran
+        try:
+            with torch.no_grad():
+                params = {k: v[0] for k, v in self.params.items()}
+                buffers = {k: v[0].clone() for k, v in self.buffers.items()}
+                row = tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, batch)
+                self._call("training_step", params, buffers, row, batch_idx, "train")
+                self.logs.take()
+        finally:
+            before.restore()
 
     def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
         self.logs.start(stage)
@@ -237,13 +263,64 @@ class Stack:
         return functional_call(self.caller, state, args)
 
 
+class Snapshot:
+    """A module's Python attributes (every submodule's ``__dict__``, shallow) and given buffers, to start again from.
+
+    Example::
+
+        >>> net = torch.nn.Linear(1, 1)
+        >>> net.seen = 0
+        >>> before = Snapshot(net, {})
+        >>> net.seen += 1
+        >>> before.restore()
+        >>> net.seen
+        0
+    """
+
+    def __init__(self, module: nn.Module, buffers: Tensors) -> None:
+        self.attributes = [(m, dict(vars(m))) for m in module.modules()]
+        self.buffers = buffers
+
+    def restore(self) -> None:
+        for module, attributes in self.attributes:
+            vars(module).clear()
+            vars(module).update(attributes)
+
+
 def stacked(batches: list[Any]) -> Any:
-    """The members' batches as one batch with a leading member dimension (shapes must agree)."""
+    """The members' batches as one batch with a leading member dimension (shapes must agree).
+
+    Lists and tuples count as one container (a deficit's callable may give a tuple where the loader
+    gives a list): the stacked batch has the first member's container types.
+
+    Example::
+
+        >>> x = torch.zeros(2, 3)
+        >>> batch = stacked([[x, x], (x, x)])
+        >>> type(batch).__name__, batch[0].shape
+        ('list', torch.Size([2, 2, 3]))
+    """
+    first = tree_structure(batches[0])
+    if any(tree_structure(b) != first for b in batches[1:]):
+        batches = [_as_structure(b, batches[0]) for b in batches]
     try:
         return tree_map(lambda *xs: torch.stack(xs) if isinstance(xs[0], torch.Tensor) else xs[0], *batches)
     except RuntimeError as err:
         raise ValueError(f"the members' batches differ in shape ({err}); members of one vectorized job need "
                          "datamodules that give batches of one shape (same batch size and dataset size)") from err
+
+
+def _as_structure(batch: Any, like: Any) -> Any:
+    """``batch`` with ``like``'s list/tuple container types (any other difference: a clear error)."""
+    if type(like) in (list, tuple) and type(batch) in (list, tuple) and len(like) == len(batch):
+        return type(like)(_as_structure(b, lk) for b, lk in zip(batch, like, strict=True))
+    if isinstance(like, dict) and isinstance(batch, dict) and list(like) == list(batch):
+        return {k: _as_structure(batch[k], like[k]) for k in like}
+    if tree_structure(batch) != tree_structure(like):
+        raise ValueError(f"the members' batches differ in structure ({tree_structure(batch)} vs "
+                         f"{tree_structure(like)}), e.g. an input deficit's callable changes the batch's "
+                         "containers; members of one vectorized job need batches of one structure")
+    return batch
 
 
 def batch_size_of(batch: Any) -> int:

@@ -142,10 +142,12 @@ class Loop:
                        for m, f in zip(active, feeds, strict=True)]
             gates = to_device(stack.gates(active, epoch, self.step, batch_idx), stack.device)
             stack.at(epoch, self.step)
+            before = stack.snapshot() if self.exact else None  # a replay starts where the step started
             grads, logs = stack.train_step(stacked(batches), gates, batch_idx)
             replayed = self.replayed(final, batch_idx, logs)
             if replayed:
-                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, replayed), replayed)
+                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, replayed, before),
+                               replayed)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
             if self.history.logging_step(self.step):
                 self.history.log(active, range(len(active)), self.step, epoch, train_logs.step_log())

@@ -1,0 +1,142 @@
+"""The vectorized runner and the state a run keeps beside its weights: random streams, buffers, Python attributes.
+
+Each test compares a real sweep with the default runner's (``runner=None``): bitwise, or refused before training.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightning_critical as lc
+from lightning_critical._namespace import pl
+from lightning_critical.sweep import VectorizedRefused
+
+DIGITS = functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32)
+
+
+class Net(pl.LightningModule):
+    """A small MLP on the digits, SGD with momentum, validated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(64, 8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(F.relu(self.l1(x.flatten(1))))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def run(tmp_path: Any, runner: Any, model: Any, deficit: Any = None, data: Any = DIGITS, **kw: Any) -> Any:
+    kw.setdefault("windows", lc.sweep.removal([1, 2], epochs_after=1))
+    kw.setdefault("trainer", {})
+    return lc.sweep.run(model, data, deficit=deficit or lc.InputDeficit("blur", (0, 1)), seeds=[0],
+                        metrics=["train_loss", "val_loss"], runner=runner, out=str(tmp_path / str(runner)),
+                        backend="serial", tensorboard=False, plot=False, save_model=True, progress=False,
+                        share_prefixes=False, errors="raise", **kw)
+
+
+def assert_bitwise(tmp_path: Any, model: Any, **kw: Any) -> Any:
+    default = run(tmp_path, None, model, **kw)
+    vectorized = run(tmp_path, "vectorized", model, **kw)
+    assert default["label"].tolist() == vectorized["label"].tolist()
+    metrics = ["train_loss", "val_loss"]
+    assert np.array_equal(default[metrics].values, vectorized[metrics].values, equal_nan=True)
+    for label in default["label"]:
+        a, b = (torch.load(os.path.join(tmp_path, r, "models", f"{label}.pt")) for r in ("None", "vectorized"))
+        assert all(torch.equal(a[k], b[k]) for k in a), label
+    return default
+
+
+def jitter_list(batch: Any) -> Any:  # a user's transform drawing from the global generator
+    x, y = batch
+    return [x + 0.3 * torch.randn_like(x), y]
+
+
+def jitter_tuple(batch: Any) -> Any:  # the same, giving a tuple where the loader gives a list
+    x, y = batch
+    return (x + 0.3 * torch.randn_like(x), y)
+
+
+@pytest.mark.parametrize("transform", [jitter_list, jitter_tuple])
+def test_an_input_deficits_callable_draws_from_the_members_stream(tmp_path: Any, transform: Any) -> None:
+    default = assert_bitwise(tmp_path, Net, deficit=lc.InputDeficit(transform, (0, 1)))
+    plain = run(tmp_path / "plain", None, Net)
+    windowed = default["window_end"].notna()
+    assert (default[windowed]["train_loss"] != plain[windowed]["train_loss"]).all()  # the callable acts
+
+
+class ReassignedBuffer(Net):
+    """An input normaliser kept in a buffer, updated by reassignment."""
+
+    mu: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if self.training:
+            self.mu = 0.9 * self.mu + 0.1 * x.mean(0)
+        return self.l2(F.relu(self.l1(x - self.mu)))
+
+
+def test_a_buffer_reassigned_in_forward_is_refused(tmp_path: Any) -> None:
+    with pytest.raises(VectorizedRefused, match=r"reassigns the buffers \['mu'\]"):
+        run(tmp_path, "vectorized", ReassignedBuffer)
+
+
+class InPlaceBuffer(Net):
+    """The same normaliser updated in place: its value reaches the stacked buffers."""
+
+    mu: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if self.training:
+            self.mu.mul_(0.5).add_(0.5 * x.mean(0))
+        return self.l2(F.relu(self.l1(x - self.mu)))
+
+
+class Counter(Net):
+    """A warm-up counted in a Python attribute, the loss logged per epoch (every step replayed in the last epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen += 1
+        x, y = batch
+        loss = F.cross_entropy(self(x), y) * min(1.0, self.seen / 8)
+        self.log("train_loss", loss, on_epoch=True)
+        return loss
+
+
+@pytest.mark.parametrize("model", [InPlaceBuffer, Counter])
+def test_the_exact_log_replay_starts_from_the_state_before_the_step(tmp_path: Any, model: Any) -> None:
+    assert_bitwise(tmp_path, model)
