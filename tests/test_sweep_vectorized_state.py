@@ -49,10 +49,11 @@ class Net(pl.LightningModule):
 def run(tmp_path: Any, runner: Any, model: Any, deficit: Any = None, data: Any = DIGITS, **kw: Any) -> Any:
     kw.setdefault("windows", lc.sweep.removal([1, 2], epochs_after=1))
     kw.setdefault("trainer", {})
+    kw.setdefault("share_prefixes", False)
     return lc.sweep.run(model, data, deficit=deficit or lc.InputDeficit("blur", (0, 1)), seeds=[0],
                         metrics=["train_loss", "val_loss"], runner=runner, out=str(tmp_path / str(runner)),
                         backend="serial", tensorboard=False, plot=False, save_model=True, progress=False,
-                        share_prefixes=False, errors="raise", **kw)
+                        errors="raise", **kw)
 
 
 def assert_bitwise(tmp_path: Any, model: Any, **kw: Any) -> Any:
@@ -140,3 +141,82 @@ class Counter(Net):
 @pytest.mark.parametrize("model", [InPlaceBuffer, Counter])
 def test_the_exact_log_replay_starts_from_the_state_before_the_step(tmp_path: Any, model: Any) -> None:
     assert_bitwise(tmp_path, model)
+
+
+class Jittered(torch.utils.data.Dataset[Any]):
+    """A dataset whose items draw from the global generator (a random augmentation)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        x, y = self.dataset[index]
+        return x + 0.1 * torch.randn_like(x), y
+
+
+class AugmentedValidation(lc.data.DigitsDataModule):
+    def val_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(Jittered(super().val_dataloader().dataset), batch_size=16)
+
+
+class ShuffledValidation(lc.data.DigitsDataModule):
+    def val_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(super().val_dataloader().dataset, batch_size=10, shuffle=True)
+
+
+class RandomSubsetValidation(lc.data.DigitsDataModule):
+    def val_dataloader(self) -> Any:
+        dataset: Any = super().val_dataloader().dataset
+        subset = torch.utils.data.Subset(dataset, torch.randperm(len(dataset))[:6].tolist())
+        return torch.utils.data.DataLoader(subset, batch_size=10)
+
+
+@pytest.mark.parametrize("data", [AugmentedValidation, ShuffledValidation, RandomSubsetValidation])
+def test_a_validation_loader_that_draws_keeps_the_members_stream(tmp_path: Any, data: Any) -> None:
+    # windows of 2 and 3 epochs after the deficit: validations that are not a member's last draw too
+    assert_bitwise(tmp_path, Net, data=functools.partial(data, subset=96, batch_size=32),
+                   windows=lc.sweep.removal([1, 2], epochs_after=2))
+
+
+@pytest.mark.parametrize("trainer", [{"check_val_every_n_epoch": 2}, {"num_sanity_val_steps": 2}])
+def test_the_validation_loader_is_made_when_lightning_makes_it(tmp_path: Any, trainer: dict[str, Any]) -> None:
+    data = functools.partial(RandomSubsetValidation, subset=96, batch_size=32)
+    assert_bitwise(tmp_path, Net, data=data, windows=lc.sweep.removal([1, 2], epochs_after=2), trainer=trainer)
+
+
+def test_a_forked_member_keeps_its_parents_validation_loader(tmp_path: Any) -> None:
+    data = functools.partial(RandomSubsetValidation, subset=96, batch_size=32)
+    assert_bitwise(tmp_path, Net, data=data, windows=lc.sweep.removal([1, 2], epochs_after=1), share_prefixes=True)
+
+
+class OwnData(Net):
+    """The module's own data, made in its prepare_data (Lightning calls the module's prepare_data)."""
+
+    def prepare_data(self) -> None:
+        generator = torch.Generator().manual_seed(5)
+        self.x, self.y = torch.randn(96, 64, generator=generator), torch.randint(0, 10, (96,), generator=generator)
+
+    def train_dataloader(self) -> Any:
+        dataset = torch.utils.data.TensorDataset(self.x, self.y)
+        return torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x, self.y), batch_size=32)
+
+
+def test_the_modules_prepare_data_is_called(tmp_path: Any) -> None:
+    assert_bitwise(tmp_path, OwnData, data=None, deficit=lc.InputDeficit("noise", (0, 1)))
+
+
+class TwoValidations(lc.data.DigitsDataModule):
+    def val_dataloader(self) -> Any:
+        return [super().val_dataloader(), super().val_dataloader()]
+
+
+def test_a_list_of_validation_loaders_is_refused_by_name(tmp_path: Any) -> None:
+    data = functools.partial(TwoValidations, subset=96, batch_size=32)
+    with pytest.raises(VectorizedRefused, match=r"val_dataloader\(\) returned a list of 2 loaders"):
+        run(tmp_path, "vectorized", Net, data=data)

@@ -169,7 +169,7 @@ class VectorizedRunner:
             try:
                 gates = to_device(stack.gates(members, 0, 0), stack.device)
                 stack.train_step(stacked([batch] * len(members)), gates, 0)
-                if members[0].val_loader is not None:
+                if members[0].make_val_loader() is not None:
                     with members[0].drawing():
                         val = members[0].transfer(next(iter(members[0].val_loader)), stack.device)
                     stack.validation_step(stacked([val] * len(members)), 0)

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import importlib
 import random
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.pathway import PathwayDeficit
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
-from lightning_critical.sweep.runners.vectorized.checks import check_optimization
+from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused, check_optimization
 from lightning_critical.sweep.runners.vectorized.deficits import check_deficits, resolve_deficits
 from lightning_critical.sweep.runners.vectorized.device import to_device
 
@@ -57,13 +58,24 @@ class Member:
         source = self.datamodule if self.datamodule is not None else self.model
         if self.datamodule is not None:
             self.datamodule.prepare_data()
+        if _overrides(self.model, "prepare_data"):  # Lightning calls the module's too (its own data)
+            self.model.prepare_data()
+        if self.datamodule is not None:
             self.datamodule.setup("fit")
         _setup_detached(self.model, self.datamodule)
-        self.train_loader = source.train_dataloader()
-        # Lightning never iterates the validation loader (nor draws for it) with limit_val_batches=0 or without
+        # Lightning never makes the validation loader (nor draws for it) with limit_val_batches=0 or without
         # a validation_step
-        validates = spec.trainer.get("limit_val_batches", 1.0) != 0 and _overrides(self.model, "validation_step")
-        self.val_loader: Any = _val_loader(source) if validates else None
+        self.validates = (spec.trainer.get("limit_val_batches", 1.0) != 0 and _overrides(self.model, "validation_step")
+                          and _has_val_loader(source))
+        self.val_loader: Any = None  # made where Lightning makes it (make_val_loader)
+        self._val_source, self._val_made = source, False
+        if self.validates and spec.trainer.get("num_sanity_val_steps"):  # the sanity check's, under isolate_rng
+            saved = _capture()
+            try:
+                self.val_loader, self._val_made = _val_loader(source), True
+            finally:
+                _restore(saved)
+        self.train_loader = source.train_dataloader()
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
@@ -92,6 +104,25 @@ class Member:
         finally:
             self.rng = (torch.get_rng_state(), self.rng[1], self.rng[2])
             torch.set_rng_state(saved)
+
+    def make_val_loader(self) -> Any:
+        """The validation loader (``None``: no validation), made once, by the first call, as Lightning makes it.
+
+        Lightning calls ``val_dataloader()`` at the sanity check (random states isolated), else at
+        the first validation, after that epoch's training: the loop calls this there, so that what
+        ``val_dataloader()`` draws (a random subset) comes from the member's stream at that point.
+        A list of loaders is refused (:class:`.checks.VectorizedRefused`).
+        """
+        if not self._val_made and self.validates:
+            with self.drawing():
+                self.val_loader = _val_loader(self._val_source)
+            self._val_made = True
+        return self.val_loader
+
+    def val_from(self, parent: Member) -> None:
+        """At a fork: ``parent``'s validation loader copied if it was made (the run trained alone made it once)."""
+        if parent._val_made:
+            self.val_loader, self._val_made = copy.deepcopy(parent.val_loader), True
 
     def feed(self, loader: Any) -> Feed:
         """A new epoch of ``loader`` for this member (the iterator made under its random states)."""
@@ -288,17 +319,30 @@ def _overrides(model: Any, name: str) -> bool:
     return name in vars(model) or getattr(type(model), name) is not getattr(pl.LightningModule, name)
 
 
-def _val_loader(source: Any) -> Any:
+def _has_val_loader(source: Any) -> bool:
     base = pl.LightningDataModule if isinstance(source, pl.LightningDataModule) else pl.LightningModule
     # Not overridden (HierarchicalDataModule): no validation, as under Lightning (whose base method raises).
     # An instance attribute counts too (LightningDataModule.from_datasets sets the loaders on the instance).
-    if "val_dataloader" not in vars(source) and type(source).val_dataloader is base.val_dataloader:
-        return None
+    return "val_dataloader" in vars(source) or type(source).val_dataloader is not base.val_dataloader
+
+
+def _val_loader(source: Any) -> Any:
     try:
         loader = source.val_dataloader()
     except NotImplementedError:
         return None
+    if isinstance(loader, (list, tuple, dict)) and len(loader) > 1:
+        raise VectorizedRefused(f"val_dataloader() returned a {type(loader).__name__} of {len(loader)} loaders "
+                                "(one validation loader is supported)")
+    if isinstance(loader, (list, tuple)) and loader:
+        return loader[0]  # Lightning: one loader in a list is that loader (its logs keep their names)
     return loader if loader else None
+
+
+def draws(loader: Any) -> bool:
+    """Whether iterating ``loader`` may draw beyond the seed its iterator takes (anything but a stock
+    ``SequentialSampler`` over a ``TensorDataset``): such a loader is iterated at every validation epoch."""
+    return _tensors(loader) is None or type(loader.sampler) is not torch.utils.data.SequentialSampler
 
 
 def _capture() -> tuple[Any, Any, Any]:

@@ -30,14 +30,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from lightning_critical.sweep.runners.vectorized.device import to_device
 from lightning_critical.sweep.runners.vectorized.held_out import held_out_steps
 from lightning_critical.sweep.runners.vectorized.history import Histories, MemberLogs
-from lightning_critical.sweep.runners.vectorized.members import Member
+from lightning_critical.sweep.runners.vectorized.members import Member, draws
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
 from lightning_critical.sweep.runners.vectorized.prefixes import fork_member
 from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
@@ -114,16 +112,14 @@ class Loop:
         self.active = [members[row] for row in roots]  # the members holding a row (children: from their fork)
         if len(roots) < len(members):
             stack.keep(self.active, roots)
-        self.has_val = all(m.val_loader is not None for m in members)
+        self.has_val = all(m.validates for m in members)
         self.val_every, self.step = val_every, 0
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
                          for m in members}
         self.history = Histories(members, stack.view.log_every_n_steps, scalars)
         self.clip = clip if clip is not None and clip[0] > 0 else None
         self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
-        self.test = bool(members[0].task.spec.test)
-        if sanity and self.has_val:
-            _ = [m.feed(m.val_loader) for m in members]
+        self.test = bool(members[0].task.spec.test)  # (the sanity check: Member, its random states isolated)
 
     def run(self) -> list[MemberLogs]:
         epoch = 0
@@ -137,6 +133,8 @@ class Loop:
         final = [row for row, m in enumerate(active) if m.task.epochs == epoch + 1]
         train_logs = EpochLogs(True, stack.logs.unlogged)
         feeds = [m.feed(m.train_loader) for m in active]
+        if epoch == 0 and self.has_val and self.val_every == 1:  # Lightning's on_run_start: after iter(train loader)
+            _ = [m.make_val_loader() for m in active]
         for batch_idx in range(self.n_batches):
             batches = [m.batch((epoch, self.step), f.next(), batch_idx, stack.device)
                        for m, f in zip(active, feeds, strict=True)]
@@ -166,7 +164,7 @@ class Loop:
             last = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
             rows = everyone if self.history.scalars else last  # with TensorBoard logs, every member's validation
             stack.at(epoch, self.step)
-            val_logs = self.validate([m.feed(m.val_loader) for m in active], rows)
+            val_logs = self.validate(rows)
             if val_logs is not None:
                 self.record(val_logs.callback(), rows)
                 self.history.log(active, rows, self.step - 1, epoch, val_logs.epoch_log())
@@ -198,6 +196,7 @@ class Loop:
         here its own optimizer, schedulers and random states (:func:`~.prefixes.fork_member`)
         and what the loop holds per member (its logs so far: :meth:`.Histories.fork`).
         """
+        child.val_from(parent)
         fork_member(parent, child)
         self.history.fork(parent, child)
 
@@ -225,13 +224,28 @@ class Loop:
             return list(range(len(self.active)))
         return final if final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, self.stack)) else []
 
-    def validate(self, feeds: list[Any], rows: list[int]) -> EpochLogs | None:
-        """The validation logs of the members of ``rows`` (the others' loaders are only iterated); ``None``: no row."""
-        if not rows:
+    def validate(self, rows: list[int]) -> EpochLogs | None:
+        """The validation logs of the members of ``rows``; ``None``: no row.
+
+        Every member's loader is made where Lightning makes it (:meth:`.Member.make_val_loader`)
+        and its iterator created, as at every validation epoch of a run; without a row, a loader
+        that may draw (:func:`.members.draws`: shuffled, augmented) is still iterated to its end.
+        """
+        loaders = [m.make_val_loader() for m in self.active]
+        if all(loader is None for loader in loaders):  # val_dataloader() gave nothing: Lightning skips validation
             return None
-        lengths = {len(m.val_loader) for m in self.active}
+        if any(loader is None for loader in loaders):
+            raise ValueError("some members' val_dataloader() gave no loader and others one; members of one "
+                             "vectorized job need the same validation")
+        feeds = [m.feed(loader) for m, loader in zip(self.active, loaders, strict=True)]
+        lengths = {len(loader) for loader in loaders}
         if len(lengths) != 1:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
+        if not rows:
+            for feed, loader in zip(feeds, loaders, strict=True):
+                for _ in range(len(loader) if draws(loader) else 0):
+                    feed.next()
+            return None
         logs = EpochLogs(False, self.stack.logs.unlogged)
         for batch_idx in range(lengths.pop()):
             batches = [m.transfer(f.next(), self.stack.device) for m, f in zip(self.active, feeds, strict=True)]
