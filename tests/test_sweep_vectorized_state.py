@@ -220,3 +220,38 @@ def test_a_list_of_validation_loaders_is_refused_by_name(tmp_path: Any) -> None:
     data = functools.partial(TwoValidations, subset=96, batch_size=32)
     with pytest.raises(VectorizedRefused, match=r"val_dataloader\(\) returned a list of 2 loaders"):
         run(tmp_path, "vectorized", Net, data=data)
+
+
+class OneCycle(Net):
+    """A schedule over the run's optimizer steps (Lightning's estimated_stepping_batches)."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        steps = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.5, total_steps=int(steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class Cosine(Net):
+    """A schedule over the run's epochs (trainer.max_epochs)."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        epochs = int(self.trainer.max_epochs or 0)
+        return [optimizer], [torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)]
+
+
+@pytest.mark.parametrize("model", [OneCycle, Cosine])
+def test_configure_optimizers_reads_the_runs_length(tmp_path: Any, model: Any) -> None:
+    # runs of 2, 3 and 4 epochs: prefixes are shared only between runs of one length
+    assert_bitwise(tmp_path, model, share_prefixes=True)
+
+
+class LengthInStep(Net):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return super().training_step(batch, batch_idx) * (1 + self.current_epoch / int(self.trainer.max_epochs or 1))
+
+
+def test_a_step_reading_the_runs_length_is_refused_by_name(tmp_path: Any) -> None:
+    with pytest.raises(VectorizedRefused, match=r"self\.trainer\.max_epochs read by the module"):
+        run(tmp_path, "vectorized", LengthInStep)

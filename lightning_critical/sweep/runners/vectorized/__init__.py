@@ -66,7 +66,7 @@ from lightning_critical.sweep.runners.vectorized.device import check_device, job
 from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
 from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
-from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
+from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key, same_length_forks
 from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
 from lightning_critical.sweep.runners.vectorized.train import train
 from lightning_critical.sweep.runners.vectorized.writer import write_logs
@@ -191,7 +191,8 @@ class VectorizedRunner:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
-        forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
+        forks = same_length_forks(branch_points(tasks, len(members[0].train_loader), spec.share_prefixes), tasks,
+                                  members)
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
                          bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
                          self.stacked_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)

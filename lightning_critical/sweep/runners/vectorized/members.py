@@ -82,6 +82,7 @@ class Member:
         self.view = TrainerView(datamodule=self.datamodule)  # what the deficits' own checks read as the trainer
         resolve_deficits(self)
         self._started = False
+        self.length_read: list[str] = []  # set by configure()
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
@@ -130,7 +131,14 @@ class Member:
 
     def configure(self) -> None:
         """The member's optimizer and schedulers from its module's own ``configure_optimizers()`` (params aliased)."""
-        optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
+        steps = self.task.epochs * len(self.train_loader)  # Lightning's, with max_steps=-1 and no accumulation
+        view = RunLength(self.task.epochs, steps, datamodule=self.datamodule)
+        self.model._trainer = view  # what configure_optimizers may read: the run's length (a OneCycleLR's steps)
+        try:
+            optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
+        finally:
+            self.model._trainer = None
+        self.length_read = sorted(view.read)
         schedulers = _optimizer_module._configure_schedulers_automatic_opt(configs, None) if configs else []
         check_optimization(optimizers, schedulers)
         self.optimizer, self.schedulers = optimizers[0], schedulers
@@ -304,6 +312,34 @@ class TrainerView:
     def __getattr__(self, name: str) -> Any:  # only called for what is not set
         raise AttributeError(f"self.trainer.{name} read by the module: vectorized members train without a Trainer "
                              f"(they see only {sorted(vars(self))}, logger and the ranks)")
+
+
+class RunLength(TrainerView):
+    """:class:`TrainerView` with the run's length, as ``configure_optimizers`` reads it (``max_epochs``,
+    ``estimated_stepping_batches``); ``read``: the names read (such a member shares no prefix with runs of
+    another length).
+
+    Example::
+
+        >>> view = RunLength(3, 12)
+        >>> view.estimated_stepping_batches, sorted(view.read)
+        (12, ['estimated_stepping_batches'])
+    """
+
+    def __init__(self, epochs: int, steps: int, **extra: Any) -> None:
+        super().__init__(**extra)
+        self._length = {"max_epochs": epochs, "estimated_stepping_batches": steps}
+        self.read: set[str] = set()
+
+    @property
+    def max_epochs(self) -> int:
+        self.read.add("max_epochs")
+        return self._length["max_epochs"]
+
+    @property
+    def estimated_stepping_batches(self) -> int:
+        self.read.add("estimated_stepping_batches")
+        return self._length["estimated_stepping_batches"]
 
 
 def _setup_detached(model: Any, datamodule: Any) -> None:

@@ -181,7 +181,8 @@ class Stack:
                 self.effects.use(None)
             value = out.get("loss") if isinstance(out, dict) else out
             if not isinstance(value, torch.Tensor):
-                raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
+                raise VectorizedRefused(f"training_step returned {type(out).__name__} at batch {batch_idx}, not a "
+                                        "loss tensor (or dict): a step skipped by returning None is not mapped")
             return value, self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)

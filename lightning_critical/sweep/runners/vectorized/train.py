@@ -118,6 +118,8 @@ class Loop:
                          for m in members}
         self.history = Histories(members, stack.view.log_every_n_steps, scalars)
         self.clip = clip if clip is not None and clip[0] > 0 else None
+        # schedules made for runs of different lengths (configure_optimizers read it) part: one optimizer each
+        stacked_optimizer &= not (any(m.length_read for m in members) and len({m.task.epochs for m in members}) > 1)
         self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
         self.test = bool(members[0].task.spec.test)  # (the sanity check: Member, its random states isolated)
 
