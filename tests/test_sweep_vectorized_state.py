@@ -255,3 +255,12 @@ class LengthInStep(Net):
 def test_a_step_reading_the_runs_length_is_refused_by_name(tmp_path: Any) -> None:
     with pytest.raises(VectorizedRefused, match=r"self\.trainer\.max_epochs read by the module"):
         run(tmp_path, "vectorized", LengthInStep)
+
+
+class OneValidationInAList(lc.data.DigitsDataModule):
+    def val_dataloader(self) -> Any:
+        return [super().val_dataloader()]
+
+
+def test_one_validation_loader_in_a_list_is_that_loader(tmp_path: Any) -> None:
+    assert_bitwise(tmp_path, Net, data=functools.partial(OneValidationInAList, subset=96, batch_size=32))

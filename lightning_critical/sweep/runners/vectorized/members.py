@@ -370,8 +370,8 @@ def _val_loader(source: Any) -> Any:
     if isinstance(loader, (list, tuple, dict)) and len(loader) > 1:
         raise VectorizedRefused(f"val_dataloader() returned a {type(loader).__name__} of {len(loader)} loaders "
                                 "(one validation loader is supported)")
-    if isinstance(loader, (list, tuple)) and loader:
-        return loader[0]  # Lightning: one loader in a list is that loader (its logs keep their names)
+    if isinstance(loader, (list, tuple, dict)) and loader:  # Lightning: one loader in a list is that loader
+        return next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
     return loader if loader else None
 
 
