@@ -264,3 +264,14 @@ class OneValidationInAList(lc.data.DigitsDataModule):
 
 def test_one_validation_loader_in_a_list_is_that_loader(tmp_path: Any) -> None:
     assert_bitwise(tmp_path, Net, data=functools.partial(OneValidationInAList, subset=96, batch_size=32))
+
+
+class RandomRate(Net):
+    """configure_optimizers draws (a learning rate from the run's stream)."""
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.05 + 0.1 * float(torch.rand(())))
+
+
+def test_configure_optimizers_draws_from_the_members_stream(tmp_path: Any) -> None:
+    assert_bitwise(tmp_path, RandomRate)

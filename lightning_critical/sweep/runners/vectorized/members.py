@@ -135,7 +135,8 @@ class Member:
         view = RunLength(self.task.epochs, steps, datamodule=self.datamodule)
         self.model._trainer = view  # what configure_optimizers may read: the run's length (a OneCycleLR's steps)
         try:
-            optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
+            with self.drawing():  # what it draws comes from the run's stream
+                optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
         finally:
             self.model._trainer = None
         self.length_read = sorted(view.read)
