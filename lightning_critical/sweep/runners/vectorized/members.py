@@ -3,7 +3,9 @@
 Each member is built exactly as the default runner builds its run (``seed_everything(seed)``,
 then the model, datamodule and deficit factories, then ``prepare_data`` / ``setup``), and keeps
 its own global random states, which are put in place whenever the member draws (its data
-loaders' shuffles and seeds), so its batches are the ones its run trained alone would see.
+loaders' shuffles and seeds, its validation loader made lazily where Lightning makes it, an
+input deficit's callable, ``configure_optimizers``), so its batches are the ones its run trained
+alone would see.
 Its parameters alias one row of the job's stacked parameters (:func:`alias_rows`), so its own
 optimizer and schedulers (its module's unchanged ``configure_optimizers()``) update that row.
 

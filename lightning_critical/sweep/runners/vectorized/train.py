@@ -9,12 +9,13 @@ then validation (its loader made where Lightning makes it, :meth:`~.members.Memb
 and its iterator created every validation epoch, as Lightning does, so the members' random
 streams stay those of runs trained alone; the steps run on a member's last validation epoch
 only, whose values are its final ones, unless the sweep writes TensorBoard logs: then at every
-validation epoch; a loader that may draw is iterated at every validation epoch all the same). Logged values are reduced as Lightning
-reduces them (the last step's value, or the batch-size-weighted mean of the epoch) and kept per
-member over its whole run (:class:`~.history.Histories`: its final ``callback_metrics`` and
-what Lightning sends its loggers); the steps whose values may stay final are replayed alone
-with ``exact_logs`` (:meth:`Loop.replayed`), from the buffers and the template's Python attributes as
-they were before the step (:meth:`~.stack.Stack.snapshot`). Members leave the stack after their last epoch
+validation epoch; a loader that may draw is iterated at every validation epoch all the same).
+Logged values are reduced as Lightning reduces them (the last step's value, or the
+batch-size-weighted mean of the epoch) and kept per member over its whole run
+(:class:`~.history.Histories`: its final ``callback_metrics`` and what Lightning sends its
+loggers); the steps whose values may stay final are replayed alone with ``exact_logs``
+(:meth:`Loop.replayed`), from the buffers and the template's Python attributes as they were
+before the step (:meth:`~.stack.Stack.snapshot`). Members leave the stack after their last epoch
 (runs of a removal sweep differ in length).
 Members that share a prefix (``forks``, from :func:`~.prefixes.branch_points`) train as one
 row until their branch epoch, where the parent's row is forked (:meth:`Loop.reindex`,
