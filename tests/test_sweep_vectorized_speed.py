@@ -20,6 +20,7 @@ from lightning_critical.deficits.transforms import TRANSFORMS, TransformContext
 
 feeds = importlib.import_module("lightning_critical.sweep.runners.vectorized.feeds")
 members = importlib.import_module("lightning_critical.sweep.runners.vectorized.members")
+loaders = importlib.import_module("lightning_critical.sweep.runners.vectorized.loaders")
 
 METRICS = ["val_acc", "val_loss", "train_loss"]
 
@@ -132,7 +133,7 @@ def test_the_dataset_caches_see_in_place_changes_and_keep_nothing_alive() -> Non
 
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_feed_draws_the_epoch_order_as_the_loader_does(shuffle: bool) -> None:
-    assert members._checked_permutation()  # this torch's RandomSampler: one seed drawn, one permutation
+    assert loaders._checked_permutation()  # this torch's RandomSampler: one seed drawn, one permutation
     data = torch.utils.data.TensorDataset(torch.arange(10.0))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=shuffle)
 
@@ -141,7 +142,7 @@ def test_feed_draws_the_epoch_order_as_the_loader_does(shuffle: bool) -> None:
         drawing_torch = members.Member.drawing_torch
         drawing = members.Member.drawing
 
-    feed = members.Feed(Owner(), loader)
+    feed = loaders.Feed(Owner(), loader)
     got = [feed.next()[0].tolist() for _ in range(len(loader))]
     torch.manual_seed(3)
     assert got == [b[0].tolist() for b in loader]

@@ -68,8 +68,9 @@ from lightning_critical.sweep.runners.vectorized.evaluate import final_metrics
 from lightning_critical.sweep.runners.vectorized.held_out import check_test
 from lightning_critical.sweep.runners.vectorized.members import Member, check_deficits
 from lightning_critical.sweep.runners.vectorized.optim import follows_schedulers
-from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key
-from lightning_critical.sweep.runners.vectorized.stack import Stack, stacked
+from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, group_key, same_length_forks
+from lightning_critical.sweep.runners.vectorized.stack import Stack
+from lightning_critical.sweep.runners.vectorized.tensors import stacked
 from lightning_critical.sweep.runners.vectorized.train import train
 from lightning_critical.sweep.runners.vectorized.writer import write_logs
 from lightning_critical.sweep.spec import canonical_json
@@ -184,7 +185,7 @@ class VectorizedRunner:
                 batches = [_first(m, m.train_loader, stack.device) for m in members]
                 gates = to_device(stack.gates(members, 0, 0), stack.device)
                 stack.train_step(stacked(batches), gates, 0)
-                if all(m.val_loader is not None for m in members):
+                if all(m.make_val_loader() is not None for m in members):
                     stack.validation_step(stacked([_first(m, m.val_loader, stack.device) for m in members]), 0)
             except VectorizedRefused:
                 raise
@@ -204,7 +205,8 @@ class VectorizedRunner:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
         trainer = {**QUIET_TRAINER, **spec.trainer}
-        forks = branch_points(tasks, len(members[0].train_loader), spec.share_prefixes)
+        forks = same_length_forks(branch_points(tasks, len(members[0].train_loader), spec.share_prefixes), tasks,
+                                  members)
         # members of several params combinations: schedulers the stacked optimizer cannot follow (their
         # hyperparameters may part during training): each member's own optimizer then (exact)
         one_optimizer = self.stacked_optimizer and follows_schedulers(members, len(stack.templates))
@@ -252,7 +254,7 @@ class VectorizedRunner:
             if member.task.spec.test:
                 check_test(member.model)
             loaders: list[Any] = [_loader_signature(member, loader)
-                                  for loader in (member.train_loader, member.val_loader)]
+                                  for loader in (member.train_loader, member.make_val_loader())]
         finally:
             restore(saved)
         if any(loader is not None and loader[1] is None for loader in loaders):  # a batch sampler: sizes unknown
@@ -318,12 +320,8 @@ class AutoRunner:
 
 
 def _members(tasks: Sequence[Any]) -> list[Member]:
-    """The tasks' members; ``trainer={"limit_val_batches": 0}`` means no validation, as under Lightning."""
-    members = [Member(t) for t in tasks]
-    if members and tasks[0].spec.trainer.get("limit_val_batches") == 0:
-        for member in members:
-            member.val_loader = None
-    return members
+    """The tasks' members (``trainer={"limit_val_batches": 0}``: no validation, :attr:`.Member.validates`)."""
+    return [Member(t) for t in tasks]
 
 
 def _first(member: Member, loader: Any, device: torch.device) -> Any:

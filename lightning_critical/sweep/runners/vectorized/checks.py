@@ -28,8 +28,13 @@ REFUSALS: tuple[str, ...] = (
     "overridden per-step/per-epoch hooks of the module (on_train_batch_start, on_before_optimizer_step, "
     "optimizer_step, backward, on_train_epoch_end, ...)",
     "data-dependent control flow, .item(), random draws, a None loss or reading self.trainer in "
-    "training_step/validation_step (found by a trial step per job, on a member of each params combination); "
-    "params combinations of one job whose steps log different names",
+    "training_step/validation_step, e.g. self.trainer.max_epochs (found by a trial step per job, on a member of each "
+    "params combination; a None loss at a later batch when that batch trains); configure_optimizers may read "
+    "self.trainer.max_epochs and estimated_stepping_batches; params combinations of one job whose steps log "
+    "different names",
+    "a buffer reassigned in a step (self.<buffer> = ...; in-place updates such as self.<buffer>.mul_(...) are "
+    "mapped)",
+    "val_dataloader() returning several loaders (a list or dict of more than one)",
     "deficit classes other than the built-in InputDeficit, PathwayDeficit, ModeDeficit, TaskSwitch and "
     "lc.sweep.TaskWindow (a user's class, or a subclass of these); a TaskSwitch with target=; in one job, noise "
     "deficits on one module with different input_index, or ModeDeficits lesioning different numbers of modes of "

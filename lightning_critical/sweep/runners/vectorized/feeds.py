@@ -2,7 +2,7 @@
 
 The members of a sweep read their datasets (each run builds its own datamodule; runs of one
 seed usually build the same tensors) in their own orders. :class:`Feeds` draws each member's
-order as its own :class:`~.members.Feed` would (under its own random states) and reads all
+order as its own :class:`~.loaders.Feed` would (under its own random states) and reads all
 members' samples with one ``index_select`` per dataset tensor, straight into the stacked
 ``(M, B, ...)`` batch, from a table holding each distinct dataset once (bitwise-equal tensors
 are one). An ``InputDeficit`` that acts on each sample alone and draws nothing (``"blur"``,
@@ -32,8 +32,9 @@ import torch
 from lightning_critical._namespace import pl
 from lightning_critical.deficits import transforms
 from lightning_critical.deficits.input import InputDeficit
-from lightning_critical.sweep.runners.vectorized.members import CPU, Feed, Member
-from lightning_critical.sweep.runners.vectorized.stack import stacked
+from lightning_critical.sweep.runners.vectorized.loaders import Feed
+from lightning_critical.sweep.runners.vectorized.members import CPU, Member
+from lightning_critical.sweep.runners.vectorized.tensors import stacked
 
 # Per-sample, deterministic, shape-keeping transforms: applying one to a whole dataset is bitwise per batch.
 SAMPLEWISE = (transforms._blur, transforms._vflip)

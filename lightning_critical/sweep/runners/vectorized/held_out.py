@@ -31,7 +31,8 @@ from typing import Any
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView
-from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of
+from lightning_critical.sweep.runners.vectorized.stack import Stack
+from lightning_critical.sweep.runners.vectorized.tensors import Tensors, batch_size_of
 
 TEST_HOOKS: tuple[str, ...] = (
     "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end", "on_test_batch_start",

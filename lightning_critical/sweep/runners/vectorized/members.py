@@ -3,7 +3,9 @@
 Each member is built exactly as the default runner builds its run (``seed_everything(seed)``,
 then the model, datamodule and deficit factories, then ``prepare_data`` / ``setup``), and keeps
 its own global random states, which are put in place whenever the member draws (its data
-loaders' shuffles and seeds), so its batches are the ones its run trained alone would see.
+loaders' shuffles and seeds, its validation loader made lazily where Lightning makes it, an
+input deficit's callable, ``configure_optimizers``), so its batches are the ones its run trained
+alone would see.
 Its parameters alias one row of the job's stacked parameters (:func:`alias_rows`), so its own
 optimizer and schedulers (its module's unchanged ``configure_optimizers()``) update that row.
 
@@ -21,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-import functools
+import copy
 import importlib
 import random
 from collections.abc import Iterator
@@ -36,9 +38,10 @@ from lightning_critical._namespace import pl
 from lightning_critical.deficits.pathway import PathwayDeficit
 from lightning_critical.protocols import resolve_modules
 from lightning_critical.sweep.build import build_datamodule, build_deficits, build_model
-from lightning_critical.sweep.runners.vectorized.checks import check_optimization
+from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused, check_optimization
 from lightning_critical.sweep.runners.vectorized.deficits import check_deficits, resolve_deficits
 from lightning_critical.sweep.runners.vectorized.device import to_device
+from lightning_critical.sweep.runners.vectorized.loaders import Feed, stock_tensors
 
 _optimizer_module = importlib.import_module(f"{pl.__name__}.core.optimizer")
 CPU = torch.device("cpu")
@@ -58,13 +61,24 @@ class Member:
         source = self.datamodule if self.datamodule is not None else self.model
         if self.datamodule is not None:
             self.datamodule.prepare_data()
+        if _overrides(self.model, "prepare_data"):  # Lightning calls the module's too (its own data)
+            self.model.prepare_data()
+        if self.datamodule is not None:
             self.datamodule.setup("fit")
         _setup_detached(self.model, self.datamodule)
-        self.train_loader = source.train_dataloader()
-        # Lightning never iterates the validation loader (nor draws for it) with limit_val_batches=0 or without
+        # Lightning never makes the validation loader (nor draws for it) with limit_val_batches=0 or without
         # a validation_step
-        validates = spec.trainer.get("limit_val_batches", 1.0) != 0 and _overrides(self.model, "validation_step")
-        self.val_loader: Any = _val_loader(source) if validates else None
+        self.validates = (spec.trainer.get("limit_val_batches", 1.0) != 0 and _overrides(self.model, "validation_step")
+                          and _has_val_loader(source))
+        self.val_loader: Any = None  # made where Lightning makes it (make_val_loader)
+        self._val_source, self._val_made = source, False
+        if self.validates and spec.trainer.get("num_sanity_val_steps"):  # the sanity check's, under isolate_rng
+            saved = _capture()
+            try:
+                self.val_loader, self._val_made = _val_loader(source), True
+            finally:
+                _restore(saved)
+        self.train_loader = source.train_dataloader()
         self.rng = _capture()
         self.frozen: dict[int, list[nn.Parameter]] = {}
         self.named: list[tuple[str, nn.Parameter]] = []  # set when the stack aliases the parameters
@@ -73,6 +87,7 @@ class Member:
         self.view = TrainerView(datamodule=self.datamodule)  # what the deficits' own checks read as the trainer
         resolve_deficits(self)
         self._started = False
+        self.length_read: list[str] = []  # set by configure()
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
@@ -96,13 +111,40 @@ class Member:
             self.rng = (torch.get_rng_state(), self.rng[1], self.rng[2])
             torch.set_rng_state(saved)
 
+    def make_val_loader(self) -> Any:
+        """The validation loader (``None``: no validation), made once, by the first call, as Lightning makes it.
+
+        Lightning calls ``val_dataloader()`` at the sanity check (random states isolated), else at
+        the first validation, after that epoch's training: the loop calls this there, so that what
+        ``val_dataloader()`` draws (a random subset) comes from the member's stream at that point.
+        A list of loaders is refused (:class:`.checks.VectorizedRefused`).
+        """
+        if not self._val_made and self.validates:
+            with self.drawing():
+                self.val_loader = _val_loader(self._val_source)
+            self._val_made = True
+        return self.val_loader
+
+    def val_from(self, parent: Member) -> None:
+        """At a fork: ``parent``'s validation loader copied if it was made (the run trained alone made it once)."""
+        if parent._val_made:
+            self.val_loader, self._val_made = copy.deepcopy(parent.val_loader), True
+
     def feed(self, loader: Any) -> Feed:
         """A new epoch of ``loader`` for this member (the iterator made under its random states)."""
         return Feed(self, loader)
 
     def configure(self) -> None:
         """The member's optimizer and schedulers from its module's own ``configure_optimizers()`` (params aliased)."""
-        optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
+        steps = self.task.epochs * len(self.train_loader)  # Lightning's, with max_steps=-1 and no accumulation
+        view = RunLength(self.task.epochs, steps, datamodule=self.datamodule)
+        self.model._trainer = view  # what configure_optimizers may read: the run's length (a OneCycleLR's steps)
+        try:
+            with self.drawing():  # what it draws comes from the run's stream
+                optimizers, configs, _ = _optimizer_module._configure_optimizers(self.model.configure_optimizers())
+        finally:
+            self.model._trainer = None
+        self.length_read = sorted(view.read)
         schedulers = _optimizer_module._configure_schedulers_automatic_opt(configs, None) if configs else []
         check_optimization(optimizers, schedulers)
         self.optimizer, self.schedulers = optimizers[0], schedulers
@@ -115,13 +157,18 @@ class Member:
               device: torch.device = CPU) -> Any:
         """``batch`` as this member's training step sees it: its task switched (:meth:`switch_tasks`), moved to
         ``device`` through the datamodule's transfer hooks (:meth:`transfer`), then its active input deficits
-        applied in order (Lightning's deficit callbacks see the batch on the device)."""
+        applied in order (Lightning's deficit callbacks see the batch on the device); a callable transform under the
+        member's random states (:meth:`drawing`), as it draws in the run trained alone."""
         epoch, step = deficits_at
         self.switch_tasks(epoch, step)
         batch = self.transfer(batch, device)
         for deficit in self.inputs:
             if deficit.window.contains(epoch=epoch, step=step):
-                batch = deficit.apply(batch, step, batch_idx, 0)
+                if isinstance(deficit.transform, str):  # a built-in transform draws from its own generator only
+                    batch = deficit.apply(batch, step, batch_idx, 0)
+                    continue
+                with self.drawing():  # a user's callable may draw from the global generators: the member's
+                    batch = deficit.apply(batch, step, batch_idx, 0)
         return batch
 
     def switch_tasks(self, epoch: int, step: int) -> None:
@@ -202,92 +249,6 @@ class Member:
                 config.scheduler.step()
 
 
-class Feed:
-    """One epoch of a member's loader: ``next()`` gives its batches as the loader would, under its random states.
-
-    A stock loader (``TensorDataset``, default collate, a ``RandomSampler`` or
-    ``SequentialSampler`` in a ``BatchSampler``, no workers) is read by indexing the tensors
-    with the sampler's indices (:meth:`indices`): the same batches, bitwise, without collating
-    one sample at a time. Its sampler draws from torch's generator only, once, when its first
-    index is asked for: the whole epoch's order is then read in one go (the same draws, in the
-    same order, as the batch sampler's). Any other loader is iterated.
-    """
-
-    def __init__(self, member: Member, loader: Any) -> None:
-        self.member, self.loader, self.tensors = member, loader, _tensors(loader)
-        self.order: torch.Tensor | None = None
-        self.position = 0
-        draw = member.drawing_torch if self.tensors is not None else member.drawing
-        with draw():
-            self.iterator = iter(loader)
-
-    def next(self) -> Any:
-        if self.tensors is None:
-            with self.member.drawing():
-                return next(self.iterator)
-        index = self.indices()
-        return [t.index_select(0, index) for t in self.tensors]
-
-    def indices(self) -> torch.Tensor:
-        """The next batch's sample indices (stock loaders only), as the loader's batch sampler gives them."""
-        order = self.epoch_order()
-        if self.position >= len(self.loader):
-            raise StopIteration
-        size = self.loader.batch_sampler.batch_size
-        self.position += 1
-        return order[(self.position - 1) * size:self.position * size]
-
-    def epoch_order(self) -> torch.Tensor:
-        """The epoch's sample indices in order (stock loaders only), drawn at the first call."""
-        if self.order is None:  # the sampler's one draw, where the batch sampler would make it: at the first index
-            with self.member.drawing_torch():
-                self.order = sampler_order(self.loader.sampler)
-        return self.order
-
-
-def sampler_order(sampler: Any) -> torch.Tensor:
-    """A stock sampler's indices for one epoch, with the draws its iterator makes (from torch's global generator).
-
-    ``RandomSampler`` (no replacement, one pass, no generator) draws one seed and permutes with
-    it: done here in one call when :func:`_checked_permutation` found this torch's sampler doing
-    exactly that; any other sampler is iterated.
-    """
-    data = torch.utils.data
-    if type(sampler) is data.SequentialSampler:
-        return torch.arange(len(sampler))
-    n = len(sampler.data_source) if type(sampler) is data.RandomSampler else -1
-    if n == len(sampler) and not sampler.replacement and sampler.generator is None and _checked_permutation():
-        seed = int(torch.empty((), dtype=torch.int64).random_().item())
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return torch.from_numpy(np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler)))
-
-
-@functools.cache
-def _checked_permutation() -> bool:
-    """Whether this torch's ``RandomSampler`` gives (and draws) what :func:`sampler_order` computes, on a probe."""
-    sampler = torch.utils.data.RandomSampler(range(37))
-    saved = torch.get_rng_state()
-    try:
-        torch.manual_seed(12345)
-        iterated = list(sampler), torch.get_rng_state()
-        torch.manual_seed(12345)
-        seed = int(torch.empty((), dtype=torch.int64).random_().item())
-        computed = torch.randperm(37, generator=torch.Generator().manual_seed(seed)).tolist(), torch.get_rng_state()
-    finally:
-        torch.set_rng_state(saved)
-    return iterated[0] == computed[0] and torch.equal(iterated[1], computed[1])
-
-
-def _tensors(loader: Any) -> tuple[torch.Tensor, ...] | None:
-    data = torch.utils.data
-    stock = (type(loader.dataset) is data.TensorDataset and loader.num_workers == 0
-             and loader.collate_fn is data.dataloader.default_collate and not loader.pin_memory
-             and type(loader.batch_sampler) is data.BatchSampler
-             and type(loader.sampler) in (data.RandomSampler, data.SequentialSampler)
-             and getattr(loader.sampler, "generator", None) is None and loader.generator is None)
-    return tuple(loader.dataset.tensors) if stock else None
-
-
 def alias_rows(module: nn.Module, stack: dict[str, torch.Tensor], row: int) -> None:
     """Make ``module``'s parameters and buffers row ``row`` of ``stack`` (same storage: updates show in the stack).
 
@@ -345,6 +306,34 @@ class TrainerView:
                              f"(they see only {sorted(vars(self))}, logger and the ranks)")
 
 
+class RunLength(TrainerView):
+    """:class:`TrainerView` with the run's length, as ``configure_optimizers`` reads it (``max_epochs``,
+    ``estimated_stepping_batches``); ``read``: the names read (such a member shares no prefix with runs of
+    another length).
+
+    Example::
+
+        >>> view = RunLength(3, 12)
+        >>> view.estimated_stepping_batches, sorted(view.read)
+        (12, ['estimated_stepping_batches'])
+    """
+
+    def __init__(self, epochs: int, steps: int, **extra: Any) -> None:
+        super().__init__(**extra)
+        self._length = {"max_epochs": epochs, "estimated_stepping_batches": steps}
+        self.read: set[str] = set()
+
+    @property
+    def max_epochs(self) -> int:
+        self.read.add("max_epochs")
+        return self._length["max_epochs"]
+
+    @property
+    def estimated_stepping_batches(self) -> int:
+        self.read.add("estimated_stepping_batches")
+        return self._length["estimated_stepping_batches"]
+
+
 def _setup_detached(model: Any, datamodule: Any) -> None:
     """``model.setup("fit")`` with no Trainer, but ``self.trainer.datamodule`` readable (a common setup pattern)."""
     model._trainer = TrainerView(datamodule=datamodule)
@@ -358,17 +347,30 @@ def _overrides(model: Any, name: str) -> bool:
     return name in vars(model) or getattr(type(model), name) is not getattr(pl.LightningModule, name)
 
 
-def _val_loader(source: Any) -> Any:
+def _has_val_loader(source: Any) -> bool:
     base = pl.LightningDataModule if isinstance(source, pl.LightningDataModule) else pl.LightningModule
     # Not overridden (HierarchicalDataModule): no validation, as under Lightning (whose base method raises).
     # An instance attribute counts too (LightningDataModule.from_datasets sets the loaders on the instance).
-    if "val_dataloader" not in vars(source) and type(source).val_dataloader is base.val_dataloader:
-        return None
+    return "val_dataloader" in vars(source) or type(source).val_dataloader is not base.val_dataloader
+
+
+def _val_loader(source: Any) -> Any:
     try:
         loader = source.val_dataloader()
     except NotImplementedError:
         return None
+    if isinstance(loader, (list, tuple, dict)) and len(loader) > 1:
+        raise VectorizedRefused(f"val_dataloader() returned a {type(loader).__name__} of {len(loader)} loaders "
+                                "(one validation loader is supported)")
+    if isinstance(loader, (list, tuple, dict)) and loader:  # Lightning: one loader in a list is that loader
+        return next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
     return loader if loader else None
+
+
+def draws(loader: Any) -> bool:
+    """Whether iterating ``loader`` may draw beyond the seed its iterator takes (anything but a stock
+    ``SequentialSampler`` over a ``TensorDataset``): such a loader is iterated at every validation epoch."""
+    return stock_tensors(loader) is None or type(loader.sampler) is not torch.utils.data.SequentialSampler
 
 
 def _capture() -> tuple[Any, Any, Any]:

@@ -56,6 +56,25 @@ def branch_points(tasks: Sequence[Any], steps_per_epoch: int | None, share: bool
     return {int(n.run_id): (int(n.parent), n.branch_epoch) for n in plan.nodes if n.parent is not None}
 
 
+def same_length_forks(forks: dict[int, tuple[int, int]], tasks: Sequence[Any],
+                      members: Sequence[Member]) -> dict[int, tuple[int, int]]:
+    """``forks`` without a fork between runs of different lengths whose ``configure_optimizers`` read the run's
+    length (``max_epochs``, ``estimated_stepping_batches``: :class:`~.members.RunLength`); such a child trains
+    from its first epoch.
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> tasks = [SimpleNamespace(epochs=3), SimpleNamespace(epochs=2), SimpleNamespace(epochs=3)]
+        >>> members = [SimpleNamespace(length_read=["max_epochs"])] * 3
+        >>> same_length_forks({1: (0, 1), 2: (0, 2)}, tasks, members)
+        {2: (0, 2)}
+    """
+    return {child: (parent, epoch) for child, (parent, epoch) in forks.items()
+            if tasks[child].epochs == tasks[parent].epochs
+            or not (members[child].length_read or members[parent].length_read)}
+
+
 def group_key(task: Any) -> str:
     """The prefix group of a task's run: its seed and swept values (runs of other groups never share)."""
     return canonical_json({"seed": task.run.seed, "params": task.run.encode()["params"]})

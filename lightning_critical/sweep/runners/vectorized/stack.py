@@ -1,11 +1,11 @@
 """The members' parameters stacked, and the user's unchanged steps called under ``torch.func.vmap``.
 
-:class:`Stack` stacks the members' parameters and buffers (:func:`stack_state`), makes every
+:class:`Stack` stacks the members' parameters and buffers (:func:`.tensors.stack_state`), makes every
 member's own module alias its row, and calls the user's ``training_step`` /
 ``validation_step`` on a template copy of the module through ``functional_call`` under
 ``vmap`` over members (gradients by ``torch.func.grad_and_value``, of the parameters that get
 one under Lightning only: :mod:`.reach`). A job of several params
-combinations holds one template per combination (:func:`template_key`), each a copy of that
+combinations holds one template per combination (:func:`.templates.template_key`), each a copy of that
 combination's module: the vmapped step runs once per template on its rows (gathered, then put
 back in row order); ``keep`` / ``fork`` carry each row's template along. ``self.log`` inside the
 steps is collected (:class:`LogCollector`) and comes out of ``vmap`` as ``(M,)`` tensors.
@@ -31,19 +31,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
-from lightning_critical.sweep.params import accepted_kwargs
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
 from lightning_critical.sweep.runners.vectorized.effects import Effects
 from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
 from lightning_critical.sweep.runners.vectorized.reach import block, cut_at, reached
-from lightning_critical.sweep.spec import canonical_json
-
-Tensors = dict[str, torch.Tensor]
+from lightning_critical.sweep.runners.vectorized.templates import Caller, Snapshot, template_key
+from lightning_critical.sweep.runners.vectorized.tensors import Tensors, assembled, gather_rows, stack_state
 
 
 class LogCollector:
@@ -84,17 +81,6 @@ class LogCollector:
             self.log(name, value, **kwargs)
 
 
-class _Caller(nn.Module):
-    """Calls a named method of the wrapped module, so ``functional_call`` reaches steps other than ``forward``."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.m = module
-
-    def forward(self, method: str, *args: Any) -> Any:
-        return getattr(self.m, method)(*args)
-
-
 class Stack:
     """The stacked parameters of ``members`` and the vmapped steps (see the module docstring)."""
 
@@ -108,7 +94,7 @@ class Stack:
         firsts = sorted(set(self.row_template))
         self.row_template = [firsts.index(t) for t in self.row_template]
         self.templates = [self._template(members[row].model) for row in firsts]  # one per params combination
-        self.callers = [_Caller(t) for t in self.templates]
+        self.callers = [Caller(t) for t in self.templates]
         self.takes = [{s: _takes_batch_idx(getattr(t, s)) for s in ("training_step", "validation_step", "test_step")}
                       for t in self.templates]
         params, buffers = stack_state([m.model for m in members])
@@ -217,7 +203,7 @@ class Stack:
                 out = self._call("training_step", params, buffers, batch, batch_idx, "train")
             finally:
                 self.effects.use(None)
-            return _loss(out), self.logs.take()
+            return _loss(out, batch_idx), self.logs.take()
 
         step = vmap(grad_and_value(loss, has_aux=True), randomness=self.randomness)
         with self.kernels.around("train", batch):
@@ -229,9 +215,11 @@ class Stack:
         deficit acting but the inputs of the modules ``noised`` cut off; buffers untouched, logs dropped)."""
         index = self.row_template.index(self._kind[id(member)])
         self._use(self._kind[id(member)])
+        before = Snapshot(self.templates, {})  # the templates' Python attributes: as if the probe never ran
         try:
             return self._reached_row(index, batch, batch_idx, noised)
         finally:
+            before.restore()
             self._use(self.row_template[0])
 
     def _reached_row(self, index: int, batch: Any, batch_idx: int, noised: frozenset[str]) -> set[str]:
@@ -239,7 +227,7 @@ class Stack:
         buffers = {k: v[index].clone() for k, v in self.buffers.items()}
 
         def loss(params: Tensors) -> torch.Tensor:
-            value = _loss(self._call("training_step", params, buffers, row, batch_idx, "train"))
+            value = _loss(self._call("training_step", params, buffers, row, batch_idx, "train"), batch_idx)
             self.logs.take()
             return value
 
@@ -263,16 +251,27 @@ class Stack:
         finally:
             self._train_mode(True)
 
-    def replay(self, method: str, batches: Sequence[Any], gates: Tensors, batch_idx: int, rows: list[int]) -> Tensors:
+    def snapshot(self) -> Snapshot:
+        """The template's Python attributes and the stacked buffers as they are now (before a step that a
+        :meth:`replay` may follow: the replay must start from them, as the run's step did)."""
+        return Snapshot(self.templates, {k: v.clone() for k, v in self.buffers.items()})
+
+    def replay(self, method: str, batches: Sequence[Any], gates: Tensors, batch_idx: int, rows: list[int],
+               before: Snapshot | None = None) -> Tensors:
         """``method`` called for each member of ``rows`` alone (no vmap, no gradient, buffers untouched): its logs.
 
         Reductions such as ``cross_entropy``'s mean round differently under ``vmap``; the
         gradients do not. Replaying a step member by member gives the values a run trained
-        alone logs (used for the epochs whose logged values are final). Each member's step is
-        its own template's.
+        alone logs (used for the epochs whose logged values are final), with its own template. ``before``: the state
+        the step started from (:meth:`snapshot`), given when the step already ran under ``vmap``:
+        each replay starts from those buffers and the templates' Python attributes then, and the
+        attributes are put back as the step left them (a counter in the step counts once per step).
+        Without it, each replay starts from the current attributes, the last one's are kept.
         """
         training = method == "training_step"
         self._train_mode(training)
+        start = before if before is not None else Snapshot(self.templates, self.buffers)
+        after = Snapshot(self.templates, {})
         logged = []
         try:
             with torch.no_grad():
@@ -280,13 +279,16 @@ class Stack:
                     self._use(self.row_template[row])
                     batch = batches[row]
                     params = {k: v[row] for k, v in self.params.items()}
-                    buffers = {k: v[row].clone() for k, v in self.buffers.items()}
+                    buffers = {k: v[row].clone() for k, v in start.buffers.items()}
                     self.effects.use({k: g[row] for k, g in gates.items()})
+                    start.restore()
                     self._call(method, params, buffers, batch, batch_idx, "train" if training else "val")
                     logged.append(self.logs.take())
         finally:
             self.effects.use(None)
             self._use(self.row_template[0])
+            if before is not None:
+                after.restore()
             self._train_mode(True)
         return {name: torch.stack([r[name] for r in logged]) for name in logged[0]} if logged else {}
 
@@ -309,18 +311,19 @@ class Stack:
                 self._use(index)
                 buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
                 part = step({k: v.index_select(0, rows) for k, v in self.params.items()}, buffers,
-                            _rows(batch, rows), {k: g.index_select(0, rows) for k, g in gates.items()})
+                            gather_rows(batch, rows), {k: g.index_select(0, rows) for k, g in gates.items()})
                 for name, value in buffers.items():
                     self.buffers[name][rows] = value
                 parts.append((rows, part))
         finally:
             self._use(self.row_template[0])
-        return _assembled(parts, len(self.row_template))
+        return assembled(parts, len(self.row_template))
 
     def _probe(self, batch: Any, batch_idx: int, row: int = 0) -> None:
-        """Member ``row``'s training step alone with its template, no gradient, buffers untouched, logs dropped (the
-        noise hooks record the shapes of their inputs)."""
+        """Member ``row``'s training step alone with its template, no gradient, buffers and Python attributes
+        untouched, logs dropped (the noise hooks record the shapes of their inputs)."""
         self._use(self.row_template[row])
+        before = Snapshot(self.templates, {})  # the templates' Python attributes: as if the probe never ran
         try:
             with torch.no_grad():
                 params = {k: v[row] for k, v in self.params.items()}
@@ -329,6 +332,7 @@ class Stack:
                 self._call("training_step", params, buffers, one, batch_idx, "train")
                 self.logs.take()
         finally:
+            before.restore()
             self._use(self.row_template[0])
 
     def _call(self, method: str, params: Tensors, buffers: Tensors, batch: Any, batch_idx: int, stage: str) -> Any:
@@ -338,93 +342,13 @@ class Stack:
         return functional_call(self.caller, state, args)
 
 
-def template_key(task: Any) -> str:
-    """What a run's module is built from, its seed aside (the factory's accepted swept values): runs with one key
-    share a template; the seed only initialises the parameters, which are stacked.
-
-    Example::
-
-        >>> from types import SimpleNamespace
-        >>> spec = SimpleNamespace(model=lambda seed, act="relu": None, factory_kwargs=lambda run: run)
-        >>> template_key(SimpleNamespace(spec=spec, run={"seed": 1, "act": "tanh", "lr": 0.1}))
-        '{"act":"tanh"}'
-    """
-    kwargs = accepted_kwargs(task.spec.model, task.spec.factory_kwargs(task.run))
-    kwargs.pop("seed", None)
-    try:
-        return canonical_json(kwargs)
-    except (TypeError, ValueError):  # values JSON cannot write: their repr (equal reprs, one template)
-        return repr(sorted(kwargs.items()))
-
-
-def _rows(batch: Any, rows: torch.Tensor) -> Any:
-    return tree_map(lambda t: t.index_select(0, rows) if isinstance(t, torch.Tensor) else t, batch)
-
-
-def _assembled(parts: list[tuple[torch.Tensor, Any]], size: int) -> Any:
-    """The outputs of :meth:`Stack._per_template` (``(rows, output)``) as one output over ``size`` rows.
-
-    Raises:
-        VectorizedRefused: the templates' steps logged different names (a member has no value for a name its run
-            never logs: the trial step finds it before training).
-    """
-    first = parts[0][1]
-    if isinstance(first, dict):
-        names = [sorted(part) for _, part in parts]
-        if any(n != names[0] for n in names):
-            raise VectorizedRefused(f"params combinations whose steps log different names ({names}) in one job")
-        return {name: _assembled([(rows, part[name]) for rows, part in parts], size) for name in first}
-    if isinstance(first, tuple):
-        return tuple(_assembled([(rows, part[i]) for rows, part in parts], size) for i in range(len(first)))
-    out = first.new_empty((size, *first.shape[1:]))
-    for rows, part in parts:
-        out[rows] = part
-    return out
-
-
-def stack_state(models: list[nn.Module]) -> tuple[Tensors, Tensors]:
-    """The models' parameters and buffers stacked ``{name: (M, ...)}`` (a tied tensor once, under its first name).
-
-    ``torch.func.stack_module_state`` without its check that every model's ``requires_grad``
-    agree: a member may freeze a parameter (``requires_grad=False``) that another one trains.
-
-    Example::
-
-        >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
-        >>> _ = b.weight.requires_grad_(False)
-        >>> params, buffers = stack_state([a, b])
-        >>> params["weight"].shape, params["weight"].requires_grad, buffers
-        (torch.Size([2, 1, 2]), False, {})
-    """
-    named = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in models]
-    params = {k: torch.stack([p[k].detach() for p, _ in named]) for k in named[0][0]}
-    buffers = {k: torch.stack([b[k] for _, b in named]) for k in named[0][1]}
-    return params, buffers
-
-
-def _loss(out: Any) -> torch.Tensor:
+def _loss(out: Any, batch_idx: int) -> torch.Tensor:
     """The loss tensor of what ``training_step`` returned (a tensor or a dict with ``"loss"``)."""
     value = out.get("loss") if isinstance(out, dict) else out
     if not isinstance(value, torch.Tensor):
-        raise VectorizedRefused(f"training_step returned {type(out).__name__}, not a loss tensor (or dict)")
+        raise VectorizedRefused(f"training_step returned {type(out).__name__} at batch {batch_idx}, not a loss tensor "
+                                "(or dict): a step skipped by returning None is not mapped")
     return value
-
-
-def stacked(batches: list[Any]) -> Any:
-    """The members' batches as one batch with a leading member dimension (shapes must agree)."""
-    try:
-        return tree_map(lambda *xs: torch.stack(xs) if isinstance(xs[0], torch.Tensor) else xs[0], *batches)
-    except RuntimeError as err:
-        raise ValueError(f"the members' batches differ in shape ({err}); members of one vectorized job need "
-                         "datamodules that give batches of one shape (same batch size and dataset size)") from err
-
-
-def batch_size_of(batch: Any) -> int:
-    """Lightning's inferred batch size: the first dimension of the batch's first tensor."""
-    for leaf in torch.utils._pytree.tree_leaves(batch):
-        if isinstance(leaf, torch.Tensor):
-            return int(leaf.size(0)) if leaf.dim() else 1
-    return 1
 
 
 def _takes_batch_idx(method: Callable[..., Any]) -> bool:

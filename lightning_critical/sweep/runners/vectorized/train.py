@@ -5,14 +5,17 @@ under its own random states (:meth:`~.members.Member.drawing`), its active input
 applied to its batch; one vmapped step gives every member's gradients (:class:`~.stack.Stack`);
 each member's own optimizer steps its row, after the gradients of its frozen parameters were
 dropped (as :class:`~lightning_critical.PathwayDeficit` does); step and epoch schedulers step;
-then validation (its loader's iterator is created every validation epoch, as Lightning does,
-so the members' random streams stay those of runs trained alone; the steps run on a member's
-last validation epoch only, whose values are its final ones, unless the sweep writes
-TensorBoard logs: then at every validation epoch). Logged values are reduced as Lightning
-reduces them (the last step's value, or the batch-size-weighted mean of the epoch) and kept per
-member over its whole run (:class:`~.history.Histories`: its final ``callback_metrics`` and
-what Lightning sends its loggers); the steps whose values may stay final are replayed alone
-with ``exact_logs`` (:meth:`Loop.replayed`). Members leave the stack after their last epoch
+then validation (its loader made where Lightning makes it, :meth:`~.members.Member.make_val_loader`,
+and its iterator created every validation epoch, as Lightning does, so the members' random
+streams stay those of runs trained alone; the steps run on a member's last validation epoch
+only, whose values are its final ones, unless the sweep writes TensorBoard logs: then at every
+validation epoch; a loader that may draw is iterated at every validation epoch all the same).
+Logged values are reduced as Lightning reduces them (the last step's value, or the
+batch-size-weighted mean of the epoch) and kept per member over its whole run
+(:class:`~.history.Histories`: its final ``callback_metrics`` and what Lightning sends its
+loggers); the steps whose values may stay final are replayed alone with ``exact_logs``
+(:meth:`Loop.replayed`), from the buffers and the template's Python attributes as they were
+before the step (:meth:`~.stack.Stack.snapshot`). Members leave the stack after their last epoch
 (runs of a removal sweep differ in length).
 Members that share a prefix (``forks``, from :func:`~.prefixes.branch_points`) train as one
 row until their branch epoch, where the parent's row is forked (:meth:`Loop.reindex`,
@@ -30,18 +33,17 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from lightning_critical.sweep.runners.vectorized.device import to_device
 from lightning_critical.sweep.runners.vectorized.feeds import Feeds
 from lightning_critical.sweep.runners.vectorized.held_out import held_out_steps
 from lightning_critical.sweep.runners.vectorized.history import Histories, MemberLogs
-from lightning_critical.sweep.runners.vectorized.members import Member
+from lightning_critical.sweep.runners.vectorized.members import Member, draws
 from lightning_critical.sweep.runners.vectorized.optim import StackedOptimizer, stackable
 from lightning_critical.sweep.runners.vectorized.prefixes import fork_member
-from lightning_critical.sweep.runners.vectorized.stack import Stack, Tensors, batch_size_of, stacked
+from lightning_critical.sweep.runners.vectorized.stack import Stack
+from lightning_critical.sweep.runners.vectorized.tensors import Tensors, batch_size_of, stacked
 
 
 class EpochLogs:
@@ -115,16 +117,16 @@ class Loop:
         self.active = [members[row] for row in roots]  # the members holding a row (children: from their fork)
         if len(roots) < len(members):
             stack.keep(self.active, roots)
-        self.has_val = all(m.val_loader is not None for m in members)
+        self.has_val = all(m.validates for m in members)
         self.val_every, self.step = val_every, 0
         self.last_val = {id(m): max((e for e in range(m.task.epochs) if (e + 1) % val_every == 0), default=-1)
                          for m in members}
         self.history = Histories(members, stack.view.log_every_n_steps, scalars)
         self.clip = clip if clip is not None and clip[0] > 0 else None
+        # schedules made for runs of different lengths (configure_optimizers read it) part: one optimizer each
+        stacked_optimizer &= not (any(m.length_read for m in members) and len({m.task.epochs for m in members}) > 1)
         self.optim = StackedOptimizer(members, stack.params) if stacked_optimizer and stackable(members) else None
-        self.test = bool(members[0].task.spec.test)
-        if sanity and self.has_val:
-            _ = [m.feed(m.val_loader) for m in members]
+        self.test = bool(members[0].task.spec.test)  # (the sanity check: Member, its random states isolated)
 
     def run(self) -> list[MemberLogs]:
         epoch = 0
@@ -138,14 +140,18 @@ class Loop:
         final = [row for row, m in enumerate(active) if m.task.epochs == epoch + 1]
         train_logs = EpochLogs(True, stack.logs.unlogged)
         feeds = Feeds(active, stack.device)
+        if epoch == 0 and self.has_val and self.val_every == 1:  # Lightning's on_run_start: after iter(train loader)
+            _ = [m.make_val_loader() for m in active]
         for batch_idx in range(self.n_batches):
             batch, batches = feeds.next((epoch, self.step), batch_idx)
             gates = to_device(stack.gates(active, epoch, self.step, batch_idx), stack.device)
             stack.at(epoch, self.step)
+            before = stack.snapshot() if self.exact else None  # a replay starts where the step started
             grads, logs = stack.train_step(batch, gates, batch_idx)
             replayed = self.replayed(final, batch_idx, logs)
             if replayed:
-                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, replayed), replayed)
+                logs = _merged(logs, stack.replay("training_step", batches, gates, batch_idx, replayed, before),
+                               replayed)
             train_logs.add(logs, stack.logs.meta, batch_size_of(batches[0]))
             if self.history.logging_step(self.step):
                 self.history.log(active, range(len(active)), self.step, epoch, train_logs.step_log())
@@ -166,7 +172,7 @@ class Loop:
             last = [row for row, m in enumerate(active) if self.last_val[id(m)] == epoch]
             rows = everyone if self.history.scalars else last  # with TensorBoard logs, every member's validation
             stack.at(epoch, self.step)
-            val_logs = self.validate([m.feed(m.val_loader) for m in active], rows)
+            val_logs = self.validate(rows)
             if val_logs is not None:
                 self.record(val_logs.callback(), rows)
                 self.history.log(active, rows, self.step - 1, epoch, val_logs.epoch_log())
@@ -198,6 +204,7 @@ class Loop:
         here its own optimizer, schedulers and random states (:func:`~.prefixes.fork_member`)
         and what the loop holds per member (its logs so far: :meth:`.Histories.fork`).
         """
+        child.val_from(parent)
         fork_member(parent, child)
         self.history.fork(parent, child)
 
@@ -225,13 +232,28 @@ class Loop:
             return list(range(len(self.active)))
         return final if final and (batch_idx == self.n_batches - 1 or _epoch_logged(logs, self.stack)) else []
 
-    def validate(self, feeds: list[Any], rows: list[int]) -> EpochLogs | None:
-        """The validation logs of the members of ``rows`` (the others' loaders are only iterated); ``None``: no row."""
-        if not rows:
+    def validate(self, rows: list[int]) -> EpochLogs | None:
+        """The validation logs of the members of ``rows``; ``None``: no row.
+
+        Every member's loader is made where Lightning makes it (:meth:`.Member.make_val_loader`)
+        and its iterator created, as at every validation epoch of a run; without a row, a loader
+        that may draw (:func:`.members.draws`: shuffled, augmented) is still iterated to its end.
+        """
+        loaders = [m.make_val_loader() for m in self.active]
+        if all(loader is None for loader in loaders):  # val_dataloader() gave nothing: Lightning skips validation
             return None
-        lengths = {len(m.val_loader) for m in self.active}
+        if any(loader is None for loader in loaders):
+            raise ValueError("some members' val_dataloader() gave no loader and others one; members of one "
+                             "vectorized job need the same validation")
+        feeds = [m.feed(loader) for m, loader in zip(self.active, loaders, strict=True)]
+        lengths = {len(loader) for loader in loaders}
         if len(lengths) != 1:
             raise ValueError(f"the members' validation loaders have different lengths {sorted(lengths)}")
+        if not rows:
+            for feed, loader in zip(feeds, loaders, strict=True):
+                for _ in range(len(loader) if draws(loader) else 0):
+                    feed.next()
+            return None
         logs = EpochLogs(False, self.stack.logs.unlogged)
         for batch_idx in range(lengths.pop()):
             batches = [m.transfer(f.next(), self.stack.device) for m, f in zip(self.active, feeds, strict=True)]
