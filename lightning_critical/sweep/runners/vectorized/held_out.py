@@ -4,13 +4,15 @@ The default runner calls ``trainer.test(model, datamodule=...)`` after a run's f
 then calls the datamodule's ``prepare_data`` and ``setup("test")`` and the module's
 ``setup("test")``, and runs ``test_step`` over the test loader in evaluation mode with the
 final weights. A member does the same when it leaves the stack: under its own random states,
-its ``test_step`` called alone on its row (:meth:`~.stack.Stack.replay`, no ``vmap``), so its
+its own module's ``test_step`` (its parameters alias its row; its own attributes), no ``vmap``, so its
 test values equal the run's bitwise, for convolutions too. A module that overrides a test hook
 the loop does not call is refused before training (:data:`TEST_HOOKS`).
 
 Example::
 
-    >>> from lightning_critical._namespace import pl
+    >>> import torch
+
+from lightning_critical._namespace import pl
     >>> class Net(pl.LightningModule):
     ...     def test_step(self, batch, batch_idx):
     ...         pass
@@ -25,8 +27,11 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 from lightning_critical._namespace import pl
 from lightning_critical.sweep.runners.vectorized.checks import VectorizedRefused
@@ -53,14 +58,33 @@ def check_test(model: Any) -> None:
                                 "test stage calls only test_step)")
 
 
-def held_out_steps(stack: Stack, member: Member, row: int, n_rows: int) -> Iterator[tuple[Tensors, int]]:
+def held_out_steps(stack: Stack, member: Member) -> Iterator[tuple[Tensors, int]]:
     """The member's logged values of each test batch (shape ``(1,)``) and the batch size Lightning infers."""
     loader = _test_loader(member)
     feed = member.feed(loader)
+    takes_index = len(inspect.signature(member.model.test_step).parameters) >= 2
     for batch_idx in range(len(loader)):
-        batches: list[Any] = [None] * n_rows
-        batches[row] = member.transfer(feed.next(), stack.device)  # the datamodule's transfer hooks, as Lightning
-        yield stack.replay("test_step", batches, {}, batch_idx, [row]), batch_size_of(batches[row])
+        batch = member.transfer(feed.next(), stack.device)  # the datamodule's transfer hooks, as Lightning
+        yield _own_test_step(stack, member.model, batch, batch_idx, takes_index), batch_size_of(batch)
+
+
+def _own_test_step(stack: Stack, model: Any, batch: Any, batch_idx: int, takes_index: bool) -> Tensors:
+    """``test_step`` of the member's own module (its parameters and buffers alias its rows; its own attributes,
+    e.g. set in ``setup("test")``), in evaluation mode without gradients, its ``self.log`` collected."""
+    own = {name: vars(model)[name] for name in ("log", "log_dict") if name in vars(model)}
+    model.log, model.log_dict, model._trainer = stack.logs.log, stack.logs.log_dict, stack.view
+    model.eval()
+    stack.logs.start("test")
+    try:
+        with torch.no_grad():
+            model.test_step(batch, batch_idx) if takes_index else model.test_step(batch)
+        return {name: value.reshape(1) for name, value in stack.logs.take().items()}
+    finally:
+        model.train()
+        model._trainer = None
+        for name in ("log", "log_dict"):
+            vars(model).pop(name, None)
+        vars(model).update(own)
 
 
 def _test_loader(member: Member) -> Any:

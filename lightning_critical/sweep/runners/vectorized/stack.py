@@ -39,7 +39,7 @@ from lightning_critical.sweep.runners.vectorized.effects import Effects
 from lightning_critical.sweep.runners.vectorized.kernels import SmallProducts
 from lightning_critical.sweep.runners.vectorized.members import Member, TrainerView, alias_rows
 from lightning_critical.sweep.runners.vectorized.reach import block, cut_at, reached
-from lightning_critical.sweep.runners.vectorized.templates import Caller, Snapshot, template_key
+from lightning_critical.sweep.runners.vectorized.templates import Caller, Snapshot, template_rows
 from lightning_critical.sweep.runners.vectorized.tensors import Tensors, assembled, gather_rows, stack_state
 
 
@@ -89,10 +89,7 @@ class Stack:
         self.device = torch.device("cpu") if device is None else device
         self.view = TrainerView(log_every_n_steps)  # the loop keeps its counters (at())
         self.logs = LogCollector()
-        keys = [template_key(m.task) for m in members]
-        self.row_template = [keys.index(k) for k in keys]  # row -> index of its template (its first member's row)
-        firsts = sorted(set(self.row_template))
-        self.row_template = [firsts.index(t) for t in self.row_template]
+        self.row_template, firsts = template_rows(members)  # row -> its template; the rows the templates copy
         self.templates = [self._template(members[row].model) for row in firsts]  # one per params combination
         self.callers = [Caller(t) for t in self.templates]
         self.takes = [{s: _takes_batch_idx(getattr(t, s)) for s in ("training_step", "validation_step", "test_step")}

@@ -215,7 +215,7 @@ class Loop:
         """``trainer.test`` after each finishing member's fit (:mod:`.held_out`): test values join the final ones."""
         for row in rows:
             logs = EpochLogs(False, self.stack.logs.unlogged)
-            for values, size in held_out_steps(self.stack, self.active[row], row, len(self.active)):
+            for values, size in held_out_steps(self.stack, self.active[row]):
                 logs.add(values, self.stack.logs.meta, size)
             member = self.active[row]  # values of shape (1,): the member alone
             self.history.update([member], [0], logs.callback())
