@@ -59,7 +59,7 @@ def test_convolutional_members_are_tested_on_their_own_rows(tmp_path: Any) -> No
 def test_overridden_test_hooks_and_a_missing_test_step_are_refused_before_training(tmp_path: Any) -> None:
     with pytest.raises(VectorizedRefused, match=r"on_test_epoch_end"):
         sweep(tmp_path, "vectorized", HookedTest)
-    with pytest.raises(VectorizedRefused, match=r"MLP, which has no test_step"):
+    with pytest.raises(ValueError, match=r"MLP has no test_step"):  # the pre-flight says it first
         sweep(tmp_path, lc.sweep.VectorizedRunner(), MLP)
     assert not os.path.exists(os.path.join(tmp_path, "vectorized", "models"))
 
@@ -99,3 +99,9 @@ def test_test_values_reach_tensorboard_as_the_default_runners(tmp_path: Any) -> 
     for theirs, ours in zip(base["log_dir"], vec["log_dir"], strict=True):
         assert {"test_acc", "test_loss"} <= {tag for tag, _, _ in events(ours)}
         assert events(ours) == events(theirs)
+
+
+def test_the_preflight_finds_a_mistyped_metric_before_the_job(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="test_acc_typo"):
+        sweep(tmp_path, "vectorized", metrics=["test_acc_typo"])
+    assert not os.path.exists(os.path.join(tmp_path, "vectorized", "results.jsonl"))  # nothing trained

@@ -29,7 +29,8 @@ model or datamodule factory returns the same object on every call (an object the
 the trial is skipped with a warning, since training it would touch what the runs use; a shared
 object that holds random generators is refused (the runs would draw from them in turn, so each
 run's numbers would depend on the runs trained before it). The trial is
-also skipped when every run has finished already (resume), for custom runners, and when all
+also skipped when every run has finished already (resume), for custom runners (unless their
+``lightning_trial`` is true: the vectorized runner trains the same module's steps), and when all
 metrics are functions. Its cost is one short fit (about a second for a small model on CPU).
 
 The trial's model and datamodule are the ones the session built for the sweep's identity
@@ -103,8 +104,8 @@ def preflight(spec: SweepSpec, runs: Sequence[RunSpec], *, trial: bool = True,
     if not runs:
         return
     check_deficit_windows(spec, runs)
-    if spec.runner is not None:  # a custom runner trains its own way: no Lightning fit to try
-        return
+    if spec.runner is not None and not getattr(spec.runner, "lightning_trial", False):
+        return  # a custom runner trains its own way: no Lightning fit to try (unless it says one applies)
     run = trial_run(runs)
     names = [m for m in spec.metrics if isinstance(m, str)]
     with isolated(spec.threads_per_run), quiet():

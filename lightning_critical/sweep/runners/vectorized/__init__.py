@@ -115,6 +115,7 @@ class VectorizedRunner:
     name = "vectorized"
     shares_prefixes = False  # no branch checkpoints from the engine: the job shares prefixes itself (.prefixes)
     supports: frozenset[str] = frozenset({"save_model", "tensorboard", "test"})  # logs written after the job (.writer)
+    lightning_trial = True  # the pre-flight's Lightning trial fit checks the metric names (the same module's steps)
 
     def __init__(self, allow_dropout: bool = False, max_members: int | None = None, exact_logs: bool | None = None,
                  stacked_optimizer: bool = True, device: str | torch.device | None = None) -> None:
@@ -284,6 +285,7 @@ class AutoRunner:
 
     name = "auto"
     shares_prefixes = False
+    lightning_trial = True
     supports: frozenset[str] = frozenset({"save_model", "callbacks", "test", "tensorboard"})  # both runners write them
 
     def __init__(self) -> None:
