@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vectorized_nets import DigitsMLP
 
 import lightning_critical as lc
 from lightning_critical._namespace import pl
@@ -124,26 +125,8 @@ class TaskDigits(lc.data.DigitsDataModule):
         return [x, (y + 1) % 10 if self.task == "shifted" else y]
 
 
-class MLP(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(64, 16), nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2(F.relu(self.l1(x.flatten(1))))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+class MLP(DigitsMLP):
+    """The digits MLP (SGD with momentum)."""
 
 
 TASKS = functools.partial(TaskDigits, subset=96, batch_size=32)

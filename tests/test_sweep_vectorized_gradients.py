@@ -15,34 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vectorized_nets import DigitsMLP
 
 import lightning_critical as lc
-from lightning_critical._namespace import pl
 from lightning_critical.sweep.runners.vectorized.reach import block
 
 METRICS = ["val_loss", "train_loss"]
 
 
-class Net(pl.LightningModule):
-    """A 64-16-10 MLP on the digits; ``opt`` picks the optimizer (all with weight decay: a zero gradient moves)."""
+class Net(DigitsMLP):
+    """The digits MLP; ``opt`` picks the optimizer (all with weight decay: a zero gradient moves)."""
 
     def __init__(self, opt: str = "sgd") -> None:
         super().__init__()
         self.opt = opt
-        self.l1, self.l2 = nn.Linear(64, 16), nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2(F.relu(self.l1(x.flatten(1))))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
 
     def configure_optimizers(self) -> Any:
         if self.opt == "adam":

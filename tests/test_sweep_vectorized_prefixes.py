@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
+from vectorized_nets import DigitsMLP
 
 import lightning_critical as lc
-from lightning_critical._namespace import pl
 from lightning_critical.schedule import Window
 from lightning_critical.sweep.runners.vectorized.prefixes import branch_points, fork_member, member_epochs
 from lightning_critical.sweep.spec import RunSpec
@@ -21,28 +20,12 @@ from lightning_critical.sweep.spec import RunSpec
 METRICS = ["val_acc", "val_loss", "train_loss"]
 
 
-class Net(pl.LightningModule):
-    """A 64-16-10 MLP on the digits; ``opt``: SGD (momentum, weight decay, a StepLR per step) or Adam."""
+class Net(DigitsMLP):
+    """The digits MLP; ``opt``: SGD (momentum, weight decay, a StepLR per step) or Adam."""
 
     def __init__(self, opt: str = "sgd") -> None:
         super().__init__()
         self.opt = opt
-        self.l1, self.l2 = nn.Linear(64, 16), nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2(F.relu(self.l1(x.flatten(1))))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y))
-        self.log("val_acc", (logits.argmax(1) == y).float().mean())
 
     def configure_optimizers(self) -> Any:
         if self.opt == "adam":

@@ -13,37 +13,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from vectorized_nets import DigitsMLP
 
 import lightning_critical as lc
-from lightning_critical._namespace import pl
 from lightning_critical.sweep import VectorizedRefused
 
 DIGITS = functools.partial(lc.data.DigitsDataModule, subset=96, batch_size=32)
 
 
-class Net(pl.LightningModule):
-    """A small MLP on the digits, SGD with momentum, validated."""
+class Net(DigitsMLP):
+    """A small digits MLP (64-8-10), SGD with momentum, validated."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(64, 8), nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2(F.relu(self.l1(x.flatten(1))))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+    hidden = 8
 
 
 def run(tmp_path: Any, runner: Any, model: Any, deficit: Any = None, data: Any = DIGITS, **kw: Any) -> Any:
