@@ -169,7 +169,7 @@ class VectorizedRunner:
         first ones given as ``members`` when already built and checked); a failure is a refusal."""
         saved = capture()
         try:
-            more = _members(tasks[len(members):])
+            more = [Member(t) for t in tasks[len(members):]]
             for member in more:
                 check_module(member.model, self.allow_dropout)
                 if member.task.spec.test:
@@ -201,7 +201,7 @@ class VectorizedRunner:
 
     def _train(self, tasks: list[Any]) -> list[dict[str, Any]]:
         spec = tasks[0].spec
-        members = _members(tasks)
+        members = [Member(t) for t in tasks]
         for member in members:
             check_module(member.model, self.allow_dropout)
         stack = self._stack(members)
@@ -212,8 +212,8 @@ class VectorizedRunner:
         # hyperparameters may part during training): each member's own optimizer then (exact)
         one_optimizer = self.stacked_optimizer and follows_schedulers(members, len(stack.templates))
         produced = train(members, stack, int(trainer.get("check_val_every_n_epoch") or 1),
-                         bool(trainer.get("num_sanity_val_steps")), self._exact_logs(members[0].model),
-                         one_optimizer, _clip(trainer), scalars=tasks[0].log_dir is not None, forks=forks)
+                         self._exact_logs(members[0].model), one_optimizer, _clip(trainer),
+                         scalars=tasks[0].log_dir is not None, forks=forks)
         out = []
         for index, (task, member, logs) in enumerate(zip(tasks, members, produced, strict=True)):
             parent, branch_epoch = forks.get(index, (None, 0))
@@ -250,7 +250,7 @@ class VectorizedRunner:
         combination's, before any training)."""
         saved = capture()
         try:
-            member = _members(combo[:1])[0]
+            member = Member(combo[0])
             check_module(member.model, self.allow_dropout)
             if member.task.spec.test:
                 check_test(member.model)
@@ -319,11 +319,6 @@ class AutoRunner:
 
     def __hash__(self) -> int:
         return hash(type(self))
-
-
-def _members(tasks: Sequence[Any]) -> list[Member]:
-    """The tasks' members (``trainer={"limit_val_batches": 0}``: no validation, :attr:`.Member.validates`)."""
-    return [Member(t) for t in tasks]
 
 
 def _first(member: Member, loader: Any, device: torch.device) -> Any:

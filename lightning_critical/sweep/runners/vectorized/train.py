@@ -100,7 +100,7 @@ class Loop:
     is then validated at every validation epoch, and (with ``exact_logs``) its logging steps replayed alone.
     """
 
-    def __init__(self, members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool,
+    def __init__(self, members: list[Member], stack: Stack, val_every: int, exact_logs: bool,
                  stacked_optimizer: bool = True, clip: tuple[float, str] | None = None, scalars: bool = False,
                  forks: dict[int, tuple[int, int]] | None = None) -> None:
         lengths = {len(m.train_loader) for m in members}
@@ -267,7 +267,7 @@ class Loop:
         return logs
 
 
-def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exact_logs: bool = True,
+def train(members: list[Member], stack: Stack, val_every: int, exact_logs: bool = True,
           stacked_optimizer: bool = True, clip: tuple[float, str] | None = None,
           scalars: bool = False, forks: dict[int, tuple[int, int]] | None = None) -> list[MemberLogs]:
     """Train every member for its run's epochs; each member's logs (its final ``callback_metrics`` as floats
@@ -278,7 +278,7 @@ def train(members: list[Member], stack: Stack, val_every: int, sanity: bool, exa
     ``clip``: ``(gradient_clip_val, gradient_clip_algorithm)`` of the Trainer, applied per member.
     ``forks``: ``{child: (parent, branch epoch)}`` (indices into ``members``): shared prefixes.
     """
-    return Loop(members, stack, val_every, sanity, exact_logs, stacked_optimizer, clip, scalars, forks).run()
+    return Loop(members, stack, val_every, exact_logs, stacked_optimizer, clip, scalars, forks).run()
 
 
 def _merged(logs: Tensors, replayed: Tensors, rows: list[int], size: int | None = None) -> Tensors:
